@@ -1,0 +1,8 @@
+//! # tidings-client
+//!
+//! (Being built.) The Tidings client library: profile and encrypted local store, contacts by
+//! invitation, end-to-end sessions, and the network driver that talks to relays.
+
+#![forbid(unsafe_code)]
+
+pub mod net;

@@ -1,0 +1,3 @@
+//! `tidings` binary (being built).
+#![forbid(unsafe_code)]
+fn main() {}

@@ -1,0 +1,5 @@
+//! # tidings-relay
+//!
+//! (Being built.) The Tidings store-and-forward relay.
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! `tidings-relay` binary (being built).
+#![forbid(unsafe_code)]
+fn main() {}

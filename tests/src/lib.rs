@@ -1,0 +1,5 @@
+//! # tidings-tests
+//!
+//! (Being built.) Helpers for the end-to-end and adversarial tests in `tests/tests/`.
+
+#![forbid(unsafe_code)]
