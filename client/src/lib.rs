@@ -5,4 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod error;
 pub mod net;
+
+pub use error::{ClientError, Result};
