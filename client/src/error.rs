@@ -25,6 +25,51 @@ pub enum ClientError {
     /// The relay sent something that is not valid protocol.
     #[error("protocol error: {0}")]
     Protocol(#[from] ProtocolError),
+    /// The passphrase does not unlock this profile.
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    /// The profile's files are damaged or were tampered with.
+    #[error("the profile store is corrupted")]
+    CorruptStore,
+    /// Reading or writing the profile's files failed.
+    #[error("could not read or write the profile store")]
+    Storage,
+    /// There is no profile in this home yet.
+    #[error("no profile here: run `tidings init --relay ADDRESS` first")]
+    NoProfile,
+    /// A profile already exists in this home.
+    #[error("a profile already exists here")]
+    ProfileExists,
+    /// No contact has that name.
+    #[error("unknown contact")]
+    UnknownContact,
+    /// Another contact already has that name.
+    #[error("a contact with that name already exists")]
+    NameTaken,
+    /// The text is not a valid invitation link.
+    #[error("this is not a valid invitation link")]
+    InvalidInvitation,
+    /// The invitation was already used, or the inviter's queue is gone.
+    #[error("this invitation was already used or has expired")]
+    InvitationUsed,
+    /// The invitation's time has passed.
+    #[error("this invitation has expired")]
+    InvitationExpired,
+    /// The contact has not finished setting up (the other side has not synced yet).
+    #[error("this contact is not set up yet: both sides need to sync once")]
+    ContactNotReady,
+    /// The message is longer than a message may be.
+    #[error("the message is too long")]
+    MessageTooLong,
+    /// The end-to-end layer failed (a session could not be created or used).
+    #[error("end-to-end encryption failed")]
+    Crypto,
+    /// The operating system's random number generator failed.
+    #[error("random number generator failed")]
+    Rng,
+    /// The passphrase could not be read.
+    #[error("could not read the passphrase")]
+    Passphrase,
 }
 
 /// Result alias for the client library.

@@ -214,6 +214,16 @@ impl RelayConnection {
         self.send_raw(record.as_bytes()).await
     }
 
+    /// Seals `block` into a record without sending it (for tests that replay records).
+    pub fn seal_block(&mut self, block: &Block) -> Result<Vec<u8>> {
+        Ok(self.session.seal(block)?.into_bytes())
+    }
+
+    /// Waits for the reply with `corr` to a request sent by hand ([`RelayConnection::send_raw`]).
+    pub async fn reply_to(&mut self, corr: CorrId) -> Result<Reply> {
+        self.wait_reply(corr).await
+    }
+
     /// Writes raw bytes on the stream, bypassing the session (for adversarial tests).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
         self.send

@@ -40,6 +40,7 @@ pub mod address;
 pub mod block;
 pub mod codec;
 pub mod command;
+pub mod contact;
 pub mod error;
 pub mod ids;
 pub mod keys;

@@ -16,6 +16,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod proto;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -326,6 +328,22 @@ impl Profile {
             stdout: out_t.join().unwrap_or_default(),
             stderr: err_t.join().unwrap_or_default(),
         })
+    }
+
+    /// Starts `tidings --home HOME ARGS…` without waiting (for tests that kill it midway).
+    /// Its stdout is piped; stderr is discarded.
+    pub fn spawn(&self, args: &[&str]) -> Result<Child> {
+        Command::new(binary("tidings")?)
+            .arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .env("TIDINGS_PASSPHRASE", &self.passphrase)
+            .env("TIDINGS_INSECURE_FAST_KDF", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning tidings")
     }
 
     /// Runs a command with the default 60 s bound.

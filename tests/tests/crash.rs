@@ -1,0 +1,182 @@
+//! Crash safety. The relay is killed with SIGKILL while 20 senders push thousands of messages:
+//! after a restart every message that got an OK is delivered, and none twice. A client killed
+//! in the middle of `sync` loses nothing and shows nothing twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use tidings_protocol::command::ReplyKind;
+use tidings_tests::proto::{connect, TestQueue, TestSender};
+use tidings_tests::{Profile, RelayProcess};
+
+const SENDERS: usize = 20;
+const PER_SENDER: usize = 200;
+/// Kill the relay once this many sends were acknowledged (or after `KILL_AFTER`).
+const KILL_AT_OKS: usize = 1_500;
+const KILL_AFTER: Duration = Duration::from_secs(25);
+
+fn body(sender: usize, seq: usize) -> Vec<u8> {
+    format!("sender {sender:02} message {seq:05}").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_message_survives_sigkill_of_the_relay() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("data"))?;
+    let mut relay =
+        RelayProcess::start(&dir.path().join("data"), &dir.path().join("relay.log"), &[])?;
+    let address = relay.address().to_string();
+
+    let mut owner = connect(&address).await?;
+    let mut queues = Vec::new();
+    for _ in 0..SENDERS {
+        queues.push(TestQueue::create(&mut owner).await?);
+    }
+    owner.close().await;
+
+    let oks = Arc::new(AtomicUsize::new(0));
+    let acknowledged: Arc<Mutex<BTreeSet<Vec<u8>>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (s, queue) in queues.iter().enumerate() {
+        let (address, oks, acknowledged, stop) = (
+            address.clone(),
+            oks.clone(),
+            acknowledged.clone(),
+            stop.clone(),
+        );
+        let sender_id = queue.sender;
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut conn) = connect(&address).await else {
+                return;
+            };
+            let sender = TestSender::unsecured(sender_id);
+            for seq in 0..PER_SENDER {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let b = body(s, seq);
+                match sender.send(&mut conn, &b).await {
+                    Ok(reply) if reply.kind == ReplyKind::Ok => {
+                        // Record before counting, so the killer never races past a record.
+                        if let Ok(mut set) = acknowledged.lock() {
+                            set.insert(b);
+                        }
+                        oks.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+
+    let started = Instant::now();
+    while oks.load(Ordering::SeqCst) < KILL_AT_OKS && started.elapsed() < KILL_AFTER {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    relay.kill9()?;
+    stop.store(true, Ordering::SeqCst);
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let acknowledged = acknowledged.lock().map(|s| s.clone()).unwrap_or_default();
+    assert!(
+        acknowledged.len() >= 100,
+        "the load ran before the kill ({} OKs)",
+        acknowledged.len()
+    );
+
+    relay.restart()?;
+    let mut reader = connect(relay.address()).await?;
+    let mut delivered: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    for queue in &queues {
+        for b in queue.drain(&mut reader).await? {
+            *delivered.entry(b).or_default() += 1;
+        }
+    }
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|b| !delivered.contains_key(*b))
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged messages lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+    let twice: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "{} messages delivered twice", twice.len());
+    eprintln!(
+        "acknowledged before SIGKILL: {}, delivered after restart: {}",
+        acknowledged.len(),
+        delivered.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_client_killed_during_sync_loses_nothing_and_shows_nothing_twice() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("relay"))?;
+    let relay = RelayProcess::start(&root.join("relay"), &root.join("relay.log"), &[])?;
+    let a = Profile::new(&root.join("amina"), "amina passphrase, long enough");
+    let b = Profile::new(&root.join("bora"), "bora passphrase, long enough");
+    a.run(&["init", "--relay", relay.address()])?.ok()?;
+    b.run(&["init", "--relay", relay.address()])?.ok()?;
+    let link = a
+        .run(&["invite", "--label", "bora"])?
+        .ok()?
+        .last_line()
+        .to_string();
+    b.run(&["accept", &link, "--label", "amina"])?.ok()?;
+    a.run(&["sync"])?.ok()?;
+    b.run(&["sync"])?.ok()?;
+
+    const COUNT: usize = 24;
+    let text = |i: usize| format!("crash check #{i:03}#");
+    for i in 0..COUNT {
+        a.run(&["send", "bora", &text(i)])?.ok()?;
+    }
+
+    // Kill Bora's sync at different moments, then let one run to the end.
+    let mut printed = Vec::new();
+    for delay_ms in [40u64, 80, 120, 160, 220, 300, 400, 550] {
+        let mut child = b.spawn(&["sync"])?;
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut out = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            let _ = stdout.read_to_string(&mut out);
+        }
+        printed.extend(out.lines().map(str::to_string));
+    }
+    let last = b.run(&["sync"])?.ok()?;
+    printed.extend(last.stdout.lines().map(str::to_string));
+
+    // Nothing shown twice across all the syncs.
+    let mut seen = BTreeSet::new();
+    for line in &printed {
+        if !seen.insert(line.clone()) {
+            bail!("shown twice: {line}");
+        }
+    }
+    // Everything is in the history exactly once.
+    let history = b.run(&["history", "amina"])?.ok()?.stdout;
+    for i in 0..COUNT {
+        let n = history.matches(&text(i)).count();
+        assert_eq!(n, 1, "{} appears {n} times in the history", text(i));
+    }
+    // And the relay holds nothing more for Bora.
+    assert!(b.run(&["sync"])?.ok()?.stdout.trim().is_empty());
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! Hostile input against a live relay: junk before and after the handshake, mutated records,
+//! a wrong relay key, oversize and truncated records, handshake floods, clients that never
+//! read, and many idle connections. Throughout, the relay keeps serving an honest client, its
+//! memory stays under a ceiling, and it never panics.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use rand_core::{OsRng, RngCore};
+use tempfile::TempDir;
+use tidings_client::net::{connect_quic, RelayConnection};
+use tidings_protocol::block::BlockBuilder;
+use tidings_protocol::command::{Command, ErrorCode, ReplyKind};
+use tidings_protocol::ids::EntityId;
+use tidings_protocol::keys::RelayKeypair;
+use tidings_protocol::noise::RECORD_LEN;
+use tidings_tests::proto::{connect, honest_round_trip, parse_address, TestQueue, TestSender};
+use tidings_tests::{rss_kib, RelayProcess};
+
+/// Ceiling on the relay's resident memory during these attacks.
+const RSS_CEILING_KIB: u64 = 512 * 1024;
+
+struct Target {
+    _dir: TempDir,
+    relay: RelayProcess,
+}
+
+impl Target {
+    fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir_all(dir.path().join("data"))?;
+        let relay =
+            RelayProcess::start(&dir.path().join("data"), &dir.path().join("relay.log"), &[])?;
+        Ok(Self { _dir: dir, relay })
+    }
+
+    fn address(&self) -> &str {
+        self.relay.address()
+    }
+
+    /// The relay is alive, under the memory ceiling, has not panicked, and serves an honest
+    /// client.
+    async fn still_serving(&self) -> Result<()> {
+        honest_round_trip(self.address()).await?;
+        let pid = self
+            .relay
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("relay gone"))?;
+        let rss = rss_kib(pid)?;
+        assert!(
+            rss < RSS_CEILING_KIB,
+            "relay RSS {rss} KiB over the {RSS_CEILING_KIB} KiB ceiling"
+        );
+        let log = std::fs::read_to_string(self.relay.log_path())?;
+        assert!(!log.contains("panicked"), "the relay panicked:\n{log}");
+        Ok(())
+    }
+}
+
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    OsRng.fill_bytes(&mut v);
+    v
+}
+
+/// Waits until the relay closes the connection (or it stays silent for `within`).
+async fn gets_no_answer(conn: &mut RelayConnection, within: Duration) -> bool {
+    matches!(conn.recv_raw(within).await, Err(_) | Ok(None))
+}
+
+#[tokio::test]
+async fn junk_instead_of_a_handshake_is_dropped_silently() -> Result<()> {
+    let t = Target::start()?;
+    let address = parse_address(t.address())?;
+    for len in [0usize, 1, 100, RECORD_LEN - 1, RECORD_LEN, RECORD_LEN + 1] {
+        let (_ep, conn, mut send, mut recv) = connect_quic(&address).await?;
+        send.write_all(&random_bytes(len)).await?;
+        let _ = send.finish();
+        let mut buf = vec![0u8; 64];
+        // A prober without the relay key learns nothing: no byte comes back.
+        let got = tokio::time::timeout(Duration::from_secs(15), recv.read(&mut buf)).await;
+        match got {
+            Ok(Ok(Some(n))) if n > 0 => bail!("relay answered {n} bytes to junk of {len}"),
+            _ => {}
+        }
+        conn.close(0u32.into(), b"");
+    }
+    t.still_serving().await
+}
+
+#[tokio::test]
+async fn a_client_with_the_wrong_relay_key_cannot_connect() -> Result<()> {
+    let t = Target::start()?;
+    let mut address = parse_address(t.address())?;
+    address.key = RelayKeypair::generate(&mut OsRng).public();
+    let result = RelayConnection::connect(&address).await;
+    assert!(result.is_err(), "handshake with the wrong key must fail");
+    t.still_serving().await
+}
+
+#[tokio::test]
+async fn random_and_mutated_records_after_the_handshake_close_only_that_connection() -> Result<()> {
+    let t = Target::start()?;
+    let mut owner = connect(t.address()).await?;
+    let queue = TestQueue::create(&mut owner).await?;
+    TestSender::unsecured(queue.sender)
+        .send(&mut owner, b"stored before the attack")
+        .await
+        .and_then(tidings_tests::proto::expect_ok)?;
+
+    // A record of random bytes.
+    let mut conn = connect(t.address()).await?;
+    conn.send_raw(&random_bytes(RECORD_LEN)).await?;
+    assert!(gets_no_answer(&mut conn, Duration::from_secs(5)).await);
+
+    // A valid record with one bit flipped, at several places.
+    for pos in [
+        0usize,
+        1,
+        100,
+        RECORD_LEN / 2,
+        RECORD_LEN - 17,
+        RECORD_LEN - 1,
+    ] {
+        let mut conn = connect(t.address()).await?;
+        let req = conn.unsigned(
+            queue.sender.into(),
+            Command::Send {
+                body: b"tampered".to_vec(),
+            },
+        );
+        let mut b = BlockBuilder::new();
+        b.push(&req.encode()?)?;
+        let mut record = conn.seal_block(&b.finish())?;
+        if let Some(byte) = record.get_mut(pos) {
+            *byte ^= 0x01;
+        }
+        conn.send_raw(&record).await?;
+        assert!(gets_no_answer(&mut conn, Duration::from_secs(5)).await);
+    }
+
+    // A truncated record followed by the end of the stream.
+    let mut conn = connect(t.address()).await?;
+    conn.send_raw(&random_bytes(RECORD_LEN / 3)).await?;
+    conn.close().await;
+
+    // Nothing reached the queue; the honest connection is untouched.
+    assert_eq!(
+        queue.drain(&mut owner).await?,
+        vec![b"stored before the attack".to_vec()]
+    );
+    t.still_serving().await
+}
+
+#[tokio::test]
+async fn garbage_frames_in_a_valid_block_get_typed_errors_and_the_connection_goes_on() -> Result<()>
+{
+    let t = Target::start()?;
+    let mut conn = connect(t.address()).await?;
+    let corr = conn.next_corr();
+    let mut frame = corr.as_bytes().to_vec();
+    frame.extend_from_slice(EntityId::NONE.as_bytes());
+    frame.extend_from_slice(&[0u8, 0xEE, 1, 2, 3]); // unsigned, unknown command tag
+    let mut b = BlockBuilder::new();
+    b.push(&frame)?;
+    conn.send_block(&b.finish()).await?;
+    let reply = conn.reply_to(corr).await?;
+    assert!(
+        matches!(
+            reply.kind,
+            ReplyKind::Error(ErrorCode::Block | ErrorCode::Command)
+        ),
+        "a bad frame gets a typed error, got {:?}",
+        reply.kind
+    );
+    // Same connection still works.
+    let ping = conn.unsigned(EntityId::NONE, Command::Ping);
+    assert_eq!(conn.request(ping).await?.kind, ReplyKind::Pong);
+    t.still_serving().await
+}
+
+#[tokio::test]
+async fn handshake_floods_and_idle_connections_do_not_stop_honest_clients() -> Result<()> {
+    let t = Target::start()?;
+    let address = parse_address(t.address())?;
+    // 150 connections that open a stream and never finish the handshake, and 150 that
+    // complete it and then sit idle.
+    let mut half_open = Vec::new();
+    for _ in 0..150 {
+        let (ep, conn, mut send, recv) = connect_quic(&address).await?;
+        send.write_all(&random_bytes(RECORD_LEN / 2)).await?;
+        half_open.push((ep, conn, send, recv));
+    }
+    let mut idle = Vec::new();
+    for _ in 0..150 {
+        idle.push(RelayConnection::connect(&address).await?);
+    }
+    t.still_serving().await?;
+    drop(half_open);
+    for c in idle {
+        c.close().await;
+    }
+    t.still_serving().await
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_cannot_grow_the_relay_without_bound() -> Result<()> {
+    let t = Target::start()?;
+    let mut conn = connect(t.address()).await?;
+    let queue = TestQueue::create(&mut conn).await?;
+    let sender = TestSender::unsecured(queue.sender);
+    for i in 0..64u32 {
+        let mut body = vec![0u8; 15_000];
+        body[..4].copy_from_slice(&i.to_be_bytes());
+        tidings_tests::proto::expect_ok(sender.send(&mut conn, &body).await?)?;
+    }
+    // Subscribe, then flood with pings (each answered) and never read a single record.
+    let sub = conn.signed(queue.entity(), Command::Subscribe, &queue.auth)?;
+    let mut b = BlockBuilder::new();
+    b.push(&sub.encode()?)?;
+    conn.send_block(&b.finish()).await?;
+    let flood = async {
+        for _ in 0..20_000 {
+            let ping = conn.unsigned(EntityId::NONE, Command::Ping);
+            let mut b = BlockBuilder::new();
+            b.push(&ping.encode()?)?;
+            conn.send_block(&b.finish()).await?;
+        }
+        anyhow::Ok(())
+    };
+    // The relay stops reading from us (backpressure) long before 20,000 records: the writes
+    // stall, which is the point. Give it a few seconds, then check the relay.
+    let _ = tokio::time::timeout(Duration::from_secs(8), flood).await;
+    t.still_serving().await?;
+    drop(conn);
+    t.still_serving().await
+}
+
+#[tokio::test]
+async fn oversize_bodies_are_refused_with_a_typed_error() -> Result<()> {
+    let t = Target::start()?;
+    let mut conn = connect(t.address()).await?;
+    let queue = TestQueue::create(&mut conn).await?;
+    // Hand-encode a Send whose body length field claims more than the limit.
+    let corr = conn.next_corr();
+    let mut frame = corr.as_bytes().to_vec();
+    frame.extend_from_slice(EntityId::from(queue.sender).as_bytes());
+    frame.push(0); // unsigned
+    frame.push(0x11); // Send
+    let len: u16 = 16_001;
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&[0x55u8; 16_001]);
+    let mut b = BlockBuilder::new();
+    b.push(&frame)?;
+    conn.send_block(&b.finish()).await?;
+    let reply = conn.reply_to(corr).await?;
+    assert!(
+        matches!(
+            reply.kind,
+            ReplyKind::Error(ErrorCode::Large | ErrorCode::Block)
+        ),
+        "oversize body refused, got {:?}",
+        reply.kind
+    );
+    assert!(queue.drain(&mut conn).await?.is_empty(), "nothing stored");
+    t.still_serving().await
+}
