@@ -34,6 +34,9 @@ pub enum ClientError {
     /// Reading or writing the profile's files failed.
     #[error("could not read or write the profile store")]
     Storage,
+    /// Another process (for example `tidings listen`) has the profile open.
+    #[error("the profile is open in another tidings process (is `tidings listen` running?)")]
+    ProfileInUse,
     /// There is no profile in this home yet.
     #[error("no profile here: run `tidings init --relay ADDRESS` first")]
     NoProfile,
@@ -46,6 +49,9 @@ pub enum ClientError {
     /// Another contact already has that name.
     #[error("a contact with that name already exists")]
     NameTaken,
+    /// A contact name must be 1 to 64 characters without control characters.
+    #[error("a contact name must be 1 to 64 characters, without control characters")]
+    InvalidName,
     /// The text is not a valid invitation link.
     #[error("this is not a valid invitation link")]
     InvalidInvitation,

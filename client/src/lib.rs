@@ -1,11 +1,36 @@
 //! # tidings-client
 //!
-//! (Being built.) The Tidings client library: profile and encrypted local store, contacts by
-//! invitation, end-to-end sessions, and the network driver that talks to relays.
+//! The Tidings client library and the `tidings` command-line tool built on it: a profile with
+//! an encrypted local store, contacts made by one-time invitation, end-to-end encrypted
+//! messages, and the network driver that talks to relays.
+//!
+//! ## How the parts fit
+//!
+//! - [`store`]: the profile's encrypted store. A passphrase (Argon2id) unwraps a random data
+//!   key; every sled value is sealed with it and every storage key is a keyed hash, so the
+//!   files hold no readable label, message or id.
+//! - [`olm`]: the end-to-end ratchet, a thin wrapper over vodozemac's Olm; its pickles are
+//!   encrypted and kept in the store.
+//! - [`profile`]: the contact flow (invite, accept, sync, send, history, safety codes) on top of
+//!   the store, the ratchet and the wire formats of `tidings_protocol::contact`. Every message
+//!   is stored before it is acked; every outgoing message is stored in the outbox before it is
+//!   sent.
+//! - [`relay`]: the two small traits the profile needs from a relay connection, implemented
+//!   for real by [`net::RelayConnection`] and in tests by an in-memory relay.
+//! - [`net`]: QUIC + Noise connection to a relay, requests and pushed replies.
+//!
+//! ## What it never does
+//!
+//! It never writes a label, a message, a key or a relay address to disk unencrypted, never
+//! logs any of them, and never acks a message it has not stored.
 
 #![forbid(unsafe_code)]
 
 pub mod error;
 pub mod net;
+pub mod olm;
+pub mod profile;
+pub mod relay;
+pub mod store;
 
 pub use error::{ClientError, Result};

@@ -1,3 +1,345 @@
-//! `tidings` binary (being built).
+//! `tidings`: the command-line client.
+//!
+//! Every command works on one profile home (`--home`, env `TIDINGS_HOME`, default the
+//! platform data dir) unlocked by a passphrase from env `TIDINGS_PASSPHRASE` or a prompt
+//! (never an argument). Read commands take `--json` (one JSON object per line). Errors are
+//! one line on stderr and a non-zero exit; they never name a contact, a relay or a key.
 #![forbid(unsafe_code)]
-fn main() {}
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context as _};
+use clap::{Parser, Subcommand};
+use tidings_client::profile::{Profile, Received};
+use tidings_client::relay::QuicConnector;
+use tidings_client::store::KdfParams;
+use tidings_client::ClientError;
+use zeroize::Zeroizing;
+
+/// Secure messaging through relays that never learn who talks to whom.
+#[derive(Parser)]
+#[command(name = "tidings", version, about)]
+struct Cli {
+    /// The profile directory.
+    #[arg(long, env = "TIDINGS_HOME", global = true)]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a profile that receives messages on the relay at ADDR (tidings://…).
+    Init {
+        /// The relay address.
+        #[arg(long, value_name = "ADDR")]
+        relay: String,
+    },
+    /// Create a one-time invitation; the last line printed is the link.
+    Invite {
+        /// Your name for the person you invite.
+        #[arg(long)]
+        label: Option<String>,
+        /// Also print the link as a QR code.
+        #[arg(long)]
+        qr: bool,
+    },
+    /// Accept an invitation link.
+    Accept {
+        /// The link (tidings:invite/…).
+        link: String,
+        /// Your name for the person who invited you.
+        #[arg(long)]
+        label: String,
+    },
+    /// Send waiting messages, receive new ones and print each text as `NAME: TEXT`.
+    Sync {
+        /// One JSON object per message.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stay connected and print messages as they arrive.
+    Listen {
+        /// One JSON object per message.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a text message.
+    Send {
+        /// The contact's name.
+        name: String,
+        /// The text.
+        text: String,
+    },
+    /// List contacts.
+    Contacts {
+        /// One JSON object per contact.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the messages exchanged with a contact.
+    History {
+        /// The contact's name.
+        name: String,
+        /// One JSON object per message.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rename a contact.
+    Rename {
+        /// The current name.
+        old: String,
+        /// The new name.
+        new: String,
+    },
+    /// Show the safety code to compare in person; `--confirm` marks the contact verified.
+    Verify {
+        /// The contact's name.
+        name: String,
+        /// Mark the contact as verified.
+        #[arg(long)]
+        confirm: bool,
+    },
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn home(cli: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(h) = cli {
+        return Ok(h.clone());
+    }
+    directories::ProjectDirs::from("", "", "tidings")
+        .map(|d| d.data_dir().to_path_buf())
+        .ok_or_else(|| anyhow!("no home directory: pass --home DIR"))
+}
+
+fn passphrase(confirm: bool) -> Result<Zeroizing<String>, ClientError> {
+    if let Ok(p) = std::env::var("TIDINGS_PASSPHRASE") {
+        return Ok(Zeroizing::new(p));
+    }
+    let p = Zeroizing::new(
+        rpassword::prompt_password("Passphrase: ").map_err(|_| ClientError::Passphrase)?,
+    );
+    if confirm {
+        let again = Zeroizing::new(
+            rpassword::prompt_password("Passphrase again: ")
+                .map_err(|_| ClientError::Passphrase)?,
+        );
+        if *again != *p {
+            return Err(ClientError::Passphrase);
+        }
+    }
+    Ok(p)
+}
+
+fn open(home: &std::path::Path) -> Result<Profile, ClientError> {
+    let pass = passphrase(false)?;
+    Profile::open(home, pass.as_bytes())
+}
+
+/// Network failures all read as "relay unreachable" to a person.
+fn is_network(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Unreachable | ClientError::ConnectionLost | ClientError::Timeout
+    )
+}
+
+/// Turns a library error into the line a person reads.
+fn friendly(e: ClientError) -> anyhow::Error {
+    if is_network(&e) {
+        anyhow!("relay unreachable")
+    } else {
+        e.into()
+    }
+}
+
+fn print_received(r: &Received, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let v = serde_json::json!({ "from": r.from, "text": r.text, "sent_at": r.sent_at });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(out, "{}: {}", r.from, r.text)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = home(&cli.home)?;
+    let net = QuicConnector;
+    match cli.command {
+        Cmd::Init { relay } => {
+            let pass = passphrase(true)?;
+            let profile = Profile::init(&home, pass.as_bytes(), &relay, KdfParams::from_env())?;
+            drop(profile);
+            eprintln!("profile created");
+        }
+        Cmd::Invite { label, qr } => {
+            let mut profile = open(&home)?;
+            let link = runtime()?
+                .block_on(profile.invite(&net, label.as_deref(), now()))
+                .map_err(|e| {
+                    if is_network(&e) {
+                        anyhow!("relay unreachable; no invitation was created")
+                    } else {
+                        e.into()
+                    }
+                })?;
+            let mut out = std::io::stdout().lock();
+            if qr {
+                let code = qrcode::QrCode::new(link.as_bytes())
+                    .map_err(|_| anyhow!("the link is too long for a QR code"))?;
+                let art = code
+                    .render::<qrcode::render::unicode::Dense1x2>()
+                    .dark_color(qrcode::render::unicode::Dense1x2::Light)
+                    .light_color(qrcode::render::unicode::Dense1x2::Dark)
+                    .build();
+                writeln!(out, "{art}")?;
+            }
+            writeln!(out, "{}", link.as_str())?;
+        }
+        Cmd::Accept { link, label } => {
+            let mut profile = open(&home)?;
+            match runtime()?.block_on(profile.accept(&net, &link, &label, now())) {
+                Ok(()) => eprintln!("invitation accepted; the contact is ready once they sync"),
+                Err(e) if is_network(&e) => {
+                    return Err(anyhow!(
+                        "relay unreachable; if the invitation was accepted, the greeting waits in the outbox for the next sync"
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Cmd::Sync { json } => {
+            let mut profile = open(&home)?;
+            let report = runtime()?
+                .block_on(profile.sync(&net, now()))
+                .map_err(friendly)?;
+            for r in &report.received {
+                print_received(r, json)?;
+            }
+            if report.dropped > 0 {
+                eprintln!(
+                    "{} message(s) could not be read and were dropped",
+                    report.dropped
+                );
+            }
+            if let Some(e) = report.error {
+                if is_network(&e) {
+                    let waiting = profile.outbox_len()?;
+                    return Err(anyhow!(
+                        "relay unreachable; {waiting} message(s) wait in the outbox"
+                    ));
+                }
+                return Err(e.into());
+            }
+        }
+        Cmd::Listen { json } => {
+            let mut profile = open(&home)?;
+            let rt = runtime()?;
+            let result: anyhow::Result<()> = rt.block_on(async {
+                let mut backoff = 5u64;
+                loop {
+                    let r = tokio::select! {
+                        r = profile.listen(&net, now, |r| {
+                            let _ = print_received(r, json);
+                        }) => r,
+                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                    };
+                    match r {
+                        Ok(()) => return Ok(()),
+                        Err(e) if is_network(&e) => {
+                            eprintln!("relay unreachable; retrying in {backoff} s");
+                            tokio::select! {
+                                _ = tokio::time::sleep(std::time::Duration::from_secs(backoff)) => {}
+                                _ = tokio::signal::ctrl_c() => return Ok(()),
+                            }
+                            backoff = (backoff * 2).min(60);
+                        }
+                        Err(e) => return Err(friendly(e)),
+                    }
+                }
+            });
+            result?;
+        }
+        Cmd::Send { name, text } => {
+            let mut profile = open(&home)?;
+            match runtime()?.block_on(profile.send(&net, &name, &text, now())) {
+                Ok(()) => {}
+                Err(e) if is_network(&e) => {
+                    return Err(anyhow!(
+                        "relay unreachable; the message is kept in the outbox and will be sent on the next send or sync"
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Cmd::Contacts { json } => {
+            let profile = open(&home)?;
+            let mut out = std::io::stdout().lock();
+            for c in profile.contacts()? {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&c)?)?;
+                } else {
+                    let verified = if c.verified { ", verified" } else { "" };
+                    writeln!(out, "{} ({}{verified})", c.name, c.state)?;
+                }
+            }
+        }
+        Cmd::History { name, json } => {
+            let profile = open(&home)?;
+            let mut out = std::io::stdout().lock();
+            for h in profile.history(&name)? {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&h)?)?;
+                } else if h.direction == "out" {
+                    writeln!(out, "me: {}", h.text)?;
+                } else {
+                    writeln!(out, "{name}: {}", h.text)?;
+                }
+            }
+        }
+        Cmd::Rename { old, new } => {
+            let mut profile = open(&home)?;
+            profile.rename(&old, &new)?;
+        }
+        Cmd::Verify { name, confirm } => {
+            let mut profile = open(&home)?;
+            let code = profile.safety_code(&name)?;
+            println!("{code}");
+            if confirm {
+                profile.confirm_verified(&name)?;
+                eprintln!("marked as verified");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -86,9 +86,12 @@ impl RelayConnection {
         address: &RelayAddress,
         target: SocketAddr,
     ) -> Result<Self> {
-        tokio::time::timeout(CONNECT_TIMEOUT, Self::connect_inner(endpoint, address, target))
-            .await
-            .map_err(|_| ClientError::Timeout)?
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Self::connect_inner(endpoint, address, target),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout)?
     }
 
     async fn connect_inner(

@@ -138,6 +138,9 @@ impl FromStr for RelayAddress {
         if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad("port must be a number from 1 to 65535"));
         }
+        if port == "0" {
+            return Err(bad("port must be a number from 1 to 65535"));
+        }
         if port.starts_with('0') {
             return Err(bad("port must not have leading zeros"));
         }

@@ -649,9 +649,12 @@ mod tests {
     }
 
     fn address() -> RelayAddress {
-        format!("tidings://{}@127.0.0.1:4433", URL_SAFE_NO_PAD.encode([9u8; 32]))
-            .parse()
-            .unwrap()
+        format!(
+            "tidings://{}@127.0.0.1:4433",
+            URL_SAFE_NO_PAD.encode([9u8; 32])
+        )
+        .parse()
+        .unwrap()
     }
 
     fn invitation() -> Invitation {
@@ -760,7 +763,10 @@ mod tests {
         assert_eq!(small.len(), MAX_BODY_LEN);
         assert_eq!(large.len(), MAX_BODY_LEN);
         assert_eq!(empty.len(), MAX_BODY_LEN);
-        assert_eq!(k.open(&large).unwrap().as_slice(), vec![7u8; MAX_RATCHET_LEN]);
+        assert_eq!(
+            k.open(&large).unwrap().as_slice(),
+            vec![7u8; MAX_RATCHET_LEN]
+        );
         assert!(k.seal(&vec![7u8; MAX_RATCHET_LEN + 1], &mut rng).is_err());
     }
 

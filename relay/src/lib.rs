@@ -1,5 +1,59 @@
 //! # tidings-relay
 //!
-//! (Being built.) The Tidings store-and-forward relay.
+//! The Tidings store-and-forward relay. People who cannot be online at the same time (a
+//! woman who reaches a network only now and then, a field minister checking on her) leave
+//! end-to-end encrypted messages for each other in one-way *queues* on a relay; the relay
+//! keeps each message until its recipient acknowledges it, pushes it when the recipient is
+//! connected, and forgets it after the expiry. A relay may be seized, so it is built to know
+//! as little as it can: no accounts, no phone numbers, no IP logs, no contact graph, and the
+//! bodies it stores are re-encrypted under a per-queue key so they share no bytes with what
+//! senders sent.
+//!
+//! ## How the parts fit
+//!
+//! Data flows from the network inwards:
+//!
+//! - [`transport`]: the seam "a bidirectional stream of fixed-size records", implemented with
+//!   QUIC (quinn + rustls, ALPN `h3`, one stream per connection, small flow-control windows).
+//! - [`session`]: one connection's life: the Noise NK handshake
+//!   ([`tidings_protocol::noise::respond`]) under a timeout, then records opened into blocks,
+//!   frames handed to the dispatcher in order, replies packed back into blocks; reader and
+//!   writer tasks joined by bounded channels, so a client that does not read stops being read.
+//! - [`dispatch`]: the queue commands of `docs/DESIGN.md` section 2 (create, secure, send,
+//!   subscribe, ack, get, delete, suspend, ping), authorization (with a dummy-key verification
+//!   for unknown queues), the per-connection rate limit, the one-unacked-message push rule.
+//! - [`registry`]: which connection is the one live subscriber of each queue, and the bounded
+//!   mailboxes through which connections wake each other.
+//! - [`store`]: the [`store::Store`] trait and [`store::SledStore`], which answers a write only
+//!   once it is durable, grouping concurrent writes under one flush.
+//! - [`server`]: the accept loop with the connection limit, the expiry sweeper, shutdown, and
+//!   the in-process API ([`Relay`], [`run`]) that the binary and the integration tests use.
+//! - [`config`], [`identity`], [`clock`], [`stats`], [`error`]: settings with documented
+//!   defaults; the Noise key and TLS certificate in the data directory and the printed
+//!   address; the injected clock; aggregate counters; the crate's one error type.
+//!
+//! ## What it never does
+//!
+//! It never logs or stores a client address, a queue id, a key or a byte of a message (logs
+//! carry aggregate counters only); never keeps a time finer than the hour a message arrived;
+//! never answers `Ok` to a send before the message is durable; and never panics on input from
+//! the network or the disk.
 
 #![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod identity;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod stats;
+pub mod store;
+pub mod transport;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::Config;
+pub use error::{RelayError, Result};
+pub use server::{run, Relay};

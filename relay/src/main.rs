@@ -1,3 +1,135 @@
-//! `tidings-relay` binary (being built).
+//! `tidings-relay`: runs a Tidings relay, or prints the address of an existing one.
+//!
+//! ```text
+//! tidings-relay [--config FILE] [--listen ADDR] [--data-dir DIR] [--public-host HOST]
+//! tidings-relay address [--config FILE] [--listen ADDR] [--data-dir DIR] [--public-host HOST]
+//! ```
+//!
+//! Settings come from the optional TOML file, then the flags. On start the relay prints
+//! exactly one line on stdout, `relay address: tidings://KEY@HOST:PORT`, with the port it
+//! actually bound; everything else (logs, filtered by `RUST_LOG`, counters only) goes to
+//! stderr. SIGINT or SIGTERM stops it cleanly with exit status 0.
+
 #![forbid(unsafe_code)]
-fn main() {}
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::Layer;
+
+use tidings_relay::{identity, Config, SystemClock};
+
+/// Tidings store-and-forward relay.
+#[derive(Debug, Parser)]
+#[command(name = "tidings-relay", version, about)]
+struct Cli {
+    /// TOML configuration file (every limit; flags override it).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// UDP address to listen on [default: [::]:4433].
+    #[arg(long, global = true, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Directory for the store, the relay key and the TLS certificate [default: the platform
+    /// data directory].
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Host name or IP written into the relay address [default: the listen IP].
+    #[arg(long, global = true, value_name = "HOST")]
+    public_host: Option<String>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Prints the address of the relay in the data directory without starting it.
+    Address,
+}
+
+fn config(cli: &Cli) -> Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = cli.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir = Some(dir.clone());
+    }
+    if let Some(host) = &cli.public_host {
+        config.public_host = Some(host.clone());
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`), and only this crate's own
+/// events pass: libraries below (quinn, rustls, sled) may mention addresses, so they are
+/// never let through, at any level.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let own_only = tracing_subscriber::filter::filter_fn(|meta| {
+        meta.target().starts_with("tidings_relay")
+    });
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_filter(filter)
+        .with_filter(own_only);
+    let subscriber = tracing_subscriber::registry().with(layer);
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+/// Resolves on SIGTERM or SIGINT. The handlers are installed before this returns, so a
+/// signal that arrives right after the address is printed is not lost.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
+
+fn print_address(address: &impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "relay address: {address}");
+    let _ = out.flush();
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    let config = config(&cli)?;
+    let data_dir = config.data_dir()?;
+    match cli.command {
+        Some(Cmd::Address) => {
+            let key = identity::load_public_key(&data_dir)?;
+            let address =
+                identity::relay_address(key, config.public_host.as_deref(), config.listen)?;
+            print_address(&address);
+        }
+        None => {
+            tidings_relay::run(
+                config,
+                Arc::new(SystemClock),
+                shutdown_signal()?,
+                |address| print_address(address),
+            )
+            .await
+            .context("relay failed")?;
+        }
+    }
+    Ok(())
+}

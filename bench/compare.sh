@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Runs the same load on a Tidings relay and on Redis (appendfsync always) and prints a table
+# and, last, `ratio tidings/redis: X.XX` (online messages/s).
+#
+#   bench/compare.sh [--quick]
+#
+# It installs redis-server from the distribution's packages if missing, starts Redis and
+# the relays on free loopback ports in a temporary dir, builds the release binaries, runs
+# both targets with the same parameters (an online run and an offline store-then-drain run
+# each), and stops everything it started on exit. --quick finishes within 3 minutes on 2
+# cores once the release build is warm (a cold release build of the workspace takes longer,
+# about 5-8 minutes on 2 cores). Everything stays on 127.0.0.1.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+QUICK=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) QUICK=1 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $arg (use --quick or nothing)" >&2; exit 2 ;;
+    esac
+done
+
+# The default load of the benchmark issue: 100 senders to 100 recipients, 1 KiB payloads,
+# one message in flight per sender. Offline runs stay under the relay's quota of 128
+# pending messages per queue.
+COMMON=(--senders 100 --recipients 100 --payload 1024 --in-flight 1)
+if [ "$QUICK" = 1 ]; then
+    MESSAGES=3000; OFFLINE_MESSAGES=3000; IDLE=500; CONNECT=200
+else
+    MESSAGES=30000; OFFLINE_MESSAGES=10000; IDLE=2000; CONNECT=1000
+fi
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "need root (or sudo) to run: $*" >&2; return 1; fi
+}
+if ! command -v redis-server >/dev/null; then
+    echo "installing redis-server ..." >&2
+    as_root apt-get update -qq >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >&2
+fi
+
+WORK=$(mktemp -d -t tidings-compare-XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    local port
+    for _ in $(seq 1 200); do
+        port=$((20000 + RANDOM % 30000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"; return 0
+        fi
+    done
+    echo "no free port found" >&2; return 1
+}
+
+echo "building (release) ..." >&2
+cargo build --release -q -p tidings-bench -p tidings-relay >&2
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
+    | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+BIN="${TARGET_DIR:-target}/release"
+
+# Redis, durable like the relay: every write in the append-only file, fsynced before the
+# reply; no RDB snapshots.
+REDIS_PORT=$(free_port)
+mkdir -p "$WORK/redis"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK/redis" \
+    --appendonly yes --appendfsync always --save "" --daemonize no \
+    --logfile "$WORK/redis/redis.log" &
+PIDS+=($!)
+for _ in $(seq 1 100); do
+    redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+    sleep 0.1
+done
+redis-cli -p "$REDIS_PORT" ping >/dev/null
+
+# A fresh relay per run; prints its address on stdout.
+start_relay() { # $1: name
+    local dir="$WORK/$1"
+    mkdir -p "$dir"
+    "$BIN/tidings-relay" --listen 127.0.0.1:0 --data-dir "$dir/data" \
+        >"$dir/stdout" 2>"$dir/relay.log" &
+    RELAY_PID=$!
+    PIDS+=("$RELAY_PID")
+    RELAY_DIR="$dir/data"
+    RELAY_ADDRESS=""
+    for _ in $(seq 1 300); do
+        RELAY_ADDRESS=$(sed -n 's/^relay address: //p' "$dir/stdout" | head -n 1)
+        [ -n "$RELAY_ADDRESS" ] && return 0
+        kill -0 "$RELAY_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "the relay did not print its address; its log:" >&2
+    tail -n 20 "$dir/relay.log" >&2
+    return 1
+}
+stop_relay() {
+    kill "$RELAY_PID" 2>/dev/null || true
+    wait "$RELAY_PID" 2>/dev/null || true
+}
+
+run_tidings() { # $1: name, rest: bench arguments
+    local name=$1; shift
+    start_relay "$name"
+    echo "tidings $name: $*" >&2
+    "$BIN/tidings-bench" --target tidings --relay "$RELAY_ADDRESS" --relay-pid "$RELAY_PID" \
+        --relay-data-dir "$RELAY_DIR" "${COMMON[@]}" "$@" | tee "$WORK/tidings-$name.json" >&2
+    stop_relay
+}
+run_redis() { # $1: name, rest: bench arguments
+    local name=$1; shift
+    echo "redis $name: $*" >&2
+    "$BIN/tidings-bench" --target redis --redis "127.0.0.1:$REDIS_PORT" "${COMMON[@]}" "$@" \
+        | tee "$WORK/redis-$name.json" >&2
+}
+
+ONLINE=(--messages "$MESSAGES" --idle-clients "$IDLE" --connect-rate "$CONNECT")
+OFFLINE=(--messages "$OFFLINE_MESSAGES" --offline --idle-clients 0 --connect-rate 0)
+run_tidings online "${ONLINE[@]}"
+run_redis online "${ONLINE[@]}"
+run_tidings offline "${OFFLINE[@]}"
+run_redis offline "${OFFLINE[@]}"
+
+echo
+echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
+echo "load: ${COMMON[*]}, online ${MESSAGES} messages, offline ${OFFLINE_MESSAGES} messages"
+"$BIN/tidings-bench" --table "$WORK"/tidings-online.json "$WORK"/redis-online.json \
+    "$WORK"/tidings-offline.json "$WORK"/redis-offline.json

@@ -1,0 +1,224 @@
+//! # tidings-bench
+//!
+//! A load generator that measures what a Tidings relay costs to run, and the same load on
+//! Redis with `appendfsync always` (what an operator would otherwise pick for durable
+//! store-and-forward), so the two can be compared in one run (`bench/compare.sh`).
+//!
+//! - [`tidings_load`] speaks the real protocol through `tidings_client::net::RelayConnection`
+//!   to a relay it starts ([`relay_process`]) or is given: recipients create queues and
+//!   subscribe, senders secure a queue each and send signed messages, recipients open the
+//!   re-encrypted bodies, read the send time stamped in them and ack.
+//! - [`redis_load`] runs the same pattern on Redis lists: `LPUSH` to send (the reply comes
+//!   after the fsync), `BLMOVE` to a processing list to receive, `LREM` there as the ack.
+//! - [`measure`] reads the server's CPU time and RSS from `/proc`, data directory sizes, and
+//!   latency percentiles.
+//!
+//! It prints ONE JSON line ([`report::Report`]). Everything is bounded: a whole run has a
+//! deadline (`--timeout`), every wait inside has its own, and a relay it started is killed
+//! when it exits. It only ever connects to the address it is given (loopback in
+//! `compare.sh`).
+
+#![forbid(unsafe_code)]
+
+mod measure;
+mod parallel;
+mod redis_load;
+mod relay_process;
+mod report;
+mod table;
+mod tidings_load;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+
+/// Which server the load runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// A Tidings relay (started here unless `--relay` names one).
+    Tidings,
+    /// A Redis server (`--redis`), which should run with `appendfsync always`.
+    Redis,
+}
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tidings-bench",
+    about = "Load a Tidings relay (or Redis) and print one JSON line of figures"
+)]
+pub struct Args {
+    /// Server to load.
+    #[arg(long, value_enum, default_value = "tidings")]
+    pub target: Target,
+    /// Address of a running relay (`tidings://...`); without it a relay is started from the
+    /// `tidings-relay` binary next to this one, with a temporary data dir.
+    #[arg(long)]
+    pub relay: Option<String>,
+    /// With `--relay`: the relay's pid, for CPU and RSS figures.
+    #[arg(long)]
+    pub relay_pid: Option<u32>,
+    /// With `--relay`: the relay's data dir, for the disk figure.
+    #[arg(long)]
+    pub relay_data_dir: Option<PathBuf>,
+    /// The relay binary to start (default: `tidings-relay` next to this executable).
+    #[arg(long)]
+    pub relay_bin: Option<PathBuf>,
+    /// Extra argument for a started relay (repeatable).
+    #[arg(long = "relay-arg", allow_hyphen_values = true)]
+    pub relay_args: Vec<String>,
+    /// Where to keep a started relay's log (default: discarded).
+    #[arg(long)]
+    pub relay_log: Option<PathBuf>,
+    /// Redis server for `--target redis` (host:port).
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    pub redis: String,
+    /// Sending clients, each on its own connection.
+    #[arg(long, default_value_t = 100)]
+    pub senders: usize,
+    /// Receiving clients, each on its own connection with its own queue; sender i sends to
+    /// recipient i mod recipients.
+    #[arg(long, default_value_t = 100)]
+    pub recipients: usize,
+    /// Payload bytes per message (at least 16: send time, sender, sequence).
+    #[arg(long, default_value_t = 1024)]
+    pub payload: usize,
+    /// Messages in total, spread evenly over the senders.
+    #[arg(long, default_value_t = 10_000)]
+    pub messages: usize,
+    /// Messages each sender has in flight (sent, not yet answered).
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
+    /// Store everything first, then let the recipients subscribe and drain.
+    #[arg(long)]
+    pub offline: bool,
+    /// Idle subscribed clients to connect for the RSS-per-client figure (0: skip).
+    #[arg(long, default_value_t = 2000)]
+    pub idle_clients: usize,
+    /// Connections to open for the new-connections-per-second figure (0: skip).
+    #[arg(long, default_value_t = 500)]
+    pub connect_rate: usize,
+    /// Connections being set up at the same time (setup, idle clients, connect rate).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Tidings: client UDP endpoints that the connections share.
+    #[arg(long, default_value_t = 4)]
+    pub endpoints: usize,
+    /// Tidings: send the payload as the body as it is, instead of padding it to the
+    /// 16,000-byte envelope every real client sends.
+    #[arg(long)]
+    pub unpadded: bool,
+    /// Print the side-by-side table of earlier runs' JSON lines (one file each) and exit.
+    #[arg(long, num_args = 1..)]
+    pub table: Vec<PathBuf>,
+    /// Deadline for the whole run, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+impl Args {
+    fn check(&self) -> Result<()> {
+        if self.senders == 0 || self.recipients == 0 || self.messages == 0 || self.in_flight == 0 {
+            bail!("--senders, --recipients, --messages and --in-flight must be at least 1");
+        }
+        if self.payload < measure::STAMP_LEN {
+            bail!("--payload must be at least {} bytes", measure::STAMP_LEN);
+        }
+        if self.payload > tidings_protocol::command::MAX_BODY_LEN {
+            bail!(
+                "--payload must be at most {} bytes (the largest body a relay takes)",
+                tidings_protocol::command::MAX_BODY_LEN
+            );
+        }
+        if self.concurrency == 0 || self.endpoints == 0 {
+            bail!("--concurrency and --endpoints must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Messages sender `s` sends.
+    pub fn messages_of_sender(&self, s: usize) -> usize {
+        self.messages / self.senders + usize::from(s < self.messages % self.senders)
+    }
+
+    /// Messages recipient `r` receives.
+    pub fn messages_of_recipient(&self, r: usize) -> usize {
+        (0..self.senders)
+            .filter(|s| s % self.recipients == r)
+            .map(|s| self.messages_of_sender(s))
+            .sum()
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !args.table.is_empty() {
+        print!("{}", table::render(&args.table)?);
+        return Ok(());
+    }
+    args.check()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let deadline = Duration::from_secs(args.timeout);
+    let report = runtime.block_on(async {
+        let run = async {
+            match args.target {
+                Target::Tidings => tidings_load::run(&args).await,
+                Target::Redis => redis_load::run(&args).await,
+            }
+        };
+        // On Ctrl-C the run is dropped, which stops a relay started here.
+        tokio::select! {
+            finished = tokio::time::timeout(deadline, run) => finished
+                .map_err(|_| anyhow::anyhow!("the run took longer than --timeout {}s", args.timeout))?,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            _ = terminated() => bail!("terminated"),
+        }
+    })?;
+    println!("{}", serde_json::to_string(&report)?);
+    // Connections still closing must not hold the process up.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// Resolves when the process receives SIGTERM (never, if the handler cannot be set).
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut signal) => {
+            signal.recv().await;
+        }
+        Err(_) => std::future::pending::<()>().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_spread_over_senders_and_recipients() {
+        let args = Args::parse_from([
+            "tidings-bench",
+            "--senders",
+            "3",
+            "--recipients",
+            "2",
+            "--messages",
+            "10",
+        ]);
+        let per_sender: Vec<usize> = (0..3).map(|s| args.messages_of_sender(s)).collect();
+        assert_eq!(per_sender, vec![4, 3, 3]);
+        assert_eq!(args.messages_of_recipient(0), 7);
+        assert_eq!(args.messages_of_recipient(1), 3);
+    }
+
+    #[test]
+    fn payload_too_small_for_the_stamp_is_refused() {
+        let args = Args::parse_from(["tidings-bench", "--payload", "8"]);
+        assert!(args.check().is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! `--table FILE...`: the side-by-side table `compare.sh` prints from the JSON lines of
+//! several runs, and the last line `ratio tidings/redis: X.XX` (online messages/s).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::Value;
+
+/// One row: label, mode of the run it comes from, JSON pointer into that run's report.
+const ROWS: &[(&str, &str, &str)] = &[
+    ("messages/s (online)", "online", "/msgs_per_sec"),
+    ("latency p50 ms", "online", "/latency_ms/p50"),
+    ("latency p99 ms", "online", "/latency_ms/p99"),
+    ("latency max ms", "online", "/latency_ms/max"),
+    ("server CPU us/message", "online", "/relay_cpu_us_per_msg"),
+    ("server RSS KiB after load", "online", "/relay_rss_kib"),
+    (
+        "RSS KiB per idle client",
+        "online",
+        "/rss_per_idle_client_kib",
+    ),
+    ("new connections/s", "online", "/new_connections_per_sec"),
+    (
+        "stored messages/s (offline)",
+        "offline",
+        "/store_msgs_per_sec",
+    ),
+    (
+        "drained messages/s (offline)",
+        "offline",
+        "/drain_msgs_per_sec",
+    ),
+    (
+        "messages/s store+drain (offline)",
+        "offline",
+        "/msgs_per_sec",
+    ),
+    (
+        "server CPU us/message (offline)",
+        "offline",
+        "/relay_cpu_us_per_msg",
+    ),
+    (
+        "disk bytes per stored message",
+        "offline",
+        "/disk_bytes_per_stored_message",
+    ),
+    ("body bytes sent per message", "online", "/body_bytes"),
+];
+
+/// Reads the last JSON line of each file and renders the table and the ratio line.
+pub fn render(files: &[PathBuf]) -> Result<String> {
+    // (target, mode) -> report
+    let mut runs: BTreeMap<(String, String), Value> = BTreeMap::new();
+    for file in files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .ok_or_else(|| anyhow!("{} holds no JSON line", file.display()))?;
+        let report: Value =
+            serde_json::from_str(line).with_context(|| format!("parsing {}", file.display()))?;
+        let field = |name: &str| report.get(name).and_then(Value::as_str).map(str::to_string);
+        let key = (
+            field("target").unwrap_or_default(),
+            field("mode").unwrap_or_default(),
+        );
+        runs.insert(key, report);
+    }
+    let targets = ["tidings", "redis"];
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<34} {:>14} {:>14}",
+        "figure", targets[0], targets[1]
+    );
+    for (label, mode, pointer) in ROWS {
+        let cell = |target: &str| {
+            runs.get(&(target.to_string(), mode.to_string()))
+                .and_then(|r| r.pointer(pointer))
+                .map(show)
+                .unwrap_or_else(|| "-".to_string())
+        };
+        let _ = writeln!(
+            out,
+            "{:<34} {:>14} {:>14}",
+            label,
+            cell(targets[0]),
+            cell(targets[1])
+        );
+    }
+    let rate = |target: &str| {
+        runs.get(&(target.to_string(), "online".to_string()))
+            .and_then(|r| r.pointer("/msgs_per_sec"))
+            .and_then(Value::as_f64)
+    };
+    match (rate("tidings"), rate("redis")) {
+        (Some(t), Some(r)) if r > 0.0 => {
+            let _ = writeln!(out, "ratio tidings/redis: {:.2}", t / r);
+        }
+        _ => {
+            let _ = writeln!(out, "ratio tidings/redis: n/a (an online run is missing)");
+        }
+    }
+    Ok(out)
+}
+
+fn show(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_string(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 => format!("{f:.0}"),
+            Some(f) => format!("{f:.2}"),
+            None => n.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_ends_with_the_ratio_of_online_rates() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("t.json");
+        let r = dir.path().join("r.json");
+        std::fs::write(
+            &t,
+            r#"{"target":"tidings","mode":"online","msgs_per_sec":300.0,"latency_ms":{"p50":1.5,"p99":2.0,"max":3.0}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            &r,
+            "noise\n{\"target\":\"redis\",\"mode\":\"online\",\"msgs_per_sec\":200.0}\n",
+        )
+        .unwrap();
+        let table = render(&[t, r]).unwrap();
+        assert_eq!(table.lines().last(), Some("ratio tidings/redis: 1.50"));
+        assert!(table.contains("latency p50 ms"));
+    }
+
+    #[test]
+    fn missing_run_gives_no_ratio() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path().join("t.json");
+        std::fs::write(
+            &t,
+            r#"{"target":"tidings","mode":"online","msgs_per_sec":3.0}"#,
+        )
+        .unwrap();
+        let table = render(&[t]).unwrap();
+        assert!(table.lines().last().unwrap().contains("n/a"));
+    }
+}

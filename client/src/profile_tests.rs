@@ -1,0 +1,405 @@
+//! The contact flow against the in-memory relay.
+
+use super::*;
+use crate::relay::fake::FakeNet;
+
+const NOW: u64 = 1_800_000_000;
+
+fn relay_address(n: u8) -> String {
+    format!(
+        "tidings://{}@127.0.0.{n}:4433",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([n; 32])
+    )
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    net: FakeNet,
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            net: FakeNet::default(),
+        }
+    }
+
+    fn profile(&self, name: &str, relay: u8) -> Profile {
+        Profile::init(
+            &self.dir.path().join(name),
+            name.as_bytes(),
+            &relay_address(relay),
+            KdfParams::INSECURE_TEST_ONLY,
+        )
+        .unwrap()
+    }
+
+    async fn connect(
+        &self,
+        a: &mut Profile,
+        a_label: &str,
+        b: &mut Profile,
+        b_label: &str,
+    ) -> String {
+        let link = a.invite(&self.net, Some(a_label), NOW).await.unwrap();
+        b.accept(&self.net, &link, b_label, NOW).await.unwrap();
+        a.sync(&self.net, NOW).await.unwrap();
+        b.sync(&self.net, NOW).await.unwrap();
+        link.to_string()
+    }
+
+    fn queue_of(
+        &self,
+        relay: u8,
+    ) -> std::cell::RefMut<'_, std::collections::VecDeque<(MessageId, Vec<u8>)>> {
+        std::cell::RefMut::map(self.net.0.borrow_mut(), |w| {
+            let queues = w.queues.get_mut(&relay_address(relay)).unwrap();
+            let q = queues
+                .values_mut()
+                .find(|q| !q.messages.is_empty())
+                .expect("a queue with messages");
+            &mut q.messages
+        })
+    }
+}
+
+fn texts(report: &SyncReport) -> Vec<String> {
+    report
+        .received
+        .iter()
+        .map(|r| format!("{}: {}", r.from, r.text))
+        .collect()
+}
+
+#[tokio::test]
+async fn two_people_on_different_relays_talk_both_ways() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 2);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    assert_eq!(a.contacts().unwrap()[0].state, "ready");
+    assert_eq!(b.contacts().unwrap()[0].state, "ready");
+
+    a.send(&w.net, "bora", "hello bora", NOW).await.unwrap();
+    assert_eq!(
+        texts(&b.sync(&w.net, NOW).await.unwrap()),
+        ["amina: hello bora"]
+    );
+    b.send(&w.net, "amina", "hi", NOW).await.unwrap();
+    assert_eq!(texts(&a.sync(&w.net, NOW).await.unwrap()), ["bora: hi"]);
+    assert!(a.sync(&w.net, NOW).await.unwrap().received.is_empty());
+
+    let h = a.history("bora").unwrap();
+    assert_eq!(h.len(), 2);
+    assert_eq!((h[0].direction, h[0].text.as_str()), ("out", "hello bora"));
+    assert_eq!((h[1].direction, h[1].text.as_str()), ("in", "hi"));
+}
+
+#[tokio::test]
+async fn the_accepter_can_write_before_the_inviter_syncs() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    let link = a.invite(&w.net, Some("bora"), NOW).await.unwrap();
+    b.accept(&w.net, &link, "amina", NOW).await.unwrap();
+    b.send(&w.net, "amina", "early", NOW).await.unwrap();
+    assert_eq!(texts(&a.sync(&w.net, NOW).await.unwrap()), ["bora: early"]);
+    assert!(b.sync(&w.net, NOW).await.unwrap().received.is_empty());
+    a.send(&w.net, "bora", "got it", NOW).await.unwrap();
+    assert_eq!(
+        texts(&b.sync(&w.net, NOW).await.unwrap()),
+        ["amina: got it"]
+    );
+}
+
+#[tokio::test]
+async fn an_inviter_cannot_write_before_the_hello_arrives() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    a.invite(&w.net, Some("bora"), NOW).await.unwrap();
+    assert!(matches!(
+        a.send(&w.net, "bora", "too soon", NOW).await,
+        Err(ClientError::ContactNotReady)
+    ));
+    assert!(matches!(
+        a.send(&w.net, "nobody", "x", NOW).await,
+        Err(ClientError::UnknownContact)
+    ));
+}
+
+#[tokio::test]
+async fn a_used_invitation_is_refused_and_the_real_contact_still_works() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    let mut c = w.profile("intruder", 1);
+    let link = w.connect(&mut a, "bora", &mut b, "amina").await;
+    assert!(matches!(
+        c.accept(&w.net, &link, "amina", NOW).await,
+        Err(ClientError::InvitationUsed)
+    ));
+    assert!(c.contacts().unwrap().is_empty());
+    assert_eq!(c.outbox_len().unwrap(), 0);
+    a.send(&w.net, "bora", "still here", NOW).await.unwrap();
+    assert_eq!(
+        texts(&b.sync(&w.net, NOW).await.unwrap()),
+        ["amina: still here"]
+    );
+}
+
+#[tokio::test]
+async fn an_expired_or_malformed_invitation_is_refused() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    let link = a.invite(&w.net, Some("bora"), NOW).await.unwrap();
+    let later = NOW + INVITATION_TTL_SECS + 1;
+    assert!(matches!(
+        b.accept(&w.net, &link, "amina", later).await,
+        Err(ClientError::InvitationExpired)
+    ));
+    assert!(matches!(
+        b.accept(&w.net, "tidings:invite/AAAA", "amina", NOW).await,
+        Err(ClientError::InvalidInvitation)
+    ));
+}
+
+#[tokio::test]
+async fn an_unreachable_relay_keeps_messages_queued_in_order() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    w.net.0.borrow_mut().down.push(relay_address(1));
+    assert!(matches!(
+        a.send(&w.net, "bora", "while down", NOW).await,
+        Err(ClientError::Unreachable)
+    ));
+    assert_eq!(a.outbox_len().unwrap(), 1);
+    w.net.0.borrow_mut().down.clear();
+    a.send(&w.net, "bora", "after", NOW).await.unwrap();
+    assert_eq!(a.outbox_len().unwrap(), 0);
+    assert_eq!(
+        texts(&b.sync(&w.net, NOW).await.unwrap()),
+        ["amina: while down", "amina: after"]
+    );
+}
+
+#[tokio::test]
+async fn a_duplicated_delivery_is_shown_once() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 2);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    a.send(&w.net, "bora", "once", NOW).await.unwrap();
+    {
+        let mut q = w.queue_of(2);
+        let first = q.front().cloned().unwrap();
+        // The relay (or an attacker replaying a capture) delivers it again under a new id.
+        q.push_back((MessageId::random(&mut OsRng), first.1.clone()));
+        // Same id: the fake keeps both; the ack removes both, which is fine.
+    }
+    let report = b.sync(&w.net, NOW).await.unwrap();
+    assert_eq!(texts(&report), ["amina: once"]);
+    assert_eq!(report.dropped, 1);
+}
+
+#[tokio::test]
+async fn lost_and_reordered_messages_do_not_break_the_session() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 2);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    for t in ["one", "two", "three", "four"] {
+        a.send(&w.net, "bora", t, NOW).await.unwrap();
+    }
+    {
+        let mut q = w.queue_of(2);
+        q.swap(0, 2); // three, two, one, four
+        q.remove(1); // "two" is lost
+    }
+    assert_eq!(
+        texts(&b.sync(&w.net, NOW).await.unwrap()),
+        ["amina: three", "amina: one", "amina: four"]
+    );
+    b.send(&w.net, "amina", "reply", NOW).await.unwrap();
+    assert_eq!(texts(&a.sync(&w.net, NOW).await.unwrap()), ["bora: reply"]);
+}
+
+#[tokio::test]
+async fn a_forged_body_is_dropped_and_the_queue_moves_on() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 2);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    a.send(&w.net, "bora", "real", NOW).await.unwrap();
+    {
+        let mut q = w.queue_of(2);
+        q.push_front((MessageId::random(&mut OsRng), vec![0u8; 16_016]));
+    }
+    let report = b.sync(&w.net, NOW).await.unwrap();
+    assert_eq!(texts(&report), ["amina: real"]);
+    assert_eq!(report.dropped, 1);
+}
+
+#[tokio::test]
+async fn the_store_reopens_only_with_the_right_passphrase() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    drop(a);
+    let home = w.dir.path().join("amina");
+    assert!(matches!(
+        Profile::open(&home, b"not amina"),
+        Err(ClientError::WrongPassphrase)
+    ));
+    let mut a = Profile::open(&home, b"amina").unwrap();
+    a.send(&w.net, "bora", "after reopening", NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&b.sync(&w.net, NOW).await.unwrap()),
+        ["amina: after reopening"]
+    );
+}
+
+#[tokio::test]
+async fn safety_codes_match_on_both_sides_and_can_be_confirmed() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    let ca = a.safety_code("bora").unwrap();
+    let cb = b.safety_code("amina").unwrap();
+    assert_eq!(ca, cb);
+    assert_eq!(ca.len(), 14);
+    assert!(ca
+        .split(' ')
+        .all(|g| g.len() == 4 && g.bytes().all(|c| c.is_ascii_digit())));
+    assert!(!a.contacts().unwrap()[0].verified);
+    a.confirm_verified("bora").unwrap();
+    assert!(a.contacts().unwrap()[0].verified);
+}
+
+#[tokio::test]
+async fn renaming_keeps_the_conversation() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    w.connect(&mut a, "contact-1", &mut b, "amina").await;
+    a.rename("contact-1", "bora").unwrap();
+    assert!(matches!(
+        a.rename("nobody", "x"),
+        Err(ClientError::UnknownContact)
+    ));
+    b.send(&w.net, "amina", "hi", NOW).await.unwrap();
+    assert_eq!(texts(&a.sync(&w.net, NOW).await.unwrap()), ["bora: hi"]);
+    let link = a.invite(&w.net, None, NOW).await.unwrap();
+    assert!(!link.is_empty());
+    assert!(a
+        .contacts()
+        .unwrap()
+        .iter()
+        .any(|c| c.name == "contact-1" && c.state == "invited"));
+    assert!(matches!(
+        a.rename("contact-1", "bora"),
+        Err(ClientError::NameTaken)
+    ));
+}
+
+#[tokio::test]
+async fn nothing_readable_is_left_in_the_profile_files() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    let link = w.connect(&mut a, "bora-label", &mut b, "amina-label").await;
+    a.send(&w.net, "bora-label", "the river is high", NOW)
+        .await
+        .unwrap();
+    b.sync(&w.net, NOW).await.unwrap();
+    drop((a, b));
+    let needles: [&[u8]; 4] = [
+        b"the river is high",
+        b"bora-label",
+        b"amina-label",
+        link.as_bytes(),
+    ];
+    let mut stack = vec![w.dir.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+                continue;
+            }
+            let bytes = std::fs::read(e.path()).unwrap();
+            for n in needles {
+                assert!(
+                    !bytes.windows(n.len()).any(|w| w == n),
+                    "{:?} in {}",
+                    String::from_utf8_lossy(n),
+                    e.path().display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn safety_code_is_symmetric() {
+    let x = E2ePublicKey::from_bytes([1; 32]);
+    let y = E2ePublicKey::from_bytes([2; 32]);
+    assert_eq!(safety_code(&x, &y), safety_code(&y, &x));
+    assert_ne!(safety_code(&x, &y), safety_code(&x, &x));
+}
+
+#[tokio::test]
+async fn the_same_message_id_sent_twice_is_shown_once() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    // A sender that retries by re-encrypting (a new ratchet message, the same message id).
+    let app = AppMessage {
+        id: AppMessageId::random(&mut OsRng),
+        sent_at: NOW,
+        body: AppBody::Text("only once".into()),
+    };
+    for _ in 0..2 {
+        let contact = a.contact_by_label("bora").unwrap();
+        let mut session = E2eSession::unpickle(&contact.session, a.store.pickle_key()).unwrap();
+        let mut batch = Batch::new();
+        a.seal_to_outbox(&mut batch, contact, &mut session, &app)
+            .unwrap();
+        a.store.apply(batch).unwrap();
+    }
+    a.sync(&w.net, NOW).await.unwrap();
+    let report = b.sync(&w.net, NOW).await.unwrap();
+    assert_eq!(texts(&report), ["amina: only once"]);
+    assert_eq!(report.dropped, 1);
+}
+
+#[tokio::test]
+async fn every_body_has_the_same_size_whatever_the_text() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    w.net.0.borrow_mut().down.push(relay_address(1));
+    for text in ["a".to_string(), "long ".repeat(1_600)] {
+        assert!(a.send(&w.net, "bora", &text, NOW).await.is_err());
+    }
+    let outbox: Vec<OutboxRecord> = a.store.values_json(Tree::Outbox).unwrap();
+    assert_eq!(outbox.len(), 2);
+    for o in &outbox {
+        let body = STANDARD_NO_PAD.decode(&o.body).unwrap();
+        assert_eq!(body.len(), tidings_protocol::command::MAX_BODY_LEN);
+    }
+    assert!(matches!(
+        a.send(&w.net, "bora", &"x".repeat(MAX_TEXT_LEN + 1), NOW)
+            .await,
+        Err(ClientError::MessageTooLong)
+    ));
+}

@@ -1,0 +1,308 @@
+//! What the profile logic needs from a relay connection, as two small traits.
+//!
+//! [`QuicConnector`] connects for real through [`crate::net::RelayConnection`]; tests use an
+//! in-memory relay (in this module's tests) that follows the relay's command semantics, so the
+//! whole contact flow can be tested without sockets.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tidings_protocol::address::RelayAddress;
+use tidings_protocol::command::{Command, Reply, Request};
+use tidings_protocol::ids::EntityId;
+use tidings_protocol::keys::AuthSecretKey;
+
+use crate::error::{ClientError, Result};
+use crate::net::RelayConnection;
+
+/// One live connection to a relay.
+pub trait RelayLink {
+    /// A request with a fresh corr id, signed with `key` for this connection's session.
+    fn signed(
+        &mut self,
+        entity: EntityId,
+        command: Command,
+        key: &AuthSecretKey,
+    ) -> Result<Request>;
+    /// A request with a fresh corr id and no signature.
+    fn unsigned(&mut self, entity: EntityId, command: Command) -> Request;
+    /// Sends the requests and returns their replies in order.
+    fn batch(&mut self, requests: Vec<Request>) -> impl Future<Output = Result<Vec<Reply>>>;
+    /// The next pushed frame, or `None` after `timeout`.
+    fn next_push(&mut self, timeout: Duration) -> impl Future<Output = Result<Option<Reply>>>;
+    /// Closes the connection.
+    fn close(self) -> impl Future<Output = ()>;
+    /// Sends one request and returns its reply.
+    fn request(&mut self, request: Request) -> impl Future<Output = Result<Reply>> {
+        async move {
+            self.batch(vec![request])
+                .await?
+                .pop()
+                .ok_or(ClientError::ConnectionLost)
+        }
+    }
+}
+
+/// Makes connections to relays.
+pub trait Connector {
+    /// The connection type.
+    type Link: RelayLink;
+    /// Connects to the relay at `address`.
+    fn connect(&self, address: &RelayAddress) -> impl Future<Output = Result<Self::Link>>;
+}
+
+/// Connects over QUIC with [`RelayConnection`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuicConnector;
+
+impl Connector for QuicConnector {
+    type Link = RelayConnection;
+
+    fn connect(&self, address: &RelayAddress) -> impl Future<Output = Result<Self::Link>> {
+        RelayConnection::connect(address)
+    }
+}
+
+impl RelayLink for RelayConnection {
+    fn signed(
+        &mut self,
+        entity: EntityId,
+        command: Command,
+        key: &AuthSecretKey,
+    ) -> Result<Request> {
+        RelayConnection::signed(self, entity, command, key)
+    }
+
+    fn unsigned(&mut self, entity: EntityId, command: Command) -> Request {
+        RelayConnection::unsigned(self, entity, command)
+    }
+
+    fn batch(&mut self, requests: Vec<Request>) -> impl Future<Output = Result<Vec<Reply>>> {
+        RelayConnection::batch(self, requests)
+    }
+
+    fn next_push(&mut self, timeout: Duration) -> impl Future<Output = Result<Option<Reply>>> {
+        RelayConnection::next_push(self, timeout)
+    }
+
+    fn close(self) -> impl Future<Output = ()> {
+        RelayConnection::close(self)
+    }
+}
+
+/// An in-memory relay for tests: the relay's command semantics without sockets.
+#[cfg(test)]
+pub mod fake {
+    use std::cell::RefCell;
+    use std::collections::{HashMap, VecDeque};
+    use std::rc::Rc;
+
+    use rand_core::OsRng;
+    use tidings_protocol::command::{ErrorCode, ReplyKind};
+    use tidings_protocol::ids::{CorrId, MessageId, RecipientId, SenderId};
+    use tidings_protocol::keys::{AuthPublicKey, DhSecretKey};
+    use tidings_protocol::noise::SessionBinding;
+    use tidings_protocol::reencrypt::DeliveryKey;
+
+    use super::*;
+
+    /// One queue.
+    pub struct Queue {
+        recipient_key: AuthPublicKey,
+        sender: SenderId,
+        delivery: DeliveryKey,
+        sender_key: Option<AuthPublicKey>,
+        /// Stored (re-encrypted) messages, oldest first.
+        pub messages: VecDeque<(MessageId, Vec<u8>)>,
+    }
+
+    /// All relays of a test world, keyed by address text.
+    #[derive(Default)]
+    pub struct World {
+        /// Queues by relay address and recipient id.
+        pub queues: HashMap<String, HashMap<RecipientId, Queue>>,
+        /// Relays that are "down".
+        pub down: Vec<String>,
+    }
+
+    /// A connector into a shared [`World`].
+    #[derive(Clone, Default)]
+    pub struct FakeNet(pub Rc<RefCell<World>>);
+
+    /// A connection to one fake relay.
+    pub struct FakeLink {
+        world: Rc<RefCell<World>>,
+        relay: String,
+        binding: SessionBinding,
+        corr: u64,
+    }
+
+    impl Connector for FakeNet {
+        type Link = FakeLink;
+
+        fn connect(&self, address: &RelayAddress) -> impl Future<Output = Result<FakeLink>> {
+            let relay = address.to_string();
+            let down = self.0.borrow().down.contains(&relay);
+            let world = self.0.clone();
+            async move {
+                if down {
+                    return Err(ClientError::Unreachable);
+                }
+                Ok(FakeLink {
+                    world,
+                    relay,
+                    binding: SessionBinding::from_bytes(rand_bytes()),
+                    corr: 0,
+                })
+            }
+        }
+    }
+
+    fn rand_bytes() -> [u8; 32] {
+        use rand_core::RngCore;
+        let mut b = [0u8; 32];
+        OsRng.fill_bytes(&mut b);
+        b
+    }
+
+    impl FakeLink {
+        fn corr(&mut self) -> CorrId {
+            self.corr += 1;
+            CorrId::from_bytes(self.corr.to_be_bytes())
+        }
+
+        fn handle(&self, req: &Request) -> ReplyKind {
+            let mut world = self.world.borrow_mut();
+            let queues = world.queues.entry(self.relay.clone()).or_default();
+            let auth = ReplyKind::Error(ErrorCode::Auth);
+            match &req.command {
+                Command::New { auth: key, dh } => {
+                    if req.verify(&self.binding, key).is_err() {
+                        return auth;
+                    }
+                    let secret = DhSecretKey::generate(&mut OsRng);
+                    let Ok(delivery) = DeliveryKey::for_relay(&secret, dh) else {
+                        return ReplyKind::Error(ErrorCode::Command);
+                    };
+                    let recipient = RecipientId::random(&mut OsRng);
+                    let sender = SenderId::random(&mut OsRng);
+                    queues.insert(
+                        recipient,
+                        Queue {
+                            recipient_key: *key,
+                            sender,
+                            delivery,
+                            sender_key: None,
+                            messages: VecDeque::new(),
+                        },
+                    );
+                    ReplyKind::Ids {
+                        recipient,
+                        sender,
+                        relay_dh: secret.public(),
+                    }
+                }
+                Command::Secure { sender_key } => {
+                    let sid = SenderId::from(req.entity);
+                    let Some(q) = queues.values_mut().find(|q| q.sender == sid) else {
+                        return auth;
+                    };
+                    if q.sender_key.is_some() || req.verify(&self.binding, sender_key).is_err() {
+                        return auth;
+                    }
+                    q.sender_key = Some(*sender_key);
+                    ReplyKind::Ok
+                }
+                Command::Send { body } => {
+                    let sid = SenderId::from(req.entity);
+                    let Some(q) = queues.values_mut().find(|q| q.sender == sid) else {
+                        return auth;
+                    };
+                    match (&q.sender_key, &req.signature) {
+                        (Some(k), Some(_)) if req.verify(&self.binding, k).is_ok() => {}
+                        (None, None) => {}
+                        _ => return auth,
+                    }
+                    let id = MessageId::random(&mut OsRng);
+                    let Ok(sealed) = q.delivery.seal(&id, body) else {
+                        return ReplyKind::Error(ErrorCode::Large);
+                    };
+                    q.messages.push_back((id, sealed));
+                    ReplyKind::Ok
+                }
+                Command::Get | Command::Ack { .. } | Command::Subscribe => {
+                    let rid = RecipientId::from(req.entity);
+                    let Some(q) = queues.get_mut(&rid) else {
+                        return auth;
+                    };
+                    if req.verify(&self.binding, &q.recipient_key).is_err() {
+                        return auth;
+                    }
+                    match &req.command {
+                        Command::Get => match q.messages.front() {
+                            Some((id, body)) => ReplyKind::Message {
+                                id: *id,
+                                body: body.clone(),
+                            },
+                            None => ReplyKind::Error(ErrorCode::NoMessage),
+                        },
+                        Command::Ack { id } => {
+                            let before = q.messages.len();
+                            q.messages.retain(|(m, _)| m != id);
+                            if q.messages.len() < before {
+                                ReplyKind::Ok
+                            } else {
+                                ReplyKind::Error(ErrorCode::NoMessage)
+                            }
+                        }
+                        _ => ReplyKind::Ok,
+                    }
+                }
+                Command::Ping => ReplyKind::Pong,
+                _ => ReplyKind::Error(ErrorCode::Command),
+            }
+        }
+    }
+
+    impl RelayLink for FakeLink {
+        fn signed(
+            &mut self,
+            entity: EntityId,
+            command: Command,
+            key: &AuthSecretKey,
+        ) -> Result<Request> {
+            let corr = self.corr();
+            Ok(Request::signed(&self.binding, corr, entity, command, key)?)
+        }
+
+        fn unsigned(&mut self, entity: EntityId, command: Command) -> Request {
+            let corr = self.corr();
+            Request::unsigned(corr, entity, command)
+        }
+
+        fn batch(&mut self, requests: Vec<Request>) -> impl Future<Output = Result<Vec<Reply>>> {
+            let down = self.world.borrow().down.contains(&self.relay);
+            let replies: Vec<Reply> = requests
+                .iter()
+                .map(|r| Reply {
+                    corr: r.corr,
+                    entity: r.entity,
+                    kind: self.handle(r),
+                })
+                .collect();
+            async move {
+                if down {
+                    Err(ClientError::ConnectionLost)
+                } else {
+                    Ok(replies)
+                }
+            }
+        }
+
+        async fn next_push(&mut self, _timeout: Duration) -> Result<Option<Reply>> {
+            Ok(None)
+        }
+
+        async fn close(self) {}
+    }
+}

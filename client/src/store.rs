@@ -1,0 +1,724 @@
+//! The encrypted profile store.
+//!
+//! A profile home holds two things:
+//!
+//! - `key`: a small file with the Argon2id parameters, a random salt, and the profile's random
+//!   32-byte *data key* wrapped (XChaCha20-Poly1305) under the key Argon2id derives from the
+//!   passphrase. Deleting this file makes everything else unrecoverable.
+//! - `db/`: a sled database. Every value is sealed with XChaCha20-Poly1305 under a subkey of
+//!   the data key, with a random nonce and the tree name and storage key as associated data
+//!   (so a value cannot be moved to another key or tree). Storage keys are BLAKE2b-256 MACs of
+//!   the logical key under another subkey, so the files show no label, id or order.
+//!
+//! Writes go through [`Batch`]: all changes of one step (a received message, its history entry,
+//! the new ratchet state) are applied in one sled transaction and flushed to disk before
+//! [`Store::apply`] returns, so a caller can ack a message only after it is durable.
+//!
+//! `TIDINGS_INSECURE_FAST_KDF=1` in the environment makes [`KdfParams::from_env`] choose tiny
+//! Argon2 parameters. It exists **for tests only** (the end-to-end harness sets it so hundreds
+//! of unlocks stay fast); a real profile must never be created with it. The parameters are
+//! recorded in the `key` file, so unlocking always uses the ones the profile was made with.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use blake2::digest::consts::U32;
+use blake2::digest::Mac;
+use blake2::Blake2bMac;
+use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use hkdf::Hkdf;
+use rand_core::{OsRng, RngCore};
+use sha2::Sha256;
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use tidings_protocol::codec::Reader;
+use zeroize::Zeroizing;
+
+use crate::error::{ClientError, Result};
+
+/// Name of the wrapped-key file in a profile home.
+pub const KEY_FILE: &str = "key";
+/// Name of the database directory in a profile home.
+pub const DB_DIR: &str = "db";
+/// The environment variable that selects test-only fast Argon2 parameters.
+pub const INSECURE_FAST_KDF_ENV: &str = "TIDINGS_INSECURE_FAST_KDF";
+
+const KEY_MAGIC: &[u8; 8] = b"TIDKEY1\0";
+const SALT_LEN: usize = 16;
+const NONCE_LEN: usize = 24;
+const TAG_LEN: usize = 16;
+const KEY_FILE_LEN: usize = 8 + 12 + SALT_LEN + NONCE_LEN + 32 + TAG_LEN;
+/// Largest value the store accepts (sealed), to bound what a damaged file can make us allocate.
+const MAX_SEALED_LEN: usize = 1 << 24;
+
+/// Argon2id cost parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_kib: u32,
+    /// Passes.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+}
+
+impl KdfParams {
+    /// RFC 9106's second recommended option: 64 MiB, 3 passes, 4 lanes.
+    pub const RECOMMENDED: Self = Self {
+        m_kib: 64 * 1024,
+        t: 3,
+        p: 4,
+    };
+
+    /// Tiny parameters for tests only: they protect nothing.
+    pub const INSECURE_TEST_ONLY: Self = Self {
+        m_kib: 256,
+        t: 1,
+        p: 1,
+    };
+
+    /// [`Self::RECOMMENDED`], or [`Self::INSECURE_TEST_ONLY`] when `TIDINGS_INSECURE_FAST_KDF=1`
+    /// (test harnesses only).
+    pub fn from_env() -> Self {
+        match std::env::var(INSECURE_FAST_KDF_ENV) {
+            Ok(v) if v == "1" => Self::INSECURE_TEST_ONLY,
+            _ => Self::RECOMMENDED,
+        }
+    }
+
+    // Refuse parameters weaker than the test ones or absurdly large (a damaged file must not
+    // make us allocate gigabytes).
+    fn check(self) -> Result<Self> {
+        let ok = (Self::INSECURE_TEST_ONLY.m_kib..=4 * 1024 * 1024).contains(&self.m_kib)
+            && (1..=64).contains(&self.t)
+            && (1..=64).contains(&self.p);
+        if ok {
+            Ok(self)
+        } else {
+            Err(ClientError::CorruptStore)
+        }
+    }
+
+    fn derive(self, passphrase: &[u8], salt: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
+        let params = Params::new(self.m_kib, self.t, self.p, Some(32))
+            .map_err(|_| ClientError::CorruptStore)?;
+        let mut out = Zeroizing::new([0u8; 32]);
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password_into(passphrase, salt, out.as_mut())
+            .map_err(|_| ClientError::CorruptStore)?;
+        Ok(out)
+    }
+}
+
+/// The logical trees of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tree {
+    /// Profile settings and the end-to-end account.
+    Meta,
+    /// Contacts.
+    Contacts,
+    /// Invitations not yet answered.
+    Invites,
+    /// Message history.
+    History,
+    /// Sealed messages waiting to be sent.
+    Outbox,
+    /// Ids of received messages (to drop duplicates).
+    Seen,
+}
+
+impl Tree {
+    const ALL: [Tree; 6] = [
+        Tree::Meta,
+        Tree::Contacts,
+        Tree::Invites,
+        Tree::History,
+        Tree::Outbox,
+        Tree::Seen,
+    ];
+
+    /// The sled tree name (also part of every value's associated data).
+    pub fn name(self) -> &'static str {
+        match self {
+            Tree::Meta => "meta",
+            Tree::Contacts => "contacts",
+            Tree::Invites => "invites",
+            Tree::History => "history",
+            Tree::Outbox => "outbox",
+            Tree::Seen => "seen",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Keys derived from the data key.
+struct Keys {
+    value: Zeroizing<[u8; 32]>,
+    mac: Zeroizing<[u8; 32]>,
+    pickle: Zeroizing<[u8; 32]>,
+}
+
+impl Keys {
+    fn derive(data_key: &[u8; 32]) -> Result<Self> {
+        let hk = Hkdf::<Sha256>::new(None, data_key);
+        let mut value = Zeroizing::new([0u8; 32]);
+        let mut mac = Zeroizing::new([0u8; 32]);
+        let mut pickle = Zeroizing::new([0u8; 32]);
+        hk.expand(b"tidings store value key v1", value.as_mut())
+            .map_err(|_| ClientError::CorruptStore)?;
+        hk.expand(b"tidings store key mac v1", mac.as_mut())
+            .map_err(|_| ClientError::CorruptStore)?;
+        hk.expand(b"tidings store pickle key v1", pickle.as_mut())
+            .map_err(|_| ClientError::CorruptStore)?;
+        Ok(Self { value, mac, pickle })
+    }
+}
+
+/// An open, unlocked profile store.
+pub struct Store {
+    home: PathBuf,
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+    keys: Keys,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store([redacted])")
+    }
+}
+
+fn storage<E>(_: E) -> ClientError {
+    ClientError::Storage
+}
+
+/// One change: a tree, a logical key, and the new value (`None` removes).
+type Op = (Tree, Vec<u8>, Option<Zeroizing<Vec<u8>>>);
+
+/// A set of changes applied atomically by [`Store::apply`].
+#[derive(Default)]
+pub struct Batch {
+    ops: Vec<Op>,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Batch({} changes)", self.ops.len())
+    }
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `key` in `tree` to `value`.
+    pub fn put(&mut self, tree: Tree, key: &[u8], value: Zeroizing<Vec<u8>>) {
+        self.ops.push((tree, key.to_vec(), Some(value)));
+    }
+
+    /// Serializes `value` as JSON and sets it.
+    pub fn put_json<T: serde::Serialize>(
+        &mut self,
+        tree: Tree,
+        key: &[u8],
+        value: &T,
+    ) -> Result<()> {
+        let bytes = Zeroizing::new(serde_json::to_vec(value).map_err(|_| ClientError::Storage)?);
+        self.put(tree, key, bytes);
+        Ok(())
+    }
+
+    /// Removes `key` from `tree`.
+    pub fn remove(&mut self, tree: Tree, key: &[u8]) {
+        self.ops.push((tree, key.to_vec(), None));
+    }
+
+    /// The value this batch will write for `key` in `tree`, if it writes one.
+    pub fn pending(&self, tree: Tree, key: &[u8]) -> Option<&[u8]> {
+        self.ops
+            .iter()
+            .rev()
+            .find(|(t, k, _)| *t == tree && k == key)
+            .and_then(|(_, _, v)| v.as_ref().map(|v| v.as_slice()))
+    }
+
+    /// Whether the batch holds no change.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+fn write_new_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&tmp).map_err(storage)?;
+        f.write_all(bytes).map_err(storage)?;
+        f.sync_all().map_err(storage)?;
+    }
+    fs::rename(&tmp, path).map_err(storage)?;
+    Ok(())
+}
+
+impl Store {
+    /// Whether `home` holds a profile.
+    pub fn exists(home: &Path) -> bool {
+        home.join(KEY_FILE).exists()
+    }
+
+    /// Creates a new profile store in `home` (made if missing), locked by `passphrase`.
+    pub fn create(home: &Path, passphrase: &[u8], kdf: KdfParams) -> Result<Self> {
+        if Self::exists(home) {
+            return Err(ClientError::ProfileExists);
+        }
+        let kdf = kdf.check()?;
+        fs::create_dir_all(home).map_err(storage)?;
+        restrict_permissions(home);
+        let mut data_key = Zeroizing::new([0u8; 32]);
+        OsRng
+            .try_fill_bytes(data_key.as_mut())
+            .map_err(|_| ClientError::Rng)?;
+        let mut salt = [0u8; SALT_LEN];
+        let mut nonce = [0u8; NONCE_LEN];
+        OsRng
+            .try_fill_bytes(&mut salt)
+            .map_err(|_| ClientError::Rng)?;
+        OsRng
+            .try_fill_bytes(&mut nonce)
+            .map_err(|_| ClientError::Rng)?;
+        let mut header = Vec::with_capacity(KEY_FILE_LEN);
+        header.extend_from_slice(KEY_MAGIC);
+        header.extend_from_slice(&kdf.m_kib.to_be_bytes());
+        header.extend_from_slice(&kdf.t.to_be_bytes());
+        header.extend_from_slice(&kdf.p.to_be_bytes());
+        header.extend_from_slice(&salt);
+        let kek = kdf.derive(passphrase, &salt)?;
+        let wrapped = XChaCha20Poly1305::new(kek.as_ref().into())
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: data_key.as_ref(),
+                    aad: &header,
+                },
+            )
+            .map_err(|_| ClientError::Storage)?;
+        let mut file = header;
+        file.extend_from_slice(&nonce);
+        file.extend_from_slice(&wrapped);
+        // Start from an empty database: a leftover one from a wiped profile is useless.
+        let db_dir = home.join(DB_DIR);
+        if db_dir.exists() {
+            fs::remove_dir_all(&db_dir).map_err(storage)?;
+        }
+        let store = Self::open_db(home, &data_key)?;
+        write_new_file(&home.join(KEY_FILE), &file)?;
+        Ok(store)
+    }
+
+    /// Opens the profile in `home` with `passphrase`.
+    ///
+    /// Fails with [`ClientError::NoProfile`], [`ClientError::WrongPassphrase`] or
+    /// [`ClientError::CorruptStore`].
+    pub fn open(home: &Path, passphrase: &[u8]) -> Result<Self> {
+        let path = home.join(KEY_FILE);
+        if !path.exists() {
+            return Err(ClientError::NoProfile);
+        }
+        let file = fs::read(&path).map_err(storage)?;
+        if file.len() != KEY_FILE_LEN {
+            return Err(ClientError::CorruptStore);
+        }
+        let mut r = Reader::new(&file, "key file", KEY_FILE_LEN)?;
+        let magic: [u8; 8] = r.array()?;
+        if &magic != KEY_MAGIC {
+            return Err(ClientError::CorruptStore);
+        }
+        let kdf = KdfParams {
+            m_kib: r.u32()?,
+            t: r.u32()?,
+            p: r.u32()?,
+        }
+        .check()?;
+        let salt: [u8; SALT_LEN] = r.array()?;
+        let header_len = 8 + 12 + SALT_LEN;
+        let header = file.get(..header_len).ok_or(ClientError::CorruptStore)?;
+        let nonce: [u8; NONCE_LEN] = r.array()?;
+        let wrapped = r.rest();
+        let kek = kdf.derive(passphrase, &salt)?;
+        let data_key = Zeroizing::new(
+            XChaCha20Poly1305::new(kek.as_ref().into())
+                .decrypt(
+                    XNonce::from_slice(&nonce),
+                    Payload {
+                        msg: wrapped,
+                        aad: header,
+                    },
+                )
+                // A damaged key file also ends here; the passphrase is by far the likelier cause.
+                .map_err(|_| ClientError::WrongPassphrase)?,
+        );
+        let data_key: Zeroizing<[u8; 32]> = Zeroizing::new(
+            data_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| ClientError::CorruptStore)?,
+        );
+        Self::open_db(home, &data_key)
+    }
+
+    fn open_db(home: &Path, data_key: &[u8; 32]) -> Result<Self> {
+        // sled holds an exclusive lock on its files: wait briefly for another short command
+        // to finish before saying the profile is in use.
+        let mut tries = 0;
+        let db = loop {
+            match sled::Config::new().path(home.join(DB_DIR)).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Corruption { .. }) => return Err(ClientError::CorruptStore),
+                Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+                    tries += 1;
+                    if tries >= 25 {
+                        return Err(ClientError::ProfileInUse);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(_) => return Err(ClientError::Storage),
+            }
+        };
+        let mut trees = Vec::with_capacity(Tree::ALL.len());
+        for t in Tree::ALL {
+            trees.push(db.open_tree(t.name()).map_err(storage)?);
+        }
+        Ok(Self {
+            home: home.to_path_buf(),
+            db,
+            trees,
+            keys: Keys::derive(data_key)?,
+        })
+    }
+
+    /// The profile home.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The key that encrypts end-to-end session pickles before they are stored.
+    pub fn pickle_key(&self) -> &[u8; 32] {
+        &self.keys.pickle
+    }
+
+    fn tree(&self, tree: Tree) -> Result<&sled::Tree> {
+        self.trees.get(tree.index()).ok_or(ClientError::Storage)
+    }
+
+    /// The storage key of logical `key` in `tree`: a keyed BLAKE2b-256 hash.
+    fn storage_key(&self, tree: Tree, key: &[u8]) -> Result<[u8; 32]> {
+        let mut mac = <Blake2bMac<U32> as Mac>::new_from_slice(self.keys.mac.as_ref())
+            .map_err(|_| ClientError::Storage)?;
+        let name = tree.name().as_bytes();
+        mac.update(&[u8::try_from(name.len()).map_err(|_| ClientError::Storage)?]);
+        mac.update(name);
+        mac.update(key);
+        Ok(mac.finalize().into_bytes().into())
+    }
+
+    fn aad(tree: Tree, storage_key: &[u8]) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(tree.name().len() + 1 + storage_key.len());
+        aad.extend_from_slice(tree.name().as_bytes());
+        aad.push(0);
+        aad.extend_from_slice(storage_key);
+        aad
+    }
+
+    fn seal(&self, tree: Tree, storage_key: &[u8], value: &[u8]) -> Result<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_LEN];
+        OsRng
+            .try_fill_bytes(&mut nonce)
+            .map_err(|_| ClientError::Rng)?;
+        let sealed = XChaCha20Poly1305::new(self.keys.value.as_ref().into())
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: value,
+                    aad: &Self::aad(tree, storage_key),
+                },
+            )
+            .map_err(|_| ClientError::Storage)?;
+        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    fn open_value(
+        &self,
+        tree: Tree,
+        storage_key: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let mut r = Reader::new(sealed, "stored value", MAX_SEALED_LEN)
+            .map_err(|_| ClientError::CorruptStore)?;
+        let nonce: [u8; NONCE_LEN] = r.array().map_err(|_| ClientError::CorruptStore)?;
+        let ct = r.rest();
+        XChaCha20Poly1305::new(self.keys.value.as_ref().into())
+            .decrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: ct,
+                    aad: &Self::aad(tree, storage_key),
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| ClientError::CorruptStore)
+    }
+
+    /// The value of logical `key` in `tree`, decrypted.
+    pub fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let sk = self.storage_key(tree, key)?;
+        match self.tree(tree)?.get(sk).map_err(storage)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(self.open_value(tree, &sk, &v)?)),
+        }
+    }
+
+    /// The value of `key` in `tree`, parsed from JSON.
+    pub fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: Tree,
+        key: &[u8],
+    ) -> Result<Option<T>> {
+        match self.get(tree, key)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                serde_json::from_slice(&v).map_err(|_| ClientError::CorruptStore)?,
+            )),
+        }
+    }
+
+    /// Every value in `tree`, decrypted (in no meaningful order).
+    pub fn values(&self, tree: Tree) -> Result<Vec<Zeroizing<Vec<u8>>>> {
+        let mut out = Vec::new();
+        for item in self.tree(tree)?.iter() {
+            let (k, v) = item.map_err(storage)?;
+            out.push(self.open_value(tree, &k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Every value in `tree`, parsed from JSON.
+    pub fn values_json<T: serde::de::DeserializeOwned>(&self, tree: Tree) -> Result<Vec<T>> {
+        self.values(tree)?
+            .iter()
+            .map(|v| serde_json::from_slice(v).map_err(|_| ClientError::CorruptStore))
+            .collect()
+    }
+
+    /// Applies every change in `batch` atomically and flushes it to disk.
+    pub fn apply(&self, batch: Batch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut ops = Vec::with_capacity(batch.ops.len());
+        for (tree, key, value) in &batch.ops {
+            let sk = self.storage_key(*tree, key)?;
+            let sealed = match value {
+                Some(v) => Some(self.seal(*tree, &sk, v)?),
+                None => None,
+            };
+            ops.push((tree.index(), sk, sealed));
+        }
+        let trees: Vec<&sled::Tree> = self.trees.iter().collect();
+        trees
+            .as_slice()
+            .transaction(|views| {
+                for (index, sk, sealed) in &ops {
+                    let view = views
+                        .get(*index)
+                        .ok_or(ConflictableTransactionError::Abort(()))?;
+                    match sealed {
+                        Some(v) => {
+                            view.insert(&sk[..], v.as_slice())?;
+                        }
+                        None => {
+                            view.remove(&sk[..])?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .map_err(|e: TransactionError<()>| storage(e))?;
+        self.db.flush().map_err(storage)?;
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn restrict_permissions(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_dir: &Path) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fast() -> KdfParams {
+        KdfParams::INSECURE_TEST_ONLY
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    fn all_bytes(dir: &Path) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(fs::read(e.path()).unwrap());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn values_round_trip_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("p");
+        {
+            let s = Store::create(&home, b"pw", fast()).unwrap();
+            let mut b = Batch::new();
+            b.put(
+                Tree::Contacts,
+                b"alice",
+                Zeroizing::new(b"value one".to_vec()),
+            );
+            b.put(
+                Tree::History,
+                b"alice",
+                Zeroizing::new(b"value two".to_vec()),
+            );
+            s.apply(b).unwrap();
+        }
+        let s = Store::open(&home, b"pw").unwrap();
+        assert_eq!(
+            s.get(Tree::Contacts, b"alice").unwrap().unwrap().as_slice(),
+            b"value one"
+        );
+        assert_eq!(
+            s.get(Tree::History, b"alice").unwrap().unwrap().as_slice(),
+            b"value two"
+        );
+        assert_eq!(s.values(Tree::Contacts).unwrap().len(), 1);
+        let mut b = Batch::new();
+        b.remove(Tree::Contacts, b"alice");
+        s.apply(b).unwrap();
+        assert!(s.get(Tree::Contacts, b"alice").unwrap().is_none());
+    }
+
+    #[test]
+    fn files_hold_no_plaintext_key_or_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("p");
+        let s = Store::create(&home, b"pw", fast()).unwrap();
+        let mut b = Batch::new();
+        b.put(
+            Tree::Contacts,
+            b"label-grandmother",
+            Zeroizing::new(b"the river is high tonight".to_vec()),
+        );
+        s.apply(b).unwrap();
+        drop(s);
+        for bytes in all_bytes(&home) {
+            assert!(!contains(&bytes, b"label-grandmother"));
+            assert!(!contains(&bytes, b"the river is high"));
+        }
+    }
+
+    #[test]
+    fn wrong_passphrase_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("p");
+        drop(Store::create(&home, b"right", fast()).unwrap());
+        let err = Store::open(&home, b"wrong").unwrap_err();
+        assert!(matches!(err, ClientError::WrongPassphrase));
+        assert_eq!(err.to_string(), "wrong passphrase");
+    }
+
+    #[test]
+    fn damaged_key_file_or_value_is_reported_as_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("p");
+        drop(Store::create(&home, b"pw", fast()).unwrap());
+        let key = home.join(KEY_FILE);
+        let mut bytes = fs::read(&key).unwrap();
+        bytes.truncate(10);
+        fs::write(&key, &bytes).unwrap();
+        assert!(matches!(
+            Store::open(&home, b"pw"),
+            Err(ClientError::CorruptStore)
+        ));
+
+        let home2 = dir.path().join("q");
+        let s = Store::create(&home2, b"pw", fast()).unwrap();
+        // A value moved to another key does not open.
+        let sk_a = s.storage_key(Tree::Meta, b"a").unwrap();
+        let sk_b = s.storage_key(Tree::Meta, b"b").unwrap();
+        let sealed = s.seal(Tree::Meta, &sk_a, b"x").unwrap();
+        s.tree(Tree::Meta).unwrap().insert(sk_b, sealed).unwrap();
+        assert!(matches!(
+            s.get(Tree::Meta, b"b"),
+            Err(ClientError::CorruptStore)
+        ));
+    }
+
+    #[test]
+    fn creating_over_an_existing_profile_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("p");
+        drop(Store::create(&home, b"pw", fast()).unwrap());
+        assert!(matches!(
+            Store::create(&home, b"pw", fast()),
+            Err(ClientError::ProfileExists)
+        ));
+    }
+
+    #[test]
+    fn missing_profile_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Store::open(&dir.path().join("none"), b"pw"),
+            Err(ClientError::NoProfile)
+        ));
+    }
+
+    #[test]
+    fn kdf_parameters_are_recorded_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("p");
+        drop(Store::create(&home, b"pw", fast()).unwrap());
+        let bytes = fs::read(home.join(KEY_FILE)).unwrap();
+        assert_eq!(&bytes[8..12], &256u32.to_be_bytes());
+        Store::open(&home, b"pw").unwrap();
+    }
+}

@@ -1,0 +1,592 @@
+//! Property tests: codecs round-trip, decoders refuse what is not exactly one valid value and
+//! never panic, blocks never truncate, and a session dies on the first bad record.
+
+mod common;
+
+use proptest::prelude::*;
+use proptest::sample::Index;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use tidings_protocol::address::{Host, RelayAddress};
+use tidings_protocol::block::{decode_frames, Block, BlockBuilder, BLOCK_LEN, MAX_FRAME_LEN};
+use tidings_protocol::command::{
+    Command, ErrorCode, Reply, ReplyKind, Request, MAX_BODY_LEN, MAX_DELIVERED_LEN,
+};
+use tidings_protocol::ids::{CorrId, EntityId, MessageId, RecipientId, SenderId};
+use tidings_protocol::keys::{AuthPublicKey, AuthSecretKey, DhPublicKey, RelayPublicKey, Signature};
+use tidings_protocol::noise::RECORD_LEN;
+use tidings_protocol::ProtocolError;
+use zeroize::Zeroizing;
+
+// ---------------------------------------------------------------------------------------
+// Strategies
+// ---------------------------------------------------------------------------------------
+
+/// `len` pseudo-random bytes from `seed`: cheap even for bodies of 16 KB.
+fn filled(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    ChaCha20Rng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+/// Mostly short bodies, sometimes bodies at or near `max`.
+fn body(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        4 => prop::collection::vec(any::<u8>(), 0..64),
+        1 => (0..=max, any::<u64>()).prop_map(|(len, seed)| filled(len, seed)),
+        1 => ((max - 8)..=max, any::<u64>()).prop_map(|(len, seed)| filled(len, seed)),
+    ]
+}
+
+fn auth_public() -> impl Strategy<Value = AuthPublicKey> {
+    any::<[u8; 32]>().prop_map(|seed| AuthSecretKey::from_seed(&seed).public())
+}
+
+fn dh_public() -> impl Strategy<Value = DhPublicKey> {
+    any::<[u8; 32]>().prop_map(DhPublicKey::from_bytes)
+}
+
+fn message_id() -> impl Strategy<Value = MessageId> {
+    any::<[u8; 24]>().prop_map(MessageId::from_bytes)
+}
+
+fn command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        (auth_public(), dh_public()).prop_map(|(auth, dh)| Command::New { auth, dh }),
+        Just(Command::Subscribe),
+        message_id().prop_map(|id| Command::Ack { id }),
+        Just(Command::Get),
+        Just(Command::Delete),
+        Just(Command::Suspend),
+        auth_public().prop_map(|sender_key| Command::Secure { sender_key }),
+        body(MAX_BODY_LEN).prop_map(|body| Command::Send { body }),
+        Just(Command::Ping),
+    ]
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    (
+        any::<[u8; 8]>(),
+        any::<[u8; 24]>(),
+        proptest::option::of(any::<[u8; 64]>()),
+        command(),
+    )
+        .prop_map(|(corr, entity, sig, command)| Request {
+            corr: CorrId::from_bytes(corr),
+            entity: EntityId::from_bytes(entity),
+            signature: sig.map(Signature::from_bytes),
+            command,
+        })
+}
+
+fn error_code() -> impl Strategy<Value = ErrorCode> {
+    prop::sample::select(vec![
+        ErrorCode::Block,
+        ErrorCode::Command,
+        ErrorCode::Auth,
+        ErrorCode::Quota,
+        ErrorCode::NoMessage,
+        ErrorCode::Large,
+        ErrorCode::Busy,
+        ErrorCode::Internal,
+    ])
+}
+
+fn reply_kind() -> impl Strategy<Value = ReplyKind> {
+    prop_oneof![
+        (any::<[u8; 24]>(), any::<[u8; 24]>(), dh_public()).prop_map(|(r, s, relay_dh)| {
+            ReplyKind::Ids {
+                recipient: RecipientId::from_bytes(r),
+                sender: SenderId::from_bytes(s),
+                relay_dh,
+            }
+        }),
+        Just(ReplyKind::Ok),
+        (message_id(), body(MAX_DELIVERED_LEN))
+            .prop_map(|(id, body)| ReplyKind::Message { id, body }),
+        Just(ReplyKind::End),
+        Just(ReplyKind::Pong),
+        error_code().prop_map(ReplyKind::Error),
+    ]
+}
+
+fn reply() -> impl Strategy<Value = Reply> {
+    (any::<[u8; 8]>(), any::<[u8; 24]>(), reply_kind()).prop_map(|(corr, entity, kind)| Reply {
+        corr: CorrId::from_bytes(corr),
+        entity: EntityId::from_bytes(entity),
+        kind,
+    })
+}
+
+fn encode_command(c: &Command) -> Vec<u8> {
+    let mut out = Vec::new();
+    c.encode(&mut out).unwrap();
+    out
+}
+
+/// Random bytes of any length up to a little more than a block.
+fn junk() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        4 => prop::collection::vec(any::<u8>(), 0..256),
+        1 => (0..(BLOCK_LEN + 64), any::<u64>()).prop_map(|(len, seed)| filled(len, seed)),
+    ]
+}
+
+/// One edit of a byte string.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Flip(Index, u8),
+    Insert(Index, u8),
+    Remove(Index),
+    Set(Index, u8),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<Index>(), 1..=u8::MAX).prop_map(|(i, m)| Mutation::Flip(i, m)),
+        (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
+        any::<Index>().prop_map(Mutation::Remove),
+        (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
+    ]
+}
+
+fn mutate(bytes: &mut Vec<u8>, mutations: &[Mutation]) {
+    for m in mutations {
+        match m {
+            Mutation::Flip(i, mask) if !bytes.is_empty() => {
+                let at = i.index(bytes.len());
+                bytes[at] ^= mask;
+            }
+            Mutation::Insert(i, b) => {
+                let at = i.index(bytes.len() + 1);
+                bytes.insert(at, *b);
+            }
+            Mutation::Remove(i) if !bytes.is_empty() => {
+                let at = i.index(bytes.len());
+                bytes.remove(at);
+            }
+            Mutation::Set(i, b) if !bytes.is_empty() => {
+                let at = i.index(bytes.len());
+                bytes[at] = *b;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn is_truncated(e: &ProtocolError) -> bool {
+    matches!(e, ProtocolError::Truncated { .. })
+}
+
+fn is_trailing(e: &ProtocolError) -> bool {
+    matches!(e, ProtocolError::TrailingBytes { .. })
+}
+
+/// Every proper prefix of `bytes` (all of them when short, a sample otherwise) must fail to
+/// decode as truncated.
+fn every_prefix_is_truncated<T: std::fmt::Debug>(
+    bytes: &[u8],
+    cut: Index,
+    decode: impl Fn(&[u8]) -> Result<T, ProtocolError>,
+) {
+    let cuts: Vec<usize> = if bytes.len() <= 200 {
+        (0..bytes.len()).collect()
+    } else {
+        vec![0, 1, cut.index(bytes.len()), bytes.len() - 1]
+    };
+    for n in cuts {
+        match decode(&bytes[..n]) {
+            Err(e) => assert!(is_truncated(&e), "prefix of {n} bytes: {e:?}"),
+            Ok(v) => panic!("prefix of {n} of {} bytes decoded: {v:?}", bytes.len()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Codec round-trips, truncation, trailing bytes
+// ---------------------------------------------------------------------------------------
+
+proptest! {
+    #[test]
+    fn command_round_trips(c in command()) {
+        let bytes = encode_command(&c);
+        prop_assert_eq!(Command::decode(&bytes)?, c);
+    }
+
+    #[test]
+    fn request_round_trips_and_always_fits_in_one_block(r in request()) {
+        let bytes = r.encode()?;
+        prop_assert!(bytes.len() <= MAX_FRAME_LEN);
+        prop_assert!(BlockBuilder::new().push(&bytes).is_ok());
+        prop_assert_eq!(Request::decode(&bytes)?, r);
+    }
+
+    #[test]
+    fn reply_round_trips_and_always_fits_in_one_block(r in reply()) {
+        let bytes = r.encode()?;
+        prop_assert!(bytes.len() <= MAX_FRAME_LEN);
+        prop_assert!(BlockBuilder::new().push(&bytes).is_ok());
+        prop_assert_eq!(Reply::decode(&bytes)?, r);
+    }
+
+    #[test]
+    fn truncated_commands_requests_and_replies_are_refused(
+        c in command(), r in request(), p in reply(), cut in any::<Index>()
+    ) {
+        every_prefix_is_truncated(&encode_command(&c), cut, Command::decode);
+        every_prefix_is_truncated(&r.encode()?, cut, Request::decode);
+        every_prefix_is_truncated(&p.encode()?, cut, Reply::decode);
+    }
+
+    #[test]
+    fn trailing_bytes_after_a_command_request_or_reply_are_refused(
+        c in command(),
+        r in request(),
+        p in reply(),
+        extra in prop::collection::vec(any::<u8>(), 1..32),
+    ) {
+        let mut bytes = encode_command(&c);
+        bytes.extend_from_slice(&extra);
+        let e = Command::decode(&bytes).unwrap_err();
+        prop_assert!(is_trailing(&e), "{:?}", e);
+
+        let mut bytes = r.encode()?;
+        bytes.extend_from_slice(&extra);
+        let e = Request::decode(&bytes).unwrap_err();
+        prop_assert!(is_trailing(&e), "{:?}", e);
+
+        let mut bytes = p.encode()?;
+        bytes.extend_from_slice(&extra);
+        let e = Reply::decode(&bytes).unwrap_err();
+        prop_assert!(is_trailing(&e), "{:?}", e);
+    }
+
+    #[test]
+    fn oversize_bodies_are_refused_on_encode_and_decode(
+        extra in 1usize..64, seed in any::<u64>(), sig in any::<bool>()
+    ) {
+        let body = filled(MAX_BODY_LEN + extra, seed);
+        let req = Request {
+            corr: CorrId::from_bytes([1; 8]),
+            entity: EntityId::from_bytes([2; 24]),
+            signature: sig.then(|| Signature::from_bytes([3; 64])),
+            command: Command::Send { body: body.clone() },
+        };
+        let e = req.encode().unwrap_err();
+        prop_assert!(matches!(e, ProtocolError::TooLong { .. }), "{:?}", e);
+
+        // The same frame built by hand (length field says the true size) is refused too.
+        let mut frame = vec![1u8; 8];
+        frame.extend_from_slice(&[2; 24]);
+        frame.push(0);
+        frame.push(0x11);
+        frame.extend_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(&body);
+        let e = Request::decode(&frame).unwrap_err();
+        prop_assert!(matches!(e, ProtocolError::TooLong { .. }), "{:?}", e);
+
+        let rep = Reply {
+            corr: CorrId::PUSH,
+            entity: EntityId::NONE,
+            kind: ReplyKind::Message {
+                id: MessageId::from_bytes([4; 24]),
+                body: filled(MAX_DELIVERED_LEN + extra, seed),
+            },
+        };
+        let e = rep.encode().unwrap_err();
+        prop_assert!(matches!(e, ProtocolError::TooLong { .. }), "{:?}", e);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Decoders on random and mutated input
+// ---------------------------------------------------------------------------------------
+
+/// Decodes `bytes` with every decoder; when one accepts, its value must encode back to
+/// exactly `bytes` (one value, one encoding).
+fn decode_everything(bytes: &[u8]) {
+    if let Ok(c) = Command::decode(bytes) {
+        assert_eq!(encode_command(&c), bytes);
+    }
+    if let Ok(r) = Request::decode(bytes) {
+        assert_eq!(r.encode().unwrap(), bytes);
+    }
+    if let Ok(r) = Reply::decode(bytes) {
+        assert_eq!(r.encode().unwrap(), bytes);
+    }
+    if let Ok(frames) = decode_frames(bytes) {
+        let mut b = BlockBuilder::new();
+        for f in &frames {
+            b.push(f).unwrap();
+        }
+        assert_eq!(b.finish().as_bytes(), bytes);
+    }
+    let _ = Block::from_plaintext(Zeroizing::new(bytes.to_vec()));
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        if let Ok(a) = text.parse::<RelayAddress>() {
+            assert_eq!(a.to_string(), text);
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn random_bytes_never_panic_any_decoder(bytes in junk()) {
+        decode_everything(&bytes);
+        // Also as a block: the bytes at the start, zero padded to the block length.
+        let mut padded = bytes.clone();
+        padded.resize(BLOCK_LEN, 0);
+        decode_everything(&padded);
+    }
+
+    #[test]
+    fn mutated_valid_encodings_never_panic_and_decode_canonically(
+        c in command(),
+        r in request(),
+        p in reply(),
+        mutations in prop::collection::vec(mutation(), 1..4),
+    ) {
+        for mut bytes in [encode_command(&c), r.encode()?, p.encode()?] {
+            mutate(&mut bytes, &mutations);
+            decode_everything(&bytes);
+        }
+    }
+
+    #[test]
+    fn mutated_blocks_never_panic(
+        frames in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..40), 0..8),
+        mutations in prop::collection::vec(mutation(), 1..4),
+    ) {
+        let mut b = BlockBuilder::new();
+        for f in &frames {
+            b.push(f)?;
+        }
+        let mut bytes = b.finish().as_bytes().to_vec();
+        // Mutate only the used part and the first padding bytes, where the structure is.
+        let used = 1 + frames.iter().map(|f| 2 + f.len()).sum::<usize>();
+        let mut head = bytes[..used + 4].to_vec();
+        mutate(&mut head, &mutations);
+        head.resize(BLOCK_LEN, 0);
+        bytes.copy_from_slice(&head[..BLOCK_LEN]);
+        decode_everything(&bytes);
+    }
+
+    #[test]
+    fn random_strings_never_panic_the_address_parser(s in ".{0,600}") {
+        if let Ok(a) = s.parse::<RelayAddress>() {
+            prop_assert_eq!(a.to_string(), s);
+        }
+    }
+
+    #[test]
+    fn address_like_strings_never_panic_the_address_parser(
+        s in "tidings://[A-Za-z0-9_+/=-]{0,50}@[a-z0-9.:\\[\\]A-Z_-]{0,40}(:[0-9+-]{0,7})?"
+    ) {
+        if let Ok(a) = s.parse::<RelayAddress>() {
+            prop_assert_eq!(a.to_string(), s);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Blocks
+// ---------------------------------------------------------------------------------------
+
+fn frames_to_push() -> impl Strategy<Value = Vec<Vec<u8>>> {
+    prop_oneof![
+        // A few frames of any size, often too many bytes for one block.
+        prop::collection::vec(
+            (1..=MAX_FRAME_LEN, any::<u64>()).prop_map(|(len, seed)| filled(len, seed)),
+            0..6
+        ),
+        // Many medium frames.
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 1..2000), 0..20),
+        // More tiny frames than the count byte allows.
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 1..3), 200..300),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn blocks_keep_every_accepted_frame_and_refuse_the_rest_whole(frames in frames_to_push()) {
+        let mut b = BlockBuilder::new();
+        let mut accepted: Vec<&[u8]> = Vec::new();
+        let mut used = 1usize;
+        for f in &frames {
+            let fits = accepted.len() < 255 && used + 2 + f.len() <= BLOCK_LEN;
+            let before = (b.len(), b.free_for_frame());
+            match b.push(f) {
+                Ok(()) => {
+                    prop_assert!(fits, "a frame was accepted that does not fit");
+                    accepted.push(f);
+                    used += 2 + f.len();
+                }
+                Err(ProtocolError::BlockFull { .. }) => {
+                    prop_assert!(!fits, "a frame that fits was refused");
+                    prop_assert_eq!((b.len(), b.free_for_frame()), before);
+                }
+                Err(e) => prop_assert!(false, "unexpected error {:?}", e),
+            }
+        }
+        let block = b.finish();
+        prop_assert_eq!(block.as_bytes().len(), BLOCK_LEN);
+        prop_assert_eq!(block.frames()?, accepted);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Addresses
+// ---------------------------------------------------------------------------------------
+
+fn host() -> impl Strategy<Value = Host> {
+    prop_oneof![
+        any::<[u8; 4]>().prop_map(|b| Host::Ip(std::net::Ipv4Addr::from(b).into())),
+        any::<[u8; 16]>().prop_map(|b| Host::Ip(std::net::Ipv6Addr::from(b).into())),
+        Just(Host::Ip(std::net::Ipv6Addr::LOCALHOST.into())),
+        // DNS names: at least one label holds a letter, so no name looks like an IPv4 address.
+        (
+            prop::collection::vec("[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", 0..4),
+            "[a-z]([a-z0-9-]{0,20}[a-z0-9])?",
+        )
+            .prop_map(|(mut labels, tld)| {
+                labels.push(tld);
+                Host::Name(labels.join("."))
+            }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn relay_addresses_round_trip_through_text(
+        key in any::<[u8; 32]>(), host in host(), port in 1u16..=u16::MAX
+    ) {
+        let addr = RelayAddress { key: RelayPublicKey::from_bytes(key), host, port };
+        let text = addr.to_string();
+        let back: RelayAddress = text.parse()?;
+        prop_assert_eq!(&back, &addr);
+        prop_assert_eq!(back.to_string(), text);
+    }
+
+    #[test]
+    fn any_edit_of_a_relay_address_gives_the_same_address_or_an_error(
+        key in any::<[u8; 32]>(),
+        host in host(),
+        port in 1u16..=u16::MAX,
+        mutations in prop::collection::vec(mutation(), 1..3),
+    ) {
+        let addr = RelayAddress { key: RelayPublicKey::from_bytes(key), host, port };
+        let mut bytes = addr.to_string().into_bytes();
+        mutate(&mut bytes, &mutations);
+        if let Ok(text) = String::from_utf8(bytes) {
+            if let Ok(a) = text.parse::<RelayAddress>() {
+                // Only canonical spellings parse: printing gives back exactly the input.
+                prop_assert_eq!(a.to_string(), text);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Session state machine
+// ---------------------------------------------------------------------------------------
+
+const RECORDS: usize = 6;
+
+/// What the test does with the records the client sealed, in order.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Hand record `i` to the relay as it was sealed.
+    Deliver(usize),
+    /// Hand record `i` with bits flipped at one position.
+    Tamper(usize, Index, u8),
+    /// Hand record `i` cut short or lengthened.
+    Resize(usize, usize),
+    /// Hand record `i` of an unrelated session.
+    Foreign(usize),
+    /// Hand the relay its own record `i` back (a reflection).
+    Reflect(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (0..RECORDS).prop_map(Op::Deliver),
+        1 => (0..RECORDS, any::<Index>(), 1..=u8::MAX).prop_map(|(i, at, m)| Op::Tamper(i, at, m)),
+        1 => (0..RECORDS, prop_oneof![0..RECORD_LEN, (RECORD_LEN + 1)..(RECORD_LEN + 64)])
+            .prop_map(|(i, len)| Op::Resize(i, len)),
+        1 => (0..RECORDS).prop_map(Op::Foreign),
+        1 => (0..RECORDS).prop_map(Op::Reflect),
+    ]
+}
+
+fn frame_of(i: usize) -> Vec<u8> {
+    vec![u8::try_from(i).unwrap() + 1; 3 + i]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Only the next record in order, unaltered and from this session, opens; the first
+    /// record that does not closes the session for good, in both directions.
+    #[test]
+    fn session_opens_records_only_in_order_and_dies_on_the_first_bad_one(
+        seed in any::<u64>(),
+        ops in prop::collection::vec(op(), 1..12),
+    ) {
+        let (mut client, mut relay) = common::session_pair(seed);
+        let (mut other_client, _) = common::session_pair(seed.wrapping_add(1));
+        let mut sealed = Vec::new();
+        let mut foreign = Vec::new();
+        let mut reflected = Vec::new();
+        for i in 0..RECORDS {
+            let block = common::block_of(&[&frame_of(i)]);
+            sealed.push(client.seal(&block)?.into_bytes());
+            foreign.push(other_client.seal(&block)?.into_bytes());
+            reflected.push(relay.seal(&block)?.into_bytes());
+        }
+
+        let mut next = 0usize;
+        let mut closed = false;
+        for op in &ops {
+            let (bytes, good) = match op {
+                Op::Deliver(i) => (sealed[*i].clone(), *i == next),
+                Op::Tamper(i, at, mask) => {
+                    let mut b = sealed[*i].clone();
+                    b[at.index(RECORD_LEN)] ^= mask;
+                    (b, false)
+                }
+                Op::Resize(i, len) => {
+                    let mut b = sealed[*i].clone();
+                    b.resize(*len, 0);
+                    (b, false)
+                }
+                Op::Foreign(i) => (foreign[*i].clone(), false),
+                Op::Reflect(i) => (reflected[*i].clone(), false),
+            };
+            let got = relay.open(&bytes);
+            if closed {
+                prop_assert_eq!(got.unwrap_err(), ProtocolError::SessionClosed);
+            } else if good {
+                let block = got?;
+                let want = frame_of(next);
+                prop_assert_eq!(block.frames()?, vec![&want[..]]);
+                next += 1;
+            } else {
+                let e = got.unwrap_err();
+                prop_assert!(
+                    matches!(e, ProtocolError::Decrypt | ProtocolError::BadLength { .. }),
+                    "{:?}", e
+                );
+                closed = true;
+            }
+        }
+        if closed {
+            // Nothing opens or seals any more, not even the record that was due.
+            let due = sealed.get(next).cloned().unwrap_or_else(|| vec![0; RECORD_LEN]);
+            prop_assert_eq!(relay.open(&due).unwrap_err(), ProtocolError::SessionClosed);
+            let e = relay.seal(&BlockBuilder::new().finish()).unwrap_err();
+            prop_assert_eq!(e, ProtocolError::SessionClosed);
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! Command handling: one connection's requests in, replies and pushes out.
+//!
+//! [`Dispatcher`] holds what a connection owns (its session binding, its subscriptions, its
+//! rate limit, how many queues it created) and the [`Shared`] state of the whole relay (the
+//! store, the subscription registry, the configuration, the clock). For every frame of a
+//! block it appends the reply, followed by any frames it pushes because of it (`Subscribe`
+//! answers `Ok` and then pushes the oldest message), to one output list that the session
+//! packs into blocks.
+//!
+//! Authorization is checked in one place per signer kind ([`Dispatcher::recipient_queue`],
+//! [`Dispatcher::sender_queue`]); an unknown queue still costs one signature verification
+//! against [`AuthPublicKey::dummy`], and every failure is the same `Auth`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rand_core::OsRng;
+use tokio::time::Instant;
+
+use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind, Request};
+use tidings_protocol::ids::{CorrId, EntityId, MessageId, RecipientId, SenderId};
+use tidings_protocol::keys::{AuthPublicKey, DhSecretKey};
+use tidings_protocol::noise::SessionBinding;
+use tidings_protocol::reencrypt::DeliveryKey;
+use tidings_protocol::ProtocolError;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::registry::{ConnId, Mailbox, Registry};
+use crate::stats::Stats;
+use crate::store::{AppendOutcome, QueueRecord, SecureOutcome, Store, StoredMessage};
+
+/// State every connection shares.
+pub struct Shared<S> {
+    /// The queue store.
+    pub store: Arc<S>,
+    /// Who subscribes to what.
+    pub registry: Registry,
+    /// Limits.
+    pub config: Config,
+    /// The wall clock (arrival hours).
+    pub clock: Arc<dyn Clock>,
+    /// Counters.
+    pub stats: Stats,
+}
+
+impl<S> std::fmt::Debug for Shared<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared(..)")
+    }
+}
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+#[derive(Debug)]
+pub struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Why a command failed: the wire error code.
+type Refusal = ErrorCode;
+
+/// One connection's command state.
+pub struct Dispatcher<S> {
+    shared: Arc<Shared<S>>,
+    conn: ConnId,
+    mailbox: Arc<Mailbox>,
+    binding: SessionBinding,
+    /// Subscribed queues, each with the message delivered and not yet acked.
+    subscriptions: HashMap<RecipientId, Option<MessageId>>,
+    queues_created: u32,
+    bucket: TokenBucket,
+}
+
+impl<S> std::fmt::Debug for Dispatcher<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("subscriptions", &self.subscriptions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The corr id and entity id at the start of a frame that did not decode (zero when the
+/// frame is shorter than the header).
+fn frame_header(frame: &[u8]) -> (CorrId, EntityId) {
+    let corr = frame.get(..CorrId::LEN).and_then(|b| CorrId::from_slice(b).ok());
+    let entity = frame
+        .get(CorrId::LEN..CorrId::LEN + EntityId::LEN)
+        .and_then(|b| EntityId::from_slice(b).ok());
+    match (corr, entity) {
+        (Some(c), Some(e)) => (c, e),
+        _ => (CorrId::from_bytes([0; 8]), EntityId::NONE),
+    }
+}
+
+fn push(entity: RecipientId, kind: ReplyKind) -> Reply {
+    Reply {
+        corr: CorrId::PUSH,
+        entity: entity.into(),
+        kind,
+    }
+}
+
+impl<S: Store> Dispatcher<S> {
+    /// State for a new connection whose session has `binding`.
+    pub fn new(
+        shared: Arc<Shared<S>>,
+        conn: ConnId,
+        mailbox: Arc<Mailbox>,
+        binding: SessionBinding,
+    ) -> Self {
+        let bucket = TokenBucket::new(shared.config.rate_per_sec, shared.config.rate_burst);
+        Self {
+            shared,
+            conn,
+            mailbox,
+            binding,
+            subscriptions: HashMap::new(),
+            queues_created: 0,
+            bucket,
+        }
+    }
+
+    /// Handles one frame of a block, appending its reply (and any pushes it causes) to `out`.
+    pub async fn frame(&mut self, frame: &[u8], out: &mut Vec<Reply>) {
+        Stats::bump(&self.shared.stats.commands);
+        if !self.bucket.take(Instant::now()) {
+            let (corr, entity) = frame_header(frame);
+            self.error(out, corr, entity, ErrorCode::Busy);
+            return;
+        }
+        let request = match Request::decode(frame) {
+            Ok(r) => r,
+            Err(e) => {
+                let (corr, entity) = frame_header(frame);
+                let code = match e {
+                    ProtocolError::TooLong {
+                        what: "message body",
+                        ..
+                    } => ErrorCode::Large,
+                    _ => ErrorCode::Block,
+                };
+                self.error(out, corr, entity, code);
+                return;
+            }
+        };
+        let (corr, entity) = (request.corr, request.entity);
+        match self.command(request, out).await {
+            Ok(()) => {}
+            Err(code) => self.error(out, corr, entity, code),
+        }
+    }
+
+    fn error(&self, out: &mut Vec<Reply>, corr: CorrId, entity: EntityId, code: ErrorCode) {
+        Stats::bump(&self.shared.stats.errors);
+        out.push(Reply {
+            corr,
+            entity,
+            kind: ReplyKind::Error(code),
+        });
+    }
+
+    async fn command(&mut self, req: Request, out: &mut Vec<Reply>) -> Result<(), Refusal> {
+        let reply = |kind| Reply {
+            corr: req.corr,
+            entity: req.entity,
+            kind,
+        };
+        match &req.command {
+            Command::Ping => {
+                if req.entity != EntityId::NONE || req.signature.is_some() {
+                    return Err(ErrorCode::Command);
+                }
+                out.push(reply(ReplyKind::Pong));
+            }
+            Command::New { auth, dh } => {
+                if req.entity != EntityId::NONE {
+                    return Err(ErrorCode::Command);
+                }
+                req.verify(&self.binding, auth)
+                    .map_err(|_| ErrorCode::Auth)?;
+                if self.queues_created >= self.shared.config.max_queues_per_connection {
+                    return Err(ErrorCode::Quota);
+                }
+                let relay_dh = DhSecretKey::generate(&mut OsRng);
+                let delivery_key =
+                    DeliveryKey::for_relay(&relay_dh, dh).map_err(|_| ErrorCode::Command)?;
+                let record = QueueRecord {
+                    recipient: RecipientId::random(&mut OsRng),
+                    sender: SenderId::random(&mut OsRng),
+                    recipient_key: *auth,
+                    delivery_key,
+                    sender_key: None,
+                    suspended: false,
+                };
+                let (recipient, sender) = (record.recipient, record.sender);
+                match self.shared.store.create_queue(record).await {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => return Err(ErrorCode::Internal),
+                }
+                self.queues_created += 1;
+                out.push(reply(ReplyKind::Ids {
+                    recipient,
+                    sender,
+                    relay_dh: relay_dh.public(),
+                }));
+                // `relay_dh` is dropped (and zeroized) here: only the derived key is kept.
+            }
+            Command::Secure { sender_key } => {
+                let queue = self.lookup_sender(&req.entity)?;
+                req.verify(&self.binding, sender_key)
+                    .map_err(|_| ErrorCode::Auth)?;
+                let queue = queue.ok_or(ErrorCode::Auth)?;
+                match self
+                    .shared
+                    .store
+                    .secure_queue(queue.recipient, *sender_key)
+                    .await
+                {
+                    Ok(SecureOutcome::Secured) => out.push(reply(ReplyKind::Ok)),
+                    Ok(SecureOutcome::Refused) => return Err(ErrorCode::Auth),
+                    Err(_) => return Err(ErrorCode::Internal),
+                }
+            }
+            Command::Send { body } => {
+                let queue = self.sender_queue(&req)?;
+                if queue.suspended {
+                    return Err(ErrorCode::Auth);
+                }
+                let id = MessageId::random(&mut OsRng);
+                let sealed = queue
+                    .delivery_key
+                    .seal(&id, body)
+                    .map_err(|_| ErrorCode::Large)?;
+                let message = StoredMessage {
+                    id,
+                    hour: self.shared.clock.now_hour(),
+                    body: sealed,
+                };
+                let max = self.shared.config.max_pending;
+                match self.shared.store.append(queue.recipient, message, max).await {
+                    Ok(AppendOutcome::Stored) => {
+                        Stats::bump(&self.shared.stats.messages_stored);
+                        out.push(reply(ReplyKind::Ok));
+                        self.shared
+                            .registry
+                            .notify_changed(&queue.recipient, self.conn);
+                        self.refresh(queue.recipient, out);
+                    }
+                    Ok(AppendOutcome::QueueFull) => return Err(ErrorCode::Quota),
+                    Ok(AppendOutcome::Refused) => return Err(ErrorCode::Auth),
+                    Err(_) => return Err(ErrorCode::Internal),
+                }
+            }
+            Command::Subscribe => {
+                let queue = self.recipient_queue(&req)?;
+                let q = queue.recipient;
+                if !self.subscriptions.contains_key(&q)
+                    && self.subscriptions.len() >= self.shared.config.max_subscriptions_per_connection
+                {
+                    return Err(ErrorCode::Busy);
+                }
+                self.shared.registry.subscribe(q, self.conn, &self.mailbox);
+                // (Re)subscribing delivers the oldest pending message again.
+                self.subscriptions.insert(q, None);
+                out.push(reply(ReplyKind::Ok));
+                self.refresh(q, out);
+            }
+            Command::Ack { id } => {
+                let queue = self.recipient_queue(&req)?;
+                let q = queue.recipient;
+                match self.shared.store.delete_message(q, *id).await {
+                    Ok(true) => {
+                        out.push(reply(ReplyKind::Ok));
+                        self.shared.registry.notify_changed(&q, self.conn);
+                        self.refresh(q, out);
+                    }
+                    Ok(false) => return Err(ErrorCode::NoMessage),
+                    Err(_) => return Err(ErrorCode::Internal),
+                }
+            }
+            Command::Get => {
+                let queue = self.recipient_queue(&req)?;
+                match self.shared.store.oldest(&queue.recipient) {
+                    Ok(Some(m)) => out.push(reply(ReplyKind::Message {
+                        id: m.id,
+                        body: m.body,
+                    })),
+                    Ok(None) => return Err(ErrorCode::NoMessage),
+                    Err(_) => return Err(ErrorCode::Internal),
+                }
+            }
+            Command::Delete => {
+                let queue = self.recipient_queue(&req)?;
+                let q = queue.recipient;
+                match self.shared.store.delete_queue(q).await {
+                    Ok(_) => {}
+                    Err(_) => return Err(ErrorCode::Internal),
+                }
+                out.push(reply(ReplyKind::Ok));
+                if self.shared.registry.end(&q, self.conn) == Some(self.conn) {
+                    self.subscriptions.remove(&q);
+                    out.push(push(q, ReplyKind::End));
+                }
+            }
+            Command::Suspend => {
+                let queue = self.recipient_queue(&req)?;
+                match self.shared.store.suspend_queue(queue.recipient).await {
+                    Ok(_) => out.push(reply(ReplyKind::Ok)),
+                    Err(_) => return Err(ErrorCode::Internal),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The queue a recipient command addresses, if the request is signed by its recipient
+    /// key. Unknown queue and wrong key are the same `Auth`, after the same work.
+    fn recipient_queue(&self, req: &Request) -> Result<QueueRecord, Refusal> {
+        let queue = self
+            .shared
+            .store
+            .queue(&RecipientId::from(req.entity))
+            .map_err(|_| ErrorCode::Internal)?;
+        let key = queue
+            .as_ref()
+            .map_or_else(AuthPublicKey::dummy, |q| q.recipient_key);
+        let verified = req.verify(&self.binding, &key);
+        match (queue, verified) {
+            (Some(q), Ok(())) => Ok(q),
+            _ => Err(ErrorCode::Auth),
+        }
+    }
+
+    /// The queue a sender id names. For an unknown one, one verification against the dummy
+    /// key is spent (when there is a signature to check) before the caller refuses.
+    fn lookup_sender(&self, entity: &EntityId) -> Result<Option<QueueRecord>, Refusal> {
+        self.shared
+            .store
+            .queue_by_sender(&SenderId::from(*entity))
+            .map_err(|_| ErrorCode::Internal)
+    }
+
+    /// The queue a `Send` addresses, if the signature rule holds: signed by the sender key
+    /// when the queue is secured, unsigned when it is not.
+    fn sender_queue(&self, req: &Request) -> Result<QueueRecord, Refusal> {
+        let queue = self.lookup_sender(&req.entity)?;
+        match queue {
+            None => {
+                if req.signature.is_some() {
+                    let _ = req.verify(&self.binding, &AuthPublicKey::dummy());
+                }
+                Err(ErrorCode::Auth)
+            }
+            Some(q) => match (&q.sender_key, &req.signature) {
+                (Some(key), Some(_)) => {
+                    req.verify(&self.binding, key)
+                        .map_err(|_| ErrorCode::Auth)?;
+                    Ok(q)
+                }
+                (None, None) => Ok(q),
+                _ => Err(ErrorCode::Auth),
+            },
+        }
+    }
+
+    /// Pushes the oldest message of a subscribed queue unless it is already delivered and
+    /// unacked. The delivered message is always the oldest (new ones go at the end), so when
+    /// the oldest is not the one delivered, that one was acked or expired.
+    fn refresh(&mut self, queue: RecipientId, out: &mut Vec<Reply>) {
+        let Some(outstanding) = self.subscriptions.get(&queue).copied() else {
+            return;
+        };
+        if !self.shared.registry.is_subscriber(&queue, self.conn) {
+            // Taken over elsewhere: the End in the mailbox will tell the client.
+            return;
+        }
+        match self.shared.store.oldest(&queue) {
+            Ok(Some(m)) => {
+                if outstanding != Some(m.id) {
+                    self.subscriptions.insert(queue, Some(m.id));
+                    out.push(push(
+                        queue,
+                        ReplyKind::Message {
+                            id: m.id,
+                            body: m.body,
+                        },
+                    ));
+                }
+            }
+            Ok(None) => {
+                self.subscriptions.insert(queue, None);
+            }
+            Err(_) => {
+                // Nothing to push now; the next change or ack tries again.
+            }
+        }
+    }
+
+    /// Acts on events other connections posted: ended subscriptions become `End` pushes,
+    /// changed queues get their next message pushed.
+    pub fn events(&mut self, out: &mut Vec<Reply>) {
+        let taken = self.mailbox.take();
+        for queue in taken.ended {
+            if self.subscriptions.contains_key(&queue)
+                && !self.shared.registry.is_subscriber(&queue, self.conn)
+            {
+                self.subscriptions.remove(&queue);
+                out.push(push(queue, ReplyKind::End));
+            }
+        }
+        for queue in taken.new_message {
+            self.refresh(queue, out);
+        }
+    }
+
+    /// The connection's mailbox.
+    pub fn mailbox(&self) -> &Arc<Mailbox> {
+        &self.mailbox
+    }
+
+    /// Ends this connection's subscriptions (messages stay stored).
+    pub fn close(&mut self) {
+        self.shared
+            .registry
+            .unsubscribe_all(self.conn, self.subscriptions.keys());
+        self.subscriptions.clear();
+    }
+}
+
+impl<S> Drop for Dispatcher<S> {
+    fn drop(&mut self) {
+        self.shared
+            .registry
+            .unsubscribe_all(self.conn, self.subscriptions.keys());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_allows_burst_then_rate() {
+        let mut b = TokenBucket::new(10, 20);
+        let t0 = Instant::now();
+        assert_eq!((0..25).filter(|_| b.take(t0)).count(), 20);
+        assert!(!b.take(t0));
+        // 0.5 s later: five more.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!((0..10).filter(|_| b.take(t1)).count(), 5);
+    }
+
+    #[test]
+    fn header_of_short_frame_is_zero() {
+        let (c, e) = frame_header(&[1, 2, 3]);
+        assert_eq!(c, CorrId::from_bytes([0; 8]));
+        assert_eq!(e, EntityId::NONE);
+        let mut long = vec![9u8; 40];
+        long[8] = 7;
+        let (c, e) = frame_header(&long);
+        assert_eq!(c, CorrId::from_bytes([9; 8]));
+        assert_eq!(e.as_bytes()[0], 7);
+    }
+}

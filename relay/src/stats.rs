@@ -1,0 +1,50 @@
+//! Aggregate counters: the only thing the relay logs about its traffic.
+//!
+//! Counters never carry an address, a queue id, a key or a byte of a message; they are
+//! logged periodically and at shutdown as plain numbers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Process-wide counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections accepted since start.
+    pub connections: AtomicU64,
+    /// Connections open now.
+    pub open_connections: AtomicU64,
+    /// Connections refused because the limit was reached.
+    pub refused_connections: AtomicU64,
+    /// Handshakes that failed or timed out.
+    pub failed_handshakes: AtomicU64,
+    /// Commands processed.
+    pub commands: AtomicU64,
+    /// Commands answered with an error.
+    pub errors: AtomicU64,
+    /// Messages stored.
+    pub messages_stored: AtomicU64,
+    /// Messages deleted by expiry.
+    pub messages_expired: AtomicU64,
+}
+
+impl Stats {
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Logs every counter at `info`.
+    pub fn log(&self) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        tracing::info!(
+            connections = get(&self.connections),
+            open = get(&self.open_connections),
+            refused = get(&self.refused_connections),
+            failed_handshakes = get(&self.failed_handshakes),
+            commands = get(&self.commands),
+            errors = get(&self.errors),
+            stored = get(&self.messages_stored),
+            expired = get(&self.messages_expired),
+            "relay counters"
+        );
+    }
+}

@@ -1,0 +1,679 @@
+//! Persistent queues and messages, behind the [`Store`] trait.
+//!
+//! The relay keeps exactly what delivery needs and nothing else:
+//!
+//! - per queue a [`QueueRecord`]: recipient id, sender id, the recipient's command key, the
+//!   queue's [`DeliveryKey`] (the re-encryption key), the sender's key once the queue is
+//!   secured, and whether it is suspended;
+//! - per message a [`StoredMessage`]: its id, the hour it arrived ([`Hour`], for expiry) and
+//!   its body *already re-encrypted* for the recipient, so the disk never holds a sender's
+//!   ciphertext either.
+//!
+//! No addresses, no fine timestamps, no client metadata.
+//!
+//! Every mutation is asynchronous and resolves only once it is durable. [`SledStore`] runs all
+//! writes on one writer thread that takes every operation waiting in its channel, applies
+//! each as one atomic sled batch, flushes once for the whole group (group commit), and only
+//! then completes each waiter. Reads go straight to sled.
+//!
+//! Layout of the single sled tree (all integers big-endian, so key order is numeric order):
+//!
+//! ```text
+//! 'q' recipient[24]                   -> queue record
+//! 's' sender[24]                      -> recipient[24]
+//! 'm' recipient[24] seq u64           -> message record
+//! 'x' hour u32 recipient[24] seq u64  -> empty (expiry index)
+//! ```
+
+use std::future::Future;
+use std::path::Path;
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
+
+use tidings_protocol::codec::{put_bytes_u16, Reader};
+use tidings_protocol::command::MAX_DELIVERED_LEN;
+use tidings_protocol::ids::{MessageId, RecipientId, SenderId};
+use tidings_protocol::keys::{AuthPublicKey, SymmetricKey};
+use tidings_protocol::reencrypt::DeliveryKey;
+
+use crate::error::{RelayError, Result};
+
+/// Hours since the Unix epoch, rounded down: the only time the store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Hour(pub u32);
+
+impl Hour {
+    /// The hour that contains `unix_secs`.
+    pub fn from_unix_secs(unix_secs: u64) -> Self {
+        Self(u32::try_from(unix_secs / 3600).unwrap_or(u32::MAX))
+    }
+
+    /// This hour minus `hours`, stopping at zero.
+    pub fn saturating_sub(self, hours: u32) -> Self {
+        Self(self.0.saturating_sub(hours))
+    }
+}
+
+/// Everything the relay knows about one queue.
+#[derive(Debug, Clone)]
+pub struct QueueRecord {
+    /// The recipient's id (the key of the record).
+    pub recipient: RecipientId,
+    /// The sender's id.
+    pub sender: SenderId,
+    /// The key that signs the recipient's commands.
+    pub recipient_key: AuthPublicKey,
+    /// The queue's re-encryption key.
+    pub delivery_key: DeliveryKey,
+    /// The sender's key, once the queue is secured.
+    pub sender_key: Option<AuthPublicKey>,
+    /// Whether the queue refuses new messages.
+    pub suspended: bool,
+}
+
+/// One stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The message id (also the re-encryption nonce).
+    pub id: MessageId,
+    /// The hour it arrived.
+    pub hour: Hour,
+    /// The body, sealed with the queue's [`DeliveryKey`].
+    pub body: Vec<u8>,
+}
+
+/// What [`Store::append`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// The message is stored and durable.
+    Stored,
+    /// The queue already holds `max_pending` messages; nothing was stored.
+    QueueFull,
+    /// The queue does not exist (any more) or is suspended; nothing was stored.
+    Refused,
+}
+
+/// What [`Store::secure_queue`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecureOutcome {
+    /// The sender key is set and durable.
+    Secured,
+    /// The queue does not exist, is already secured, or is suspended; nothing changed.
+    Refused,
+}
+
+/// Persistent queues and messages. Mutations resolve once durable; reads see every
+/// mutation that has resolved.
+///
+/// Implementations must be safe to share between tasks (`Arc<impl Store>`). The conformance
+/// suite in `tests/store_conformance.rs` is written against this trait; every backend must
+/// pass it.
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new queue. Resolves to `false` (and changes nothing) when its recipient id or
+    /// sender id is already in use.
+    fn create_queue(&self, record: QueueRecord) -> impl Future<Output = Result<bool>> + Send;
+
+    /// The queue with this recipient id.
+    fn queue(&self, recipient: &RecipientId) -> Result<Option<QueueRecord>>;
+
+    /// The queue with this sender id.
+    fn queue_by_sender(&self, sender: &SenderId) -> Result<Option<QueueRecord>>;
+
+    /// Deletes a queue and all its messages. Resolves to whether it existed.
+    fn delete_queue(&self, recipient: RecipientId) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Marks a queue suspended. Resolves to whether it existed.
+    fn suspend_queue(&self, recipient: RecipientId)
+        -> impl Future<Output = Result<bool>> + Send;
+
+    /// Sets the sender key of a queue that exists, has none yet and is not suspended.
+    fn secure_queue(
+        &self,
+        recipient: RecipientId,
+        sender_key: AuthPublicKey,
+    ) -> impl Future<Output = Result<SecureOutcome>> + Send;
+
+    /// Appends a message at the end of a queue that exists, is not suspended and holds fewer
+    /// than `max_pending` messages; resolves once it is durable.
+    fn append(
+        &self,
+        recipient: RecipientId,
+        message: StoredMessage,
+        max_pending: usize,
+    ) -> impl Future<Output = Result<AppendOutcome>> + Send;
+
+    /// The oldest message of a queue.
+    fn oldest(&self, recipient: &RecipientId) -> Result<Option<StoredMessage>>;
+
+    /// Deletes the message `id` from a queue. Resolves to whether it was there.
+    fn delete_message(
+        &self,
+        recipient: RecipientId,
+        id: MessageId,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// How many messages a queue holds.
+    fn pending(&self, recipient: &RecipientId) -> Result<usize>;
+
+    /// Deletes every message that arrived before `cutoff` (in any queue). Resolves to how
+    /// many were deleted.
+    fn expire_before(&self, cutoff: Hour) -> impl Future<Output = Result<usize>> + Send;
+
+    /// Resolves once everything written so far is durable.
+    fn flush(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Most messages one expiry operation deletes; the sweep repeats until less are left.
+const EXPIRE_CHUNK: usize = 1024;
+/// Most operations the writer groups under one flush.
+const MAX_GROUP: usize = 1024;
+/// Operations that may wait for the writer before submitters wait too.
+const WRITER_QUEUE: usize = 4096;
+
+const TAG_QUEUE: u8 = b'q';
+const TAG_SENDER: u8 = b's';
+const TAG_MESSAGE: u8 = b'm';
+const TAG_EXPIRY: u8 = b'x';
+const RECORD_VERSION: u8 = 1;
+
+type Done<T> = oneshot::Sender<Result<T>>;
+
+/// One write for the writer thread.
+enum Op {
+    Create(QueueRecord, Done<bool>),
+    Delete(RecipientId, Done<bool>),
+    Suspend(RecipientId, Done<bool>),
+    Secure(RecipientId, AuthPublicKey, Done<SecureOutcome>),
+    Append(RecipientId, StoredMessage, usize, Done<AppendOutcome>),
+    Ack(RecipientId, MessageId, Done<bool>),
+    Expire(Hour, Done<usize>),
+    Flush(Done<()>),
+}
+
+/// The default backend: one sled database in a directory, with group commit.
+pub struct SledStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    ops: Option<mpsc::Sender<Op>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SledStore(..)")
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `path` and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = sled::Config::new().path(path).open()?;
+        let tree = db.open_tree("relay v1")?;
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let writer_tree = tree.clone();
+        let writer_db = db.clone();
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(writer_db, writer_tree, rx))
+            .map_err(RelayError::io("starting the store writer thread"))?;
+        Ok(Self {
+            db,
+            tree,
+            ops: Some(tx),
+            writer: Some(writer),
+        })
+    }
+
+    fn submit<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(Done<T>) -> Op,
+    ) -> impl Future<Output = Result<T>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let op = make(tx);
+        let ops = self.ops.clone();
+        async move {
+            let ops = ops.ok_or(RelayError::StoreClosed)?;
+            ops.send(op).await.map_err(|_| RelayError::StoreClosed)?;
+            rx.await.map_err(|_| RelayError::StoreClosed)?
+        }
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // Closing the channel stops the writer after it has finished (and flushed) what it
+        // holds; joining it releases its database handle, so the directory can be reopened.
+        self.ops = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        let _ = self.db.flush();
+    }
+}
+
+impl Store for SledStore {
+    fn create_queue(&self, record: QueueRecord) -> impl Future<Output = Result<bool>> + Send {
+        self.submit(move |done| Op::Create(record, done))
+    }
+
+    fn queue(&self, recipient: &RecipientId) -> Result<Option<QueueRecord>> {
+        read_queue(&self.tree, recipient)
+    }
+
+    fn queue_by_sender(&self, sender: &SenderId) -> Result<Option<QueueRecord>> {
+        match self.tree.get(sender_key(sender))? {
+            None => Ok(None),
+            Some(v) => {
+                let recipient = RecipientId::from_slice(&v).map_err(|_| RelayError::Corrupt {
+                    what: "sender index",
+                })?;
+                read_queue(&self.tree, &recipient)
+            }
+        }
+    }
+
+    fn delete_queue(&self, recipient: RecipientId) -> impl Future<Output = Result<bool>> + Send {
+        self.submit(move |done| Op::Delete(recipient, done))
+    }
+
+    fn suspend_queue(
+        &self,
+        recipient: RecipientId,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        self.submit(move |done| Op::Suspend(recipient, done))
+    }
+
+    fn secure_queue(
+        &self,
+        recipient: RecipientId,
+        sender_key: AuthPublicKey,
+    ) -> impl Future<Output = Result<SecureOutcome>> + Send {
+        self.submit(move |done| Op::Secure(recipient, sender_key, done))
+    }
+
+    fn append(
+        &self,
+        recipient: RecipientId,
+        message: StoredMessage,
+        max_pending: usize,
+    ) -> impl Future<Output = Result<AppendOutcome>> + Send {
+        self.submit(move |done| Op::Append(recipient, message, max_pending, done))
+    }
+
+    fn oldest(&self, recipient: &RecipientId) -> Result<Option<StoredMessage>> {
+        match self.tree.scan_prefix(message_prefix(recipient)).next() {
+            None => Ok(None),
+            Some(entry) => {
+                let (_, value) = entry?;
+                Ok(Some(decode_message(&value)?))
+            }
+        }
+    }
+
+    fn delete_message(
+        &self,
+        recipient: RecipientId,
+        id: MessageId,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        self.submit(move |done| Op::Ack(recipient, id, done))
+    }
+
+    fn pending(&self, recipient: &RecipientId) -> Result<usize> {
+        let mut n = 0usize;
+        for entry in self.tree.scan_prefix(message_prefix(recipient)) {
+            entry?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn expire_before(&self, cutoff: Hour) -> impl Future<Output = Result<usize>> + Send {
+        let first = self.submit(move |done| Op::Expire(cutoff, done));
+        let ops = self.ops.clone();
+        async move {
+            let mut total = first.await?;
+            let mut last = total;
+            while last >= EXPIRE_CHUNK {
+                let (tx, rx) = oneshot::channel();
+                let ops = ops.as_ref().ok_or(RelayError::StoreClosed)?;
+                ops.send(Op::Expire(cutoff, tx))
+                    .await
+                    .map_err(|_| RelayError::StoreClosed)?;
+                last = rx.await.map_err(|_| RelayError::StoreClosed)??;
+                total += last;
+            }
+            Ok(total)
+        }
+    }
+
+    fn flush(&self) -> impl Future<Output = Result<()>> + Send {
+        self.submit(Op::Flush)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Writer thread
+
+/// Completes one waiter once the group's flush is known to have succeeded or failed.
+type Completion = Box<dyn FnOnce(bool) + Send>;
+
+fn complete<T: Send + 'static>(done: Done<T>, result: Result<T>) -> Completion {
+    Box::new(move |durable| {
+        let result = match result {
+            Ok(v) if durable => Ok(v),
+            Ok(_) => Err(RelayError::NotDurable),
+            Err(e) => Err(e),
+        };
+        // The waiter may have gone away (connection closed): nothing to tell then.
+        let _ = done.send(result);
+    })
+}
+
+fn writer_loop(db: sled::Db, tree: sled::Tree, mut rx: mpsc::Receiver<Op>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = Vec::with_capacity(16);
+        group.push(apply(&tree, first));
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => group.push(apply(&tree, op)),
+                Err(_) => break,
+            }
+        }
+        let durable = db.flush().is_ok();
+        for done in group {
+            done(durable);
+        }
+    }
+    let _ = db.flush();
+}
+
+fn apply(tree: &sled::Tree, op: Op) -> Completion {
+    match op {
+        Op::Create(record, done) => complete(done, apply_create(tree, &record)),
+        Op::Delete(id, done) => complete(done, apply_delete(tree, &id)),
+        Op::Suspend(id, done) => complete(done, apply_suspend(tree, &id)),
+        Op::Secure(id, key, done) => complete(done, apply_secure(tree, &id, key)),
+        Op::Append(id, message, max, done) => {
+            complete(done, apply_append(tree, &id, &message, max))
+        }
+        Op::Ack(id, msg, done) => complete(done, apply_ack(tree, &id, &msg)),
+        Op::Expire(cutoff, done) => complete(done, apply_expire(tree, cutoff)),
+        Op::Flush(done) => complete(done, Ok(())),
+    }
+}
+
+fn apply_create(tree: &sled::Tree, record: &QueueRecord) -> Result<bool> {
+    let qk = queue_key(&record.recipient);
+    let sk = sender_key(&record.sender);
+    if tree.contains_key(&qk)? || tree.contains_key(&sk)? {
+        return Ok(false);
+    }
+    let mut batch = sled::Batch::default();
+    batch.insert(qk, encode_queue(record)?.as_slice());
+    batch.insert(sk, record.recipient.as_bytes().as_slice());
+    tree.apply_batch(batch)?;
+    Ok(true)
+}
+
+fn apply_delete(tree: &sled::Tree, recipient: &RecipientId) -> Result<bool> {
+    let Some(record) = read_queue(tree, recipient)? else {
+        return Ok(false);
+    };
+    let mut batch = sled::Batch::default();
+    batch.remove(queue_key(recipient));
+    batch.remove(sender_key(&record.sender));
+    for entry in tree.scan_prefix(message_prefix(recipient)) {
+        let (key, value) = entry?;
+        let message = decode_message(&value)?;
+        let seq = seq_of(&key)?;
+        batch.remove(expiry_key(message.hour, recipient, seq));
+        batch.remove(key);
+    }
+    tree.apply_batch(batch)?;
+    Ok(true)
+}
+
+fn apply_suspend(tree: &sled::Tree, recipient: &RecipientId) -> Result<bool> {
+    let Some(mut record) = read_queue(tree, recipient)? else {
+        return Ok(false);
+    };
+    record.suspended = true;
+    tree.insert(queue_key(recipient), encode_queue(&record)?.as_slice())?;
+    Ok(true)
+}
+
+fn apply_secure(
+    tree: &sled::Tree,
+    recipient: &RecipientId,
+    key: AuthPublicKey,
+) -> Result<SecureOutcome> {
+    let Some(mut record) = read_queue(tree, recipient)? else {
+        return Ok(SecureOutcome::Refused);
+    };
+    if record.sender_key.is_some() || record.suspended {
+        return Ok(SecureOutcome::Refused);
+    }
+    record.sender_key = Some(key);
+    tree.insert(queue_key(recipient), encode_queue(&record)?.as_slice())?;
+    Ok(SecureOutcome::Secured)
+}
+
+fn apply_append(
+    tree: &sled::Tree,
+    recipient: &RecipientId,
+    message: &StoredMessage,
+    max_pending: usize,
+) -> Result<AppendOutcome> {
+    match read_queue(tree, recipient)? {
+        Some(record) if !record.suspended => {}
+        _ => return Ok(AppendOutcome::Refused),
+    }
+    let prefix = message_prefix(recipient);
+    let mut count = 0usize;
+    let mut last_seq = None;
+    for entry in tree.scan_prefix(&prefix) {
+        let (key, _) = entry?;
+        count += 1;
+        last_seq = Some(seq_of(&key)?);
+        if count >= max_pending {
+            return Ok(AppendOutcome::QueueFull);
+        }
+    }
+    if count >= max_pending {
+        return Ok(AppendOutcome::QueueFull);
+    }
+    let seq = match last_seq {
+        None => 0,
+        Some(s) => s.checked_add(1).ok_or(RelayError::Corrupt {
+            what: "message sequence",
+        })?,
+    };
+    let mut batch = sled::Batch::default();
+    batch.insert(message_key(recipient, seq), encode_message(message)?);
+    batch.insert(expiry_key(message.hour, recipient, seq), Vec::new());
+    tree.apply_batch(batch)?;
+    Ok(AppendOutcome::Stored)
+}
+
+fn apply_ack(tree: &sled::Tree, recipient: &RecipientId, id: &MessageId) -> Result<bool> {
+    for entry in tree.scan_prefix(message_prefix(recipient)) {
+        let (key, value) = entry?;
+        let message = decode_message(&value)?;
+        if message.id == *id {
+            let seq = seq_of(&key)?;
+            let mut batch = sled::Batch::default();
+            batch.remove(expiry_key(message.hour, recipient, seq));
+            batch.remove(key);
+            tree.apply_batch(batch)?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn apply_expire(tree: &sled::Tree, cutoff: Hour) -> Result<usize> {
+    let start = vec![TAG_EXPIRY];
+    let mut end = vec![TAG_EXPIRY];
+    end.extend_from_slice(&cutoff.0.to_be_bytes());
+    let mut batch = sled::Batch::default();
+    let mut n = 0usize;
+    for entry in tree.range(start..end).take(EXPIRE_CHUNK) {
+        let (key, _) = entry?;
+        // 'x' hour[4] recipient[24] seq[8]
+        let rest = key.get(1 + 4..).ok_or(RelayError::Corrupt {
+            what: "expiry index",
+        })?;
+        let mut mk = Vec::with_capacity(1 + rest.len());
+        mk.push(TAG_MESSAGE);
+        mk.extend_from_slice(rest);
+        batch.remove(mk);
+        batch.remove(key);
+        n += 1;
+    }
+    tree.apply_batch(batch)?;
+    Ok(n)
+}
+
+// ---------------------------------------------------------------------------------------
+// Keys and records
+
+fn queue_key(recipient: &RecipientId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + RecipientId::LEN);
+    k.push(TAG_QUEUE);
+    k.extend_from_slice(recipient.as_bytes());
+    k
+}
+
+fn sender_key(sender: &SenderId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + SenderId::LEN);
+    k.push(TAG_SENDER);
+    k.extend_from_slice(sender.as_bytes());
+    k
+}
+
+fn message_prefix(recipient: &RecipientId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + RecipientId::LEN + 8);
+    k.push(TAG_MESSAGE);
+    k.extend_from_slice(recipient.as_bytes());
+    k
+}
+
+fn message_key(recipient: &RecipientId, seq: u64) -> Vec<u8> {
+    let mut k = message_prefix(recipient);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn expiry_key(hour: Hour, recipient: &RecipientId, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 4 + RecipientId::LEN + 8);
+    k.push(TAG_EXPIRY);
+    k.extend_from_slice(&hour.0.to_be_bytes());
+    k.extend_from_slice(recipient.as_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The sequence number at the end of a message key.
+fn seq_of(key: &[u8]) -> Result<u64> {
+    let tail: [u8; 8] = key
+        .get(1 + RecipientId::LEN..)
+        .and_then(|t| t.try_into().ok())
+        .ok_or(RelayError::Corrupt { what: "message key" })?;
+    Ok(u64::from_be_bytes(tail))
+}
+
+fn read_queue(tree: &sled::Tree, recipient: &RecipientId) -> Result<Option<QueueRecord>> {
+    match tree.get(queue_key(recipient))? {
+        None => Ok(None),
+        Some(v) => decode_queue(recipient, &v).map(Some),
+    }
+}
+
+/// `version u8 | sender[24] | recipient key[32] | delivery key[32] | has sender key u8
+/// (| sender key[32]) | suspended u8`
+fn encode_queue(record: &QueueRecord) -> Result<Zeroizing<Vec<u8>>> {
+    let mut v = Zeroizing::new(Vec::with_capacity(1 + 24 + 32 + 32 + 1 + 32 + 1));
+    v.push(RECORD_VERSION);
+    v.extend_from_slice(record.sender.as_bytes());
+    v.extend_from_slice(&record.recipient_key.to_bytes());
+    v.extend_from_slice(record.delivery_key.key().as_bytes());
+    match &record.sender_key {
+        None => v.push(0),
+        Some(k) => {
+            v.push(1);
+            v.extend_from_slice(&k.to_bytes());
+        }
+    }
+    v.push(u8::from(record.suspended));
+    Ok(v)
+}
+
+fn corrupt_queue<E>(_: E) -> RelayError {
+    RelayError::Corrupt { what: "queue" }
+}
+
+fn decode_queue(recipient: &RecipientId, bytes: &[u8]) -> Result<QueueRecord> {
+    let mut r = Reader::new(bytes, "queue record", 256).map_err(corrupt_queue)?;
+    if r.u8().map_err(corrupt_queue)? != RECORD_VERSION {
+        return Err(RelayError::Corrupt { what: "queue" });
+    }
+    let sender = SenderId::from_bytes(r.array().map_err(corrupt_queue)?);
+    let recipient_key =
+        AuthPublicKey::from_bytes(&r.array().map_err(corrupt_queue)?).map_err(corrupt_queue)?;
+    let delivery = Zeroizing::new(r.array::<32>().map_err(corrupt_queue)?);
+    let delivery_key = DeliveryKey::from_key(SymmetricKey::from_bytes(delivery));
+    let sender_key = match r.u8().map_err(corrupt_queue)? {
+        0 => None,
+        1 => Some(
+            AuthPublicKey::from_bytes(&r.array().map_err(corrupt_queue)?)
+                .map_err(corrupt_queue)?,
+        ),
+        _ => return Err(RelayError::Corrupt { what: "queue" }),
+    };
+    let suspended = match r.u8().map_err(corrupt_queue)? {
+        0 => false,
+        1 => true,
+        _ => return Err(RelayError::Corrupt { what: "queue" }),
+    };
+    r.finish("queue record").map_err(corrupt_queue)?;
+    Ok(QueueRecord {
+        recipient: *recipient,
+        sender,
+        recipient_key,
+        delivery_key,
+        sender_key,
+        suspended,
+    })
+}
+
+/// `version u8 | id[24] | hour u32 | body (u16 len + bytes)`
+fn encode_message(message: &StoredMessage) -> Result<Vec<u8>> {
+    let mut v = Vec::with_capacity(1 + 24 + 4 + 2 + message.body.len());
+    v.push(RECORD_VERSION);
+    v.extend_from_slice(message.id.as_bytes());
+    v.extend_from_slice(&message.hour.0.to_be_bytes());
+    put_bytes_u16(&mut v, "stored body", &message.body, MAX_DELIVERED_LEN)?;
+    Ok(v)
+}
+
+fn corrupt_message<E>(_: E) -> RelayError {
+    RelayError::Corrupt { what: "message" }
+}
+
+fn decode_message(bytes: &[u8]) -> Result<StoredMessage> {
+    let mut r = Reader::new(bytes, "message record", 1 + 24 + 4 + 2 + MAX_DELIVERED_LEN)
+        .map_err(corrupt_message)?;
+    if r.u8().map_err(corrupt_message)? != RECORD_VERSION {
+        return Err(RelayError::Corrupt { what: "message" });
+    }
+    let id = MessageId::from_bytes(r.array().map_err(corrupt_message)?);
+    let hour = Hour(r.u32().map_err(corrupt_message)?);
+    let body = r
+        .bytes_u16("stored body", MAX_DELIVERED_LEN)
+        .map_err(corrupt_message)?
+        .to_vec();
+    r.finish("message record").map_err(corrupt_message)?;
+    Ok(StoredMessage { id, hour, body })
+}

@@ -1,0 +1,352 @@
+//! The store conformance suite: behaviour every [`Store`] backend must have, written once
+//! against the trait. Each check is a generic function over `impl Store`; the `#[tokio::test]`s
+//! at the bottom run them against [`SledStore`]. A new backend adds its own short list of
+//! tests calling the same functions.
+
+use std::path::Path;
+
+use rand_core::OsRng;
+use tidings_protocol::ids::{MessageId, RecipientId, SenderId};
+use tidings_protocol::keys::{AuthSecretKey, SymmetricKey};
+use tidings_protocol::reencrypt::DeliveryKey;
+use tidings_relay::store::{
+    AppendOutcome, Hour, QueueRecord, SecureOutcome, SledStore, Store, StoredMessage,
+};
+
+fn new_queue() -> QueueRecord {
+    QueueRecord {
+        recipient: RecipientId::random(&mut OsRng),
+        sender: SenderId::random(&mut OsRng),
+        recipient_key: AuthSecretKey::generate(&mut OsRng).public(),
+        delivery_key: DeliveryKey::from_key(SymmetricKey::random(&mut OsRng)),
+        sender_key: None,
+        suspended: false,
+    }
+}
+
+fn message(hour: u32, body: &[u8]) -> StoredMessage {
+    StoredMessage {
+        id: MessageId::random(&mut OsRng),
+        hour: Hour(hour),
+        body: body.to_vec(),
+    }
+}
+
+/// Create, look up by either id, refuse duplicates, suspend, delete.
+pub async fn queue_lifecycle(store: &impl Store) {
+    let q = new_queue();
+    assert!(store.create_queue(q.clone()).await.unwrap());
+    let got = store.queue(&q.recipient).unwrap().expect("stored");
+    assert_eq!(got.sender, q.sender);
+    assert_eq!(got.recipient_key, q.recipient_key);
+    assert_eq!(
+        got.delivery_key.key().as_bytes(),
+        q.delivery_key.key().as_bytes()
+    );
+    assert!(got.sender_key.is_none());
+    assert!(!got.suspended);
+    let by_sender = store.queue_by_sender(&q.sender).unwrap().expect("indexed");
+    assert_eq!(by_sender.recipient, q.recipient);
+
+    // The same ids again: refused, the original untouched.
+    let mut dup = new_queue();
+    dup.recipient = q.recipient;
+    assert!(!store.create_queue(dup).await.unwrap());
+    let mut dup = new_queue();
+    dup.sender = q.sender;
+    assert!(!store.create_queue(dup).await.unwrap());
+    assert_eq!(
+        store.queue(&q.recipient).unwrap().unwrap().recipient_key,
+        q.recipient_key
+    );
+
+    assert!(store.suspend_queue(q.recipient).await.unwrap());
+    assert!(store.queue(&q.recipient).unwrap().unwrap().suspended);
+
+    assert!(store.delete_queue(q.recipient).await.unwrap());
+    assert!(store.queue(&q.recipient).unwrap().is_none());
+    assert!(store.queue_by_sender(&q.sender).unwrap().is_none());
+    assert!(!store.delete_queue(q.recipient).await.unwrap());
+    assert!(!store.suspend_queue(q.recipient).await.unwrap());
+}
+
+/// A queue is secured once; never when suspended or missing.
+pub async fn secure_only_once(store: &impl Store) {
+    let q = new_queue();
+    store.create_queue(q.clone()).await.unwrap();
+    let first = AuthSecretKey::generate(&mut OsRng).public();
+    let second = AuthSecretKey::generate(&mut OsRng).public();
+    assert_eq!(
+        store.secure_queue(q.recipient, first).await.unwrap(),
+        SecureOutcome::Secured
+    );
+    assert_eq!(
+        store.secure_queue(q.recipient, second).await.unwrap(),
+        SecureOutcome::Refused
+    );
+    assert_eq!(
+        store.queue(&q.recipient).unwrap().unwrap().sender_key,
+        Some(first)
+    );
+
+    let s = new_queue();
+    store.create_queue(s.clone()).await.unwrap();
+    store.suspend_queue(s.recipient).await.unwrap();
+    assert_eq!(
+        store.secure_queue(s.recipient, first).await.unwrap(),
+        SecureOutcome::Refused
+    );
+    assert_eq!(
+        store
+            .secure_queue(RecipientId::random(&mut OsRng), first)
+            .await
+            .unwrap(),
+        SecureOutcome::Refused
+    );
+}
+
+/// Messages come back oldest first; acks delete by id; other queues are untouched.
+pub async fn append_order_and_ack(store: &impl Store) {
+    let q = new_queue();
+    let other = new_queue();
+    store.create_queue(q.clone()).await.unwrap();
+    store.create_queue(other.clone()).await.unwrap();
+    let msgs: Vec<_> = (0..5u8).map(|i| message(100, &[i; 40])).collect();
+    for m in &msgs {
+        assert_eq!(
+            store.append(q.recipient, m.clone(), 128).await.unwrap(),
+            AppendOutcome::Stored
+        );
+    }
+    let lone = message(100, b"other");
+    store
+        .append(other.recipient, lone.clone(), 128)
+        .await
+        .unwrap();
+    assert_eq!(store.pending(&q.recipient).unwrap(), 5);
+    for m in &msgs {
+        assert_eq!(store.oldest(&q.recipient).unwrap().as_ref(), Some(m));
+        assert!(store.delete_message(q.recipient, m.id).await.unwrap());
+        assert!(!store.delete_message(q.recipient, m.id).await.unwrap());
+    }
+    assert_eq!(store.oldest(&q.recipient).unwrap(), None);
+    assert_eq!(store.pending(&q.recipient).unwrap(), 0);
+    // An id of another queue's message does not delete it.
+    assert!(!store.delete_message(q.recipient, lone.id).await.unwrap());
+    assert_eq!(store.oldest(&other.recipient).unwrap(), Some(lone));
+
+    // Acking a message in the middle keeps the order of the rest.
+    let a = message(100, b"a");
+    let b = message(100, b"b");
+    let c = message(100, b"c");
+    for m in [&a, &b, &c] {
+        store.append(q.recipient, m.clone(), 128).await.unwrap();
+    }
+    assert!(store.delete_message(q.recipient, b.id).await.unwrap());
+    assert_eq!(store.oldest(&q.recipient).unwrap(), Some(a.clone()));
+    store.delete_message(q.recipient, a.id).await.unwrap();
+    assert_eq!(store.oldest(&q.recipient).unwrap(), Some(c));
+}
+
+/// The quota refuses the message over the limit, and recovers after an ack. Missing and
+/// suspended queues refuse appends.
+pub async fn quota_and_refusals(store: &impl Store) {
+    let q = new_queue();
+    store.create_queue(q.clone()).await.unwrap();
+    let mut first = None;
+    for i in 0..3u8 {
+        let m = message(7, &[i]);
+        first.get_or_insert(m.id);
+        assert_eq!(
+            store.append(q.recipient, m, 3).await.unwrap(),
+            AppendOutcome::Stored
+        );
+    }
+    assert_eq!(
+        store.append(q.recipient, message(7, b"x"), 3).await.unwrap(),
+        AppendOutcome::QueueFull
+    );
+    assert_eq!(store.pending(&q.recipient).unwrap(), 3);
+    assert!(store
+        .delete_message(q.recipient, first.unwrap())
+        .await
+        .unwrap());
+    assert_eq!(
+        store.append(q.recipient, message(7, b"y"), 3).await.unwrap(),
+        AppendOutcome::Stored
+    );
+
+    assert_eq!(
+        store
+            .append(RecipientId::random(&mut OsRng), message(7, b"z"), 3)
+            .await
+            .unwrap(),
+        AppendOutcome::Refused
+    );
+    store.suspend_queue(q.recipient).await.unwrap();
+    store.delete_message(q.recipient, first.unwrap()).await.unwrap();
+    assert_eq!(
+        store.append(q.recipient, message(7, b"z"), 100).await.unwrap(),
+        AppendOutcome::Refused
+    );
+    // A suspended queue is still readable.
+    assert!(store.oldest(&q.recipient).unwrap().is_some());
+}
+
+/// Deleting a queue deletes its messages; a new queue never sees them.
+pub async fn delete_queue_deletes_messages(store: &impl Store) {
+    let q = new_queue();
+    store.create_queue(q.clone()).await.unwrap();
+    store.append(q.recipient, message(5, b"a"), 10).await.unwrap();
+    store.append(q.recipient, message(5, b"b"), 10).await.unwrap();
+    assert!(store.delete_queue(q.recipient).await.unwrap());
+    assert_eq!(store.pending(&q.recipient).unwrap(), 0);
+    assert_eq!(store.oldest(&q.recipient).unwrap(), None);
+    // Expiry of those hours finds nothing left behind.
+    assert_eq!(store.expire_before(Hour(6)).await.unwrap(), 0);
+}
+
+/// The sweep deletes exactly the messages from before the cutoff hour.
+pub async fn expiry_sweep(store: &impl Store) {
+    let q = new_queue();
+    store.create_queue(q.clone()).await.unwrap();
+    let old = message(1_000, b"old");
+    let edge = message(1_009, b"edge");
+    let new = message(1_010, b"new");
+    for m in [&old, &edge, &new] {
+        store.append(q.recipient, m.clone(), 10).await.unwrap();
+    }
+    assert_eq!(store.expire_before(Hour(1_000)).await.unwrap(), 0);
+    assert_eq!(store.expire_before(Hour(1_010)).await.unwrap(), 2);
+    assert_eq!(store.oldest(&q.recipient).unwrap(), Some(new.clone()));
+    assert_eq!(store.pending(&q.recipient).unwrap(), 1);
+    // Acked messages are gone from the index too.
+    assert!(store.delete_message(q.recipient, new.id).await.unwrap());
+    assert_eq!(store.expire_before(Hour(u32::MAX)).await.unwrap(), 0);
+    // Many at once (more than one internal chunk).
+    let many = new_queue();
+    store.create_queue(many.clone()).await.unwrap();
+    for i in 0..1500u32 {
+        store
+            .append(many.recipient, message(i % 3, b"m"), 2000)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.expire_before(Hour(3)).await.unwrap(), 1500);
+    assert_eq!(store.pending(&many.recipient).unwrap(), 0);
+}
+
+/// Many appends at once (group commit) are all stored, each exactly once, in some order
+/// consistent with each submitter's own order.
+pub async fn concurrent_appends<S: Store>(store: std::sync::Arc<S>) {
+    let q = new_queue();
+    store.create_queue(q.clone()).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..8u8 {
+        let store = store.clone();
+        let recipient = q.recipient;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10u8 {
+                let outcome = store
+                    .append(recipient, message(1, &[t, i]), 1000)
+                    .await
+                    .unwrap();
+                assert_eq!(outcome, AppendOutcome::Stored);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut seen = Vec::new();
+    while let Some(m) = store.oldest(&q.recipient).unwrap() {
+        seen.push((m.body[0], m.body[1]));
+        store.delete_message(q.recipient, m.id).await.unwrap();
+    }
+    assert_eq!(seen.len(), 80);
+    for t in 0..8u8 {
+        let own: Vec<u8> = seen.iter().filter(|(s, _)| *s == t).map(|p| p.1).collect();
+        assert_eq!(own, (0..10u8).collect::<Vec<_>>());
+    }
+}
+
+/// What resolved before the store was dropped is there after reopening it.
+pub async fn reopen_keeps_data<S: Store>(open: impl Fn(&Path) -> S) {
+    let dir = tempfile::tempdir().unwrap();
+    let q = new_queue();
+    let key = AuthSecretKey::generate(&mut OsRng).public();
+    let m = message(42, b"durable");
+    {
+        let store = open(dir.path());
+        store.create_queue(q.clone()).await.unwrap();
+        store.secure_queue(q.recipient, key).await.unwrap();
+        store.append(q.recipient, m.clone(), 10).await.unwrap();
+    }
+    let store = open(dir.path());
+    let got = store.queue_by_sender(&q.sender).unwrap().expect("queue kept");
+    assert_eq!(got.sender_key, Some(key));
+    assert_eq!(store.oldest(&q.recipient).unwrap(), Some(m.clone()));
+    // The sequence continues after the reopen.
+    let next = message(43, b"next");
+    store.append(q.recipient, next.clone(), 10).await.unwrap();
+    store.delete_message(q.recipient, m.id).await.unwrap();
+    assert_eq!(store.oldest(&q.recipient).unwrap(), Some(next));
+    store.flush().await.unwrap();
+}
+
+fn sled_open(path: &Path) -> SledStore {
+    SledStore::open(path).unwrap()
+}
+
+fn sled_temp() -> (tempfile::TempDir, SledStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sled_open(dir.path());
+    (dir, store)
+}
+
+#[tokio::test]
+async fn sled_queue_lifecycle() {
+    let (_d, s) = sled_temp();
+    queue_lifecycle(&s).await;
+}
+
+#[tokio::test]
+async fn sled_secure_only_once() {
+    let (_d, s) = sled_temp();
+    secure_only_once(&s).await;
+}
+
+#[tokio::test]
+async fn sled_append_order_and_ack() {
+    let (_d, s) = sled_temp();
+    append_order_and_ack(&s).await;
+}
+
+#[tokio::test]
+async fn sled_quota_and_refusals() {
+    let (_d, s) = sled_temp();
+    quota_and_refusals(&s).await;
+}
+
+#[tokio::test]
+async fn sled_delete_queue_deletes_messages() {
+    let (_d, s) = sled_temp();
+    delete_queue_deletes_messages(&s).await;
+}
+
+#[tokio::test]
+async fn sled_expiry_sweep() {
+    let (_d, s) = sled_temp();
+    expiry_sweep(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_concurrent_appends() {
+    let (_d, s) = sled_temp();
+    concurrent_appends(std::sync::Arc::new(s)).await;
+}
+
+#[tokio::test]
+async fn sled_reopen_keeps_data() {
+    reopen_keeps_data(sled_open).await;
+}
