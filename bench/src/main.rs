@@ -91,6 +91,10 @@ pub struct Args {
     /// Messages each sender has in flight (sent, not yet answered).
     #[arg(long, default_value_t = 1)]
     pub in_flight: usize,
+    /// Offered load in messages/s over all senders (0: each sender sends the next message as
+    /// soon as the reply to the last one is in). Paced runs measure latency below saturation.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
     /// Store everything first, then let the recipients subscribe and drain.
     #[arg(long)]
     pub offline: bool,
@@ -131,6 +135,9 @@ impl Args {
                 "--payload must be at most {} bytes (the largest body a relay takes)",
                 tidings_protocol::command::MAX_BODY_LEN
             );
+        }
+        if !(self.rate >= 0.0 && self.rate.is_finite()) {
+            bail!("--rate must be a number of messages per second (0: unpaced)");
         }
         if self.concurrency == 0 || self.endpoints == 0 {
             bail!("--concurrency and --endpoints must be at least 1");

@@ -117,6 +117,49 @@ impl Clock {
     }
 }
 
+/// Paces one sender's messages so that all senders together offer a fixed rate.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Microseconds between two messages of this sender; `None`: as fast as possible.
+    interval_us: Option<f64>,
+    /// When this sender's first message is due, on the bench clock.
+    first_us: f64,
+}
+
+impl Pace {
+    /// Sender `index` of `senders` sharing `total_per_sec` messages a second (0: unpaced),
+    /// starting now; senders are staggered evenly over one interval.
+    pub fn new(total_per_sec: f64, senders: usize, index: usize, clock: &Clock) -> Self {
+        let now = clock.now_us() as f64;
+        if total_per_sec <= 0.0 || senders == 0 {
+            return Self {
+                interval_us: None,
+                first_us: now,
+            };
+        }
+        let interval = senders as f64 * 1_000_000.0 / total_per_sec;
+        Self {
+            interval_us: Some(interval),
+            first_us: now + interval * index as f64 / senders as f64,
+        }
+    }
+
+    /// Waits until message `seq` is due and returns the send time to stamp it with: its due
+    /// time when paced (so a sender that falls behind still counts the wait, and latency is
+    /// not flattered by coordinated omission), now when unpaced.
+    pub async fn due(&self, seq: usize, clock: &Clock) -> u64 {
+        let Some(interval) = self.interval_us else {
+            return clock.now_us();
+        };
+        let due = (self.first_us + interval * seq as f64) as u64;
+        let now = clock.now_us();
+        if due > now {
+            tokio::time::sleep(std::time::Duration::from_micros(due - now)).await;
+        }
+        due
+    }
+}
+
 /// Bytes at the start of every payload: send time (u64 BE, microseconds on the bench clock),
 /// sender index (u32 BE), sequence number (u32 BE).
 pub const STAMP_LEN: usize = 16;
@@ -181,6 +224,19 @@ mod tests {
         assert_eq!(body.len(), 1024);
         assert_eq!(sent_us(&body), Some(123_456_789));
         assert_eq!(body[STAMP_LEN], 7);
+    }
+
+    #[tokio::test]
+    async fn paced_senders_stamp_their_due_times() {
+        let clock = Clock::new();
+        // 10 senders sharing 1e9 messages/s: 10 ns apart per sender, so nothing waits.
+        let pace = Pace::new(1e9, 10, 5, &clock);
+        let a = pace.due(1_000, &clock).await;
+        let b = pace.due(2_000, &clock).await;
+        assert_eq!(b - a, 10);
+        let unpaced = Pace::new(0.0, 10, 5, &clock);
+        // Unpaced: stamped with the current time, no wait.
+        assert!(unpaced.due(7, &clock).await <= clock.now_us());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
-use crate::measure::{self, Clock, CpuSpan, Latency, ProcWatch};
+use crate::measure::{self, Clock, CpuSpan, Latency, Pace, ProcWatch};
 use crate::parallel::run_indexed;
 use crate::report::{per_sec, round2, Report};
 use crate::Args;
@@ -243,6 +243,8 @@ async fn load(
             args.in_flight,
             go.clone(),
             clock,
+            args.rate,
+            args.senders,
         ));
     }
     let spawn_recipients = |set: &mut JoinSet<Result<Vec<u64>>>,
@@ -319,20 +321,24 @@ async fn send_all(
     in_flight: usize,
     go: Arc<Barrier>,
     clock: Clock,
+    rate: f64,
+    senders: usize,
 ) -> Result<()> {
     let mut fill = vec![0u8; payload];
     OsRng.fill_bytes(&mut fill);
-    let index = u32::try_from(index).unwrap_or(u32::MAX);
+    let stamp_index = u32::try_from(index).unwrap_or(u32::MAX);
     go.wait().await;
+    let pace = Pace::new(rate, senders, index, &clock);
     let mut seq = 0usize;
     while seq < count {
         let n = in_flight.min(count - seq);
         let mut pipe = redis::pipe();
         for i in seq..seq + n {
+            let sent = pace.due(i, &clock).await;
             let body = measure::stamped(
                 &fill,
-                clock.now_us(),
-                index,
+                sent,
+                stamp_index,
                 u32::try_from(i).unwrap_or(u32::MAX),
             );
             pipe.cmd("LPUSH").arg(&key).arg(body);

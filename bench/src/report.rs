@@ -26,6 +26,8 @@ pub struct Report {
     pub messages: usize,
     /// Messages in flight per sender.
     pub in_flight: usize,
+    /// Offered load, messages/s over all senders (0: unpaced).
+    pub rate: f64,
     /// Idle subscribed clients connected for the RSS figure.
     pub idle_clients: usize,
     /// Connections opened for the connection-rate figure.
@@ -68,6 +70,7 @@ impl Report {
             body_bytes,
             messages: args.messages,
             in_flight: args.in_flight,
+            rate: args.rate,
             idle_clients: args.idle_clients,
             connect_rate_connections: args.connect_rate,
             elapsed_s: 0.0,

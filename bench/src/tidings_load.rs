@@ -28,7 +28,7 @@ use tidings_protocol::ids::{EntityId, RecipientId, SenderId};
 use tidings_protocol::keys::{AuthSecretKey, DhSecretKey};
 use tidings_protocol::reencrypt::DeliveryKey;
 
-use crate::measure::{self, Clock, CpuSpan, Latency, ProcWatch};
+use crate::measure::{self, Clock, CpuSpan, Latency, Pace, ProcWatch};
 use crate::parallel::run_indexed;
 use crate::relay_process::RelayProcess;
 use crate::report::{per_sec, round2, Report};
@@ -270,6 +270,7 @@ async fn load(
             sender,
             go.clone(),
             clock,
+            (args.rate, args.senders),
             body_len,
             args.in_flight,
         ));
@@ -402,6 +403,7 @@ async fn send_all(
     mut s: Sender,
     go: Arc<Barrier>,
     clock: Clock,
+    (rate, senders): (f64, usize),
     body_len: usize,
     in_flight: usize,
 ) -> Result<u64> {
@@ -415,11 +417,19 @@ async fn send_all(
         .collect();
     let mut retries = 0u64;
     go.wait().await;
+    let pace = Pace::new(rate, senders, s.index, &clock);
     while !todo.is_empty() {
-        let window: Vec<(u32, u64)> = (0..in_flight)
-            .map_while(|_| todo.pop_front())
-            .map(|(seq, sent)| (seq, sent.unwrap_or_else(|| clock.now_us())))
-            .collect();
+        let mut window: Vec<(u32, u64)> = Vec::with_capacity(in_flight);
+        while window.len() < in_flight {
+            let Some((seq, sent)) = todo.pop_front() else {
+                break;
+            };
+            let sent = match sent {
+                Some(sent) => sent,
+                None => pace.due(seq as usize, &clock).await,
+            };
+            window.push((seq, sent));
+        }
         let mut requests = Vec::with_capacity(window.len());
         for (seq, sent) in &window {
             let body = measure::stamped(&fill, *sent, index, *seq);

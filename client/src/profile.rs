@@ -805,7 +805,44 @@ impl Profile {
         if let Some(e) = err {
             report.error.get_or_insert(e);
         }
+        if let Err(e) = self.forget_stale_invites(links, now).await {
+            if !is_network(&e) {
+                return Err(e);
+            }
+        }
         Ok(report)
+    }
+
+    /// Deletes the queues of invitations nobody answered long after they expired (one more
+    /// [`INVITATION_TTL_SECS`] of grace for a late sync) and forgets their keys, so a seized
+    /// phone holds no more secrets than it needs.
+    async fn forget_stale_invites<C: Connector>(
+        &mut self,
+        links: &mut Links<'_, C>,
+        now: u64,
+    ) -> Result<()> {
+        for invite in self.invites_raw()? {
+            let stale_at = invite.expires_at.saturating_add(INVITATION_TTL_SECS);
+            if now <= stale_at {
+                continue;
+            }
+            let link = links.get(&invite.recv.relay).await?;
+            let req = link.signed(
+                EntityId::from(RecipientId::from_bytes(invite.recv.recipient_id)),
+                Command::Delete,
+                &invite.recv.auth(),
+            )?;
+            match link.request(req).await?.kind {
+                // Deleted, or already gone (expired or deleted on the relay).
+                ReplyKind::Ok | ReplyKind::Error(ErrorCode::Auth) => {
+                    let mut b = Batch::new();
+                    b.remove(Tree::Invites, &invite.recv.recipient_id);
+                    self.store.apply(b)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     async fn fetch_relay<C: Connector>(

@@ -403,3 +403,28 @@ async fn every_body_has_the_same_size_whatever_the_text() {
         Err(ClientError::MessageTooLong)
     ));
 }
+
+#[tokio::test]
+async fn unanswered_invitations_are_forgotten_long_after_they_expire() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    a.invite(&w.net, Some("nobody"), NOW).await.unwrap();
+    a.sync(&w.net, NOW + INVITATION_TTL_SECS + 1).await.unwrap();
+    assert_eq!(
+        a.contacts().unwrap().len(),
+        1,
+        "kept during the grace period"
+    );
+    a.sync(&w.net, NOW + 2 * INVITATION_TTL_SECS + 1)
+        .await
+        .unwrap();
+    assert!(a.contacts().unwrap().is_empty());
+    let queues = w
+        .net
+        .0
+        .borrow()
+        .queues
+        .get(&relay_address(1))
+        .map_or(0, |q| q.len());
+    assert_eq!(queues, 0, "the queue is deleted on the relay too");
+}

@@ -230,6 +230,17 @@ pub mod fake {
                     q.messages.push_back((id, sealed));
                     ReplyKind::Ok
                 }
+                Command::Delete => {
+                    let rid = RecipientId::from(req.entity);
+                    let ok = queues
+                        .get(&rid)
+                        .is_some_and(|q| req.verify(&self.binding, &q.recipient_key).is_ok());
+                    if !ok {
+                        return auth;
+                    }
+                    queues.remove(&rid);
+                    ReplyKind::Ok
+                }
                 Command::Get | Command::Ack { .. } | Command::Subscribe => {
                     let rid = RecipientId::from(req.entity);
                     let Some(q) = queues.get_mut(&rid) else {

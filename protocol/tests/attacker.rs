@@ -1,6 +1,14 @@
 //! What an attacker sees and can do: replayed or moved signatures, the wrong relay key,
 //! version games, oversize input, full blocks, and the sizes of records on the wire.
 
+// Test helpers outside #[test] functions may fail loudly too: that is how a test fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use tidings_protocol::block::{decode_frames, Block, BlockBuilder, BLOCK_LEN, MAX_FRAME_LEN};
@@ -461,10 +469,7 @@ fn frame_that_does_not_fit_is_block_full_and_nothing_is_written() {
     // Exactly filling the block works, and then not even one byte fits.
     b.push(&vec![3; free]).unwrap();
     assert_eq!(b.free_for_frame(), 0);
-    assert!(matches!(
-        b.push(&[4]),
-        Err(ProtocolError::BlockFull { .. })
-    ));
+    assert!(matches!(b.push(&[4]), Err(ProtocolError::BlockFull { .. })));
     let block = b.finish();
     let frames = block.frames().unwrap();
     assert_eq!(frames.len(), 2);
@@ -482,7 +487,10 @@ fn largest_frame_fits_an_empty_block_and_one_byte_more_does_not() {
     ));
     b.push(&vec![0xee; MAX_FRAME_LEN]).unwrap();
     let block = b.finish();
-    assert_eq!(block.frames().unwrap(), vec![&vec![0xee; MAX_FRAME_LEN][..]]);
+    assert_eq!(
+        block.frames().unwrap(),
+        vec![&vec![0xee; MAX_FRAME_LEN][..]]
+    );
 }
 
 #[test]
@@ -559,7 +567,12 @@ fn every_record_on_the_wire_has_the_same_length() {
     )
     .encode()
     .unwrap();
-    for frames in [vec![], vec![&ping[..]], vec![&big[..]], vec![&ping[..]; 200]] {
+    for frames in [
+        vec![],
+        vec![&ping[..]],
+        vec![&big[..]],
+        vec![&ping[..]; 200],
+    ] {
         let block = common::block_of(&frames);
         let up = client.seal(&block).unwrap();
         lengths.push(up.as_bytes().len());
@@ -718,5 +731,91 @@ fn debug_output_of_keys_ids_and_records_hides_their_bytes() {
             !lower.contains("ab, ab") && !lower.contains("abab") && !lower.contains("171"),
             "{r}"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Hello payloads that only a peer holding the keys could send
+// ---------------------------------------------------------------------------------------
+
+fn hello(prefix: &[u8]) -> Vec<u8> {
+    let mut p = prefix.to_vec();
+    p.resize(HELLO_LEN, 0);
+    p
+}
+
+#[test]
+fn relay_hello_with_a_version_the_client_did_not_offer_is_refused() {
+    let mut rng = common::rng(30);
+    let relay = RelayKeypair::generate(&mut rng);
+    for version in [0u16, 2, 7, u16::MAX] {
+        let (hs, first) = ClientHandshake::start(&relay.public(), range(1, 1), &mut rng).unwrap();
+        let answer =
+            common::raw::relay_answer(&relay, first.as_bytes(), &hello(&version.to_be_bytes()));
+        assert_eq!(answer.len(), RECORD_LEN);
+        assert_eq!(
+            hs.finish(&answer).unwrap_err(),
+            ProtocolError::NoCommonVersion {
+                our_min: 1,
+                our_max: 1,
+                peer_min: version,
+                peer_max: version
+            },
+            "relay chose {version}"
+        );
+    }
+    // The control: a well-formed answer with version 1 is accepted.
+    let (hs, first) = ClientHandshake::start(&relay.public(), range(1, 1), &mut rng).unwrap();
+    let answer = common::raw::relay_answer(&relay, first.as_bytes(), &hello(&1u16.to_be_bytes()));
+    assert_eq!(hs.finish(&answer).unwrap().version(), 1);
+}
+
+#[test]
+fn hellos_with_bytes_hidden_in_their_padding_are_refused() {
+    let mut rng = common::rng(31);
+    let relay = RelayKeypair::generate(&mut rng);
+
+    let mut payload = hello(&[0, 1, 0, 1]);
+    let good = common::raw::client_hello(&relay.public(), &payload);
+    assert!(respond(&relay, SUPPORTED_VERSIONS, &good, &mut rng).is_ok());
+    payload[HELLO_LEN - 1] = 1;
+    let bad = common::raw::client_hello(&relay.public(), &payload);
+    assert_eq!(
+        respond(&relay, SUPPORTED_VERSIONS, &bad, &mut rng).unwrap_err(),
+        ProtocolError::BadPadding {
+            what: "client hello"
+        }
+    );
+
+    let (hs, first) =
+        ClientHandshake::start(&relay.public(), SUPPORTED_VERSIONS, &mut rng).unwrap();
+    let mut payload = hello(&[0, 1]);
+    payload[100] = 0xff;
+    let answer = common::raw::relay_answer(&relay, first.as_bytes(), &payload);
+    assert_eq!(
+        hs.finish(&answer).unwrap_err(),
+        ProtocolError::BadPadding {
+            what: "relay hello"
+        }
+    );
+}
+
+#[test]
+fn hellos_of_the_wrong_length_are_refused() {
+    let mut rng = common::rng(32);
+    let relay = RelayKeypair::generate(&mut rng);
+    for len in [0, 3, HELLO_LEN - 1, HELLO_LEN + 1] {
+        let msg = common::raw::client_hello(&relay.public(), &vec![0; len]);
+        assert!(matches!(
+            respond(&relay, SUPPORTED_VERSIONS, &msg, &mut rng),
+            Err(ProtocolError::BadLength { .. })
+        ));
+        let (hs, first) =
+            ClientHandshake::start(&relay.public(), SUPPORTED_VERSIONS, &mut rng).unwrap();
+        let answer = common::raw::relay_answer(&relay, first.as_bytes(), &vec![0; len]);
+        assert!(matches!(
+            hs.finish(&answer),
+            Err(ProtocolError::BadLength { .. })
+        ));
     }
 }

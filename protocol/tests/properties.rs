@@ -1,6 +1,14 @@
 //! Property tests: codecs round-trip, decoders refuse what is not exactly one valid value and
 //! never panic, blocks never truncate, and a session dies on the first bad record.
 
+// Test helpers outside #[test] functions may fail loudly too: that is how a test fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 mod common;
 
 use proptest::prelude::*;
@@ -13,7 +21,9 @@ use tidings_protocol::command::{
     Command, ErrorCode, Reply, ReplyKind, Request, MAX_BODY_LEN, MAX_DELIVERED_LEN,
 };
 use tidings_protocol::ids::{CorrId, EntityId, MessageId, RecipientId, SenderId};
-use tidings_protocol::keys::{AuthPublicKey, AuthSecretKey, DhPublicKey, RelayPublicKey, Signature};
+use tidings_protocol::keys::{
+    AuthPublicKey, AuthSecretKey, DhPublicKey, RelayPublicKey, Signature,
+};
 use tidings_protocol::noise::RECORD_LEN;
 use tidings_protocol::ProtocolError;
 use zeroize::Zeroizing;
@@ -433,6 +443,15 @@ proptest! {
         let block = b.finish();
         prop_assert_eq!(block.as_bytes().len(), BLOCK_LEN);
         prop_assert_eq!(block.frames()?, accepted);
+
+        // A block is exactly BLOCK_LEN bytes: one byte less or more is refused.
+        let bytes = block.as_bytes();
+        let short = decode_frames(&bytes[..BLOCK_LEN - 1]).unwrap_err();
+        prop_assert!(matches!(short, ProtocolError::BadLength { .. }), "{:?}", short);
+        let mut long = bytes.to_vec();
+        long.push(0);
+        let long = decode_frames(&long).unwrap_err();
+        prop_assert!(matches!(long, ProtocolError::BadLength { .. }), "{:?}", long);
     }
 }
 
@@ -467,6 +486,20 @@ proptest! {
         let back: RelayAddress = text.parse()?;
         prop_assert_eq!(&back, &addr);
         prop_assert_eq!(back.to_string(), text);
+    }
+
+    #[test]
+    fn text_after_a_relay_address_is_refused(
+        key in any::<[u8; 32]>(),
+        host in host(),
+        port in 1u16..=u16::MAX,
+        // Not a digit, which would only make another port.
+        suffix in "[^0-9].{0,8}",
+    ) {
+        let addr = RelayAddress { key: RelayPublicKey::from_bytes(key), host, port };
+        let text = format!("{addr}{suffix}");
+        let e = text.parse::<RelayAddress>().unwrap_err();
+        prop_assert!(matches!(e, ProtocolError::BadAddress { .. }), "{:?}", e);
     }
 
     #[test]

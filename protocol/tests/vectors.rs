@@ -14,6 +14,14 @@
 //! cargo test -p tidings-protocol --test vectors -- --ignored regenerate_vectors
 //! ```
 
+// Test helpers outside #[test] functions may fail loudly too: that is how a test fails.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::path::PathBuf;
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -669,51 +677,107 @@ fn invalid_address_texts() -> Vec<(&'static str, String)> {
     let too_long = format!("tidings://{KEY_B}@{}.org:443", "a".repeat(470));
     vec![
         ("empty", String::new()),
-        ("wrong_scheme", format!("https://{KEY_B}@relay.example.org:443")),
-        ("upper_case_scheme", format!("TIDINGS://{KEY_B}@relay.example.org:443")),
+        (
+            "wrong_scheme",
+            format!("https://{KEY_B}@relay.example.org:443"),
+        ),
+        (
+            "upper_case_scheme",
+            format!("TIDINGS://{KEY_B}@relay.example.org:443"),
+        ),
         ("no_at", format!("tidings://{KEY_B}relay.example.org:443")),
-        ("short_key", "tidings://QEFCQ0RF@relay.example.org:443".into()),
+        (
+            "short_key",
+            "tidings://QEFCQ0RF@relay.example.org:443".into(),
+        ),
         (
             "padded_key",
             format!("tidings://{}=@relay.example.org:443", &KEY_B[..42]),
         ),
         (
             "standard_base64_key",
-            "tidings://+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/8@relay.example.org:443"
-                .into(),
+            "tidings://+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/+/8@relay.example.org:443".into(),
         ),
         (
             "key_with_nonzero_trailing_bits",
             "tidings://AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB@relay.example.org:443".into(),
         ),
         ("no_port", format!("tidings://{KEY_B}@relay.example.org")),
-        ("empty_port", format!("tidings://{KEY_B}@relay.example.org:")),
-        ("port_zero", format!("tidings://{KEY_B}@relay.example.org:0")),
-        ("port_leading_zero", format!("tidings://{KEY_B}@relay.example.org:0443")),
-        ("port_too_big", format!("tidings://{KEY_B}@relay.example.org:65536")),
-        ("port_sign", format!("tidings://{KEY_B}@relay.example.org:+443")),
-        ("path_after_port", format!("tidings://{KEY_B}@relay.example.org:443/")),
+        (
+            "empty_port",
+            format!("tidings://{KEY_B}@relay.example.org:"),
+        ),
+        (
+            "port_zero",
+            format!("tidings://{KEY_B}@relay.example.org:0"),
+        ),
+        (
+            "port_leading_zero",
+            format!("tidings://{KEY_B}@relay.example.org:0443"),
+        ),
+        (
+            "port_too_big",
+            format!("tidings://{KEY_B}@relay.example.org:65536"),
+        ),
+        (
+            "port_sign",
+            format!("tidings://{KEY_B}@relay.example.org:+443"),
+        ),
+        (
+            "path_after_port",
+            format!("tidings://{KEY_B}@relay.example.org:443/"),
+        ),
         ("empty_host", format!("tidings://{KEY_B}@:443")),
-        ("upper_case_host", format!("tidings://{KEY_B}@Relay.example.org:443")),
-        ("trailing_dot", format!("tidings://{KEY_B}@relay.example.org.:443")),
+        (
+            "upper_case_host",
+            format!("tidings://{KEY_B}@Relay.example.org:443"),
+        ),
+        (
+            "trailing_dot",
+            format!("tidings://{KEY_B}@relay.example.org.:443"),
+        ),
         ("empty_label", format!("tidings://{KEY_B}@relay..org:443")),
         ("hyphen_first", format!("tidings://{KEY_B}@-relay.org:443")),
         ("hyphen_last", format!("tidings://{KEY_B}@relay-.org:443")),
         ("underscore", format!("tidings://{KEY_B}@re_lay.org:443")),
-        ("non_ascii_host", format!("tidings://{KEY_B}@r\u{e9}lay.org:443")),
+        (
+            "non_ascii_host",
+            format!("tidings://{KEY_B}@r\u{e9}lay.org:443"),
+        ),
         ("two_ats", format!("tidings://{KEY_B}@@relay.org:443")),
-        ("label_too_long", format!("tidings://{KEY_B}@{}.org:443", "a".repeat(64))),
-        ("host_too_long", format!("tidings://{KEY_B}@{long_host}:443")),
+        (
+            "label_too_long",
+            format!("tidings://{KEY_B}@{}.org:443", "a".repeat(64)),
+        ),
+        (
+            "host_too_long",
+            format!("tidings://{KEY_B}@{long_host}:443"),
+        ),
         ("address_too_long", too_long),
-        ("ipv4_out_of_range", format!("tidings://{KEY_B}@256.0.0.1:443")),
+        (
+            "ipv4_out_of_range",
+            format!("tidings://{KEY_B}@256.0.0.1:443"),
+        ),
         ("ipv4_three_parts", format!("tidings://{KEY_B}@10.0.1:443")),
-        ("ipv4_leading_zero", format!("tidings://{KEY_B}@010.0.0.1:443")),
+        (
+            "ipv4_leading_zero",
+            format!("tidings://{KEY_B}@010.0.0.1:443"),
+        ),
         ("ipv6_unbracketed", format!("tidings://{KEY_B}@::1:443")),
         ("ipv6_unclosed", format!("tidings://{KEY_B}@[::1:443")),
         ("ipv6_junk", format!("tidings://{KEY_B}@[zz::1]:443")),
-        ("ipv6_not_canonical", format!("tidings://{KEY_B}@[0:0:0:0:0:0:0:1]:443")),
-        ("ipv6_upper_case", format!("tidings://{KEY_B}@[2001:DB8::1]:443")),
-        ("whitespace", format!(" tidings://{KEY_B}@relay.example.org:443")),
+        (
+            "ipv6_not_canonical",
+            format!("tidings://{KEY_B}@[0:0:0:0:0:0:0:1]:443"),
+        ),
+        (
+            "ipv6_upper_case",
+            format!("tidings://{KEY_B}@[2001:DB8::1]:443"),
+        ),
+        (
+            "whitespace",
+            format!(" tidings://{KEY_B}@relay.example.org:443"),
+        ),
     ]
 }
 
@@ -936,13 +1000,21 @@ fn every_command_and_reply_encoding_matches_the_vectors() {
     assert_eq!(v.requests.len(), requests.len());
     for (case, (name, req)) in v.requests.iter().zip(&requests) {
         assert_eq!(case.name, *name);
-        assert_eq!(Request::decode(&unh(&case.frame_hex)).unwrap(), *req, "{name}");
+        assert_eq!(
+            Request::decode(&unh(&case.frame_hex)).unwrap(),
+            *req,
+            "{name}"
+        );
     }
     let replies = reply_cases();
     assert_eq!(v.replies.len(), replies.len());
     for (case, (name, rep)) in v.replies.iter().zip(&replies) {
         assert_eq!(case.name, *name);
-        assert_eq!(Reply::decode(&unh(&case.frame_hex)).unwrap(), *rep, "{name}");
+        assert_eq!(
+            Reply::decode(&unh(&case.frame_hex)).unwrap(),
+            *rep,
+            "{name}"
+        );
     }
 }
 
@@ -1066,7 +1138,11 @@ fn relay_addresses_match_the_vectors() {
         assert_eq!(h(a.key.as_bytes()), case.key_hex);
         assert_eq!(a.host.to_string(), case.host);
         assert_eq!(a.port, case.port);
-        assert_eq!(a.to_string(), case.text, "printing gives the canonical form back");
+        assert_eq!(
+            a.to_string(),
+            case.text,
+            "printing gives the canonical form back"
+        );
     }
     for case in &v.invalid {
         match case.text.parse::<RelayAddress>() {

@@ -82,6 +82,16 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The defaults, listening on `127.0.0.1:0` (a free loopback port) with data in
+    /// `data_dir`: what in-process tests start.
+    pub fn loopback(data_dir: &Path) -> Self {
+        Self {
+            listen: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            data_dir: Some(data_dir.to_path_buf()),
+            ..Self::default()
+        }
+    }
+
     /// Parses a TOML document.
     pub fn from_toml(text: &str) -> Result<Self> {
         let config: Self =
@@ -128,9 +138,7 @@ impl Config {
         }
         directories::ProjectDirs::from("org", "tidings", "tidings-relay")
             .map(|d| d.data_dir().to_path_buf())
-            .ok_or_else(|| {
-                RelayError::Config("no platform data directory; pass --data-dir".into())
-            })
+            .ok_or_else(|| RelayError::Config("no platform data directory; pass --data-dir".into()))
     }
 
     /// The expiry in hours.

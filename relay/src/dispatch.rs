@@ -7,8 +7,8 @@
 //! answers `Ok` and then pushes the oldest message), to one output list that the session
 //! packs into blocks.
 //!
-//! Authorization is checked in one place per signer kind ([`Dispatcher::recipient_queue`],
-//! [`Dispatcher::sender_queue`]); an unknown queue still costs one signature verification
+//! Authorization is checked in one place per signer kind (`Dispatcher::recipient_queue`,
+//! `Dispatcher::sender_queue`); an unknown queue still costs one signature verification
 //! against [`AuthPublicKey::dummy`], and every failure is the same `Auth`.
 
 use std::collections::HashMap;
@@ -84,6 +84,17 @@ impl TokenBucket {
     }
 }
 
+/// Changed queues acted on per turn of the session loop (each may push a large message).
+const EVENTS_PER_TURN: usize = 16;
+
+/// A checked `Send` waiting to be stored with the rest of its block.
+struct PendingSend {
+    corr: CorrId,
+    entity: EntityId,
+    recipient: RecipientId,
+    message: StoredMessage,
+}
+
 /// Why a command failed: the wire error code.
 type Refusal = ErrorCode;
 
@@ -110,7 +121,9 @@ impl<S> std::fmt::Debug for Dispatcher<S> {
 /// The corr id and entity id at the start of a frame that did not decode (zero when the
 /// frame is shorter than the header).
 fn frame_header(frame: &[u8]) -> (CorrId, EntityId) {
-    let corr = frame.get(..CorrId::LEN).and_then(|b| CorrId::from_slice(b).ok());
+    let corr = frame
+        .get(..CorrId::LEN)
+        .and_then(|b| CorrId::from_slice(b).ok());
     let entity = frame
         .get(CorrId::LEN..CorrId::LEN + EntityId::LEN)
         .and_then(|b| EntityId::from_slice(b).ok());
@@ -148,33 +161,116 @@ impl<S: Store> Dispatcher<S> {
         }
     }
 
-    /// Handles one frame of a block, appending its reply (and any pushes it causes) to `out`.
-    pub async fn frame(&mut self, frame: &[u8], out: &mut Vec<Reply>) {
-        Stats::bump(&self.shared.stats.commands);
-        if !self.bucket.take(Instant::now()) {
-            let (corr, entity) = frame_header(frame);
-            self.error(out, corr, entity, ErrorCode::Busy);
+    /// Handles the frames of one block in order, appending each reply (and any pushes it
+    /// causes) to `out`.
+    ///
+    /// Consecutive `Send`s that pass their checks are stored together ([`Store::append_batch`]:
+    /// one flush for all of them) before anything after them is handled, so order is kept
+    /// and every `Ok` still means "durable".
+    pub async fn block(&mut self, frames: &[&[u8]], out: &mut Vec<Reply>) {
+        let mut sends = Vec::new();
+        for frame in frames {
+            Stats::bump(&self.shared.stats.commands);
+            if !self.bucket.take(Instant::now()) {
+                self.store_sends(&mut sends, out).await;
+                let (corr, entity) = frame_header(frame);
+                self.error(out, corr, entity, ErrorCode::Busy);
+                continue;
+            }
+            let request = match Request::decode(frame) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.store_sends(&mut sends, out).await;
+                    let (corr, entity) = frame_header(frame);
+                    let code = match e {
+                        ProtocolError::TooLong {
+                            what: "message body",
+                            ..
+                        } => ErrorCode::Large,
+                        _ => ErrorCode::Block,
+                    };
+                    self.error(out, corr, entity, code);
+                    continue;
+                }
+            };
+            let (corr, entity) = (request.corr, request.entity);
+            if matches!(request.command, Command::Send { .. }) {
+                match self.prepare_send(&request) {
+                    Ok(send) => sends.push(send),
+                    Err(code) => {
+                        self.store_sends(&mut sends, out).await;
+                        self.error(out, corr, entity, code);
+                    }
+                }
+                continue;
+            }
+            self.store_sends(&mut sends, out).await;
+            if let Err(code) = self.command(request, out).await {
+                self.error(out, corr, entity, code);
+            }
+        }
+        self.store_sends(&mut sends, out).await;
+    }
+
+    /// Checks a `Send` and seals its body for the recipient; storing comes later.
+    fn prepare_send(&self, req: &Request) -> Result<PendingSend, Refusal> {
+        let Command::Send { body } = &req.command else {
+            return Err(ErrorCode::Command);
+        };
+        let queue = self.sender_queue(req)?;
+        if queue.suspended {
+            return Err(ErrorCode::Auth);
+        }
+        let id = MessageId::random(&mut OsRng);
+        let sealed = queue
+            .delivery_key
+            .seal(&id, body)
+            .map_err(|_| ErrorCode::Large)?;
+        Ok(PendingSend {
+            corr: req.corr,
+            entity: req.entity,
+            recipient: queue.recipient,
+            message: StoredMessage {
+                id,
+                hour: self.shared.clock.now_hour(),
+                body: sealed,
+            },
+        })
+    }
+
+    /// Stores the checked sends (one durable batch) and appends their replies in order.
+    async fn store_sends(&mut self, sends: &mut Vec<PendingSend>, out: &mut Vec<Reply>) {
+        if sends.is_empty() {
             return;
         }
-        let request = match Request::decode(frame) {
-            Ok(r) => r,
-            Err(e) => {
-                let (corr, entity) = frame_header(frame);
-                let code = match e {
-                    ProtocolError::TooLong {
-                        what: "message body",
-                        ..
-                    } => ErrorCode::Large,
-                    _ => ErrorCode::Block,
-                };
-                self.error(out, corr, entity, code);
-                return;
+        let mut heads = Vec::with_capacity(sends.len());
+        let mut items = Vec::with_capacity(sends.len());
+        for send in sends.drain(..) {
+            heads.push((send.corr, send.entity, send.recipient));
+            items.push((send.recipient, send.message));
+        }
+        let max = self.shared.config.max_pending;
+        let outcomes = self.shared.store.append_batch(items, max).await;
+        for (i, (corr, entity, recipient)) in heads.into_iter().enumerate() {
+            let outcome = match &outcomes {
+                Ok(list) => list.get(i).copied(),
+                Err(_) => None,
+            };
+            match outcome {
+                Some(AppendOutcome::Stored) => {
+                    Stats::bump(&self.shared.stats.messages_stored);
+                    out.push(Reply {
+                        corr,
+                        entity,
+                        kind: ReplyKind::Ok,
+                    });
+                    self.shared.registry.notify_changed(&recipient, self.conn);
+                    self.refresh(recipient, out);
+                }
+                Some(AppendOutcome::QueueFull) => self.error(out, corr, entity, ErrorCode::Quota),
+                Some(AppendOutcome::Refused) => self.error(out, corr, entity, ErrorCode::Auth),
+                None => self.error(out, corr, entity, ErrorCode::Internal),
             }
-        };
-        let (corr, entity) = (request.corr, request.entity);
-        match self.command(request, out).await {
-            Ok(()) => {}
-            Err(code) => self.error(out, corr, entity, code),
         }
     }
 
@@ -249,41 +345,16 @@ impl<S: Store> Dispatcher<S> {
                     Err(_) => return Err(ErrorCode::Internal),
                 }
             }
-            Command::Send { body } => {
-                let queue = self.sender_queue(&req)?;
-                if queue.suspended {
-                    return Err(ErrorCode::Auth);
-                }
-                let id = MessageId::random(&mut OsRng);
-                let sealed = queue
-                    .delivery_key
-                    .seal(&id, body)
-                    .map_err(|_| ErrorCode::Large)?;
-                let message = StoredMessage {
-                    id,
-                    hour: self.shared.clock.now_hour(),
-                    body: sealed,
-                };
-                let max = self.shared.config.max_pending;
-                match self.shared.store.append(queue.recipient, message, max).await {
-                    Ok(AppendOutcome::Stored) => {
-                        Stats::bump(&self.shared.stats.messages_stored);
-                        out.push(reply(ReplyKind::Ok));
-                        self.shared
-                            .registry
-                            .notify_changed(&queue.recipient, self.conn);
-                        self.refresh(queue.recipient, out);
-                    }
-                    Ok(AppendOutcome::QueueFull) => return Err(ErrorCode::Quota),
-                    Ok(AppendOutcome::Refused) => return Err(ErrorCode::Auth),
-                    Err(_) => return Err(ErrorCode::Internal),
-                }
+            Command::Send { .. } => {
+                let send = self.prepare_send(&req)?;
+                self.store_sends(&mut vec![send], out).await;
             }
             Command::Subscribe => {
                 let queue = self.recipient_queue(&req)?;
                 let q = queue.recipient;
                 if !self.subscriptions.contains_key(&q)
-                    && self.subscriptions.len() >= self.shared.config.max_subscriptions_per_connection
+                    && self.subscriptions.len()
+                        >= self.shared.config.max_subscriptions_per_connection
                 {
                     return Err(ErrorCode::Busy);
                 }
@@ -427,7 +498,7 @@ impl<S: Store> Dispatcher<S> {
     /// Acts on events other connections posted: ended subscriptions become `End` pushes,
     /// changed queues get their next message pushed.
     pub fn events(&mut self, out: &mut Vec<Reply>) {
-        let taken = self.mailbox.take();
+        let taken = self.mailbox.take(EVENTS_PER_TURN);
         for queue in taken.ended {
             if self.subscriptions.contains_key(&queue)
                 && !self.shared.registry.is_subscriber(&queue, self.conn)
@@ -468,8 +539,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[tokio::test(start_paused = true)]
-    async fn token_bucket_allows_burst_then_rate() {
+    #[test]
+    fn token_bucket_allows_burst_then_rate() {
         let mut b = TokenBucket::new(10, 20);
         let t0 = Instant::now();
         assert_eq!((0..25).filter(|_| b.take(t0)).count(), 20);

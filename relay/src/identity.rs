@@ -198,8 +198,8 @@ mod tests {
         assert_eq!(a.host, Host::Ip("127.0.0.1".parse().unwrap()));
         let a = relay_address(key, None, "[::]:5000".parse().unwrap()).unwrap();
         assert_eq!(a.host, Host::Ip("::1".parse().unwrap()));
-        let a = relay_address(key, Some("relay.example.org"), "[::]:5000".parse().unwrap())
-            .unwrap();
+        let a =
+            relay_address(key, Some("relay.example.org"), "[::]:5000".parse().unwrap()).unwrap();
         assert_eq!(a.host, Host::Name("relay.example.org".into()));
         assert!(relay_address(key, Some("Bad Host"), "[::]:5000".parse().unwrap()).is_err());
         assert!(relay_address(key, None, "[::]:0".parse().unwrap()).is_err());

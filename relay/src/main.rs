@@ -75,9 +75,8 @@ fn config(cli: &Cli) -> Result<Config> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let own_only = tracing_subscriber::filter::filter_fn(|meta| {
-        meta.target().starts_with("tidings_relay")
-    });
+    let own_only =
+        tracing_subscriber::filter::filter_fn(|meta| meta.target().starts_with("tidings_relay"));
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -101,7 +100,7 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn print_address(address: &impl std::fmt::Display) {
+fn print_address(address: &tidings_protocol::address::RelayAddress) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "relay address: {address}");
     let _ = out.flush();
@@ -125,7 +124,7 @@ async fn main() -> Result<()> {
                 config,
                 Arc::new(SystemClock),
                 shutdown_signal()?,
-                |address| print_address(address),
+                print_address,
             )
             .await
             .context("relay failed")?;

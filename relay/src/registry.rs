@@ -68,13 +68,20 @@ impl Mailbox {
         self.notify.notified().await;
     }
 
-    /// Takes every waiting event.
-    pub fn take(&self) -> Taken {
+    /// Takes every waiting `ended` event and at most `limit` `new_message` events; if more
+    /// are left, the mailbox stays notified so the rest are taken on the next turn.
+    pub fn take(&self, limit: usize) -> Taken {
         let mut events = lock(&self.events);
-        Taken {
-            ended: events.ended.drain().collect(),
-            new_message: events.new_message.drain().collect(),
+        let ended = events.ended.drain().collect();
+        let new_message: Vec<RecipientId> =
+            events.new_message.iter().take(limit).copied().collect();
+        for queue in &new_message {
+            events.new_message.remove(queue);
         }
+        if !events.new_message.is_empty() {
+            self.notify.notify_one();
+        }
+        Taken { ended, new_message }
     }
 }
 
@@ -128,6 +135,18 @@ impl Registry {
             .map(|s| Arc::clone(&s.mailbox));
         if let Some(mailbox) = mailbox {
             mailbox.post_new(*queue);
+        }
+    }
+
+    /// Tells every subscriber that its queue may have changed (after an expiry sweep deleted
+    /// messages, possibly ones delivered and not yet acked).
+    pub fn notify_all_changed(&self) {
+        let all: Vec<(RecipientId, Arc<Mailbox>)> = lock(&self.subscribers)
+            .iter()
+            .map(|(q, s)| (*q, Arc::clone(&s.mailbox)))
+            .collect();
+        for (queue, mailbox) in all {
+            mailbox.post_new(queue);
         }
     }
 

@@ -85,13 +85,7 @@ impl Relay {
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (sweeps, sweep_rx) = mpsc::channel(4);
-        let main = tokio::spawn(supervise(
-            listener,
-            shared,
-            keypair,
-            shutdown_rx,
-            sweep_rx,
-        ));
+        let main = tokio::spawn(supervise(listener, shared, keypair, shutdown_rx, sweep_rx));
         tracing::info!("relay started");
         Ok(Self {
             address,
@@ -205,7 +199,10 @@ async fn accept_loop<S: Store>(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(left = tasks.len(), "connections still busy at shutdown; aborting them");
+        tracing::warn!(
+            left = tasks.len(),
+            "connections still busy at shutdown; aborting them"
+        );
     }
     tasks.shutdown().await;
 }
@@ -219,7 +216,10 @@ async fn connection<S: Store>(
     _slot: OwnedSemaphorePermit,
 ) {
     Stats::bump(&shared.stats.connections);
-    shared.stats.open_connections.fetch_add(1, Ordering::Relaxed);
+    shared
+        .stats
+        .open_connections
+        .fetch_add(1, Ordering::Relaxed);
     let handshake = timeout(shared.config.handshake_timeout(), async {
         let mut stream = accept_stream(incoming).await.ok_or(End::Handshake)?;
         match session::handshake(&keypair, &mut stream.reader, &mut stream.writer).await {
@@ -250,7 +250,10 @@ async fn connection<S: Store>(
         Err(end) => end,
     };
     session::count_end(&shared.stats, end);
-    shared.stats.open_connections.fetch_sub(1, Ordering::Relaxed);
+    shared
+        .stats
+        .open_connections
+        .fetch_sub(1, Ordering::Relaxed);
 }
 
 async fn sweeper<S: Store>(
@@ -290,6 +293,8 @@ async fn sweep<S: Store>(shared: &Shared<S>) -> Result<usize> {
         .fetch_add(n as u64, Ordering::Relaxed);
     if n > 0 {
         tracing::debug!(count = n, "expired messages deleted");
+        // A subscriber whose delivered message expired gets the next one.
+        shared.registry.notify_all_changed();
     }
     Ok(n)
 }

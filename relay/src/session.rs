@@ -13,6 +13,10 @@
 //! the replies packed into as few blocks as fit. A record that fails to open closes the
 //! connection.
 //!
+//! Memory: frames are handled 16 at a time and full reply blocks are sent in between, and at
+//! most 16 queues' pushes are prepared per turn, so a connection never holds more than a
+//! few hundred kilobytes of replies, whatever it asks for.
+//!
 //! Backpressure: every channel is bounded. When the client does not read, the transport's
 //! flow control stalls the writer task, the writer channel fills, the session loop stops
 //! taking records, the reader channel fills and the reader task stops reading: the client's
@@ -41,6 +45,10 @@ use crate::transport::{Closer, RecordReader, RecordWriter};
 const READ_AHEAD: usize = 2;
 /// Sealed records waiting for the transport.
 const WRITE_BEHIND: usize = 4;
+/// Frames handled between two chances to send full reply blocks.
+const FRAMES_PER_STEP: usize = 16;
+/// How long a closing connection waits for its last records to go out.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a connection ended (counted, never logged with details).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +79,8 @@ pub async fn handshake<R: RecordReader, W: RecordWriter>(
         Ok(true) => {}
         _ => return Err(End::Handshake),
     }
-    let accepted =
-        noise::respond(keypair, SUPPORTED_VERSIONS, &first, &mut OsRng).map_err(|_| End::Handshake)?;
+    let accepted = noise::respond(keypair, SUPPORTED_VERSIONS, &first, &mut OsRng)
+        .map_err(|_| End::Handshake)?;
     writer
         .write_record(accepted.reply.as_bytes())
         .await
@@ -86,23 +94,34 @@ pub async fn handshake<R: RecordReader, W: RecordWriter>(
     }
 }
 
-/// Packs replies into as few blocks as fit, in order.
-pub fn pack(replies: &[Reply]) -> Vec<Block> {
+/// Packs replies into as few blocks as fit, in order, and removes them from `replies`.
+///
+/// With `keep_partial`, the replies of the last block (which later replies might still fill)
+/// stay in `replies` and only full blocks are returned.
+pub fn pack(replies: &mut Vec<Reply>, keep_partial: bool) -> Vec<Block> {
     let mut blocks = Vec::new();
     let mut builder = BlockBuilder::new();
-    for reply in replies {
+    // Index of the first reply in `builder`.
+    let mut start = 0;
+    for (i, reply) in replies.iter().enumerate() {
         let Ok(frame) = reply.encode() else {
             continue;
         };
         if !builder.fits(frame.len()) && !builder.is_empty() {
             blocks.push(std::mem::take(&mut builder).finish());
+            start = i;
         }
         // Every reply fits in an empty block (checked at compile time in the protocol
         // crate), so this cannot fail; if it did, the frame would be dropped, not truncated.
         let _ = builder.push(&frame);
     }
-    if !builder.is_empty() {
-        blocks.push(builder.finish());
+    if keep_partial {
+        replies.drain(..start.min(replies.len()));
+    } else {
+        if !builder.is_empty() {
+            blocks.push(builder.finish());
+        }
+        replies.clear();
     }
     blocks
 }
@@ -156,8 +175,18 @@ where
                     Err(_) => break End::BadRecord,
                 };
                 let Ok(frames) = block.frames() else { break End::BadRecord };
-                for frame in frames {
-                    dispatcher.frame(frame, &mut out).await;
+                // A few frames at a time, sending full reply blocks in between, so a block
+                // of 255 large `Get`s never holds 255 large replies in memory at once.
+                let mut failed = None;
+                for chunk in frames.chunks(FRAMES_PER_STEP) {
+                    dispatcher.block(chunk, &mut out).await;
+                    if let Err(end) = send(&mut session, &out_tx, &mut out, idle, true).await {
+                        failed = Some(end);
+                        break;
+                    }
+                }
+                if let Some(end) = failed {
+                    break end;
                 }
             }
             () = mailbox.notified() => {}
@@ -165,7 +194,7 @@ where
         }
         // Whatever woke us, act on posted events too: a wake-up can never be lost.
         dispatcher.events(&mut out);
-        if let Err(end) = send(&mut session, &out_tx, &out, idle).await {
+        if let Err(end) = send(&mut session, &out_tx, &mut out, idle, false).await {
             break end;
         }
     };
@@ -177,7 +206,7 @@ where
         End::Closed | End::Shutdown | End::Idle => {
             // Let what was already written reach the client (bounded by the writer's own
             // finish timeout), then close.
-            let _ = timeout(idle, writer_task).await;
+            let _ = timeout(CLOSE_WAIT, writer_task).await;
         }
         _ => writer_task.abort(),
     }
@@ -189,10 +218,11 @@ where
 async fn send(
     session: &mut Session,
     out_tx: &mpsc::Sender<Vec<u8>>,
-    replies: &[Reply],
+    replies: &mut Vec<Reply>,
     limit: std::time::Duration,
+    keep_partial: bool,
 ) -> Result<(), End> {
-    for block in pack(replies) {
+    for block in pack(replies, keep_partial) {
         let record = session.seal(&block).map_err(|_| End::Closed)?;
         match timeout(limit, out_tx.send(record.into_bytes())).await {
             Ok(Ok(())) => {}
@@ -232,4 +262,65 @@ pub fn count_end(stats: &Stats, end: End) {
         Stats::bump(&stats.failed_handshakes);
     }
     tracing::trace!(reason = ?end, "connection ended");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tidings_protocol::command::ReplyKind;
+    use tidings_protocol::ids::{CorrId, EntityId, MessageId};
+
+    fn small(i: u8) -> Reply {
+        Reply {
+            corr: CorrId::from_bytes([i; 8]),
+            entity: EntityId::NONE,
+            kind: ReplyKind::Pong,
+        }
+    }
+
+    fn big(i: u8) -> Reply {
+        Reply {
+            corr: CorrId::from_bytes([i; 8]),
+            entity: EntityId::NONE,
+            kind: ReplyKind::Message {
+                id: MessageId::from_bytes([i; 24]),
+                body: vec![i; 9_000],
+            },
+        }
+    }
+
+    fn corrs(blocks: &[Block]) -> Vec<Vec<u8>> {
+        blocks
+            .iter()
+            .map(|b| {
+                b.frames()
+                    .unwrap()
+                    .iter()
+                    .map(|f| Reply::decode(f).unwrap().corr.as_bytes()[0])
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replies_are_packed_into_as_few_blocks_as_fit_in_order() {
+        let mut replies = vec![small(1), small(2), big(3), big(4), small(5)];
+        let blocks = pack(&mut replies, false);
+        assert_eq!(corrs(&blocks), vec![vec![1, 2, 3], vec![4, 5]]);
+        assert!(replies.is_empty());
+    }
+
+    #[test]
+    fn keeping_the_partial_block_sends_only_full_ones() {
+        let mut replies = vec![big(1), big(2), small(3)];
+        let blocks = pack(&mut replies, true);
+        assert_eq!(corrs(&blocks), vec![vec![1]]);
+        assert_eq!(replies, vec![big(2), small(3)]);
+        replies.push(small(4));
+        let blocks = pack(&mut replies, false);
+        assert_eq!(corrs(&blocks), vec![vec![2, 3, 4]]);
+        let mut none = Vec::new();
+        assert!(pack(&mut none, true).is_empty());
+        assert!(pack(&mut none, false).is_empty());
+    }
 }

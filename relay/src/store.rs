@@ -11,6 +11,8 @@
 //!
 //! No addresses, no fine timestamps, no client metadata.
 //!
+//! Backends: [`SledStore`] (the default, on disk) and [`MemoryStore`] (tests).
+//!
 //! Every mutation is asynchronous and resolves only once it is durable. [`SledStore`] runs all
 //! writes on one writer thread that takes every operation waiting in its channel, applies
 //! each as one atomic sled batch, flushes once for the whole group (group commit), and only
@@ -39,6 +41,9 @@ use tidings_protocol::keys::{AuthPublicKey, SymmetricKey};
 use tidings_protocol::reencrypt::DeliveryKey;
 
 use crate::error::{RelayError, Result};
+
+pub mod memory;
+pub use memory::MemoryStore;
 
 /// Hours since the Unix epoch, rounded down: the only time the store keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -125,8 +130,7 @@ pub trait Store: Send + Sync + 'static {
     fn delete_queue(&self, recipient: RecipientId) -> impl Future<Output = Result<bool>> + Send;
 
     /// Marks a queue suspended. Resolves to whether it existed.
-    fn suspend_queue(&self, recipient: RecipientId)
-        -> impl Future<Output = Result<bool>> + Send;
+    fn suspend_queue(&self, recipient: RecipientId) -> impl Future<Output = Result<bool>> + Send;
 
     /// Sets the sender key of a queue that exists, has none yet and is not suspended.
     fn secure_queue(
@@ -143,6 +147,14 @@ pub trait Store: Send + Sync + 'static {
         message: StoredMessage,
         max_pending: usize,
     ) -> impl Future<Output = Result<AppendOutcome>> + Send;
+
+    /// Appends several messages in order, each as [`Store::append`] would, and resolves once
+    /// all are durable (one flush for the lot). The outcomes are in the same order.
+    fn append_batch(
+        &self,
+        messages: Vec<(RecipientId, StoredMessage)>,
+        max_pending: usize,
+    ) -> impl Future<Output = Result<Vec<AppendOutcome>>> + Send;
 
     /// The oldest message of a queue.
     fn oldest(&self, recipient: &RecipientId) -> Result<Option<StoredMessage>>;
@@ -182,11 +194,16 @@ type Done<T> = oneshot::Sender<Result<T>>;
 
 /// One write for the writer thread.
 enum Op {
-    Create(QueueRecord, Done<bool>),
+    Create(Box<QueueRecord>, Done<bool>),
     Delete(RecipientId, Done<bool>),
     Suspend(RecipientId, Done<bool>),
     Secure(RecipientId, AuthPublicKey, Done<SecureOutcome>),
     Append(RecipientId, StoredMessage, usize, Done<AppendOutcome>),
+    AppendBatch(
+        Vec<(RecipientId, StoredMessage)>,
+        usize,
+        Done<Vec<AppendOutcome>>,
+    ),
     Ack(RecipientId, MessageId, Done<bool>),
     Expire(Hour, Done<usize>),
     Flush(Done<()>),
@@ -255,7 +272,7 @@ impl Drop for SledStore {
 
 impl Store for SledStore {
     fn create_queue(&self, record: QueueRecord) -> impl Future<Output = Result<bool>> + Send {
-        self.submit(move |done| Op::Create(record, done))
+        self.submit(move |done| Op::Create(Box::new(record), done))
     }
 
     fn queue(&self, recipient: &RecipientId) -> Result<Option<QueueRecord>> {
@@ -278,10 +295,7 @@ impl Store for SledStore {
         self.submit(move |done| Op::Delete(recipient, done))
     }
 
-    fn suspend_queue(
-        &self,
-        recipient: RecipientId,
-    ) -> impl Future<Output = Result<bool>> + Send {
+    fn suspend_queue(&self, recipient: RecipientId) -> impl Future<Output = Result<bool>> + Send {
         self.submit(move |done| Op::Suspend(recipient, done))
     }
 
@@ -300,6 +314,14 @@ impl Store for SledStore {
         max_pending: usize,
     ) -> impl Future<Output = Result<AppendOutcome>> + Send {
         self.submit(move |done| Op::Append(recipient, message, max_pending, done))
+    }
+
+    fn append_batch(
+        &self,
+        messages: Vec<(RecipientId, StoredMessage)>,
+        max_pending: usize,
+    ) -> impl Future<Output = Result<Vec<AppendOutcome>>> + Send {
+        self.submit(move |done| Op::AppendBatch(messages, max_pending, done))
     }
 
     fn oldest(&self, recipient: &RecipientId) -> Result<Option<StoredMessage>> {
@@ -398,6 +420,13 @@ fn apply(tree: &sled::Tree, op: Op) -> Completion {
         Op::Append(id, message, max, done) => {
             complete(done, apply_append(tree, &id, &message, max))
         }
+        Op::AppendBatch(messages, max, done) => {
+            let result = messages
+                .iter()
+                .map(|(id, message)| apply_append(tree, id, message, max))
+                .collect();
+            complete(done, result)
+        }
         Op::Ack(id, msg, done) => complete(done, apply_ack(tree, &id, &msg)),
         Op::Expire(cutoff, done) => complete(done, apply_expire(tree, cutoff)),
         Op::Flush(done) => complete(done, Ok(())),
@@ -426,9 +455,9 @@ fn apply_delete(tree: &sled::Tree, recipient: &RecipientId) -> Result<bool> {
     batch.remove(sender_key(&record.sender));
     for entry in tree.scan_prefix(message_prefix(recipient)) {
         let (key, value) = entry?;
-        let message = decode_message(&value)?;
+        let (_, hour) = message_header(&value)?;
         let seq = seq_of(&key)?;
-        batch.remove(expiry_key(message.hour, recipient, seq));
+        batch.remove(expiry_key(hour, recipient, seq));
         batch.remove(key);
     }
     tree.apply_batch(batch)?;
@@ -500,11 +529,11 @@ fn apply_append(
 fn apply_ack(tree: &sled::Tree, recipient: &RecipientId, id: &MessageId) -> Result<bool> {
     for entry in tree.scan_prefix(message_prefix(recipient)) {
         let (key, value) = entry?;
-        let message = decode_message(&value)?;
-        if message.id == *id {
+        let (message_id, hour) = message_header(&value)?;
+        if message_id.ct_eq(id) {
             let seq = seq_of(&key)?;
             let mut batch = sled::Batch::default();
-            batch.remove(expiry_key(message.hour, recipient, seq));
+            batch.remove(expiry_key(hour, recipient, seq));
             batch.remove(key);
             tree.apply_batch(batch)?;
             return Ok(true);
@@ -580,7 +609,9 @@ fn seq_of(key: &[u8]) -> Result<u64> {
     let tail: [u8; 8] = key
         .get(1 + RecipientId::LEN..)
         .and_then(|t| t.try_into().ok())
-        .ok_or(RelayError::Corrupt { what: "message key" })?;
+        .ok_or(RelayError::Corrupt {
+            what: "message key",
+        })?;
     Ok(u64::from_be_bytes(tail))
 }
 
@@ -627,8 +658,7 @@ fn decode_queue(recipient: &RecipientId, bytes: &[u8]) -> Result<QueueRecord> {
     let sender_key = match r.u8().map_err(corrupt_queue)? {
         0 => None,
         1 => Some(
-            AuthPublicKey::from_bytes(&r.array().map_err(corrupt_queue)?)
-                .map_err(corrupt_queue)?,
+            AuthPublicKey::from_bytes(&r.array().map_err(corrupt_queue)?).map_err(corrupt_queue)?,
         ),
         _ => return Err(RelayError::Corrupt { what: "queue" }),
     };
@@ -662,6 +692,20 @@ fn corrupt_message<E>(_: E) -> RelayError {
     RelayError::Corrupt { what: "message" }
 }
 
+/// The id and hour of a stored message, without copying its body.
+fn message_header(bytes: &[u8]) -> Result<(MessageId, Hour)> {
+    let head = bytes
+        .get(..1 + MessageId::LEN + 4)
+        .ok_or(RelayError::Corrupt { what: "message" })?;
+    let mut r = Reader::new(head, "message header", head.len()).map_err(corrupt_message)?;
+    if r.u8().map_err(corrupt_message)? != RECORD_VERSION {
+        return Err(RelayError::Corrupt { what: "message" });
+    }
+    let id = MessageId::from_bytes(r.array().map_err(corrupt_message)?);
+    let hour = Hour(r.u32().map_err(corrupt_message)?);
+    Ok((id, hour))
+}
+
 fn decode_message(bytes: &[u8]) -> Result<StoredMessage> {
     let mut r = Reader::new(bytes, "message record", 1 + 24 + 4 + 2 + MAX_DELIVERED_LEN)
         .map_err(corrupt_message)?;
@@ -676,4 +720,76 @@ fn decode_message(bytes: &[u8]) -> Result<StoredMessage> {
         .to_vec();
     r.finish("message record").map_err(corrupt_message)?;
     Ok(StoredMessage { id, hour, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand_core::OsRng;
+    use tidings_protocol::keys::AuthSecretKey;
+
+    proptest! {
+        #[test]
+        fn message_records_round_trip(
+            id in any::<[u8; 24]>(),
+            hour in any::<u32>(),
+            body in proptest::collection::vec(any::<u8>(), 0..2000),
+        ) {
+            let m = StoredMessage { id: MessageId::from_bytes(id), hour: Hour(hour), body };
+            let bytes = encode_message(&m).unwrap();
+            prop_assert_eq!(decode_message(&bytes).unwrap(), m.clone());
+            prop_assert_eq!(message_header(&bytes).unwrap(), (m.id, m.hour));
+            // One byte more or less is refused.
+            let mut longer = bytes.clone();
+            longer.push(0);
+            prop_assert!(decode_message(&longer).is_err());
+            prop_assert!(decode_message(&bytes[..bytes.len() - 1]).is_err());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_record_decoders(
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let _ = decode_message(&bytes);
+            let _ = message_header(&bytes);
+            let _ = decode_queue(&RecipientId::from_bytes([1; 24]), &bytes);
+            let _ = seq_of(&bytes);
+        }
+    }
+
+    #[test]
+    fn queue_records_round_trip_and_refuse_trailing_bytes() {
+        for (sender_key, suspended) in [
+            (None, false),
+            (Some(AuthSecretKey::generate(&mut OsRng).public()), true),
+        ] {
+            let q = QueueRecord {
+                recipient: RecipientId::random(&mut OsRng),
+                sender: SenderId::random(&mut OsRng),
+                recipient_key: AuthSecretKey::generate(&mut OsRng).public(),
+                delivery_key: DeliveryKey::from_key(SymmetricKey::random(&mut OsRng)),
+                sender_key,
+                suspended,
+            };
+            let bytes = encode_queue(&q).unwrap();
+            let back = decode_queue(&q.recipient, &bytes).unwrap();
+            assert_eq!(back.sender, q.sender);
+            assert_eq!(back.recipient_key, q.recipient_key);
+            assert_eq!(
+                back.delivery_key.key().as_bytes(),
+                q.delivery_key.key().as_bytes()
+            );
+            assert_eq!(back.sender_key, q.sender_key);
+            assert_eq!(back.suspended, q.suspended);
+            let mut longer = bytes.to_vec();
+            longer.push(0);
+            assert!(decode_queue(&q.recipient, &longer).is_err());
+            let mut bad_flag = bytes.to_vec();
+            if let Some(last) = bad_flag.last_mut() {
+                *last = 2;
+            }
+            assert!(decode_queue(&q.recipient, &bad_flag).is_err());
+        }
+    }
 }

@@ -164,32 +164,26 @@ pub async fn accept_stream(incoming: quinn::Incoming) -> Option<QuicStream> {
 }
 
 impl RecordReader for QuicReader {
-    fn read_record(&mut self, buf: &mut [u8]) -> impl Future<Output = Result<bool>> + Send {
-        async move {
-            match self.0.read_exact(buf).await {
-                Ok(()) => Ok(true),
-                Err(quinn::ReadExactError::FinishedEarly(0)) => Ok(false),
-                Err(_) => Err(RelayError::Transport),
-            }
+    async fn read_record(&mut self, buf: &mut [u8]) -> Result<bool> {
+        match self.0.read_exact(buf).await {
+            Ok(()) => Ok(true),
+            Err(quinn::ReadExactError::FinishedEarly(0)) => Ok(false),
+            Err(_) => Err(RelayError::Transport),
         }
     }
 }
 
 impl RecordWriter for QuicWriter {
-    fn write_record(&mut self, record: &[u8]) -> impl Future<Output = Result<()>> + Send {
-        async move {
-            self.0
-                .write_all(record)
-                .await
-                .map_err(|_| RelayError::Transport)
-        }
+    async fn write_record(&mut self, record: &[u8]) -> Result<()> {
+        self.0
+            .write_all(record)
+            .await
+            .map_err(|_| RelayError::Transport)
     }
 
-    fn finish(&mut self) -> impl Future<Output = ()> + Send {
-        async move {
-            if self.0.finish().is_ok() {
-                let _ = tokio::time::timeout(FINISH_WAIT, self.0.stopped()).await;
-            }
+    async fn finish(&mut self) {
+        if self.0.finish().is_ok() {
+            let _ = tokio::time::timeout(FINISH_WAIT, self.0.stopped()).await;
         }
     }
 }

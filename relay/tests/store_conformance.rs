@@ -3,6 +3,14 @@
 //! at the bottom run them against [`SledStore`]. A new backend adds its own short list of
 //! tests calling the same functions.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::path::Path;
 
 use rand_core::OsRng;
@@ -10,7 +18,7 @@ use tidings_protocol::ids::{MessageId, RecipientId, SenderId};
 use tidings_protocol::keys::{AuthSecretKey, SymmetricKey};
 use tidings_protocol::reencrypt::DeliveryKey;
 use tidings_relay::store::{
-    AppendOutcome, Hour, QueueRecord, SecureOutcome, SledStore, Store, StoredMessage,
+    AppendOutcome, Hour, MemoryStore, QueueRecord, SecureOutcome, SledStore, Store, StoredMessage,
 };
 
 fn new_queue() -> QueueRecord {
@@ -163,7 +171,10 @@ pub async fn quota_and_refusals(store: &impl Store) {
         );
     }
     assert_eq!(
-        store.append(q.recipient, message(7, b"x"), 3).await.unwrap(),
+        store
+            .append(q.recipient, message(7, b"x"), 3)
+            .await
+            .unwrap(),
         AppendOutcome::QueueFull
     );
     assert_eq!(store.pending(&q.recipient).unwrap(), 3);
@@ -172,7 +183,10 @@ pub async fn quota_and_refusals(store: &impl Store) {
         .await
         .unwrap());
     assert_eq!(
-        store.append(q.recipient, message(7, b"y"), 3).await.unwrap(),
+        store
+            .append(q.recipient, message(7, b"y"), 3)
+            .await
+            .unwrap(),
         AppendOutcome::Stored
     );
 
@@ -184,9 +198,15 @@ pub async fn quota_and_refusals(store: &impl Store) {
         AppendOutcome::Refused
     );
     store.suspend_queue(q.recipient).await.unwrap();
-    store.delete_message(q.recipient, first.unwrap()).await.unwrap();
+    store
+        .delete_message(q.recipient, first.unwrap())
+        .await
+        .unwrap();
     assert_eq!(
-        store.append(q.recipient, message(7, b"z"), 100).await.unwrap(),
+        store
+            .append(q.recipient, message(7, b"z"), 100)
+            .await
+            .unwrap(),
         AppendOutcome::Refused
     );
     // A suspended queue is still readable.
@@ -197,8 +217,14 @@ pub async fn quota_and_refusals(store: &impl Store) {
 pub async fn delete_queue_deletes_messages(store: &impl Store) {
     let q = new_queue();
     store.create_queue(q.clone()).await.unwrap();
-    store.append(q.recipient, message(5, b"a"), 10).await.unwrap();
-    store.append(q.recipient, message(5, b"b"), 10).await.unwrap();
+    store
+        .append(q.recipient, message(5, b"a"), 10)
+        .await
+        .unwrap();
+    store
+        .append(q.recipient, message(5, b"b"), 10)
+        .await
+        .unwrap();
     assert!(store.delete_queue(q.recipient).await.unwrap());
     assert_eq!(store.pending(&q.recipient).unwrap(), 0);
     assert_eq!(store.oldest(&q.recipient).unwrap(), None);
@@ -270,6 +296,47 @@ pub async fn concurrent_appends<S: Store>(store: std::sync::Arc<S>) {
     }
 }
 
+/// A batch of appends is applied in order, each with its own quota check and outcome.
+pub async fn append_batch_in_order(store: &impl Store) {
+    let q = new_queue();
+    let other = new_queue();
+    store.create_queue(q.clone()).await.unwrap();
+    store.create_queue(other.clone()).await.unwrap();
+    let a = message(1, b"a");
+    let b = message(1, b"b");
+    let c = message(1, b"c");
+    let x = message(1, b"x");
+    let outcomes = store
+        .append_batch(
+            vec![
+                (q.recipient, a.clone()),
+                (other.recipient, x.clone()),
+                (q.recipient, b.clone()),
+                (RecipientId::random(&mut OsRng), message(1, b"lost")),
+                (q.recipient, c.clone()),
+            ],
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            AppendOutcome::Stored,
+            AppendOutcome::Stored,
+            AppendOutcome::Stored,
+            AppendOutcome::Refused,
+            AppendOutcome::QueueFull,
+        ]
+    );
+    assert_eq!(store.oldest(&q.recipient).unwrap(), Some(a.clone()));
+    store.delete_message(q.recipient, a.id).await.unwrap();
+    assert_eq!(store.oldest(&q.recipient).unwrap(), Some(b));
+    assert_eq!(store.pending(&q.recipient).unwrap(), 1);
+    assert_eq!(store.oldest(&other.recipient).unwrap(), Some(x));
+    assert!(store.append_batch(Vec::new(), 2).await.unwrap().is_empty());
+}
+
 /// What resolved before the store was dropped is there after reopening it.
 pub async fn reopen_keeps_data<S: Store>(open: impl Fn(&Path) -> S) {
     let dir = tempfile::tempdir().unwrap();
@@ -283,7 +350,10 @@ pub async fn reopen_keeps_data<S: Store>(open: impl Fn(&Path) -> S) {
         store.append(q.recipient, m.clone(), 10).await.unwrap();
     }
     let store = open(dir.path());
-    let got = store.queue_by_sender(&q.sender).unwrap().expect("queue kept");
+    let got = store
+        .queue_by_sender(&q.sender)
+        .unwrap()
+        .expect("queue kept");
     assert_eq!(got.sender_key, Some(key));
     assert_eq!(store.oldest(&q.recipient).unwrap(), Some(m.clone()));
     // The sequence continues after the reopen.
@@ -340,6 +410,12 @@ async fn sled_expiry_sweep() {
     expiry_sweep(&s).await;
 }
 
+#[tokio::test]
+async fn sled_append_batch_in_order() {
+    let (_d, s) = sled_temp();
+    append_batch_in_order(&s).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sled_concurrent_appends() {
     let (_d, s) = sled_temp();
@@ -349,4 +425,44 @@ async fn sled_concurrent_appends() {
 #[tokio::test]
 async fn sled_reopen_keeps_data() {
     reopen_keeps_data(sled_open).await;
+}
+
+#[tokio::test]
+async fn memory_queue_lifecycle() {
+    queue_lifecycle(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn memory_secure_only_once() {
+    secure_only_once(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn memory_append_order_and_ack() {
+    append_order_and_ack(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn memory_quota_and_refusals() {
+    quota_and_refusals(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn memory_delete_queue_deletes_messages() {
+    delete_queue_deletes_messages(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn memory_expiry_sweep() {
+    expiry_sweep(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn memory_append_batch_in_order() {
+    append_batch_in_order(&MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_concurrent_appends() {
+    concurrent_appends(std::sync::Arc::new(MemoryStore::new())).await;
 }

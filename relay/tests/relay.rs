@@ -1,0 +1,908 @@
+//! The relay end to end over loopback QUIC, in-process, driven by the protocol-level client
+//! (`tidings_client::net::RelayConnection`). Every test starts its own relay on
+//! `127.0.0.1:0` with its own data directory and a manual clock, and stops it at the end.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand_core::OsRng;
+use tempfile::TempDir;
+use tidings_client::net::{connect_quic, RelayConnection};
+use tidings_protocol::block::BlockBuilder;
+use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind};
+use tidings_protocol::ids::{CorrId, EntityId, MessageId, RecipientId, SenderId};
+use tidings_protocol::keys::{AuthSecretKey, DhSecretKey};
+use tidings_protocol::noise::{ClientHandshake, VersionRange, RECORD_LEN};
+use tidings_protocol::reencrypt::DeliveryKey;
+use tidings_protocol::ProtocolError;
+use tidings_relay::{Config, ManualClock, Relay};
+
+/// 2026-01-01T00:00:00Z.
+const T0: u64 = 1_767_225_600;
+const SHORT: Duration = Duration::from_millis(300);
+
+struct World {
+    dir: TempDir,
+    clock: ManualClock,
+    relay: Option<Relay>,
+}
+
+fn config(dir: &Path) -> Config {
+    Config::loopback(&dir.join("data"))
+}
+
+impl World {
+    async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let mut cfg = config(dir.path());
+        tweak(&mut cfg);
+        let relay = Relay::start(cfg, Arc::new(clock.clone())).await.unwrap();
+        Self {
+            dir,
+            clock,
+            relay: Some(relay),
+        }
+    }
+
+    fn relay(&self) -> &Relay {
+        self.relay.as_ref().unwrap()
+    }
+
+    async fn connect(&self) -> RelayConnection {
+        RelayConnection::connect(self.relay().address())
+            .await
+            .unwrap()
+    }
+
+    async fn restart(&mut self) {
+        let old = self.relay.take().unwrap();
+        let key = old.address().key;
+        old.shutdown().await.unwrap();
+        let relay = Relay::start(config(self.dir.path()), Arc::new(self.clock.clone()))
+            .await
+            .unwrap();
+        assert_eq!(relay.address().key, key, "same identity after restart");
+        self.relay = Some(relay);
+    }
+
+    async fn stop(mut self) -> TempDir {
+        if let Some(relay) = self.relay.take() {
+            relay.shutdown().await.unwrap();
+        }
+        self.dir
+    }
+}
+
+/// A queue created by a test, with the recipient's keys.
+struct Queue {
+    recipient: RecipientId,
+    sender: SenderId,
+    auth: AuthSecretKey,
+    delivery: DeliveryKey,
+}
+
+impl Queue {
+    async fn create(conn: &mut RelayConnection) -> Self {
+        let auth = AuthSecretKey::generate(&mut OsRng);
+        let dh = DhSecretKey::generate(&mut OsRng);
+        let req = conn
+            .signed(
+                EntityId::NONE,
+                Command::New {
+                    auth: auth.public(),
+                    dh: dh.public(),
+                },
+                &auth,
+            )
+            .unwrap();
+        let reply = conn.request(req).await.unwrap();
+        assert_eq!(reply.entity, EntityId::NONE);
+        match reply.kind {
+            ReplyKind::Ids {
+                recipient,
+                sender,
+                relay_dh,
+            } => Self {
+                recipient,
+                sender,
+                auth,
+                delivery: DeliveryKey::for_recipient(&dh, &relay_dh).unwrap(),
+            },
+            other => panic!("New answered {other:?}"),
+        }
+    }
+
+    fn entity(&self) -> EntityId {
+        self.recipient.into()
+    }
+
+    async fn cmd(&self, conn: &mut RelayConnection, command: Command) -> Reply {
+        let req = conn.signed(self.entity(), command, &self.auth).unwrap();
+        conn.request(req).await.unwrap()
+    }
+
+    async fn send(&self, conn: &mut RelayConnection, body: &[u8]) -> Reply {
+        send_as(conn, self.sender, None, body).await
+    }
+
+    fn open(&self, reply: &Reply) -> (MessageId, Vec<u8>) {
+        match &reply.kind {
+            ReplyKind::Message { id, body } => {
+                (*id, self.delivery.open(id, body).unwrap().to_vec())
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    async fn get(&self, conn: &mut RelayConnection) -> Option<(MessageId, Vec<u8>)> {
+        let reply = self.cmd(conn, Command::Get).await;
+        match reply.kind {
+            ReplyKind::Error(ErrorCode::NoMessage) => None,
+            _ => Some(self.open(&reply)),
+        }
+    }
+
+    /// Reads and acks everything, oldest first.
+    async fn drain(&self, conn: &mut RelayConnection) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some((id, body)) = self.get(conn).await {
+            assert_ok(&self.cmd(conn, Command::Ack { id }).await);
+            out.push(body);
+        }
+        out
+    }
+}
+
+async fn send_as(
+    conn: &mut RelayConnection,
+    sender: SenderId,
+    key: Option<&AuthSecretKey>,
+    body: &[u8],
+) -> Reply {
+    let command = Command::Send {
+        body: body.to_vec(),
+    };
+    let req = match key {
+        Some(k) => conn.signed(sender.into(), command, k).unwrap(),
+        None => conn.unsigned(sender.into(), command),
+    };
+    conn.request(req).await.unwrap()
+}
+
+#[track_caller]
+fn assert_ok(reply: &Reply) {
+    assert_eq!(reply.kind, ReplyKind::Ok, "expected Ok");
+}
+
+#[track_caller]
+fn assert_error(reply: &Reply, code: ErrorCode) {
+    assert_eq!(reply.kind, ReplyKind::Error(code));
+}
+
+fn pushed_message(queue: &Queue, push: Option<Reply>) -> (MessageId, Vec<u8>) {
+    let push = push.expect("a pushed message");
+    assert_eq!(push.corr, CorrId::PUSH);
+    assert_eq!(push.entity, queue.entity());
+    queue.open(&push)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_is_answered_with_pong_and_only_when_well_formed() {
+    let w = World::start().await;
+    let mut conn = w.connect().await;
+    let req = conn.unsigned(EntityId::NONE, Command::Ping);
+    let corr = req.corr;
+    let reply = conn.request(req).await.unwrap();
+    assert_eq!(reply.kind, ReplyKind::Pong);
+    assert_eq!(reply.corr, corr);
+    let req = conn.unsigned(EntityId::from_bytes([1; 24]), Command::Ping);
+    assert_error(&conn.request(req).await.unwrap(), ErrorCode::Command);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sent_message_is_read_re_encrypted_and_deleted_by_ack() {
+    let w = World::start().await;
+    let mut conn = w.connect().await;
+    let q = Queue::create(&mut conn).await;
+    let body = b"meet at the river at noon".to_vec();
+    assert_ok(&q.send(&mut conn, &body).await);
+
+    let reply = q.cmd(&mut conn, Command::Get).await;
+    let ReplyKind::Message { body: sealed, .. } = &reply.kind else {
+        panic!("no message");
+    };
+    assert!(
+        !sealed.windows(body.len()).any(|w| w == body.as_slice()),
+        "what the recipient receives is not what the sender sent"
+    );
+    let (id, plain) = q.open(&reply);
+    assert_eq!(plain, body);
+    // Get does not delete.
+    assert_eq!(q.get(&mut conn).await.unwrap().0, id);
+    assert_ok(&q.cmd(&mut conn, Command::Ack { id }).await);
+    assert_error(
+        &q.cmd(&mut conn, Command::Ack { id }).await,
+        ErrorCode::NoMessage,
+    );
+    assert_error(&q.cmd(&mut conn, Command::Get).await, ErrorCode::NoMessage);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_pushes_one_message_at_a_time_in_order() {
+    let w = World::start().await;
+    let mut owner = w.connect().await;
+    let mut sender = w.connect().await;
+    let q = Queue::create(&mut owner).await;
+    for text in [b"one".as_slice(), b"two", b"three"] {
+        assert_ok(&q.send(&mut sender, text).await);
+    }
+    assert_ok(&q.cmd(&mut owner, Command::Subscribe).await);
+    let (id1, m1) = pushed_message(&q, owner.next_push(Duration::from_secs(5)).await.unwrap());
+    assert_eq!(m1, b"one");
+    // Only one delivered-but-unacked message at a time.
+    assert!(owner.next_push(SHORT).await.unwrap().is_none());
+    assert_ok(&q.cmd(&mut owner, Command::Ack { id: id1 }).await);
+    let (id2, m2) = pushed_message(&q, owner.next_push(Duration::from_secs(5)).await.unwrap());
+    assert_eq!(m2, b"two");
+    assert_ok(&q.cmd(&mut owner, Command::Ack { id: id2 }).await);
+    let (id3, m3) = pushed_message(&q, owner.next_push(Duration::from_secs(5)).await.unwrap());
+    assert_eq!(m3, b"three");
+    assert_ok(&q.cmd(&mut owner, Command::Ack { id: id3 }).await);
+    assert!(owner.next_push(SHORT).await.unwrap().is_none());
+
+    // Nothing outstanding: a new message is pushed at once.
+    assert_ok(&q.send(&mut sender, b"four").await);
+    let (_, m4) = pushed_message(&q, owner.next_push(Duration::from_secs(5)).await.unwrap());
+    assert_eq!(m4, b"four");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_subscriber_ends_the_old_one() {
+    let w = World::start().await;
+    let mut first = w.connect().await;
+    let mut second = w.connect().await;
+    let mut sender = w.connect().await;
+    let q = Queue::create(&mut first).await;
+    assert_ok(&q.cmd(&mut first, Command::Subscribe).await);
+    assert_ok(&q.cmd(&mut second, Command::Subscribe).await);
+    let end = first
+        .next_push(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end.kind, ReplyKind::End);
+    assert_eq!(end.corr, CorrId::PUSH);
+    assert_eq!(end.entity, q.entity());
+
+    assert_ok(&q.send(&mut sender, b"for the new one").await);
+    let (_, body) = pushed_message(&q, second.next_push(Duration::from_secs(5)).await.unwrap());
+    assert_eq!(body, b"for the new one");
+    assert!(first.next_push(SHORT).await.unwrap().is_none());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_subscriber_leaves_messages_stored() {
+    let w = World::start().await;
+    let mut owner = w.connect().await;
+    let q = Queue::create(&mut owner).await;
+    assert_ok(&q.cmd(&mut owner, Command::Subscribe).await);
+    owner.close().await;
+    let mut sender = w.connect().await;
+    assert_ok(&q.send(&mut sender, b"while away").await);
+    let mut back = w.connect().await;
+    assert_ok(&q.cmd(&mut back, Command::Subscribe).await);
+    let (_, body) = pushed_message(&q, back.next_push(Duration::from_secs(5)).await.unwrap());
+    assert_eq!(body, b"while away");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_removes_the_queue_and_ends_its_subscriber() {
+    let w = World::start().await;
+    let mut owner = w.connect().await;
+    let mut listener = w.connect().await;
+    let q = Queue::create(&mut owner).await;
+    assert_ok(&q.send(&mut owner, b"gone soon").await);
+    assert_ok(&q.cmd(&mut listener, Command::Subscribe).await);
+    let _ = listener.next_push(Duration::from_secs(5)).await.unwrap();
+    assert_ok(&q.cmd(&mut owner, Command::Delete).await);
+    let end = listener
+        .next_push(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end.kind, ReplyKind::End);
+    assert_error(&q.send(&mut owner, b"late").await, ErrorCode::Auth);
+    assert_error(&q.cmd(&mut owner, Command::Get).await, ErrorCode::Auth);
+    assert_error(&q.cmd(&mut owner, Command::Delete).await, ErrorCode::Auth);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_deletes_its_queue_gets_ok_then_end() {
+    let w = World::start().await;
+    let mut conn = w.connect().await;
+    let q = Queue::create(&mut conn).await;
+    assert_ok(&q.cmd(&mut conn, Command::Subscribe).await);
+    assert!(conn.next_push(SHORT).await.unwrap().is_none());
+    assert_ok(&q.cmd(&mut conn, Command::Delete).await);
+    let end = conn
+        .next_push(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end.kind, ReplyKind::End);
+    assert_eq!(end.entity, q.entity());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_of_one_block_are_answered_in_order() {
+    let w = World::start_with(|c| c.max_pending = 2).await;
+    let mut conn = w.connect().await;
+    let q = Queue::create(&mut conn).await;
+    let send = |conn: &mut RelayConnection, body: &[u8]| {
+        conn.unsigned(
+            q.sender.into(),
+            Command::Send {
+                body: body.to_vec(),
+            },
+        )
+    };
+    let requests = vec![
+        send(&mut conn, b"a"),
+        send(&mut conn, b"b"),
+        send(&mut conn, b"c"),
+        conn.signed(q.entity(), Command::Get, &q.auth).unwrap(),
+        conn.unsigned(EntityId::NONE, Command::Ping),
+        conn.signed(q.entity(), Command::Suspend, &q.auth).unwrap(),
+        send(&mut conn, b"d"),
+    ];
+    let replies = conn.batch(requests).await.unwrap();
+    assert_ok(&replies[0]);
+    assert_ok(&replies[1]);
+    assert_error(&replies[2], ErrorCode::Quota);
+    assert_eq!(q.open(&replies[3]).1, b"a");
+    assert_eq!(replies[4].kind, ReplyKind::Pong);
+    assert_ok(&replies[5]);
+    assert_error(&replies[6], ErrorCode::Auth);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_whose_delivered_message_expired_gets_the_next_one() {
+    let w = World::start().await;
+    let mut owner = w.connect().await;
+    let q = Queue::create(&mut owner).await;
+    assert_ok(&q.send(&mut owner, b"old").await);
+    w.clock.advance(20 * 86_400);
+    assert_ok(&q.send(&mut owner, b"young").await);
+    assert_ok(&q.cmd(&mut owner, Command::Subscribe).await);
+    let (_, first) = pushed_message(&q, owner.next_push(Duration::from_secs(5)).await.unwrap());
+    assert_eq!(first, b"old");
+    w.clock.advance(2 * 86_400);
+    assert_eq!(w.relay().sweep_expired().await.unwrap(), 1);
+    let (_, next) = pushed_message(&q, owner.next_push(Duration::from_secs(5)).await.unwrap());
+    assert_eq!(next, b"young");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_not_read_either_and_is_dropped() {
+    let w = World::start_with(|c| c.idle_timeout_secs = 2).await;
+    let mut hog = w.connect().await;
+    let q = Queue::create(&mut hog).await;
+    assert_ok(&q.send(&mut hog, &vec![7u8; 16_000]).await);
+
+    // Ask for the big message again and again without reading a single answer.
+    let mut sent_blocks = 0;
+    for _ in 0..200 {
+        let mut builder = BlockBuilder::new();
+        for _ in 0..10 {
+            let get = hog.signed(q.entity(), Command::Get, &q.auth).unwrap();
+            builder.push(&get.encode().unwrap()).unwrap();
+        }
+        let block = builder.finish();
+        match tokio::time::timeout(Duration::from_millis(300), hog.send_block(&block)).await {
+            Ok(Ok(())) => sent_blocks += 1,
+            _ => break,
+        }
+    }
+    assert!(
+        sent_blocks < 100,
+        "the relay stopped reading a client that does not read ({sent_blocks} blocks taken)"
+    );
+
+    // Everyone else is served meanwhile.
+    let mut other = w.connect().await;
+    let ping = other.unsigned(EntityId::NONE, Command::Ping);
+    assert_eq!(other.request(ping).await.unwrap().kind, ReplyKind::Pong);
+
+    // And the stalled connection is closed after the idle timeout.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !hog.is_closed() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stalled client not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_refused() {
+    let w = World::start_with(|c| c.max_connections = 1).await;
+    let mut first = w.connect().await;
+    assert!(RelayConnection::connect(w.relay().address()).await.is_err());
+    let ping = first.unsigned(EntityId::NONE, Command::Ping);
+    assert_eq!(first.request(ping).await.unwrap().kind, ReplyKind::Pong);
+    first.close().await;
+    // The slot is free again once the first connection is gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if RelayConnection::connect(w.relay().address()).await.is_ok() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_queue_refuses_sends_but_can_be_read() {
+    let w = World::start().await;
+    let mut conn = w.connect().await;
+    let q = Queue::create(&mut conn).await;
+    assert_ok(&q.send(&mut conn, b"before").await);
+    assert_ok(&q.cmd(&mut conn, Command::Suspend).await);
+    assert_error(&q.send(&mut conn, b"after").await, ErrorCode::Auth);
+    // Securing a suspended queue is refused too.
+    let key = AuthSecretKey::generate(&mut OsRng);
+    let req = conn
+        .signed(
+            q.sender.into(),
+            Command::Secure {
+                sender_key: key.public(),
+            },
+            &key,
+        )
+        .unwrap();
+    assert_error(&conn.request(req).await.unwrap(), ErrorCode::Auth);
+    assert_eq!(q.drain(&mut conn).await, vec![b"before".to_vec()]);
+    assert_ok(&q.cmd(&mut conn, Command::Delete).await);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quota_refuses_sends_until_the_recipient_acks() {
+    let w = World::start_with(|c| c.max_pending = 3).await;
+    let mut conn = w.connect().await;
+    let q = Queue::create(&mut conn).await;
+    for i in 0..3u8 {
+        assert_ok(&q.send(&mut conn, &[i]).await);
+    }
+    assert_error(&q.send(&mut conn, b"full").await, ErrorCode::Quota);
+    let (id, first) = q.get(&mut conn).await.unwrap();
+    assert_eq!(first, vec![0]);
+    assert_ok(&q.cmd(&mut conn, Command::Ack { id }).await);
+    assert_ok(&q.send(&mut conn, b"room again").await);
+    assert_eq!(
+        q.drain(&mut conn).await,
+        vec![vec![1], vec![2], b"room again".to_vec()]
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_expire_after_the_configured_days() {
+    let w = World::start().await;
+    let mut conn = w.connect().await;
+    let q = Queue::create(&mut conn).await;
+    assert_ok(&q.send(&mut conn, b"old").await);
+    w.clock.advance(2 * 86_400);
+    assert_ok(&q.send(&mut conn, b"newer").await);
+
+    // Just under 21 days after the first: nothing expires.
+    w.clock.set(T0 + 21 * 86_400 - 3_600);
+    assert_eq!(w.relay().sweep_expired().await.unwrap(), 0);
+    // Past 21 days (and the hour rounding): the first goes, the second stays.
+    w.clock.set(T0 + 21 * 86_400 + 2 * 3_600);
+    assert_eq!(w.relay().sweep_expired().await.unwrap(), 1);
+    assert_eq!(q.drain(&mut conn).await, vec![b"newer".to_vec()]);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_queue_and_wrong_key_get_the_same_auth_error() {
+    let w = World::start().await;
+    let mut conn = w.connect().await;
+    let q = Queue::create(&mut conn).await;
+    let stranger = AuthSecretKey::generate(&mut OsRng);
+    for command in [
+        Command::Get,
+        Command::Subscribe,
+        Command::Ack {
+            id: MessageId::from_bytes([3; 24]),
+        },
+        Command::Delete,
+        Command::Suspend,
+    ] {
+        let wrong = conn.signed(q.entity(), command.clone(), &stranger).unwrap();
+        let wrong = conn.request(wrong).await.unwrap();
+        let unknown = conn
+            .signed(EntityId::from_bytes([7; 24]), command.clone(), &stranger)
+            .unwrap();
+        let unknown = conn.request(unknown).await.unwrap();
+        assert_error(&wrong, ErrorCode::Auth);
+        assert_eq!(wrong.kind, unknown.kind);
+        // Unsigned: the same.
+        let unsigned = conn.unsigned(q.entity(), command);
+        assert_error(&conn.request(unsigned).await.unwrap(), ErrorCode::Auth);
+    }
+    // The sender id is not a recipient id.
+    let req = conn.signed(q.sender.into(), Command::Get, &q.auth).unwrap();
+    assert_error(&conn.request(req).await.unwrap(), ErrorCode::Auth);
+    // Sends to an unknown sender id: Auth, signed or not.
+    let unknown = SenderId::from_bytes([9; 24]);
+    assert_error(
+        &send_as(&mut conn, unknown, None, b"x").await,
+        ErrorCode::Auth,
+    );
+    assert_error(
+        &send_as(&mut conn, unknown, Some(&stranger), b"x").await,
+        ErrorCode::Auth,
+    );
+    // The queue is untouched.
+    assert_ok(&q.cmd(&mut conn, Command::Delete).await);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_requires_a_zero_entity_and_proof_of_the_key() {
+    let w = World::start().await;
+    let mut conn = w.connect().await;
+    let auth = AuthSecretKey::generate(&mut OsRng);
+    let other = AuthSecretKey::generate(&mut OsRng);
+    let dh = DhSecretKey::generate(&mut OsRng);
+    let new = Command::New {
+        auth: auth.public(),
+        dh: dh.public(),
+    };
+    let req = conn.signed(EntityId::NONE, new.clone(), &other).unwrap();
+    assert_error(&conn.request(req).await.unwrap(), ErrorCode::Auth);
+    let req = conn.unsigned(EntityId::NONE, new.clone());
+    assert_error(&conn.request(req).await.unwrap(), ErrorCode::Auth);
+    let req = conn
+        .signed(EntityId::from_bytes([1; 24]), new, &auth)
+        .unwrap();
+    assert_error(&conn.request(req).await.unwrap(), ErrorCode::Command);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secured_queue_takes_only_its_senders_signed_messages() {
+    let w = World::start().await;
+    let mut conn = w.connect().await;
+    let q = Queue::create(&mut conn).await;
+    let alice = AuthSecretKey::generate(&mut OsRng);
+    let mallory = AuthSecretKey::generate(&mut OsRng);
+
+    // Before securing, a signed send is refused (the signature must be absent).
+    assert_error(
+        &send_as(&mut conn, q.sender, Some(&alice), b"early").await,
+        ErrorCode::Auth,
+    );
+    // Secure must be signed by the carried key.
+    let bad = conn
+        .signed(
+            q.sender.into(),
+            Command::Secure {
+                sender_key: alice.public(),
+            },
+            &mallory,
+        )
+        .unwrap();
+    assert_error(&conn.request(bad).await.unwrap(), ErrorCode::Auth);
+    let secure = |key: &AuthSecretKey, conn: &mut RelayConnection| {
+        conn.signed(
+            q.sender.into(),
+            Command::Secure {
+                sender_key: key.public(),
+            },
+            key,
+        )
+        .unwrap()
+    };
+    let req = secure(&alice, &mut conn);
+    assert_ok(&conn.request(req).await.unwrap());
+    // Only once.
+    let req = secure(&mallory, &mut conn);
+    assert_error(&conn.request(req).await.unwrap(), ErrorCode::Auth);
+    let req = secure(&alice, &mut conn);
+    assert_error(&conn.request(req).await.unwrap(), ErrorCode::Auth);
+
+    assert_error(&q.send(&mut conn, b"unsigned").await, ErrorCode::Auth);
+    assert_error(
+        &send_as(&mut conn, q.sender, Some(&mallory), b"spoof").await,
+        ErrorCode::Auth,
+    );
+    assert_ok(&send_as(&mut conn, q.sender, Some(&alice), b"from alice").await);
+    assert_eq!(q.drain(&mut conn).await, vec![b"from alice".to_vec()]);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_a_restart() {
+    let mut w = World::start().await;
+    let mut conn = w.connect().await;
+    let q = Queue::create(&mut conn).await;
+    let alice = AuthSecretKey::generate(&mut OsRng);
+    let req = conn
+        .signed(
+            q.sender.into(),
+            Command::Secure {
+                sender_key: alice.public(),
+            },
+            &alice,
+        )
+        .unwrap();
+    assert_ok(&conn.request(req).await.unwrap());
+    for text in [b"first".as_slice(), b"second"] {
+        assert_ok(&send_as(&mut conn, q.sender, Some(&alice), text).await);
+    }
+    drop(conn);
+    w.restart().await;
+
+    let mut conn = w.connect().await;
+    // Still secured after the restart.
+    assert_error(&q.send(&mut conn, b"unsigned").await, ErrorCode::Auth);
+    assert_eq!(
+        q.drain(&mut conn).await,
+        vec![b"first".to_vec(), b"second".to_vec()]
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_get_errors_and_the_rest_of_the_block_is_processed() {
+    let w = World::start().await;
+    let mut conn = w.connect().await;
+    let q = Queue::create(&mut conn).await;
+
+    let mut builder = BlockBuilder::new();
+    // Junk longer than a header: its corr and entity are echoed.
+    let mut junk = vec![0xEE; 40];
+    junk[..8].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+    builder.push(&junk).unwrap();
+    // A send whose body is over the limit: Large.
+    let mut large = Vec::new();
+    large.extend_from_slice(&[9; 8]);
+    large.extend_from_slice(q.sender.as_bytes());
+    large.push(0);
+    large.push(0x11);
+    let len = 16_001u16;
+    large.extend_from_slice(&len.to_be_bytes());
+    large.extend_from_slice(&vec![0x41; usize::from(len)]);
+    builder.push(&large).unwrap();
+    // A short frame: zero corr.
+    builder.push(&[1, 2, 3]).unwrap();
+    // And a good ping after all that.
+    let ping = conn.unsigned(EntityId::NONE, Command::Ping);
+    builder.push(&ping.encode().unwrap()).unwrap();
+    conn.send_block(&builder.finish()).await.unwrap();
+
+    let junk_reply = conn
+        .reply_to(CorrId::from_bytes([1, 2, 3, 4, 5, 6, 7, 8]))
+        .await
+        .unwrap();
+    assert_error(&junk_reply, ErrorCode::Block);
+    assert_eq!(junk_reply.entity, EntityId::from_bytes([0xEE; 24]));
+    let large_reply = conn.reply_to(CorrId::from_bytes([9; 8])).await.unwrap();
+    assert_error(&large_reply, ErrorCode::Large);
+    // A zero corr id is also the push id: the client files that reply with the pushes.
+    let short_reply = conn.next_push(SHORT).await.unwrap().unwrap();
+    assert_error(&short_reply, ErrorCode::Block);
+    assert_eq!(
+        conn.reply_to(ping.corr).await.unwrap().kind,
+        ReplyKind::Pong
+    );
+    // Nothing was stored by the oversize send.
+    assert!(q.get(&mut conn).await.is_none());
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_over_the_rate_limit_get_busy() {
+    let w = World::start_with(|c| {
+        c.rate_per_sec = 1;
+        c.rate_burst = 3;
+    })
+    .await;
+    let mut conn = w.connect().await;
+    let pings: Vec<_> = (0..6)
+        .map(|_| conn.unsigned(EntityId::NONE, Command::Ping))
+        .collect();
+    let replies = conn.batch(pings).await.unwrap();
+    let kinds: Vec<_> = replies.into_iter().map(|r| r.kind).collect();
+    assert_eq!(
+        &kinds[..3],
+        &[ReplyKind::Pong, ReplyKind::Pong, ReplyKind::Pong]
+    );
+    assert!(kinds[3..]
+        .iter()
+        .all(|k| *k == ReplyKind::Error(ErrorCode::Busy)));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_may_create_only_so_many_queues() {
+    let w = World::start_with(|c| c.max_queues_per_connection = 2).await;
+    let mut conn = w.connect().await;
+    Queue::create(&mut conn).await;
+    Queue::create(&mut conn).await;
+    let auth = AuthSecretKey::generate(&mut OsRng);
+    let dh = DhSecretKey::generate(&mut OsRng);
+    let req = conn
+        .signed(
+            EntityId::NONE,
+            Command::New {
+                auth: auth.public(),
+                dh: dh.public(),
+            },
+            &auth,
+        )
+        .unwrap();
+    assert_error(&conn.request(req).await.unwrap(), ErrorCode::Quota);
+    // Another connection may.
+    let mut other = w.connect().await;
+    Queue::create(&mut other).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_handshake_is_closed_without_a_word() {
+    let w = World::start().await;
+    let (_endpoint, connection, mut send, mut recv) =
+        connect_quic(w.relay().address()).await.unwrap();
+    send.write_all(&vec![0x42; RECORD_LEN]).await.unwrap();
+    let mut buf = vec![0u8; RECORD_LEN];
+    let read = tokio::time::timeout(Duration::from_secs(5), recv.read_exact(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Err(_))),
+        "no reply, the connection is closed"
+    );
+    drop(connection);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_does_not_open_closes_the_connection() {
+    let w = World::start().await;
+    let mut conn = w.connect().await;
+    let q = Queue::create(&mut conn).await;
+    conn.send_raw(&vec![0x42; RECORD_LEN]).await.unwrap();
+    let answer = conn.recv_raw(Duration::from_secs(5)).await;
+    assert!(matches!(answer, Err(_) | Ok(None)));
+    // Other connections and the stored data are unaffected.
+    let mut other = w.connect().await;
+    assert_ok(&q.send(&mut other, b"still fine").await);
+    assert_eq!(q.drain(&mut other).await, vec![b"still fine".to_vec()]);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_no_common_version_gets_the_reply_then_a_close() {
+    let w = World::start().await;
+    let address = w.relay().address().clone();
+    let (_endpoint, connection, mut send, mut recv) = connect_quic(&address).await.unwrap();
+    let (handshake, first) =
+        ClientHandshake::start(&address.key, VersionRange { min: 50, max: 60 }, &mut OsRng)
+            .unwrap();
+    send.write_all(first.as_bytes()).await.unwrap();
+    let mut reply = vec![0u8; RECORD_LEN];
+    tokio::time::timeout(Duration::from_secs(5), recv.read_exact(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        handshake.finish(&reply),
+        Err(ProtocolError::NoCommonVersion { .. })
+    ));
+    let mut more = vec![0u8; RECORD_LEN];
+    let next = tokio::time::timeout(Duration::from_secs(5), recv.read_exact(&mut more)).await;
+    assert!(matches!(next, Ok(Err(_))), "nothing more, the stream ends");
+    drop(connection);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_in_the_handshake_is_closed() {
+    let w = World::start_with(|c| c.handshake_timeout_secs = 1).await;
+    let (_endpoint, connection, mut send, mut recv) =
+        connect_quic(w.relay().address()).await.unwrap();
+    // Half a handshake record, then nothing.
+    send.write_all(&[0u8; 100]).await.unwrap();
+    let mut buf = vec![0u8; RECORD_LEN];
+    let read = tokio::time::timeout(Duration::from_secs(5), recv.read_exact(&mut buf)).await;
+    assert!(matches!(read, Ok(Err(_))), "closed by the relay");
+    drop(connection);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_are_all_stored_once() {
+    let w = World::start().await;
+    let mut owner = w.connect().await;
+    let q = Arc::new(Queue::create(&mut owner).await);
+    let mut tasks = Vec::new();
+    for t in 0..4u8 {
+        let mut conn = w.connect().await;
+        let q = Arc::clone(&q);
+        tasks.push(tokio::spawn(async move {
+            let reqs: Vec<_> = (0..10u8)
+                .map(|i| conn.unsigned(q.sender.into(), Command::Send { body: vec![t, i] }))
+                .collect();
+            for reply in conn.batch(reqs).await.unwrap() {
+                assert_ok(&reply);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = q.drain(&mut owner).await;
+    assert_eq!(got.len(), 40);
+    for t in 0..4u8 {
+        let own: Vec<u8> = got.iter().filter(|m| m[0] == t).map(|m| m[1]).collect();
+        assert_eq!(own, (0..10u8).collect::<Vec<_>>());
+    }
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dir_holds_no_plaintext_and_no_address() {
+    let w = World::start().await;
+    let mut conn = w.connect().await;
+    let q = Queue::create(&mut conn).await;
+    let marker = b"PLAINTEXT-MARKER-4b1d";
+    assert_ok(&q.send(&mut conn, marker).await);
+    drop(conn);
+    let dir = w.stop().await;
+    let mut stack = vec![dir.path().join("data")];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        } else {
+            let bytes = std::fs::read(&p).unwrap();
+            for needle in [marker.as_slice(), b"127.0.0.1"] {
+                assert!(
+                    !bytes.windows(needle.len()).any(|w| w == needle),
+                    "{} holds a forbidden string",
+                    p.display()
+                );
+            }
+        }
+    }
+}
