@@ -29,6 +29,8 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
@@ -215,6 +217,7 @@ pub struct SledStore {
     tree: sled::Tree,
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<JoinHandle<()>>,
+    flushes: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -231,16 +234,25 @@ impl SledStore {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let writer_tree = tree.clone();
         let writer_db = db.clone();
+        let flushes = Arc::new(AtomicU64::new(0));
+        let writer_flushes = Arc::clone(&flushes);
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(writer_db, writer_tree, rx))
+            .spawn(move || writer_loop(writer_db, writer_tree, rx, &writer_flushes))
             .map_err(RelayError::io("starting the store writer thread"))?;
         Ok(Self {
             db,
             tree,
             ops: Some(tx),
             writer: Some(writer),
+            flushes,
         })
+    }
+
+    /// How many group flushes the writer has made so far (each covers every write that was
+    /// waiting when it started): for tests and benchmarks of group commit.
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
     }
 
     fn submit<T: Send + 'static>(
@@ -393,7 +405,7 @@ fn complete<T: Send + 'static>(done: Done<T>, result: Result<T>) -> Completion {
     })
 }
 
-fn writer_loop(db: sled::Db, tree: sled::Tree, mut rx: mpsc::Receiver<Op>) {
+fn writer_loop(db: sled::Db, tree: sled::Tree, mut rx: mpsc::Receiver<Op>, flushes: &AtomicU64) {
     while let Some(first) = rx.blocking_recv() {
         let mut group = Vec::with_capacity(16);
         group.push(apply(&tree, first));
@@ -404,6 +416,7 @@ fn writer_loop(db: sled::Db, tree: sled::Tree, mut rx: mpsc::Receiver<Op>) {
             }
         }
         let durable = db.flush().is_ok();
+        flushes.fetch_add(1, Ordering::Relaxed);
         for done in group {
             done(durable);
         }

@@ -422,6 +422,31 @@ async fn sled_concurrent_appends() {
     concurrent_appends(std::sync::Arc::new(s)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_concurrent_appends_share_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(sled_open(dir.path()));
+    let q = new_queue();
+    store.create_queue(q.clone()).await.unwrap();
+    let before = store.flush_count();
+    let tasks: Vec<_> = (0..64u8)
+        .map(|i| {
+            let store = store.clone();
+            let recipient = q.recipient;
+            tokio::spawn(async move { store.append(recipient, message(1, &[i]), 1000).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), AppendOutcome::Stored);
+    }
+    let flushes = store.flush_count() - before;
+    assert!(
+        flushes < 64,
+        "64 concurrent appends took {flushes} flushes: no group commit"
+    );
+    assert_eq!(store.pending(&q.recipient).unwrap(), 64);
+}
+
 #[tokio::test]
 async fn sled_reopen_keeps_data() {
     reopen_keeps_data(sled_open).await;

@@ -70,10 +70,18 @@ impl TestQueue {
         self.recipient.into()
     }
 
-    /// Sends a recipient command signed with the queue's key.
+    /// Sends a recipient command signed with the queue's key, waiting and retrying while the
+    /// relay's rate limit answers `Busy` (as a real client does).
     pub async fn command(&self, conn: &mut RelayConnection, command: Command) -> Result<Reply> {
-        let req = conn.signed(self.entity(), command, &self.auth)?;
-        Ok(conn.request(req).await?)
+        for _ in 0..200 {
+            let req = conn.signed(self.entity(), command.clone(), &self.auth)?;
+            let reply = conn.request(req).await?;
+            if reply.kind != ReplyKind::Error(ErrorCode::Busy) {
+                return Ok(reply);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the relay stayed busy")
     }
 
     /// Opens a delivered body.
