@@ -25,9 +25,24 @@
 //! - [`registry`]: which connection is the one live subscriber of each queue, and the bounded
 //!   mailboxes through which connections wake each other.
 //! - [`store`]: the [`store::Store`] trait and [`store::SledStore`], which answers a write only
-//!   once it is durable, grouping concurrent writes under one flush.
+//!   once it is durable, grouping concurrent writes under one flush (plus
+//!   [`store::MemoryStore`] for tests). `tests/store_conformance.rs` is the suite every
+//!   backend must pass.
 //! - [`server`]: the accept loop with the connection limit, the expiry sweeper, shutdown, and
-//!   the in-process API ([`Relay`], [`run`]) that the binary and the integration tests use.
+//!   the in-process API ([`Relay`], [`run`]) that the binary and the integration tests use:
+//!
+//! ```no_run
+//! # async fn demo(dir: &std::path::Path) -> tidings_relay::Result<()> {
+//! use std::sync::Arc;
+//! use tidings_relay::{Config, ManualClock, Relay};
+//! let clock = ManualClock::new(1_767_225_600);
+//! let relay = Relay::start(Config::loopback(dir), Arc::new(clock.clone())).await?;
+//! println!("{}", relay.address()); // tidings://…@127.0.0.1:PORT
+//! clock.advance(22 * 86_400);
+//! relay.sweep_expired().await?;
+//! relay.shutdown().await?;
+//! # Ok(()) }
+//! ```
 //! - [`config`], [`identity`], [`clock`], [`stats`], [`error`]: settings with documented
 //!   defaults; the Noise key and TLS certificate in the data directory and the printed
 //!   address; the injected clock; aggregate counters; the crate's one error type.

@@ -209,6 +209,8 @@ enum Op {
     Ack(RecipientId, MessageId, Done<bool>),
     Expire(Hour, Done<usize>),
     Flush(Done<()>),
+    /// Finish what came before, flush, and stop (sent when the store is dropped).
+    Stop,
 }
 
 /// The default backend: one sled database in a directory, with group commit.
@@ -272,11 +274,16 @@ impl SledStore {
 
 impl Drop for SledStore {
     fn drop(&mut self) {
-        // Closing the channel stops the writer after it has finished (and flushed) what it
-        // holds; joining it releases its database handle, so the directory can be reopened.
-        self.ops = None;
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+        // `Stop` makes the writer finish (and flush) what it holds and exit even while some
+        // caller still holds a sender; joining it releases its database handle, so the
+        // directory can be reopened at once. If the queue is full the writer is busy and
+        // stops by itself once every sender is gone; it is not waited for then.
+        if let Some(ops) = self.ops.take() {
+            if ops.try_send(Op::Stop).is_ok() {
+                if let Some(writer) = self.writer.take() {
+                    let _ = writer.join();
+                }
+            }
         }
         let _ = self.db.flush();
     }
@@ -406,13 +413,23 @@ fn complete<T: Send + 'static>(done: Done<T>, result: Result<T>) -> Completion {
 }
 
 fn writer_loop(db: sled::Db, tree: sled::Tree, mut rx: mpsc::Receiver<Op>, flushes: &AtomicU64) {
-    while let Some(first) = rx.blocking_recv() {
+    let mut stop = false;
+    while !stop {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
         let mut group = Vec::with_capacity(16);
-        group.push(apply(&tree, first));
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(op) => group.push(apply(&tree, op)),
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some(op) = next.take() {
+            match op {
+                Op::Stop => {
+                    stop = true;
+                    break;
+                }
+                op => group.push(apply(&tree, op)),
+            }
+            if group.len() < MAX_GROUP {
+                next = rx.try_recv().ok();
             }
         }
         let durable = db.flush().is_ok();
@@ -421,6 +438,8 @@ fn writer_loop(db: sled::Db, tree: sled::Tree, mut rx: mpsc::Receiver<Op>, flush
             done(durable);
         }
     }
+    // Anything still queued after `Stop` is refused (its waiters see `StoreClosed`).
+    rx.close();
     let _ = db.flush();
 }
 
@@ -443,6 +462,7 @@ fn apply(tree: &sled::Tree, op: Op) -> Completion {
         Op::Ack(id, msg, done) => complete(done, apply_ack(tree, &id, &msg)),
         Op::Expire(cutoff, done) => complete(done, apply_expire(tree, cutoff)),
         Op::Flush(done) => complete(done, Ok(())),
+        Op::Stop => Box::new(|_| {}),
     }
 }
 

@@ -109,6 +109,8 @@ impl QuicListener {
         transport.stream_receive_window(varint(RECORD_LEN * 4));
         transport.receive_window(varint(RECORD_LEN * 6));
         transport.send_window((RECORD_LEN * 8) as u64);
+        // No unreliable datagrams: nothing would read them, so none may be buffered.
+        transport.datagram_receive_buffer_size(None);
         // The relay's own idle timeout (counted in records) acts first; this one catches a
         // peer that vanished without a word.
         let idle = config.idle_timeout() + Duration::from_secs(10);

@@ -16,7 +16,7 @@ use tidings_tests::{Profile, RelayProcess};
 const SENDERS: usize = 20;
 const PER_SENDER: usize = 200;
 /// Kill the relay once this many sends were acknowledged (or after `KILL_AFTER`).
-const KILL_AT_OKS: usize = 1_500;
+const KILL_AT_OKS: usize = 2_500;
 const KILL_AFTER: Duration = Duration::from_secs(25);
 
 fn body(sender: usize, seq: usize) -> Vec<u8> {
