@@ -11,6 +11,8 @@
 # cores once the release build is warm (a cold release build of the workspace takes longer,
 # about 5-8 minutes on 2 cores). Everything stays on 127.0.0.1.
 set -euo pipefail
+# Errors from the bench are one line, not a backtrace.
+export RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0
 
 cd "$(dirname "$0")/.."
 QUICK=0
@@ -26,10 +28,13 @@ done
 # one message in flight per sender. Offline runs stay under the relay's quota of 128
 # pending messages per queue.
 COMMON=(--senders 100 --recipients 100 --payload 1024 --in-flight 1)
+# A paced run offers RATE messages/s in total, below both servers' saturation, for latency
+# that is not queueing behind a backlog.
+RATE=500
 if [ "$QUICK" = 1 ]; then
-    MESSAGES=3000; OFFLINE_MESSAGES=3000; IDLE=500; CONNECT=200
+    MESSAGES=3000; OFFLINE_MESSAGES=3000; PACED_MESSAGES=1500; IDLE=500; CONNECT=200
 else
-    MESSAGES=30000; OFFLINE_MESSAGES=10000; IDLE=2000; CONNECT=1000
+    MESSAGES=30000; OFFLINE_MESSAGES=10000; PACED_MESSAGES=10000; IDLE=2000; CONNECT=1000
 fi
 
 as_root() {
@@ -129,13 +134,16 @@ run_redis() { # $1: name, rest: bench arguments
 
 ONLINE=(--messages "$MESSAGES" --idle-clients "$IDLE" --connect-rate "$CONNECT")
 OFFLINE=(--messages "$OFFLINE_MESSAGES" --offline --idle-clients 0 --connect-rate 0)
+PACED=(--messages "$PACED_MESSAGES" --rate "$RATE" --idle-clients 0 --connect-rate 0)
 run_tidings online "${ONLINE[@]}"
 run_redis online "${ONLINE[@]}"
+run_tidings paced "${PACED[@]}"
+run_redis paced "${PACED[@]}"
 run_tidings offline "${OFFLINE[@]}"
 run_redis offline "${OFFLINE[@]}"
 
 echo
 echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
-echo "load: ${COMMON[*]}, online ${MESSAGES} messages, offline ${OFFLINE_MESSAGES} messages"
-"$BIN/tidings-bench" --table "$WORK"/tidings-online.json "$WORK"/redis-online.json \
-    "$WORK"/tidings-offline.json "$WORK"/redis-offline.json
+echo "load: ${COMMON[*]}; online ${MESSAGES} messages (+${IDLE} idle clients, ${CONNECT} connections);" \
+    "paced ${PACED_MESSAGES} at ${RATE}/s; offline ${OFFLINE_MESSAGES}"
+"$BIN/tidings-bench" --table "$WORK"/tidings-*.json "$WORK"/redis-*.json

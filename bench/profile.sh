@@ -9,6 +9,8 @@
 # connection-rate phase (so the profile is the message load). Needs `perf` (Debian:
 # linux-perf); everything stays on 127.0.0.1 and stops on exit.
 set -euo pipefail
+# Errors from the bench are one line, not a backtrace.
+export RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0
 cd "$(dirname "$0")/.."
 command -v perf >/dev/null || { echo "perf not found (apt-get install linux-perf)" >&2; exit 1; }
 ARGS=("$@")
@@ -46,4 +48,7 @@ sleep 0.5
 kill -INT "$PERF_PID"
 wait "$PERF_PID" 2>/dev/null || true
 echo "relay CPU by part of the work (share of on-CPU samples):"
-perf script -i "$WORK/perf.data" -F comm,tid,ip,sym 2>/dev/null | awk -f bench/perf-categories.awk
+perf script -i "$WORK/perf.data" -F comm,tid,ip,sym 2>/dev/null >"$WORK/perf.txt"
+awk -f bench/perf-categories.awk "$WORK/perf.txt"
+# PROFILE_KEEP=FILE keeps the symbolized samples for a closer look.
+[ -z "${PROFILE_KEEP:-}" ] || cp "$WORK/perf.txt" "$PROFILE_KEEP"

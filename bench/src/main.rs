@@ -98,6 +98,10 @@ pub struct Args {
     /// Store everything first, then let the recipients subscribe and drain.
     #[arg(long)]
     pub offline: bool,
+    /// The relay's per-queue quota (`max_pending`, default 128): an offline run must fit in
+    /// it, since nothing is drained until everything is stored.
+    #[arg(long, default_value_t = 128)]
+    pub quota: usize,
     /// Idle subscribed clients to connect for the RSS-per-client figure (0: skip).
     #[arg(long, default_value_t = 2000)]
     pub idle_clients: usize,
@@ -138,6 +142,18 @@ impl Args {
         }
         if !(self.rate >= 0.0 && self.rate.is_finite()) {
             bail!("--rate must be a number of messages per second (0: unpaced)");
+        }
+        let per_queue = (0..self.recipients)
+            .map(|r| self.messages_of_recipient(r))
+            .max()
+            .unwrap_or(0);
+        if self.offline && per_queue > self.quota {
+            bail!(
+                "--offline stores {per_queue} messages in one queue, over the relay's quota of {} \
+                 (use more --recipients, fewer --messages, or a relay with a larger max_pending \
+                 and --quota)",
+                self.quota
+            );
         }
         if self.concurrency == 0 || self.endpoints == 0 {
             bail!("--concurrency and --endpoints must be at least 1");
@@ -221,6 +237,24 @@ mod tests {
         assert_eq!(per_sender, vec![4, 3, 3]);
         assert_eq!(args.messages_of_recipient(0), 7);
         assert_eq!(args.messages_of_recipient(1), 3);
+    }
+
+    #[test]
+    fn offline_run_over_the_queue_quota_is_refused() {
+        let args = |m: &str| {
+            Args::parse_from([
+                "tidings-bench",
+                "--offline",
+                "--recipients",
+                "10",
+                "--senders",
+                "10",
+                "--messages",
+                m,
+            ])
+        };
+        assert!(args("1281").check().is_err());
+        assert!(args("1280").check().is_ok());
     }
 
     #[test]

@@ -267,12 +267,28 @@ async fn load(
 
     let disk_before = data_dir.as_deref().map(measure::dir_bytes);
     let cpu = CpuSpan::start(watch);
+    let own_cpu = CpuSpan::start(Some(ProcWatch::new(std::process::id())));
     let start = Instant::now();
     go.wait().await;
-    while let Some(joined) = sending.join_next().await {
-        joined??;
+    let mut latencies = Vec::with_capacity(args.messages);
+    // Senders and (online) recipients joined together: a failure on either side stops the
+    // run at once.
+    let mut stored = None;
+    loop {
+        tokio::select! {
+            Some(joined) = sending.join_next(), if !sending.is_empty() => {
+                joined??;
+                if sending.is_empty() {
+                    stored = Some(start.elapsed().as_secs_f64());
+                }
+            }
+            Some(joined) = receiving.join_next(), if !receiving.is_empty() => {
+                latencies.extend(joined??);
+            }
+            else => break,
+        }
     }
-    let stored = start.elapsed().as_secs_f64();
+    let stored = stored.unwrap_or_else(|| start.elapsed().as_secs_f64());
     let mut drain = 0.0;
     let mut drain_start = None;
     if let Some(recipients) = waiting.take() {
@@ -286,7 +302,6 @@ async fn load(
         drain_start = Some(Instant::now());
         spawn_recipients(&mut receiving, recipients);
     }
-    let mut latencies = Vec::with_capacity(args.messages);
     while let Some(joined) = receiving.join_next().await {
         latencies.extend(joined??);
     }
@@ -303,6 +318,9 @@ async fn load(
     report.elapsed_s = round2(elapsed);
     report.msgs_per_sec = round2(per_sec(args.messages, elapsed));
     report.relay_cpu_us_per_msg = cpu
+        .elapsed_us()
+        .map(|us| round2(us as f64 / args.messages as f64));
+    report.client_cpu_us_per_msg = own_cpu
         .elapsed_us()
         .map(|us| round2(us as f64 / args.messages as f64));
     report.relay_rss_kib = watch.and_then(|w| w.rss_kib());

@@ -11,7 +11,8 @@ use crate::Args;
 pub struct Report {
     /// `tidings` or `redis`.
     pub target: &'static str,
-    /// `online` (recipients subscribed while senders send) or `offline` (store, then drain).
+    /// `online` (recipients subscribed while senders send as fast as replies come back),
+    /// `paced` (the same at a fixed offered `rate`) or `offline` (store, then drain).
     pub mode: &'static str,
     /// Sending clients.
     pub senders: usize,
@@ -44,6 +45,9 @@ pub struct Report {
     pub latency_ms: Latency,
     /// Server CPU time (user + system, all threads) during the load, per message.
     pub relay_cpu_us_per_msg: Option<f64>,
+    /// CPU time of this load generator (all its clients) during the load, per message: it
+    /// shares the machine with the server.
+    pub client_cpu_us_per_msg: Option<f64>,
     /// Server RSS at the end of the load, KiB.
     pub relay_rss_kib: Option<u64>,
     /// Server peak RSS, KiB.
@@ -63,7 +67,13 @@ impl Report {
     pub fn new(target: &'static str, args: &Args, body_bytes: usize) -> Self {
         Self {
             target,
-            mode: if args.offline { "offline" } else { "online" },
+            mode: if args.offline {
+                "offline"
+            } else if args.rate > 0.0 {
+                "paced"
+            } else {
+                "online"
+            },
             senders: args.senders,
             recipients: args.recipients,
             payload: args.payload,
@@ -79,6 +89,7 @@ impl Report {
             drain_msgs_per_sec: None,
             latency_ms: Latency::default(),
             relay_cpu_us_per_msg: None,
+            client_cpu_us_per_msg: None,
             relay_rss_kib: None,
             relay_peak_rss_kib: None,
             rss_per_idle_client_kib: None,

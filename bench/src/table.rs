@@ -11,10 +11,19 @@ use serde_json::Value;
 /// One row: label, mode of the run it comes from, JSON pointer into that run's report.
 const ROWS: &[(&str, &str, &str)] = &[
     ("messages/s (online)", "online", "/msgs_per_sec"),
-    ("latency p50 ms", "online", "/latency_ms/p50"),
-    ("latency p99 ms", "online", "/latency_ms/p99"),
-    ("latency max ms", "online", "/latency_ms/max"),
-    ("server CPU us/message", "online", "/relay_cpu_us_per_msg"),
+    ("latency p50 ms (online)", "online", "/latency_ms/p50"),
+    ("latency p99 ms (online)", "online", "/latency_ms/p99"),
+    ("latency max ms (online)", "online", "/latency_ms/max"),
+    (
+        "server CPU us/message (online)",
+        "online",
+        "/relay_cpu_us_per_msg",
+    ),
+    (
+        "load generator CPU us/message (online)",
+        "online",
+        "/client_cpu_us_per_msg",
+    ),
     ("server RSS KiB after load", "online", "/relay_rss_kib"),
     (
         "RSS KiB per idle client",
@@ -22,6 +31,15 @@ const ROWS: &[(&str, &str, &str)] = &[
         "/rss_per_idle_client_kib",
     ),
     ("new connections/s", "online", "/new_connections_per_sec"),
+    ("offered messages/s (paced)", "paced", "/rate"),
+    ("latency p50 ms (paced)", "paced", "/latency_ms/p50"),
+    ("latency p99 ms (paced)", "paced", "/latency_ms/p99"),
+    ("latency max ms (paced)", "paced", "/latency_ms/max"),
+    (
+        "server CPU us/message (paced)",
+        "paced",
+        "/relay_cpu_us_per_msg",
+    ),
     (
         "stored messages/s (offline)",
         "offline",

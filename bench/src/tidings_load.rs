@@ -35,7 +35,10 @@ use crate::report::{per_sec, round2, Report};
 use crate::Args;
 
 /// How long a recipient waits for its next message before the run fails.
-const RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
+const RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a sender may see only `Busy`/`Quota` before the run fails.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Pause before repeating a command the relay answered `Busy` or `Quota`.
 const RETRY_PAUSE: Duration = Duration::from_millis(5);
@@ -247,6 +250,7 @@ struct Sender {
 
 /// One recipient's connection and queue.
 struct Recipient {
+    index: usize,
     conn: RelayConnection,
     queue: Arc<Queue>,
     count: usize,
@@ -287,13 +291,31 @@ async fn load(
 
     let disk_before = data_dir.as_deref().map(measure::dir_bytes);
     let cpu = CpuSpan::start(watch);
+    let own_cpu = CpuSpan::start(Some(ProcWatch::new(std::process::id())));
     let start = Instant::now();
     go.wait().await;
     let mut retries = 0u64;
-    while let Some(joined) = sending.join_next().await {
-        retries += joined??;
+    let mut latencies = Vec::with_capacity(args.messages);
+    // Online, senders and recipients are joined together, so a failure on either side
+    // stops the run at once instead of leaving the other side waiting.
+    let mut stored = None;
+    loop {
+        tokio::select! {
+            Some(joined) = sending.join_next(), if !sending.is_empty() => {
+                retries += joined??;
+                if sending.is_empty() {
+                    stored = Some(start.elapsed().as_secs_f64());
+                }
+            }
+            Some(joined) = receiving.join_next(), if !receiving.is_empty() => {
+                let (lat, r) = joined??;
+                latencies.extend(lat);
+                retries += r;
+            }
+            else => break,
+        }
     }
-    let stored = start.elapsed().as_secs_f64();
+    let stored = stored.unwrap_or_else(|| start.elapsed().as_secs_f64());
 
     let mut drain = 0.0;
     if let Some(recipients) = waiting.take() {
@@ -309,7 +331,6 @@ async fn load(
             receiving.spawn(receive_all(recipient, subscribed.clone(), clock));
         }
         subscribed.wait().await;
-        let mut latencies = Vec::with_capacity(args.messages);
         while let Some(joined) = receiving.join_next().await {
             let (lat, r) = joined??;
             latencies.extend(lat);
@@ -317,16 +338,8 @@ async fn load(
         }
         drain = drain_start.elapsed().as_secs_f64();
         report.drain_msgs_per_sec = Some(round2(per_sec(args.messages, drain)));
-        report.latency_ms = Latency::from_us(latencies);
-    } else {
-        let mut latencies = Vec::with_capacity(args.messages);
-        while let Some(joined) = receiving.join_next().await {
-            let (lat, r) = joined??;
-            latencies.extend(lat);
-            retries += r;
-        }
-        report.latency_ms = Latency::from_us(latencies);
     }
+    report.latency_ms = Latency::from_us(latencies);
     let elapsed = if args.offline {
         stored + drain
     } else {
@@ -335,6 +348,9 @@ async fn load(
     report.elapsed_s = round2(elapsed);
     report.msgs_per_sec = round2(per_sec(args.messages, elapsed));
     report.relay_cpu_us_per_msg = cpu
+        .elapsed_us()
+        .map(|us| round2(us as f64 / args.messages as f64));
+    report.client_cpu_us_per_msg = own_cpu
         .elapsed_us()
         .map(|us| round2(us as f64 / args.messages as f64));
     report.relay_rss_kib = watch.and_then(|w| w.rss_kib());
@@ -352,7 +368,12 @@ async fn set_up(pool: &Arc<Pool>, args: &Args) -> Result<(Vec<Sender>, Vec<Recip
         async move {
             let mut conn = pool.connect().await?;
             let queue = Arc::new(Queue::create(&mut conn).await?);
-            Ok(Recipient { conn, queue, count })
+            Ok(Recipient {
+                index: r,
+                conn,
+                queue,
+                count,
+            })
         }
     })
     .await
@@ -417,6 +438,7 @@ async fn send_all(
         .collect();
     let mut retries = 0u64;
     go.wait().await;
+    let mut progress = Instant::now();
     let pace = Pace::new(rate, senders, s.index, &clock);
     while !todo.is_empty() {
         let mut window: Vec<(u32, u64)> = Vec::with_capacity(in_flight);
@@ -452,7 +474,16 @@ async fn send_all(
             }
         }
         if again {
+            if progress.elapsed() > STALL_TIMEOUT {
+                bail!(
+                    "sender {}: the relay answered only Busy or Quota for {STALL_TIMEOUT:?} \
+                     (is the recipient still receiving?)",
+                    s.index
+                );
+            }
             tokio::time::sleep(RETRY_PAUSE).await;
+        } else {
+            progress = Instant::now();
         }
     }
     Ok(retries)
@@ -474,11 +505,23 @@ async fn receive_all(
     expect_ok("Subscribe", &reply?)?;
     let mut latencies = Vec::with_capacity(r.count);
     while latencies.len() < r.count {
-        let push = r
-            .conn
-            .next_push(RECEIVE_TIMEOUT)
-            .await?
-            .ok_or_else(|| anyhow!("no message pushed within {RECEIVE_TIMEOUT:?}"))?;
+        let Some(push) = r.conn.next_push(RECEIVE_TIMEOUT).await? else {
+            // Tell a relay that stopped pushing from one that has nothing to push.
+            let pending = r
+                .queue
+                .command(&mut r.conn, Command::Get, &mut retries)
+                .await?;
+            let state = match pending.kind {
+                ReplyKind::Message { .. } => "the relay holds messages for it but pushed none",
+                _ => "the relay holds no message for it",
+            };
+            bail!(
+                "recipient {}: nothing pushed for {RECEIVE_TIMEOUT:?} after {} of {} messages; {state}",
+                r.index,
+                latencies.len(),
+                r.count
+            );
+        };
         let received = clock.now_us();
         match push.kind {
             ReplyKind::Message { id, body } => {
