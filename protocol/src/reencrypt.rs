@@ -4,9 +4,14 @@
 //! queue's [`DeliveryKey`] from the recipient's queue key, keeps only the derived key and
 //! sends the public half back in `Ids`. Each accepted message body is sealed again under
 //! that key with XChaCha20-Poly1305 and a fresh random 24-byte nonce that is also the
-//! message id. What a sender sent and what the recipient receives share no ciphertext, so a
-//! watcher of both sides of the relay (or a seized relay's disk against a capture of
-//! incoming traffic) cannot match them by content.
+//! message id. What a sender sent and what the recipient receives share no ciphertext, so
+//! whoever sees both the relay's incoming and outgoing plaintext frames (a compromised
+//! transport session, a relay operator's debugging capture, a future transport without
+//! Noise) cannot match a delivered message to the send it came from by content.
+//!
+//! It is not protection at rest: the relay keeps each queue's delivery key next to that
+//! queue's messages, so whoever holds the relay's disk can remove this layer (and reaches
+//! only the end-to-end encrypted envelope beneath). SECURITY.md discusses this.
 //!
 //! ```text
 //! shared = X25519(relay queue secret, recipient queue public)

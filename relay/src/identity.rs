@@ -5,8 +5,9 @@
 //! - `relay.key`: the 32-byte Noise static secret (mode 0600). Its public half is the key in
 //!   the relay address; losing this file changes the relay's identity.
 //! - `tls-cert.der` and `tls-key.der`: a self-signed TLS certificate (rcgen) and its PKCS#8
-//!   key (mode 0600). TLS is only the outer envelope, so the certificate names nobody
-//!   (`localhost`) and clients do not check it; the Noise handshake authenticates the relay.
+//!   key (mode 0600). TLS is only the outer envelope: the certificate names the public host
+//!   (or `localhost`), looks like an ordinary server's, is replaced after 300 days, and clients
+//!   do not check it; the Noise handshake authenticates the relay.
 //!
 //! Later starts reuse them. Files are written to a temporary name, synced, then renamed, so a
 //! crash never leaves half a key. No address of the relay or of any client is ever written.
@@ -16,6 +17,7 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use rand_core::OsRng;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -107,7 +109,7 @@ pub fn load_public_key(dir: &Path) -> Result<RelayPublicKey> {
 }
 
 /// Loads the relay's keys and certificate from `dir`, creating whatever is missing.
-pub fn load_or_create(dir: &Path) -> Result<Identity> {
+pub fn load_or_create(dir: &Path, tls_name: &str) -> Result<Identity> {
     ensure_dir(dir)?;
     let keypair = match read_optional(&dir.join(KEY_FILE))? {
         Some(bytes) => keypair_from_bytes(&bytes)?,
@@ -117,15 +119,16 @@ pub fn load_or_create(dir: &Path) -> Result<Identity> {
             keypair
         }
     };
-    let cert = read_optional(&dir.join(CERT_FILE))?;
+    let cert = if cert_is_fresh(&dir.join(CERT_FILE)) {
+        read_optional(&dir.join(CERT_FILE))?
+    } else {
+        None
+    };
     let cert_key = read_optional(&dir.join(CERT_KEY_FILE))?;
     let (cert, cert_key) = match (cert, cert_key) {
         (Some(cert), Some(key)) => (cert.to_vec(), key),
         _ => {
-            let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
-                .map_err(|e| RelayError::Tls(format!("generating a certificate: {e}")))?;
-            let cert = generated.cert.der().to_vec();
-            let key = Zeroizing::new(generated.key_pair.serialize_der());
+            let (cert, key) = generate_certificate(tls_name)?;
             write_secret_file(dir, CERT_KEY_FILE, &key)?;
             write_secret_file(dir, CERT_FILE, &cert)?;
             (cert, key)
@@ -136,6 +139,44 @@ pub fn load_or_create(dir: &Path) -> Result<Identity> {
         cert: CertificateDer::from(cert),
         cert_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert_key.to_vec())),
     })
+}
+
+/// How long a certificate is used before a start replaces it (it is valid for longer, so it
+/// never shows as expired to a prober).
+const CERT_ROTATE_AFTER: Duration = Duration::from_secs(300 * 24 * 3600);
+
+/// Whether the stored certificate exists and is young enough to keep.
+fn cert_is_fresh(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|modified| SystemTime::now().duration_since(modified).ok())
+        .is_some_and(|age| age < CERT_ROTATE_AFTER)
+}
+
+/// A self-signed certificate that looks like an ordinary server's: the relay's host name as
+/// subject and only name, a random serial, and a validity starting yesterday and ending in
+/// 397 days (rcgen's defaults, a fixed 1975-4096 validity and a tool-named subject, would tell
+/// a prober what software answers).
+fn generate_certificate(tls_name: &str) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>)> {
+    let tls_err = |e: rcgen::Error| RelayError::Tls(format!("generating a certificate: {e}"));
+    let mut params = rcgen::CertificateParams::new(vec![tls_name.to_string()]).map_err(tls_err)?;
+    let mut name = rcgen::DistinguishedName::new();
+    name.push(rcgen::DnType::CommonName, tls_name);
+    params.distinguished_name = name;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(397);
+    let mut serial = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut OsRng, &mut serial);
+    serial[0] &= 0x7f;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+    let key_pair = rcgen::KeyPair::generate().map_err(tls_err)?;
+    let cert = params.self_signed(&key_pair).map_err(tls_err)?;
+    Ok((
+        cert.der().to_vec(),
+        Zeroizing::new(key_pair.serialize_der()),
+    ))
 }
 
 /// The address clients use: the relay key, `public_host` (or the bound IP, with loopback for
@@ -180,8 +221,8 @@ mod tests {
     fn keys_are_created_once_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let first = load_or_create(&data).unwrap();
-        let second = load_or_create(&data).unwrap();
+        let first = load_or_create(&data, "localhost").unwrap();
+        let second = load_or_create(&data, "localhost").unwrap();
         assert_eq!(first.keypair.public(), second.keypair.public());
         assert_eq!(first.cert, second.cert);
         assert_eq!(load_public_key(&data).unwrap(), first.keypair.public());

@@ -53,7 +53,8 @@ impl Relay {
     pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Self> {
         config.validate()?;
         let data_dir = config.data_dir()?;
-        let identity = identity::load_or_create(&data_dir)?;
+        let tls_name = config.public_host.as_deref().unwrap_or("localhost");
+        let identity = identity::load_or_create(&data_dir, tls_name)?;
         let store_dir = data_dir.join(STORE_DIR);
         identity::ensure_dir(&store_dir)?;
         let store = SledStore::open(&store_dir)?;
