@@ -11,7 +11,9 @@
 //! - [`redis_load`] runs the same pattern on Redis lists: `LPUSH` to send (the reply comes
 //!   after the fsync), `BLMOVE` to a processing list to receive, `LREM` there as the ack.
 //! - [`measure`] reads the server's CPU time and RSS from `/proc`, data directory sizes, and
-//!   latency percentiles.
+//!   latency percentiles, and paces senders for `--rate`.
+//! - [`parallel`] sets up many connections at a bounded concurrency; [`table`] renders the
+//!   side-by-side table `compare.sh` prints from several runs' JSON lines.
 //!
 //! It prints ONE JSON line ([`report::Report`]). Everything is bounded: a whole run has a
 //! deadline (`--timeout`), every wait inside has its own, and a relay it started is killed

@@ -34,7 +34,7 @@ pub async fn run(args: &Args) -> Result<Report> {
         client,
         prefix: format!("tidings-bench:{:016x}", OsRng.next_u64()),
     };
-    let mut admin = redis.connect().await?;
+    let mut admin = connect(&redis.client).await?;
     check_durable(&mut admin).await?;
     let info: String = redis::cmd("INFO")
         .arg("server")
@@ -94,18 +94,18 @@ struct Redis {
     prefix: String,
 }
 
-impl Redis {
-    /// A new TCP connection of its own.
-    async fn connect(&self) -> Result<MultiplexedConnection> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Duration::from_secs(10))
-            .set_response_timeout(Duration::from_secs(RECEIVE_TIMEOUT_SECS + 10));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .context("connecting to redis")
-    }
+/// A new TCP connection of its own (every client has one, as with the relay).
+async fn connect(client: &Client) -> Result<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Duration::from_secs(10))
+        .set_response_timeout(Duration::from_secs(RECEIVE_TIMEOUT_SECS + 10));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .context("connecting to redis")
+}
 
+impl Redis {
     fn key(&self, kind: &str, i: usize) -> String {
         format!("{}:{kind}:{i}", self.prefix)
     }
@@ -123,14 +123,7 @@ async fn idle_clients(
     let blocked_before = blocked_clients(admin).await?;
     let connections = run_indexed(args.idle_clients, args.concurrency, |_| {
         let client = redis.client.clone();
-        async move {
-            Redis {
-                client,
-                prefix: String::new(),
-            }
-            .connect()
-            .await
-        }
+        async move { connect(&client).await }
     })
     .await
     .context("connecting the idle clients")?;
@@ -180,12 +173,7 @@ async fn connect_rate(redis: &Redis, args: &Args) -> Result<f64> {
     let connections = run_indexed(args.connect_rate, args.concurrency, |_| {
         let client = redis.client.clone();
         async move {
-            let mut conn = Redis {
-                client,
-                prefix: String::new(),
-            }
-            .connect()
-            .await?;
+            let mut conn = connect(&client).await?;
             let _: String = redis::cmd("PING").query_async(&mut conn).await?;
             Ok(conn)
         }
@@ -207,26 +195,12 @@ async fn load(
 ) -> Result<()> {
     let recipients = run_indexed(args.recipients, args.concurrency, |_| {
         let client = redis.client.clone();
-        async move {
-            Redis {
-                client,
-                prefix: String::new(),
-            }
-            .connect()
-            .await
-        }
+        async move { connect(&client).await }
     })
     .await?;
     let senders = run_indexed(args.senders, args.concurrency, |_| {
         let client = redis.client.clone();
-        async move {
-            Redis {
-                client,
-                prefix: String::new(),
-            }
-            .connect()
-            .await
-        }
+        async move { connect(&client).await }
     })
     .await?;
     let clock = Clock::new();
