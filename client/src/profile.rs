@@ -21,7 +21,7 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine as _;
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha512};
 use tidings_protocol::address::RelayAddress;
 use tidings_protocol::command::{Command, ErrorCode, ReplyKind};
 use tidings_protocol::contact::{
@@ -1241,31 +1241,49 @@ fn seen_key(contact: &[u8; 16], id: &AppMessageId) -> Vec<u8> {
     k
 }
 
-/// The safety code of two identity keys: SHA-256 over the two 32-byte keys in ascending byte
-/// order, the first 8 bytes read as a big-endian integer modulo 10^12, written as 12 digits
-/// in three groups of four.
-pub fn safety_code(a: &E2ePublicKey, b: &E2ePublicKey) -> String {
-    let (lo, hi) = if a.as_bytes() <= b.as_bytes() {
-        (a, b)
-    } else {
-        (b, a)
-    };
-    let mut h = Sha256::new();
-    h.update(lo.as_bytes());
-    h.update(hi.as_bytes());
-    let digest = h.finalize();
-    let mut first = [0u8; 8];
-    for (dst, src) in first.iter_mut().zip(digest.iter()) {
-        *dst = *src;
+/// Context that starts every safety-code fingerprint (with its version).
+const SAFETY_CODE_CONTEXT: &[u8] = b"tidings safety code v1";
+
+/// SHA-512 rounds per fingerprint: each guess of a man in the middle costs this many.
+const SAFETY_CODE_ROUNDS: usize = 5_200;
+
+/// The 30-digit fingerprint of one identity key: SHA-512 over the context and the key, then
+/// `SAFETY_CODE_ROUNDS - 1` more rounds of SHA-512 over the previous digest and the key; the
+/// first 30 bytes, in six 5-byte big-endian chunks, each modulo 100,000 as five digits.
+fn fingerprint(key: &E2ePublicKey) -> String {
+    let mut h = Sha512::new();
+    h.update(SAFETY_CODE_CONTEXT);
+    h.update(key.as_bytes());
+    let mut digest = h.finalize();
+    for _ in 1..SAFETY_CODE_ROUNDS {
+        let mut h = Sha512::new();
+        h.update(digest);
+        h.update(key.as_bytes());
+        digest = h.finalize();
     }
-    let n = u64::from_be_bytes(first) % 1_000_000_000_000;
-    let s = format!("{n:012}");
-    format!(
-        "{} {} {}",
-        s.get(0..4).unwrap_or_default(),
-        s.get(4..8).unwrap_or_default(),
-        s.get(8..12).unwrap_or_default()
-    )
+    let mut out = String::with_capacity(30);
+    for chunk in digest.chunks_exact(5).take(6) {
+        let n = chunk.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+        out.push_str(&format!("{:05}", n % 100_000));
+    }
+    out
+}
+
+/// The safety code of two identity keys: each key's own 30-digit [`fingerprint`], the lower
+/// one first, written as twelve groups of five digits.
+///
+/// Each half depends on one key only, so a man in the middle of the invitation who
+/// substitutes keys must find a key whose fingerprint equals the victim's (a second preimage
+/// of about 100 bits, each try costing 5,200 SHA-512 rounds), not merely two codes that
+/// happen to agree.
+pub fn safety_code(a: &E2ePublicKey, b: &E2ePublicKey) -> String {
+    let (fa, fb) = (fingerprint(a), fingerprint(b));
+    let (lo, hi) = if fa <= fb { (fa, fb) } else { (fb, fa) };
+    let digits = format!("{lo}{hi}");
+    let groups: Vec<&str> = (0..12)
+        .filter_map(|i| digits.get(i * 5..i * 5 + 5))
+        .collect();
+    groups.join(" ")
 }
 
 #[cfg(test)]

@@ -274,10 +274,10 @@ async fn safety_codes_match_on_both_sides_and_can_be_confirmed() {
     let ca = a.safety_code("bora").unwrap();
     let cb = b.safety_code("amina").unwrap();
     assert_eq!(ca, cb);
-    assert_eq!(ca.len(), 14);
+    assert_eq!(ca.len(), 71, "twelve groups of five digits");
     assert!(ca
         .split(' ')
-        .all(|g| g.len() == 4 && g.bytes().all(|c| c.is_ascii_digit())));
+        .all(|g| g.len() == 5 && g.bytes().all(|c| c.is_ascii_digit())));
     assert!(!a.contacts().unwrap()[0].verified);
     a.confirm_verified("bora").unwrap();
     assert!(a.contacts().unwrap()[0].verified);
@@ -353,6 +353,31 @@ fn safety_code_is_symmetric() {
     let y = E2ePublicKey::from_bytes([2; 32]);
     assert_eq!(safety_code(&x, &y), safety_code(&y, &x));
     assert_ne!(safety_code(&x, &y), safety_code(&x, &x));
+}
+
+#[test]
+fn safety_codes_match_the_known_answers_in_the_vector_file() {
+    let file = include_str!("../tests/vectors/safety_code.txt");
+    let mut cases = 0;
+    for line in file
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let mut parts = line.splitn(3, ' ');
+        let key = |hex: &str| {
+            let bytes: Vec<u8> = (0..32)
+                .map(|i| u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap())
+                .collect();
+            E2ePublicKey::from_bytes(bytes.try_into().unwrap())
+        };
+        let a = key(parts.next().unwrap());
+        let b = key(parts.next().unwrap());
+        let want = parts.next().unwrap();
+        assert_eq!(safety_code(&a, &b), want);
+        assert_eq!(want.split(' ').count(), 12);
+        cases += 1;
+    }
+    assert_eq!(cases, 3);
 }
 
 #[tokio::test]

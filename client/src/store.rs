@@ -16,7 +16,8 @@
 //!
 //! `TIDINGS_INSECURE_FAST_KDF=1` in the environment makes [`KdfParams::from_env`] choose tiny
 //! Argon2 parameters. It exists **for tests only** (the end-to-end harness sets it so hundreds
-//! of unlocks stay fast); a real profile must never be created with it. The parameters are
+//! of unlocks stay fast) and only debug builds honour it; release builds always use the
+//! recommended parameters. The parameters are
 //! recorded in the `key` file, so unlocking always uses the ones the profile was made with.
 
 use std::fs;
@@ -80,8 +81,12 @@ impl KdfParams {
     };
 
     /// [`Self::RECOMMENDED`], or [`Self::INSECURE_TEST_ONLY`] when `TIDINGS_INSECURE_FAST_KDF=1`
-    /// (test harnesses only).
+    /// (test harnesses only). Release builds ignore the variable, so a person's profile can
+    /// never be created with the test parameters by a stray environment setting.
     pub fn from_env() -> Self {
+        if !cfg!(debug_assertions) {
+            return Self::RECOMMENDED;
+        }
         match std::env::var(INSECURE_FAST_KDF_ENV) {
             Ok(v) if v == "1" => Self::INSECURE_TEST_ONLY,
             _ => Self::RECOMMENDED,
