@@ -49,7 +49,8 @@ enum Cmd {
     },
     /// Accept an invitation link.
     Accept {
-        /// The link (tidings:invite/…).
+        /// The link (tidings:invite/…), or `-` to read it from standard input so it stays out
+        /// of shell history and the process list.
         link: String,
         /// Your name for the person who invited you.
         #[arg(long)]
@@ -71,7 +72,8 @@ enum Cmd {
     Send {
         /// The contact's name.
         name: String,
-        /// The text.
+        /// The text, or `-` to read it from standard input so it stays out of shell history
+        /// and the process list.
         text: String,
     },
     /// List contacts.
@@ -216,6 +218,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             writeln!(out, "{}", link.as_str())?;
         }
         Cmd::Accept { link, label } => {
+            let link = from_stdin_if_dash(link)?;
             let mut profile = open(&home)?;
             match runtime()?.block_on(profile.accept(&net, &link, &label, now())) {
                 Ok(()) => eprintln!("invitation accepted; the contact is ready once they sync"),
@@ -280,6 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             result?;
         }
         Cmd::Send { name, text } => {
+            let text = from_stdin_if_dash(text)?;
             let mut profile = open(&home)?;
             match runtime()?.block_on(profile.send(&net, &name, &text, now())) {
                 Ok(()) => {}
@@ -342,4 +346,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `-` means: read the value from standard input (without its final line break), so a message
+/// or link never appears in shell history or in the process list.
+fn from_stdin_if_dash(value: String) -> anyhow::Result<String> {
+    if value != "-" {
+        return Ok(value);
+    }
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
+    let trimmed = input.strip_suffix('\n').unwrap_or(&input);
+    let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
+    Ok(trimmed.to_string())
 }

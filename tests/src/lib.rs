@@ -346,6 +346,43 @@ impl Profile {
             .context("spawning tidings")
     }
 
+    /// Runs a command with `input` on its standard input (for `-` arguments), bounded by 60 s.
+    pub fn run_stdin(&self, args: &[&str], input: &str) -> Result<Run> {
+        use std::io::Write as _;
+        let mut child = Command::new(binary("tidings")?)
+            .arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .env("TIDINGS_PASSPHRASE", &self.passphrase)
+            .env("TIDINGS_INSECURE_FAST_KDF", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning tidings")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes())?;
+        }
+        let mut stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let out_t = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stdout.read_to_string(&mut s);
+            s
+        });
+        let err_t = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let status = wait_child(&mut child, Duration::from_secs(60))?;
+        Ok(Run {
+            status,
+            stdout: out_t.join().unwrap_or_default(),
+            stderr: err_t.join().unwrap_or_default(),
+        })
+    }
+
     /// Runs a command with the default 60 s bound.
     pub fn run(&self, args: &[&str]) -> Result<Run> {
         self.run_with(args, &[], Duration::from_secs(60))

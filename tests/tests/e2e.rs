@@ -201,3 +201,20 @@ fn a_used_invitation_cannot_be_accepted_again() -> Result<()> {
     assert_eq!(synced_lines(&b)?, vec!["amina: still here"]);
     Ok(())
 }
+
+#[test]
+fn a_message_and_a_link_can_come_from_stdin_and_stay_out_of_shell_history() -> Result<()> {
+    let w = World::new()?;
+    let a = w.profile("amina")?;
+    let b = w.profile("bora")?;
+    let invite = a.run(&["invite", "--label", "bora"])?.ok()?;
+    let link = invite.last_line().to_string();
+    b.run_stdin(&["accept", "-", "--label", "amina"], &format!("{link}\n"))?
+        .ok()?;
+    a.run(&["sync"])?.ok()?;
+    b.run(&["sync"])?.ok()?;
+    a.run_stdin(&["send", "bora", "-"], "typed, not in argv\n")?
+        .ok()?;
+    assert_eq!(synced_lines(&b)?, vec!["amina: typed, not in argv"]);
+    Ok(())
+}
