@@ -93,7 +93,7 @@ pub fn render(files: &[PathBuf]) -> Result<String> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<34} {:>14} {:>14}",
+        "{:<40} {:>12} {:>12}",
         "figure", targets[0], targets[1]
     );
     for (label, mode, pointer) in ROWS {
@@ -105,7 +105,7 @@ pub fn render(files: &[PathBuf]) -> Result<String> {
         };
         let _ = writeln!(
             out,
-            "{:<34} {:>14} {:>14}",
+            "{:<40} {:>12} {:>12}",
             label,
             cell(targets[0]),
             cell(targets[1])

@@ -28,6 +28,15 @@ pub enum ClientError {
     /// The passphrase does not unlock this profile.
     #[error("wrong passphrase")]
     WrongPassphrase,
+    /// A duress passphrase or PIN must differ from the real one.
+    #[error("the duress passphrase or PIN must differ from the real one")]
+    SamePassphrase,
+    /// A check-in PIN was required and the one given is not right.
+    #[error("wrong PIN; nothing was sent")]
+    WrongPin,
+    /// A duress PIN needs a check-in PIN first (otherwise check-ins never ask for one).
+    #[error("set a check-in PIN first")]
+    NoCheckinPin,
     /// The profile's files are damaged or were tampered with.
     #[error("the profile store is corrupted")]
     CorruptStore,

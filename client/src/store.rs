@@ -46,11 +46,16 @@ pub const DB_DIR: &str = "db";
 /// The environment variable that selects test-only fast Argon2 parameters.
 pub const INSECURE_FAST_KDF_ENV: &str = "TIDINGS_INSECURE_FAST_KDF";
 
-const KEY_MAGIC: &[u8; 8] = b"TIDKEY1\0";
+const KEY_MAGIC: &[u8; 8] = b"TIDKEY2\0";
 const SALT_LEN: usize = 16;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
-const KEY_FILE_LEN: usize = 8 + 12 + SALT_LEN + NONCE_LEN + 32 + TAG_LEN;
+/// One key slot: Argon2 parameters (3 × u32), salt, nonce, wrapped 32-byte data key + tag.
+const SLOT_LEN: usize = 12 + SALT_LEN + NONCE_LEN + 32 + TAG_LEN;
+/// The key file: magic and always two slots (the second random when no duress passphrase).
+const KEY_FILE_LEN: usize = 8 + 2 * SLOT_LEN;
+/// sled's own default tree, which every database has and the store never uses.
+const SLED_DEFAULT_TREE: &[u8] = b"__sled__default";
 /// Largest value the store accepts (sealed), to bound what a damaged file can make us allocate.
 const MAX_SEALED_LEN: usize = 1 << 24;
 
@@ -189,6 +194,9 @@ pub struct Store {
     home: PathBuf,
     db: sled::Db,
     trees: Vec<sled::Tree>,
+    /// The sled names of `trees` (keyed hashes, so they say nothing and differ per profile).
+    tree_names: Vec<Vec<u8>>,
+    data_key: Zeroizing<[u8; 32]>,
     keys: Keys,
 }
 
@@ -292,48 +300,31 @@ impl Store {
         let kdf = kdf.check()?;
         fs::create_dir_all(home).map_err(storage)?;
         restrict_permissions(home);
-        let mut data_key = Zeroizing::new([0u8; 32]);
-        OsRng
-            .try_fill_bytes(data_key.as_mut())
-            .map_err(|_| ClientError::Rng)?;
-        let mut salt = [0u8; SALT_LEN];
-        let mut nonce = [0u8; NONCE_LEN];
-        OsRng
-            .try_fill_bytes(&mut salt)
-            .map_err(|_| ClientError::Rng)?;
-        OsRng
-            .try_fill_bytes(&mut nonce)
-            .map_err(|_| ClientError::Rng)?;
-        let mut header = Vec::with_capacity(KEY_FILE_LEN);
-        header.extend_from_slice(KEY_MAGIC);
-        header.extend_from_slice(&kdf.m_kib.to_be_bytes());
-        header.extend_from_slice(&kdf.t.to_be_bytes());
-        header.extend_from_slice(&kdf.p.to_be_bytes());
-        header.extend_from_slice(&salt);
+        let data_key = Zeroizing::new(random::<32>()?);
+        let salt = random::<SALT_LEN>()?;
         let kek = kdf.derive(passphrase, &salt)?;
-        let wrapped = XChaCha20Poly1305::new(kek.as_ref().into())
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: data_key.as_ref(),
-                    aad: &header,
-                },
-            )
-            .map_err(|_| ClientError::Storage)?;
-        let mut file = header;
-        file.extend_from_slice(&nonce);
-        file.extend_from_slice(&wrapped);
+        let slots = [
+            Slot::seal(0, kdf, salt, &kek, &data_key)?,
+            Slot::random(kdf)?,
+        ];
         // Start from an empty database: a leftover one from a wiped profile is useless.
         let db_dir = home.join(DB_DIR);
         if db_dir.exists() {
             fs::remove_dir_all(&db_dir).map_err(storage)?;
         }
-        let store = Self::open_db(home, &data_key)?;
-        write_new_file(&home.join(KEY_FILE), &file)?;
+        let store = Self::open_db(home, Self::open_sled(home)?, data_key)?;
+        write_new_file(&home.join(KEY_FILE), &encode_key_file(&slots))?;
         Ok(store)
     }
 
     /// Opens the profile in `home` with `passphrase`.
+    ///
+    /// Both key slots are always tried (two Argon2id runs), so unlocking takes the same time
+    /// whichever slot the passphrase opens. The second slot is the duress slot: opening it
+    /// destroys the first slot's key (the real profile becomes unrecoverable), moves the decoy
+    /// key into the first slot, refills the second with random bytes, drops every database
+    /// tree that is not the decoy's, and returns the decoy profile. Afterwards the files look
+    /// like a profile that never had a duress passphrase.
     ///
     /// Fails with [`ClientError::NoProfile`], [`ClientError::WrongPassphrase`] or
     /// [`ClientError::CorruptStore`].
@@ -343,54 +334,104 @@ impl Store {
             return Err(ClientError::NoProfile);
         }
         let file = fs::read(&path).map_err(storage)?;
-        if file.len() != KEY_FILE_LEN {
-            return Err(ClientError::CorruptStore);
+        let [real, duress] = decode_key_file(&file)?;
+        let real_kek = real.kdf.derive(passphrase, &real.salt)?;
+        let duress_kek = duress.kdf.derive(passphrase, &duress.salt)?;
+        let opened_real = real.open(0, &real_kek);
+        let opened_duress = duress.open(1, &duress_kek);
+        match (opened_real, opened_duress) {
+            (Some(data_key), _) => Self::open_db(home, Self::open_sled(home)?, data_key),
+            (None, Some(decoy_key)) => {
+                let slots = [
+                    Slot::seal(0, duress.kdf, duress.salt, &duress_kek, &decoy_key)?,
+                    Slot::random(duress.kdf)?,
+                ];
+                // The crypto-shred: the real data key existed only wrapped in this file.
+                write_new_file(&path, &encode_key_file(&slots))?;
+                let store = Self::open_db(home, Self::open_sled(home)?, decoy_key)?;
+                store.drop_foreign_trees()?;
+                Ok(store)
+            }
+            (None, None) => Err(ClientError::WrongPassphrase),
         }
-        let mut r = Reader::new(&file, "key file", KEY_FILE_LEN)?;
-        let magic: [u8; 8] = r.array()?;
-        if &magic != KEY_MAGIC {
-            return Err(ClientError::CorruptStore);
-        }
-        let kdf = KdfParams {
-            m_kib: r.u32()?,
-            t: r.u32()?,
-            p: r.u32()?,
-        }
-        .check()?;
-        let salt: [u8; SALT_LEN] = r.array()?;
-        let header_len = 8 + 12 + SALT_LEN;
-        let header = file.get(..header_len).ok_or(ClientError::CorruptStore)?;
-        let nonce: [u8; NONCE_LEN] = r.array()?;
-        let wrapped = r.rest();
-        let kek = kdf.derive(passphrase, &salt)?;
-        let data_key = Zeroizing::new(
-            XChaCha20Poly1305::new(kek.as_ref().into())
-                .decrypt(
-                    XNonce::from_slice(&nonce),
-                    Payload {
-                        msg: wrapped,
-                        aad: header,
-                    },
-                )
-                // A damaged key file also ends here; the passphrase is by far the likelier cause.
-                .map_err(|_| ClientError::WrongPassphrase)?,
-        );
-        let data_key: Zeroizing<[u8; 32]> = Zeroizing::new(
-            data_key
-                .as_slice()
-                .try_into()
-                .map_err(|_| ClientError::CorruptStore)?,
-        );
-        Self::open_db(home, &data_key)
     }
 
-    fn open_db(home: &Path, data_key: &[u8; 32]) -> Result<Self> {
+    /// Makes a fresh, empty decoy store in the same database for a duress passphrase, after
+    /// dropping any earlier decoy. Fill it (a plausible profile), then call
+    /// [`Store::commit_decoy`].
+    pub fn prepare_decoy(&self) -> Result<Self> {
+        self.drop_foreign_trees()?;
+        let data_key = Zeroizing::new(random::<32>()?);
+        Self::open_db(&self.home, self.db.clone(), data_key)
+    }
+
+    /// Writes `decoy`'s key into the second slot, wrapped under `passphrase`, which must not
+    /// also open this (the real) profile.
+    pub fn commit_decoy(&self, decoy: &Store, passphrase: &[u8]) -> Result<()> {
+        let path = self.home.join(KEY_FILE);
+        let file = fs::read(&path).map_err(storage)?;
+        let [real, _] = decode_key_file(&file)?;
+        let check = real.kdf.derive(passphrase, &real.salt)?;
+        if real.open(0, &check).is_some() {
+            return Err(ClientError::SamePassphrase);
+        }
+        let kdf = real.kdf;
+        let salt = random::<SALT_LEN>()?;
+        let kek = kdf.derive(passphrase, &salt)?;
+        let slots = [real, Slot::seal(1, kdf, salt, &kek, &decoy.data_key)?];
+        write_new_file(&path, &encode_key_file(&slots))
+    }
+
+    /// The Argon2 parameters this profile was made with (for hashing PINs the same way).
+    pub fn kdf_params(&self) -> Result<KdfParams> {
+        let file = fs::read(self.home.join(KEY_FILE)).map_err(storage)?;
+        real_kdf(&file)
+    }
+
+    /// Panic wipe: overwrites the key file with random bytes and syncs it (so the profile is
+    /// unrecoverable even if what follows is interrupted), then deletes the whole home.
+    pub fn wipe(home: &Path) -> Result<()> {
+        let path = home.join(KEY_FILE);
+        if path.exists() {
+            let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let noise = random_vec(usize::try_from(len).unwrap_or(KEY_FILE_LEN).max(KEY_FILE_LEN))?;
+            {
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(storage)?;
+                f.write_all(&noise).map_err(storage)?;
+                f.sync_all().map_err(storage)?;
+            }
+            fs::remove_file(&path).map_err(storage)?;
+        }
+        if home.exists() {
+            fs::remove_dir_all(home).map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    /// Drops every tree in the database that is not this profile's (a decoy's, or the real
+    /// profile's after a duress unlock) and flushes.
+    fn drop_foreign_trees(&self) -> Result<()> {
+        for name in self.db.tree_names() {
+            let name = name.to_vec();
+            if name.as_slice() == SLED_DEFAULT_TREE || self.tree_names.contains(&name) {
+                continue;
+            }
+            self.db.drop_tree(&name).map_err(storage)?;
+        }
+        self.db.flush().map_err(storage)?;
+        Ok(())
+    }
+
+    fn open_sled(home: &Path) -> Result<sled::Db> {
         // sled holds an exclusive lock on its files: wait briefly for another short command
         // to finish before saying the profile is in use.
         let mut tries = 0;
-        let db = loop {
+        loop {
             match sled::Config::new().path(home.join(DB_DIR)).open() {
-                Ok(db) => break db,
+                Ok(db) => return Ok(db),
                 Err(sled::Error::Corruption { .. }) => return Err(ClientError::CorruptStore),
                 Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
                     tries += 1;
@@ -401,16 +442,25 @@ impl Store {
                 }
                 Err(_) => return Err(ClientError::Storage),
             }
-        };
+        }
+    }
+
+    fn open_db(home: &Path, db: sled::Db, data_key: Zeroizing<[u8; 32]>) -> Result<Self> {
+        let keys = Keys::derive(&data_key)?;
         let mut trees = Vec::with_capacity(Tree::ALL.len());
+        let mut tree_names = Vec::with_capacity(Tree::ALL.len());
         for t in Tree::ALL {
-            trees.push(db.open_tree(t.name()).map_err(storage)?);
+            let name = physical_tree_name(&keys, t)?;
+            trees.push(db.open_tree(&name).map_err(storage)?);
+            tree_names.push(name);
         }
         Ok(Self {
             home: home.to_path_buf(),
             db,
             trees,
-            keys: Keys::derive(data_key)?,
+            tree_names,
+            data_key,
+            keys,
         })
     }
 
@@ -567,6 +617,153 @@ impl Store {
         self.db.flush().map_err(storage)?;
         Ok(())
     }
+}
+
+/// The sled name of a logical tree: 24 hex digits of a keyed BLAKE2b hash, so tree names
+/// reveal nothing and two profiles in one database never share a tree.
+fn physical_tree_name(keys: &Keys, tree: Tree) -> Result<Vec<u8>> {
+    let mut mac = <Blake2bMac<U32> as Mac>::new_from_slice(keys.mac.as_ref())
+        .map_err(|_| ClientError::Storage)?;
+    mac.update(b"tidings store tree name v1\0");
+    mac.update(tree.name().as_bytes());
+    let digest = mac.finalize().into_bytes();
+    Ok(digest
+        .iter()
+        .take(12)
+        .flat_map(|b| format!("{b:02x}").into_bytes())
+        .collect())
+}
+
+fn random<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    OsRng.try_fill_bytes(&mut b).map_err(|_| ClientError::Rng)?;
+    Ok(b)
+}
+
+fn random_vec(len: usize) -> Result<Vec<u8>> {
+    let mut b = vec![0u8; len];
+    OsRng.try_fill_bytes(&mut b).map_err(|_| ClientError::Rng)?;
+    Ok(b)
+}
+
+/// One key slot of the key file.
+#[derive(Clone)]
+struct Slot {
+    kdf: KdfParams,
+    salt: [u8; SALT_LEN],
+    nonce: [u8; NONCE_LEN],
+    wrapped: [u8; 32 + TAG_LEN],
+}
+
+impl Slot {
+    /// Associated data of slot `index`: the magic, the index, the parameters and the salt.
+    fn aad(index: u8, kdf: KdfParams, salt: &[u8; SALT_LEN]) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(8 + 1 + 12 + SALT_LEN);
+        aad.extend_from_slice(KEY_MAGIC);
+        aad.push(index);
+        aad.extend_from_slice(&kdf.m_kib.to_be_bytes());
+        aad.extend_from_slice(&kdf.t.to_be_bytes());
+        aad.extend_from_slice(&kdf.p.to_be_bytes());
+        aad.extend_from_slice(salt);
+        aad
+    }
+
+    /// Wraps `data_key` under `kek` (derived from a passphrase and `salt`) as slot `index`.
+    fn seal(
+        index: u8,
+        kdf: KdfParams,
+        salt: [u8; SALT_LEN],
+        kek: &[u8; 32],
+        data_key: &[u8; 32],
+    ) -> Result<Self> {
+        let nonce = random::<NONCE_LEN>()?;
+        let wrapped = XChaCha20Poly1305::new(kek.into())
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: data_key,
+                    aad: &Self::aad(index, kdf, &salt),
+                },
+            )
+            .map_err(|_| ClientError::Storage)?;
+        Ok(Self {
+            kdf,
+            salt,
+            nonce,
+            wrapped: wrapped.try_into().map_err(|_| ClientError::Storage)?,
+        })
+    }
+
+    /// An unused slot: the same parameters as the used one, everything else random, so the
+    /// two cannot be told apart without a passphrase.
+    fn random(kdf: KdfParams) -> Result<Self> {
+        Ok(Self {
+            kdf,
+            salt: random()?,
+            nonce: random()?,
+            wrapped: random()?,
+        })
+    }
+
+    /// The data key, if `kek` opens this slot.
+    fn open(&self, index: u8, kek: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
+        let key = XChaCha20Poly1305::new(kek.into())
+            .decrypt(
+                XNonce::from_slice(&self.nonce),
+                Payload {
+                    msg: &self.wrapped,
+                    aad: &Self::aad(index, self.kdf, &self.salt),
+                },
+            )
+            .ok()
+            .map(Zeroizing::new)?;
+        key.as_slice().try_into().ok().map(Zeroizing::new)
+    }
+}
+
+fn encode_key_file(slots: &[Slot; 2]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(KEY_FILE_LEN);
+    out.extend_from_slice(KEY_MAGIC);
+    for slot in slots {
+        out.extend_from_slice(&slot.kdf.m_kib.to_be_bytes());
+        out.extend_from_slice(&slot.kdf.t.to_be_bytes());
+        out.extend_from_slice(&slot.kdf.p.to_be_bytes());
+        out.extend_from_slice(&slot.salt);
+        out.extend_from_slice(&slot.nonce);
+        out.extend_from_slice(&slot.wrapped);
+    }
+    out
+}
+
+fn decode_key_file(file: &[u8]) -> Result<[Slot; 2]> {
+    let corrupt = |_| ClientError::CorruptStore;
+    let mut r = Reader::new(file, "key file", KEY_FILE_LEN).map_err(corrupt)?;
+    let magic: [u8; 8] = r.array().map_err(corrupt)?;
+    if &magic != KEY_MAGIC {
+        return Err(ClientError::CorruptStore);
+    }
+    let mut slot = || -> Result<Slot> {
+        let kdf = KdfParams {
+            m_kib: r.u32().map_err(corrupt)?,
+            t: r.u32().map_err(corrupt)?,
+            p: r.u32().map_err(corrupt)?,
+        }
+        .check()?;
+        Ok(Slot {
+            kdf,
+            salt: r.array().map_err(corrupt)?,
+            nonce: r.array().map_err(corrupt)?,
+            wrapped: r.array().map_err(corrupt)?,
+        })
+    };
+    let first = slot()?;
+    let second = slot()?;
+    r.finish("key file").map_err(corrupt)?;
+    Ok([first, second])
+}
+
+fn real_kdf(file: &[u8]) -> Result<KdfParams> {
+    Ok(decode_key_file(file)?[0].kdf)
 }
 
 #[cfg(unix)]
