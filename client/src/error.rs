@@ -37,6 +37,12 @@ pub enum ClientError {
     /// A duress PIN needs a check-in PIN first (otherwise check-ins never ask for one).
     #[error("set a check-in PIN first")]
     NoCheckinPin,
+    /// A duration was not like `30s`, `12h` or `7d`.
+    #[error("durations look like 30s, 15m, 12h, 7d or 2w")]
+    InvalidDuration,
+    /// A PIN must be 1 to 64 characters without control characters.
+    #[error("a PIN is 1 to 64 characters")]
+    InvalidPin,
     /// The profile's files are damaged or were tampered with.
     #[error("the profile store is corrupted")]
     CorruptStore,

@@ -18,6 +18,8 @@
 //! - [`relay`]: the two small traits the profile needs from a relay connection, implemented
 //!   for real by [`net::RelayConnection`] and in tests by an in-memory relay.
 //! - [`net`]: QUIC + Noise connection to a relay, requests and pushed replies.
+//! - [`safety`]: field-safety helpers (durations, PIN hashes, the missed-check-in report) for
+//!   the check-in, duress and retention features of [`profile::Profile`].
 //!
 //! ## What it never does
 //!
@@ -31,6 +33,7 @@ pub mod net;
 pub mod olm;
 pub mod profile;
 pub mod relay;
+pub mod safety;
 pub mod store;
 
 pub use error::{ClientError, Result};

@@ -97,6 +97,44 @@ enum Cmd {
         /// The new name.
         new: String,
     },
+    /// Send a check-in ("I am all right"), with an optional note. Asks for the check-in PIN
+    /// once one is set (env TIDINGS_CHECKIN_PIN for scripts).
+    Checkin {
+        /// The contact's name.
+        name: String,
+        /// A short note.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Expect a check-in from NAME at least every EVERY (30s, 12h, 7d; `off` to stop).
+    Expect {
+        /// The contact's name.
+        name: String,
+        /// The interval, or `off`.
+        every: String,
+    },
+    /// List contacts whose check-in is overdue, and any whose last check-in was under duress.
+    Due {
+        /// One JSON object per contact.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep NAME's history for DURATION (7d, 12h; `off` keeps everything).
+    Retain {
+        /// The contact's name.
+        name: String,
+        /// How long to keep history, or `off`.
+        keep: String,
+    },
+    /// PINs and the duress passphrase.
+    #[command(subcommand)]
+    Safety(SafetyCmd),
+    /// Destroy this profile for good: its keys first, then its files.
+    Wipe {
+        /// Confirm: without it nothing is touched.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Show the safety code to compare in person; `--confirm` marks the contact verified.
     Verify {
         /// The contact's name.
@@ -105,6 +143,47 @@ enum Cmd {
         #[arg(long)]
         confirm: bool,
     },
+}
+
+/// `tidings safety …`
+#[derive(Subcommand)]
+#[allow(clippy::enum_variant_names)] // the names are the subcommands people type
+enum SafetyCmd {
+    /// Set the PIN that every check-in then needs (prompt, or env TIDINGS_NEW_PIN).
+    SetCheckinPin,
+    /// Set the duress PIN: a check-in made with it looks normal here and warns the contact
+    /// (prompt, or env TIDINGS_NEW_PIN).
+    SetDuressPin,
+    /// Set the duress passphrase: unlocking with it opens an empty decoy profile and silently
+    /// destroys this one (prompt, or env TIDINGS_NEW_PASSPHRASE).
+    SetDuressPassphrase,
+}
+
+/// A new secret from `env`, or asked twice at a prompt.
+fn new_secret(env: &str, what: &str) -> Result<Zeroizing<String>, ClientError> {
+    if let Ok(v) = std::env::var(env) {
+        return Ok(Zeroizing::new(v));
+    }
+    let first = Zeroizing::new(
+        rpassword::prompt_password(format!("New {what}: ")).map_err(|_| ClientError::Passphrase)?,
+    );
+    let again = Zeroizing::new(
+        rpassword::prompt_password(format!("New {what} again: "))
+            .map_err(|_| ClientError::Passphrase)?,
+    );
+    if *first != *again {
+        return Err(ClientError::Passphrase);
+    }
+    Ok(first)
+}
+
+/// `off` or a duration.
+fn duration_or_off(text: &str) -> Result<Option<u64>, ClientError> {
+    if text == "off" {
+        Ok(None)
+    } else {
+        tidings_client::safety::parse_duration(text).map(Some)
+    }
 }
 
 fn now() -> u64 {
@@ -144,7 +223,9 @@ fn passphrase(confirm: bool) -> Result<Zeroizing<String>, ClientError> {
 
 fn open(home: &std::path::Path) -> Result<Profile, ClientError> {
     let pass = passphrase(false)?;
-    Profile::open(home, pass.as_bytes())
+    let mut profile = Profile::open(home, pass.as_bytes())?;
+    profile.apply_retention(now())?;
+    Ok(profile)
 }
 
 /// Network failures all read as "relay unreachable" to a person.
@@ -167,7 +248,12 @@ fn friendly(e: ClientError) -> anyhow::Error {
 fn print_received(r: &Received, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        let v = serde_json::json!({ "from": r.from, "text": r.text, "sent_at": r.sent_at });
+        let v = serde_json::json!({
+            "from": r.from,
+            "kind": r.kind,
+            "text": r.text,
+            "sent_at": r.sent_at,
+        });
         writeln!(out, "{v}")?;
     } else {
         writeln!(out, "{}: {}", r.from, r.text)?;
@@ -323,6 +409,80 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Rename { old, new } => {
             let mut profile = open(&home)?;
             profile.rename(&old, &new)?;
+        }
+        Cmd::Checkin { name, note } => {
+            let mut profile = open(&home)?;
+            let pin = if profile.checkin_pin_set()? {
+                Some(match std::env::var("TIDINGS_CHECKIN_PIN") {
+                    Ok(p) => Zeroizing::new(p),
+                    Err(_) => Zeroizing::new(
+                        rpassword::prompt_password("PIN: ").map_err(|_| ClientError::Passphrase)?,
+                    ),
+                })
+            } else {
+                None
+            };
+            let note = note.unwrap_or_default();
+            let pin = pin.as_ref().map(|p| p.as_str());
+            match runtime()?.block_on(profile.checkin(&net, &name, &note, pin, now())) {
+                Ok(()) => eprintln!("check-in sent"),
+                Err(e) if is_network(&e) => {
+                    return Err(anyhow!(
+                        "relay unreachable; the check-in is kept in the outbox and will be sent on the next send or sync"
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Cmd::Expect { name, every } => {
+            let every = duration_or_off(&every)?;
+            let mut profile = open(&home)?;
+            profile.expect(&name, every, now())?;
+        }
+        Cmd::Due { json } => {
+            let profile = open(&home)?;
+            let mut out = std::io::stdout().lock();
+            for d in profile.due(now())? {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&d)?)?;
+                } else {
+                    writeln!(out, "{}", d.line())?;
+                }
+            }
+        }
+        Cmd::Retain { name, keep } => {
+            let keep = duration_or_off(&keep)?;
+            let mut profile = open(&home)?;
+            profile.retain(&name, keep, now())?;
+        }
+        Cmd::Safety(cmd) => {
+            let mut profile = open(&home)?;
+            match cmd {
+                SafetyCmd::SetCheckinPin => {
+                    let pin = new_secret("TIDINGS_NEW_PIN", "PIN")?;
+                    profile.set_checkin_pin(&pin)?;
+                    eprintln!("check-in PIN set");
+                }
+                SafetyCmd::SetDuressPin => {
+                    let pin = new_secret("TIDINGS_NEW_PIN", "PIN")?;
+                    profile.set_duress_pin(&pin)?;
+                    eprintln!("duress PIN set");
+                }
+                SafetyCmd::SetDuressPassphrase => {
+                    let pass = new_secret("TIDINGS_NEW_PASSPHRASE", "duress passphrase")?;
+                    profile.set_duress_passphrase(pass.as_bytes())?;
+                    eprintln!("duress passphrase set");
+                }
+            }
+        }
+        Cmd::Wipe { yes } => {
+            if !yes {
+                return Err(anyhow!(
+                    "wipe destroys this profile and everything in it for good; run `tidings wipe --yes`"
+                ));
+            }
+            tidings_client::store::Store::wipe(&home)?;
+            eprintln!("profile wiped");
         }
         Cmd::Verify { name, confirm } => {
             let mut profile = open(&home)?;

@@ -36,11 +36,14 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::error::{ClientError, Result};
 use crate::olm::{E2eAccount, E2eSession};
 use crate::relay::{Connector, RelayLink};
+use crate::safety::{due_entry, sort_due, CheckinState, DueEntry, PinHash, CHECKIN_DURESS};
 use crate::store::{Batch, KdfParams, Store, Tree};
 
 const META_RELAY: &[u8] = b"relay";
 const META_ACCOUNT: &[u8] = b"account";
 const META_SEQ: &[u8] = b"seq";
+const META_CHECKIN_PIN: &[u8] = b"checkin-pin";
+const META_DURESS_PIN: &[u8] = b"duress-pin";
 
 /// Most messages fetched from one queue in one sync (the relay's default quota is 128).
 const MAX_FETCH_ROUNDS: usize = 1024;
@@ -92,6 +95,21 @@ struct ContactRecord {
     established: bool,
     verified: bool,
     created_at: u64,
+    /// Expected check-in interval (seconds), set by `expect`.
+    #[serde(default)]
+    expect_every: Option<u64>,
+    /// When `expect` was set.
+    #[serde(default)]
+    expect_since: u64,
+    /// When their latest check-in arrived (our clock).
+    #[serde(default)]
+    last_checkin: Option<u64>,
+    /// When their latest check-in arrived, if it was sent under duress.
+    #[serde(default)]
+    duress_at: Option<u64>,
+    /// History older than this (seconds) is deleted at every unlock.
+    #[serde(default)]
+    retain: Option<u64>,
 }
 
 #[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
@@ -102,6 +120,26 @@ struct HistoryRecord {
     text: String,
     sent_at: u64,
     at: u64,
+    /// 0 text, 1 check-in, 2 check-in received under duress (never on the sender's side).
+    #[serde(default)]
+    kind: u8,
+}
+
+const HISTORY_TEXT: u8 = 0;
+const HISTORY_CHECKIN: u8 = 1;
+const HISTORY_DURESS: u8 = 2;
+
+/// How a check-in reads in `sync`, `listen` and `history`.
+fn checkin_line(note: &str, duress: bool) -> String {
+    let mut line = String::from("[check-in]");
+    if duress {
+        line.push_str(" DURESS");
+    }
+    if !note.is_empty() {
+        line.push(' ');
+        line.push_str(note);
+    }
+    line
 }
 
 #[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
@@ -117,10 +155,14 @@ struct OutboxRecord {
 pub struct Received {
     /// Our name for the sender.
     pub from: String,
-    /// The text.
+    /// The text, or for a check-in how it reads (`[check-in] NOTE`, with `DURESS` after
+    /// `[check-in]` when it was sent under duress).
     pub text: String,
     /// The sender's clock when written (unix seconds).
     pub sent_at: u64,
+    /// `"text"`, `"check-in"` or `"duress-check-in"`.
+    #[zeroize(skip)]
+    pub kind: &'static str,
 }
 
 impl std::fmt::Debug for Received {
@@ -146,6 +188,9 @@ pub struct ContactInfo {
 pub struct HistoryEntry {
     /// `"in"` or `"out"`.
     pub direction: &'static str,
+    /// `"text"` or `"check-in"` (a check-in we received under duress reads `"duress-check-in"`;
+    /// one we sent never does).
+    pub kind: &'static str,
     /// The text.
     pub text: String,
     /// The sender's clock when written (unix seconds).
@@ -506,6 +551,11 @@ impl Profile {
             established: false,
             verified: false,
             created_at: now,
+            expect_every: None,
+            expect_since: 0,
+            last_checkin: None,
+            duress_at: None,
+            retain: None,
         };
         let hello = AppMessage {
             id: AppMessageId::random(&mut OsRng),
@@ -569,9 +619,7 @@ impl Profile {
         self.store.apply(b)
     }
 
-    /// Puts a text for `label` in the outbox (stored before anything is sent), then delivers
-    /// the whole outbox. A network failure is returned as an error; the outbox keeps
-    /// everything not delivered.
+    /// Sends a text: it goes into the outbox (encrypted) and history first, then out.
     pub async fn send<C: Connector>(
         &mut self,
         net: &C,
@@ -582,6 +630,65 @@ impl Profile {
         if text.len() > MAX_TEXT_LEN {
             return Err(ClientError::MessageTooLong);
         }
+        self.send_app(
+            net,
+            label,
+            AppBody::Text(text.to_string()),
+            (HISTORY_TEXT, text),
+            now,
+        )
+        .await
+    }
+
+    /// Sends a check-in ("I am all right") with an optional note. When a check-in PIN is set,
+    /// `pin` must be it (a normal check-in) or the duress PIN (a check-in flagged as duress,
+    /// which only the receiver can tell apart); anything else is refused and nothing is sent.
+    /// The sender's history and output are the same either way.
+    pub async fn checkin<C: Connector>(
+        &mut self,
+        net: &C,
+        label: &str,
+        note: &str,
+        pin: Option<&str>,
+        now: u64,
+    ) -> Result<()> {
+        if note.len() >= MAX_TEXT_LEN {
+            return Err(ClientError::MessageTooLong);
+        }
+        // Resolve the contact first so an unknown name costs no PIN check.
+        self.contact_by_label(label)?;
+        let duress = match self.check_pin(pin)? {
+            PinCheck::NotRequired | PinCheck::Normal => false,
+            PinCheck::Duress => true,
+            PinCheck::Wrong => return Err(ClientError::WrongPin),
+        };
+        let flags = if duress { CHECKIN_DURESS } else { 0 };
+        self.send_app(
+            net,
+            label,
+            AppBody::CheckIn {
+                flags,
+                note: note.to_string(),
+            },
+            (HISTORY_CHECKIN, note),
+            now,
+        )
+        .await
+    }
+
+    /// Whether check-ins need a PIN.
+    pub fn checkin_pin_set(&self) -> Result<bool> {
+        Ok(self.store.get(Tree::Meta, META_CHECKIN_PIN)?.is_some())
+    }
+
+    async fn send_app<C: Connector>(
+        &mut self,
+        net: &C,
+        label: &str,
+        body: AppBody,
+        (history_kind, history_text): (u8, &str),
+        now: u64,
+    ) -> Result<()> {
         let contact = match self.contact_by_label(label) {
             Ok(c) => c,
             Err(ClientError::UnknownContact) => {
@@ -596,7 +703,7 @@ impl Profile {
         let app = AppMessage {
             id: AppMessageId::random(&mut OsRng),
             sent_at: now,
-            body: AppBody::Text(text.to_string()),
+            body,
         };
         let mut b = Batch::new();
         let seq = self.next_seq(&mut b, 1)?;
@@ -609,9 +716,10 @@ impl Profile {
                 contact: contact_id,
                 seq,
                 outgoing: true,
-                text: text.to_string(),
+                text: history_text.to_string(),
                 sent_at: now,
                 at: now,
+                kind: history_kind,
             },
         )?;
         self.store.apply(b)?;
@@ -970,17 +1078,52 @@ impl Profile {
                         text: text.clone(),
                         sent_at: app.sent_at,
                         at: now,
+                        kind: HISTORY_TEXT,
                     },
                 )?;
                 report.received.push(Received {
                     from: contact.label.clone(),
                     text: text.clone(),
                     sent_at: app.sent_at,
+                    kind: "text",
+                });
+            }
+            AppBody::CheckIn { flags, note } => {
+                let duress = flags & CHECKIN_DURESS != 0;
+                contact.last_checkin = Some(now);
+                contact.duress_at = duress.then_some(now);
+                let seq = self.next_seq(&mut b, 1)?;
+                b.put_json(
+                    Tree::History,
+                    &history_key(&contact.id, seq),
+                    &HistoryRecord {
+                        contact: contact.id,
+                        seq,
+                        outgoing: false,
+                        text: note.clone(),
+                        sent_at: app.sent_at,
+                        at: now,
+                        kind: if duress {
+                            HISTORY_DURESS
+                        } else {
+                            HISTORY_CHECKIN
+                        },
+                    },
+                )?;
+                report.received.push(Received {
+                    from: contact.label.clone(),
+                    text: checkin_line(note, duress),
+                    sent_at: app.sent_at,
+                    kind: if duress {
+                        "duress-check-in"
+                    } else {
+                        "check-in"
+                    },
                 });
             }
             AppBody::HelloAck => contact.established = true,
-            // Check-ins are reserved for the field-safety work; a second hello changes nothing.
-            AppBody::CheckIn { .. } | AppBody::Hello { .. } => {}
+            // A second hello changes nothing.
+            AppBody::Hello { .. } => {}
         }
         Self::put_contact(&mut b, &contact)?;
         self.store.apply(b)
@@ -1039,6 +1182,11 @@ impl Profile {
             established: true,
             verified: false,
             created_at: now,
+            expect_every: None,
+            expect_since: 0,
+            last_checkin: None,
+            duress_at: None,
+            retain: None,
         };
         let ack = AppMessage {
             id: AppMessageId::random(&mut OsRng),
@@ -1091,7 +1239,16 @@ impl Profile {
             .iter()
             .map(|h| HistoryEntry {
                 direction: if h.outgoing { "out" } else { "in" },
-                text: h.text.clone(),
+                kind: match h.kind {
+                    HISTORY_CHECKIN => "check-in",
+                    HISTORY_DURESS => "duress-check-in",
+                    _ => "text",
+                },
+                text: match h.kind {
+                    HISTORY_CHECKIN => checkin_line(&h.text, false),
+                    HISTORY_DURESS => checkin_line(&h.text, true),
+                    _ => h.text.clone(),
+                },
                 sent_at: h.sent_at,
                 at: h.at,
             })
@@ -1226,6 +1383,170 @@ impl Profile {
                 }
             }
         }
+    }
+}
+
+/// What a PIN given for a check-in turned out to be.
+enum PinCheck {
+    /// No check-in PIN is set: check-ins need none.
+    NotRequired,
+    /// The check-in PIN.
+    Normal,
+    /// The duress PIN.
+    Duress,
+    /// Neither (or none given although one is required).
+    Wrong,
+}
+
+/// Field-safety features: PINs, expected check-ins, retention, the duress passphrase.
+impl Profile {
+    /// Sets the check-in PIN; from now on `checkin` asks for a PIN.
+    pub fn set_checkin_pin(&mut self, pin: &str) -> Result<()> {
+        Self::check_pin_text(pin)?;
+        if let Some(duress) = self.pin(META_DURESS_PIN)? {
+            if duress.matches(pin)? {
+                return Err(ClientError::SamePassphrase);
+            }
+        }
+        self.put_pin(META_CHECKIN_PIN, pin)
+    }
+
+    /// Sets the duress PIN: a check-in made with it reaches the contact flagged as duress
+    /// while looking like any other check-in on this device.
+    pub fn set_duress_pin(&mut self, pin: &str) -> Result<()> {
+        Self::check_pin_text(pin)?;
+        let Some(normal) = self.pin(META_CHECKIN_PIN)? else {
+            return Err(ClientError::NoCheckinPin);
+        };
+        if normal.matches(pin)? {
+            return Err(ClientError::SamePassphrase);
+        }
+        self.put_pin(META_DURESS_PIN, pin)
+    }
+
+    fn check_pin_text(pin: &str) -> Result<()> {
+        if pin.is_empty() || pin.len() > 64 || pin.chars().any(char::is_control) {
+            return Err(ClientError::InvalidPin);
+        }
+        Ok(())
+    }
+
+    fn pin(&self, key: &[u8]) -> Result<Option<PinHash>> {
+        self.store.get_json(Tree::Meta, key)
+    }
+
+    fn put_pin(&mut self, key: &[u8], pin: &str) -> Result<()> {
+        let hash = PinHash::new(pin, self.store.kdf_params()?, random()?)?;
+        let mut b = Batch::new();
+        b.put_json(Tree::Meta, key, &hash)?;
+        self.store.apply(b)
+    }
+
+    /// Checks a check-in PIN. Both PINs are always hashed (a missing duress PIN against a
+    /// throwaway hash), so the time taken does not say which one matched.
+    fn check_pin(&self, pin: Option<&str>) -> Result<PinCheck> {
+        let Some(normal) = self.pin(META_CHECKIN_PIN)? else {
+            return Ok(PinCheck::NotRequired);
+        };
+        let duress = self.pin(META_DURESS_PIN)?;
+        let given = pin.unwrap_or("");
+        let is_normal = normal.matches(given)?;
+        let is_duress = match &duress {
+            Some(d) => d.matches(given)?,
+            // Without a duress PIN, hash once more anyway so the time is the same.
+            None => {
+                normal.matches(given)?;
+                false
+            }
+        };
+        Ok(match (pin.is_some(), is_normal, is_duress) {
+            (true, true, _) => PinCheck::Normal,
+            (true, false, true) => PinCheck::Duress,
+            _ => PinCheck::Wrong,
+        })
+    }
+
+    /// Expects a check-in from `label` at least every `every` seconds (`None` stops it).
+    pub fn expect(&mut self, label: &str, every: Option<u64>, now: u64) -> Result<()> {
+        let mut c = self.contact_by_label(label)?;
+        c.expect_every = every;
+        c.expect_since = now;
+        let mut b = Batch::new();
+        Self::put_contact(&mut b, &c)?;
+        self.store.apply(b)
+    }
+
+    /// Contacts whose latest check-in is older than expected, and those whose latest
+    /// check-in came under duress (first). On-time contacts are not listed.
+    pub fn due(&self, now: u64) -> Result<Vec<DueEntry>> {
+        let mut out: Vec<DueEntry> = self
+            .contacts_raw()?
+            .iter()
+            .filter_map(|c| {
+                due_entry(
+                    &c.label,
+                    CheckinState {
+                        every: c.expect_every,
+                        since: c.expect_since,
+                        last: c.last_checkin,
+                        duress_at: c.duress_at,
+                    },
+                    now,
+                )
+            })
+            .collect();
+        sort_due(&mut out);
+        Ok(out)
+    }
+
+    /// Keeps `label`'s history for `keep` seconds (`None` keeps everything); older entries
+    /// go at every unlock.
+    pub fn retain(&mut self, label: &str, keep: Option<u64>, now: u64) -> Result<()> {
+        let mut c = self.contact_by_label(label)?;
+        c.retain = keep;
+        let mut b = Batch::new();
+        Self::put_contact(&mut b, &c)?;
+        self.store.apply(b)?;
+        self.apply_retention(now)
+    }
+
+    /// Deletes history older than each contact's retention. Called at every unlock.
+    pub fn apply_retention(&mut self, now: u64) -> Result<()> {
+        let limits: HashMap<[u8; 16], u64> = self
+            .contacts_raw()?
+            .iter()
+            .filter_map(|c| c.retain.map(|keep| (c.id, now.saturating_sub(keep))))
+            .collect();
+        if limits.is_empty() {
+            return Ok(());
+        }
+        let mut b = Batch::new();
+        for h in self.store.values_json::<HistoryRecord>(Tree::History)? {
+            if limits.get(&h.contact).is_some_and(|cutoff| h.at < *cutoff) {
+                b.remove(Tree::History, &history_key(&h.contact, h.seq));
+            }
+        }
+        self.store.apply(b)
+    }
+
+    /// Sets the duress passphrase: it will open a decoy profile (same relay, no contacts)
+    /// and, at that moment, silently destroy this profile's keys.
+    pub fn set_duress_passphrase(&mut self, passphrase: &[u8]) -> Result<()> {
+        let decoy = self.store.prepare_decoy()?;
+        let account = E2eAccount::new();
+        let mut b = Batch::new();
+        b.put(
+            Tree::Meta,
+            META_RELAY,
+            Zeroizing::new(self.relay.to_string().into_bytes()),
+        );
+        b.put(
+            Tree::Meta,
+            META_ACCOUNT,
+            Zeroizing::new(account.pickle(decoy.pickle_key()).into_bytes()),
+        );
+        decoy.apply(b)?;
+        self.store.commit_decoy(&decoy, passphrase)
     }
 }
 

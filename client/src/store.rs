@@ -111,7 +111,8 @@ impl KdfParams {
         }
     }
 
-    fn derive(self, passphrase: &[u8], salt: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
+    /// Argon2id of `passphrase` with `salt` under these parameters.
+    pub(crate) fn derive(self, passphrase: &[u8], salt: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
         let params = Params::new(self.m_kib, self.t, self.p, Some(32))
             .map_err(|_| ClientError::CorruptStore)?;
         let mut out = Zeroizing::new([0u8; 32]);
@@ -394,7 +395,11 @@ impl Store {
         let path = home.join(KEY_FILE);
         if path.exists() {
             let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            let noise = random_vec(usize::try_from(len).unwrap_or(KEY_FILE_LEN).max(KEY_FILE_LEN))?;
+            let noise = random_vec(
+                usize::try_from(len)
+                    .unwrap_or(KEY_FILE_LEN)
+                    .max(KEY_FILE_LEN),
+            )?;
             {
                 let mut f = fs::OpenOptions::new()
                     .write(true)

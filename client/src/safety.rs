@@ -1,0 +1,276 @@
+//! Field-safety helpers: durations as people type them, PIN hashes, and the missed-check-in
+//! report.
+//!
+//! The features themselves (check-ins, PINs, duress passphrase, retention) are methods of
+//! [`crate::profile::Profile`]; this module holds the parts that need no profile.
+
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::error::{ClientError, Result};
+use crate::store::KdfParams;
+
+/// Flag bit of a check-in's flags byte: sent under duress. Only the receiver ever sees it.
+pub const CHECKIN_DURESS: u8 = 0x01;
+
+/// Parses `30s`, `15m`, `12h`, `7d` or `2w` into seconds (at least one second).
+pub fn parse_duration(text: &str) -> Result<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or(ClientError::InvalidDuration)?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| ClientError::InvalidDuration)?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(ClientError::InvalidDuration),
+    };
+    match n.checked_mul(scale) {
+        Some(secs) if secs > 0 && secs <= 10 * 365 * 86_400 => Ok(secs),
+        _ => Err(ClientError::InvalidDuration),
+    }
+}
+
+/// Writes seconds the way a person reads them: `45s`, `3m20s`, `2h5m`, `4d3h`.
+pub fn format_duration(secs: u64) -> String {
+    let (d, h, m, s) = (
+        secs / 86_400,
+        secs % 86_400 / 3_600,
+        secs % 3_600 / 60,
+        secs % 60,
+    );
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) if s == 0 => format!("{m}m"),
+        (0, 0, _) => format!("{m}m{s}s"),
+        (0, _, 0) => format!("{h}h"),
+        (0, _, _) => format!("{h}h{m}m"),
+        (_, 0, _) => format!("{d}d"),
+        _ => format!("{d}d{h}h"),
+    }
+}
+
+/// A stored PIN: an Argon2id hash with its own salt and the profile's parameters.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct PinHash {
+    salt: [u8; 16],
+    hash: [u8; 32],
+    m_kib: u32,
+    t: u32,
+    p: u32,
+}
+
+impl PinHash {
+    /// Hashes `pin` with a fresh salt.
+    pub fn new(pin: &str, kdf: KdfParams, salt: [u8; 16]) -> Result<Self> {
+        let hash = kdf.derive(pin.as_bytes(), &salt)?;
+        Ok(Self {
+            salt,
+            hash: *hash,
+            m_kib: kdf.m_kib,
+            t: kdf.t,
+            p: kdf.p,
+        })
+    }
+
+    /// Whether `pin` matches, in constant time once hashed.
+    pub fn matches(&self, pin: &str) -> Result<bool> {
+        let kdf = KdfParams {
+            m_kib: self.m_kib,
+            t: self.t,
+            p: self.p,
+        };
+        let hash: Zeroizing<[u8; 32]> = kdf.derive(pin.as_bytes(), &self.salt)?;
+        Ok(bool::from(hash.ct_eq(&self.hash)))
+    }
+}
+
+/// Why a contact is in the `due` report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DueState {
+    /// Their latest check-in was sent under duress.
+    Duress,
+    /// No check-in within the expected interval.
+    Overdue,
+}
+
+/// One line of `tidings due`.
+#[derive(Clone, Debug, Serialize)]
+pub struct DueEntry {
+    /// Our name for the contact.
+    pub name: String,
+    /// Duress or overdue.
+    pub state: DueState,
+    /// Seconds overdue (0 for a duress entry that is otherwise on time).
+    pub overdue_secs: u64,
+    /// The expected interval, if one is set.
+    pub every_secs: Option<u64>,
+    /// Seconds since the latest check-in, if there was one.
+    pub since_checkin_secs: Option<u64>,
+}
+
+impl DueEntry {
+    /// The line a person reads, starting with the name.
+    pub fn line(&self) -> String {
+        match self.state {
+            DueState::Duress => {
+                let ago = self
+                    .since_checkin_secs
+                    .map(|s| format!("{} ago", format_duration(s)))
+                    .unwrap_or_default();
+                format!("{}: DURESS check-in {ago}", self.name)
+                    .trim_end()
+                    .to_string()
+            }
+            DueState::Overdue => format!(
+                "{}: overdue by {} (expected every {})",
+                self.name,
+                format_duration(self.overdue_secs),
+                format_duration(self.every_secs.unwrap_or(0))
+            ),
+        }
+    }
+}
+
+/// What the device knows about one contact's check-ins.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CheckinState {
+    /// Expected interval, if any.
+    pub every: Option<u64>,
+    /// When `expect` was set.
+    pub since: u64,
+    /// When the latest check-in arrived.
+    pub last: Option<u64>,
+    /// When the latest check-in arrived, if it was under duress.
+    pub duress_at: Option<u64>,
+}
+
+/// The report for one contact at `now`, or `None` when the contact is on time.
+pub fn due_entry(name: &str, state: CheckinState, now: u64) -> Option<DueEntry> {
+    let since_checkin = state.last.map(|t| now.saturating_sub(t));
+    if state.duress_at.is_some() {
+        let overdue = state.every.map_or(0, |every| {
+            let base = state.last.unwrap_or(state.since);
+            now.saturating_sub(base.saturating_add(every))
+        });
+        return Some(DueEntry {
+            name: name.to_string(),
+            state: DueState::Duress,
+            overdue_secs: overdue,
+            every_secs: state.every,
+            since_checkin_secs: since_checkin,
+        });
+    }
+    let every = state.every?;
+    let base = state.last.unwrap_or(state.since);
+    let deadline = base.saturating_add(every);
+    (now > deadline).then(|| DueEntry {
+        name: name.to_string(),
+        state: DueState::Overdue,
+        overdue_secs: now - deadline,
+        every_secs: Some(every),
+        since_checkin_secs: since_checkin,
+    })
+}
+
+/// Orders a report: duress first, then the longest overdue.
+pub fn sort_due(entries: &mut [DueEntry]) {
+    entries.sort_by(|a, b| {
+        let rank = |e: &DueEntry| u8::from(e.state != DueState::Duress);
+        rank(a)
+            .cmp(&rank(b))
+            .then(b.overdue_secs.cmp(&a.overdue_secs))
+            .then(a.name.cmp(&b.name))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_as_people_write_them() {
+        assert_eq!(parse_duration("30s").unwrap(), 30);
+        assert_eq!(parse_duration("12h").unwrap(), 43_200);
+        assert_eq!(parse_duration("7d").unwrap(), 604_800);
+        assert_eq!(parse_duration("2w").unwrap(), 1_209_600);
+        for bad in [
+            "",
+            "7",
+            "d",
+            "0s",
+            "-1s",
+            "1.5h",
+            "7days",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn durations_print_in_two_units_at_most() {
+        assert_eq!(format_duration(3), "3s");
+        assert_eq!(format_duration(200), "3m20s");
+        assert_eq!(format_duration(7_500), "2h5m");
+        assert_eq!(format_duration(97_200), "1d3h");
+        assert_eq!(format_duration(86_400), "1d");
+    }
+
+    #[test]
+    fn an_on_time_contact_is_not_reported_and_a_late_one_is() {
+        let s = CheckinState {
+            every: Some(60),
+            since: 1_000,
+            last: Some(1_030),
+            duress_at: None,
+        };
+        assert!(due_entry("a", s, 1_090).is_none());
+        let late = due_entry("a", s, 1_100).unwrap();
+        assert_eq!(late.overdue_secs, 10);
+        assert_eq!(late.line(), "a: overdue by 10s (expected every 1m)");
+        // Never checked in: counted from when `expect` was set.
+        let never = CheckinState { last: None, ..s };
+        assert_eq!(due_entry("a", never, 1_061).unwrap().overdue_secs, 1);
+        // No expectation: never reported.
+        assert!(due_entry("a", CheckinState::default(), 9_999).is_none());
+    }
+
+    #[test]
+    fn duress_is_reported_first_even_when_on_time() {
+        let duress = CheckinState {
+            every: Some(3_600),
+            since: 0,
+            last: Some(100),
+            duress_at: Some(100),
+        };
+        let late = CheckinState {
+            every: Some(10),
+            since: 0,
+            last: None,
+            duress_at: None,
+        };
+        let mut all = vec![
+            due_entry("late", late, 400).unwrap(),
+            due_entry("kim", duress, 400).unwrap(),
+        ];
+        sort_due(&mut all);
+        assert_eq!(all[0].name, "kim");
+        assert_eq!(all[0].line(), "kim: DURESS check-in 5m ago");
+        assert_eq!(all[1].name, "late");
+    }
+
+    #[test]
+    fn a_pin_hash_matches_only_its_pin() {
+        let h = PinHash::new("2468", KdfParams::INSECURE_TEST_ONLY, [1; 16]).unwrap();
+        assert!(h.matches("2468").unwrap());
+        assert!(!h.matches("2469").unwrap());
+        assert!(!h.matches("").unwrap());
+    }
+}
