@@ -1532,6 +1532,7 @@ impl Profile {
     /// Sets the duress passphrase: it will open a decoy profile (same relay, no contacts)
     /// and, at that moment, silently destroy this profile's keys.
     pub fn set_duress_passphrase(&mut self, passphrase: &[u8]) -> Result<()> {
+        self.store.ensure_not_this_passphrase(passphrase)?;
         let decoy = self.store.prepare_decoy()?;
         let account = E2eAccount::new();
         let mut b = Batch::new();

@@ -453,3 +453,117 @@ async fn unanswered_invitations_are_forgotten_long_after_they_expire() {
         .map_or(0, |q| q.len());
     assert_eq!(queues, 0, "the queue is deleted on the relay too");
 }
+
+#[tokio::test]
+async fn a_duress_check_in_is_the_same_size_and_leaves_the_same_trace_on_the_sender() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    b.set_checkin_pin("1357").unwrap();
+    b.set_duress_pin("8642").unwrap();
+
+    b.checkin(&w.net, "amina", "home safe", Some("1357"), NOW)
+        .await
+        .unwrap();
+    let after_normal = b.history("amina").unwrap();
+    b.checkin(&w.net, "amina", "home safe", Some("8642"), NOW)
+        .await
+        .unwrap();
+    let after_duress = b.history("amina").unwrap();
+    // A wrong PIN (or none) sends nothing.
+    assert!(matches!(
+        b.checkin(&w.net, "amina", "home safe", Some("0000"), NOW)
+            .await,
+        Err(ClientError::WrongPin)
+    ));
+    assert!(matches!(
+        b.checkin(&w.net, "amina", "home safe", None, NOW).await,
+        Err(ClientError::WrongPin)
+    ));
+
+    // On the wire (the relay's stored bodies): two bodies of exactly the same size.
+    let sizes: Vec<usize> = w.queue_of(1).iter().map(|(_, body)| body.len()).collect();
+    assert_eq!(sizes.len(), 2, "exactly two check-ins went out");
+    assert_eq!(sizes[0], sizes[1]);
+
+    // The sender's history cannot tell them apart.
+    assert_eq!(after_normal.len(), 1);
+    assert_eq!(after_duress.len(), 2);
+    let render = |h: &HistoryEntry| (h.direction, h.kind, h.text.clone());
+    assert_eq!(render(&after_duress[0]), render(&after_duress[1]));
+    assert_eq!(after_duress[1].text, "[check-in] home safe");
+
+    // The receiver can.
+    let report = a.sync(&w.net, NOW + 5).await.unwrap();
+    assert_eq!(
+        texts(&report),
+        vec![
+            "bora: [check-in] home safe",
+            "bora: [check-in] DURESS home safe"
+        ]
+    );
+    let due = a.due(NOW + 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].name, "bora");
+    assert_eq!(due[0].line(), "bora: DURESS check-in 5s ago");
+}
+
+#[tokio::test]
+async fn the_duress_passphrase_opens_a_decoy_and_destroys_the_real_profile() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    a.set_duress_passphrase(b"nothing to see").unwrap();
+    assert!(matches!(
+        a.set_duress_passphrase(b"amina"),
+        Err(ClientError::SamePassphrase)
+    ));
+    let home = w.dir.path().join("amina");
+    drop(a);
+    // The real passphrase still works until the duress one is used.
+    let real = Profile::open(&home, b"amina").unwrap();
+    assert_eq!(real.contacts().unwrap().len(), 1);
+    drop(real);
+
+    let key_before = std::fs::read(home.join(crate::store::KEY_FILE)).unwrap();
+    let decoy = Profile::open(&home, b"nothing to see").unwrap();
+    assert!(
+        decoy.contacts().unwrap().is_empty(),
+        "the decoy has no contacts"
+    );
+    assert_eq!(decoy.relay().to_string(), relay_address(1));
+    drop(decoy);
+    let key_after = std::fs::read(home.join(crate::store::KEY_FILE)).unwrap();
+    assert_eq!(
+        key_before.len(),
+        key_after.len(),
+        "the key file keeps its size"
+    );
+
+    assert!(matches!(
+        Profile::open(&home, b"amina"),
+        Err(ClientError::WrongPassphrase)
+    ));
+    // The duress passphrase now opens the decoy as its only profile.
+    assert!(Profile::open(&home, b"nothing to see").is_ok());
+}
+
+#[tokio::test]
+async fn retention_deletes_old_history_at_unlock() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    a.send(&w.net, "bora", "old", NOW).await.unwrap();
+    a.send(&w.net, "bora", "new", NOW + 7_000).await.unwrap();
+    a.retain("bora", Some(3_600), NOW + 7_200).unwrap();
+    let texts: Vec<String> = a
+        .history("bora")
+        .unwrap()
+        .into_iter()
+        .map(|h| h.text)
+        .collect();
+    assert_eq!(texts, vec!["new"]);
+}

@@ -350,18 +350,17 @@ impl Store {
                 // The crypto-shred: the real data key existed only wrapped in this file.
                 write_new_file(&path, &encode_key_file(&slots))?;
                 let store = Self::open_db(home, Self::open_sled(home)?, decoy_key)?;
-                store.drop_foreign_trees()?;
+                store.drop_foreign_trees(&[])?;
                 Ok(store)
             }
             (None, None) => Err(ClientError::WrongPassphrase),
         }
     }
 
-    /// Makes a fresh, empty decoy store in the same database for a duress passphrase, after
-    /// dropping any earlier decoy. Fill it (a plausible profile), then call
-    /// [`Store::commit_decoy`].
+    /// Makes a fresh, empty decoy store in the same database for a duress passphrase. Fill it
+    /// (a plausible profile), then call [`Store::commit_decoy`], which also drops any earlier
+    /// decoy.
     pub fn prepare_decoy(&self) -> Result<Self> {
-        self.drop_foreign_trees()?;
         let data_key = Zeroizing::new(random::<32>()?);
         Self::open_db(&self.home, self.db.clone(), data_key)
     }
@@ -369,18 +368,28 @@ impl Store {
     /// Writes `decoy`'s key into the second slot, wrapped under `passphrase`, which must not
     /// also open this (the real) profile.
     pub fn commit_decoy(&self, decoy: &Store, passphrase: &[u8]) -> Result<()> {
+        self.ensure_not_this_passphrase(passphrase)?;
         let path = self.home.join(KEY_FILE);
         let file = fs::read(&path).map_err(storage)?;
         let [real, _] = decode_key_file(&file)?;
-        let check = real.kdf.derive(passphrase, &real.salt)?;
-        if real.open(0, &check).is_some() {
-            return Err(ClientError::SamePassphrase);
-        }
         let kdf = real.kdf;
         let salt = random::<SALT_LEN>()?;
         let kek = kdf.derive(passphrase, &salt)?;
         let slots = [real, Slot::seal(1, kdf, salt, &kek, &decoy.data_key)?];
-        write_new_file(&path, &encode_key_file(&slots))
+        write_new_file(&path, &encode_key_file(&slots))?;
+        // Only now that the new decoy is in place, drop any earlier one.
+        self.drop_foreign_trees(&decoy.tree_names)
+    }
+
+    /// Fails with [`ClientError::SamePassphrase`] if `passphrase` opens this profile.
+    pub fn ensure_not_this_passphrase(&self, passphrase: &[u8]) -> Result<()> {
+        let file = fs::read(self.home.join(KEY_FILE)).map_err(storage)?;
+        let [real, _] = decode_key_file(&file)?;
+        let kek = real.kdf.derive(passphrase, &real.salt)?;
+        match real.open(0, &kek) {
+            Some(_) => Err(ClientError::SamePassphrase),
+            None => Ok(()),
+        }
     }
 
     /// The Argon2 parameters this profile was made with (for hashing PINs the same way).
@@ -416,12 +425,15 @@ impl Store {
         Ok(())
     }
 
-    /// Drops every tree in the database that is not this profile's (a decoy's, or the real
-    /// profile's after a duress unlock) and flushes.
-    fn drop_foreign_trees(&self) -> Result<()> {
+    /// Drops every tree in the database that is neither this profile's nor in `also_keep`
+    /// (an earlier decoy's, or the real profile's after a duress unlock) and flushes.
+    fn drop_foreign_trees(&self, also_keep: &[Vec<u8>]) -> Result<()> {
         for name in self.db.tree_names() {
             let name = name.to_vec();
-            if name.as_slice() == SLED_DEFAULT_TREE || self.tree_names.contains(&name) {
+            if name.as_slice() == SLED_DEFAULT_TREE
+                || self.tree_names.contains(&name)
+                || also_keep.contains(&name)
+            {
                 continue;
             }
             self.db.drop_tree(&name).map_err(storage)?;
@@ -927,5 +939,60 @@ mod tests {
         let bytes = fs::read(home.join(KEY_FILE)).unwrap();
         assert_eq!(&bytes[8..12], &256u32.to_be_bytes());
         Store::open(&home, b"pw").unwrap();
+    }
+
+    #[test]
+    fn after_a_duress_unlock_the_files_look_like_a_profile_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("p");
+        let real = Store::create(&home, b"real", KdfParams::INSECURE_TEST_ONLY).unwrap();
+        let fresh_trees = real.db.tree_names().len();
+        let mut b = Batch::new();
+        b.put(
+            Tree::History,
+            b"k",
+            Zeroizing::new(b"the real history".to_vec()),
+        );
+        real.apply(b).unwrap();
+        let decoy = real.prepare_decoy().unwrap();
+        let mut b = Batch::new();
+        b.put(Tree::Meta, b"k", Zeroizing::new(b"decoy".to_vec()));
+        decoy.apply(b).unwrap();
+        real.commit_decoy(&decoy, b"duress").unwrap();
+        assert_eq!(real.db.tree_names().len(), 2 * fresh_trees - 1);
+        drop((decoy, real));
+
+        let opened = Store::open(&home, b"duress").unwrap();
+        assert_eq!(
+            opened.get(Tree::Meta, b"k").unwrap().unwrap().as_slice(),
+            b"decoy"
+        );
+        assert!(opened.get(Tree::History, b"k").unwrap().is_none());
+        assert_eq!(
+            opened.db.tree_names().len(),
+            fresh_trees,
+            "only the decoy's trees"
+        );
+        drop(opened);
+        assert_eq!(fs::read(home.join(KEY_FILE)).unwrap().len(), KEY_FILE_LEN);
+        assert!(matches!(
+            Store::open(&home, b"real"),
+            Err(ClientError::WrongPassphrase)
+        ));
+        // The decoy is now the only profile, in the first slot.
+        assert!(Store::open(&home, b"duress").is_ok());
+    }
+
+    #[test]
+    fn wipe_destroys_the_key_and_the_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("p");
+        drop(Store::create(&home, b"pw", KdfParams::INSECURE_TEST_ONLY).unwrap());
+        Store::wipe(&home).unwrap();
+        assert!(!home.exists());
+        assert!(matches!(
+            Store::open(&home, b"pw"),
+            Err(ClientError::NoProfile)
+        ));
     }
 }
