@@ -471,3 +471,29 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| anyhow!("no VmRSS for pid {pid}"))
 }
+
+/// From an invitation link: the inviter's long-term identity key, the one-time key and the
+/// invitation secret (layout in PROTOCOL.md: version, expiry, relay address, sender id,
+/// identity key, one-time key, secret).
+pub fn link_secrets(link: &str) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+    let Some(payload) = link.strip_prefix("tidings:invite/") else {
+        bail!("not an invitation link");
+    };
+    let bytes = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)?;
+    let field = |from: usize, len: usize| -> Result<Vec<u8>> {
+        bytes
+            .get(from..from + len)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| anyhow::anyhow!("link too short"))
+    };
+    let len_bytes: [u8; 2] = field(9, 2)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("link too short"))?;
+    let addr_len = usize::from(u16::from_be_bytes(len_bytes));
+    let at = 11 + addr_len + 24;
+    let identity = field(at, 32)?;
+    let one_time = field(at + 32, 32)?;
+    let secret = field(at + 64, 32)?;
+    assert_eq!(bytes.len(), at + 96, "link layout");
+    Ok((identity, one_time, secret))
+}

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use tidings_protocol::command::Command;
 use tidings_tests::proto::{connect, expect_ok, TestQueue, TestSender};
-use tidings_tests::{contains, scan_dir, Profile, RelayProcess};
+use tidings_tests::{contains, link_secrets, scan_dir, Profile, RelayProcess};
 
 /// All the spellings of `bytes` a careless log or store might use.
 fn spellings(bytes: &[u8]) -> Vec<Vec<u8>> {
@@ -94,31 +94,6 @@ async fn the_relay_keeps_no_ids_addresses_or_sent_bytes_in_its_log_or_store() ->
     scan_dir(relay.data_dir(), &sent_refs)?;
     scan_dir(relay.data_dir(), &[b"127.0.0.1"])?;
     Ok(())
-}
-
-/// The inviter's long-term identity key and the invitation secret, from a link (layout in
-/// PROTOCOL.md: version, expiry, relay address, sender id, identity key, one-time key, secret).
-fn link_secrets(link: &str) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>)> {
-    let Some(payload) = link.strip_prefix("tidings:invite/") else {
-        bail!("not an invitation link");
-    };
-    let bytes = URL_SAFE_NO_PAD.decode(payload)?;
-    let field = |from: usize, len: usize| -> Result<Vec<u8>> {
-        bytes
-            .get(from..from + len)
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| anyhow::anyhow!("link too short"))
-    };
-    let len_bytes: [u8; 2] = field(9, 2)?
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("link too short"))?;
-    let addr_len = usize::from(u16::from_be_bytes(len_bytes));
-    let at = 11 + addr_len + 24;
-    let identity = field(at, 32)?;
-    let one_time = field(at + 32, 32)?;
-    let secret = field(at + 64, 32)?;
-    assert_eq!(bytes.len(), at + 96, "link layout");
-    Ok((identity, one_time, secret))
 }
 
 #[test]

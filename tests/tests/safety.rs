@@ -1,0 +1,242 @@
+//! Field safety through the real CLI against a real relay on loopback: check-ins, the covert
+//! duress PIN, missed-check-in alerts, the duress passphrase and panic wipe.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use tempfile::TempDir;
+use tidings_tests::{scan_dir, Profile, RelayProcess};
+
+struct World {
+    _dir: TempDir,
+    root: std::path::PathBuf,
+    relay: RelayProcess,
+}
+
+impl World {
+    fn new() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir_all(root.join("relay"))?;
+        let relay = RelayProcess::start(&root.join("relay"), &root.join("relay.log"), &[])?;
+        Ok(Self {
+            _dir: dir,
+            root,
+            relay,
+        })
+    }
+
+    fn profile(&self, name: &str) -> Result<Profile> {
+        let p = Profile::new(&self.root.join(name), &format!("{name} passphrase, long"));
+        p.run(&["init", "--relay", self.relay.address()])?.ok()?;
+        Ok(p)
+    }
+}
+
+fn connect(a: &Profile, a_label: &str, b: &Profile, b_label: &str) -> Result<String> {
+    let link = a
+        .run(&["invite", "--label", a_label])?
+        .ok()?
+        .last_line()
+        .to_string();
+    b.run(&["accept", &link, "--label", b_label])?.ok()?;
+    a.run(&["sync"])?.ok()?;
+    b.run(&["sync"])?.ok()?;
+    Ok(link)
+}
+
+fn lines(p: &Profile, args: &[&str]) -> Result<Vec<String>> {
+    Ok(p.run(args)?
+        .ok()?
+        .stdout
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+#[test]
+fn a_duress_check_in_looks_normal_to_the_sender_and_warns_the_receiver() -> Result<()> {
+    let w = World::new()?;
+    let minister = w.profile("minister")?;
+    let sister = w.profile("sister")?;
+    connect(&minister, "kim", &sister, "pastor")?;
+    sister
+        .run_with(
+            &["safety", "set-checkin-pin"],
+            &[("TIDINGS_NEW_PIN", "1357")],
+            Duration::from_secs(60),
+        )?
+        .ok()?;
+    sister
+        .run_with(
+            &["safety", "set-duress-pin"],
+            &[("TIDINGS_NEW_PIN", "8642")],
+            Duration::from_secs(60),
+        )?
+        .ok()?;
+    let checkin = |pin: &str| {
+        sister.run_with(
+            &["checkin", "pastor", "--note", "at the market"],
+            &[("TIDINGS_CHECKIN_PIN", pin)],
+            Duration::from_secs(60),
+        )
+    };
+
+    // A normal check-in.
+    let normal = checkin("1357")?.ok()?;
+    let history_normal = lines(&sister, &["history", "pastor"])?;
+    assert_eq!(
+        lines(&minister, &["sync"])?,
+        vec!["kim: [check-in] at the market"]
+    );
+
+    // A wrong PIN is refused and sends nothing.
+    let wrong = checkin("0000")?;
+    assert!(!wrong.status.success());
+    assert!(wrong.stderr.contains("wrong PIN"), "{}", wrong.stderr);
+    assert!(lines(&minister, &["sync"])?.is_empty(), "nothing was sent");
+
+    // A duress check-in: same output and same history entry on the sender's phone...
+    let duress = checkin("8642")?.ok()?;
+    assert_eq!(normal.stdout, duress.stdout);
+    assert_eq!(normal.stderr, duress.stderr);
+    let history_after = lines(&sister, &["history", "pastor"])?;
+    assert_eq!(history_after.len(), 2);
+    assert_eq!(history_after[0], history_after[1]);
+    assert_eq!(history_after[0], history_normal[0]);
+    // Sizes on the wire are equal by construction (every body is padded to 16,000 bytes);
+    // the client's unit test
+    // `a_duress_check_in_is_the_same_size_and_leaves_the_same_trace_on_the_sender` compares
+    // the stored bodies of both.
+
+    // ...and the receiver is warned, and `due` puts the contact first.
+    assert_eq!(
+        lines(&minister, &["sync"])?,
+        vec!["kim: [check-in] DURESS at the market"]
+    );
+    let due = lines(&minister, &["due"])?;
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert!(
+        due[0].starts_with("kim: DURESS"),
+        "the contact is listed first, marked DURESS: {due:?}"
+    );
+    // A later normal check-in clears the mark.
+    checkin("1357")?.ok()?;
+    minister.run(&["sync"])?.ok()?;
+    assert!(lines(&minister, &["due"])?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn due_lists_an_overdue_contact_and_omits_an_on_time_one() -> Result<()> {
+    let w = World::new()?;
+    let minister = w.profile("minister")?;
+    let late = w.profile("late")?;
+    let punctual = w.profile("punctual")?;
+    connect(&minister, "late", &late, "minister")?;
+    connect(&minister, "punctual", &punctual, "minister")?;
+    minister.run(&["expect", "late", "1s"])?.ok()?;
+    minister.run(&["expect", "punctual", "1h"])?.ok()?;
+    std::thread::sleep(Duration::from_secs(2));
+    punctual.run(&["checkin", "minister"])?.ok()?;
+    assert_eq!(lines(&minister, &["sync"])?, vec!["punctual: [check-in]"]);
+    let due = lines(&minister, &["due"])?;
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert!(due[0].starts_with("late: overdue by "), "{due:?}");
+    let json = lines(&minister, &["due", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&json[0])?;
+    assert_eq!(v["name"], "late");
+    assert_eq!(v["state"], "overdue");
+    // `expect … off` stops it.
+    minister.run(&["expect", "late", "off"])?.ok()?;
+    assert!(lines(&minister, &["due"])?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn the_duress_passphrase_opens_a_decoy_and_leaves_nothing_of_the_real_profile() -> Result<()> {
+    let w = World::new()?;
+    let a = w.profile("amina")?;
+    let b = w.profile("bora")?;
+    let link = connect(&a, "bora-secret-label", &b, "amina")?;
+    let (identity, one_time, secret) = tidings_tests::link_secrets(&link)?;
+    a.run(&["send", "bora-secret-label", "meet at the river bend"])?
+        .ok()?;
+    b.run(&["send", "amina", "the border guard changed"])?
+        .ok()?;
+    a.run(&["sync"])?.ok()?;
+    a.run_with(
+        &["safety", "set-duress-passphrase"],
+        &[("TIDINGS_NEW_PASSPHRASE", "only the shopping list")],
+        Duration::from_secs(60),
+    )?
+    .ok()?;
+
+    // Unlocking with the duress passphrase looks like an ordinary unlock of an empty profile.
+    let mut decoy = a.clone();
+    decoy.passphrase = "only the shopping list".into();
+    let contacts = decoy.run(&["contacts"])?.ok()?;
+    assert!(contacts.stdout.is_empty());
+    assert!(contacts.stderr.is_empty(), "{}", contacts.stderr);
+
+    // The real passphrase no longer opens anything.
+    let real = a.run(&["contacts"])?;
+    assert!(!real.status.success());
+    assert!(real.stderr.contains("wrong passphrase"), "{}", real.stderr);
+
+    // Nothing of the real profile is readable on the device: no label, no message, none of
+    // its keys.
+    scan_dir(
+        &a.home,
+        &[
+            b"bora-secret-label",
+            b"meet at the river bend",
+            b"the border guard changed",
+            &identity,
+            &one_time,
+            &secret,
+        ],
+    )?;
+    // The decoy still works as a profile.
+    decoy.run(&["invite", "--label", "grocer"])?.ok()?;
+    Ok(())
+}
+
+#[test]
+fn wipe_needs_yes_then_destroys_the_profile() -> Result<()> {
+    let w = World::new()?;
+    let a = w.profile("amina")?;
+    let b = w.profile("bora")?;
+    connect(&a, "bora", &b, "amina")?;
+    a.run(&["send", "bora", "wipe me"])?.ok()?;
+
+    let refused = a.run(&["wipe"])?;
+    assert!(!refused.status.success());
+    assert!(
+        a.run(&["contacts"])?.ok().is_ok(),
+        "without --yes nothing changes"
+    );
+
+    a.run(&["wipe", "--yes"])?.ok()?;
+    assert!(!a.home.exists() || tidings_tests::read_tree(&a.home)?.is_empty());
+    let after = a.run(&["contacts"])?;
+    assert!(!after.status.success(), "the real passphrase opens nothing");
+    Ok(())
+}
+
+#[test]
+fn retention_drops_old_history_at_unlock() -> Result<()> {
+    let w = World::new()?;
+    let a = w.profile("amina")?;
+    let b = w.profile("bora")?;
+    connect(&a, "bora", &b, "amina")?;
+    a.run(&["send", "bora", "soon forgotten"])?.ok()?;
+    a.run(&["retain", "bora", "1s"])?.ok()?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(lines(&a, &["history", "bora"])?.is_empty());
+    a.run(&["retain", "bora", "off"])?.ok()?;
+    a.run(&["send", "bora", "kept"])?.ok()?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(lines(&a, &["history", "bora"])?, vec!["me: kept"]);
+    Ok(())
+}
