@@ -2,13 +2,18 @@
 //!
 //! A profile home holds two things:
 //!
-//! - `key`: a small file with the Argon2id parameters, a random salt, and the profile's random
-//!   32-byte *data key* wrapped (XChaCha20-Poly1305) under the key Argon2id derives from the
-//!   passphrase. Deleting this file makes everything else unrecoverable.
+//! - `key`: a 208-byte file: the magic `TIDKEY2\0` and two equal 100-byte *key slots*, each
+//!   with Argon2id parameters, a random salt, and a random 32-byte *data key* wrapped
+//!   (XChaCha20-Poly1305) under the key Argon2id derives from a passphrase. Slot 0 holds the
+//!   profile's key; slot 1 holds a decoy profile's key under the duress passphrase, or random
+//!   bytes when none is set, so the file looks the same either way. Destroying the slots makes
+//!   everything else unrecoverable.
 //! - `db/`: a sled database. Every value is sealed with XChaCha20-Poly1305 under a subkey of
 //!   the data key, with a random nonce and the tree name and storage key as associated data
 //!   (so a value cannot be moved to another key or tree). Storage keys are BLAKE2b-256 MACs of
-//!   the logical key under another subkey, so the files show no label, id or order.
+//!   the logical key under another subkey, and the sled tree names are keyed hashes too
+//!   (different for every profile), so the files show no label, id, order or tree purpose. A
+//!   decoy profile keeps its own trees in the same database.
 //!
 //! Writes go through [`Batch`]: all changes of one step (a received message, its history entry,
 //! the new ratchet state) are applied in one sled transaction and flushed to disk before
@@ -269,6 +274,18 @@ impl Batch {
     }
 }
 
+/// Writes `bytes` over the start of the existing file at `path`, in place, and syncs it. Used
+/// to destroy key material where it lies before a file is replaced or deleted, so the old
+/// blocks do not keep it (on file systems that overwrite in place; see SECURITY.md).
+fn overwrite_in_place(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(storage)?;
+    f.write_all(bytes).map_err(storage)?;
+    f.sync_all().map_err(storage)
+}
+
 fn write_new_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     {
@@ -343,11 +360,18 @@ impl Store {
         match (opened_real, opened_duress) {
             (Some(data_key), _) => Self::open_db(home, Self::open_sled(home)?, data_key),
             (None, Some(decoy_key)) => {
+                // The crypto-shred, first where the real key lies: its slot becomes random
+                // bytes in place (the duress slot is rewritten unchanged, so an interrupted
+                // write cannot lose the decoy, and the duress passphrase still opens it).
+                overwrite_in_place(
+                    &path,
+                    &encode_key_file(&[Slot::random(real.kdf)?, duress.clone()]),
+                )?;
                 let slots = [
                     Slot::seal(0, duress.kdf, duress.salt, &duress_kek, &decoy_key)?,
                     Slot::random(duress.kdf)?,
                 ];
-                // The crypto-shred: the real data key existed only wrapped in this file.
+                // Then the layout of a profile without a duress passphrase, replaced atomically.
                 write_new_file(&path, &encode_key_file(&slots))?;
                 let store = Self::open_db(home, Self::open_sled(home)?, decoy_key)?;
                 store.drop_foreign_trees(&[])?;
@@ -409,14 +433,7 @@ impl Store {
                     .unwrap_or(KEY_FILE_LEN)
                     .max(KEY_FILE_LEN),
             )?;
-            {
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(storage)?;
-                f.write_all(&noise).map_err(storage)?;
-                f.sync_all().map_err(storage)?;
-            }
+            overwrite_in_place(&path, &noise)?;
             fs::remove_file(&path).map_err(storage)?;
         }
         if home.exists() {
