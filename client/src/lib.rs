@@ -28,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+mod crash;
 pub mod error;
 pub mod net;
 pub mod olm;

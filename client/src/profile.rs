@@ -33,6 +33,7 @@ use tidings_protocol::keys::{AuthSecretKey, DhSecretKey, SymmetricKey};
 use tidings_protocol::reencrypt::DeliveryKey;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
+use crate::crash::{crash_point, CrashPoint};
 use crate::error::{ClientError, Result};
 use crate::olm::{E2eAccount, E2eSession};
 use crate::relay::{Connector, RelayLink};
@@ -985,6 +986,7 @@ impl Profile {
                 }
             }
             if !acks.is_empty() {
+                crash_point(CrashPoint::BeforeAck);
                 let link = links.get(relay).await?;
                 let mut reqs = Vec::with_capacity(acks.len());
                 for (q, id) in &acks {
@@ -995,6 +997,7 @@ impl Profile {
                     )?);
                 }
                 link.batch(reqs).await?;
+                crash_point(CrashPoint::AfterAck);
             }
             pending = next;
         }
@@ -1361,9 +1364,11 @@ impl Profile {
                 for r in &report.received {
                     on_text(r);
                 }
+                crash_point(CrashPoint::BeforeAck);
                 let link = links.get(relay).await?;
                 let req = link.signed(push.entity, Command::Ack { id }, &q.auth())?;
                 link.request(req).await?;
+                crash_point(CrashPoint::AfterAck);
                 let (_, err) = self.flush_with(links).await?;
                 if let Some(e) = err {
                     return Err(e);

@@ -1,6 +1,7 @@
 //! Crash safety. The relay is killed with SIGKILL while 20 senders push thousands of messages:
 //! after a restart every message that got an OK is delivered, and none twice. A client killed
-//! in the middle of `sync` loses nothing and shows nothing twice.
+//! in the middle of `sync` (at its crash points: after storing and before acking, and right
+//! after the ack; and at arbitrary moments) loses nothing and shows nothing twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -141,15 +142,30 @@ fn a_client_killed_during_sync_loses_nothing_and_shows_nothing_twice() -> Result
     a.run(&["sync"])?.ok()?;
     b.run(&["sync"])?.ok()?;
 
-    const COUNT: usize = 24;
+    const COUNT: usize = 16;
     let text = |i: usize| format!("crash check #{i:03}#");
     for i in 0..COUNT {
         a.run(&["send", "bora", &text(i)])?.ok()?;
     }
 
-    // Kill Bora's sync at different moments, then let one run to the end.
     let mut printed = Vec::new();
-    for delay_ms in [40u64, 80, 120, 160, 220, 300, 400, 550] {
+    // Abort Bora's sync (like kill -9) exactly between storing a message and acking it, and
+    // exactly after the relay accepted the ack: the crash points of a debug client. A client
+    // that acked before storing loses the message of every "after-ack" crash.
+    for point in ["before-ack", "after-ack"].iter().cycle().take(8) {
+        let run = b.run_with(
+            &["sync"],
+            &[("TIDINGS_TEST_CRASH_AT", point)],
+            Duration::from_secs(60),
+        )?;
+        assert!(
+            !run.status.success(),
+            "the {point} crash point was not reached"
+        );
+        printed.extend(run.stdout.lines().map(str::to_string));
+    }
+    // And kill it at arbitrary moments.
+    for delay_ms in [60u64, 150, 300] {
         let mut child = b.spawn(&["sync"])?;
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
