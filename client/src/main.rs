@@ -142,6 +142,9 @@ enum Cmd {
         /// Mark the contact as verified.
         #[arg(long)]
         confirm: bool,
+        /// Print one JSON object: the contact, the code, and whether it is verified.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -484,12 +487,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tidings_client::store::Store::wipe(&home)?;
             eprintln!("profile wiped");
         }
-        Cmd::Verify { name, confirm } => {
+        Cmd::Verify {
+            name,
+            confirm,
+            json,
+        } => {
             let mut profile = open(&home)?;
             let code = profile.safety_code(&name)?;
-            println!("{code}");
             if confirm {
                 profile.confirm_verified(&name)?;
+            }
+            if json {
+                let verified = profile
+                    .contacts()?
+                    .iter()
+                    .any(|c| c.name == name && c.verified);
+                let v = serde_json::json!({ "contact": name, "code": code, "verified": verified });
+                println!("{v}");
+            } else {
+                println!("{code}");
+            }
+            if confirm {
                 eprintln!("marked as verified");
             }
         }

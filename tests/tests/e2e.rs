@@ -218,3 +218,49 @@ fn a_message_and_a_link_can_come_from_stdin_and_stay_out_of_shell_history() -> R
     assert_eq!(synced_lines(&b)?, vec!["amina: typed, not in argv"]);
     Ok(())
 }
+
+#[test]
+fn both_sides_see_the_same_safety_code_and_can_mark_it_verified() -> Result<()> {
+    let w = World::new()?;
+    let a = w.profile("amina")?;
+    let b = w.profile("bora")?;
+    let c = w.profile("chul")?;
+    connect(&a, "bora", &b, "amina")?;
+    connect(&a, "chul", &c, "amina")?;
+
+    let code_a = a.run(&["verify", "bora"])?.ok()?.stdout.trim().to_string();
+    let code_b = b.run(&["verify", "amina"])?.ok()?.stdout.trim().to_string();
+    assert_eq!(code_a, code_b, "both people read the same code");
+    let groups: Vec<&str> = code_a.split(' ').collect();
+    assert_eq!(groups.len(), 12, "{code_a}");
+    assert!(groups
+        .iter()
+        .all(|g| g.len() == 5 && g.bytes().all(|d| d.is_ascii_digit())));
+    // Another contact has another code.
+    let code_c = a.run(&["verify", "chul"])?.ok()?.stdout.trim().to_string();
+    assert_ne!(code_a, code_c);
+
+    let unverified = a.run(&["verify", "bora", "--json"])?.ok()?.stdout;
+    let v: serde_json::Value = serde_json::from_str(unverified.trim())?;
+    assert_eq!(v["code"], code_a.as_str());
+    assert_eq!(v["verified"], false);
+    a.run(&["verify", "bora", "--confirm"])?.ok()?;
+    let v: serde_json::Value =
+        serde_json::from_str(a.run(&["verify", "bora", "--json"])?.ok()?.stdout.trim())?;
+    assert_eq!(v["verified"], true);
+    // Only that contact.
+    let contacts = a.run(&["contacts", "--json"])?.ok()?.stdout;
+    let verified: BTreeMap<String, bool> = contacts
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)?;
+            Ok((
+                v["name"].as_str().unwrap_or_default().to_string(),
+                v["verified"].as_bool().unwrap_or_default(),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    assert_eq!(verified.get("bora"), Some(&true));
+    assert_eq!(verified.get("chul"), Some(&false));
+    Ok(())
+}
