@@ -171,6 +171,10 @@ fn the_duress_passphrase_opens_a_decoy_and_leaves_nothing_of_the_real_profile() 
         Duration::from_secs(60),
     )?
     .ok()?;
+    // The real profile's key slot (salt, nonce, wrapped data key) as it is before.
+    let key_file = std::fs::read(a.home.join("key"))?;
+    assert_eq!(key_file.len(), 208, "magic and two 100-byte slots");
+    let real_slot = key_file[8 + 12..108].to_vec();
 
     // Unlocking with the duress passphrase looks like an ordinary unlock of an empty profile.
     let mut decoy = a.clone();
@@ -195,8 +199,12 @@ fn the_duress_passphrase_opens_a_decoy_and_leaves_nothing_of_the_real_profile() 
             &identity,
             &one_time,
             &secret,
+            &real_slot[..16],
+            &real_slot[16 + 24..],
         ],
     )?;
+    // The key file looks like any profile's.
+    assert_eq!(std::fs::read(a.home.join("key"))?.len(), 208);
     // The decoy still works as a profile.
     decoy.run(&["invite", "--label", "grocer"])?.ok()?;
     Ok(())
