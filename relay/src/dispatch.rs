@@ -8,11 +8,17 @@
 //! packs into blocks.
 //!
 //! Authorization is checked in one place per signer kind (`Dispatcher::recipient_queue`,
-//! `Dispatcher::sender_queue`); an unknown queue still costs one signature verification
-//! against [`AuthPublicKey::dummy`], and every failure is the same `Auth`.
+//! `Dispatcher::sender_queue`); an unknown queue still costs one point decompression and one
+//! signature verification against [`AuthPublicKey::dummy`], like a known queue's key, and
+//! every failure is the same `Auth`.
+//!
+//! A connection keeps the last few keys it checked a valid signature under, decoded, so its
+//! next commands for the same queues skip the point decompression. Only a key this
+//! connection has signed with is ever found there (the dummy key never is), so the time
+//! saved tells it nothing it did not know.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rand_core::OsRng;
 use tokio::time::Instant;
@@ -28,7 +34,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::registry::{ConnId, Mailbox, Registry};
 use crate::stats::Stats;
-use crate::store::{AppendOutcome, QueueRecord, SecureOutcome, Store, StoredMessage};
+use crate::store::{AppendOutcome, QueueRecord, SecureOutcome, Store, StoredKey, StoredMessage};
 
 /// State every connection shares.
 pub struct Shared<S> {
@@ -86,6 +92,15 @@ impl TokenBucket {
 
 /// Changed queues acted on per turn of the session loop (each may push a large message).
 const EVENTS_PER_TURN: usize = 16;
+/// Decoded keys a connection keeps (about 200 bytes each).
+const KEYS_KEPT: usize = 4;
+
+/// The dummy key's encoding, derived once ([`AuthPublicKey::dummy`] derives it from its
+/// secret key on every call). It is decompressed on every use, like a queue's key.
+fn dummy_key() -> StoredKey {
+    static DUMMY: OnceLock<StoredKey> = OnceLock::new();
+    *DUMMY.get_or_init(|| AuthPublicKey::dummy().into())
+}
 
 /// A checked `Send` waiting to be stored with the rest of its block.
 struct PendingSend {
@@ -108,6 +123,9 @@ pub struct Dispatcher<S> {
     subscriptions: HashMap<RecipientId, Option<MessageId>>,
     queues_created: u32,
     bucket: TokenBucket,
+    /// Decoded keys of existing queues this connection checked a valid signature under,
+    /// oldest first, at most [`KEYS_KEPT`].
+    keys: Vec<AuthPublicKey>,
 }
 
 impl<S> std::fmt::Debug for Dispatcher<S> {
@@ -158,6 +176,7 @@ impl<S: Store> Dispatcher<S> {
             subscriptions: HashMap::new(),
             queues_created: 0,
             bucket,
+            keys: Vec::new(),
         }
     }
 
@@ -213,7 +232,7 @@ impl<S: Store> Dispatcher<S> {
     }
 
     /// Checks a `Send` and seals its body for the recipient; storing comes later.
-    fn prepare_send(&self, req: &Request) -> Result<PendingSend, Refusal> {
+    fn prepare_send(&mut self, req: &Request) -> Result<PendingSend, Refusal> {
         let Command::Send { body } = &req.command else {
             return Err(ErrorCode::Command);
         };
@@ -311,7 +330,7 @@ impl<S: Store> Dispatcher<S> {
                 let record = QueueRecord {
                     recipient: RecipientId::random(&mut OsRng),
                     sender: SenderId::random(&mut OsRng),
-                    recipient_key: *auth,
+                    recipient_key: (*auth).into(),
                     delivery_key,
                     sender_key: None,
                     suspended: false,
@@ -414,20 +433,43 @@ impl<S: Store> Dispatcher<S> {
 
     /// The queue a recipient command addresses, if the request is signed by its recipient
     /// key. Unknown queue and wrong key are the same `Auth`, after the same work.
-    fn recipient_queue(&self, req: &Request) -> Result<QueueRecord, Refusal> {
+    fn recipient_queue(&mut self, req: &Request) -> Result<QueueRecord, Refusal> {
         let queue = self
             .shared
             .store
             .queue(&RecipientId::from(req.entity))
             .map_err(|_| ErrorCode::Internal)?;
-        let key = queue
-            .as_ref()
-            .map_or_else(AuthPublicKey::dummy, |q| q.recipient_key);
-        let verified = req.verify(&self.binding, &key);
-        match (queue, verified) {
-            (Some(q), Ok(())) => Ok(q),
-            _ => Err(ErrorCode::Auth),
+        self.check_signature(req, queue.as_ref().map(|q| q.recipient_key))?;
+        queue.ok_or(ErrorCode::Auth)
+    }
+
+    /// Checks the request's signature against the key of an existing queue (`Some`), or
+    /// against the dummy key for an unknown one (`None`, always refused). Either way one
+    /// point is decompressed and one signature verified, unless the key is one this
+    /// connection already checked a valid signature under (then it is kept decoded).
+    fn check_signature(&mut self, req: &Request, stored: Option<StoredKey>) -> Result<(), Refusal> {
+        let known = stored.is_some();
+        let stored = stored.unwrap_or_else(dummy_key);
+        let bytes = stored.to_bytes();
+        let kept = self.keys.iter().find(|k| k.to_bytes() == bytes).copied();
+        // The dummy key is never taken from the kept keys (a client may have made it the key
+        // of its own queue): an unknown queue always costs the decompression.
+        let (key, was_kept) = match kept.filter(|_| known) {
+            Some(key) => (key, true),
+            None => (stored.decode().map_err(|_| ErrorCode::Internal)?, false),
+        };
+        let verified = req.verify(&self.binding, &key).is_ok();
+        if !(verified && known) {
+            return Err(ErrorCode::Auth);
         }
+        if !was_kept {
+            if self.keys.len() >= KEYS_KEPT {
+                self.keys.remove(0);
+            }
+            self.keys.reserve_exact(1);
+            self.keys.push(key);
+        }
+        Ok(())
     }
 
     /// The queue a sender id names. For an unknown one, one verification against the dummy
@@ -441,19 +483,18 @@ impl<S: Store> Dispatcher<S> {
 
     /// The queue a `Send` addresses, if the signature rule holds: signed by the sender key
     /// when the queue is secured, unsigned when it is not.
-    fn sender_queue(&self, req: &Request) -> Result<QueueRecord, Refusal> {
+    fn sender_queue(&mut self, req: &Request) -> Result<QueueRecord, Refusal> {
         let queue = self.lookup_sender(&req.entity)?;
         match queue {
             None => {
                 if req.signature.is_some() {
-                    let _ = req.verify(&self.binding, &AuthPublicKey::dummy());
+                    let _ = self.check_signature(req, None);
                 }
                 Err(ErrorCode::Auth)
             }
-            Some(q) => match (&q.sender_key, &req.signature) {
+            Some(q) => match (q.sender_key, &req.signature) {
                 (Some(key), Some(_)) => {
-                    req.verify(&self.binding, key)
-                        .map_err(|_| ErrorCode::Auth)?;
+                    self.check_signature(req, Some(key))?;
                     Ok(q)
                 }
                 (None, None) => Ok(q),
@@ -560,5 +601,117 @@ mod tests {
         let (c, e) = frame_header(&long);
         assert_eq!(c, CorrId::from_bytes([9; 8]));
         assert_eq!(e.as_bytes()[0], 7);
+    }
+
+    mod keys {
+        use super::super::*;
+        use crate::clock::SystemClock;
+        use crate::store::MemoryStore;
+        use tidings_protocol::keys::AuthSecretKey;
+        use tidings_protocol::reencrypt::DeliveryKey;
+
+        fn dispatcher() -> Dispatcher<MemoryStore> {
+            let shared = Arc::new(Shared {
+                store: Arc::new(MemoryStore::new()),
+                registry: Registry::default(),
+                config: Config::loopback(std::path::Path::new("unused")),
+                clock: Arc::new(SystemClock),
+                stats: Stats::default(),
+            });
+            Dispatcher::new(
+                shared,
+                ConnId(1),
+                Arc::new(Mailbox::default()),
+                SessionBinding::from_bytes([7; 32]),
+            )
+        }
+
+        async fn queue_with(d: &Dispatcher<MemoryStore>, key: &AuthSecretKey) -> RecipientId {
+            let record = QueueRecord {
+                recipient: RecipientId::random(&mut OsRng),
+                sender: SenderId::random(&mut OsRng),
+                recipient_key: key.public().into(),
+                delivery_key: DeliveryKey::from_key(tidings_protocol::keys::SymmetricKey::random(
+                    &mut OsRng,
+                )),
+                sender_key: None,
+                suspended: false,
+            };
+            let id = record.recipient;
+            assert!(d.shared.store.create_queue(record).await.unwrap());
+            id
+        }
+
+        fn get(d: &Dispatcher<MemoryStore>, queue: RecipientId, key: &AuthSecretKey) -> Request {
+            Request::signed(
+                &d.binding,
+                CorrId::from_bytes([1; 8]),
+                queue.into(),
+                Command::Get,
+                key,
+            )
+            .unwrap()
+        }
+
+        #[tokio::test]
+        async fn only_keys_that_signed_for_an_existing_queue_are_kept() {
+            let mut d = dispatcher();
+            let owner = AuthSecretKey::generate(&mut OsRng);
+            let other = AuthSecretKey::generate(&mut OsRng);
+            let q = queue_with(&d, &owner).await;
+
+            // Wrong key: refused, nothing kept.
+            assert_eq!(
+                d.recipient_queue(&get(&d, q, &other)).unwrap_err(),
+                ErrorCode::Auth
+            );
+            assert!(d.keys.is_empty());
+            // Unknown queue, even signed with the dummy key's (public) secret: refused,
+            // nothing kept.
+            let dummy = AuthSecretKey::from_seed(&[0x5a; 32]);
+            assert_eq!(dummy.public(), AuthPublicKey::dummy());
+            let unknown = RecipientId::random(&mut OsRng);
+            assert_eq!(
+                d.recipient_queue(&get(&d, unknown, &dummy)).unwrap_err(),
+                ErrorCode::Auth
+            );
+            assert!(d.keys.is_empty());
+            // The owner: accepted and kept; accepted again from the kept key.
+            assert!(d.recipient_queue(&get(&d, q, &owner)).is_ok());
+            assert_eq!(d.keys, vec![owner.public()]);
+            assert!(d.recipient_queue(&get(&d, q, &owner)).is_ok());
+            assert_eq!(d.keys.len(), 1);
+            // A kept key does not let a wrong signature through.
+            assert_eq!(
+                d.recipient_queue(&get(&d, q, &other)).unwrap_err(),
+                ErrorCode::Auth
+            );
+        }
+
+        #[tokio::test]
+        async fn a_queue_with_the_dummy_key_does_not_make_unknown_queues_pass() {
+            let mut d = dispatcher();
+            let dummy = AuthSecretKey::from_seed(&[0x5a; 32]);
+            let q = queue_with(&d, &dummy).await;
+            assert!(d.recipient_queue(&get(&d, q, &dummy)).is_ok());
+            assert_eq!(d.keys, vec![AuthPublicKey::dummy()]);
+            let unknown = RecipientId::random(&mut OsRng);
+            assert_eq!(
+                d.recipient_queue(&get(&d, unknown, &dummy)).unwrap_err(),
+                ErrorCode::Auth
+            );
+        }
+
+        #[tokio::test]
+        async fn at_most_a_few_keys_are_kept() {
+            let mut d = dispatcher();
+            for _ in 0..KEYS_KEPT + 3 {
+                let key = AuthSecretKey::generate(&mut OsRng);
+                let q = queue_with(&d, &key).await;
+                assert!(d.recipient_queue(&get(&d, q, &key)).is_ok());
+                assert_eq!(d.keys.last(), Some(&key.public()));
+            }
+            assert_eq!(d.keys.len(), KEYS_KEPT);
+        }
     }
 }

@@ -17,8 +17,8 @@
 //!   QUIC (quinn + rustls, ALPN `h3`, one stream per connection, small flow-control windows).
 //! - [`session`]: one connection's life: the Noise NK handshake
 //!   ([`tidings_protocol::noise::respond`]) under a timeout, then records opened into blocks,
-//!   frames handed to the dispatcher in order, replies packed back into blocks; reader and
-//!   writer tasks joined by bounded channels, so a client that does not read stops being read.
+//!   frames handed to the dispatcher in order, replies packed back into blocks; one task that
+//!   reads nothing while its write waits, so a client that does not read stops being read.
 //! - [`dispatch`]: the queue commands of `docs/DESIGN.md` section 2 (create, secure, send,
 //!   subscribe, ack, get, delete, suspend, ping), authorization (with a dummy-key verification
 //!   for unknown queues), the per-connection rate limit, the one-unacked-message push rule.

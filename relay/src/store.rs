@@ -63,6 +63,38 @@ impl Hour {
     }
 }
 
+/// An Ed25519 public key as the store keeps it: the compressed encoding of a key that was
+/// valid (on the curve, not weak) when it was stored.
+///
+/// Decompressing the point costs several microseconds, so reading a queue does not do it:
+/// [`StoredKey::decode`] does, once a signature is to be checked against this key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct StoredKey([u8; AuthPublicKey::LEN]);
+
+impl std::fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoredKey([redacted])")
+    }
+}
+
+impl StoredKey {
+    /// The compressed encoding.
+    pub fn to_bytes(&self) -> [u8; AuthPublicKey::LEN] {
+        self.0
+    }
+
+    /// The key, with its point decompressed and checked again.
+    pub fn decode(&self) -> Result<AuthPublicKey> {
+        AuthPublicKey::from_bytes(&self.0).map_err(|_| RelayError::Corrupt { what: "queue key" })
+    }
+}
+
+impl From<AuthPublicKey> for StoredKey {
+    fn from(key: AuthPublicKey) -> Self {
+        Self(key.to_bytes())
+    }
+}
+
 /// Everything the relay knows about one queue.
 #[derive(Debug, Clone)]
 pub struct QueueRecord {
@@ -71,11 +103,11 @@ pub struct QueueRecord {
     /// The sender's id.
     pub sender: SenderId,
     /// The key that signs the recipient's commands.
-    pub recipient_key: AuthPublicKey,
+    pub recipient_key: StoredKey,
     /// The queue's re-encryption key.
     pub delivery_key: DeliveryKey,
     /// The sender's key, once the queue is secured.
-    pub sender_key: Option<AuthPublicKey>,
+    pub sender_key: Option<StoredKey>,
     /// Whether the queue refuses new messages.
     pub suspended: bool,
 }
@@ -517,7 +549,7 @@ fn apply_secure(
     if record.sender_key.is_some() || record.suspended {
         return Ok(SecureOutcome::Refused);
     }
-    record.sender_key = Some(key);
+    record.sender_key = Some(key.into());
     tree.insert(queue_key(recipient), encode_queue(&record)?.as_slice())?;
     Ok(SecureOutcome::Secured)
 }
@@ -684,15 +716,14 @@ fn decode_queue(recipient: &RecipientId, bytes: &[u8]) -> Result<QueueRecord> {
         return Err(RelayError::Corrupt { what: "queue" });
     }
     let sender = SenderId::from_bytes(r.array().map_err(corrupt_queue)?);
-    let recipient_key =
-        AuthPublicKey::from_bytes(&r.array().map_err(corrupt_queue)?).map_err(corrupt_queue)?;
+    // The keys were checked when they were stored; they are decompressed only when a
+    // signature is checked against them (`StoredKey::decode`).
+    let recipient_key = StoredKey(r.array().map_err(corrupt_queue)?);
     let delivery = Zeroizing::new(r.array::<32>().map_err(corrupt_queue)?);
     let delivery_key = DeliveryKey::from_key(SymmetricKey::from_bytes(delivery));
     let sender_key = match r.u8().map_err(corrupt_queue)? {
         0 => None,
-        1 => Some(
-            AuthPublicKey::from_bytes(&r.array().map_err(corrupt_queue)?).map_err(corrupt_queue)?,
-        ),
+        1 => Some(StoredKey(r.array().map_err(corrupt_queue)?)),
         _ => return Err(RelayError::Corrupt { what: "queue" }),
     };
     let suspended = match r.u8().map_err(corrupt_queue)? {
@@ -795,12 +826,15 @@ mod tests {
     fn queue_records_round_trip_and_refuse_trailing_bytes() {
         for (sender_key, suspended) in [
             (None, false),
-            (Some(AuthSecretKey::generate(&mut OsRng).public()), true),
+            (
+                Some(AuthSecretKey::generate(&mut OsRng).public().into()),
+                true,
+            ),
         ] {
             let q = QueueRecord {
                 recipient: RecipientId::random(&mut OsRng),
                 sender: SenderId::random(&mut OsRng),
-                recipient_key: AuthSecretKey::generate(&mut OsRng).public(),
+                recipient_key: AuthSecretKey::generate(&mut OsRng).public().into(),
                 delivery_key: DeliveryKey::from_key(SymmetricKey::random(&mut OsRng)),
                 sender_key,
                 suspended,

@@ -25,7 +25,7 @@ fn new_queue() -> QueueRecord {
     QueueRecord {
         recipient: RecipientId::random(&mut OsRng),
         sender: SenderId::random(&mut OsRng),
-        recipient_key: AuthSecretKey::generate(&mut OsRng).public(),
+        recipient_key: AuthSecretKey::generate(&mut OsRng).public().into(),
         delivery_key: DeliveryKey::from_key(SymmetricKey::random(&mut OsRng)),
         sender_key: None,
         suspended: false,
@@ -94,7 +94,7 @@ pub async fn secure_only_once(store: &impl Store) {
     );
     assert_eq!(
         store.queue(&q.recipient).unwrap().unwrap().sender_key,
-        Some(first)
+        Some(first.into())
     );
 
     let s = new_queue();
@@ -354,7 +354,7 @@ pub async fn reopen_keeps_data<S: Store>(open: impl Fn(&Path) -> S) {
         .queue_by_sender(&q.sender)
         .unwrap()
         .expect("queue kept");
-    assert_eq!(got.sender_key, Some(key));
+    assert_eq!(got.sender_key, Some(key.into()));
     assert_eq!(store.oldest(&q.recipient).unwrap(), Some(m.clone()));
     // The sequence continues after the reopen.
     let next = message(43, b"next");

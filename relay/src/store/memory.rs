@@ -119,7 +119,7 @@ impl Store for MemoryStore {
         let mut s = self.state();
         let outcome = match s.queues.get_mut(&recipient) {
             Some(q) if q.sender_key.is_none() && !q.suspended => {
-                q.sender_key = Some(sender_key);
+                q.sender_key = Some(sender_key.into());
                 SecureOutcome::Secured
             }
             _ => SecureOutcome::Refused,
