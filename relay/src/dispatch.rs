@@ -23,7 +23,7 @@ use std::sync::{Arc, OnceLock};
 use rand_core::OsRng;
 use tokio::time::Instant;
 
-use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind, Request};
+use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind, Request, DELIVERY_TAG_LEN};
 use tidings_protocol::ids::{CorrId, EntityId, MessageId, RecipientId, SenderId};
 use tidings_protocol::keys::{AuthPublicKey, DhSecretKey};
 use tidings_protocol::noise::SessionBinding;
@@ -265,12 +265,13 @@ impl<S: Store> Dispatcher<S> {
         let mut heads = Vec::with_capacity(sends.len());
         let mut items = Vec::with_capacity(sends.len());
         for send in sends.drain(..) {
-            heads.push((send.corr, send.entity, send.recipient));
+            let sent_len = send.message.body.len().saturating_sub(DELIVERY_TAG_LEN);
+            heads.push((send.corr, send.entity, send.recipient, sent_len));
             items.push((send.recipient, send.message));
         }
         let max = self.shared.config.max_pending;
         let outcomes = self.shared.store.append_batch(items, max).await;
-        for (i, (corr, entity, recipient)) in heads.into_iter().enumerate() {
+        for (i, (corr, entity, recipient, sent_len)) in heads.into_iter().enumerate() {
             let outcome = match &outcomes {
                 Ok(list) => list.get(i).copied(),
                 Err(_) => None,
@@ -278,6 +279,10 @@ impl<S: Store> Dispatcher<S> {
             match outcome {
                 Some(AppendOutcome::Stored) => {
                     Stats::bump(&self.shared.stats.messages_stored);
+                    Stats::add(
+                        &self.shared.stats.body_bytes_stored,
+                        u64::try_from(sent_len).unwrap_or(u64::MAX),
+                    );
                     out.push(Reply {
                         corr,
                         entity,

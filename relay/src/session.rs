@@ -177,6 +177,7 @@ where
                     continue;
                 }
                 let whole = std::mem::take(&mut record);
+                Stats::bump(&shared.stats.records_received);
                 deadline = Instant::now() + idle;
                 let block = match session.open(&whole) {
                     Ok(b) => b,
@@ -192,7 +193,7 @@ where
                     // without the box it would be sized for this (rare) state, not the idle
                     // wait (4.3 KB instead of 2.2 KB per connection).
                     Box::pin(dispatcher.block(chunk, &mut out)).await;
-                    if let Err(end) = send(&mut session, &mut writer, &mut out, idle, true).await {
+                    if let Err(end) = send(&mut session, &mut writer, &shared.stats, &mut out, idle, true).await {
                         failed = Some(end);
                         break;
                     }
@@ -207,7 +208,16 @@ where
         }
         // Whatever woke us, act on posted events too: a wake-up can never be lost.
         dispatcher.events(&mut out);
-        if let Err(end) = send(&mut session, &mut writer, &mut out, idle, false).await {
+        if let Err(end) = send(
+            &mut session,
+            &mut writer,
+            &shared.stats,
+            &mut out,
+            idle,
+            false,
+        )
+        .await
+        {
             write_failed = true;
             break end;
         }
@@ -230,6 +240,7 @@ where
 async fn send<W: RecordWriter>(
     session: &mut Session,
     writer: &mut W,
+    stats: &Stats,
     replies: &mut Vec<Reply>,
     limit: std::time::Duration,
     keep_partial: bool,
@@ -237,7 +248,7 @@ async fn send<W: RecordWriter>(
     for block in pack(replies, keep_partial) {
         let record = session.seal(&block).map_err(|_| End::Closed)?;
         match timeout(limit, writer.write_record(record.as_bytes())).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => Stats::bump(&stats.records_sent),
             Ok(Err(_)) => return Err(End::Closed),
             Err(_) => return Err(End::Idle),
         }

@@ -22,6 +22,12 @@ pub struct Stats {
     pub errors: AtomicU64,
     /// Messages stored.
     pub messages_stored: AtomicU64,
+    /// Bytes of the bodies of stored messages, as the senders sent them (`Send.body`).
+    pub body_bytes_stored: AtomicU64,
+    /// Transport records received after handshakes (each exactly `RECORD_LEN` bytes).
+    pub records_received: AtomicU64,
+    /// Transport records sent after handshakes.
+    pub records_sent: AtomicU64,
     /// Messages deleted by expiry.
     pub messages_expired: AtomicU64,
 }
@@ -30,6 +36,11 @@ impl Stats {
     /// Adds one to a counter.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Logs every counter at `info`.
@@ -43,6 +54,9 @@ impl Stats {
             commands = get(&self.commands),
             errors = get(&self.errors),
             stored = get(&self.messages_stored),
+            body_bytes = get(&self.body_bytes_stored),
+            records_in = get(&self.records_received),
+            records_out = get(&self.records_sent),
             expired = get(&self.messages_expired),
             "relay counters"
         );

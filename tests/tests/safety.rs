@@ -1,6 +1,7 @@
 //! Field safety through the real CLI against a real relay on loopback: check-ins, the covert
 //! duress PIN, missed-check-in alerts, the duress passphrase and panic wipe.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -45,6 +46,31 @@ fn connect(a: &Profile, a_label: &str, b: &Profile, b_label: &str) -> Result<Str
     Ok(link)
 }
 
+/// The relay's traffic counters (its only log about traffic) for what `f` does: the relay is
+/// restarted before (counters start at zero) and stopped after (it logs them at exit).
+fn relay_counters<T>(
+    w: &mut World,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<(T, BTreeMap<String, u64>)> {
+    w.relay.terminate()?;
+    w.relay.restart()?;
+    let out = f()?;
+    w.relay.terminate()?;
+    let log = std::fs::read_to_string(w.relay.log_path())?;
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("relay counters"))
+        .ok_or_else(|| anyhow::anyhow!("no counters in the relay log"))?;
+    let counters = line
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect();
+    w.relay.restart()?;
+    Ok((out, counters))
+}
+
 fn lines(p: &Profile, args: &[&str]) -> Result<Vec<String>> {
     Ok(p.run(args)?
         .ok()?
@@ -56,7 +82,7 @@ fn lines(p: &Profile, args: &[&str]) -> Result<Vec<String>> {
 
 #[test]
 fn a_duress_check_in_looks_normal_to_the_sender_and_warns_the_receiver() -> Result<()> {
-    let w = World::new()?;
+    let mut w = World::new()?;
     let minister = w.profile("minister")?;
     let sister = w.profile("sister")?;
     connect(&minister, "kim", &sister, "pastor")?;
@@ -82,8 +108,8 @@ fn a_duress_check_in_looks_normal_to_the_sender_and_warns_the_receiver() -> Resu
         )
     };
 
-    // A normal check-in.
-    let normal = checkin("1357")?.ok()?;
+    // A normal check-in, and what the relay counted of it.
+    let (normal, normal_wire) = relay_counters(&mut w, || checkin("1357")?.ok())?;
     let history_normal = lines(&sister, &["history", "pastor"])?;
     assert_eq!(
         lines(&minister, &["sync"])?,
@@ -97,17 +123,34 @@ fn a_duress_check_in_looks_normal_to_the_sender_and_warns_the_receiver() -> Resu
     assert!(lines(&minister, &["sync"])?.is_empty(), "nothing was sent");
 
     // A duress check-in: same output and same history entry on the sender's phone...
-    let duress = checkin("8642")?.ok()?;
+    let (duress, duress_wire) = relay_counters(&mut w, || checkin("8642")?.ok())?;
     assert_eq!(normal.stdout, duress.stdout);
     assert_eq!(normal.stderr, duress.stderr);
     let history_after = lines(&sister, &["history", "pastor"])?;
     assert_eq!(history_after.len(), 2);
     assert_eq!(history_after[0], history_after[1]);
     assert_eq!(history_after[0], history_normal[0]);
-    // Sizes on the wire are equal by construction (every body is padded to 16,000 bytes);
-    // the client's unit test
-    // `a_duress_check_in_is_the_same_size_and_leaves_the_same_trace_on_the_sender` compares
-    // the stored bodies of both.
+    // ...and the same on the wire: as many records each way (every record is 16,400 bytes)
+    // and a stored body of the same size.
+    for counter in [
+        "stored",
+        "body_bytes",
+        "records_in",
+        "records_out",
+        "connections",
+    ] {
+        assert_eq!(
+            normal_wire.get(counter),
+            duress_wire.get(counter),
+            "{counter}: normal {normal_wire:?}, duress {duress_wire:?}"
+        );
+    }
+    assert!(
+        normal_wire.get("records_in").is_some_and(|n| *n > 0),
+        "the relay counted records: {normal_wire:?}"
+    );
+    assert_eq!(duress_wire.get("stored"), Some(&1));
+    assert_eq!(duress_wire.get("body_bytes"), Some(&16_000));
 
     // ...and the receiver is warned, and `due` puts the contact first.
     assert_eq!(
