@@ -1,0 +1,247 @@
+"""An independent implementation of PROTOCOL.md sections 2 to 10, written from the document
+alone (not from the Rust), checked against the known-answer vectors in protocol/tests/vectors,
+and the safety code of section 12.8 against client/tests/vectors/safety_code.txt.
+
+Run: python3 -m pip install cryptography && python3 tests/spec/check_vectors.py
+Exit status 0 when every value matches, 1 otherwise.
+"""
+import json, hashlib, hmac, struct, base64, ipaddress, re, sys, os
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives import hashes, serialization
+
+V = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'protocol', 'tests', 'vectors') + os.sep
+def load(n): return json.load(open(V + n))
+ok = 0; bad = 0
+def check(name, cond):
+    global ok, bad
+    if cond: ok += 1
+    else: bad += 1; print('FAIL', name)
+
+RECORD_LEN = 16400; BLOCK_LEN = 16384; HELLO_LEN = RECORD_LEN - 48
+def raw_pub(priv): return priv.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+def x25519(sk, pk): return X25519PrivateKey.from_private_bytes(sk).exchange(X25519PublicKey.from_public_bytes(pk))
+def x25519_pub(sk): return raw_pub(X25519PrivateKey.from_private_bytes(sk))
+
+# ---------- section 2: addresses ----------
+def b64url_decode_strict(s):
+    if not re.fullmatch(r'[A-Za-z0-9_-]*', s): raise ValueError
+    b = base64.urlsafe_b64decode(s + '=' * (-len(s) % 4))
+    if base64.urlsafe_b64encode(b).rstrip(b'=').decode() != s: raise ValueError  # trailing bits
+    return b
+def parse_address(s):
+    if len(s.encode()) > 512: raise ValueError('long')
+    if not s.startswith('tidings://'): raise ValueError('scheme')
+    rest = s[len('tidings://'):]
+    if '@' not in rest: raise ValueError('@')
+    key, hostport = rest.split('@', 1)
+    if len(key) != 43: raise ValueError('key len')
+    k = b64url_decode_strict(key)
+    if ':' not in hostport: raise ValueError('port')
+    host, port = hostport.rsplit(':', 1)
+    if not re.fullmatch(r'[1-9][0-9]{0,4}', port) or int(port) > 65535: raise ValueError('port')
+    if host.startswith('['):
+        if not host.endswith(']'): raise ValueError('bracket')
+        ip = ipaddress.IPv6Address(host[1:-1])
+        canon = '[' + str(ip) + ']'
+        if ip.ipv4_mapped: canon = '[::ffff:%s]' % ip.ipv4_mapped
+        if canon != host: raise ValueError('canon')
+    elif host == '': raise ValueError('empty')
+    elif len(host) > 253: raise ValueError('253')
+    elif re.fullmatch(r'[0-9.]+', host):
+        parts = host.split('.')
+        if len(parts) != 4 or any(not re.fullmatch(r'0|[1-9][0-9]{0,2}', p) or int(p) > 255 for p in parts): raise ValueError('v4')
+    else:
+        for label in host.split('.'):
+            if not re.fullmatch(r'[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?', label): raise ValueError('label')
+    return k, host, int(port)
+a = load('addresses.json')
+for v in a['valid']:
+    k, host, port = parse_address(v['text'])
+    check('addr valid ' + v['text'], k.hex() == v['key_hex'] and port == v['port'])
+for v in a['invalid']:
+    try: parse_address(v['text']); check('addr invalid ' + v['name'], False)
+    except ValueError: check('addr invalid', True)
+
+# ---------- section 5.2: blocks ----------
+def block(frames):
+    out = bytes([len(frames)]) + b''.join(struct.pack('>H', len(f)) + f for f in frames)
+    assert len(out) <= BLOCK_LEN
+    return out + bytes(BLOCK_LEN - len(out))
+def decode_block(b):
+    assert len(b) == BLOCK_LEN
+    n = b[0]; i = 1; fr = []
+    for _ in range(n):
+        L = struct.unpack('>H', b[i:i+2])[0]; i += 2
+        assert 1 <= L <= 16381 and i + L <= len(b)
+        fr.append(b[i:i+L]); i += L
+    assert all(x == 0 for x in b[i:])
+    return fr
+for c in load('blocks.json')['cases']:
+    fr = [bytes.fromhex(x) for x in c['frames_hex']]
+    blk = block(fr)
+    check('block ' + c['name'], blk.rstrip(b'\0') == bytes.fromhex(c['unpadded_hex']).rstrip(b'\0') and decode_block(blk) == fr)
+
+# ---------- sections 6-7: frames and signatures ----------
+CTX = b'tidings command signature v1\0'
+def cmd_len(b):
+    t = b[0]
+    fixed = {0x01: 65, 0x02: 1, 0x03: 25, 0x04: 1, 0x05: 1, 0x06: 1, 0x10: 33, 0x20: 1}
+    if t in fixed: return fixed[t]
+    if t == 0x11: return 3 + struct.unpack('>H', b[1:3])[0]
+    raise ValueError('tag')
+def decode_request(f):
+    corr, ent, flag = f[:8], f[8:32], f[32]
+    if flag == 0: sig, cmd = None, f[33:]
+    elif flag == 1: sig, cmd = f[33:97], f[97:]
+    else: raise ValueError
+    if cmd_len(cmd) != len(cmd): raise ValueError('trailing')
+    return corr, ent, sig, cmd
+s = load('signatures.json')
+binding = bytes.fromhex(s['binding_hex'])
+check('ctx', CTX.hex() == s['context_hex'])
+for c in s['cases']:
+    sk = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(c['signer_seed_hex']))
+    pk = raw_pub(sk)
+    corr, ent, cmd = (bytes.fromhex(c[k]) for k in ('corr_hex', 'entity_hex', 'command_hex'))
+    signed = CTX + binding + corr + ent + cmd
+    sig = sk.sign(signed)
+    frame = corr + ent + b'\x01' + sig + cmd
+    check('sig ' + c['name'], pk.hex() == c['signer_public_hex'] and signed.hex() == c['signed_bytes_hex']
+          and sig.hex() == c['signature_hex'] and frame.hex() == c['frame_hex'])
+cm = load('commands.json')
+b2 = bytes.fromhex(cm['binding_hex'])
+keys = {bytes.fromhex(cm['recipient_auth_public_hex']), bytes.fromhex(cm['sender_auth_public_hex'])}
+for r in cm['requests']:
+    f = bytes.fromhex(r['frame_hex'])
+    corr, ent, sig, cmd = decode_request(f)
+    if sig is not None:
+        verified = False
+        for k in keys | ({cmd[1:33]} if cmd[0] in (0x01, 0x10) else set()):
+            try: Ed25519PublicKey.from_public_bytes(k).verify(sig, CTX + b2 + corr + ent + cmd); verified = True
+            except Exception: pass
+        check('req sig ' + r['name'], verified)
+    # signer rule (8.2)
+    rule = {0x01: 'carried', 0x10: 'carried', 0x20: 'nobody', 0x11: 'sender'}.get(cmd[0], 'recipient')
+    check('req shape ' + r['name'], (rule != 'nobody' or (sig is None and ent == bytes(24))) and (cmd[0] != 0x01 or ent == bytes(24)))
+def reply_len(b):
+    t = b[0]
+    fixed = {0x81: 81, 0x82: 1, 0x84: 1, 0x85: 1, 0x86: 2}
+    if t in fixed: return fixed[t]
+    if t == 0x83: return 1 + 24 + 2 + struct.unpack('>H', b[25:27])[0]
+    raise ValueError
+names = {'ids': 0x81, 'ok': 0x82, 'message_pushed': 0x83, 'end': 0x84, 'pong': 0x85}
+codes = ['block', 'command', 'auth', 'quota', 'no_message', 'large', 'busy', 'internal']
+for r in cm['replies']:
+    f = bytes.fromhex(r['frame_hex']); body = f[32:]
+    good = reply_len(body) == len(body)
+    if r['name'] in names: good &= body[0] == names[r['name']]
+    if r['name'].startswith('error_'): good &= body[0] == 0x86 and body[1] == codes.index(r['name'][6:]) + 1
+    if r['name'] in ('message_pushed', 'end'): good &= f[:8] == bytes(8)
+    check('reply ' + r['name'], good)
+
+# ---------- section 10: re-encryption ----------
+def hchacha20(key, nonce16):
+    def rotl(v, c): return ((v << c) & 0xffffffff) | (v >> (32 - c))
+    def qr(s, a, b, c, d):
+        s[a] = (s[a] + s[b]) & 0xffffffff; s[d] = rotl(s[d] ^ s[a], 16)
+        s[c] = (s[c] + s[d]) & 0xffffffff; s[b] = rotl(s[b] ^ s[c], 12)
+        s[a] = (s[a] + s[b]) & 0xffffffff; s[d] = rotl(s[d] ^ s[a], 8)
+        s[c] = (s[c] + s[d]) & 0xffffffff; s[b] = rotl(s[b] ^ s[c], 7)
+    st = [0x61707865, 0x3320646e, 0x79622d32, 0x6b206574] + list(struct.unpack('<8I', key)) + list(struct.unpack('<4I', nonce16))
+    for _ in range(10):
+        qr(st, 0, 4, 8, 12); qr(st, 1, 5, 9, 13); qr(st, 2, 6, 10, 14); qr(st, 3, 7, 11, 15)
+        qr(st, 0, 5, 10, 15); qr(st, 1, 6, 11, 12); qr(st, 2, 7, 8, 13); qr(st, 3, 4, 9, 14)
+    return struct.pack('<8I', *(st[0:4] + st[12:16]))
+def xchacha_seal(key, nonce24, aad, pt):
+    return ChaCha20Poly1305(hchacha20(key, nonce24[:16])).encrypt(b'\0' * 4 + nonce24[16:], pt, aad)
+def hkdf(ikm, info, L=32): return HKDF(hashes.SHA256(), L, None, info).derive(ikm)
+r = load('reencrypt.json')
+rs, ls_ = bytes.fromhex(r['recipient_secret_hex']), bytes.fromhex(r['relay_secret_hex'])
+rp, lp = x25519_pub(rs), x25519_pub(ls_)
+shared = x25519(ls_, rp)
+check('reenc shared', shared == x25519(rs, lp) and shared.hex() == r['shared_secret_hex'] and rp.hex() == r['recipient_public_hex'] and lp.hex() == r['relay_public_hex'])
+key = hkdf(shared, b'tidings relay delivery key v1' + rp + lp)
+check('reenc key', key.hex() == r['delivery_key_hex'] and r['info_hex'] == b'tidings relay delivery key v1'.hex())
+for c in r['cases']:
+    check('reenc ' + c['name'], xchacha_seal(key, bytes.fromhex(c['message_id_hex']), b'', bytes.fromhex(c['body_hex'])).hex() == c['sealed_hex'])
+
+# ---------- section 4-5: Noise NK ----------
+HASHLEN = 32
+def H(b): return hashlib.blake2s(b).digest()
+def HMAC(k, b): return hmac.new(k, b, hashlib.blake2s).digest()
+def HKDF2(ck, ikm):
+    t = HMAC(ck, ikm); o1 = HMAC(t, b'\x01'); o2 = HMAC(t, o1 + b'\x02'); return o1, o2
+def aead(k, n, ad, pt): return ChaCha20Poly1305(k).encrypt(b'\0' * 4 + struct.pack('<Q', n), pt, ad)
+def aead_open(k, n, ad, ct): return ChaCha20Poly1305(k).decrypt(b'\0' * 4 + struct.pack('<Q', n), ct, ad)
+class SS:
+    def __init__(s, name, prologue):
+        s.h = name.ljust(HASHLEN, b'\0') if len(name) <= HASHLEN else H(name); s.ck = s.h; s.k = None; s.n = 0
+        s.mix_hash(prologue)
+    def mix_hash(s, d): s.h = H(s.h + d)
+    def mix_key(s, ikm): s.ck, k = s.HK(ikm); s.k = k; s.n = 0
+    def HK(s, ikm): return HKDF2(s.ck, ikm)
+    def enc(s, pt):
+        ct = aead(s.k, s.n, s.h, pt); s.n += 1; s.mix_hash(ct); return ct
+    def dec(s, ct):
+        pt = aead_open(s.k, s.n, s.h, ct); s.n += 1; s.mix_hash(ct); return pt
+    def split(s):
+        t = HMAC(s.ck, b''); k1 = HMAC(t, b'\x01'); k2 = HMAC(t, k1 + b'\x02'); return k1, k2
+hs = load('handshake.json')
+name = hs['noise_params'].encode(); pro = bytes.fromhex(hs['prologue_hex'])
+check('prologue', pro == b'tidings relay protocol/handshake 1' and name == b'Noise_NK_25519_ChaChaPoly_BLAKE2s')
+rsk = bytes.fromhex(hs['relay_static_secret_hex']); rpk = x25519_pub(rsk)
+check('relay static', rpk.hex() == hs['relay_static_public_hex'])
+ce, re_ = bytes.fromhex(hs['client_ephemeral_secret_hex']), bytes.fromhex(hs['relay_ephemeral_secret_hex'])
+# client writes msg1
+c = SS(name, pro); c.mix_hash(rpk)
+ce_pub = x25519_pub(ce); c.mix_hash(ce_pub); c.mix_key(x25519(ce, rpk))
+hello = struct.pack('>HH', 1, 1).ljust(HELLO_LEN, b'\0')
+msg1 = ce_pub + c.enc(hello)
+check('msg1', len(msg1) == RECORD_LEN and msg1.hex() == hs['client_hello_record_hex'])
+# relay reads msg1, writes msg2
+r_ = SS(name, pro); r_.mix_hash(rpk)
+r_.mix_hash(msg1[:32]); r_.mix_key(x25519(rsk, msg1[:32])); p1 = r_.dec(msg1[32:])
+mn, mx = struct.unpack('>HH', p1[:4]); check('hello pad', all(x == 0 for x in p1[4:]))
+hi, lo = min(1, mx), max(1, mn); ver = hi if lo <= hi and hi != 0 else 0
+re_pub = x25519_pub(re_); r_.mix_hash(re_pub); r_.mix_key(x25519(re_, msg1[:32]))
+msg2 = re_pub + r_.enc(struct.pack('>H', ver).ljust(HELLO_LEN, b'\0'))
+check('msg2', len(msg2) == RECORD_LEN and msg2.hex() == hs['relay_hello_record_hex'])
+# client reads msg2
+c.mix_hash(msg2[:32]); c.mix_key(x25519(ce, msg2[:32])); p2 = c.dec(msg2[32:])
+check('version', struct.unpack('>H', p2[:2])[0] == hs['negotiated_version'])
+check('binding', c.h == r_.h and c.h.hex() == hs['handshake_hash_hex'])
+k_c2r, k_r2c = c.split()
+for t in hs['transport']:
+    k = k_c2r if t['direction'] == 'client->relay' else k_r2c
+    blk = block([bytes.fromhex(x) for x in t['frames_hex']])
+    rec = aead(k, 0, b'', blk)
+    check('transport ' + t['direction'], len(rec) == RECORD_LEN and rec.hex() == t['record_hex'])
+# the signed Subscribe in the transport vector verifies over the real binding
+t0 = bytes.fromhex(hs['transport'][0]['frames_hex'][0])
+corr, ent, sig, cmd = decode_request(t0)
+ask = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(hs['auth_seed_hex']))
+try:
+    ask.public_key().verify(sig, CTX + c.h + corr + ent + cmd); check('session-bound sig', True)
+except Exception: check('session-bound sig', False)
+
+# ---------- section 12.8: safety code (client/tests/vectors/safety_code.txt) ----------
+SAFETY_CTX = b"tidings safety code v1"
+def fingerprint(key):
+    d = hashlib.sha512(SAFETY_CTX + key).digest()
+    for _ in range(5199):
+        d = hashlib.sha512(d + key).digest()
+    return ''.join('%05d' % (int.from_bytes(d[5 * j:5 * j + 5], 'big') % 100000) for j in range(6))
+SC = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'client', 'tests', 'vectors', 'safety_code.txt')
+for line in open(SC):
+    if line.startswith('#') or not line.strip():
+        continue
+    a, b, *groups = line.split()
+    lo, hi = sorted([fingerprint(bytes.fromhex(a)), fingerprint(bytes.fromhex(b))])
+    code = lo + hi
+    check('safety code ' + a[:8], ' '.join(code[i:i + 5] for i in range(0, 60, 5)) == ' '.join(groups))
+
+print('ok', ok, 'failed', bad)
+sys.exit(1 if bad else 0)
