@@ -9,6 +9,8 @@
 //!   everything it could ever say), and can SIGKILL, SIGTERM and restart it on the same data.
 //! - [`Profile`] runs `tidings` commands against one client home with a passphrase in the
 //!   environment, each bounded in time.
+//! - [`World`] is a relay in a temporary directory with [`World::profile`] to add people, and
+//!   [`connect`] makes two of them contacts the way people do.
 //! - [`scan_dir`] and [`find_in_dir`] search every byte of a directory tree for strings that
 //!   must never be there (message texts, labels, addresses, keys).
 //!
@@ -17,6 +19,9 @@
 #![forbid(unsafe_code)]
 
 pub mod proto;
+pub mod world;
+
+pub use world::{connect, World};
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

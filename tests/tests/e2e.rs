@@ -7,52 +7,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use tempfile::TempDir;
-use tidings_tests::{scan_dir, Profile, RelayProcess};
-
-struct World {
-    _dir: TempDir,
-    root: std::path::PathBuf,
-    relay: RelayProcess,
-}
-
-impl World {
-    fn new() -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let root = dir.path().to_path_buf();
-        std::fs::create_dir_all(root.join("relay"))?;
-        let relay = RelayProcess::start(&root.join("relay"), &root.join("relay.log"), &[])?;
-        Ok(Self {
-            _dir: dir,
-            root,
-            relay,
-        })
-    }
-
-    fn profile(&self, name: &str) -> Result<Profile> {
-        let p = Profile::new(
-            &self.root.join(name),
-            &format!("{name} passphrase, long enough"),
-        );
-        p.run(&["init", "--relay", self.relay.address()])?.ok()?;
-        Ok(p)
-    }
-}
-
-/// Makes `a` and `b` contacts: a invites (calling b `a_label`), b accepts (calling a
-/// `b_label`), then each syncs once, inviter first. Returns the link.
-fn connect(a: &Profile, a_label: &str, b: &Profile, b_label: &str) -> Result<String> {
-    let invite = a.run(&["invite", "--label", a_label])?.ok()?;
-    let link = invite.last_line().to_string();
-    assert!(
-        link.is_ascii() && !link.contains(' ') && !link.is_empty(),
-        "the invitation's last line is the link: {link:?}"
-    );
-    b.run(&["accept", &link, "--label", b_label])?.ok()?;
-    a.run(&["sync"])?.ok()?;
-    b.run(&["sync"])?.ok()?;
-    Ok(link)
-}
+use tidings_tests::{connect, scan_dir, Profile, World};
 
 fn synced_lines(p: &Profile) -> Result<Vec<String>> {
     let run = p.run(&["sync"])?.ok()?;

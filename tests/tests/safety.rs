@@ -5,46 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Result;
-use tempfile::TempDir;
-use tidings_tests::{scan_dir, Profile, RelayProcess};
-
-struct World {
-    _dir: TempDir,
-    root: std::path::PathBuf,
-    relay: RelayProcess,
-}
-
-impl World {
-    fn new() -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let root = dir.path().to_path_buf();
-        std::fs::create_dir_all(root.join("relay"))?;
-        let relay = RelayProcess::start(&root.join("relay"), &root.join("relay.log"), &[])?;
-        Ok(Self {
-            _dir: dir,
-            root,
-            relay,
-        })
-    }
-
-    fn profile(&self, name: &str) -> Result<Profile> {
-        let p = Profile::new(&self.root.join(name), &format!("{name} passphrase, long"));
-        p.run(&["init", "--relay", self.relay.address()])?.ok()?;
-        Ok(p)
-    }
-}
-
-fn connect(a: &Profile, a_label: &str, b: &Profile, b_label: &str) -> Result<String> {
-    let link = a
-        .run(&["invite", "--label", a_label])?
-        .ok()?
-        .last_line()
-        .to_string();
-    b.run(&["accept", &link, "--label", b_label])?.ok()?;
-    a.run(&["sync"])?.ok()?;
-    b.run(&["sync"])?.ok()?;
-    Ok(link)
-}
+use tidings_tests::{connect, scan_dir, Profile, World};
 
 /// The relay's traffic counters (its only log about traffic) for what `f` does: the relay is
 /// restarted before (counters start at zero) and stopped after (it logs them at exit).
