@@ -352,20 +352,10 @@ impl Profile {
             return Err(ClientError::ProfileExists);
         }
         let store = Store::create(home, passphrase, kdf)?;
-        let account = E2eAccount::new();
-        let mut b = Batch::new();
-        b.put(
-            Tree::Meta,
-            META_RELAY,
-            Zeroizing::new(relay.to_string().into_bytes()),
-        );
-        b.put(
-            Tree::Meta,
-            META_ACCOUNT,
-            Zeroizing::new(account.pickle(store.pickle_key()).into_bytes()),
-        );
-        store.apply(b)?;
-        Ok(Self { store, relay })
+        fill_fresh(&store, &relay)?;
+        let profile = Self { store, relay };
+        profile.make_shadow()?;
+        Ok(profile)
     }
 
     /// Unlocks the profile in `home`.
@@ -376,7 +366,20 @@ impl Profile {
             .ok_or(ClientError::CorruptStore)?;
         let relay = parse_relay(std::str::from_utf8(&relay).map_err(corrupt)?)
             .map_err(|_| ClientError::CorruptStore)?;
-        Ok(Self { store, relay })
+        let profile = Self { store, relay };
+        if profile.store.opened_by_duress() {
+            // The decoy is now the profile: give it a shadow as every profile has.
+            profile.make_shadow()?;
+        }
+        Ok(profile)
+    }
+
+    /// Replaces the profile's shadow (or decoy) with a new shadow: a store shaped like a
+    /// fresh profile under a key nobody keeps (see [`Store::keep_shadow`]).
+    fn make_shadow(&self) -> Result<()> {
+        let shadow = self.store.prepare_decoy()?;
+        fill_fresh(&shadow, &self.relay)?;
+        self.store.keep_shadow(shadow)
     }
 
     fn account(&self) -> Result<E2eAccount> {
@@ -1539,21 +1542,26 @@ impl Profile {
     pub fn set_duress_passphrase(&mut self, passphrase: &[u8]) -> Result<()> {
         self.store.ensure_not_this_passphrase(passphrase)?;
         let decoy = self.store.prepare_decoy()?;
-        let account = E2eAccount::new();
-        let mut b = Batch::new();
-        b.put(
-            Tree::Meta,
-            META_RELAY,
-            Zeroizing::new(self.relay.to_string().into_bytes()),
-        );
-        b.put(
-            Tree::Meta,
-            META_ACCOUNT,
-            Zeroizing::new(account.pickle(decoy.pickle_key()).into_bytes()),
-        );
-        decoy.apply(b)?;
+        fill_fresh(&decoy, &self.relay)?;
         self.store.commit_decoy(&decoy, passphrase)
     }
+}
+
+/// Writes what a fresh profile holds: its relay and a new end-to-end account.
+fn fill_fresh(store: &Store, relay: &RelayAddress) -> Result<()> {
+    let account = E2eAccount::new();
+    let mut b = Batch::new();
+    b.put(
+        Tree::Meta,
+        META_RELAY,
+        Zeroizing::new(relay.to_string().into_bytes()),
+    );
+    b.put(
+        Tree::Meta,
+        META_ACCOUNT,
+        Zeroizing::new(account.pickle(store.pickle_key()).into_bytes()),
+    );
+    store.apply(b)
 }
 
 fn history_key(contact: &[u8; 16], seq: u64) -> Vec<u8> {

@@ -550,6 +550,39 @@ async fn the_duress_passphrase_opens_a_decoy_and_destroys_the_real_profile() {
     assert!(Profile::open(&home, b"nothing to see").is_ok());
 }
 
+#[test]
+fn the_files_look_alike_with_or_without_a_duress_passphrase_and_after_using_it() {
+    let w = World::new();
+    // Two profiles in the same state; only one gets a duress passphrase.
+    let plain = w.profile("plain", 1);
+    let mut with = w.profile("with", 1);
+    let fresh = plain.store.shape();
+    assert_eq!(
+        fresh.len(),
+        12,
+        "the profile's six trees and a shadow's six: {fresh:?}"
+    );
+    assert_eq!(with.store.shape(), fresh);
+    with.set_duress_passphrase(b"nothing to see").unwrap();
+    assert_eq!(
+        with.store.shape(),
+        fresh,
+        "setting a duress passphrase shows in no tree count, entry count or value length"
+    );
+    let home = w.dir.path().join("with");
+    drop(with);
+    let decoy = Profile::open(&home, b"nothing to see").unwrap();
+    assert_eq!(
+        decoy.store.shape(),
+        fresh,
+        "after a duress unlock the files look like a fresh profile's"
+    );
+    drop(decoy);
+    // And the decoy, reopened, keeps that shape (no new shadow each time).
+    let decoy = Profile::open(&home, b"nothing to see").unwrap();
+    assert_eq!(decoy.store.shape(), fresh);
+}
+
 #[tokio::test]
 async fn retention_deletes_old_history_at_unlock() {
     let w = World::new();

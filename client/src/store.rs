@@ -12,8 +12,10 @@
 //!   the data key, with a random nonce and the tree name and storage key as associated data
 //!   (so a value cannot be moved to another key or tree). Storage keys are BLAKE2b-256 MACs of
 //!   the logical key under another subkey, and the sled tree names are keyed hashes too
-//!   (different for every profile), so the files show no label, id, order or tree purpose. A
-//!   decoy profile keeps its own trees in the same database.
+//!   (different for every profile), so the files show no label, id, order or tree purpose.
+//!   Beside the profile's own trees the database always holds a second, small set shaped like
+//!   a fresh profile: the duress decoy when one is set, otherwise a *shadow* whose key was
+//!   thrown away, so the files look the same either way.
 //!
 //! Writes go through [`Batch`]: all changes of one step (a received message, its history entry,
 //! the new ratchet state) are applied in one sled transaction and flushed to disk before
@@ -204,6 +206,8 @@ pub struct Store {
     tree_names: Vec<Vec<u8>>,
     data_key: Zeroizing<[u8; 32]>,
     keys: Keys,
+    /// Whether [`Store::open`] got here through the duress slot.
+    opened_by_duress: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -373,17 +377,19 @@ impl Store {
                 ];
                 // Then the layout of a profile without a duress passphrase, replaced atomically.
                 write_new_file(&path, &encode_key_file(&slots))?;
-                let store = Self::open_db(home, Self::open_sled(home)?, decoy_key)?;
+                let mut store = Self::open_db(home, Self::open_sled(home)?, decoy_key)?;
                 store.drop_foreign_trees(&[])?;
+                store.opened_by_duress = true;
                 Ok(store)
             }
             (None, None) => Err(ClientError::WrongPassphrase),
         }
     }
 
-    /// Makes a fresh, empty decoy store in the same database for a duress passphrase. Fill it
-    /// (a plausible profile), then call [`Store::commit_decoy`], which also drops any earlier
-    /// decoy.
+    /// Makes a fresh, empty store in the same database under a new random key: a decoy for a
+    /// duress passphrase, or a shadow. Fill it like a fresh profile, then call
+    /// [`Store::commit_decoy`] or [`Store::keep_shadow`], which also drop any earlier decoy or
+    /// shadow.
     pub fn prepare_decoy(&self) -> Result<Self> {
         let data_key = Zeroizing::new(random::<32>()?);
         Self::open_db(&self.home, self.db.clone(), data_key)
@@ -442,6 +448,30 @@ impl Store {
         Ok(())
     }
 
+    /// The shape of the whole database as someone without a key sees it: for every tree but
+    /// sled's default, its sealed value lengths, sorted; the trees sorted too.
+    #[cfg(test)]
+    pub(crate) fn shape(&self) -> Vec<Vec<usize>> {
+        let mut trees: Vec<Vec<usize>> = self
+            .db
+            .tree_names()
+            .into_iter()
+            .filter(|name| name.as_ref() != SLED_DEFAULT_TREE)
+            .filter_map(|name| self.db.open_tree(name).ok())
+            .map(|tree| {
+                let mut lens: Vec<usize> = tree
+                    .iter()
+                    .filter_map(|e| e.ok())
+                    .map(|(_, v)| v.len())
+                    .collect();
+                lens.sort_unstable();
+                lens
+            })
+            .collect();
+        trees.sort();
+        trees
+    }
+
     /// Drops every tree in the database that is neither this profile's nor in `also_keep`
     /// (an earlier decoy's, or the real profile's after a duress unlock) and flushes.
     fn drop_foreign_trees(&self, also_keep: &[Vec<u8>]) -> Result<()> {
@@ -495,7 +525,24 @@ impl Store {
             tree_names,
             data_key,
             keys,
+            opened_by_duress: false,
         })
+    }
+
+    /// Whether this store was opened with the duress passphrase (and the real profile was
+    /// destroyed just now). The caller should then make a new shadow ([`Store::keep_shadow`]).
+    pub fn opened_by_duress(&self) -> bool {
+        self.opened_by_duress
+    }
+
+    /// Keeps `shadow` (made with [`Store::prepare_decoy`] and filled like a fresh profile)
+    /// beside this profile and drops every other foreign tree. Its key is then forgotten:
+    /// the shadow is noise that no passphrase opens. Every profile keeps one, so that the
+    /// database holds the same number of trees, shaped alike, whether or not a duress
+    /// passphrase (whose decoy takes the shadow's place) is set.
+    pub fn keep_shadow(&self, shadow: Store) -> Result<()> {
+        shadow.db.flush().map_err(storage)?;
+        self.drop_foreign_trees(&shadow.tree_names)
     }
 
     /// The profile home.
