@@ -16,7 +16,9 @@
 //! Every mutation is asynchronous and resolves only once it is durable. [`SledStore`] runs all
 //! writes on one writer thread that takes every operation waiting in its channel, applies
 //! each as one atomic sled batch, flushes once for the whole group (group commit), and only
-//! then completes each waiter. Reads go straight to sled.
+//! then completes each waiter. Reads go straight to sled. The writer also remembers each
+//! queue's pending count and next sequence number (bounded), so a send does not scan the
+//! queue's messages to enforce the quota.
 //!
 //! Layout of the single sled tree (all integers big-endian, so key order is numeric order):
 //!
@@ -27,6 +29,7 @@
 //! 'x' hour u32 recipient[24] seq u64  -> empty (expiry index)
 //! ```
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -444,7 +447,71 @@ fn complete<T: Send + 'static>(done: Done<T>, result: Result<T>) -> Completion {
     })
 }
 
+/// Most queues whose message counts the writer remembers; past it, it forgets them all.
+const MAX_COUNTED_QUEUES: usize = 65_536;
+
+/// What the writer knows of a queue's messages without scanning them.
+#[derive(Debug, Clone, Copy)]
+struct QueueCount {
+    /// Messages stored and not yet acked or expired.
+    pending: usize,
+    /// The sequence number the next message gets (above every stored one).
+    next_seq: u64,
+}
+
+/// Pending counts per queue, kept by the writer thread so that a `Send` does not scan the
+/// queue's messages. Only the writer changes messages, so a count, once read from the tree,
+/// stays exact; any change the writer cannot follow cheaply (expiry) makes it forget the
+/// queue, and the next use reads it again. Bounded by [`MAX_COUNTED_QUEUES`].
+#[derive(Debug, Default)]
+struct Counts {
+    queues: HashMap<RecipientId, QueueCount>,
+}
+
+impl Counts {
+    /// The queue's count, read from the tree the first time.
+    fn get(&mut self, tree: &sled::Tree, recipient: &RecipientId) -> Result<QueueCount> {
+        if let Some(count) = self.queues.get(recipient) {
+            return Ok(*count);
+        }
+        let mut pending = 0usize;
+        let mut last = None;
+        for key in tree.scan_prefix(message_prefix(recipient)).keys() {
+            last = Some(seq_of(&key?)?);
+            pending += 1;
+        }
+        let next_seq = match last {
+            None => 0,
+            Some(s) => s.checked_add(1).ok_or(RelayError::Corrupt {
+                what: "message sequence",
+            })?,
+        };
+        let count = QueueCount { pending, next_seq };
+        self.set(*recipient, count);
+        Ok(count)
+    }
+
+    fn set(&mut self, recipient: RecipientId, count: QueueCount) {
+        if self.queues.len() >= MAX_COUNTED_QUEUES && !self.queues.contains_key(&recipient) {
+            self.queues.clear();
+        }
+        self.queues.insert(recipient, count);
+    }
+
+    /// One message of a counted queue is gone.
+    fn removed_one(&mut self, recipient: &RecipientId) {
+        if let Some(count) = self.queues.get_mut(recipient) {
+            count.pending = count.pending.saturating_sub(1);
+        }
+    }
+
+    fn forget(&mut self, recipient: &RecipientId) {
+        self.queues.remove(recipient);
+    }
+}
+
 fn writer_loop(db: sled::Db, tree: sled::Tree, mut rx: mpsc::Receiver<Op>, flushes: &AtomicU64) {
+    let mut counts = Counts::default();
     let mut stop = false;
     while !stop {
         let Some(first) = rx.blocking_recv() else {
@@ -458,7 +525,7 @@ fn writer_loop(db: sled::Db, tree: sled::Tree, mut rx: mpsc::Receiver<Op>, flush
                     stop = true;
                     break;
                 }
-                op => group.push(apply(&tree, op)),
+                op => group.push(apply(&tree, &mut counts, op)),
             }
             if group.len() < MAX_GROUP {
                 next = rx.try_recv().ok();
@@ -475,24 +542,27 @@ fn writer_loop(db: sled::Db, tree: sled::Tree, mut rx: mpsc::Receiver<Op>, flush
     let _ = db.flush();
 }
 
-fn apply(tree: &sled::Tree, op: Op) -> Completion {
+fn apply(tree: &sled::Tree, counts: &mut Counts, op: Op) -> Completion {
     match op {
         Op::Create(record, done) => complete(done, apply_create(tree, &record)),
-        Op::Delete(id, done) => complete(done, apply_delete(tree, &id)),
+        Op::Delete(id, done) => {
+            counts.forget(&id);
+            complete(done, apply_delete(tree, &id))
+        }
         Op::Suspend(id, done) => complete(done, apply_suspend(tree, &id)),
         Op::Secure(id, key, done) => complete(done, apply_secure(tree, &id, key)),
         Op::Append(id, message, max, done) => {
-            complete(done, apply_append(tree, &id, &message, max))
+            complete(done, apply_append(tree, counts, &id, &message, max))
         }
         Op::AppendBatch(messages, max, done) => {
             let result = messages
                 .iter()
-                .map(|(id, message)| apply_append(tree, id, message, max))
+                .map(|(id, message)| apply_append(tree, counts, id, message, max))
                 .collect();
             complete(done, result)
         }
-        Op::Ack(id, msg, done) => complete(done, apply_ack(tree, &id, &msg)),
-        Op::Expire(cutoff, done) => complete(done, apply_expire(tree, cutoff)),
+        Op::Ack(id, msg, done) => complete(done, apply_ack(tree, counts, &id, &msg)),
+        Op::Expire(cutoff, done) => complete(done, apply_expire(tree, counts, cutoff)),
         Op::Flush(done) => complete(done, Ok(())),
         Op::Stop => Box::new(|_| {}),
     }
@@ -556,6 +626,7 @@ fn apply_secure(
 
 fn apply_append(
     tree: &sled::Tree,
+    counts: &mut Counts,
     recipient: &RecipientId,
     message: &StoredMessage,
     max_pending: usize,
@@ -564,34 +635,37 @@ fn apply_append(
         Some(record) if !record.suspended => {}
         _ => return Ok(AppendOutcome::Refused),
     }
-    let prefix = message_prefix(recipient);
-    let mut count = 0usize;
-    let mut last_seq = None;
-    for entry in tree.scan_prefix(&prefix) {
-        let (key, _) = entry?;
-        count += 1;
-        last_seq = Some(seq_of(&key)?);
-        if count >= max_pending {
-            return Ok(AppendOutcome::QueueFull);
-        }
-    }
-    if count >= max_pending {
+    let count = counts.get(tree, recipient)?;
+    if count.pending >= max_pending {
         return Ok(AppendOutcome::QueueFull);
     }
-    let seq = match last_seq {
-        None => 0,
-        Some(s) => s.checked_add(1).ok_or(RelayError::Corrupt {
-            what: "message sequence",
-        })?,
-    };
+    let seq = count.next_seq;
+    let next_seq = seq.checked_add(1).ok_or(RelayError::Corrupt {
+        what: "message sequence",
+    })?;
     let mut batch = sled::Batch::default();
     batch.insert(message_key(recipient, seq), encode_message(message)?);
     batch.insert(expiry_key(message.hour, recipient, seq), Vec::new());
-    tree.apply_batch(batch)?;
+    if let Err(e) = tree.apply_batch(batch) {
+        counts.forget(recipient);
+        return Err(e.into());
+    }
+    counts.set(
+        *recipient,
+        QueueCount {
+            pending: count.pending + 1,
+            next_seq,
+        },
+    );
     Ok(AppendOutcome::Stored)
 }
 
-fn apply_ack(tree: &sled::Tree, recipient: &RecipientId, id: &MessageId) -> Result<bool> {
+fn apply_ack(
+    tree: &sled::Tree,
+    counts: &mut Counts,
+    recipient: &RecipientId,
+    id: &MessageId,
+) -> Result<bool> {
     for entry in tree.scan_prefix(message_prefix(recipient)) {
         let (key, value) = entry?;
         let (message_id, hour) = message_header(&value)?;
@@ -600,14 +674,18 @@ fn apply_ack(tree: &sled::Tree, recipient: &RecipientId, id: &MessageId) -> Resu
             let mut batch = sled::Batch::default();
             batch.remove(expiry_key(hour, recipient, seq));
             batch.remove(key);
-            tree.apply_batch(batch)?;
+            if let Err(e) = tree.apply_batch(batch) {
+                counts.forget(recipient);
+                return Err(e.into());
+            }
+            counts.removed_one(recipient);
             return Ok(true);
         }
     }
     Ok(false)
 }
 
-fn apply_expire(tree: &sled::Tree, cutoff: Hour) -> Result<usize> {
+fn apply_expire(tree: &sled::Tree, counts: &mut Counts, cutoff: Hour) -> Result<usize> {
     let start = vec![TAG_EXPIRY];
     let mut end = vec![TAG_EXPIRY];
     end.extend_from_slice(&cutoff.0.to_be_bytes());
@@ -625,6 +703,11 @@ fn apply_expire(tree: &sled::Tree, cutoff: Hour) -> Result<usize> {
         batch.remove(mk);
         batch.remove(key);
         n += 1;
+    }
+    if n > 0 {
+        // Rare (one sweep every few minutes): simpler to count every queue afresh than to
+        // follow which ones lost messages.
+        *counts = Counts::default();
     }
     tree.apply_batch(batch)?;
     Ok(n)

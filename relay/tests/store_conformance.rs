@@ -262,6 +262,46 @@ pub async fn expiry_sweep(store: &impl Store) {
     assert_eq!(store.pending(&many.recipient).unwrap(), 0);
 }
 
+/// The quota sees every way messages leave a queue: acks, expiry, and deleting the queue
+/// (then creating one with the same ids), in any order with appends.
+pub async fn quota_follows_acks_expiry_and_delete(store: &impl Store) {
+    let q = new_queue();
+    store.create_queue(q.clone()).await.unwrap();
+    let append = |hour: u32, body: &'static [u8]| {
+        let m = message(hour, body);
+        async move { (store.append(q.recipient, m.clone(), 3).await.unwrap(), m) }
+    };
+    let (_, first) = append(10, b"1").await;
+    append(10, b"2").await;
+    append(20, b"3").await;
+    assert_eq!(append(20, b"full").await.0, AppendOutcome::QueueFull);
+    // An ack makes room for exactly one.
+    assert!(store.delete_message(q.recipient, first.id).await.unwrap());
+    assert_eq!(append(20, b"4").await.0, AppendOutcome::Stored);
+    assert_eq!(append(20, b"full").await.0, AppendOutcome::QueueFull);
+    // Expiry of hour 10 makes room for one more (one message of hour 10 was left).
+    assert_eq!(store.expire_before(Hour(11)).await.unwrap(), 1);
+    let (outcome, fifth) = append(30, b"5").await;
+    assert_eq!(outcome, AppendOutcome::Stored);
+    assert_eq!(append(30, b"full").await.0, AppendOutcome::QueueFull);
+    assert_eq!(store.pending(&q.recipient).unwrap(), 3);
+    // Order holds across all of it: the newest is last.
+    for _ in 0..2 {
+        let oldest = store.oldest(&q.recipient).unwrap().unwrap();
+        assert_ne!(oldest, fifth);
+        store.delete_message(q.recipient, oldest.id).await.unwrap();
+    }
+    assert_eq!(store.oldest(&q.recipient).unwrap(), Some(fifth));
+    // A deleted queue made again with the same ids starts empty.
+    assert!(store.delete_queue(q.recipient).await.unwrap());
+    assert!(store.create_queue(q.clone()).await.unwrap());
+    assert_eq!(store.pending(&q.recipient).unwrap(), 0);
+    for body in [b"a", b"b", b"c"] {
+        assert_eq!(append(40, body).await.0, AppendOutcome::Stored);
+    }
+    assert_eq!(append(40, b"full").await.0, AppendOutcome::QueueFull);
+}
+
 /// Many appends at once (group commit) are all stored, each exactly once, in some order
 /// consistent with each submitter's own order.
 pub async fn concurrent_appends<S: Store>(store: std::sync::Arc<S>) {
@@ -405,6 +445,12 @@ async fn sled_delete_queue_deletes_messages() {
 }
 
 #[tokio::test]
+async fn sled_quota_follows_acks_expiry_and_delete() {
+    let (_d, s) = sled_temp();
+    quota_follows_acks_expiry_and_delete(&s).await;
+}
+
+#[tokio::test]
 async fn sled_expiry_sweep() {
     let (_d, s) = sled_temp();
     expiry_sweep(&s).await;
@@ -475,6 +521,11 @@ async fn memory_quota_and_refusals() {
 #[tokio::test]
 async fn memory_delete_queue_deletes_messages() {
     delete_queue_deletes_messages(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn memory_quota_follows_acks_expiry_and_delete() {
+    quota_follows_acks_expiry_and_delete(&MemoryStore::new()).await;
 }
 
 #[tokio::test]
