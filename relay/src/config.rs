@@ -14,6 +14,7 @@
 //! idle_timeout_secs = 120
 //! rate_per_sec = 200
 //! rate_burst = 400
+//! max_queues = 1000000
 //! max_queues_per_connection = 64
 //! max_subscriptions_per_connection = 1024
 //! sweep_interval_secs = 600
@@ -53,6 +54,9 @@ pub struct Config {
     pub rate_per_sec: u32,
     /// Commands a connection may send in a burst (token bucket size). Default 400.
     pub rate_burst: u32,
+    /// Most queues the relay holds in all; `New` beyond it gets `Quota`. Bounds the disk an
+    /// abuser can fill with empty queues, which do not expire. Default 1,000,000.
+    pub max_queues: usize,
     /// Most queues one connection may create. Default 64.
     pub max_queues_per_connection: u32,
     /// Most queues one connection may be subscribed to at once. Default 1,024.
@@ -74,6 +78,7 @@ impl Default for Config {
             idle_timeout_secs: 120,
             rate_per_sec: 200,
             rate_burst: 400,
+            max_queues: 1_000_000,
             max_queues_per_connection: 64,
             max_subscriptions_per_connection: 1024,
             sweep_interval_secs: 600,
@@ -112,6 +117,7 @@ impl Config {
             ("expiry_days", u64::from(self.expiry_days)),
             ("max_pending", self.max_pending as u64),
             ("max_connections", self.max_connections as u64),
+            ("max_queues", self.max_queues as u64),
             ("handshake_timeout_secs", self.handshake_timeout_secs),
             ("idle_timeout_secs", self.idle_timeout_secs),
             ("rate_per_sec", u64::from(self.rate_per_sec)),
@@ -178,6 +184,7 @@ mod tests {
         assert_eq!(c.idle_timeout(), Duration::from_secs(120));
         assert_eq!((c.rate_per_sec, c.rate_burst), (200, 400));
         assert_eq!(c.max_queues_per_connection, 64);
+        assert_eq!(c.max_queues, 1_000_000);
     }
 
     #[test]

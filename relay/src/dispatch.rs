@@ -326,7 +326,9 @@ impl<S: Store> Dispatcher<S> {
                 }
                 req.verify(&self.binding, auth)
                     .map_err(|_| ErrorCode::Auth)?;
-                if self.queues_created >= self.shared.config.max_queues_per_connection {
+                if self.queues_created >= self.shared.config.max_queues_per_connection
+                    || self.shared.store.queue_count() >= self.shared.config.max_queues
+                {
                     return Err(ErrorCode::Quota);
                 }
                 let relay_dh = DhSecretKey::generate(&mut OsRng);

@@ -32,7 +32,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -206,6 +206,9 @@ pub trait Store: Send + Sync + 'static {
     /// How many messages a queue holds.
     fn pending(&self, recipient: &RecipientId) -> Result<usize>;
 
+    /// How many queues the store holds (kept in memory; cheap).
+    fn queue_count(&self) -> usize;
+
     /// Deletes every message that arrived before `cutoff` (in any queue). Resolves to how
     /// many were deleted.
     fn expire_before(&self, cutoff: Hour) -> impl Future<Output = Result<usize>> + Send;
@@ -255,6 +258,8 @@ pub struct SledStore {
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<JoinHandle<()>>,
     flushes: Arc<AtomicU64>,
+    /// Queues in the store: counted once at open, then kept by the writer.
+    queues: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -268,6 +273,13 @@ impl SledStore {
     pub fn open(path: &Path) -> Result<Self> {
         let db = sled::Config::new().path(path).open()?;
         let tree = db.open_tree("relay v1")?;
+        let mut existing = 0usize;
+        for key in tree.scan_prefix([TAG_QUEUE]).keys() {
+            key?;
+            existing += 1;
+        }
+        let queues = Arc::new(AtomicUsize::new(existing));
+        let writer_queues = Arc::clone(&queues);
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let writer_tree = tree.clone();
         let writer_db = db.clone();
@@ -275,7 +287,7 @@ impl SledStore {
         let writer_flushes = Arc::clone(&flushes);
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(writer_db, writer_tree, rx, &writer_flushes))
+            .spawn(move || writer_loop(writer_db, writer_tree, rx, &writer_flushes, &writer_queues))
             .map_err(RelayError::io("starting the store writer thread"))?;
         Ok(Self {
             db,
@@ -283,6 +295,7 @@ impl SledStore {
             ops: Some(tx),
             writer: Some(writer),
             flushes,
+            queues,
         })
     }
 
@@ -394,6 +407,10 @@ impl Store for SledStore {
         id: MessageId,
     ) -> impl Future<Output = Result<bool>> + Send {
         self.submit(move |done| Op::Ack(recipient, id, done))
+    }
+
+    fn queue_count(&self) -> usize {
+        self.queues.load(Ordering::Relaxed)
     }
 
     fn pending(&self, recipient: &RecipientId) -> Result<usize> {
@@ -510,7 +527,13 @@ impl Counts {
     }
 }
 
-fn writer_loop(db: sled::Db, tree: sled::Tree, mut rx: mpsc::Receiver<Op>, flushes: &AtomicU64) {
+fn writer_loop(
+    db: sled::Db,
+    tree: sled::Tree,
+    mut rx: mpsc::Receiver<Op>,
+    flushes: &AtomicU64,
+    queues: &AtomicUsize,
+) {
     let mut counts = Counts::default();
     let mut stop = false;
     while !stop {
@@ -525,7 +548,7 @@ fn writer_loop(db: sled::Db, tree: sled::Tree, mut rx: mpsc::Receiver<Op>, flush
                     stop = true;
                     break;
                 }
-                op => group.push(apply(&tree, &mut counts, op)),
+                op => group.push(apply(&tree, &mut counts, queues, op)),
             }
             if group.len() < MAX_GROUP {
                 next = rx.try_recv().ok();
@@ -542,12 +565,22 @@ fn writer_loop(db: sled::Db, tree: sled::Tree, mut rx: mpsc::Receiver<Op>, flush
     let _ = db.flush();
 }
 
-fn apply(tree: &sled::Tree, counts: &mut Counts, op: Op) -> Completion {
+fn apply(tree: &sled::Tree, counts: &mut Counts, queues: &AtomicUsize, op: Op) -> Completion {
     match op {
-        Op::Create(record, done) => complete(done, apply_create(tree, &record)),
+        Op::Create(record, done) => {
+            let result = apply_create(tree, &record);
+            if matches!(result, Ok(true)) {
+                queues.fetch_add(1, Ordering::Relaxed);
+            }
+            complete(done, result)
+        }
         Op::Delete(id, done) => {
             counts.forget(&id);
-            complete(done, apply_delete(tree, &id))
+            let result = apply_delete(tree, &id);
+            if matches!(result, Ok(true)) {
+                queues.fetch_sub(1, Ordering::Relaxed);
+            }
+            complete(done, result)
         }
         Op::Suspend(id, done) => complete(done, apply_suspend(tree, &id)),
         Op::Secure(id, key, done) => complete(done, apply_secure(tree, &id, key)),

@@ -780,6 +780,38 @@ async fn a_connection_may_create_only_so_many_queues() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_holds_only_so_many_queues_in_all() {
+    let w = World::start_with(|c| c.max_queues = 2).await;
+    let mut a = w.connect().await;
+    let mut b = w.connect().await;
+    let first = Queue::create(&mut a).await;
+    Queue::create(&mut b).await;
+    let new_queue = |conn: &mut RelayConnection| {
+        let auth = AuthSecretKey::generate(&mut OsRng);
+        let dh = DhSecretKey::generate(&mut OsRng);
+        conn.signed(
+            EntityId::NONE,
+            Command::New {
+                auth: auth.public(),
+                dh: dh.public(),
+            },
+            &auth,
+        )
+        .unwrap()
+    };
+    // Full, whichever connection asks.
+    let req = new_queue(&mut a);
+    assert_error(&a.request(req).await.unwrap(), ErrorCode::Quota);
+    let mut c = w.connect().await;
+    let req = new_queue(&mut c);
+    assert_error(&c.request(req).await.unwrap(), ErrorCode::Quota);
+    // Deleting a queue makes room again.
+    assert_ok(&first.cmd(&mut a, Command::Delete).await);
+    Queue::create(&mut c).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_handshake_is_closed_without_a_word() {
     let w = World::start().await;
     let (_endpoint, connection, mut send, mut recv) =

@@ -262,6 +262,20 @@ pub async fn expiry_sweep(store: &impl Store) {
     assert_eq!(store.pending(&many.recipient).unwrap(), 0);
 }
 
+/// The store counts its queues through creation, refusal and deletion.
+pub async fn queue_count_follows_create_and_delete(store: &impl Store) {
+    let before = store.queue_count();
+    let a = new_queue();
+    let b = new_queue();
+    assert!(store.create_queue(a.clone()).await.unwrap());
+    assert!(store.create_queue(b.clone()).await.unwrap());
+    assert!(!store.create_queue(a.clone()).await.unwrap());
+    assert_eq!(store.queue_count(), before + 2);
+    assert!(store.delete_queue(a.recipient).await.unwrap());
+    assert!(!store.delete_queue(a.recipient).await.unwrap());
+    assert_eq!(store.queue_count(), before + 1);
+}
+
 /// The quota sees every way messages leave a queue: acks, expiry, and deleting the queue
 /// (then creating one with the same ids), in any order with appends.
 pub async fn quota_follows_acks_expiry_and_delete(store: &impl Store) {
@@ -390,6 +404,7 @@ pub async fn reopen_keeps_data<S: Store>(open: impl Fn(&Path) -> S) {
         store.append(q.recipient, m.clone(), 10).await.unwrap();
     }
     let store = open(dir.path());
+    assert_eq!(store.queue_count(), 1, "queues are counted again on open");
     let got = store
         .queue_by_sender(&q.sender)
         .unwrap()
@@ -442,6 +457,12 @@ async fn sled_quota_and_refusals() {
 async fn sled_delete_queue_deletes_messages() {
     let (_d, s) = sled_temp();
     delete_queue_deletes_messages(&s).await;
+}
+
+#[tokio::test]
+async fn sled_queue_count_follows_create_and_delete() {
+    let (_d, s) = sled_temp();
+    queue_count_follows_create_and_delete(&s).await;
 }
 
 #[tokio::test]
@@ -521,6 +542,11 @@ async fn memory_quota_and_refusals() {
 #[tokio::test]
 async fn memory_delete_queue_deletes_messages() {
     delete_queue_deletes_messages(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn memory_queue_count_follows_create_and_delete() {
+    queue_count_follows_create_and_delete(&MemoryStore::new()).await;
 }
 
 #[tokio::test]

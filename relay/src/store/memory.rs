@@ -77,6 +77,10 @@ impl Store for MemoryStore {
         ready(Ok(ok))
     }
 
+    fn queue_count(&self) -> usize {
+        self.state().queues.len()
+    }
+
     fn queue(&self, recipient: &RecipientId) -> Result<Option<QueueRecord>> {
         Ok(self.state().queues.get(recipient).cloned())
     }
