@@ -8,9 +8,10 @@
 //!   profile's key; slot 1 holds a decoy profile's key under the duress passphrase, or random
 //!   bytes when none is set, so the file looks the same either way. Destroying the slots makes
 //!   everything else unrecoverable.
-//! - `db/`: a sled database. Every value is sealed with XChaCha20-Poly1305 under a subkey of
-//!   the data key, with a random nonce and the tree name and storage key as associated data
-//!   (so a value cannot be moved to another key or tree). Storage keys are BLAKE2b-256 MACs of
+//! - `db/`: a sled database. Every value is padded to a power of two (at least 256 bytes)
+//!   and sealed with XChaCha20-Poly1305 under a subkey of the data key, with a random nonce
+//!   and the tree name and storage key as associated data (so a value cannot be moved to
+//!   another key or tree). Storage keys are BLAKE2b-256 MACs of
 //!   the logical key under another subkey, and the sled tree names are keyed hashes too
 //!   (different for every profile), so the files show no label, id, order or tree purpose.
 //!   Beside the profile's own trees the database always holds a second, small set shaped like
@@ -583,11 +584,12 @@ impl Store {
         OsRng
             .try_fill_bytes(&mut nonce)
             .map_err(|_| ClientError::Rng)?;
+        let padded = pad_value(value)?;
         let sealed = XChaCha20Poly1305::new(self.keys.value.as_ref().into())
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
-                    msg: value,
+                    msg: &padded,
                     aad: &Self::aad(tree, storage_key),
                 },
             )
@@ -618,6 +620,7 @@ impl Store {
             )
             .map(Zeroizing::new)
             .map_err(|_| ClientError::CorruptStore)
+            .and_then(|padded| unpad_value(&padded))
     }
 
     /// The value of logical `key` in `tree`, decrypted.
@@ -713,6 +716,37 @@ fn physical_tree_name(keys: &Keys, tree: Tree) -> Result<Vec<u8>> {
         .take(12)
         .flat_map(|b| format!("{b:02x}").into_bytes())
         .collect())
+}
+
+/// Smallest padded size of a stored value.
+const MIN_PADDED: usize = 256;
+
+/// A value as it is sealed: its length (u32, big-endian), the value, then zeros up to the
+/// next power of two (at least [`MIN_PADDED`]), so a stored value's size says only roughly
+/// how long it is (for example, values of 600 and 900 bytes both take 1,024).
+fn pad_value(value: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+    let len = u32::try_from(value.len()).map_err(|_| ClientError::Storage)?;
+    let size = (4 + value.len()).next_power_of_two().max(MIN_PADDED);
+    let mut out = Zeroizing::new(Vec::with_capacity(size));
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(value);
+    out.resize(size, 0);
+    Ok(out)
+}
+
+/// The value inside a padded plaintext; anything malformed is a corrupt store.
+fn unpad_value(padded: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+    let mut r = Reader::new(padded, "stored value", MAX_SEALED_LEN)
+        .map_err(|_| ClientError::CorruptStore)?;
+    let len = usize::try_from(r.u32().map_err(|_| ClientError::CorruptStore)?)
+        .map_err(|_| ClientError::CorruptStore)?;
+    let rest = r.rest();
+    let value = rest.get(..len).ok_or(ClientError::CorruptStore)?;
+    let padding = rest.get(len..).ok_or(ClientError::CorruptStore)?;
+    if padding.iter().any(|b| *b != 0) || !padded.len().is_power_of_two() {
+        return Err(ClientError::CorruptStore);
+    }
+    Ok(Zeroizing::new(value.to_vec()))
 }
 
 fn random<const N: usize>() -> Result<[u8; N]> {
@@ -866,6 +900,59 @@ mod tests {
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn values_are_padded_to_a_power_of_two_and_come_back_exactly() {
+        for len in [0usize, 1, 251, 252, 253, 300, 1020, 1021, 5000] {
+            let value: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
+            let padded = pad_value(&value).unwrap();
+            assert!(padded.len().is_power_of_two() && padded.len() >= MIN_PADDED);
+            assert!(padded.len() >= value.len() + 4);
+            assert_eq!(unpad_value(&padded).unwrap().as_slice(), value.as_slice());
+        }
+        assert_eq!(pad_value(&[7; 252]).unwrap().len(), 256);
+        assert_eq!(pad_value(&[7; 253]).unwrap().len(), 512);
+        // Damaged plaintexts are refused: a length past the end, non-zero padding, a size
+        // that is not a power of two.
+        let mut bad = pad_value(b"hello").unwrap();
+        bad[..4].copy_from_slice(&300u32.to_be_bytes());
+        assert!(unpad_value(&bad).is_err());
+        let mut bad = pad_value(b"hello").unwrap();
+        bad[200] = 1;
+        assert!(unpad_value(&bad).is_err());
+        let mut bad = pad_value(b"hello").unwrap();
+        bad.push(0);
+        assert!(unpad_value(&bad).is_err());
+    }
+
+    #[test]
+    fn stored_values_of_different_lengths_can_look_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("p"), b"pw", fast()).unwrap();
+        let mut b = Batch::new();
+        b.put(Tree::History, b"short", Zeroizing::new(vec![b'a'; 600]));
+        b.put(Tree::History, b"long", Zeroizing::new(vec![b'b'; 900]));
+        store.apply(b).unwrap();
+        let sizes: Vec<usize> = store
+            .tree(Tree::History)
+            .unwrap()
+            .iter()
+            .map(|e| e.unwrap().1.len())
+            .collect();
+        assert_eq!(sizes.len(), 2);
+        assert_eq!(
+            sizes[0], sizes[1],
+            "600 and 900 bytes both fill 1,024: {sizes:?}"
+        );
+        assert_eq!(
+            store
+                .get(Tree::History, b"long")
+                .unwrap()
+                .unwrap()
+                .as_slice(),
+            &[b'b'; 900][..]
+        );
     }
 
     fn all_bytes(dir: &Path) -> Vec<Vec<u8>> {
