@@ -528,13 +528,13 @@ fn main() -> ExitCode {
 
 /// `-` means: read the value from standard input (without its final line break), so a message
 /// or link never appears in shell history or in the process list.
-fn from_stdin_if_dash(value: String) -> anyhow::Result<String> {
+fn from_stdin_if_dash(value: String) -> anyhow::Result<Zeroizing<String>> {
     if value != "-" {
-        return Ok(value);
+        return Ok(Zeroizing::new(value));
     }
-    let mut input = String::new();
+    let mut input = Zeroizing::new(String::new());
     std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
     let trimmed = input.strip_suffix('\n').unwrap_or(&input);
     let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
-    Ok(trimmed.to_string())
+    Ok(Zeroizing::new(trimmed.to_string()))
 }

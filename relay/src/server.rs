@@ -153,7 +153,7 @@ async fn supervise<S: Store>(
     listener.wait_idle(Duration::from_secs(2)).await;
     let _ = sweeper.await;
     let result = shared.store.flush().await;
-    shared.stats.log();
+    shared.stats.log(shared.store.queue_count());
     tracing::info!("relay stopped");
     // The last reference: dropping it closes the store.
     drop(shared);
@@ -277,7 +277,7 @@ async fn sweeper<S: Store>(
             Some(reply) = requests.recv() => {
                 let _ = reply.send(sweep(&shared).await);
             }
-            _ = stats_tick.tick() => shared.stats.log(),
+            _ = stats_tick.tick() => shared.stats.log(shared.store.queue_count()),
         }
     }
 }

@@ -43,10 +43,11 @@ impl Stats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Logs every counter at `info`.
-    pub fn log(&self) {
+    /// Logs every counter at `info`, with the number of queues the store holds.
+    pub fn log(&self, queues: usize) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         tracing::info!(
+            queues,
             connections = get(&self.connections),
             open = get(&self.open_connections),
             refused = get(&self.refused_connections),

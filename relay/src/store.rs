@@ -217,6 +217,32 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> impl Future<Output = Result<()>> + Send;
 }
 
+/// sled's log segment size for new databases. sled writes any log entry larger than a
+/// quarter of a segment to a file of its own (a "blob"), and a leaf of its tree holds up to
+/// 17 entries, i.e. up to about 280 KB of 16 KB messages: with sled's default of 512 KiB
+/// nearly every rewrite of a leaf created (and later deleted) a file. At 2 MiB leaves stay
+/// in the log.
+const SEGMENT_SIZE: usize = 2 << 20;
+/// sled's default segment size, which databases created before [`SEGMENT_SIZE`] keep (sled
+/// refuses to open a database with another segment size).
+const OLD_SEGMENT_SIZE: usize = 512 << 10;
+
+/// Opens the sled database in `path`: new ones with [`SEGMENT_SIZE`], existing ones with
+/// the segment size they were created with.
+fn open_db(path: &Path) -> Result<sled::Db> {
+    match sled::Config::new()
+        .path(path)
+        .segment_size(SEGMENT_SIZE)
+        .open()
+    {
+        Err(sled::Error::Unsupported(_)) => Ok(sled::Config::new()
+            .path(path)
+            .segment_size(OLD_SEGMENT_SIZE)
+            .open()?),
+        other => Ok(other?),
+    }
+}
+
 /// Most messages one expiry operation deletes; the sweep repeats until less are left.
 const EXPIRE_CHUNK: usize = 1024;
 /// Most operations the writer groups under one flush.
@@ -271,7 +297,7 @@ impl std::fmt::Debug for SledStore {
 impl SledStore {
     /// Opens (or creates) the database in `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = sled::Config::new().path(path).open()?;
+        let db = open_db(path)?;
         let tree = db.open_tree("relay v1")?;
         let mut existing = 0usize;
         for key in tree.scan_prefix([TAG_QUEUE]).keys() {
@@ -607,10 +633,11 @@ fn apply_create(tree: &sled::Tree, record: &QueueRecord) -> Result<bool> {
     if tree.contains_key(&qk)? || tree.contains_key(&sk)? {
         return Ok(false);
     }
-    let mut batch = sled::Batch::default();
-    batch.insert(qk, encode_queue(record)?.as_slice());
-    batch.insert(sk, record.recipient.as_bytes().as_slice());
-    tree.apply_batch(batch)?;
+    // The sender index first: should the relay die between the two writes (before the
+    // group's flush, so nobody was told the ids), what is left is an index entry pointing
+    // at no queue, which reads as "no such queue".
+    tree.insert(sk, record.recipient.as_bytes().as_slice())?;
+    tree.insert(qk, encode_queue(record)?.as_slice())?;
     Ok(true)
 }
 
@@ -618,17 +645,21 @@ fn apply_delete(tree: &sled::Tree, recipient: &RecipientId) -> Result<bool> {
     let Some(record) = read_queue(tree, recipient)? else {
         return Ok(false);
     };
-    let mut batch = sled::Batch::default();
-    batch.remove(queue_key(recipient));
-    batch.remove(sender_key(&record.sender));
+    // Messages first, the queue record last: a relay that dies half way leaves the queue
+    // in place (with fewer messages), and the recipient, told nothing, deletes it again.
+    let mut messages = Vec::new();
     for entry in tree.scan_prefix(message_prefix(recipient)) {
         let (key, value) = entry?;
         let (_, hour) = message_header(&value)?;
-        let seq = seq_of(&key)?;
-        batch.remove(expiry_key(hour, recipient, seq));
-        batch.remove(key);
+        messages.push((key, hour));
     }
-    tree.apply_batch(batch)?;
+    for (key, hour) in messages {
+        let seq = seq_of(&key)?;
+        tree.remove(&key)?;
+        tree.remove(expiry_key(hour, recipient, seq))?;
+    }
+    tree.remove(sender_key(&record.sender))?;
+    tree.remove(queue_key(recipient))?;
     Ok(true)
 }
 
@@ -676,10 +707,14 @@ fn apply_append(
     let next_seq = seq.checked_add(1).ok_or(RelayError::Corrupt {
         what: "message sequence",
     })?;
-    let mut batch = sled::Batch::default();
-    batch.insert(message_key(recipient, seq), encode_message(message)?);
-    batch.insert(expiry_key(message.hour, recipient, seq), Vec::new());
-    if let Err(e) = tree.apply_batch(batch) {
+    let body = encode_message(message)?;
+    // The expiry entry first: a relay that dies between the two writes (before the flush,
+    // so the send was not answered) leaves an entry without its message, which the expiry
+    // sweep drops (it checks the message's hour before deleting anything).
+    let written = tree
+        .insert(expiry_key(message.hour, recipient, seq), Vec::new())
+        .and_then(|_| tree.insert(message_key(recipient, seq), body));
+    if let Err(e) = written {
         counts.forget(recipient);
         return Err(e.into());
     }
@@ -704,10 +739,11 @@ fn apply_ack(
         let (message_id, hour) = message_header(&value)?;
         if message_id.ct_eq(id) {
             let seq = seq_of(&key)?;
-            let mut batch = sled::Batch::default();
-            batch.remove(expiry_key(hour, recipient, seq));
-            batch.remove(key);
-            if let Err(e) = tree.apply_batch(batch) {
+            // The message first, then its expiry entry (see `apply_append`).
+            let removed = tree
+                .remove(&key)
+                .and_then(|_| tree.remove(expiry_key(hour, recipient, seq)));
+            if let Err(e) = removed {
                 counts.forget(recipient);
                 return Err(e.into());
             }
@@ -722,27 +758,41 @@ fn apply_expire(tree: &sled::Tree, counts: &mut Counts, cutoff: Hour) -> Result<
     let start = vec![TAG_EXPIRY];
     let mut end = vec![TAG_EXPIRY];
     end.extend_from_slice(&cutoff.0.to_be_bytes());
-    let mut batch = sled::Batch::default();
-    let mut n = 0usize;
+    let mut entries = Vec::new();
     for entry in tree.range(start..end).take(EXPIRE_CHUNK) {
         let (key, _) = entry?;
-        // 'x' hour[4] recipient[24] seq[8]
-        let rest = key.get(1 + 4..).ok_or(RelayError::Corrupt {
-            what: "expiry index",
-        })?;
-        let mut mk = Vec::with_capacity(1 + rest.len());
-        mk.push(TAG_MESSAGE);
-        mk.extend_from_slice(rest);
-        batch.remove(mk);
-        batch.remove(key);
-        n += 1;
+        entries.push(key);
     }
+    let n = entries.len();
     if n > 0 {
         // Rare (one sweep every few minutes): simpler to count every queue afresh than to
         // follow which ones lost messages.
         *counts = Counts::default();
     }
-    tree.apply_batch(batch)?;
+    for key in entries {
+        // 'x' hour[4] recipient[24] seq[8]
+        let hour = key
+            .get(1..1 + 4)
+            .and_then(|h| <[u8; 4]>::try_from(h).ok())
+            .map(|h| Hour(u32::from_be_bytes(h)));
+        let rest = key.get(1 + 4..);
+        let (Some(hour), Some(rest)) = (hour, rest) else {
+            return Err(RelayError::Corrupt {
+                what: "expiry index",
+            });
+        };
+        let mut mk = Vec::with_capacity(1 + rest.len());
+        mk.push(TAG_MESSAGE);
+        mk.extend_from_slice(rest);
+        // Only the message this entry was written for: an entry left behind by a relay that
+        // died mid-write may share its sequence number with a newer message.
+        if let Some(value) = tree.get(&mk)? {
+            if message_header(&value)?.1 == hour {
+                tree.remove(&mk)?;
+            }
+        }
+        tree.remove(&key)?;
+    }
     Ok(n)
 }
 
