@@ -15,10 +15,21 @@
 //!
 //! Every mutation is asynchronous and resolves only once it is durable. [`SledStore`] runs all
 //! writes on one writer thread that takes every operation waiting in its channel, applies
-//! each as one atomic sled batch, flushes once for the whole group (group commit), and only
-//! then completes each waiter. Reads go straight to sled. The writer also remembers each
-//! queue's pending count and next sequence number (bounded), so a send does not scan the
-//! queue's messages to enforce the quota.
+//! each, flushes once for the whole group (group commit), and only then completes each
+//! waiter. Reads go straight to sled. The writer also remembers each queue's pending count
+//! and next sequence number (bounded), so a send does not scan the queue's messages to
+//! enforce the quota.
+//!
+//! The writer uses single-key sled writes, not sled batches: the first batch a process
+//! applies switches sled to a global read-write lock that every read then takes and every
+//! batch takes exclusively, which made the connections' reads wait on the writer. An
+//! operation that writes several keys writes them in an order chosen so that a relay killed
+//! half way through one (always before the group's flush, so the operation was never
+//! answered) leaves only something harmless behind: an expiry entry without its message
+//! (the expiry sweep checks the message's hour before deleting it and drops the entry), a
+//! sender index entry pointing at no queue (reads as "no such queue"), or a queue that lost
+//! some of its messages while being deleted (its owner deletes it again). Everything an
+//! operation that was answered wrote is durable, as before.
 //!
 //! Layout of the single sled tree (all integers big-endian, so key order is numeric order):
 //!
@@ -986,6 +997,109 @@ mod tests {
             let _ = decode_queue(&RecipientId::from_bytes([1; 24]), &bytes);
             let _ = seq_of(&bytes);
         }
+    }
+
+    fn new_queue() -> QueueRecord {
+        QueueRecord {
+            recipient: RecipientId::random(&mut OsRng),
+            sender: SenderId::random(&mut OsRng),
+            recipient_key: AuthSecretKey::generate(&mut OsRng).public().into(),
+            delivery_key: DeliveryKey::from_key(SymmetricKey::random(&mut OsRng)),
+            sender_key: None,
+            suspended: false,
+        }
+    }
+
+    fn message_at(hour: u32) -> StoredMessage {
+        StoredMessage {
+            id: MessageId::random(&mut OsRng),
+            hour: Hour(hour),
+            body: vec![7; 100],
+        }
+    }
+
+    fn expiry_entries(store: &SledStore) -> usize {
+        store.tree.scan_prefix([TAG_EXPIRY]).count()
+    }
+
+    /// What a relay killed between the two writes of an append leaves behind (an expiry
+    /// entry without its message) must not make the sweep delete a later message that got
+    /// the same sequence number in another hour.
+    #[tokio::test]
+    async fn expiry_skips_a_newer_message_under_a_left_over_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let q = new_queue();
+        assert!(store.create_queue(q.clone()).await.unwrap());
+        // The queue is empty, so the next message gets sequence number 0.
+        store
+            .tree
+            .insert(expiry_key(Hour(10), &q.recipient, 0), Vec::new())
+            .unwrap();
+        let m = message_at(20);
+        assert_eq!(
+            store.append(q.recipient, m.clone(), 16).await.unwrap(),
+            AppendOutcome::Stored
+        );
+        assert_eq!(expiry_entries(&store), 2);
+        // The left-over entry goes; the message stays.
+        assert_eq!(store.expire_before(Hour(11)).await.unwrap(), 1);
+        assert_eq!(store.oldest(&q.recipient).unwrap(), Some(m));
+        assert_eq!(store.pending(&q.recipient).unwrap(), 1);
+        assert_eq!(expiry_entries(&store), 1);
+        // Its own hour's sweep takes it.
+        assert_eq!(store.expire_before(Hour(21)).await.unwrap(), 1);
+        assert_eq!(store.oldest(&q.recipient).unwrap(), None);
+        assert_eq!(expiry_entries(&store), 0);
+    }
+
+    /// What a relay killed between the two writes of a queue's creation leaves behind (a
+    /// sender index entry without its queue) reads as no queue.
+    #[tokio::test]
+    async fn a_left_over_sender_entry_is_no_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let q = new_queue();
+        store
+            .tree
+            .insert(sender_key(&q.sender), q.recipient.as_bytes().as_slice())
+            .unwrap();
+        assert!(store.queue_by_sender(&q.sender).unwrap().is_none());
+        assert!(store.queue(&q.recipient).unwrap().is_none());
+    }
+
+    /// A database created with sled's default segment size (by an older relay) still opens,
+    /// keeps its data and takes new writes.
+    #[tokio::test]
+    async fn opens_a_database_with_the_old_segment_size() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new()
+                .path(dir.path())
+                .segment_size(OLD_SEGMENT_SIZE)
+                .open()
+                .unwrap();
+            let tree = db.open_tree("relay v1").unwrap();
+            tree.insert(b"probe", b"kept".as_slice()).unwrap();
+            db.flush().unwrap();
+        }
+        let q = new_queue();
+        let m = message_at(5);
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            assert_eq!(
+                store.tree.get(b"probe").unwrap().unwrap(),
+                b"kept".as_slice()
+            );
+            assert!(store.create_queue(q.clone()).await.unwrap());
+            assert_eq!(
+                store.append(q.recipient, m.clone(), 16).await.unwrap(),
+                AppendOutcome::Stored
+            );
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.oldest(&q.recipient).unwrap(), Some(m));
+        assert_eq!(store.queue_count(), 1);
     }
 
     #[test]
