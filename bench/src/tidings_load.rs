@@ -22,11 +22,11 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use tidings_client::net::{self, RelayConnection};
+use tidings_client::relay::{create_queue, NewQueue};
 use tidings_protocol::address::RelayAddress;
 use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind, MAX_BODY_LEN};
-use tidings_protocol::ids::{EntityId, RecipientId, SenderId};
-use tidings_protocol::keys::{AuthSecretKey, DhSecretKey};
-use tidings_protocol::reencrypt::DeliveryKey;
+use tidings_protocol::ids::SenderId;
+use tidings_protocol::keys::AuthSecretKey;
 
 use crate::measure::{self, Clock, CpuSpan, Latency, Pace, ProcWatch};
 use crate::parallel::run_indexed;
@@ -132,37 +132,20 @@ impl Pool {
     }
 }
 
-/// A queue the bench created, with the recipient's keys.
-struct Queue {
-    recipient: RecipientId,
-    sender: SenderId,
-    auth: AuthSecretKey,
-    delivery: DeliveryKey,
+/// A queue the bench created: its ids and the recipient's keys (fields through `Deref`).
+struct Queue(NewQueue);
+
+impl std::ops::Deref for Queue {
+    type Target = NewQueue;
+    fn deref(&self) -> &NewQueue {
+        &self.0
+    }
 }
 
 impl Queue {
     /// Creates a queue over `conn` (`New`).
     async fn create(conn: &mut RelayConnection) -> Result<Self> {
-        let auth = AuthSecretKey::generate(&mut OsRng);
-        let dh = DhSecretKey::generate(&mut OsRng);
-        let new = Command::New {
-            auth: auth.public(),
-            dh: dh.public(),
-        };
-        let request = conn.signed(EntityId::NONE, new, &auth)?;
-        match conn.request(request).await?.kind {
-            ReplyKind::Ids {
-                recipient,
-                sender,
-                relay_dh,
-            } => Ok(Self {
-                recipient,
-                sender,
-                auth,
-                delivery: DeliveryKey::for_recipient(&dh, &relay_dh)?,
-            }),
-            other => bail!("New answered {other:?}"),
-        }
+        Ok(Self(create_queue(conn).await?))
     }
 
     /// Sends a recipient command, repeating it while the relay says `Busy`.

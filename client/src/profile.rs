@@ -29,14 +29,14 @@ use tidings_protocol::contact::{
     InviteSecret, RatchetMessage, INVITATION_TTL_SECS, MAX_TEXT_LEN,
 };
 use tidings_protocol::ids::{EntityId, MessageId, RecipientId, SenderId};
-use tidings_protocol::keys::{AuthSecretKey, DhSecretKey, SymmetricKey};
+use tidings_protocol::keys::{AuthSecretKey, SymmetricKey};
 use tidings_protocol::reencrypt::DeliveryKey;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::crash::{crash_point, CrashPoint};
 use crate::error::{ClientError, Result};
 use crate::olm::{E2eAccount, E2eSession};
-use crate::relay::{Connector, RelayLink};
+use crate::relay::{create_queue, Connector, RelayLink};
 use crate::safety::{due_entry, sort_due, CheckinState, DueEntry, PinHash, CHECKIN_DURESS};
 use crate::store::{Batch, KdfParams, Store, Tree};
 
@@ -256,6 +256,44 @@ impl RecvQueue {
 }
 
 impl ContactRecord {
+    /// A new contact with a fresh id, sending to `send_to` (relay, sender id) under a fresh
+    /// command key. The inviter's side is established at once (the accepter's first message
+    /// set up its session); the accepter's is once the inviter answers.
+    fn new(
+        label: String,
+        role: Role,
+        their_identity: [u8; 32],
+        secret: [u8; 32],
+        recv: RecvQueue,
+        send_to: (&RelayAddress, &SenderId),
+        now: u64,
+    ) -> Result<Self> {
+        let (relay, sender_id) = send_to;
+        Ok(Self {
+            id: random()?,
+            label,
+            established: matches!(role, Role::Inviter),
+            role,
+            their_identity,
+            secret,
+            recv,
+            send: SendQueue {
+                relay: relay.to_string(),
+                sender_id: *sender_id.as_bytes(),
+                auth_seed: *AuthSecretKey::generate(&mut OsRng).to_seed(),
+                secured: false,
+            },
+            session: String::new(),
+            verified: false,
+            created_at: now,
+            expect_every: None,
+            expect_since: 0,
+            last_checkin: None,
+            duress_at: None,
+            retain: None,
+        })
+    }
+
     fn secret(&self) -> InviteSecret {
         InviteSecret::from_bytes(Zeroizing::new(self.secret))
     }
@@ -311,37 +349,16 @@ impl<'a, C: Connector> Links<'a, C> {
 
 /// Creates a queue on `relay`: returns its receive side and its sender id.
 async fn new_queue<L: RelayLink>(link: &mut L, relay: &str) -> Result<(RecvQueue, SenderId)> {
-    let auth = AuthSecretKey::generate(&mut OsRng);
-    let dh = DhSecretKey::generate(&mut OsRng);
-    let req = link.signed(
-        EntityId::NONE,
-        Command::New {
-            auth: auth.public(),
-            dh: dh.public(),
+    let queue = create_queue(link).await?;
+    Ok((
+        RecvQueue {
+            relay: relay.to_string(),
+            recipient_id: *queue.recipient.as_bytes(),
+            auth_seed: *queue.auth.to_seed(),
+            delivery_key: *queue.delivery.key().as_bytes(),
         },
-        &auth,
-    )?;
-    let reply = link.request(req).await?;
-    match reply.kind {
-        ReplyKind::Ids {
-            recipient,
-            sender,
-            relay_dh,
-        } => {
-            let delivery = DeliveryKey::for_recipient(&dh, &relay_dh)?;
-            Ok((
-                RecvQueue {
-                    relay: relay.to_string(),
-                    recipient_id: *recipient.as_bytes(),
-                    auth_seed: *auth.to_seed(),
-                    delivery_key: *delivery.key().as_bytes(),
-                },
-                sender,
-            ))
-        }
-        ReplyKind::Error(code) => Err(ClientError::Relay(code)),
-        _ => Err(ClientError::Relay(ErrorCode::Command)),
-    }
+        queue.sender,
+    ))
 }
 
 impl Profile {
@@ -538,29 +555,15 @@ impl Profile {
             }
         };
         let mut session = account.outbound(&inv.identity_key, &inv.one_time_key)?;
-        let contact = ContactRecord {
-            id: random()?,
-            label: label.to_string(),
-            role: Role::Accepter,
-            their_identity: *inv.identity_key.as_bytes(),
-            secret: *inv.secret.as_bytes(),
+        let contact = ContactRecord::new(
+            label.to_string(),
+            Role::Accepter,
+            *inv.identity_key.as_bytes(),
+            *inv.secret.as_bytes(),
             recv,
-            send: SendQueue {
-                relay: inv.relay.to_string(),
-                sender_id: *inv.sender_id.as_bytes(),
-                auth_seed: *AuthSecretKey::generate(&mut OsRng).to_seed(),
-                secured: false,
-            },
-            session: String::new(),
-            established: false,
-            verified: false,
-            created_at: now,
-            expect_every: None,
-            expect_since: 0,
-            last_checkin: None,
-            duress_at: None,
-            retain: None,
-        };
+            (&inv.relay, &inv.sender_id),
+            now,
+        )?;
         let hello = AppMessage {
             id: AppMessageId::random(&mut OsRng),
             sent_at: now,
@@ -1071,65 +1074,48 @@ impl Profile {
             return self.store.apply(b);
         }
         b.put(Tree::Seen, &seen_key, Zeroizing::new(vec![1]));
-        match &app.body {
-            AppBody::Text(text) => {
-                let seq = self.next_seq(&mut b, 1)?;
-                b.put_json(
-                    Tree::History,
-                    &history_key(&contact.id, seq),
-                    &HistoryRecord {
-                        contact: contact.id,
-                        seq,
-                        outgoing: false,
-                        text: text.clone(),
-                        sent_at: app.sent_at,
-                        at: now,
-                        kind: HISTORY_TEXT,
-                    },
-                )?;
-                report.received.push(Received {
-                    from: contact.label.clone(),
-                    text: text.clone(),
-                    sent_at: app.sent_at,
-                    kind: "text",
-                });
-            }
+        // What to keep in the history (text and kind) and what to show (text and kind).
+        let entry = match &app.body {
+            AppBody::Text(text) => Some((text.clone(), HISTORY_TEXT, text.clone(), "text")),
             AppBody::CheckIn { flags, note } => {
                 let duress = flags & CHECKIN_DURESS != 0;
                 contact.last_checkin = Some(now);
                 contact.duress_at = duress.then_some(now);
-                let seq = self.next_seq(&mut b, 1)?;
-                b.put_json(
-                    Tree::History,
-                    &history_key(&contact.id, seq),
-                    &HistoryRecord {
-                        contact: contact.id,
-                        seq,
-                        outgoing: false,
-                        text: note.clone(),
-                        sent_at: app.sent_at,
-                        at: now,
-                        kind: if duress {
-                            HISTORY_DURESS
-                        } else {
-                            HISTORY_CHECKIN
-                        },
-                    },
-                )?;
-                report.received.push(Received {
-                    from: contact.label.clone(),
-                    text: checkin_line(note, duress),
-                    sent_at: app.sent_at,
-                    kind: if duress {
-                        "duress-check-in"
-                    } else {
-                        "check-in"
-                    },
-                });
+                let (kind, shown_kind) = if duress {
+                    (HISTORY_DURESS, "duress-check-in")
+                } else {
+                    (HISTORY_CHECKIN, "check-in")
+                };
+                Some((note.clone(), kind, checkin_line(note, duress), shown_kind))
             }
-            AppBody::HelloAck => contact.established = true,
+            AppBody::HelloAck => {
+                contact.established = true;
+                None
+            }
             // A second hello changes nothing.
-            AppBody::Hello { .. } => {}
+            AppBody::Hello { .. } => None,
+        };
+        if let Some((text, kind, shown, shown_kind)) = entry {
+            let seq = self.next_seq(&mut b, 1)?;
+            b.put_json(
+                Tree::History,
+                &history_key(&contact.id, seq),
+                &HistoryRecord {
+                    contact: contact.id,
+                    seq,
+                    outgoing: false,
+                    text,
+                    sent_at: app.sent_at,
+                    at: now,
+                    kind,
+                },
+            )?;
+            report.received.push(Received {
+                from: contact.label.clone(),
+                text: shown,
+                sent_at: app.sent_at,
+                kind: shown_kind,
+            });
         }
         Self::put_contact(&mut b, &contact)?;
         self.store.apply(b)
@@ -1171,29 +1157,15 @@ impl Profile {
             report.dropped += 1;
             return Ok(());
         };
-        let contact = ContactRecord {
-            id: random()?,
-            label: invite.label.clone(),
-            role: Role::Inviter,
-            their_identity: *their.as_bytes(),
-            secret: invite.secret,
-            recv: invite.recv.clone(),
-            send: SendQueue {
-                relay: relay.to_string(),
-                sender_id: *sender_id.as_bytes(),
-                auth_seed: *AuthSecretKey::generate(&mut OsRng).to_seed(),
-                secured: false,
-            },
-            session: String::new(),
-            established: true,
-            verified: false,
-            created_at: now,
-            expect_every: None,
-            expect_since: 0,
-            last_checkin: None,
-            duress_at: None,
-            retain: None,
-        };
+        let contact = ContactRecord::new(
+            invite.label.clone(),
+            Role::Inviter,
+            *their.as_bytes(),
+            invite.secret,
+            invite.recv.clone(),
+            (relay, sender_id),
+            now,
+        )?;
         let ack = AppMessage {
             id: AppMessageId::random(&mut OsRng),
             sent_at: now,

@@ -7,10 +7,12 @@
 use std::future::Future;
 use std::time::Duration;
 
+use rand_core::OsRng;
 use tidings_protocol::address::RelayAddress;
-use tidings_protocol::command::{Command, Reply, Request};
-use tidings_protocol::ids::EntityId;
-use tidings_protocol::keys::AuthSecretKey;
+use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind, Request};
+use tidings_protocol::ids::{EntityId, RecipientId, SenderId};
+use tidings_protocol::keys::{AuthSecretKey, DhSecretKey};
+use tidings_protocol::reencrypt::DeliveryKey;
 
 use crate::error::{ClientError, Result};
 use crate::net::RelayConnection;
@@ -40,6 +42,49 @@ pub trait RelayLink {
                 .pop()
                 .ok_or(ClientError::ConnectionLost)
         }
+    }
+}
+
+/// A queue just created with `New`: its two ids and the recipient's keys for it.
+#[derive(Debug)]
+pub struct NewQueue {
+    /// The id the recipient uses for its commands.
+    pub recipient: RecipientId,
+    /// The id senders use; the recipient hands it out.
+    pub sender: SenderId,
+    /// The recipient's command key for this queue.
+    pub auth: AuthSecretKey,
+    /// The key that opens bodies the relay delivers from this queue.
+    pub delivery: DeliveryKey,
+}
+
+/// Creates a queue over `link` with fresh keys: sends `New` signed by the new command key and
+/// derives the delivery key from the relay's answer.
+///
+/// # Errors
+/// [`ClientError::Relay`] with the relay's error code (for example `Quota`), or with
+/// `Command` when the relay answers something other than `Ids`.
+pub async fn create_queue<L: RelayLink>(link: &mut L) -> Result<NewQueue> {
+    let auth = AuthSecretKey::generate(&mut OsRng);
+    let dh = DhSecretKey::generate(&mut OsRng);
+    let new = Command::New {
+        auth: auth.public(),
+        dh: dh.public(),
+    };
+    let request = link.signed(EntityId::NONE, new, &auth)?;
+    match link.request(request).await?.kind {
+        ReplyKind::Ids {
+            recipient,
+            sender,
+            relay_dh,
+        } => Ok(NewQueue {
+            recipient,
+            sender,
+            auth,
+            delivery: DeliveryKey::for_recipient(&dh, &relay_dh)?,
+        }),
+        ReplyKind::Error(code) => Err(ClientError::Relay(code)),
+        _ => Err(ClientError::Relay(ErrorCode::Command)),
     }
 }
 

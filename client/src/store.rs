@@ -898,6 +898,13 @@ mod tests {
         KdfParams::INSECURE_TEST_ONLY
     }
 
+    /// Stores one value under `key` in `tree`.
+    fn put(store: &Store, tree: Tree, key: &[u8], value: &[u8]) {
+        let mut b = Batch::new();
+        b.put(tree, key, Zeroizing::new(value.to_vec()));
+        store.apply(b).unwrap();
+    }
+
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         haystack.windows(needle.len()).any(|w| w == needle)
     }
@@ -977,18 +984,8 @@ mod tests {
         let home = dir.path().join("p");
         {
             let s = Store::create(&home, b"pw", fast()).unwrap();
-            let mut b = Batch::new();
-            b.put(
-                Tree::Contacts,
-                b"alice",
-                Zeroizing::new(b"value one".to_vec()),
-            );
-            b.put(
-                Tree::History,
-                b"alice",
-                Zeroizing::new(b"value two".to_vec()),
-            );
-            s.apply(b).unwrap();
+            put(&s, Tree::Contacts, b"alice", b"value one");
+            put(&s, Tree::History, b"alice", b"value two");
         }
         let s = Store::open(&home, b"pw").unwrap();
         assert_eq!(
@@ -1011,13 +1008,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("p");
         let s = Store::create(&home, b"pw", fast()).unwrap();
-        let mut b = Batch::new();
-        b.put(
+        put(
+            &s,
             Tree::Contacts,
             b"label-grandmother",
-            Zeroizing::new(b"the river is high tonight".to_vec()),
+            b"the river is high tonight",
         );
-        s.apply(b).unwrap();
         drop(s);
         for bytes in all_bytes(&home) {
             assert!(!contains(&bytes, b"label-grandmother"));
@@ -1098,17 +1094,9 @@ mod tests {
         let home = dir.path().join("p");
         let real = Store::create(&home, b"real", KdfParams::INSECURE_TEST_ONLY).unwrap();
         let fresh_trees = real.db.tree_names().len();
-        let mut b = Batch::new();
-        b.put(
-            Tree::History,
-            b"k",
-            Zeroizing::new(b"the real history".to_vec()),
-        );
-        real.apply(b).unwrap();
+        put(&real, Tree::History, b"k", b"the real history");
         let decoy = real.prepare_decoy().unwrap();
-        let mut b = Batch::new();
-        b.put(Tree::Meta, b"k", Zeroizing::new(b"decoy".to_vec()));
-        decoy.apply(b).unwrap();
+        put(&decoy, Tree::Meta, b"k", b"decoy");
         real.commit_decoy(&decoy, b"duress").unwrap();
         assert_eq!(real.db.tree_names().len(), 2 * fresh_trees - 1);
         drop((decoy, real));

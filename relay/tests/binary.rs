@@ -15,13 +15,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rand_core::OsRng;
 use tidings_client::net::RelayConnection;
+use tidings_client::relay::{create_queue, NewQueue};
 use tidings_protocol::address::RelayAddress;
 use tidings_protocol::command::{Command as Cmd, ReplyKind};
-use tidings_protocol::ids::EntityId;
-use tidings_protocol::keys::{AuthSecretKey, DhSecretKey};
-use tidings_protocol::reencrypt::DeliveryKey;
 
 struct Running {
     child: Child,
@@ -98,27 +95,12 @@ async fn sigkill_loses_no_acknowledged_message_and_sigterm_exits_zero() {
 
     // A queue with messages the relay said Ok to.
     let mut conn = RelayConnection::connect(&address).await.unwrap();
-    let auth = AuthSecretKey::generate(&mut OsRng);
-    let dh = DhSecretKey::generate(&mut OsRng);
-    let req = conn
-        .signed(
-            EntityId::NONE,
-            Cmd::New {
-                auth: auth.public(),
-                dh: dh.public(),
-            },
-            &auth,
-        )
-        .unwrap();
-    let ReplyKind::Ids {
+    let NewQueue {
         recipient,
         sender,
-        relay_dh,
-    } = conn.request(req).await.unwrap().kind
-    else {
-        panic!("no ids");
-    };
-    let delivery = DeliveryKey::for_recipient(&dh, &relay_dh).unwrap();
+        auth,
+        delivery,
+    } = create_queue(&mut conn).await.unwrap();
     let sends: Vec<_> = (0..20u8)
         .map(|i| {
             conn.unsigned(
@@ -228,35 +210,15 @@ async fn acknowledged_sends_survive_sigkill_under_concurrent_load() {
     let mut owner = RelayConnection::connect(&address).await.unwrap();
     let mut queues = Vec::new();
     for _ in 0..8 {
-        let auth = AuthSecretKey::generate(&mut OsRng);
-        let dh = DhSecretKey::generate(&mut OsRng);
-        let req = owner
-            .signed(
-                EntityId::NONE,
-                Cmd::New {
-                    auth: auth.public(),
-                    dh: dh.public(),
-                },
-                &auth,
-            )
-            .unwrap();
-        let ReplyKind::Ids {
-            recipient,
-            sender,
-            relay_dh,
-        } = owner.request(req).await.unwrap().kind
-        else {
-            panic!("no ids");
-        };
-        let delivery = DeliveryKey::for_recipient(&dh, &relay_dh).unwrap();
-        queues.push((recipient, sender, auth, delivery));
+        queues.push(create_queue(&mut owner).await.unwrap());
     }
 
     let oks = Arc::new(AtomicUsize::new(0));
     let acked: Arc<Mutex<BTreeSet<Vec<u8>>>> = Arc::default();
     let mut tasks = Vec::new();
-    for (s, (_, sender, _, _)) in queues.iter().enumerate() {
-        let (address, oks, acked, sender) = (address.clone(), oks.clone(), acked.clone(), *sender);
+    for (s, queue) in queues.iter().enumerate() {
+        let (address, oks, acked, sender) =
+            (address.clone(), oks.clone(), acked.clone(), queue.sender);
         tasks.push(tokio::spawn(async move {
             let Ok(mut conn) = RelayConnection::connect(&address).await else {
                 return;
@@ -292,7 +254,13 @@ async fn acknowledged_sends_survive_sigkill_under_concurrent_load() {
     let mut relay = start(&data, &log, &format!("127.0.0.1:{}", address.port));
     let mut conn = RelayConnection::connect(&address).await.unwrap();
     let mut delivered = BTreeSet::new();
-    for (recipient, _, auth, delivery) in &queues {
+    for NewQueue {
+        recipient,
+        auth,
+        delivery,
+        ..
+    } in &queues
+    {
         loop {
             let req = conn.signed((*recipient).into(), Cmd::Get, auth).unwrap();
             let reply = conn.request(req).await.unwrap();

@@ -17,12 +17,12 @@ use std::time::Duration;
 use rand_core::OsRng;
 use tempfile::TempDir;
 use tidings_client::net::{connect_quic, RelayConnection};
+use tidings_client::relay::{create_queue, NewQueue};
 use tidings_protocol::block::BlockBuilder;
 use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind};
-use tidings_protocol::ids::{CorrId, EntityId, MessageId, RecipientId, SenderId};
+use tidings_protocol::ids::{CorrId, EntityId, MessageId, SenderId};
 use tidings_protocol::keys::{AuthSecretKey, DhSecretKey};
 use tidings_protocol::noise::{ClientHandshake, VersionRange, RECORD_LEN};
-use tidings_protocol::reencrypt::DeliveryKey;
 use tidings_protocol::ProtocolError;
 use tidings_relay::{Config, ManualClock, Relay};
 
@@ -87,43 +87,19 @@ impl World {
     }
 }
 
-/// A queue created by a test, with the recipient's keys.
-struct Queue {
-    recipient: RecipientId,
-    sender: SenderId,
-    auth: AuthSecretKey,
-    delivery: DeliveryKey,
+/// A queue created by a test: its ids and the recipient's keys (fields through `Deref`).
+struct Queue(NewQueue);
+
+impl std::ops::Deref for Queue {
+    type Target = NewQueue;
+    fn deref(&self) -> &NewQueue {
+        &self.0
+    }
 }
 
 impl Queue {
     async fn create(conn: &mut RelayConnection) -> Self {
-        let auth = AuthSecretKey::generate(&mut OsRng);
-        let dh = DhSecretKey::generate(&mut OsRng);
-        let req = conn
-            .signed(
-                EntityId::NONE,
-                Command::New {
-                    auth: auth.public(),
-                    dh: dh.public(),
-                },
-                &auth,
-            )
-            .unwrap();
-        let reply = conn.request(req).await.unwrap();
-        assert_eq!(reply.entity, EntityId::NONE);
-        match reply.kind {
-            ReplyKind::Ids {
-                recipient,
-                sender,
-                relay_dh,
-            } => Self {
-                recipient,
-                sender,
-                auth,
-                delivery: DeliveryKey::for_recipient(&dh, &relay_dh).unwrap(),
-            },
-            other => panic!("New answered {other:?}"),
-        }
+        Self(create_queue(conn).await.unwrap())
     }
 
     fn entity(&self) -> EntityId {
@@ -772,7 +748,9 @@ async fn a_connection_may_create_only_so_many_queues() {
             &auth,
         )
         .unwrap();
-    assert_error(&conn.request(req).await.unwrap(), ErrorCode::Quota);
+    let refused = conn.request(req).await.unwrap();
+    assert_eq!(refused.entity, EntityId::NONE);
+    assert_error(&refused, ErrorCode::Quota);
     // Another connection may.
     let mut other = w.connect().await;
     Queue::create(&mut other).await;

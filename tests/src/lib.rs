@@ -299,53 +299,38 @@ impl Profile {
         }
     }
 
-    /// Runs `tidings --home HOME ARGS…` with the passphrase in the environment, at most
-    /// `timeout`.
-    pub fn run_with(&self, args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Result<Run> {
-        let mut child = Command::new(binary("tidings")?)
+    /// `tidings --home HOME ARGS…` with the passphrase and the fast test KDF in its
+    /// environment and stdout and stderr piped.
+    fn command(&self, args: &[&str]) -> Result<Command> {
+        let mut command = Command::new(binary("tidings")?);
+        command
             .arg("--home")
             .arg(&self.home)
             .args(args)
             .env("TIDINGS_PASSPHRASE", &self.passphrase)
             .env("TIDINGS_INSECURE_FAST_KDF", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Ok(command)
+    }
+
+    /// Runs `tidings --home HOME ARGS…` with the passphrase in the environment, at most
+    /// `timeout`.
+    pub fn run_with(&self, args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> Result<Run> {
+        let child = self
+            .command(args)?
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
             .context("spawning tidings")?;
-        let mut stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-        let out_t = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stdout.read_to_string(&mut s);
-            s
-        });
-        let err_t = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-        let status = wait_child(&mut child, timeout)
-            .with_context(|| format!("tidings {}", args.first().unwrap_or(&"")))?;
-        Ok(Run {
-            status,
-            stdout: out_t.join().unwrap_or_default(),
-            stderr: err_t.join().unwrap_or_default(),
-        })
+        collect(child, timeout).with_context(|| format!("tidings {}", args.first().unwrap_or(&"")))
     }
 
     /// Starts `tidings --home HOME ARGS…` without waiting (for tests that kill it midway).
     /// Its stdout is piped; stderr is discarded.
     pub fn spawn(&self, args: &[&str]) -> Result<Child> {
-        Command::new(binary("tidings")?)
-            .arg("--home")
-            .arg(&self.home)
-            .args(args)
-            .env("TIDINGS_PASSPHRASE", &self.passphrase)
-            .env("TIDINGS_INSECURE_FAST_KDF", "1")
+        self.command(args)?
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .context("spawning tidings")
@@ -354,44 +339,43 @@ impl Profile {
     /// Runs a command with `input` on its standard input (for `-` arguments), bounded by 60 s.
     pub fn run_stdin(&self, args: &[&str], input: &str) -> Result<Run> {
         use std::io::Write as _;
-        let mut child = Command::new(binary("tidings")?)
-            .arg("--home")
-            .arg(&self.home)
-            .args(args)
-            .env("TIDINGS_PASSPHRASE", &self.passphrase)
-            .env("TIDINGS_INSECURE_FAST_KDF", "1")
+        let mut child = self
+            .command(args)?
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
             .context("spawning tidings")?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(input.as_bytes())?;
         }
-        let mut stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
-        let out_t = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stdout.read_to_string(&mut s);
-            s
-        });
-        let err_t = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
-        let status = wait_child(&mut child, Duration::from_secs(60))?;
-        Ok(Run {
-            status,
-            stdout: out_t.join().unwrap_or_default(),
-            stderr: err_t.join().unwrap_or_default(),
-        })
+        collect(child, Duration::from_secs(60))
     }
 
     /// Runs a command with the default 60 s bound.
     pub fn run(&self, args: &[&str]) -> Result<Run> {
         self.run_with(args, &[], Duration::from_secs(60))
     }
+}
+
+/// Waits at most `timeout` for a child with piped stdout and stderr, reading both meanwhile.
+fn collect(mut child: Child, timeout: Duration) -> Result<Run> {
+    let mut stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let mut stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = wait_child(&mut child, timeout)?;
+    Ok(Run {
+        status,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    })
 }
 
 /// Converts an [`Output`] into a [`Run`].

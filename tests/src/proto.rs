@@ -7,11 +7,11 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use rand_core::OsRng;
 use tidings_client::net::RelayConnection;
+use tidings_client::relay::{create_queue, NewQueue};
 use tidings_protocol::address::RelayAddress;
 use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind};
-use tidings_protocol::ids::{EntityId, MessageId, RecipientId, SenderId};
-use tidings_protocol::keys::{AuthSecretKey, DhSecretKey};
-use tidings_protocol::reencrypt::DeliveryKey;
+use tidings_protocol::ids::{EntityId, MessageId, SenderId};
+use tidings_protocol::keys::AuthSecretKey;
 
 /// Parses a printed relay address.
 pub fn parse_address(address: &str) -> Result<RelayAddress> {
@@ -25,44 +25,20 @@ pub async fn connect(address: &str) -> Result<RelayConnection> {
     Ok(RelayConnection::connect(&parse_address(address)?).await?)
 }
 
-/// A queue created by a test, with the recipient's keys.
-pub struct TestQueue {
-    /// The recipient id.
-    pub recipient: RecipientId,
-    /// The sender id.
-    pub sender: SenderId,
-    /// The recipient's command key.
-    pub auth: AuthSecretKey,
-    /// The key that opens delivered bodies.
-    pub delivery: DeliveryKey,
+/// A queue created by a test: its ids and the recipient's keys (fields through `Deref`).
+pub struct TestQueue(NewQueue);
+
+impl std::ops::Deref for TestQueue {
+    type Target = NewQueue;
+    fn deref(&self) -> &NewQueue {
+        &self.0
+    }
 }
 
 impl TestQueue {
     /// Creates a queue over `conn`.
     pub async fn create(conn: &mut RelayConnection) -> Result<Self> {
-        let auth = AuthSecretKey::generate(&mut OsRng);
-        let dh = DhSecretKey::generate(&mut OsRng);
-        let req = conn.signed(
-            EntityId::NONE,
-            Command::New {
-                auth: auth.public(),
-                dh: dh.public(),
-            },
-            &auth,
-        )?;
-        match conn.request(req).await?.kind {
-            ReplyKind::Ids {
-                recipient,
-                sender,
-                relay_dh,
-            } => Ok(Self {
-                recipient,
-                sender,
-                auth,
-                delivery: DeliveryKey::for_recipient(&dh, &relay_dh)?,
-            }),
-            other => bail!("New answered {other:?}"),
-        }
+        Ok(Self(create_queue(conn).await?))
     }
 
     /// The recipient id as a frame entity.

@@ -10,7 +10,7 @@ use rand_core::{OsRng, RngCore};
 use tempfile::TempDir;
 use tidings_client::net::{connect_quic, RelayConnection};
 use tidings_protocol::block::BlockBuilder;
-use tidings_protocol::command::{Command, ErrorCode, ReplyKind};
+use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind};
 use tidings_protocol::ids::EntityId;
 use tidings_protocol::keys::RelayKeypair;
 use tidings_protocol::noise::RECORD_LEN;
@@ -61,6 +61,18 @@ fn random_bytes(len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     OsRng.fill_bytes(&mut v);
     v
+}
+
+/// Sends one hand-made frame (`rest` is everything after the corr id) in a block of its own
+/// and returns the reply to it.
+async fn raw_request(conn: &mut RelayConnection, rest: &[u8]) -> Result<Reply> {
+    let corr = conn.next_corr();
+    let mut frame = corr.as_bytes().to_vec();
+    frame.extend_from_slice(rest);
+    let mut b = BlockBuilder::new();
+    b.push(&frame)?;
+    conn.send_block(&b.finish()).await?;
+    Ok(conn.reply_to(corr).await?)
 }
 
 /// Waits until the relay closes the connection (or it stays silent for `within`).
@@ -157,14 +169,9 @@ async fn garbage_frames_in_a_valid_block_get_typed_errors_and_the_connection_goe
 {
     let t = Target::start()?;
     let mut conn = connect(t.address()).await?;
-    let corr = conn.next_corr();
-    let mut frame = corr.as_bytes().to_vec();
-    frame.extend_from_slice(EntityId::NONE.as_bytes());
+    let mut frame = EntityId::NONE.as_bytes().to_vec();
     frame.extend_from_slice(&[0u8, 0xEE, 1, 2, 3]); // unsigned, unknown command tag
-    let mut b = BlockBuilder::new();
-    b.push(&frame)?;
-    conn.send_block(&b.finish()).await?;
-    let reply = conn.reply_to(corr).await?;
+    let reply = raw_request(&mut conn, &frame).await?;
     assert!(
         matches!(
             reply.kind,
@@ -242,18 +249,13 @@ async fn oversize_bodies_are_refused_with_a_typed_error() -> Result<()> {
     let mut conn = connect(t.address()).await?;
     let queue = TestQueue::create(&mut conn).await?;
     // Hand-encode a Send whose body length field claims more than the limit.
-    let corr = conn.next_corr();
-    let mut frame = corr.as_bytes().to_vec();
-    frame.extend_from_slice(EntityId::from(queue.sender).as_bytes());
+    let mut frame = EntityId::from(queue.sender).as_bytes().to_vec();
     frame.push(0); // unsigned
     frame.push(0x11); // Send
     let len: u16 = 16_001;
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(&[0x55u8; 16_001]);
-    let mut b = BlockBuilder::new();
-    b.push(&frame)?;
-    conn.send_block(&b.finish()).await?;
-    let reply = conn.reply_to(corr).await?;
+    let reply = raw_request(&mut conn, &frame).await?;
     assert!(
         matches!(
             reply.kind,
