@@ -20,16 +20,20 @@
 //! - [`net`]: QUIC + Noise connection to a relay, requests and pushed replies.
 //! - [`safety`]: field-safety helpers (durations, PIN hashes, the missed-check-in report) for
 //!   the check-in, duress and retention features of [`profile::Profile`].
+//! - [`harden`]: what the binary does to its own process first (no core dumps, not
+//!   dumpable), so secrets in memory do not end up on disk.
 //!
 //! ## What it never does
 //!
 //! It never writes a label, a message, a key or a relay address to disk unencrypted, never
-//! logs any of them, and never acks a message it has not stored.
+//! logs any of them, and never acks a message it has not stored. The `tidings` binary also
+//! makes no core dump that could hold them.
 
 #![forbid(unsafe_code)]
 
 mod crash;
 pub mod error;
+pub mod harden;
 pub mod net;
 pub mod olm;
 pub mod profile;

@@ -516,6 +516,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Before any passphrase, key or text is in memory. A failure is not fatal (the profile
+    // stays encrypted at rest either way), but it is said once.
+    if let Err(e) = tidings_client::harden::harden_process() {
+        eprintln!("warning: could not turn off core dumps: {e}");
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -110,6 +110,7 @@ fn print_address(address: &tidings_protocol::address::RelayAddress) {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging();
+    no_core_dumps();
     let config = config(&cli)?;
     let data_dir = config.data_dir()?;
     match cli.command {
@@ -131,4 +132,22 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Turns core dumps off (soft and hard limit 0): the relay holds its Noise static key, every
+/// queue's delivery key it reads and `snow`'s unwiped session keys in memory, and a core dump
+/// would write them to disk next to the sealed bodies. The process stays dumpable otherwise,
+/// so an operator can still profile it.
+fn no_core_dumps() {
+    #[cfg(unix)]
+    {
+        use rustix::process::{setrlimit, Resource, Rlimit};
+        let none = Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        };
+        if let Err(e) = setrlimit(Resource::Core, none) {
+            tracing::warn!(error = %e, "could not turn off core dumps");
+        }
+    }
 }

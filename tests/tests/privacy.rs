@@ -1,7 +1,7 @@
 //! Privacy scans: after real traffic, the relay's data dir and log (written at `trace`, the
 //! most it can ever say) hold no message text, no contact label, no client address, no queue
 //! id and no client long-term key; the client homes hold no plaintext label, message or
-//! invitation secret.
+//! invitation secret; and neither binary can write a core dump.
 
 use anyhow::{bail, Result};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -163,5 +163,75 @@ fn after_a_conversation_neither_relay_nor_phones_hold_anything_readable() -> Res
     let refs: Vec<&[u8]> = phone_secrets.iter().map(Vec::as_slice).collect();
     scan_dir(&a.home, &refs)?;
     scan_dir(&b.home, &refs)?;
+    Ok(())
+}
+
+/// The soft and hard core-file limits of process `pid`, as `/proc/PID/limits` shows them.
+#[cfg(target_os = "linux")]
+fn core_limits(pid: u32) -> Result<(String, String)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .ok_or_else(|| anyhow::anyhow!("no core limit line"))?;
+    let mut fields = line
+        .trim_start_matches("Max core file size")
+        .split_whitespace();
+    match (fields.next(), fields.next()) {
+        (Some(soft), Some(hard)) => Ok((soft.to_string(), hard.to_string())),
+        _ => bail!("unreadable core limit line {line:?}"),
+    }
+}
+
+/// A core dump would put keys, texts and `snow`'s unwiped session keys on disk outside any
+/// encryption. Neither binary can write one (soft and hard limit 0, so nothing it runs can
+/// raise it again), and the client is also not dumpable: other processes of the same user
+/// cannot attach to it or read its memory (shown by `/proc/PID` turning root-owned, which
+/// only a test not running as root can see).
+#[cfg(target_os = "linux")]
+#[test]
+fn neither_binary_can_write_a_core_dump() -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    use std::process::{Command as Process, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("data"))?;
+    let relay = RelayProcess::start(&dir.path().join("data"), &dir.path().join("relay.log"), &[])?;
+    let relay_pid = relay
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("relay not running"))?;
+    assert_eq!(core_limits(relay_pid)?, ("0".into(), "0".into()), "relay");
+
+    // `accept -` waits for the link on standard input, long after hardening.
+    let mut client = Process::new(tidings_tests::binary("tidings")?)
+        .arg("--home")
+        .arg(dir.path().join("client"))
+        .args(["accept", "-", "--label", "x"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = client.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let limits = loop {
+        let limits = core_limits(pid)?;
+        if limits.1 == "0" || Instant::now() > deadline {
+            break limits;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let we_are_root = std::fs::metadata("/proc/self")?.uid() == 0;
+    let owner = std::fs::metadata(format!("/proc/{pid}/status"))?.uid();
+    drop(client.stdin.take());
+    let _ = client.kill();
+    let _ = client.wait();
+    assert_eq!(limits, ("0".into(), "0".into()), "client");
+    if !we_are_root {
+        assert_eq!(
+            owner, 0,
+            "a non-dumpable process's /proc entries belong to root"
+        );
+    }
     Ok(())
 }
