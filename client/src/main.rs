@@ -102,7 +102,7 @@ enum Cmd {
     Checkin {
         /// The contact's name.
         name: String,
-        /// A short note.
+        /// A short note (`-` reads it from standard input, keeping it out of shell history).
         #[arg(long)]
         note: Option<String>,
     },
@@ -414,6 +414,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             profile.rename(&old, &new)?;
         }
         Cmd::Checkin { name, note } => {
+            let note = note
+                .map(from_stdin_if_dash)
+                .transpose()?
+                .unwrap_or_default();
             let mut profile = open(&home)?;
             let pin = if profile.checkin_pin_set()? {
                 Some(match std::env::var("TIDINGS_CHECKIN_PIN") {
@@ -425,7 +429,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 None
             };
-            let note = note.unwrap_or_default();
             let pin = pin.as_ref().map(|p| p.as_str());
             match runtime()?.block_on(profile.checkin(&net, &name, &note, pin, now())) {
                 Ok(()) => eprintln!("check-in sent"),

@@ -158,7 +158,8 @@ fn a_used_invitation_cannot_be_accepted_again() -> Result<()> {
 }
 
 #[test]
-fn a_message_and_a_link_can_come_from_stdin_and_stay_out_of_shell_history() -> Result<()> {
+fn a_message_a_link_and_a_check_in_note_can_come_from_stdin_and_stay_out_of_shell_history(
+) -> Result<()> {
     let w = World::new()?;
     let a = w.profile("amina")?;
     let b = w.profile("bora")?;
@@ -171,6 +172,9 @@ fn a_message_and_a_link_can_come_from_stdin_and_stay_out_of_shell_history() -> R
     a.run_stdin(&["send", "bora", "-"], "typed, not in argv\n")?
         .ok()?;
     assert_eq!(synced_lines(&b)?, vec!["amina: typed, not in argv"]);
+    b.run_stdin(&["checkin", "amina", "--note", "-"], "at the market\n")?
+        .ok()?;
+    assert_eq!(synced_lines(&a)?, vec!["bora: [check-in] at the market"]);
     Ok(())
 }
 
