@@ -633,7 +633,12 @@ mod tests {
             )
         }
 
-        async fn queue_with(d: &Dispatcher<MemoryStore>, key: &AuthSecretKey) -> RecipientId {
+        type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+        async fn queue_with(
+            d: &Dispatcher<MemoryStore>,
+            key: &AuthSecretKey,
+        ) -> TestResult<RecipientId> {
             let record = QueueRecord {
                 recipient: RecipientId::random(&mut OsRng),
                 sender: SenderId::random(&mut OsRng),
@@ -645,80 +650,86 @@ mod tests {
                 suspended: false,
             };
             let id = record.recipient;
-            assert!(d.shared.store.create_queue(record).await.unwrap());
-            id
+            assert!(d.shared.store.create_queue(record).await?);
+            Ok(id)
         }
 
-        fn get(d: &Dispatcher<MemoryStore>, queue: RecipientId, key: &AuthSecretKey) -> Request {
-            Request::signed(
+        fn get(
+            d: &Dispatcher<MemoryStore>,
+            queue: RecipientId,
+            key: &AuthSecretKey,
+        ) -> TestResult<Request> {
+            Ok(Request::signed(
                 &d.binding,
                 CorrId::from_bytes([1; 8]),
                 queue.into(),
                 Command::Get,
                 key,
-            )
-            .unwrap()
+            )?)
         }
 
         #[tokio::test]
-        async fn only_keys_that_signed_for_an_existing_queue_are_kept() {
+        async fn only_keys_that_signed_for_an_existing_queue_are_kept() -> TestResult {
             let mut d = dispatcher();
             let owner = AuthSecretKey::generate(&mut OsRng);
             let other = AuthSecretKey::generate(&mut OsRng);
-            let q = queue_with(&d, &owner).await;
+            let q = queue_with(&d, &owner).await?;
 
             // Wrong key: refused, nothing kept.
-            assert_eq!(
-                d.recipient_queue(&get(&d, q, &other)).unwrap_err(),
-                ErrorCode::Auth
-            );
+            assert!(matches!(
+                d.recipient_queue(&get(&d, q, &other)?),
+                Err(ErrorCode::Auth)
+            ));
             assert!(d.keys.is_empty());
             // Unknown queue, even signed with the dummy key's (public) secret: refused,
             // nothing kept.
             let dummy = AuthSecretKey::from_seed(&[0x5a; 32]);
             assert_eq!(dummy.public(), AuthPublicKey::dummy());
             let unknown = RecipientId::random(&mut OsRng);
-            assert_eq!(
-                d.recipient_queue(&get(&d, unknown, &dummy)).unwrap_err(),
-                ErrorCode::Auth
-            );
+            assert!(matches!(
+                d.recipient_queue(&get(&d, unknown, &dummy)?),
+                Err(ErrorCode::Auth)
+            ));
             assert!(d.keys.is_empty());
             // The owner: accepted and kept; accepted again from the kept key.
-            assert!(d.recipient_queue(&get(&d, q, &owner)).is_ok());
+            assert!(d.recipient_queue(&get(&d, q, &owner)?).is_ok());
             assert_eq!(d.keys, vec![owner.public()]);
-            assert!(d.recipient_queue(&get(&d, q, &owner)).is_ok());
+            assert!(d.recipient_queue(&get(&d, q, &owner)?).is_ok());
             assert_eq!(d.keys.len(), 1);
             // A kept key does not let a wrong signature through.
-            assert_eq!(
-                d.recipient_queue(&get(&d, q, &other)).unwrap_err(),
-                ErrorCode::Auth
-            );
+            assert!(matches!(
+                d.recipient_queue(&get(&d, q, &other)?),
+                Err(ErrorCode::Auth)
+            ));
+            Ok(())
         }
 
         #[tokio::test]
-        async fn a_queue_with_the_dummy_key_does_not_make_unknown_queues_pass() {
+        async fn a_queue_with_the_dummy_key_does_not_make_unknown_queues_pass() -> TestResult {
             let mut d = dispatcher();
             let dummy = AuthSecretKey::from_seed(&[0x5a; 32]);
-            let q = queue_with(&d, &dummy).await;
-            assert!(d.recipient_queue(&get(&d, q, &dummy)).is_ok());
+            let q = queue_with(&d, &dummy).await?;
+            assert!(d.recipient_queue(&get(&d, q, &dummy)?).is_ok());
             assert_eq!(d.keys, vec![AuthPublicKey::dummy()]);
             let unknown = RecipientId::random(&mut OsRng);
-            assert_eq!(
-                d.recipient_queue(&get(&d, unknown, &dummy)).unwrap_err(),
-                ErrorCode::Auth
-            );
+            assert!(matches!(
+                d.recipient_queue(&get(&d, unknown, &dummy)?),
+                Err(ErrorCode::Auth)
+            ));
+            Ok(())
         }
 
         #[tokio::test]
-        async fn at_most_a_few_keys_are_kept() {
+        async fn at_most_a_few_keys_are_kept() -> TestResult {
             let mut d = dispatcher();
             for _ in 0..KEYS_KEPT + 3 {
                 let key = AuthSecretKey::generate(&mut OsRng);
-                let q = queue_with(&d, &key).await;
-                assert!(d.recipient_queue(&get(&d, q, &key)).is_ok());
+                let q = queue_with(&d, &key).await?;
+                assert!(d.recipient_queue(&get(&d, q, &key)?).is_ok());
                 assert_eq!(d.keys.last(), Some(&key.public()));
             }
             assert_eq!(d.keys.len(), KEYS_KEPT);
+            Ok(())
         }
     }
 }

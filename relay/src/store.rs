@@ -1022,84 +1022,87 @@ mod tests {
         store.tree.scan_prefix([TAG_EXPIRY]).count()
     }
 
+    /// The added store tests return errors instead of unwrapping them.
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     /// What a relay killed between the two writes of an append leaves behind (an expiry
     /// entry without its message) must not make the sweep delete a later message that got
     /// the same sequence number in another hour.
     #[tokio::test]
-    async fn expiry_skips_a_newer_message_under_a_left_over_entry() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+    async fn expiry_skips_a_newer_message_under_a_left_over_entry() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = SledStore::open(dir.path())?;
         let q = new_queue();
-        assert!(store.create_queue(q.clone()).await.unwrap());
+        assert!(store.create_queue(q.clone()).await?);
         // The queue is empty, so the next message gets sequence number 0.
         store
             .tree
-            .insert(expiry_key(Hour(10), &q.recipient, 0), Vec::new())
-            .unwrap();
+            .insert(expiry_key(Hour(10), &q.recipient, 0), Vec::new())?;
         let m = message_at(20);
         assert_eq!(
-            store.append(q.recipient, m.clone(), 16).await.unwrap(),
+            store.append(q.recipient, m.clone(), 16).await?,
             AppendOutcome::Stored
         );
         assert_eq!(expiry_entries(&store), 2);
         // The left-over entry goes; the message stays.
-        assert_eq!(store.expire_before(Hour(11)).await.unwrap(), 1);
-        assert_eq!(store.oldest(&q.recipient).unwrap(), Some(m));
-        assert_eq!(store.pending(&q.recipient).unwrap(), 1);
+        assert_eq!(store.expire_before(Hour(11)).await?, 1);
+        assert_eq!(store.oldest(&q.recipient)?, Some(m));
+        assert_eq!(store.pending(&q.recipient)?, 1);
         assert_eq!(expiry_entries(&store), 1);
         // Its own hour's sweep takes it.
-        assert_eq!(store.expire_before(Hour(21)).await.unwrap(), 1);
-        assert_eq!(store.oldest(&q.recipient).unwrap(), None);
+        assert_eq!(store.expire_before(Hour(21)).await?, 1);
+        assert_eq!(store.oldest(&q.recipient)?, None);
         assert_eq!(expiry_entries(&store), 0);
+        Ok(())
     }
 
     /// What a relay killed between the two writes of a queue's creation leaves behind (a
     /// sender index entry without its queue) reads as no queue.
     #[tokio::test]
-    async fn a_left_over_sender_entry_is_no_queue() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+    async fn a_left_over_sender_entry_is_no_queue() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = SledStore::open(dir.path())?;
         let q = new_queue();
         store
             .tree
-            .insert(sender_key(&q.sender), q.recipient.as_bytes().as_slice())
-            .unwrap();
-        assert!(store.queue_by_sender(&q.sender).unwrap().is_none());
-        assert!(store.queue(&q.recipient).unwrap().is_none());
+            .insert(sender_key(&q.sender), q.recipient.as_bytes().as_slice())?;
+        assert!(store.queue_by_sender(&q.sender)?.is_none());
+        assert!(store.queue(&q.recipient)?.is_none());
+        Ok(())
     }
 
     /// A database created with sled's default segment size (by an older relay) still opens,
     /// keeps its data and takes new writes.
     #[tokio::test]
-    async fn opens_a_database_with_the_old_segment_size() {
-        let dir = tempfile::tempdir().unwrap();
+    async fn opens_a_database_with_the_old_segment_size() -> TestResult {
+        let dir = tempfile::tempdir()?;
         {
             let db = sled::Config::new()
                 .path(dir.path())
                 .segment_size(OLD_SEGMENT_SIZE)
-                .open()
-                .unwrap();
-            let tree = db.open_tree("relay v1").unwrap();
-            tree.insert(b"probe", b"kept".as_slice()).unwrap();
-            db.flush().unwrap();
+                .open()?;
+            let tree = db.open_tree("relay v1")?;
+            tree.insert(b"probe", b"kept".as_slice())?;
+            db.flush()?;
         }
         let q = new_queue();
         let m = message_at(5);
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = SledStore::open(dir.path())?;
             assert_eq!(
-                store.tree.get(b"probe").unwrap().unwrap(),
-                b"kept".as_slice()
+                store.tree.get(b"probe")?.as_deref(),
+                Some(b"kept".as_slice())
             );
-            assert!(store.create_queue(q.clone()).await.unwrap());
+            assert!(store.create_queue(q.clone()).await?);
             assert_eq!(
-                store.append(q.recipient, m.clone(), 16).await.unwrap(),
+                store.append(q.recipient, m.clone(), 16).await?,
                 AppendOutcome::Stored
             );
         }
-        let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(store.oldest(&q.recipient).unwrap(), Some(m));
+        let store = SledStore::open(dir.path())?;
+        assert_eq!(store.oldest(&q.recipient)?, Some(m));
         assert_eq!(store.queue_count(), 1);
+        Ok(())
     }
 
     #[test]
