@@ -1,0 +1,35 @@
+//! The message history as the user reads it.
+
+use super::*;
+
+impl Profile {
+    /// The messages exchanged with `label`, oldest first.
+    pub fn history(&self, label: &str) -> Result<Vec<HistoryEntry>> {
+        let contact = self.contact_by_label(label)?;
+        let mut records: Vec<HistoryRecord> = self
+            .store
+            .values_json::<HistoryRecord>(Tree::History)?
+            .into_iter()
+            .filter(|h| h.contact == contact.id)
+            .collect();
+        records.sort_by_key(|h| h.seq);
+        Ok(records
+            .iter()
+            .map(|h| HistoryEntry {
+                direction: if h.outgoing { "out" } else { "in" },
+                kind: match h.kind {
+                    HISTORY_CHECKIN => "check-in",
+                    HISTORY_DURESS => "duress-check-in",
+                    _ => "text",
+                },
+                text: match h.kind {
+                    HISTORY_CHECKIN => checkin_line(&h.text, false),
+                    HISTORY_DURESS => checkin_line(&h.text, true),
+                    _ => h.text.clone(),
+                },
+                sent_at: h.sent_at,
+                at: h.at,
+            })
+            .collect())
+    }
+}

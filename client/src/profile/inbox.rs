@@ -1,0 +1,413 @@
+//! Receiving: sync, listen, and storing each message before it is acked.
+
+use super::*;
+
+impl Profile {
+    /// Every queue we receive on, grouped by relay.
+    pub(super) fn receive_queues(&self) -> Result<BTreeMap<String, Vec<RecvQueue>>> {
+        let mut out: BTreeMap<String, Vec<RecvQueue>> = BTreeMap::new();
+        for c in self.contacts_raw()? {
+            out.entry(c.recv.relay.clone())
+                .or_default()
+                .push(c.recv.clone());
+        }
+        for i in self.invites_raw()? {
+            out.entry(i.recv.relay.clone())
+                .or_default()
+                .push(i.recv.clone());
+        }
+        Ok(out)
+    }
+
+    /// Sends the outbox, receives and stores everything waiting on every queue (acking each
+    /// message only after it is stored), then sends what receiving produced (hello-acks).
+    pub async fn sync<C: Connector>(&mut self, net: &C, now: u64) -> Result<SyncReport> {
+        let mut links = Links::new(net);
+        let result = self.sync_with(&mut links, now).await;
+        links.close().await;
+        result
+    }
+
+    pub(super) async fn sync_with<C: Connector>(
+        &mut self,
+        links: &mut Links<'_, C>,
+        now: u64,
+    ) -> Result<SyncReport> {
+        let mut report = SyncReport::default();
+        let (sent, err) = self.flush_with(links).await?;
+        report.sent += sent;
+        report.error = err;
+        for (relay, queues) in self.receive_queues()? {
+            if let Err(e) = self
+                .fetch_relay(links, &relay, queues, now, &mut report)
+                .await
+            {
+                if !is_network(&e) {
+                    return Err(e);
+                }
+                links.drop_link(&relay);
+                report.error.get_or_insert(e);
+            }
+        }
+        let (sent, err) = self.flush_with(links).await?;
+        report.sent += sent;
+        if let Some(e) = err {
+            report.error.get_or_insert(e);
+        }
+        if let Err(e) = self.forget_stale_invites(links, now).await {
+            if !is_network(&e) {
+                return Err(e);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Deletes the queues of invitations nobody answered long after they expired (one more
+    /// [`INVITATION_TTL_SECS`] of grace for a late sync) and forgets their keys, so a seized
+    /// phone holds no more secrets than it needs.
+    pub(super) async fn forget_stale_invites<C: Connector>(
+        &mut self,
+        links: &mut Links<'_, C>,
+        now: u64,
+    ) -> Result<()> {
+        for invite in self.invites_raw()? {
+            let stale_at = invite.expires_at.saturating_add(INVITATION_TTL_SECS);
+            if now <= stale_at {
+                continue;
+            }
+            let link = links.get(&invite.recv.relay).await?;
+            let req = link.signed(
+                EntityId::from(RecipientId::from_bytes(invite.recv.recipient_id)),
+                Command::Delete,
+                &invite.recv.auth(),
+            )?;
+            match link.request(req).await?.kind {
+                // Deleted, or already gone (expired or deleted on the relay).
+                ReplyKind::Ok | ReplyKind::Error(ErrorCode::Auth) => {
+                    let mut b = Batch::new();
+                    b.remove(Tree::Invites, &invite.recv.recipient_id);
+                    self.store.apply(b)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn fetch_relay<C: Connector>(
+        &mut self,
+        links: &mut Links<'_, C>,
+        relay: &str,
+        mut pending: Vec<RecvQueue>,
+        now: u64,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        let mut rounds = 0;
+        while !pending.is_empty() && rounds < MAX_FETCH_ROUNDS {
+            rounds += 1;
+            let link = links.get(relay).await?;
+            let mut reqs = Vec::with_capacity(pending.len());
+            for q in &pending {
+                reqs.push(link.signed(
+                    EntityId::from(RecipientId::from_bytes(q.recipient_id)),
+                    Command::Get,
+                    &q.auth(),
+                )?);
+            }
+            let replies = link.batch(reqs).await?;
+            let mut next = Vec::new();
+            let mut acks = Vec::new();
+            for (q, reply) in pending.iter().zip(replies) {
+                if let ReplyKind::Message { id, body } = reply.kind {
+                    // Stored (or judged undecryptable) before it is acked.
+                    self.receive(q, &id, &body, now, report)?;
+                    acks.push((q.clone(), id));
+                    next.push(q.clone());
+                }
+            }
+            if !acks.is_empty() {
+                crash_point(CrashPoint::BeforeAck);
+                let link = links.get(relay).await?;
+                let mut reqs = Vec::with_capacity(acks.len());
+                for (q, id) in &acks {
+                    reqs.push(link.signed(
+                        EntityId::from(RecipientId::from_bytes(q.recipient_id)),
+                        Command::Ack { id: *id },
+                        &q.auth(),
+                    )?);
+                }
+                link.batch(reqs).await?;
+                crash_point(CrashPoint::AfterAck);
+            }
+            pending = next;
+        }
+        Ok(())
+    }
+
+    /// Handles one delivered message from queue `q`: opens it, updates state and stores
+    /// everything in one batch. Undecryptable messages are counted and dropped.
+    pub(super) fn receive(
+        &mut self,
+        q: &RecvQueue,
+        id: &MessageId,
+        sealed: &[u8],
+        now: u64,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        let Ok(envelope) = q.delivery().open(id, sealed) else {
+            report.dropped += 1;
+            return Ok(());
+        };
+        if let Some(contact) = self
+            .contacts_raw()?
+            .into_iter()
+            .find(|c| c.recv.recipient_id == q.recipient_id)
+        {
+            return self.receive_for_contact(contact, &envelope, now, report);
+        }
+        if let Some(invite) = self
+            .store
+            .get_json::<InviteRecord>(Tree::Invites, &q.recipient_id)?
+        {
+            return self.receive_hello(invite, &envelope, now, report);
+        }
+        report.dropped += 1;
+        Ok(())
+    }
+
+    pub(super) fn receive_for_contact(
+        &mut self,
+        mut contact: ContactRecord,
+        envelope: &[u8],
+        now: u64,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        let opened = contact
+            .recv_key()
+            .and_then(|k| Ok(k.open(envelope)?))
+            .and_then(|r| Ok(RatchetMessage::decode(&r)?));
+        let Ok(ratchet) = opened else {
+            report.dropped += 1;
+            return Ok(());
+        };
+        let mut session = E2eSession::unpickle(&contact.session, self.store.pickle_key())?;
+        let Ok(plain) = session.decrypt(&ratchet) else {
+            report.dropped += 1;
+            return Ok(());
+        };
+        let Ok(app) = AppMessage::decode(&plain) else {
+            report.dropped += 1;
+            return Ok(());
+        };
+        contact.session = session.pickle(self.store.pickle_key());
+        let mut b = Batch::new();
+        let seen_key = seen_key(&contact.id, &app.id);
+        if self.store.get(Tree::Seen, &seen_key)?.is_some() {
+            report.dropped += 1;
+            Self::put_contact(&mut b, &contact)?;
+            return self.store.apply(b);
+        }
+        b.put(Tree::Seen, &seen_key, Zeroizing::new(vec![1]));
+        // What to keep in the history (text and kind) and what to show (text and kind).
+        let entry = match &app.body {
+            AppBody::Text(text) => Some((text.clone(), HISTORY_TEXT, text.clone(), "text")),
+            AppBody::CheckIn { flags, note } => {
+                let duress = flags & CHECKIN_DURESS != 0;
+                contact.last_checkin = Some(now);
+                contact.duress_at = duress.then_some(now);
+                let (kind, shown_kind) = if duress {
+                    (HISTORY_DURESS, "duress-check-in")
+                } else {
+                    (HISTORY_CHECKIN, "check-in")
+                };
+                Some((note.clone(), kind, checkin_line(note, duress), shown_kind))
+            }
+            AppBody::HelloAck => {
+                contact.established = true;
+                None
+            }
+            // A second hello changes nothing.
+            AppBody::Hello { .. } => None,
+        };
+        if let Some((text, kind, shown, shown_kind)) = entry {
+            let seq = self.next_seq(&mut b, 1)?;
+            b.put_json(
+                Tree::History,
+                &history_key(&contact.id, seq),
+                &HistoryRecord {
+                    contact: contact.id,
+                    seq,
+                    outgoing: false,
+                    text,
+                    sent_at: app.sent_at,
+                    at: now,
+                    kind,
+                },
+            )?;
+            report.received.push(Received {
+                from: contact.label.clone(),
+                text: shown,
+                sent_at: app.sent_at,
+                kind: shown_kind,
+            });
+        }
+        Self::put_contact(&mut b, &contact)?;
+        self.store.apply(b)
+    }
+
+    pub(super) fn receive_hello(
+        &mut self,
+        invite: InviteRecord,
+        envelope: &[u8],
+        now: u64,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        let secret = InviteSecret::from_bytes(Zeroizing::new(invite.secret));
+        let opened = EnvelopeKey::derive(&secret, Direction::AccepterToInviter)
+            .and_then(|k| k.open(envelope))
+            .and_then(|r| RatchetMessage::decode(&r));
+        let Ok(ratchet) = opened else {
+            report.dropped += 1;
+            return Ok(());
+        };
+        // Work on a fresh copy of the account: it is only stored if all goes well.
+        let mut account = self.account()?;
+        let Ok((mut session, their, used, plain)) = account.inbound(&ratchet) else {
+            report.dropped += 1;
+            return Ok(());
+        };
+        if used != E2ePublicKey::from_bytes(invite.one_time_key) {
+            report.dropped += 1;
+            return Ok(());
+        }
+        let app = match AppMessage::decode(&plain) {
+            Ok(app) => app,
+            Err(_) => {
+                report.dropped += 1;
+                return Ok(());
+            }
+        };
+        let AppBody::Hello { relay, sender_id } = &app.body else {
+            report.dropped += 1;
+            return Ok(());
+        };
+        let contact = ContactRecord::new(
+            invite.label.clone(),
+            Role::Inviter,
+            *their.as_bytes(),
+            invite.secret,
+            invite.recv.clone(),
+            (relay, sender_id),
+            now,
+        )?;
+        let ack = AppMessage {
+            id: AppMessageId::random(&mut OsRng),
+            sent_at: now,
+            body: AppBody::HelloAck,
+        };
+        let mut b = Batch::new();
+        let contact = self.seal_to_outbox(&mut b, contact, &mut session, &ack)?;
+        b.put(
+            Tree::Seen,
+            &seen_key(&contact.id, &app.id),
+            Zeroizing::new(vec![1]),
+        );
+        b.remove(Tree::Invites, &invite.recv.recipient_id);
+        self.put_account(&mut b, &account);
+        self.store.apply(b)
+    }
+
+    /// Subscribes to every queue and handles messages as the relays push them, calling
+    /// `on_text` for each new text, until `stop` resolves or a connection fails.
+    pub async fn listen<C: Connector, F: FnMut(&Received)>(
+        &mut self,
+        net: &C,
+        mut now: impl FnMut() -> u64,
+        mut on_text: F,
+    ) -> Result<()> {
+        let mut links = Links::new(net);
+        let result = self.listen_with(&mut links, &mut now, &mut on_text).await;
+        links.close().await;
+        result
+    }
+
+    pub(super) async fn listen_with<C: Connector>(
+        &mut self,
+        links: &mut Links<'_, C>,
+        now: &mut impl FnMut() -> u64,
+        on_text: &mut impl FnMut(&Received),
+    ) -> Result<()> {
+        // First catch up like a sync (this also sends the outbox).
+        let report = self.sync_with(links, now()).await?;
+        for r in &report.received {
+            on_text(r);
+        }
+        if let Some(e) = report.error {
+            return Err(e);
+        }
+        let queues = self.receive_queues()?;
+        let mut by_id: HashMap<[u8; 24], RecvQueue> = HashMap::new();
+        for (relay, qs) in &queues {
+            let link = links.get(relay).await?;
+            let mut reqs = Vec::new();
+            for q in qs {
+                reqs.push(link.signed(
+                    EntityId::from(RecipientId::from_bytes(q.recipient_id)),
+                    Command::Subscribe,
+                    &q.auth(),
+                )?);
+                by_id.insert(q.recipient_id, q.clone());
+            }
+            link.batch(reqs).await?;
+        }
+        let relays: Vec<String> = queues.keys().cloned().collect();
+        if relays.is_empty() {
+            return Ok(());
+        }
+        let slice = Duration::from_millis(250);
+        let mut idle = Duration::ZERO;
+        loop {
+            let mut got_any = false;
+            for relay in &relays {
+                let link = links.get(relay).await?;
+                let Some(push) = link.next_push(slice).await? else {
+                    continue;
+                };
+                got_any = true;
+                let ReplyKind::Message { id, body } = push.kind else {
+                    continue;
+                };
+                let Some(q) = by_id.get(push.entity.as_bytes()).cloned() else {
+                    continue;
+                };
+                let mut report = SyncReport::default();
+                self.receive(&q, &id, &body, now(), &mut report)?;
+                for r in &report.received {
+                    on_text(r);
+                }
+                crash_point(CrashPoint::BeforeAck);
+                let link = links.get(relay).await?;
+                let req = link.signed(push.entity, Command::Ack { id }, &q.auth())?;
+                link.request(req).await?;
+                crash_point(CrashPoint::AfterAck);
+                let (_, err) = self.flush_with(links).await?;
+                if let Some(e) = err {
+                    return Err(e);
+                }
+            }
+            if got_any {
+                idle = Duration::ZERO;
+            } else {
+                idle += slice * u32::try_from(relays.len()).unwrap_or(1);
+                if idle >= Duration::from_secs(30) {
+                    idle = Duration::ZERO;
+                    for relay in &relays {
+                        let link = links.get(relay).await?;
+                        let ping = link.unsigned(EntityId::NONE, Command::Ping);
+                        link.request(ping).await?;
+                    }
+                }
+            }
+        }
+    }
+}

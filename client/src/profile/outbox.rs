@@ -1,0 +1,234 @@
+//! The outbox: messages are sealed and stored first, then delivered in order.
+
+use super::*;
+
+impl Profile {
+    /// Encrypts `app` for `contact`, seals it and puts it in the outbox (in `b`); returns the
+    /// contact with its session advanced (also in `b`).
+    pub(super) fn seal_to_outbox(
+        &self,
+        b: &mut Batch,
+        mut contact: ContactRecord,
+        session: &mut E2eSession,
+        app: &AppMessage,
+    ) -> Result<ContactRecord> {
+        let plain = app.encode().map_err(|e| match e {
+            tidings_protocol::ProtocolError::TooLong { .. } => ClientError::MessageTooLong,
+            other => ClientError::Protocol(other),
+        })?;
+        let ratchet = session.encrypt(&plain)?;
+        let body = contact.send_key()?.seal(&ratchet.encode()?, &mut OsRng)?;
+        contact.session = session.pickle(self.store.pickle_key());
+        let seq = self.next_seq(b, 1)?;
+        let rec = OutboxRecord {
+            contact: contact.id,
+            seq,
+            body: STANDARD_NO_PAD.encode(&body),
+        };
+        b.put_json(Tree::Outbox, &seq.to_be_bytes(), &rec)?;
+        Self::put_contact(b, &contact)?;
+        Ok(contact)
+    }
+
+    /// Sends a text: it goes into the outbox (encrypted) and history first, then out.
+    pub async fn send<C: Connector>(
+        &mut self,
+        net: &C,
+        label: &str,
+        text: &str,
+        now: u64,
+    ) -> Result<()> {
+        if text.len() > MAX_TEXT_LEN {
+            return Err(ClientError::MessageTooLong);
+        }
+        self.send_app(
+            net,
+            label,
+            AppBody::Text(text.to_string()),
+            (HISTORY_TEXT, text),
+            now,
+        )
+        .await
+    }
+
+    pub(super) async fn send_app<C: Connector>(
+        &mut self,
+        net: &C,
+        label: &str,
+        body: AppBody,
+        (history_kind, history_text): (u8, &str),
+        now: u64,
+    ) -> Result<()> {
+        let contact = match self.contact_by_label(label) {
+            Ok(c) => c,
+            Err(ClientError::UnknownContact) => {
+                if self.invites_raw()?.iter().any(|i| i.label == label) {
+                    return Err(ClientError::ContactNotReady);
+                }
+                return Err(ClientError::UnknownContact);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut session = E2eSession::unpickle(&contact.session, self.store.pickle_key())?;
+        let app = AppMessage {
+            id: AppMessageId::random(&mut OsRng),
+            sent_at: now,
+            body,
+        };
+        let mut b = Batch::new();
+        let seq = self.next_seq(&mut b, 1)?;
+        let contact_id = contact.id;
+        self.seal_to_outbox(&mut b, contact, &mut session, &app)?;
+        b.put_json(
+            Tree::History,
+            &history_key(&contact_id, seq),
+            &HistoryRecord {
+                contact: contact_id,
+                seq,
+                outgoing: true,
+                text: history_text.to_string(),
+                sent_at: now,
+                at: now,
+                kind: history_kind,
+            },
+        )?;
+        self.store.apply(b)?;
+        let mut links = Links::new(net);
+        let result = self.flush_with(&mut links).await;
+        links.close().await;
+        match result? {
+            (_, Some(e)) => Err(e),
+            (_, None) => Ok(()),
+        }
+    }
+
+    /// How many messages wait in the outbox.
+    pub fn outbox_len(&self) -> Result<usize> {
+        Ok(self.store.values(Tree::Outbox)?.len())
+    }
+
+    /// Delivers the outbox in order. Returns how many were sent and the first error that
+    /// stopped a contact's delivery (the others still ran). Storage errors abort.
+    pub(super) async fn flush_with<C: Connector>(
+        &mut self,
+        links: &mut Links<'_, C>,
+    ) -> Result<(usize, Option<ClientError>)> {
+        let mut outbox: Vec<OutboxRecord> = self.store.values_json(Tree::Outbox)?;
+        outbox.sort_by_key(|o| o.seq);
+        let mut by_contact: BTreeMap<u64, ([u8; 16], Vec<OutboxRecord>)> = BTreeMap::new();
+        let mut first_seq: HashMap<[u8; 16], u64> = HashMap::new();
+        for o in outbox {
+            let key = *first_seq.entry(o.contact).or_insert(o.seq);
+            by_contact
+                .entry(key)
+                .or_insert_with(|| (o.contact, Vec::new()))
+                .1
+                .push(o);
+        }
+        let mut sent = 0;
+        let mut first_err = None;
+        for (_, (contact_id, entries)) in by_contact {
+            match self.flush_contact(links, &contact_id, entries).await {
+                Ok(n) => sent += n,
+                Err(e) if is_network(&e) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(ClientError::InvitationUsed) => {
+                    first_err.get_or_insert(ClientError::InvitationUsed);
+                }
+                Err(ClientError::Relay(code)) => {
+                    first_err.get_or_insert(ClientError::Relay(code));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((sent, first_err))
+    }
+
+    pub(super) async fn flush_contact<C: Connector>(
+        &mut self,
+        links: &mut Links<'_, C>,
+        contact_id: &[u8; 16],
+        entries: Vec<OutboxRecord>,
+    ) -> Result<usize> {
+        let Some(mut contact) = self
+            .store
+            .get_json::<ContactRecord>(Tree::Contacts, contact_id)?
+        else {
+            // The contact is gone: its messages can never be sent.
+            let mut b = Batch::new();
+            for e in &entries {
+                b.remove(Tree::Outbox, &e.seq.to_be_bytes());
+            }
+            self.store.apply(b)?;
+            return Ok(0);
+        };
+        let relay = contact.send.relay.clone();
+        let result = self.deliver(links, &mut contact, &entries).await;
+        if matches!(&result, Err(e) if is_network(e)) {
+            links.drop_link(&relay);
+        }
+        if matches!(result, Err(ClientError::InvitationUsed)) && contact.role == Role::Accepter {
+            self.remove_contact(&contact.id)?;
+        }
+        result
+    }
+
+    pub(super) async fn deliver<C: Connector>(
+        &mut self,
+        links: &mut Links<'_, C>,
+        contact: &mut ContactRecord,
+        entries: &[OutboxRecord],
+    ) -> Result<usize> {
+        let link = links.get(&contact.send.relay).await?;
+        let key = AuthSecretKey::from_seed(&contact.send.auth_seed);
+        let entity = EntityId::from(SenderId::from_bytes(contact.send.sender_id));
+        let mut secure_refused = false;
+        if !contact.send.secured {
+            let req = link.signed(
+                entity,
+                Command::Secure {
+                    sender_key: key.public(),
+                },
+                &key,
+            )?;
+            match link.request(req).await?.kind {
+                ReplyKind::Ok => {
+                    contact.send.secured = true;
+                    let mut b = Batch::new();
+                    Self::put_contact(&mut b, contact)?;
+                    self.store.apply(b)?;
+                }
+                // Either someone else secured it (used invitation) or we did and the reply
+                // was lost: a signed send tells which.
+                ReplyKind::Error(ErrorCode::Auth) => secure_refused = true,
+                ReplyKind::Error(code) => return Err(ClientError::Relay(code)),
+                _ => return Err(ClientError::Relay(ErrorCode::Command)),
+            }
+        }
+        let mut sent = 0;
+        for e in entries {
+            let body = STANDARD_NO_PAD.decode(&e.body).map_err(corrupt)?;
+            let req = link.signed(entity, Command::Send { body }, &key)?;
+            match link.request(req).await?.kind {
+                ReplyKind::Ok => {
+                    let mut b = Batch::new();
+                    b.remove(Tree::Outbox, &e.seq.to_be_bytes());
+                    if secure_refused {
+                        secure_refused = false;
+                        contact.send.secured = true;
+                        Self::put_contact(&mut b, contact)?;
+                    }
+                    self.store.apply(b)?;
+                    sent += 1;
+                }
+                ReplyKind::Error(ErrorCode::Auth) if secure_refused => {
+                    return Err(ClientError::InvitationUsed)
+                }
+                ReplyKind::Error(code) => return Err(ClientError::Relay(code)),
+                _ => return Err(ClientError::Relay(ErrorCode::Command)),
+            }
+        }
+        Ok(sent)
+    }
+}
