@@ -49,6 +49,27 @@ pub enum ClientError {
     /// Reading or writing the profile's files failed.
     #[error("could not read or write the profile store")]
     Storage,
+    /// Reading or writing one file or folder of the profile failed.
+    #[error("could not read or write {}: {source}", path.display())]
+    StorageAt {
+        /// The file or folder.
+        path: std::path::PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A new passphrase is too short to resist guessing (and an empty one is one Enter away).
+    #[error(
+        "a passphrase needs at least {min} characters (this one has {got}); nothing was changed"
+    )]
+    PassphraseTooShort {
+        /// The minimum, in characters.
+        min: usize,
+        /// How many characters were given.
+        got: usize,
+    },
+    /// A new secret and its confirmation differ.
+    #[error("the {0} do not match; nothing was changed")]
+    Mismatch(&'static str),
     /// Another process (for example `tidings listen`) has the profile open.
     #[error("the profile is open in another tidings process (is `tidings listen` running?)")]
     ProfileInUse,
@@ -89,8 +110,18 @@ pub enum ClientError {
     #[error("random number generator failed")]
     Rng,
     /// The passphrase could not be read.
-    #[error("could not read the passphrase")]
+    #[error("could not read the passphrase from a terminal (scripts set TIDINGS_PASSPHRASE)")]
     Passphrase,
+}
+
+impl ClientError {
+    /// A [`ClientError::StorageAt`] for `path`.
+    pub fn storage(path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::StorageAt {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 /// Result alias for the client library.

@@ -9,6 +9,8 @@
 //! - [`store`]: the profile's encrypted store. A passphrase (Argon2id) unwraps a random data
 //!   key; every sled value is sealed with it and every storage key is a keyed hash, so the
 //!   files hold no readable label, message or id.
+//! - [`lock`]: one process at a time per profile; how a wipe or a duress unlock makes a
+//!   running `listen` stop and drop its keys.
 //! - [`olm`]: the end-to-end ratchet, a thin wrapper over vodozemac's Olm; its pickles are
 //!   encrypted and kept in the store.
 //! - [`profile`]: the contact flow (invite, accept, sync, send, history, safety codes) on top of
@@ -34,6 +36,7 @@
 mod crash;
 pub mod error;
 pub mod harden;
+pub mod lock;
 pub mod net;
 pub mod olm;
 pub mod profile;

@@ -13,7 +13,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand};
-use tidings_client::profile::{Profile, Received};
+use tidings_client::lock::KeyFileWatch;
+use tidings_client::profile::{check_new_passphrase, Profile, Received};
 use tidings_client::relay::QuicConnector;
 use tidings_client::store::KdfParams;
 use tidings_client::ClientError;
@@ -129,6 +130,8 @@ enum Cmd {
     /// PINs and the duress passphrase.
     #[command(subcommand)]
     Safety(SafetyCmd),
+    /// Change this profile's passphrase (asked twice, or env TIDINGS_NEW_PASSPHRASE).
+    Passphrase,
     /// Destroy this profile for good: its keys first, then its files.
     Wipe {
         /// Confirm: without it nothing is touched.
@@ -162,20 +165,29 @@ enum SafetyCmd {
     SetDuressPassphrase,
 }
 
-/// A new secret from `env`, or asked twice at a prompt.
-fn new_secret(env: &str, what: &str) -> Result<Zeroizing<String>, ClientError> {
+/// A new secret from `env`, or asked twice at a prompt. `check` runs on the first answer, so
+/// a refused one is not asked again; `plural` names the pair in the mismatch error.
+fn new_secret(
+    env: &str,
+    what: &str,
+    plural: &'static str,
+    check: impl Fn(&[u8]) -> Result<(), ClientError>,
+) -> Result<Zeroizing<String>, ClientError> {
     if let Ok(v) = std::env::var(env) {
-        return Ok(Zeroizing::new(v));
+        let v = Zeroizing::new(v);
+        check(v.as_bytes())?;
+        return Ok(v);
     }
     let first = Zeroizing::new(
         rpassword::prompt_password(format!("New {what}: ")).map_err(|_| ClientError::Passphrase)?,
     );
+    check(first.as_bytes())?;
     let again = Zeroizing::new(
         rpassword::prompt_password(format!("New {what} again: "))
             .map_err(|_| ClientError::Passphrase)?,
     );
     if *first != *again {
-        return Err(ClientError::Passphrase);
+        return Err(ClientError::Mismatch(plural));
     }
     Ok(first)
 }
@@ -213,12 +225,14 @@ fn passphrase(confirm: bool) -> Result<Zeroizing<String>, ClientError> {
         rpassword::prompt_password("Passphrase: ").map_err(|_| ClientError::Passphrase)?,
     );
     if confirm {
+        // A new profile's passphrase: refuse a short one before asking it again.
+        check_new_passphrase(p.as_bytes())?;
         let again = Zeroizing::new(
             rpassword::prompt_password("Passphrase again: ")
                 .map_err(|_| ClientError::Passphrase)?,
         );
         if *again != *p {
-            return Err(ClientError::Passphrase);
+            return Err(ClientError::Mismatch("passphrases"));
         }
     }
     Ok(p)
@@ -263,6 +277,38 @@ fn print_received(r: &Received, json: bool) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// Resolves when this process should let go of the profile at once: a `SIGTERM` (sent by
+/// `tidings wipe` or a duress unlock in another process), or the key file deleted or
+/// rewritten (checked five times a second, so a wipe by any means is noticed within a
+/// second).
+async fn profile_closed(watch: &KeyFileWatch) {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    loop {
+        #[cfg(unix)]
+        {
+            let terminated = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = terminated => return,
+                _ = tick.tick() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        tick.tick().await;
+        if watch.changed() {
+            return;
+        }
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -345,23 +391,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Listen { json } => {
             let mut profile = open(&home)?;
+            let watch = KeyFileWatch::new(&home)?;
             let rt = runtime()?;
-            let result: anyhow::Result<()> = rt.block_on(async {
+            let result: anyhow::Result<bool> = rt.block_on(async {
+                let closed = profile_closed(&watch);
+                tokio::pin!(closed);
                 let mut backoff = 5u64;
                 loop {
                     let r = tokio::select! {
                         r = profile.listen(&net, now, |r| {
                             let _ = print_received(r, json);
                         }) => r,
-                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                        _ = tokio::signal::ctrl_c() => return Ok(false),
+                        _ = &mut closed => return Ok(true),
                     };
                     match r {
-                        Ok(()) => return Ok(()),
+                        Ok(()) => return Ok(false),
                         Err(e) if is_network(&e) => {
                             eprintln!("relay unreachable; retrying in {backoff} s");
                             tokio::select! {
                                 _ = tokio::time::sleep(std::time::Duration::from_secs(backoff)) => {}
-                                _ = tokio::signal::ctrl_c() => return Ok(()),
+                                _ = tokio::signal::ctrl_c() => return Ok(false),
+                                _ = &mut closed => return Ok(true),
                             }
                             backoff = (backoff * 2).min(60);
                         }
@@ -369,7 +420,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             });
-            result?;
+            // The keys go now (the store wipes them on drop), before anything is printed.
+            drop(profile);
+            if result? {
+                eprintln!("listen stopped: another tidings command closed this profile");
+            }
         }
         Cmd::Send { name, text } => {
             let text = from_stdin_if_dash(text)?;
@@ -465,21 +520,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut profile = open(&home)?;
             match cmd {
                 SafetyCmd::SetCheckinPin => {
-                    let pin = new_secret("TIDINGS_NEW_PIN", "PIN")?;
+                    let pin = new_secret("TIDINGS_NEW_PIN", "PIN", "PINs", |_| Ok(()))?;
                     profile.set_checkin_pin(&pin)?;
                     eprintln!("check-in PIN set");
                 }
                 SafetyCmd::SetDuressPin => {
-                    let pin = new_secret("TIDINGS_NEW_PIN", "PIN")?;
+                    let pin = new_secret("TIDINGS_NEW_PIN", "PIN", "PINs", |_| Ok(()))?;
                     profile.set_duress_pin(&pin)?;
                     eprintln!("duress PIN set");
                 }
                 SafetyCmd::SetDuressPassphrase => {
-                    let pass = new_secret("TIDINGS_NEW_PASSPHRASE", "duress passphrase")?;
+                    let pass = new_secret(
+                        "TIDINGS_NEW_PASSPHRASE",
+                        "duress passphrase",
+                        "passphrases",
+                        check_new_passphrase,
+                    )?;
                     profile.set_duress_passphrase(pass.as_bytes())?;
-                    eprintln!("duress passphrase set");
+                    eprintln!(
+                        "duress passphrase set: unlocking with it opens an empty profile and destroys this one"
+                    );
                 }
             }
+        }
+        Cmd::Passphrase => {
+            let mut profile = open(&home)?;
+            let new = new_secret(
+                "TIDINGS_NEW_PASSPHRASE",
+                "passphrase",
+                "passphrases",
+                check_new_passphrase,
+            )?;
+            profile.change_passphrase(new.as_bytes())?;
+            eprintln!("passphrase changed");
         }
         Cmd::Wipe { yes } => {
             if !yes {

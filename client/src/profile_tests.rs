@@ -12,6 +12,11 @@ fn relay_address(n: u8) -> String {
     )
 }
 
+/// The test passphrase of the profile `name`.
+fn pass(name: &str) -> String {
+    format!("{name} passphrase")
+}
+
 struct World {
     dir: tempfile::TempDir,
     net: FakeNet,
@@ -28,7 +33,7 @@ impl World {
     fn profile(&self, name: &str, relay: u8) -> Profile {
         Profile::init(
             &self.dir.path().join(name),
-            name.as_bytes(),
+            pass(name).as_bytes(),
             &relay_address(relay),
             KdfParams::INSECURE_TEST_ONLY,
         )
@@ -255,7 +260,7 @@ async fn the_store_reopens_only_with_the_right_passphrase() {
         Profile::open(&home, b"not amina"),
         Err(ClientError::WrongPassphrase)
     ));
-    let mut a = Profile::open(&home, b"amina").unwrap();
+    let mut a = Profile::open(&home, pass("amina").as_bytes()).unwrap();
     a.send(&w.net, "bora", "after reopening", NOW)
         .await
         .unwrap();
@@ -517,13 +522,13 @@ async fn the_duress_passphrase_opens_a_decoy_and_destroys_the_real_profile() {
     w.connect(&mut a, "bora", &mut b, "amina").await;
     a.set_duress_passphrase(b"nothing to see").unwrap();
     assert!(matches!(
-        a.set_duress_passphrase(b"amina"),
+        a.set_duress_passphrase(pass("amina").as_bytes()),
         Err(ClientError::SamePassphrase)
     ));
     let home = w.dir.path().join("amina");
     drop(a);
     // The real passphrase still works until the duress one is used.
-    let real = Profile::open(&home, b"amina").unwrap();
+    let real = Profile::open(&home, pass("amina").as_bytes()).unwrap();
     assert_eq!(real.contacts().unwrap().len(), 1);
     drop(real);
 
@@ -543,7 +548,7 @@ async fn the_duress_passphrase_opens_a_decoy_and_destroys_the_real_profile() {
     );
 
     assert!(matches!(
-        Profile::open(&home, b"amina"),
+        Profile::open(&home, pass("amina").as_bytes()),
         Err(ClientError::WrongPassphrase)
     ));
     // The duress passphrase now opens the decoy as its only profile.

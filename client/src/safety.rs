@@ -4,8 +4,10 @@
 //! The features themselves (check-ins, PINs, duress passphrase, retention) are methods of
 //! [`crate::profile::Profile`]; this module holds the parts that need no profile.
 
+use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+use tidings_protocol::codec::Reader;
 use zeroize::Zeroizing;
 
 use crate::error::{ClientError, Result};
@@ -55,6 +57,9 @@ pub fn format_duration(secs: u64) -> String {
     }
 }
 
+/// Length of [`PinHash::to_bytes`].
+pub const PIN_HASH_LEN: usize = 60;
+
 /// A stored PIN: an Argon2id hash with its own salt and the profile's parameters.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct PinHash {
@@ -76,6 +81,52 @@ impl PinHash {
             t: kdf.t,
             p: kdf.p,
         })
+    }
+
+    /// A hash of no PIN anybody knows (random salt and hash): what a profile stores where no
+    /// PIN is set, so that the store holds the same entries either way.
+    pub fn placeholder(kdf: KdfParams) -> Result<Self> {
+        let mut salt = [0u8; 16];
+        let mut hash = [0u8; 32];
+        OsRng
+            .try_fill_bytes(&mut salt)
+            .map_err(|_| ClientError::Rng)?;
+        OsRng
+            .try_fill_bytes(&mut hash)
+            .map_err(|_| ClientError::Rng)?;
+        Ok(Self {
+            salt,
+            hash,
+            m_kib: kdf.m_kib,
+            t: kdf.t,
+            p: kdf.p,
+        })
+    }
+
+    /// The fixed-size encoding ([`PIN_HASH_LEN`] bytes): salt, hash, then the three
+    /// parameters (u32, big-endian).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(PIN_HASH_LEN);
+        out.extend_from_slice(&self.salt);
+        out.extend_from_slice(&self.hash);
+        for n in [self.m_kib, self.t, self.p] {
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        out
+    }
+
+    /// Reads [`PinHash::to_bytes`]; `None` unless it is exactly that long.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(bytes, "PIN hash", PIN_HASH_LEN).ok()?;
+        let hash = Self {
+            salt: r.array().ok()?,
+            hash: r.array().ok()?,
+            m_kib: r.u32().ok()?,
+            t: r.u32().ok()?,
+            p: r.u32().ok()?,
+        };
+        r.finish("PIN hash").ok()?;
+        Some(hash)
     }
 
     /// Whether `pin` matches, in constant time once hashed.

@@ -31,6 +31,7 @@
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use blake2::digest::consts::U32;
@@ -45,12 +46,21 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use tidings_protocol::codec::Reader;
 use zeroize::Zeroizing;
 
+use crate::crash::{crash_point, CrashPoint};
 use crate::error::{ClientError, Result};
+use crate::lock::{ProfileLock, WAIT_FOR_LOCK};
 
 /// Name of the wrapped-key file in a profile home.
 pub const KEY_FILE: &str = "key";
 /// Name of the database directory in a profile home.
 pub const DB_DIR: &str = "db";
+/// Where a rebuilt database is made before it is swapped in.
+const DB_NEW_DIR: &str = "db.new";
+/// Where the old database waits, during a swap, to be deleted.
+const DB_OLD_DIR: &str = "db.old";
+/// The meta entry that holds the shadow's key (in the profile) or random bytes (in the
+/// shadow). The leading zero keeps it apart from the profile's own entries.
+const SHADOW_KEY_ENTRY: &[u8] = b"\0store:shadow-key";
 /// The environment variable that selects test-only fast Argon2 parameters.
 pub const INSECURE_FAST_KDF_ENV: &str = "TIDINGS_INSECURE_FAST_KDF";
 
@@ -63,6 +73,7 @@ const SLOT_LEN: usize = 12 + SALT_LEN + NONCE_LEN + 32 + TAG_LEN;
 /// The key file: magic and always two slots (the second random when no duress passphrase).
 const KEY_FILE_LEN: usize = 8 + 2 * SLOT_LEN;
 /// sled's own default tree, which every database has and the store never uses.
+#[cfg(test)]
 const SLED_DEFAULT_TREE: &[u8] = b"__sled__default";
 /// Largest value the store accepts (sealed), to bound what a damaged file can make us allocate.
 const MAX_SEALED_LEN: usize = 1 << 24;
@@ -203,13 +214,17 @@ pub struct Store {
     home: PathBuf,
     db: sled::Db,
     trees: Vec<sled::Tree>,
-    /// The sled names of `trees` (keyed hashes, so they say nothing and differ per profile).
-    tree_names: Vec<Vec<u8>>,
     data_key: Zeroizing<[u8; 32]>,
     keys: Keys,
     /// Whether [`Store::open`] got here through the duress slot.
     opened_by_duress: bool,
+    /// The profile lock (none for a shadow being filled), let go after the database.
+    _lock: Option<Arc<ProfileLock>>,
 }
+
+/// Fills a new shadow like a fresh profile: given the profile being kept (to read its
+/// settings, such as the relay) and the empty shadow.
+pub type FillFresh<'a> = &'a dyn Fn(&Store, &Store) -> Result<()>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -316,13 +331,17 @@ impl Store {
     }
 
     /// Creates a new profile store in `home` (made if missing), locked by `passphrase`.
+    ///
+    /// The caller fills it like a fresh profile and then calls [`Store::make_shadow`], so that
+    /// every profile carries its shadow from the start.
     pub fn create(home: &Path, passphrase: &[u8], kdf: KdfParams) -> Result<Self> {
         if Self::exists(home) {
             return Err(ClientError::ProfileExists);
         }
         let kdf = kdf.check()?;
-        fs::create_dir_all(home).map_err(storage)?;
+        fs::create_dir_all(home).map_err(|e| ClientError::storage(home, e))?;
         restrict_permissions(home);
+        let lock = Arc::new(ProfileLock::acquire(home, WAIT_FOR_LOCK)?);
         let data_key = Zeroizing::new(random::<32>()?);
         let salt = random::<SALT_LEN>()?;
         let kek = kdf.derive(passphrase, &salt)?;
@@ -330,12 +349,11 @@ impl Store {
             Slot::seal(0, kdf, salt, &kek, &data_key)?,
             Slot::random(kdf)?,
         ];
-        // Start from an empty database: a leftover one from a wiped profile is useless.
-        let db_dir = home.join(DB_DIR);
-        if db_dir.exists() {
-            fs::remove_dir_all(&db_dir).map_err(storage)?;
+        // Start from an empty database: leftovers of a wiped profile are useless.
+        for dir in [DB_DIR, DB_NEW_DIR, DB_OLD_DIR] {
+            remove_dir_if_present(&home.join(dir))?;
         }
-        let store = Self::open_db(home, Self::open_sled(home)?, data_key)?;
+        let store = Self::open_db(home, open_sled(&home.join(DB_DIR))?, data_key, Some(lock))?;
         write_new_file(&home.join(KEY_FILE), &encode_key_file(&slots))?;
         Ok(store)
     }
@@ -343,78 +361,191 @@ impl Store {
     /// Opens the profile in `home` with `passphrase`.
     ///
     /// Both key slots are always tried (two Argon2id runs), so unlocking takes the same time
-    /// whichever slot the passphrase opens. The second slot is the duress slot: opening it
-    /// destroys the first slot's key (the real profile becomes unrecoverable), moves the decoy
-    /// key into the first slot, refills the second with random bytes, drops every database
-    /// tree that is not the decoy's, and returns the decoy profile. Afterwards the files look
-    /// like a profile that never had a duress passphrase.
+    /// whichever slot the passphrase opens. The second slot is the duress slot; opening it
+    /// runs [`Store::duress_unlock`]. A profile made before shadows were kept under the data
+    /// key is rebuilt once with one. `fill` fills a new shadow like a fresh profile (it is
+    /// given the profile being kept, to read its settings, and the shadow).
     ///
-    /// Fails with [`ClientError::NoProfile`], [`ClientError::WrongPassphrase`] or
-    /// [`ClientError::CorruptStore`].
-    pub fn open(home: &Path, passphrase: &[u8]) -> Result<Self> {
+    /// Fails with [`ClientError::NoProfile`], [`ClientError::WrongPassphrase`],
+    /// [`ClientError::ProfileInUse`] or [`ClientError::CorruptStore`].
+    pub fn open(home: &Path, passphrase: &[u8], fill: FillFresh<'_>) -> Result<Self> {
         let path = home.join(KEY_FILE);
-        if !path.exists() {
-            return Err(ClientError::NoProfile);
-        }
-        let file = fs::read(&path).map_err(storage)?;
-        let [real, duress] = decode_key_file(&file)?;
-        let real_kek = real.kdf.derive(passphrase, &real.salt)?;
-        let duress_kek = duress.kdf.derive(passphrase, &duress.salt)?;
-        let opened_real = real.open(0, &real_kek);
-        let opened_duress = duress.open(1, &duress_kek);
-        match (opened_real, opened_duress) {
-            (Some(data_key), _) => Self::open_db(home, Self::open_sled(home)?, data_key),
-            (None, Some(decoy_key)) => {
-                // The crypto-shred, first where the real key lies: its slot becomes random
-                // bytes in place (the duress slot is rewritten unchanged, so an interrupted
-                // write cannot lose the decoy, and the duress passphrase still opens it).
-                overwrite_in_place(
-                    &path,
-                    &encode_key_file(&[Slot::random(real.kdf)?, duress.clone()]),
-                )?;
-                let slots = [
-                    Slot::seal(0, duress.kdf, duress.salt, &duress_kek, &decoy_key)?,
-                    Slot::random(duress.kdf)?,
-                ];
-                // Then the layout of a profile without a duress passphrase, replaced atomically.
-                write_new_file(&path, &encode_key_file(&slots))?;
-                let mut store = Self::open_db(home, Self::open_sled(home)?, decoy_key)?;
-                store.drop_foreign_trees(&[])?;
-                store.opened_by_duress = true;
-                Ok(store)
+        // The key file may change while we wait for the lock (another process finished a
+        // duress unlock or a passphrase change): then start again, once.
+        for _ in 0..2 {
+            if !path.exists() {
+                return Err(ClientError::NoProfile);
             }
-            (None, None) => Err(ClientError::WrongPassphrase),
+            let file = fs::read(&path).map_err(|e| ClientError::storage(&path, e))?;
+            let [real, duress] = decode_key_file(&file)?;
+            let real_kek = real.kdf.derive(passphrase, &real.salt)?;
+            let duress_kek = duress.kdf.derive(passphrase, &duress.salt)?;
+            let opened_real = real.open(0, &real_kek);
+            let opened_duress = duress.open(1, &duress_kek);
+            let lock = match (&opened_real, &opened_duress) {
+                (Some(_), _) => ProfileLock::acquire(home, WAIT_FOR_LOCK)?,
+                (None, Some(_)) => {
+                    // Whoever has the profile open (a `listen`) is asked to stop first, so
+                    // that the lock can be taken before anything is destroyed.
+                    ProfileLock::ask_holder_to_stop(home);
+                    ProfileLock::acquire(home, WAIT_FOR_LOCK)?
+                }
+                (None, None) => return Err(ClientError::WrongPassphrase),
+            };
+            if fs::read(&path).map_err(|e| ClientError::storage(&path, e))? != file {
+                continue;
+            }
+            let lock = Arc::new(lock);
+            finish_interrupted_swap(home)?;
+            return match (opened_real, opened_duress) {
+                (Some(data_key), _) => Self::open_real(home, data_key, lock, fill),
+                (None, Some(decoy_key)) => {
+                    Self::duress_unlock(home, passphrase, &real, &duress, decoy_key, lock, fill)
+                }
+                (None, None) => Err(ClientError::WrongPassphrase),
+            };
         }
+        Err(ClientError::ProfileInUse)
     }
 
-    /// Makes a fresh, empty store in the same database under a new random key: a decoy for a
-    /// duress passphrase, or a shadow. Fill it like a fresh profile, then call
-    /// [`Store::commit_decoy`] or [`Store::keep_shadow`], which also drop any earlier decoy or
-    /// shadow.
-    pub fn prepare_decoy(&self) -> Result<Self> {
-        let data_key = Zeroizing::new(random::<32>()?);
-        Self::open_db(&self.home, self.db.clone(), data_key)
+    fn open_real(
+        home: &Path,
+        data_key: Zeroizing<[u8; 32]>,
+        lock: Arc<ProfileLock>,
+        fill: FillFresh<'_>,
+    ) -> Result<Self> {
+        let store = Self::open_db(
+            home,
+            open_sled(&home.join(DB_DIR))?,
+            data_key.clone(),
+            Some(lock.clone()),
+        )?;
+        if store.get(Tree::Meta, SHADOW_KEY_ENTRY)?.is_some() {
+            return Ok(store);
+        }
+        // A profile from before the shadow's key was kept: rebuild it once with a new
+        // shadow (the old one, whose key is lost, is left behind with the old files).
+        drop(store);
+        rebuild(home, &data_key, fill)?;
+        finish_interrupted_swap(home)?;
+        Self::open_db(home, open_sled(&home.join(DB_DIR))?, data_key, Some(lock))
     }
 
-    /// Writes `decoy`'s key into the second slot, wrapped under `passphrase`, which must not
-    /// also open this (the real) profile.
-    pub fn commit_decoy(&self, decoy: &Store, passphrase: &[u8]) -> Result<()> {
+    /// The duress unlock, under the profile lock. Each step can be interrupted and is
+    /// resumed by the next unlock with the duress passphrase: as long as the first slot is
+    /// noise and the second opens, the clean-up is not finished (that state of the key file
+    /// is the durable marker).
+    ///
+    /// 1. The real key is destroyed where it lies: the first slot becomes random bytes, in
+    ///    place and synced (the duress slot is rewritten unchanged).
+    /// 2. The database is rebuilt into a new folder holding only the decoy's trees and a new
+    ///    shadow, then swapped in (`db` → `db.old`, `db.new` → `db`), so no freed page or gap
+    ///    in the new files hints at what was there.
+    /// 3. The decoy key moves to the first slot under the duress passphrase with a fresh salt,
+    ///    and the second slot is refilled with random bytes.
+    /// 4. The old folder is deleted.
+    ///
+    /// Afterwards the files look like a fresh profile's.
+    fn duress_unlock(
+        home: &Path,
+        passphrase: &[u8],
+        real: &Slot,
+        duress: &Slot,
+        decoy_key: Zeroizing<[u8; 32]>,
+        lock: Arc<ProfileLock>,
+        fill: FillFresh<'_>,
+    ) -> Result<Self> {
+        let path = home.join(KEY_FILE);
+        overwrite_in_place(
+            &path,
+            &encode_key_file(&[Slot::random(real.kdf)?, duress.clone()]),
+        )?;
+        crash_point(CrashPoint::DuressShredded);
+        rebuild(home, &decoy_key, fill)?;
+        crash_point(CrashPoint::DuressRebuilt);
+        let salt = random::<SALT_LEN>()?;
+        let kek = duress.kdf.derive(passphrase, &salt)?;
+        let slots = [
+            Slot::seal(0, duress.kdf, salt, &kek, &decoy_key)?,
+            Slot::random(duress.kdf)?,
+        ];
+        write_new_file(&path, &encode_key_file(&slots))?;
+        crash_point(CrashPoint::DuressKeyMoved);
+        finish_interrupted_swap(home)?;
+        let mut store = Self::open_db(home, open_sled(&home.join(DB_DIR))?, decoy_key, Some(lock))?;
+        store.opened_by_duress = true;
+        Ok(store)
+    }
+
+    /// Makes this profile's shadow: a second, fresh profile in the same database, filled by
+    /// `fill`, whose key is kept (sealed) in this profile's meta tree. It is what a duress
+    /// passphrase will open ([`Store::set_duress_passphrase`]); until then nobody can open
+    /// it. The shadow's own meta tree holds random bytes in the same place, so the two look
+    /// alike.
+    pub fn make_shadow(&self, fill: FillFresh<'_>) -> Result<()> {
+        let shadow_key = Zeroizing::new(random::<32>()?);
+        let shadow = Self::open_db(&self.home, self.db.clone(), shadow_key.clone(), None)?;
+        fill(self, &shadow)?;
+        let mut b = Batch::new();
+        b.put(
+            Tree::Meta,
+            SHADOW_KEY_ENTRY,
+            Zeroizing::new(random::<32>()?.to_vec()),
+        );
+        shadow.apply(b)?;
+        let mut b = Batch::new();
+        b.put(
+            Tree::Meta,
+            SHADOW_KEY_ENTRY,
+            Zeroizing::new(shadow_key.to_vec()),
+        );
+        self.apply(b)
+    }
+
+    /// Sets the duress passphrase: the second key slot now wraps the shadow's key under it
+    /// (with a fresh salt). Nothing in the database changes, so the files do not show it.
+    ///
+    /// Fails with [`ClientError::SamePassphrase`] if `passphrase` also opens this profile.
+    pub fn set_duress_passphrase(&self, passphrase: &[u8]) -> Result<()> {
         self.ensure_not_this_passphrase(passphrase)?;
+        let shadow_key: Zeroizing<[u8; 32]> = Zeroizing::new(
+            self.get(Tree::Meta, SHADOW_KEY_ENTRY)?
+                .ok_or(ClientError::CorruptStore)?
+                .as_slice()
+                .try_into()
+                .map_err(|_| ClientError::CorruptStore)?,
+        );
         let path = self.home.join(KEY_FILE);
-        let file = fs::read(&path).map_err(storage)?;
+        let file = fs::read(&path).map_err(|e| ClientError::storage(&path, e))?;
         let [real, _] = decode_key_file(&file)?;
         let kdf = real.kdf;
         let salt = random::<SALT_LEN>()?;
         let kek = kdf.derive(passphrase, &salt)?;
-        let slots = [real, Slot::seal(1, kdf, salt, &kek, &decoy.data_key)?];
-        write_new_file(&path, &encode_key_file(&slots))?;
-        // Only now that the new decoy is in place, drop any earlier one.
-        self.drop_foreign_trees(&decoy.tree_names)
+        let slots = [real, Slot::seal(1, kdf, salt, &kek, &shadow_key)?];
+        write_new_file(&path, &encode_key_file(&slots))
+    }
+
+    /// Changes the passphrase of this profile: the data key is wrapped again under `new`
+    /// with a fresh salt. Fails with [`ClientError::SamePassphrase`] if `new` is the duress
+    /// passphrase (the duress passphrase would then never be used).
+    pub fn change_passphrase(&self, new: &[u8]) -> Result<()> {
+        let path = self.home.join(KEY_FILE);
+        let file = fs::read(&path).map_err(|e| ClientError::storage(&path, e))?;
+        let [real, duress] = decode_key_file(&file)?;
+        let duress_kek = duress.kdf.derive(new, &duress.salt)?;
+        if duress.open(1, &duress_kek).is_some() {
+            return Err(ClientError::SamePassphrase);
+        }
+        let salt = random::<SALT_LEN>()?;
+        let kek = real.kdf.derive(new, &salt)?;
+        let slots = [Slot::seal(0, real.kdf, salt, &kek, &self.data_key)?, duress];
+        write_new_file(&path, &encode_key_file(&slots))
     }
 
     /// Fails with [`ClientError::SamePassphrase`] if `passphrase` opens this profile.
     pub fn ensure_not_this_passphrase(&self, passphrase: &[u8]) -> Result<()> {
-        let file = fs::read(self.home.join(KEY_FILE)).map_err(storage)?;
+        let path = self.home.join(KEY_FILE);
+        let file = fs::read(&path).map_err(|e| ClientError::storage(&path, e))?;
         let [real, _] = decode_key_file(&file)?;
         let kek = real.kdf.derive(passphrase, &real.salt)?;
         match real.open(0, &kek) {
@@ -425,13 +556,16 @@ impl Store {
 
     /// The Argon2 parameters this profile was made with (for hashing PINs the same way).
     pub fn kdf_params(&self) -> Result<KdfParams> {
-        let file = fs::read(self.home.join(KEY_FILE)).map_err(storage)?;
+        let path = self.home.join(KEY_FILE);
+        let file = fs::read(&path).map_err(|e| ClientError::storage(&path, e))?;
         real_kdf(&file)
     }
 
-    /// Panic wipe: overwrites the key file with random bytes and syncs it (so the profile is
+    /// Panic wipe. Asks any process that has the profile open to stop (it also notices by
+    /// itself), overwrites the key file with random bytes and syncs it (so the profile is
     /// unrecoverable even if what follows is interrupted), then deletes the whole home.
     pub fn wipe(home: &Path) -> Result<()> {
+        ProfileLock::ask_holder_to_stop(home);
         let path = home.join(KEY_FILE);
         if path.exists() {
             let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -441,10 +575,10 @@ impl Store {
                     .max(KEY_FILE_LEN),
             )?;
             overwrite_in_place(&path, &noise)?;
-            fs::remove_file(&path).map_err(storage)?;
+            fs::remove_file(&path).map_err(|e| ClientError::storage(&path, e))?;
         }
         if home.exists() {
-            fs::remove_dir_all(home).map_err(storage)?;
+            fs::remove_dir_all(home).map_err(|e| ClientError::storage(home, e))?;
         }
         Ok(())
     }
@@ -473,79 +607,34 @@ impl Store {
         trees
     }
 
-    /// Drops every tree in the database that is neither this profile's nor in `also_keep`
-    /// (an earlier decoy's, or the real profile's after a duress unlock) and flushes.
-    fn drop_foreign_trees(&self, also_keep: &[Vec<u8>]) -> Result<()> {
-        for name in self.db.tree_names() {
-            let name = name.to_vec();
-            if name.as_slice() == SLED_DEFAULT_TREE
-                || self.tree_names.contains(&name)
-                || also_keep.contains(&name)
-            {
-                continue;
-            }
-            self.db.drop_tree(&name).map_err(storage)?;
-        }
-        self.db.flush().map_err(storage)?;
-        Ok(())
-    }
-
-    fn open_sled(home: &Path) -> Result<sled::Db> {
-        // sled holds an exclusive lock on its files: wait briefly for another short command
-        // to finish before saying the profile is in use.
-        let mut tries = 0;
-        loop {
-            match sled::Config::new().path(home.join(DB_DIR)).open() {
-                Ok(db) => return Ok(db),
-                Err(sled::Error::Corruption { .. }) => return Err(ClientError::CorruptStore),
-                Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
-                    tries += 1;
-                    if tries >= 25 {
-                        return Err(ClientError::ProfileInUse);
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                }
-                Err(_) => return Err(ClientError::Storage),
-            }
-        }
-    }
-
-    fn open_db(home: &Path, db: sled::Db, data_key: Zeroizing<[u8; 32]>) -> Result<Self> {
+    fn open_db(
+        home: &Path,
+        db: sled::Db,
+        data_key: Zeroizing<[u8; 32]>,
+        lock: Option<Arc<ProfileLock>>,
+    ) -> Result<Self> {
         let keys = Keys::derive(&data_key)?;
         let mut trees = Vec::with_capacity(Tree::ALL.len());
-        let mut tree_names = Vec::with_capacity(Tree::ALL.len());
         for t in Tree::ALL {
             let name = physical_tree_name(&keys, t)?;
             trees.push(db.open_tree(&name).map_err(storage)?);
-            tree_names.push(name);
         }
         Ok(Self {
             home: home.to_path_buf(),
             db,
             trees,
-            tree_names,
             data_key,
             keys,
             opened_by_duress: false,
+            _lock: lock,
         })
     }
 
     /// Whether this store was opened with the duress passphrase (and the real profile was
-    /// destroyed just now). The caller should then make a new shadow ([`Store::keep_shadow`]).
+    /// destroyed just now).
     pub fn opened_by_duress(&self) -> bool {
         self.opened_by_duress
     }
-
-    /// Keeps `shadow` (made with [`Store::prepare_decoy`] and filled like a fresh profile)
-    /// beside this profile and drops every other foreign tree. Its key is then forgotten:
-    /// the shadow is noise that no passphrase opens. Every profile keeps one, so that the
-    /// database holds the same number of trees, shaped alike, whether or not a duress
-    /// passphrase (whose decoy takes the shadow's place) is set.
-    pub fn keep_shadow(&self, shadow: Store) -> Result<()> {
-        shadow.db.flush().map_err(storage)?;
-        self.drop_foreign_trees(&shadow.tree_names)
-    }
-
     /// The profile home.
     pub fn home(&self) -> &Path {
         &self.home
@@ -664,6 +753,25 @@ impl Store {
             .collect()
     }
 
+    /// Removes every entry of `tree` whose decrypted value `remove` says yes to, in one
+    /// atomic batch, and flushes. For entries whose logical key the caller cannot rebuild.
+    pub fn remove_where(&self, tree: Tree, remove: impl Fn(&[u8]) -> bool) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        let mut any = false;
+        for item in self.tree(tree)?.iter() {
+            let (k, v) = item.map_err(storage)?;
+            if remove(&self.open_value(tree, &k, &v)?) {
+                batch.remove(k);
+                any = true;
+            }
+        }
+        if any {
+            self.tree(tree)?.apply_batch(batch).map_err(storage)?;
+            self.db.flush().map_err(storage)?;
+        }
+        Ok(())
+    }
+
     /// Applies every change in `batch` atomically and flushes it to disk.
     pub fn apply(&self, batch: Batch) -> Result<()> {
         if batch.is_empty() {
@@ -701,6 +809,89 @@ impl Store {
         self.db.flush().map_err(storage)?;
         Ok(())
     }
+}
+
+/// Opens (or creates) the sled database in `dir`. The profile lock is held, so sled's own
+/// lock on its files is free unless something outside Tidings holds it.
+fn open_sled(dir: &Path) -> Result<sled::Db> {
+    match sled::Config::new().path(dir).open() {
+        Ok(db) => Ok(db),
+        Err(sled::Error::Corruption { .. }) => Err(ClientError::CorruptStore),
+        Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+            Err(ClientError::ProfileInUse)
+        }
+        Err(sled::Error::Io(e)) => Err(ClientError::storage(dir, e)),
+        Err(_) => Err(ClientError::Storage),
+    }
+}
+
+/// Rebuilds the database of `home` into `db.new` with only the trees of the profile under
+/// `keep_key` (copied as they are: sealed values stay sealed) and a new shadow, then swaps
+/// it in. The trees are created in the same order as `init` creates them, so the new files
+/// look like a fresh profile's. Whatever was in the old database and not copied is gone
+/// with its folder. Must run under the profile lock.
+fn rebuild(home: &Path, keep_key: &Zeroizing<[u8; 32]>, fill: FillFresh<'_>) -> Result<()> {
+    let db_dir = home.join(DB_DIR);
+    let new_dir = home.join(DB_NEW_DIR);
+    remove_dir_if_present(&new_dir)?;
+    {
+        let old = Store::open_db(home, open_sled(&db_dir)?, keep_key.clone(), None)?;
+        let new_db = open_sled(&new_dir)?;
+        let kept = Store::open_db(home, new_db.clone(), keep_key.clone(), None)?;
+        for (from, to) in old.trees.iter().zip(&kept.trees) {
+            let mut batch = sled::Batch::default();
+            for item in from.iter() {
+                let (k, v) = item.map_err(storage)?;
+                batch.insert(k, v);
+            }
+            to.apply_batch(batch).map_err(storage)?;
+        }
+        new_db.flush().map_err(storage)?;
+        kept.make_shadow(fill)?;
+        new_db.flush().map_err(storage)?;
+    }
+    let old_dir = home.join(DB_OLD_DIR);
+    fs::rename(&db_dir, &old_dir).map_err(|e| ClientError::storage(&db_dir, e))?;
+    crash_point(CrashPoint::RebuildHalfSwapped);
+    fs::rename(&new_dir, &db_dir).map_err(|e| ClientError::storage(&new_dir, e))?;
+    sync_dir(home)
+}
+
+/// Finishes or undoes a swap that [`rebuild`] could not finish: a complete `db.new` without
+/// a `db` is moved in (the old one had been moved aside, so the new one was complete); a
+/// `db.new` beside a `db` was not finished and is deleted; a `db.old` is deleted.
+fn finish_interrupted_swap(home: &Path) -> Result<()> {
+    let db_dir = home.join(DB_DIR);
+    let new_dir = home.join(DB_NEW_DIR);
+    if new_dir.exists() {
+        if db_dir.exists() {
+            remove_dir_if_present(&new_dir)?;
+        } else {
+            fs::rename(&new_dir, &db_dir).map_err(|e| ClientError::storage(&new_dir, e))?;
+            sync_dir(home)?;
+        }
+    }
+    remove_dir_if_present(&home.join(DB_OLD_DIR))
+}
+
+fn remove_dir_if_present(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ClientError::storage(dir, e)),
+    }
+}
+
+/// Makes renames in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| ClientError::storage(dir, e))?;
+    }
+    let _ = dir;
+    Ok(())
 }
 
 /// The sled name of a logical tree: 24 hex digits of a keyed BLAKE2b hash, so tree names
@@ -898,6 +1089,17 @@ mod tests {
         KdfParams::INSECURE_TEST_ONLY
     }
 
+    /// A shadow filled with one marker entry.
+    fn fill(_kept: &Store, shadow: &Store) -> Result<()> {
+        let mut b = Batch::new();
+        b.put(Tree::Meta, b"shadow", Zeroizing::new(b"fresh".to_vec()));
+        shadow.apply(b)
+    }
+
+    fn open(home: &Path, passphrase: &[u8]) -> Result<Store> {
+        Store::open(home, passphrase, &fill)
+    }
+
     /// Stores one value under `key` in `tree`.
     fn put(store: &Store, tree: Tree, key: &[u8], value: &[u8]) {
         let mut b = Batch::new();
@@ -987,7 +1189,7 @@ mod tests {
             put(&s, Tree::Contacts, b"alice", b"value one");
             put(&s, Tree::History, b"alice", b"value two");
         }
-        let s = Store::open(&home, b"pw").unwrap();
+        let s = open(&home, b"pw").unwrap();
         assert_eq!(
             s.get(Tree::Contacts, b"alice").unwrap().unwrap().as_slice(),
             b"value one"
@@ -1026,7 +1228,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("p");
         drop(Store::create(&home, b"right", fast()).unwrap());
-        let err = Store::open(&home, b"wrong").unwrap_err();
+        let err = open(&home, b"wrong").unwrap_err();
         assert!(matches!(err, ClientError::WrongPassphrase));
         assert_eq!(err.to_string(), "wrong passphrase");
     }
@@ -1040,10 +1242,7 @@ mod tests {
         let mut bytes = fs::read(&key).unwrap();
         bytes.truncate(10);
         fs::write(&key, &bytes).unwrap();
-        assert!(matches!(
-            Store::open(&home, b"pw"),
-            Err(ClientError::CorruptStore)
-        ));
+        assert!(matches!(open(&home, b"pw"), Err(ClientError::CorruptStore)));
 
         let home2 = dir.path().join("q");
         let s = Store::create(&home2, b"pw", fast()).unwrap();
@@ -1073,7 +1272,7 @@ mod tests {
     fn missing_profile_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
-            Store::open(&dir.path().join("none"), b"pw"),
+            open(&dir.path().join("none"), b"pw"),
             Err(ClientError::NoProfile)
         ));
     }
@@ -1085,7 +1284,7 @@ mod tests {
         drop(Store::create(&home, b"pw", fast()).unwrap());
         let bytes = fs::read(home.join(KEY_FILE)).unwrap();
         assert_eq!(&bytes[8..12], &256u32.to_be_bytes());
-        Store::open(&home, b"pw").unwrap();
+        open(&home, b"pw").unwrap();
     }
 
     #[test]
@@ -1093,33 +1292,117 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("p");
         let real = Store::create(&home, b"real", KdfParams::INSECURE_TEST_ONLY).unwrap();
+        real.make_shadow(&fill).unwrap();
         let fresh_trees = real.db.tree_names().len();
         put(&real, Tree::History, b"k", b"the real history");
-        let decoy = real.prepare_decoy().unwrap();
-        put(&decoy, Tree::Meta, b"k", b"decoy");
-        real.commit_decoy(&decoy, b"duress").unwrap();
-        assert_eq!(real.db.tree_names().len(), 2 * fresh_trees - 1);
-        drop((decoy, real));
-
-        let opened = Store::open(&home, b"duress").unwrap();
+        real.set_duress_passphrase(b"duress").unwrap();
         assert_eq!(
-            opened.get(Tree::Meta, b"k").unwrap().unwrap().as_slice(),
-            b"decoy"
+            real.db.tree_names().len(),
+            fresh_trees,
+            "the decoy is the shadow: no tree is added"
+        );
+        assert!(matches!(
+            real.set_duress_passphrase(b"real"),
+            Err(ClientError::SamePassphrase)
+        ));
+        let key_before = fs::read(home.join(KEY_FILE)).unwrap();
+        drop(real);
+
+        let opened = open(&home, b"duress").unwrap();
+        assert!(opened.opened_by_duress());
+        assert_eq!(
+            opened
+                .get(Tree::Meta, b"shadow")
+                .unwrap()
+                .unwrap()
+                .as_slice(),
+            b"fresh"
         );
         assert!(opened.get(Tree::History, b"k").unwrap().is_none());
         assert_eq!(
             opened.db.tree_names().len(),
             fresh_trees,
-            "only the decoy's trees"
+            "the decoy's trees and a new shadow's"
         );
         drop(opened);
-        assert_eq!(fs::read(home.join(KEY_FILE)).unwrap().len(), KEY_FILE_LEN);
+        let key_after = fs::read(home.join(KEY_FILE)).unwrap();
+        assert_eq!(key_after.len(), KEY_FILE_LEN);
+        // Fresh salts in both slots: nothing links the files before and after.
+        for at in [8 + 12, 8 + SLOT_LEN + 12] {
+            assert_ne!(
+                key_before[at..at + SALT_LEN],
+                key_after[at..at + SALT_LEN],
+                "a salt was reused at {at}"
+            );
+        }
         assert!(matches!(
-            Store::open(&home, b"real"),
+            open(&home, b"real"),
             Err(ClientError::WrongPassphrase)
         ));
         // The decoy is now the only profile, in the first slot.
-        assert!(Store::open(&home, b"duress").is_ok());
+        let again = open(&home, b"duress").unwrap();
+        assert!(!again.opened_by_duress());
+        assert!(!home.join(DB_OLD_DIR).exists() && !home.join(DB_NEW_DIR).exists());
+    }
+
+    #[test]
+    fn a_duress_unlock_waits_for_the_lock_before_destroying_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("p");
+        let real = Store::create(&home, b"real", fast()).unwrap();
+        real.make_shadow(&fill).unwrap();
+        real.set_duress_passphrase(b"duress").unwrap();
+        let key_before = fs::read(home.join(KEY_FILE)).unwrap();
+        // This process holds the profile (as a `listen` would) and cannot be stopped by a
+        // signal to itself: the duress unlock must give up without touching the key.
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            open(&home, b"duress"),
+            Err(ClientError::ProfileInUse)
+        ));
+        assert!(started.elapsed() >= WAIT_FOR_LOCK);
+        assert_eq!(fs::read(home.join(KEY_FILE)).unwrap(), key_before);
+        drop(real);
+        let decoy = open(&home, b"duress").unwrap();
+        assert!(decoy.opened_by_duress());
+    }
+
+    #[test]
+    fn a_profile_without_a_kept_shadow_key_is_rebuilt_with_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("p");
+        let s = Store::create(&home, b"pw", fast()).unwrap();
+        put(&s, Tree::Contacts, b"alice", b"kept");
+        drop(s);
+        let s = open(&home, b"pw").unwrap();
+        assert_eq!(
+            s.get(Tree::Contacts, b"alice").unwrap().unwrap().as_slice(),
+            b"kept"
+        );
+        assert!(s.get(Tree::Meta, SHADOW_KEY_ENTRY).unwrap().is_some());
+        assert_eq!(s.shape().len(), 12, "six trees and a shadow's six");
+    }
+
+    #[test]
+    fn changing_the_passphrase_uses_a_fresh_salt_and_refuses_the_duress_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("p");
+        let s = Store::create(&home, b"old one", fast()).unwrap();
+        s.make_shadow(&fill).unwrap();
+        s.set_duress_passphrase(b"duress").unwrap();
+        assert!(matches!(
+            s.change_passphrase(b"duress"),
+            Err(ClientError::SamePassphrase)
+        ));
+        s.change_passphrase(b"new one").unwrap();
+        drop(s);
+        assert!(matches!(
+            open(&home, b"old one"),
+            Err(ClientError::WrongPassphrase)
+        ));
+        drop(open(&home, b"new one").unwrap());
+        // The duress passphrase still works after the change.
+        assert!(open(&home, b"duress").unwrap().opened_by_duress());
     }
 
     #[test]
@@ -1129,9 +1412,6 @@ mod tests {
         drop(Store::create(&home, b"pw", KdfParams::INSECURE_TEST_ONLY).unwrap());
         Store::wipe(&home).unwrap();
         assert!(!home.exists());
-        assert!(matches!(
-            Store::open(&home, b"pw"),
-            Err(ClientError::NoProfile)
-        ));
+        assert!(matches!(open(&home, b"pw"), Err(ClientError::NoProfile)));
     }
 }

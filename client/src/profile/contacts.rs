@@ -132,7 +132,7 @@ impl Profile {
         b.remove(Tree::Contacts, id);
         for o in self.store.values_json::<OutboxRecord>(Tree::Outbox)? {
             if &o.contact == id {
-                b.remove(Tree::Outbox, &o.seq.to_be_bytes());
+                b.remove(Tree::Outbox, &outbox_key(&o));
             }
         }
         self.store.apply(b)

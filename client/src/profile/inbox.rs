@@ -207,7 +207,7 @@ impl Profile {
             Self::put_contact(&mut b, &contact)?;
             return self.store.apply(b);
         }
-        b.put(Tree::Seen, &seen_key, Zeroizing::new(vec![1]));
+        put_seen(&mut b, &contact.id, &app.id, now)?;
         // What to keep in the history (text and kind) and what to show (text and kind).
         let entry = match &app.body {
             AppBody::Text(text) => Some((text.clone(), HISTORY_TEXT, text.clone(), "text")),
@@ -230,20 +230,17 @@ impl Profile {
             AppBody::Hello { .. } => None,
         };
         if let Some((text, kind, shown, shown_kind)) = entry {
-            let seq = self.next_seq(&mut b, 1)?;
-            b.put_json(
-                Tree::History,
-                &history_key(&contact.id, seq),
-                &HistoryRecord {
-                    contact: contact.id,
-                    seq,
-                    outgoing: false,
-                    text,
-                    sent_at: app.sent_at,
-                    at: now,
-                    kind,
-                },
-            )?;
+            let record = HistoryRecord {
+                contact: contact.id,
+                seq: order_key(now),
+                id: random()?,
+                outgoing: false,
+                text,
+                sent_at: app.sent_at,
+                at: now,
+                kind,
+            };
+            b.put_json(Tree::History, &history_key(&record), &record)?;
             report.received.push(Received {
                 from: contact.label.clone(),
                 text: shown,
@@ -307,11 +304,7 @@ impl Profile {
         };
         let mut b = Batch::new();
         let contact = self.seal_to_outbox(&mut b, contact, &mut session, &ack)?;
-        b.put(
-            Tree::Seen,
-            &seen_key(&contact.id, &app.id),
-            Zeroizing::new(vec![1]),
-        );
+        put_seen(&mut b, &contact.id, &app.id, now)?;
         b.remove(Tree::Invites, &invite.recv.recipient_id);
         self.put_account(&mut b, &account);
         self.store.apply(b)

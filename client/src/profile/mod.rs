@@ -39,9 +39,12 @@ use crate::olm::{E2eAccount, E2eSession};
 use crate::relay::{create_queue, Connector, RelayLink};
 use crate::safety::{due_entry, sort_due, CheckinState, DueEntry, PinHash, CHECKIN_DURESS};
 use crate::store::{Batch, KdfParams, Store, Tree};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const META_RELAY: &[u8] = b"relay";
 const META_ACCOUNT: &[u8] = b"account";
+/// Where profiles made before time-based ordering kept a message counter (removed at unlock).
 const META_SEQ: &[u8] = b"seq";
 const META_CHECKIN_PIN: &[u8] = b"checkin-pin";
 const META_DURESS_PIN: &[u8] = b"duress-pin";
@@ -116,7 +119,11 @@ struct ContactRecord {
 #[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 struct HistoryRecord {
     contact: [u8; 16],
+    /// The sort key ([`order_key`]; a counter in profiles made before it).
     seq: u64,
+    /// Random bytes that make the storage key unique.
+    #[serde(default)]
+    id: [u8; 8],
     outgoing: bool,
     text: String,
     sent_at: u64,
@@ -146,7 +153,11 @@ fn checkin_line(note: &str, duress: bool) -> String {
 #[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 struct OutboxRecord {
     contact: [u8; 16],
+    /// The sort key ([`order_key`]).
     seq: u64,
+    /// Random bytes that make the storage key unique.
+    #[serde(default)]
+    id: [u8; 8],
     /// The sealed envelope, base64.
     body: String,
 }
@@ -362,41 +373,42 @@ async fn new_queue<L: RelayLink>(link: &mut L, relay: &str) -> Result<(RecvQueue
 }
 
 impl Profile {
-    /// Creates a profile in `home` that receives on `relay`.
+    /// Creates a profile in `home` that receives on `relay`, with its shadow (what a duress
+    /// passphrase will open, if one is ever set).
+    ///
+    /// The passphrase must pass [`check_new_passphrase`].
     pub fn init(home: &Path, passphrase: &[u8], relay: &str, kdf: KdfParams) -> Result<Self> {
+        check_new_passphrase(passphrase)?;
         let relay = parse_relay(relay)?;
         if Store::exists(home) {
             return Err(ClientError::ProfileExists);
         }
         let store = Store::create(home, passphrase, kdf)?;
         fill_fresh(&store, &relay)?;
-        let profile = Self { store, relay };
-        profile.make_shadow()?;
-        Ok(profile)
+        store.make_shadow(&fill_shadow)?;
+        Ok(Self { store, relay })
     }
 
-    /// Unlocks the profile in `home`.
+    /// Unlocks the profile in `home`. With the duress passphrase this destroys the real
+    /// profile and returns the decoy (see [`Store::open`]).
     pub fn open(home: &Path, passphrase: &[u8]) -> Result<Self> {
-        let store = Store::open(home, passphrase)?;
-        let relay = store
-            .get(Tree::Meta, META_RELAY)?
-            .ok_or(ClientError::CorruptStore)?;
-        let relay = parse_relay(std::str::from_utf8(&relay).map_err(corrupt)?)
-            .map_err(|_| ClientError::CorruptStore)?;
-        let profile = Self { store, relay };
-        if profile.store.opened_by_duress() {
-            // The decoy is now the profile: give it a shadow as every profile has.
-            profile.make_shadow()?;
+        let store = Store::open(home, passphrase, &fill_shadow)?;
+        let relay = stored_relay(&store)?;
+        // Profiles from before time-based ordering kept a global counter, which told how
+        // many messages there had ever been.
+        if store.get(Tree::Meta, META_SEQ)?.is_some() {
+            let mut b = Batch::new();
+            b.remove(Tree::Meta, META_SEQ);
+            store.apply(b)?;
         }
-        Ok(profile)
+        Ok(Self { store, relay })
     }
 
-    /// Replaces the profile's shadow (or decoy) with a new shadow: a store shaped like a
-    /// fresh profile under a key nobody keeps (see [`Store::keep_shadow`]).
-    fn make_shadow(&self) -> Result<()> {
-        let shadow = self.store.prepare_decoy()?;
-        fill_fresh(&shadow, &self.relay)?;
-        self.store.keep_shadow(shadow)
+    /// Changes the passphrase (which must pass [`check_new_passphrase`] and differ from the
+    /// duress passphrase).
+    pub fn change_passphrase(&mut self, new: &[u8]) -> Result<()> {
+        check_new_passphrase(new)?;
+        self.store.change_passphrase(new)
     }
 
     fn account(&self) -> Result<E2eAccount> {
@@ -416,16 +428,6 @@ impl Profile {
             META_ACCOUNT,
             Zeroizing::new(account.pickle(self.store.pickle_key()).into_bytes()),
         );
-    }
-
-    /// Reserves `n` sequence numbers (written with `b`).
-    fn next_seq(&self, b: &mut Batch, n: u64) -> Result<u64> {
-        let seq: u64 = match b.pending(Tree::Meta, META_SEQ) {
-            Some(v) => serde_json::from_slice(v).map_err(corrupt)?,
-            None => self.store.get_json(Tree::Meta, META_SEQ)?.unwrap_or(0),
-        };
-        b.put_json(Tree::Meta, META_SEQ, &(seq + n))?;
-        Ok(seq)
     }
 
     fn contacts_raw(&self) -> Result<Vec<ContactRecord>> {
@@ -465,7 +467,34 @@ impl Profile {
     }
 }
 
-/// Writes what a fresh profile holds: its relay and a new end-to-end account.
+/// The shortest passphrase a profile accepts, in characters.
+pub const MIN_PASSPHRASE_CHARS: usize = 8;
+
+/// Refuses a new profile or duress passphrase that is empty or shorter than
+/// [`MIN_PASSPHRASE_CHARS`] characters: an empty duress passphrase would let a stray Enter
+/// destroy the real profile, and a short one falls to guessing.
+pub fn check_new_passphrase(passphrase: &[u8]) -> Result<()> {
+    let got = String::from_utf8_lossy(passphrase).chars().count();
+    if got < MIN_PASSPHRASE_CHARS {
+        return Err(ClientError::PassphraseTooShort {
+            min: MIN_PASSPHRASE_CHARS,
+            got,
+        });
+    }
+    Ok(())
+}
+
+fn stored_relay(store: &Store) -> Result<RelayAddress> {
+    let relay = store
+        .get(Tree::Meta, META_RELAY)?
+        .ok_or(ClientError::CorruptStore)?;
+    parse_relay(std::str::from_utf8(&relay).map_err(corrupt)?)
+        .map_err(|_| ClientError::CorruptStore)
+}
+
+/// Writes what a fresh profile holds: its relay, a new end-to-end account, and the two PIN
+/// entries (placeholders: every profile has them, so the store does not show whether a PIN
+/// is set).
 fn fill_fresh(store: &Store, relay: &RelayAddress) -> Result<()> {
     let account = E2eAccount::new();
     let mut b = Batch::new();
@@ -479,12 +508,61 @@ fn fill_fresh(store: &Store, relay: &RelayAddress) -> Result<()> {
         META_ACCOUNT,
         Zeroizing::new(account.pickle(store.pickle_key()).into_bytes()),
     );
+    let kdf = store.kdf_params()?;
+    for key in [META_CHECKIN_PIN, META_DURESS_PIN] {
+        b.put(
+            Tree::Meta,
+            key,
+            safety::pin_entry(false, &PinHash::placeholder(kdf)?),
+        );
+    }
     store.apply(b)
 }
 
-fn history_key(contact: &[u8; 16], seq: u64) -> Vec<u8> {
-    let mut k = contact.to_vec();
-    k.extend_from_slice(&seq.to_be_bytes());
+/// Fills a shadow like a fresh profile on the relay of the profile it shadows.
+fn fill_shadow(kept: &Store, shadow: &Store) -> Result<()> {
+    fill_fresh(shadow, &stored_relay(kept)?)
+}
+
+/// A sort key for history and outbox entries that counts nothing: the time (`now`, seconds)
+/// in the high bits and the wall clock's microseconds in the low 20, made strictly
+/// increasing within the process. Unlike a counter it does not tell how many messages there
+/// ever were once retention has deleted them.
+fn order_key(now: u64) -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_micros()))
+        .unwrap_or(0);
+    let candidate = (now.min(1 << 43) << 20) | micros;
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = candidate.max(last.saturating_add(1));
+        match LAST.compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+/// The storage key of a history entry: contact, order, and random bytes (so that two entries
+/// stored in the same instant by two processes never collide). Entries from before the
+/// random part have an all-zero `id` and keep their old key.
+fn history_key(h: &HistoryRecord) -> Vec<u8> {
+    let mut k = h.contact.to_vec();
+    k.extend_from_slice(&h.seq.to_be_bytes());
+    if h.id != [0; 8] {
+        k.extend_from_slice(&h.id);
+    }
+    k
+}
+
+/// The storage key of an outbox entry (order, then random bytes, as for history).
+fn outbox_key(o: &OutboxRecord) -> Vec<u8> {
+    let mut k = o.seq.to_be_bytes().to_vec();
+    if o.id != [0; 8] {
+        k.extend_from_slice(&o.id);
+    }
     k
 }
 
@@ -492,6 +570,25 @@ fn seen_key(contact: &[u8; 16], id: &AppMessageId) -> Vec<u8> {
     let mut k = contact.to_vec();
     k.extend_from_slice(id.as_bytes());
     k
+}
+
+/// A received message's id is kept (to drop a replayed copy) with its contact and arrival
+/// time, so that retention can delete it with the history entry.
+#[derive(Serialize, Deserialize)]
+struct SeenRecord {
+    contact: [u8; 16],
+    at: u64,
+}
+
+fn put_seen(b: &mut Batch, contact: &[u8; 16], id: &AppMessageId, at: u64) -> Result<()> {
+    b.put_json(
+        Tree::Seen,
+        &seen_key(contact, id),
+        &SeenRecord {
+            contact: *contact,
+            at,
+        },
+    )
 }
 
 mod contacts;

@@ -19,13 +19,13 @@ impl Profile {
         let ratchet = session.encrypt(&plain)?;
         let body = contact.send_key()?.seal(&ratchet.encode()?, &mut OsRng)?;
         contact.session = session.pickle(self.store.pickle_key());
-        let seq = self.next_seq(b, 1)?;
         let rec = OutboxRecord {
             contact: contact.id,
-            seq,
+            seq: order_key(app.sent_at),
+            id: random()?,
             body: STANDARD_NO_PAD.encode(&body),
         };
-        b.put_json(Tree::Outbox, &seq.to_be_bytes(), &rec)?;
+        b.put_json(Tree::Outbox, &outbox_key(&rec), &rec)?;
         Self::put_contact(b, &contact)?;
         Ok(contact)
     }
@@ -76,22 +76,19 @@ impl Profile {
             body,
         };
         let mut b = Batch::new();
-        let seq = self.next_seq(&mut b, 1)?;
         let contact_id = contact.id;
         self.seal_to_outbox(&mut b, contact, &mut session, &app)?;
-        b.put_json(
-            Tree::History,
-            &history_key(&contact_id, seq),
-            &HistoryRecord {
-                contact: contact_id,
-                seq,
-                outgoing: true,
-                text: history_text.to_string(),
-                sent_at: now,
-                at: now,
-                kind: history_kind,
-            },
-        )?;
+        let entry = HistoryRecord {
+            contact: contact_id,
+            seq: order_key(now),
+            id: random()?,
+            outgoing: true,
+            text: history_text.to_string(),
+            sent_at: now,
+            at: now,
+            kind: history_kind,
+        };
+        b.put_json(Tree::History, &history_key(&entry), &entry)?;
         self.store.apply(b)?;
         let mut links = Links::new(net);
         let result = self.flush_with(&mut links).await;
@@ -158,7 +155,7 @@ impl Profile {
             // The contact is gone: its messages can never be sent.
             let mut b = Batch::new();
             for e in &entries {
-                b.remove(Tree::Outbox, &e.seq.to_be_bytes());
+                b.remove(Tree::Outbox, &outbox_key(e));
             }
             self.store.apply(b)?;
             return Ok(0);
@@ -213,7 +210,7 @@ impl Profile {
             match link.request(req).await?.kind {
                 ReplyKind::Ok => {
                     let mut b = Batch::new();
-                    b.remove(Tree::Outbox, &e.seq.to_be_bytes());
+                    b.remove(Tree::Outbox, &outbox_key(e));
                     if secure_refused {
                         secure_refused = false;
                         contact.send.secured = true;

@@ -15,6 +15,15 @@ enum PinCheck {
     Wrong,
 }
 
+/// A PIN entry as stored: one byte (1 set, 0 placeholder), then [`PinHash::to_bytes`]. Every
+/// profile stores both entries from the start, so their presence says nothing.
+pub(super) fn pin_entry(set: bool, hash: &PinHash) -> Zeroizing<Vec<u8>> {
+    let mut v = Zeroizing::new(Vec::with_capacity(1 + crate::safety::PIN_HASH_LEN));
+    v.push(u8::from(set));
+    v.extend_from_slice(&hash.to_bytes());
+    v
+}
+
 impl Profile {
     /// Sends a check-in ("I am all right") with an optional note. When a check-in PIN is set,
     /// `pin` must be it (a normal check-in) or the duress PIN (a check-in flagged as duress,
@@ -54,7 +63,7 @@ impl Profile {
 
     /// Whether check-ins need a PIN.
     pub fn checkin_pin_set(&self) -> Result<bool> {
-        Ok(self.store.get(Tree::Meta, META_CHECKIN_PIN)?.is_some())
+        Ok(self.pin(META_CHECKIN_PIN)?.is_some())
     }
 
     /// Sets the check-in PIN; from now on `checkin` asks for a PIN.
@@ -88,14 +97,33 @@ impl Profile {
         Ok(())
     }
 
+    /// The PIN stored under `key`, if one is set.
     fn pin(&self, key: &[u8]) -> Result<Option<PinHash>> {
-        self.store.get_json(Tree::Meta, key)
+        Ok(match self.pin_slot(key)? {
+            Some((true, hash)) => Some(hash),
+            _ => None,
+        })
+    }
+
+    /// The entry under `key`: whether a PIN is set, and its hash or the placeholder.
+    fn pin_slot(&self, key: &[u8]) -> Result<Option<(bool, PinHash)>> {
+        let Some(value) = self.store.get(Tree::Meta, key)? else {
+            return Ok(None);
+        };
+        if let Some((flag, rest)) = value.split_first() {
+            if let (0 | 1, Some(hash)) = (*flag, PinHash::from_bytes(rest)) {
+                return Ok(Some((*flag == 1, hash)));
+            }
+        }
+        // Profiles from before the placeholders stored a set PIN as JSON.
+        let hash: PinHash = serde_json::from_slice(&value).map_err(corrupt)?;
+        Ok(Some((true, hash)))
     }
 
     fn put_pin(&mut self, key: &[u8], pin: &str) -> Result<()> {
         let hash = PinHash::new(pin, self.store.kdf_params()?, random()?)?;
         let mut b = Batch::new();
-        b.put_json(Tree::Meta, key, &hash)?;
+        b.put(Tree::Meta, key, pin_entry(true, &hash));
         self.store.apply(b)
     }
 
@@ -105,12 +133,13 @@ impl Profile {
         let Some(normal) = self.pin(META_CHECKIN_PIN)? else {
             return Ok(PinCheck::NotRequired);
         };
-        let duress = self.pin(META_DURESS_PIN)?;
+        let duress = self.pin_slot(META_DURESS_PIN)?;
         let given = pin.unwrap_or("");
         let is_normal = normal.matches(given)?;
         let is_duress = match &duress {
-            Some(d) => d.matches(given)?,
-            // Without a duress PIN, hash once more anyway so the time is the same.
+            Some((set, d)) => d.matches(given)? && *set,
+            // Without a duress entry at all (older profiles), hash once more anyway so the
+            // time is the same.
             None => {
                 normal.matches(given)?;
                 false
@@ -180,18 +209,28 @@ impl Profile {
         let mut b = Batch::new();
         for h in self.store.values_json::<HistoryRecord>(Tree::History)? {
             if limits.get(&h.contact).is_some_and(|cutoff| h.at < *cutoff) {
-                b.remove(Tree::History, &history_key(&h.contact, h.seq));
+                b.remove(Tree::History, &history_key(&h));
             }
         }
-        self.store.apply(b)
+        self.store.apply(b)?;
+        // The ids kept to drop replays go with the history, or they would still count the
+        // messages. (Entries from before they recorded contact and time count for nobody and
+        // go too; a replay of such an old message would also fail to decrypt.)
+        self.store.remove_where(Tree::Seen, |value| {
+            match serde_json::from_slice::<SeenRecord>(value) {
+                Ok(seen) => limits
+                    .get(&seen.contact)
+                    .is_some_and(|cutoff| seen.at < *cutoff),
+                Err(_) => true,
+            }
+        })
     }
 
-    /// Sets the duress passphrase: it will open a decoy profile (same relay, no contacts)
-    /// and, at that moment, silently destroy this profile's keys.
+    /// Sets the duress passphrase: it will open the decoy profile (this profile's shadow:
+    /// same relay, no contacts) and, at that moment, silently destroy this profile. It must
+    /// pass [`check_new_passphrase`] and differ from the profile's passphrase.
     pub fn set_duress_passphrase(&mut self, passphrase: &[u8]) -> Result<()> {
-        self.store.ensure_not_this_passphrase(passphrase)?;
-        let decoy = self.store.prepare_decoy()?;
-        fill_fresh(&decoy, &self.relay)?;
-        self.store.commit_decoy(&decoy, passphrase)
+        check_new_passphrase(passphrase)?;
+        self.store.set_duress_passphrase(passphrase)
     }
 }
