@@ -332,8 +332,8 @@ impl Store {
 
     /// Creates a new profile store in `home` (made if missing), locked by `passphrase`.
     ///
-    /// The caller fills it like a fresh profile and then calls [`Store::make_shadow`], so that
-    /// every profile carries its shadow from the start.
+    /// The caller fills it like a fresh profile and then calls [`Store::rebuilt`], which gives
+    /// it its shadow, so that every profile carries one from the start.
     pub fn create(home: &Path, passphrase: &[u8], kdf: KdfParams) -> Result<Self> {
         if Self::exists(home) {
             return Err(ClientError::ProfileExists);
@@ -500,6 +500,27 @@ impl Store {
             Zeroizing::new(shadow_key.to_vec()),
         );
         self.apply(b)
+    }
+
+    /// Rebuilds this new profile's database the way a duress unlock rebuilds a decoy's
+    /// ([`rebuild`]: its trees copied into a new folder, then a shadow made beside them), so
+    /// that a new profile and one left by a duress unlock are made by the same steps and
+    /// their files look alike.
+    pub fn rebuilt(self, fill: FillFresh<'_>) -> Result<Self> {
+        let Self {
+            home,
+            db,
+            trees,
+            data_key,
+            _lock: lock,
+            ..
+        } = self;
+        db.flush().map_err(storage)?;
+        drop(trees);
+        drop(db);
+        rebuild(&home, &data_key, fill)?;
+        finish_interrupted_swap(&home)?;
+        Self::open_db(&home, open_sled(&home.join(DB_DIR))?, data_key, lock)
     }
 
     /// Sets the duress passphrase: the second key slot now wraps the shadow's key under it
@@ -838,11 +859,15 @@ fn rebuild(home: &Path, keep_key: &Zeroizing<[u8; 32]>, fill: FillFresh<'_>) -> 
         let old = Store::open_db(home, open_sled(&db_dir)?, keep_key.clone(), None)?;
         let new_db = open_sled(&new_dir)?;
         let kept = Store::open_db(home, new_db.clone(), keep_key.clone(), None)?;
+        // The old shadow's key is not copied: the new shadow's takes its place.
+        let shadow_entry = kept.storage_key(Tree::Meta, SHADOW_KEY_ENTRY)?;
         for (from, to) in old.trees.iter().zip(&kept.trees) {
             let mut batch = sled::Batch::default();
             for item in from.iter() {
                 let (k, v) = item.map_err(storage)?;
-                batch.insert(k, v);
+                if k.as_ref() != shadow_entry.as_slice() {
+                    batch.insert(k, v);
+                }
             }
             to.apply_batch(batch).map_err(storage)?;
         }

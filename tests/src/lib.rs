@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod examiner;
 pub mod proto;
 pub mod world;
 

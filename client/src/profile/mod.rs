@@ -385,8 +385,10 @@ impl Profile {
         }
         let store = Store::create(home, passphrase, kdf)?;
         fill_fresh(&store, &relay)?;
-        store.make_shadow(&fill_shadow)?;
-        Ok(Self { store, relay })
+        Ok(Self {
+            store: store.rebuilt(&fill_shadow)?,
+            relay,
+        })
     }
 
     /// Unlocks the profile in `home`. With the duress passphrase this destroys the real
