@@ -605,3 +605,51 @@ async fn retention_deletes_old_history_at_unlock() {
         .collect();
     assert_eq!(texts, vec!["new"]);
 }
+
+#[tokio::test]
+async fn once_retention_has_emptied_a_history_nothing_counts_the_messages() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    let mut quiet = w.profile("quiet", 1);
+    let mut c = w.profile("chul", 1);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    w.connect(&mut quiet, "chul", &mut c, "quiet").await;
+    for i in 0..5 {
+        b.send(&w.net, "amina", &format!("message {i}"), NOW + 1)
+            .await
+            .unwrap();
+    }
+    a.sync(&w.net, NOW + 2).await.unwrap();
+    assert_eq!(a.history("bora").unwrap().len(), 5);
+    assert!(a.store.values(Tree::Seen).unwrap().len() >= 5);
+    a.retain("bora", Some(3_600), NOW + 7_200).unwrap();
+    quiet.retain("chul", Some(3_600), NOW + 7_200).unwrap();
+    assert!(a.history("bora").unwrap().is_empty());
+    // No counter and no received-message ids are left to tell that there were five: the
+    // profile is shaped like one that never received anything.
+    assert!(a.store.get(Tree::Meta, META_SEQ).unwrap().is_none());
+    assert!(a.store.values(Tree::Seen).unwrap().is_empty());
+    assert_eq!(a.store.shape(), quiet.store.shape());
+    // New messages still arrive and are kept.
+    b.send(&w.net, "amina", "after", NOW + 7_300).await.unwrap();
+    a.sync(&w.net, NOW + 7_301).await.unwrap();
+    let texts: Vec<String> = a
+        .history("bora")
+        .unwrap()
+        .into_iter()
+        .map(|h| h.text)
+        .collect();
+    assert_eq!(texts, vec!["after"]);
+}
+
+#[test]
+fn history_order_keys_follow_time_and_never_repeat() {
+    let a = order_key(NOW);
+    let b = order_key(NOW);
+    let later = order_key(NOW + 1);
+    assert!(a < b && b < later);
+    // The high bits are the time (other tests in this process may have used later times,
+    // which the key never goes back before).
+    assert!(later >> 20 > NOW);
+}

@@ -216,3 +216,35 @@ fn wipe_and_duress_unlock_stop_a_running_listen_within_a_second() -> Result<()> 
     println!("listen noticed the deletion by itself after {took:?}");
     Ok(())
 }
+
+#[test]
+fn whether_a_pin_or_a_duress_pin_is_set_does_not_show() -> Result<()> {
+    let w = World::new()?;
+    let none = w.profile("no-pins")?;
+    let checkin = w.profile("checkin-pin")?;
+    let both = w.profile("both-pins")?;
+    let set = |p: &Profile, what: &str, pin: &str| -> Result<()> {
+        p.run_with(
+            &["safety", what],
+            &[("TIDINGS_NEW_PIN", pin)],
+            Duration::from_secs(60),
+        )?
+        .ok()?;
+        Ok(())
+    };
+    set(&checkin, "set-checkin-pin", "2468")?;
+    set(&both, "set-checkin-pin", "2468")?;
+    set(&both, "set-duress-pin", "1357")?;
+    let (a, b, c) = (
+        examine(&none.home)?,
+        examine(&checkin.home)?,
+        examine(&both.home)?,
+    );
+    // Entry counts and value sizes are the same; only the amount written may differ.
+    ensure!(
+        a.trees == b.trees && b.trees == c.trees,
+        "{a:?}\n{b:?}\n{c:?}"
+    );
+    ensure!(a.pages == c.pages, "{} / {}", a.pages, c.pages);
+    Ok(())
+}
