@@ -1,22 +1,26 @@
 //! The encrypted profile store.
 //!
-//! A profile home holds two things:
+//! A profile home holds three things:
 //!
 //! - `key`: a 208-byte file: the magic `TIDKEY2\0` and two equal 100-byte *key slots*, each
 //!   with Argon2id parameters, a random salt, and a random 32-byte *data key* wrapped
 //!   (XChaCha20-Poly1305) under the key Argon2id derives from a passphrase. Slot 0 holds the
-//!   profile's key; slot 1 holds a decoy profile's key under the duress passphrase, or random
+//!   profile's key; slot 1 holds the decoy's key under the duress passphrase, or random
 //!   bytes when none is set, so the file looks the same either way. Destroying the slots makes
 //!   everything else unrecoverable.
+//! - `lock`: empty unless a process has the profile open ([`crate::lock`]).
 //! - `db/`: a sled database. Every value is padded to a power of two (at least 256 bytes)
 //!   and sealed with XChaCha20-Poly1305 under a subkey of the data key, with a random nonce
 //!   and the tree name and storage key as associated data (so a value cannot be moved to
 //!   another key or tree). Storage keys are BLAKE2b-256 MACs of
 //!   the logical key under another subkey, and the sled tree names are keyed hashes too
 //!   (different for every profile), so the files show no label, id, order or tree purpose.
-//!   Beside the profile's own trees the database always holds a second, small set shaped like
-//!   a fresh profile: the duress decoy when one is set, otherwise a *shadow* whose key was
-//!   thrown away, so the files look the same either way.
+//!   Beside the profile's own trees the database always holds a *shadow*: a second, fresh
+//!   profile whose key is kept sealed in the profile's meta tree. Setting a duress passphrase
+//!   only wraps that key into slot 1, so the shadow becomes the decoy without any change to
+//!   the database. A duress unlock rebuilds the database into a new folder with the decoy's
+//!   trees and a new shadow ([`Store::open`]); a new profile is built by the same code
+//!   ([`Store::rebuilt`]), so the two look alike.
 //!
 //! Writes go through [`Batch`]: all changes of one step (a received message, its history entry,
 //! the new ratchet state) are applied in one sled transaction and flushed to disk before
@@ -362,8 +366,8 @@ impl Store {
     ///
     /// Both key slots are always tried (two Argon2id runs), so unlocking takes the same time
     /// whichever slot the passphrase opens. The second slot is the duress slot; opening it
-    /// runs [`Store::duress_unlock`]. A profile made before shadows were kept under the data
-    /// key is rebuilt once with one. `fill` fills a new shadow like a fresh profile (it is
+    /// runs the duress unlock (see `duress_unlock`). A profile made before shadows were kept
+    /// under the data key is rebuilt once with one. `fill` fills a new shadow like a fresh profile (it is
     /// given the profile being kept, to read its settings, and the shadow).
     ///
     /// Fails with [`ClientError::NoProfile`], [`ClientError::WrongPassphrase`],
@@ -503,7 +507,7 @@ impl Store {
     }
 
     /// Rebuilds this new profile's database the way a duress unlock rebuilds a decoy's
-    /// ([`rebuild`]: its trees copied into a new folder, then a shadow made beside them), so
+    /// (its trees copied into a new folder, then a shadow made beside them), so
     /// that a new profile and one left by a duress unlock are made by the same steps and
     /// their files look alike.
     pub fn rebuilt(self, fill: FillFresh<'_>) -> Result<Self> {
