@@ -79,9 +79,12 @@ pub enum ClientError {
     /// A profile already exists in this home.
     #[error("a profile already exists here")]
     ProfileExists,
-    /// No contact has that name.
-    #[error("unknown contact")]
-    UnknownContact,
+    /// No contact has that name (names match without regard to case).
+    #[error("no contact is named {0:?} (`tidings contacts` lists them)")]
+    UnknownContact(String),
+    /// No unanswered invitation has that name.
+    #[error("no unanswered invitation is named {0:?} (`tidings contacts` lists them as invited)")]
+    UnknownInvitation(String),
     /// Another contact already has that name.
     #[error("a contact with that name already exists")]
     NameTaken,

@@ -40,13 +40,22 @@ enum Cmd {
         relay: String,
     },
     /// Create a one-time invitation; the last line printed is the link.
+    #[command(args_conflicts_with_subcommands = true)]
     Invite {
+        /// `cancel LABEL` cancels an invitation instead.
+        #[command(subcommand)]
+        action: Option<InviteCmd>,
         /// Your name for the person you invite.
         #[arg(long)]
         label: Option<String>,
         /// Also print the link as a QR code.
         #[arg(long)]
         qr: bool,
+    },
+    /// Remove a contact for good: its queue on the relay, its keys and its history.
+    Remove {
+        /// The contact's name.
+        name: String,
     },
     /// Accept an invitation link.
     Accept {
@@ -148,6 +157,16 @@ enum Cmd {
         /// Print one JSON object: the contact, the code, and whether it is verified.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `tidings invite …`
+#[derive(Subcommand)]
+enum InviteCmd {
+    /// Cancel an unanswered invitation (shown to the wrong person): its link stops working.
+    Cancel {
+        /// The name given to the invitation.
+        label: String,
     },
 }
 
@@ -328,7 +347,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             drop(profile);
             eprintln!("profile created");
         }
-        Cmd::Invite { label, qr } => {
+        Cmd::Invite {
+            action: Some(InviteCmd::Cancel { label }),
+            ..
+        } => {
+            let mut profile = open(&home)?;
+            let name = runtime()?
+                .block_on(profile.cancel_invite(&net, &label))
+                .map_err(|e| {
+                    if is_network(&e) {
+                        anyhow!(
+                            "relay unreachable; the invitation is not cancelled and its link still works until it expires; try again when online"
+                        )
+                    } else {
+                        e.into()
+                    }
+                })?;
+            eprintln!("invitation {name:?} cancelled: its link no longer works");
+        }
+        Cmd::Remove { name } => {
+            let mut profile = open(&home)?;
+            let removed = runtime()?.block_on(profile.remove(&net, &name))?;
+            if removed.queue_deleted {
+                eprintln!("{:?} removed, with its queue on the relay", removed.name);
+            } else {
+                eprintln!(
+                    "{:?} removed here; the relay could not be reached, so its queue there expires by itself",
+                    removed.name
+                );
+            }
+        }
+        Cmd::Invite {
+            action: None,
+            label,
+            qr,
+        } => {
             let mut profile = open(&home)?;
             let link = runtime()?
                 .block_on(profile.invite(&net, label.as_deref(), now()))

@@ -129,7 +129,7 @@ async fn an_inviter_cannot_write_before_the_hello_arrives() {
     ));
     assert!(matches!(
         a.send(&w.net, "nobody", "x", NOW).await,
-        Err(ClientError::UnknownContact)
+        Err(ClientError::UnknownContact(_))
     ));
 }
 
@@ -297,7 +297,7 @@ async fn renaming_keeps_the_conversation() {
     a.rename("contact-1", "bora").unwrap();
     assert!(matches!(
         a.rename("nobody", "x"),
-        Err(ClientError::UnknownContact)
+        Err(ClientError::UnknownContact(_))
     ));
     b.send(&w.net, "amina", "hi", NOW).await.unwrap();
     assert_eq!(texts(&a.sync(&w.net, NOW).await.unwrap()), ["bora: hi"]);
@@ -432,31 +432,6 @@ async fn every_body_has_the_same_size_whatever_the_text() {
             .await,
         Err(ClientError::MessageTooLong)
     ));
-}
-
-#[tokio::test]
-async fn unanswered_invitations_are_forgotten_long_after_they_expire() {
-    let w = World::new();
-    let mut a = w.profile("amina", 1);
-    a.invite(&w.net, Some("nobody"), NOW).await.unwrap();
-    a.sync(&w.net, NOW + INVITATION_TTL_SECS + 1).await.unwrap();
-    assert_eq!(
-        a.contacts().unwrap().len(),
-        1,
-        "kept during the grace period"
-    );
-    a.sync(&w.net, NOW + 2 * INVITATION_TTL_SECS + 1)
-        .await
-        .unwrap();
-    assert!(a.contacts().unwrap().is_empty());
-    let queues = w
-        .net
-        .0
-        .borrow()
-        .queues
-        .get(&relay_address(1))
-        .map_or(0, |q| q.len());
-    assert_eq!(queues, 0, "the queue is deleted on the relay too");
 }
 
 #[tokio::test]
@@ -652,4 +627,93 @@ fn history_order_keys_follow_time_and_never_repeat() {
     // The high bits are the time (other tests in this process may have used later times,
     // which the key never goes back before).
     assert!(later >> 20 > NOW);
+}
+
+fn relay_queue_count(w: &World, relay: u8) -> usize {
+    w.net
+        .0
+        .borrow()
+        .queues
+        .get(&relay_address(relay))
+        .map_or(0, |q| q.len())
+}
+
+#[tokio::test]
+async fn names_match_without_regard_to_case_and_errors_name_what_was_typed() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    w.connect(&mut a, "Bora", &mut b, "amina").await;
+    a.send(&w.net, "bora", "found in any case", NOW)
+        .await
+        .unwrap();
+    assert_eq!(a.history("BORA").unwrap().len(), 1);
+    assert!(matches!(
+        a.invite(&w.net, Some("bora"), NOW).await,
+        Err(ClientError::NameTaken)
+    ));
+    let err = a.history("chul").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no contact is named \"chul\" (`tidings contacts` lists them)"
+    );
+    // A hostile name is shown escaped, never raw.
+    let err = a.history("x\u{1b}[2J").unwrap_err().to_string();
+    assert!(!err.contains('\u{1b}'), "{err}");
+}
+
+#[tokio::test]
+async fn removing_a_contact_deletes_its_queue_keys_and_history() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    b.send(&w.net, "amina", "hello", NOW).await.unwrap();
+    a.sync(&w.net, NOW).await.unwrap();
+    let queues_before = relay_queue_count(&w, 1);
+    let removed = a.remove(&w.net, "Bora").await.unwrap();
+    assert_eq!(removed.name, "bora");
+    assert!(removed.queue_deleted);
+    assert_eq!(relay_queue_count(&w, 1), queues_before - 1);
+    assert!(a.contacts().unwrap().is_empty());
+    assert!(matches!(
+        a.history("bora"),
+        Err(ClientError::UnknownContact(_))
+    ));
+    assert!(a.store.values(Tree::History).unwrap().is_empty());
+    assert!(a.store.values(Tree::Seen).unwrap().is_empty());
+    // Bora's next message goes nowhere: the queue is gone.
+    assert!(b.send(&w.net, "amina", "anyone?", NOW).await.is_err());
+}
+
+#[tokio::test]
+async fn a_cancelled_invitation_leads_nowhere() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    let link = a.invite(&w.net, Some("bora"), NOW).await.unwrap();
+    assert_eq!(a.cancel_invite(&w.net, "BORA").await.unwrap(), "bora");
+    assert!(a.contacts().unwrap().is_empty());
+    assert!(b.accept(&w.net, &link, "amina", NOW).await.is_err());
+    assert!(matches!(
+        a.cancel_invite(&w.net, "bora").await,
+        Err(ClientError::UnknownInvitation(_))
+    ));
+}
+
+#[tokio::test]
+async fn an_unanswered_invitation_is_forgotten_when_its_link_expires() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    a.invite(&w.net, Some("bora"), NOW).await.unwrap();
+    let queues = relay_queue_count(&w, 1);
+    a.sync(&w.net, NOW + INVITATION_TTL_SECS).await.unwrap();
+    assert_eq!(
+        a.contacts().unwrap().len(),
+        1,
+        "still valid at its last second"
+    );
+    a.sync(&w.net, NOW + INVITATION_TTL_SECS + 1).await.unwrap();
+    assert!(a.contacts().unwrap().is_empty());
+    assert_eq!(relay_queue_count(&w, 1), queues - 1);
 }

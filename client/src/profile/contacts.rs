@@ -138,6 +138,46 @@ impl Profile {
         self.store.apply(b)
     }
 
+    /// Removes the contact `label` for good: deletes the queue we receive its messages on
+    /// from the relay, then its keys, session, history, waiting messages and the ids kept
+    /// to drop replays. If the relay cannot be reached the contact is removed here anyway
+    /// and its queue expires on the relay by itself; the result says which.
+    pub async fn remove<C: Connector>(&mut self, net: &C, label: &str) -> Result<Removed> {
+        let contact = self.contact_by_label(label)?;
+        let on_relay = delete_queue(net, &contact.recv).await;
+        let id = contact.id;
+        self.remove_contact(&id)?;
+        self.store.remove_where(Tree::History, |v| {
+            serde_json::from_slice::<HistoryRecord>(v).is_ok_and(|h| h.contact == id)
+        })?;
+        self.store.remove_where(Tree::Seen, |v| {
+            serde_json::from_slice::<SeenRecord>(v).is_ok_and(|s| s.contact == id)
+        })?;
+        Ok(Removed {
+            name: contact.label.clone(),
+            queue_deleted: on_relay,
+        })
+    }
+
+    /// Cancels the unanswered invitation `label` (shown to the wrong person, say): deletes
+    /// its queue on the relay, so the link no longer leads anywhere, then its keys here.
+    /// Nothing is forgotten if the relay cannot be reached, since the link would still
+    /// work: the error says so.
+    pub async fn cancel_invite<C: Connector>(&mut self, net: &C, label: &str) -> Result<String> {
+        let invite = self
+            .invites_raw()?
+            .into_iter()
+            .find(|i| same_name(&i.label, label))
+            .ok_or_else(|| ClientError::UnknownInvitation(label.to_string()))?;
+        if !delete_queue(net, &invite.recv).await {
+            return Err(ClientError::Unreachable);
+        }
+        let mut b = Batch::new();
+        b.remove(Tree::Invites, &invite.recv.recipient_id);
+        self.store.apply(b)?;
+        Ok(invite.label.clone())
+    }
+
     /// Contacts and unanswered invitations, sorted by name.
     pub fn contacts(&self) -> Result<Vec<ContactInfo>> {
         let mut out: Vec<ContactInfo> = self
@@ -161,18 +201,26 @@ impl Profile {
     /// Renames a contact (or an unanswered invitation).
     pub fn rename(&mut self, old: &str, new: &str) -> Result<()> {
         Self::check_label(new)?;
-        if old != new && self.label_taken(new)? {
+        if !same_name(old, new) && self.label_taken(new)? {
             return Err(ClientError::NameTaken);
         }
         let mut b = Batch::new();
-        if let Some(mut c) = self.contacts_raw()?.into_iter().find(|c| c.label == old) {
+        if let Some(mut c) = self
+            .contacts_raw()?
+            .into_iter()
+            .find(|c| same_name(&c.label, old))
+        {
             c.label = new.to_string();
             Self::put_contact(&mut b, &c)?;
-        } else if let Some(mut i) = self.invites_raw()?.into_iter().find(|i| i.label == old) {
+        } else if let Some(mut i) = self
+            .invites_raw()?
+            .into_iter()
+            .find(|i| same_name(&i.label, old))
+        {
             i.label = new.to_string();
             b.put_json(Tree::Invites, &i.recv.recipient_id, &i)?;
         } else {
-            return Err(ClientError::UnknownContact);
+            return Err(ClientError::UnknownContact(old.to_string()));
         }
         self.store.apply(b)
     }
@@ -195,6 +243,39 @@ impl Profile {
         Self::put_contact(&mut b, &c)?;
         self.store.apply(b)
     }
+}
+
+/// What [`Profile::remove`] did.
+#[derive(Debug)]
+pub struct Removed {
+    /// The contact's name as it was stored.
+    pub name: String,
+    /// Whether its queue was deleted on the relay (otherwise it expires there by itself).
+    pub queue_deleted: bool,
+}
+
+/// Deletes the queue `q` on its relay: true once the relay has it gone (deleted now, or
+/// already gone), false if the relay could not be reached or refused.
+async fn delete_queue<C: Connector>(net: &C, q: &RecvQueue) -> bool {
+    let Ok(relay) = parse_relay(&q.relay) else {
+        return false;
+    };
+    let Ok(mut link) = net.connect(&relay).await else {
+        return false;
+    };
+    let gone = match link.signed(
+        EntityId::from(RecipientId::from_bytes(q.recipient_id)),
+        Command::Delete,
+        &q.auth(),
+    ) {
+        Ok(req) => matches!(
+            link.request(req).await.map(|r| r.kind),
+            Ok(ReplyKind::Ok | ReplyKind::Error(ErrorCode::Auth))
+        ),
+        Err(_) => false,
+    };
+    link.close().await;
+    gone
 }
 
 /// Context that starts every safety-code fingerprint (with its version).

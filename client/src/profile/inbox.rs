@@ -62,17 +62,17 @@ impl Profile {
         Ok(report)
     }
 
-    /// Deletes the queues of invitations nobody answered long after they expired (one more
-    /// [`INVITATION_TTL_SECS`] of grace for a late sync) and forgets their keys, so a seized
-    /// phone holds no more secrets than it needs.
+    /// Deletes the queues of invitations nobody answered by the time their link expired, and
+    /// forgets their keys, so a seized phone holds no more secrets than it needs. It runs
+    /// after this sync has fetched the relay, so an answer that arrived in time is never
+    /// lost.
     pub(super) async fn forget_stale_invites<C: Connector>(
         &mut self,
         links: &mut Links<'_, C>,
         now: u64,
     ) -> Result<()> {
         for invite in self.invites_raw()? {
-            let stale_at = invite.expires_at.saturating_add(INVITATION_TTL_SECS);
-            if now <= stale_at {
+            if now <= invite.expires_at {
                 continue;
             }
             let link = links.get(&invite.recv.relay).await?;

@@ -443,13 +443,19 @@ impl Profile {
     fn contact_by_label(&self, label: &str) -> Result<ContactRecord> {
         self.contacts_raw()?
             .into_iter()
-            .find(|c| c.label == label)
-            .ok_or(ClientError::UnknownContact)
+            .find(|c| same_name(&c.label, label))
+            .ok_or_else(|| ClientError::UnknownContact(label.to_string()))
     }
 
     fn label_taken(&self, label: &str) -> Result<bool> {
-        Ok(self.contacts_raw()?.iter().any(|c| c.label == label)
-            || self.invites_raw()?.iter().any(|i| i.label == label))
+        Ok(self
+            .contacts_raw()?
+            .iter()
+            .any(|c| same_name(&c.label, label))
+            || self
+                .invites_raw()?
+                .iter()
+                .any(|i| same_name(&i.label, label)))
     }
 
     fn check_label(label: &str) -> Result<()> {
@@ -467,6 +473,12 @@ impl Profile {
     pub fn relay(&self) -> &RelayAddress {
         &self.relay
     }
+}
+
+/// Whether two contact names are the same name: compared without regard to case (`Bora`
+/// and `bora` are one contact), so a name typed in another case still finds it.
+fn same_name(a: &str, b: &str) -> bool {
+    a == b || a.to_lowercase() == b.to_lowercase()
 }
 
 /// The shortest passphrase a profile accepts, in characters.

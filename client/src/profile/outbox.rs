@@ -61,11 +61,15 @@ impl Profile {
     ) -> Result<()> {
         let contact = match self.contact_by_label(label) {
             Ok(c) => c,
-            Err(ClientError::UnknownContact) => {
-                if self.invites_raw()?.iter().any(|i| i.label == label) {
+            Err(ClientError::UnknownContact(name)) => {
+                if self
+                    .invites_raw()?
+                    .iter()
+                    .any(|i| same_name(&i.label, label))
+                {
                     return Err(ClientError::ContactNotReady);
                 }
-                return Err(ClientError::UnknownContact);
+                return Err(ClientError::UnknownContact(name));
             }
             Err(e) => return Err(e),
         };
