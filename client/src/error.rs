@@ -13,6 +13,12 @@ pub enum ClientError {
     /// The relay could not be reached (network down, blocked, wrong address).
     #[error("relay unreachable")]
     Unreachable,
+    /// Something answered at the relay's address but did not complete the encrypted handshake
+    /// for the key in the address.
+    #[error(
+        "the relay at this address answered but did not accept the key in the address: the address may be mistyped or out of date, someone may be intercepting the connection, or the relay is refusing new connections right now; nothing was sent (check the address with whoever runs the relay)"
+    )]
+    HandshakeRefused,
     /// The connection to the relay closed or failed mid-way.
     #[error("connection to the relay was lost")]
     ConnectionLost,
@@ -104,8 +110,19 @@ pub enum ClientError {
     #[error("this contact is not set up yet: both sides need to sync once")]
     ContactNotReady,
     /// The message is longer than a message may be.
-    #[error("the message is too long")]
-    MessageTooLong,
+    #[error(
+        "the message is too long: {chars} characters in {bytes} bytes, and a message holds at most {max_bytes} bytes (for this text about {fit} characters: English letters take 1 byte, Korean or Chinese characters 3); shorten it or send it in parts"
+    )]
+    MessageTooLong {
+        /// Characters in the text.
+        chars: usize,
+        /// Its length in UTF-8 bytes.
+        bytes: usize,
+        /// The most a message holds, in bytes.
+        max_bytes: usize,
+        /// About how many characters of this text would fit.
+        fit: usize,
+    },
     /// The end-to-end layer failed (a session could not be created or used).
     #[error("end-to-end encryption failed")]
     Crypto,
@@ -118,6 +135,18 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// A [`ClientError::MessageTooLong`] for `text`, given the most bytes it may have.
+    pub fn too_long(text: &str, max_bytes: usize) -> Self {
+        let chars = text.chars().count();
+        let bytes = text.len();
+        Self::MessageTooLong {
+            chars,
+            bytes,
+            max_bytes,
+            fit: max_bytes.saturating_mul(chars) / bytes.max(1),
+        }
+    }
+
     /// A [`ClientError::StorageAt`] for `path`.
     pub fn storage(path: &std::path::Path, source: std::io::Error) -> Self {
         Self::StorageAt {

@@ -38,6 +38,10 @@ enum Cmd {
         /// The relay address.
         #[arg(long, value_name = "ADDR")]
         relay: String,
+        /// Do not check that the relay answers with the key in its address (for a profile
+        /// made where the relay cannot be reached yet).
+        #[arg(long)]
+        offline: bool,
     },
     /// Create a one-time invitation; the last line printed is the link.
     #[command(args_conflicts_with_subcommands = true)]
@@ -341,11 +345,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let home = home(&cli.home)?;
     let net = QuicConnector;
     match cli.command {
-        Cmd::Init { relay } => {
+        Cmd::Init { relay, offline } => {
+            if !offline {
+                runtime()?
+                    .block_on(Profile::check_relay(&net, &relay))
+                    .map_err(|e| match e {
+                        ClientError::Unreachable | ClientError::Timeout | ClientError::ConnectionLost => anyhow!(
+                            "relay unreachable at that address; no profile was created (check the address, or create the profile anyway with --offline)"
+                        ),
+                        ClientError::HandshakeRefused => anyhow!("{e}; no profile was created"),
+                        e => e.into(),
+                    })?;
+            }
             let pass = passphrase(true)?;
             let profile = Profile::init(&home, pass.as_bytes(), &relay, KdfParams::from_env())?;
             drop(profile);
-            eprintln!("profile created");
+            if offline {
+                eprintln!("profile created (the relay was not checked)");
+            } else {
+                eprintln!("profile created; the relay answered with the right key");
+            }
         }
         Cmd::Invite {
             action: Some(InviteCmd::Cancel { label }),

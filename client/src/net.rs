@@ -107,10 +107,12 @@ impl RelayConnection {
             .await
             .map_err(|_| ClientError::Unreachable)?;
         let mut reply = vec![0u8; RECORD_LEN];
-        // A relay that cannot read our handshake (wrong key) closes without a word.
+        // A relay that cannot read our handshake (a key other than the address names) closes
+        // without a word. Something answered at this address and took the connection, so
+        // this is not "unreachable": say what it may mean.
         recv.read_exact(&mut reply)
             .await
-            .map_err(|_| ClientError::Unreachable)?;
+            .map_err(|_| ClientError::HandshakeRefused)?;
         let session = handshake.finish(&reply)?;
         let (tx, records) = mpsc::channel(READ_AHEAD);
         let reader = tokio::spawn(read_records(recv, tx));

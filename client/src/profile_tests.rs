@@ -430,7 +430,7 @@ async fn every_body_has_the_same_size_whatever_the_text() {
     assert!(matches!(
         a.send(&w.net, "bora", &"x".repeat(MAX_TEXT_LEN + 1), NOW)
             .await,
-        Err(ClientError::MessageTooLong)
+        Err(ClientError::MessageTooLong { .. })
     ));
 }
 
@@ -716,4 +716,39 @@ async fn an_unanswered_invitation_is_forgotten_when_its_link_expires() {
     a.sync(&w.net, NOW + INVITATION_TTL_SECS + 1).await.unwrap();
     assert!(a.contacts().unwrap().is_empty());
     assert_eq!(relay_queue_count(&w, 1), queues - 1);
+}
+
+#[tokio::test]
+async fn a_link_pasted_with_line_breaks_and_spaces_still_works() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    let link = a.invite(&w.net, Some("bora"), NOW).await.unwrap();
+    let (head, tail) = link.split_at(link.len() / 2);
+    let pasted = format!("  {head}\r\n {tail}\n");
+    b.accept(&w.net, &pasted, "amina", NOW).await.unwrap();
+    a.sync(&w.net, NOW).await.unwrap();
+    b.sync(&w.net, NOW).await.unwrap();
+    b.send(&w.net, "amina", "it worked", NOW).await.unwrap();
+    assert_eq!(
+        texts(&a.sync(&w.net, NOW).await.unwrap()),
+        vec!["bora: it worked"]
+    );
+}
+
+#[tokio::test]
+async fn a_message_too_long_says_the_limit_in_bytes_and_characters() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    let korean = "안".repeat(3_000);
+    let err = a.send(&w.net, "bora", &korean, NOW).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the message is too long: 3000 characters in 9000 bytes, and a message holds at most \
+         8000 bytes (for this text about 2666 characters: English letters take 1 byte, Korean \
+         or Chinese characters 3); shorten it or send it in parts"
+    );
+    assert!(a.history("bora").unwrap().is_empty(), "nothing was stored");
 }

@@ -27,11 +27,13 @@ const RELAY: &str = "tidings://AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA@127.0
 fn a_wrong_passphrase_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("p");
-    assert!(
-        tidings(&home, "right passphrase", &["init", "--relay", RELAY])
-            .status
-            .success()
-    );
+    assert!(tidings(
+        &home,
+        "right passphrase",
+        &["init", "--offline", "--relay", RELAY]
+    )
+    .status
+    .success());
     let out = tidings(&home, "wrong passphrase", &["contacts"]);
     assert!(!out.status.success());
     assert_eq!(stderr(&out).trim(), "error: wrong passphrase");
@@ -45,9 +47,13 @@ fn a_wrong_passphrase_is_one_clear_line() {
 fn a_damaged_key_file_is_reported_as_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("p");
-    assert!(tidings(&home, "pw passphrase", &["init", "--relay", RELAY])
-        .status
-        .success());
+    assert!(tidings(
+        &home,
+        "pw passphrase",
+        &["init", "--offline", "--relay", RELAY]
+    )
+    .status
+    .success());
     std::fs::write(home.join("key"), b"garbage").unwrap();
     let out = tidings(&home, "pw passphrase", &["contacts"]);
     assert!(!out.status.success());
@@ -62,10 +68,18 @@ fn unknown_contacts_links_and_profiles_are_named_plainly() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no profile"), "{}", stderr(&out));
 
-    assert!(tidings(&home, "pw passphrase", &["init", "--relay", RELAY])
-        .status
-        .success());
-    let again = tidings(&home, "pw passphrase", &["init", "--relay", RELAY]);
+    assert!(tidings(
+        &home,
+        "pw passphrase",
+        &["init", "--offline", "--relay", RELAY]
+    )
+    .status
+    .success());
+    let again = tidings(
+        &home,
+        "pw passphrase",
+        &["init", "--offline", "--relay", RELAY],
+    );
     assert!(!again.status.success());
     assert!(stderr(&again).contains("already exists"));
 
@@ -160,7 +174,8 @@ fn a_stray_enter_or_a_short_passphrase_never_makes_a_profile() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("p");
     for typed in ["\n", "1\n", "seven c\n"] {
-        let Some(out) = on_a_terminal(&home, &[], &["init", "--relay", RELAY], typed) else {
+        let Some(out) = on_a_terminal(&home, &[], &["init", "--offline", "--relay", RELAY], typed)
+        else {
             return;
         };
         assert!(!out.status.success());
@@ -172,7 +187,7 @@ fn a_stray_enter_or_a_short_passphrase_never_makes_a_profile() {
         assert!(!home.join("key").exists());
     }
     // Scripts get the same rule.
-    let out = tidings(&home, "", &["init", "--relay", RELAY]);
+    let out = tidings(&home, "", &["init", "--offline", "--relay", RELAY]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("at least 8 characters"),
@@ -187,7 +202,8 @@ fn a_confirmation_that_does_not_match_says_so_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("p");
     let typed = "first passphrase\nsecond passphrase\n";
-    let Some(out) = on_a_terminal(&home, &[], &["init", "--relay", RELAY], typed) else {
+    let Some(out) = on_a_terminal(&home, &[], &["init", "--offline", "--relay", RELAY], typed)
+    else {
         return;
     };
     assert!(!out.status.success());
@@ -198,11 +214,13 @@ fn a_confirmation_that_does_not_match_says_so_and_changes_nothing() {
     );
     assert!(!home.join("key").exists());
 
-    assert!(
-        tidings(&home, "real passphrase", &["init", "--relay", RELAY])
-            .status
-            .success()
-    );
+    assert!(tidings(
+        &home,
+        "real passphrase",
+        &["init", "--offline", "--relay", RELAY]
+    )
+    .status
+    .success());
     let key = std::fs::read(home.join("key")).unwrap();
     let env = [("TIDINGS_PASSPHRASE", "real passphrase")];
     let args = ["safety", "set-duress-passphrase"];
@@ -222,11 +240,13 @@ fn a_confirmation_that_does_not_match_says_so_and_changes_nothing() {
 fn a_duress_passphrase_must_be_long_and_differ_from_the_real_one() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("p");
-    assert!(
-        tidings(&home, "real passphrase", &["init", "--relay", RELAY])
-            .status
-            .success()
-    );
+    assert!(tidings(
+        &home,
+        "real passphrase",
+        &["init", "--offline", "--relay", RELAY]
+    )
+    .status
+    .success());
     let key = std::fs::read(home.join("key")).unwrap();
     let set = |duress: &str| {
         Command::new(env!("CARGO_BIN_EXE_tidings"))
@@ -271,11 +291,13 @@ fn a_duress_passphrase_must_be_long_and_differ_from_the_real_one() {
 fn the_passphrase_can_be_changed_and_the_old_one_stops_working() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("p");
-    assert!(
-        tidings(&home, "old passphrase", &["init", "--relay", RELAY])
-            .status
-            .success()
-    );
+    assert!(tidings(
+        &home,
+        "old passphrase",
+        &["init", "--offline", "--relay", RELAY]
+    )
+    .status
+    .success());
     let change = |new: &str| {
         Command::new(env!("CARGO_BIN_EXE_tidings"))
             .arg("--home")

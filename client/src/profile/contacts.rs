@@ -68,7 +68,11 @@ impl Profile {
         label: &str,
         now: u64,
     ) -> Result<()> {
-        let inv = Invitation::from_link(link).map_err(|_| ClientError::InvalidInvitation)?;
+        // A link copied from a chat or a document may carry line breaks or spaces inside it;
+        // links never contain white space, so it is dropped.
+        let link: Zeroizing<String> =
+            Zeroizing::new(link.chars().filter(|c| !c.is_whitespace()).collect());
+        let inv = Invitation::from_link(&link).map_err(|_| ClientError::InvalidInvitation)?;
         if inv.is_expired(now) {
             return Err(ClientError::InvitationExpired);
         }

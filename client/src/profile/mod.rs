@@ -253,7 +253,10 @@ fn corrupt<E>(_: E) -> ClientError {
 fn is_network(e: &ClientError) -> bool {
     matches!(
         e,
-        ClientError::Unreachable | ClientError::ConnectionLost | ClientError::Timeout
+        ClientError::Unreachable
+            | ClientError::ConnectionLost
+            | ClientError::Timeout
+            | ClientError::HandshakeRefused
     )
 }
 
@@ -404,6 +407,20 @@ impl Profile {
             store.apply(b)?;
         }
         Ok(Self { store, relay })
+    }
+
+    /// Checks that the relay at `relay` answers and holds the key its address names: connects,
+    /// completes the encrypted handshake and pings. `init` runs it before it makes a profile.
+    pub async fn check_relay<C: Connector>(net: &C, relay: &str) -> Result<()> {
+        let relay = parse_relay(relay)?;
+        let mut link = net.connect(&relay).await?;
+        let ping = link.unsigned(EntityId::NONE, Command::Ping);
+        let answered = link.request(ping).await;
+        link.close().await;
+        match answered?.kind {
+            ReplyKind::Error(code) => Err(ClientError::Relay(code)),
+            _ => Ok(()),
+        }
     }
 
     /// Changes the passphrase (which must pass [`check_new_passphrase`] and differ from the

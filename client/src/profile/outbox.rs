@@ -13,7 +13,9 @@ impl Profile {
         app: &AppMessage,
     ) -> Result<ContactRecord> {
         let plain = app.encode().map_err(|e| match e {
-            tidings_protocol::ProtocolError::TooLong { .. } => ClientError::MessageTooLong,
+            tidings_protocol::ProtocolError::TooLong { .. } => {
+                ClientError::too_long(app_text(app), MAX_TEXT_LEN)
+            }
             other => ClientError::Protocol(other),
         })?;
         let ratchet = session.encrypt(&plain)?;
@@ -39,7 +41,7 @@ impl Profile {
         now: u64,
     ) -> Result<()> {
         if text.len() > MAX_TEXT_LEN {
-            return Err(ClientError::MessageTooLong);
+            return Err(ClientError::too_long(text, MAX_TEXT_LEN));
         }
         self.send_app(
             net,
@@ -231,5 +233,14 @@ impl Profile {
             }
         }
         Ok(sent)
+    }
+}
+
+/// The text of an application message, for an error about its length.
+fn app_text(app: &AppMessage) -> &str {
+    match &app.body {
+        AppBody::Text(t) => t,
+        AppBody::CheckIn { note, .. } => note,
+        _ => "",
     }
 }

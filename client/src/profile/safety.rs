@@ -37,8 +37,9 @@ impl Profile {
         pin: Option<&str>,
         now: u64,
     ) -> Result<()> {
+        // The note shares the message with the flags byte.
         if note.len() >= MAX_TEXT_LEN {
-            return Err(ClientError::MessageTooLong);
+            return Err(ClientError::too_long(note, MAX_TEXT_LEN - 1));
         }
         // Resolve the contact first so an unknown name costs no PIN check.
         self.contact_by_label(label)?;

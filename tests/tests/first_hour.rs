@@ -1,0 +1,86 @@
+//! A new user's first hour, through the real CLI against a real relay: what each command
+//! says, and what each mistake is told.
+
+use anyhow::{ensure, Result};
+use tidings_tests::{connect, Profile, World};
+
+/// The relay's address with its key replaced: the same host and port, another key.
+fn with_other_key(address: &str) -> String {
+    let (scheme_key, rest) = address.split_once('@').unwrap_or((address, ""));
+    let key_len = scheme_key.len() - "tidings://".len();
+    format!("tidings://{}@{rest}", "A".repeat(key_len))
+}
+
+#[test]
+fn init_checks_the_relay_and_says_what_is_wrong() -> Result<()> {
+    let w = World::new()?;
+    // A relay that answers with another key: never "unreachable", and no profile.
+    let p = Profile::new(&w.root().join("typo"), "typo passphrase");
+    let out = p.run(&["init", "--relay", &with_other_key(w.relay.address())])?;
+    ensure!(!out.status.success());
+    ensure!(
+        out.stderr.contains("did not accept the key in the address")
+            && out.stderr.contains("intercepting")
+            && out.stderr.contains("no profile was created"),
+        "{}",
+        out.stderr
+    );
+    ensure!(!p.home.join("key").exists());
+    // Nobody at that port.
+    let nobody = "tidings://AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA@127.0.0.1:9";
+    let out = p.run(&["init", "--relay", nobody])?;
+    ensure!(
+        out.stderr.contains("relay unreachable at that address")
+            && out.stderr.contains("--offline"),
+        "{}",
+        out.stderr
+    );
+    ensure!(!p.home.join("key").exists());
+    let out = p.run(&["init", "--offline", "--relay", nobody])?.ok()?;
+    ensure!(out
+        .stderr
+        .contains("profile created (the relay was not checked)"));
+    // The right address: checked and said so.
+    let good = Profile::new(&w.root().join("good"), "good passphrase");
+    let out = good.run(&["init", "--relay", w.relay.address()])?.ok()?;
+    ensure!(
+        out.stderr.contains("the relay answered with the right key"),
+        "{}",
+        out.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn remove_and_invite_cancel_say_what_they_did() -> Result<()> {
+    let w = World::new()?;
+    let amina = w.profile("amina")?;
+    let bora = w.profile("bora")?;
+    connect(&amina, "Bora", &bora, "amina")?;
+    amina.run(&["send", "BORA", "case does not matter"])?.ok()?;
+    let out = amina.run(&["remove", "bora"])?.ok()?;
+    ensure!(
+        out.stderr.trim() == "\"Bora\" removed, with its queue on the relay",
+        "{}",
+        out.stderr
+    );
+    let out = amina.run(&["history", "bora"])?;
+    ensure!(
+        out.stderr.contains("no contact is named \"bora\""),
+        "{}",
+        out.stderr
+    );
+
+    let link = amina.run(&["invite", "--label", "wrong person"])?.ok()?;
+    let link = link.last_line().to_string();
+    let out = amina.run(&["invite", "cancel", "Wrong Person"])?.ok()?;
+    ensure!(
+        out.stderr.contains("invitation \"wrong person\" cancelled"),
+        "{}",
+        out.stderr
+    );
+    let chul = w.profile("chul")?;
+    let out = chul.run(&["accept", &link, "--label", "amina"])?;
+    ensure!(!out.status.success(), "a cancelled link still worked");
+    Ok(())
+}
