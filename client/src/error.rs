@@ -88,6 +88,9 @@ pub enum ClientError {
     /// No contact has that name (names match without regard to case).
     #[error("no contact is named {0:?} (`tidings contacts` lists them)")]
     UnknownContact(String),
+    /// `due --ack` for a contact whose latest check-in was not under duress.
+    #[error("{0:?} has no DURESS check-in to acknowledge")]
+    NoDuress(String),
     /// No unanswered invitation has that name.
     #[error("no unanswered invitation is named {0:?} (`tidings contacts` lists them as invited)")]
     UnknownInvitation(String),

@@ -128,10 +128,18 @@ enum Cmd {
         every: String,
     },
     /// List contacts whose check-in is overdue, and any whose last check-in was under duress.
+    /// Exit code 0: nobody is overdue or under duress; 3: someone is (for cron and scripts).
     Due {
         /// One JSON object per contact.
         #[arg(long)]
         json: bool,
+        /// Sync first, so that the list counts every check-in waiting on the relay.
+        #[arg(long)]
+        sync: bool,
+        /// Acknowledge NAME's DURESS check-in (you have acted on it): it leaves the list and
+        /// the acknowledgement is kept in the history.
+        #[arg(long, value_name = "NAME", conflicts_with = "sync")]
+        ack: Option<String>,
     },
     /// Keep NAME's history for DURATION (7d, 12h; `off` keeps everything).
     Retain {
@@ -341,7 +349,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// The exit code of `tidings due` when someone is overdue or under duress.
+const EXIT_SOMEONE_DUE: u8 = 3;
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let home = home(&cli.home)?;
     let net = QuicConnector;
     match cli.command {
@@ -572,15 +583,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut profile = open(&home)?;
             profile.expect(&name, every, now())?;
         }
-        Cmd::Due { json } => {
-            let profile = open(&home)?;
+        Cmd::Due { json, sync, ack } => {
+            let mut profile = open(&home)?;
+            if let Some(name) = ack {
+                let name = profile.ack_duress(&name, now())?;
+                eprintln!("{name:?}: DURESS acknowledged (kept in the history)");
+            }
+            if sync {
+                let report = runtime()?
+                    .block_on(profile.sync(&net, now()))
+                    .map_err(friendly)?;
+                for r in &report.received {
+                    print_received(r, json)?;
+                }
+                if let Some(e) = report.error {
+                    // A list from an incomplete sync is still worth showing, with a warning.
+                    eprintln!(
+                        "warning: the sync was incomplete ({e}); the list may miss check-ins"
+                    );
+                }
+            }
+            let due = profile.due(now())?;
             let mut out = std::io::stdout().lock();
-            for d in profile.due(now())? {
+            for d in &due {
                 if json {
-                    writeln!(out, "{}", serde_json::to_string(&d)?)?;
+                    writeln!(out, "{}", serde_json::to_string(d)?)?;
                 } else {
                     writeln!(out, "{}", d.line())?;
                 }
+            }
+            if due.is_empty() {
+                if !json {
+                    eprintln!("nobody is overdue");
+                }
+            } else {
+                return Ok(ExitCode::from(EXIT_SOMEONE_DUE));
             }
         }
         Cmd::Retain { name, keep } => {
@@ -660,7 +697,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -671,7 +708,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

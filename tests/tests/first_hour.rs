@@ -84,3 +84,61 @@ fn remove_and_invite_cancel_say_what_they_did() -> Result<()> {
     ensure!(!out.status.success(), "a cancelled link still worked");
     Ok(())
 }
+
+#[test]
+fn due_has_exit_codes_syncs_and_acknowledges_duress() -> Result<()> {
+    let w = World::new()?;
+    let minister = w.profile("minister")?;
+    let sister = w.profile("sister")?;
+    connect(&minister, "kim", &sister, "pastor")?;
+    let out = minister.run(&["due"])?;
+    ensure!(out.status.code() == Some(0), "{:?}", out.status);
+    ensure!(out.stderr.trim() == "nobody is overdue", "{}", out.stderr);
+    minister.run(&["expect", "kim", "1d"])?.ok()?;
+    sister
+        .run_with(
+            &["safety", "set-checkin-pin"],
+            &[("TIDINGS_NEW_PIN", "1357")],
+            std::time::Duration::from_secs(60),
+        )?
+        .ok()?;
+    sister
+        .run_with(
+            &["safety", "set-duress-pin"],
+            &[("TIDINGS_NEW_PIN", "8642")],
+            std::time::Duration::from_secs(60),
+        )?
+        .ok()?;
+    sister
+        .run_with(
+            &["checkin", "pastor"],
+            &[("TIDINGS_CHECKIN_PIN", "8642")],
+            std::time::Duration::from_secs(60),
+        )?
+        .ok()?;
+    // Without --sync the check-in waits on the relay; with it, DURESS shows and exits 3.
+    let out = minister.run(&["due", "--sync"])?;
+    ensure!(
+        out.status.code() == Some(3),
+        "{:?} {}",
+        out.status,
+        out.stderr
+    );
+    ensure!(out.stdout.contains("DURESS"), "{}", out.stdout);
+    let out = minister.run(&["due", "--ack", "KIM"])?;
+    ensure!(
+        out.stderr.contains("\"kim\": DURESS acknowledged"),
+        "{}",
+        out.stderr
+    );
+    ensure!(out.status.code() == Some(0), "{:?}", out.status);
+    let history = minister.run(&["history", "kim"])?.ok()?;
+    ensure!(
+        history.stdout.contains("[DURESS acknowledged]"),
+        "{}",
+        history.stdout
+    );
+    let out = minister.run(&["due", "--ack", "kim"])?;
+    ensure!(out.stderr.contains("no DURESS check-in to acknowledge"));
+    Ok(())
+}

@@ -20,11 +20,13 @@ impl Profile {
                 kind: match h.kind {
                     HISTORY_CHECKIN => "check-in",
                     HISTORY_DURESS => "duress-check-in",
+                    HISTORY_DURESS_ACK => "duress-ack",
                     _ => "text",
                 },
                 text: match h.kind {
                     HISTORY_CHECKIN => checkin_line(&h.text, false),
                     HISTORY_DURESS => checkin_line(&h.text, true),
+                    HISTORY_DURESS_ACK => "[DURESS acknowledged]".to_string(),
                     _ => h.text.clone(),
                 },
                 sent_at: h.sent_at,

@@ -136,6 +136,8 @@ struct HistoryRecord {
 const HISTORY_TEXT: u8 = 0;
 const HISTORY_CHECKIN: u8 = 1;
 const HISTORY_DURESS: u8 = 2;
+/// A local note: the user acknowledged a DURESS check-in (`due --ack`).
+const HISTORY_DURESS_ACK: u8 = 3;
 
 /// How a check-in reads in `sync`, `listen` and `history`.
 fn checkin_line(note: &str, duress: bool) -> String {
@@ -201,7 +203,7 @@ pub struct HistoryEntry {
     /// `"in"` or `"out"`.
     pub direction: &'static str,
     /// `"text"` or `"check-in"` (a check-in we received under duress reads `"duress-check-in"`;
-    /// one we sent never does).
+    /// one we sent never does; `due --ack` leaves a local `"duress-ack"` entry).
     pub kind: &'static str,
     /// The text.
     pub text: String,

@@ -186,6 +186,33 @@ impl Profile {
         Ok(out)
     }
 
+    /// Acknowledges `label`'s DURESS check-in: the contact leaves the duress list (it is still
+    /// listed if overdue) and a history entry records the acknowledgement. Returns the
+    /// contact's name as stored. Fails with [`ClientError::NoDuress`] if there is nothing to
+    /// acknowledge.
+    pub fn ack_duress(&mut self, label: &str, now: u64) -> Result<String> {
+        let mut c = self.contact_by_label(label)?;
+        if c.duress_at.is_none() {
+            return Err(ClientError::NoDuress(c.label.clone()));
+        }
+        c.duress_at = None;
+        let mut b = Batch::new();
+        let entry = HistoryRecord {
+            contact: c.id,
+            seq: order_key(now),
+            id: random()?,
+            outgoing: true,
+            text: String::new(),
+            sent_at: now,
+            at: now,
+            kind: HISTORY_DURESS_ACK,
+        };
+        b.put_json(Tree::History, &history_key(&entry), &entry)?;
+        Self::put_contact(&mut b, &c)?;
+        self.store.apply(b)?;
+        Ok(c.label.clone())
+    }
+
     /// Keeps `label`'s history for `keep` seconds (`None` keeps everything); older entries
     /// go at every unlock.
     pub fn retain(&mut self, label: &str, keep: Option<u64>, now: u64) -> Result<()> {
