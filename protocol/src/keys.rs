@@ -2,8 +2,9 @@
 //! (X25519), and the relay's Noise static key.
 //!
 //! Secret keys zeroize on drop and print `[redacted]`. Public keys are checked when parsed:
-//! Ed25519 keys must decompress and must not be of small order; X25519 public keys must not
-//! produce an all-zero shared secret (checked where the secret is computed).
+//! Ed25519 keys must be canonically encoded (`y < p`), must decompress and must not be of
+//! small order; X25519 public keys must not produce an all-zero shared secret (checked where
+//! the secret is computed).
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use rand_core::CryptoRngCore;
@@ -69,9 +70,18 @@ impl AuthPublicKey {
     /// Length on the wire.
     pub const LEN: usize = 32;
 
-    /// Parses a compressed Edwards point; rejects points off the curve and weak (small-order)
-    /// keys.
+    /// Parses a compressed Edwards point; rejects non-canonical encodings (`y >= p`, as
+    /// libsodium does), points off the curve and weak (small-order) keys.
+    ///
+    /// Without the canonical check, one key would have two encodings that decode to the same
+    /// point but differ as the `A` bytes a signature hashes, and another implementation
+    /// (libsodium refuses them) would answer differently.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self> {
+        if !is_canonical_y(bytes) {
+            return Err(ProtocolError::BadKey {
+                what: "Ed25519 public key",
+            });
+        }
         let key = VerifyingKey::from_bytes(bytes).map_err(|_| ProtocolError::BadKey {
             what: "Ed25519 public key",
         })?;
@@ -101,6 +111,19 @@ impl AuthPublicKey {
             .verify_strict(msg, &sig)
             .map_err(|_| ProtocolError::BadSignature)
     }
+}
+
+/// Whether the `y` coordinate of a compressed Edwards point (the 255 low bits, little-endian)
+/// is below the field prime `p = 2^255 - 19`, i.e. is the one canonical encoding of its value.
+///
+/// `y >= p` only when bytes 1 to 30 are all `0xff`, byte 31 without its sign bit is `0x7f`
+/// and byte 0 is at least `0xed` (the low byte of `p`). The sign bit of `x` is not looked at:
+/// the encodings whose sign bit is redundant (`x = 0`, so `y = 1` or `y = p - 1`) are points
+/// of small order, refused anyway.
+fn is_canonical_y(bytes: &[u8; 32]) -> bool {
+    let [first, middle @ .., last] = bytes;
+    let at_least_p = *first >= 0xed && middle.iter().all(|b| *b == 0xff) && *last & 0x7f == 0x7f;
+    !at_least_p
 }
 
 /// An Ed25519 signature (64 bytes).

@@ -233,6 +233,23 @@ struct InvalidAddress {
     error: String,
 }
 
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+struct KeyVectors {
+    comment: String,
+    ed25519_public_keys: Vec<KeyCase>,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+struct KeyCase {
+    name: String,
+    key_hex: String,
+    /// Whether `New.auth` / `Secure.sender_key` may carry this key.
+    valid: bool,
+    /// The first check of PROTOCOL.md section 6.3 that fails, in its order: "non-canonical",
+    /// "off-curve", "small-order"; "valid" when none does.
+    why: String,
+}
+
 // ---------------------------------------------------------------------------------------
 // Computing the vectors
 // ---------------------------------------------------------------------------------------
@@ -817,6 +834,104 @@ fn address_vectors() -> AddressVectors {
     }
 }
 
+/// Ed25519 public key encodings and whether a command may carry them (section 6.3).
+fn key_vectors() -> KeyVectors {
+    // (name, key, why); the key is valid exactly when `why` is "valid".
+    let fixed: [(&str, &str, &str); 14] = [
+        (
+            "base_point",
+            "5866666666666666666666666666666666666666666666666666666666666666",
+            "valid",
+        ),
+        (
+            "y_3_canonical",
+            "0300000000000000000000000000000000000000000000000000000000000000",
+            "valid",
+        ),
+        (
+            "y_3_plus_p",
+            "f0ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "non-canonical",
+        ),
+        (
+            "y_3_plus_p_sign_bit_set",
+            "f0ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+            "non-canonical",
+        ),
+        (
+            "y_2_pow_255_minus_1",
+            "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "non-canonical",
+        ),
+        (
+            "y_1_plus_p",
+            "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "non-canonical",
+        ),
+        (
+            "y_2_off_curve",
+            "0200000000000000000000000000000000000000000000000000000000000000",
+            "off-curve",
+        ),
+        (
+            "identity",
+            "0100000000000000000000000000000000000000000000000000000000000000",
+            "small-order",
+        ),
+        (
+            "identity_sign_bit_set",
+            "0100000000000000000000000000000000000000000000000000000000000080",
+            "small-order",
+        ),
+        (
+            "order_2",
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "small-order",
+        ),
+        (
+            "order_4",
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "small-order",
+        ),
+        (
+            "order_8",
+            "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+            "small-order",
+        ),
+        (
+            "base_point_plus_order_8",
+            "da99e28ba529cdde35a25fba9059e78ecaee239f99755b9b1aa4f65df00803e2",
+            "valid",
+        ),
+        (
+            "y_18_canonical",
+            "1200000000000000000000000000000000000000000000000000000000000000",
+            "valid",
+        ),
+    ];
+    let mut cases = vec![KeyCase {
+        name: "recipient_auth_public".into(),
+        key_hex: h(&recipient_auth().public().to_bytes()),
+        valid: true,
+        why: "valid".into(),
+    }];
+    cases.extend(fixed.iter().map(|(name, key, why)| KeyCase {
+        name: (*name).into(),
+        key_hex: (*key).into(),
+        valid: *why == "valid",
+        why: (*why).into(),
+    }));
+    KeyVectors {
+        comment: "Ed25519 public keys as New.auth and Secure.sender_key carry them (PROTOCOL.md \
+                  section 6.3). A key is valid when its y (the low 255 bits, little-endian) is \
+                  below p = 2^255 - 19, it decompresses to a curve point, and the point is not \
+                  of small order; `why` names the first of these checks that fails. A frame \
+                  carrying an invalid key does not decode: the relay answers Error(Block)."
+            .into(),
+        ed25519_public_keys: cases,
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Files
 // ---------------------------------------------------------------------------------------
@@ -912,6 +1027,7 @@ fn regenerate_vectors() {
     write("signatures.json", &signature_vectors());
     write("reencrypt.json", &reencrypt_vectors());
     write("addresses.json", &address_vectors());
+    write("keys.json", &key_vectors());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1151,5 +1267,58 @@ fn relay_addresses_match_the_vectors() {
             }
             other => panic!("{}: expected BadAddress, got {other:?}", case.name),
         }
+    }
+}
+
+#[test]
+fn ed25519_key_encodings_are_accepted_or_refused_as_the_vectors_say() {
+    let v = check_file("keys.json", &key_vectors());
+    for case in &v.ed25519_public_keys {
+        let name = &case.name;
+        let bytes: [u8; 32] = arr(&case.key_hex);
+        assert_eq!(case.valid, case.why == "valid", "{name}");
+
+        // The reason, found independently: y compared with p as big-endian numbers, then
+        // ed25519-dalek's decompression and small-order check.
+        let mut y = bytes;
+        y[31] &= 0x7f;
+        y.reverse();
+        let mut p = [0xff; 32];
+        p[0] = 0x7f;
+        p[31] = 0xed;
+        let why = if y >= p {
+            "non-canonical"
+        } else {
+            match ed25519_dalek::VerifyingKey::from_bytes(&bytes) {
+                Err(_) => "off-curve",
+                Ok(k) if k.is_weak() => "small-order",
+                Ok(_) => "valid",
+            }
+        };
+        assert_eq!(why, case.why, "{name}");
+
+        // The crate accepts exactly the valid keys, and keeps their encoding.
+        match AuthPublicKey::from_bytes(&bytes) {
+            Ok(key) => {
+                assert!(case.valid, "{name}: accepted");
+                assert_eq!(key.to_bytes(), bytes, "{name}");
+            }
+            Err(e) => {
+                assert!(!case.valid, "{name}: refused");
+                assert!(matches!(e, ProtocolError::BadKey { .. }), "{name}: {e:?}");
+            }
+        }
+        // A New or Secure carrying the key decodes exactly when the key is valid.
+        let mut new = vec![0x01];
+        new.extend_from_slice(&bytes);
+        new.extend_from_slice(&[0x09; 32]);
+        assert_eq!(Command::decode(&new).is_ok(), case.valid, "{name}: New");
+        let mut secure = vec![0x10];
+        secure.extend_from_slice(&bytes);
+        assert_eq!(
+            Command::decode(&secure).is_ok(),
+            case.valid,
+            "{name}: Secure"
+        );
     }
 }

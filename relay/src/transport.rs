@@ -111,8 +111,16 @@ impl std::fmt::Debug for QuicStream {
 pub struct QuicReader(quinn::RecvStream);
 
 /// [`RecordWriter`] over a quinn send stream.
+///
+/// Dropping it closes the connection (code 0, no reason) before the stream goes: quinn would
+/// otherwise end a dropped stream with a FIN, so a connection abandoned in the middle of the
+/// handshake (timeout, shutdown) could look like an orderly end. A stream ends with a FIN
+/// only through [`RecordWriter::finish`] (PROTOCOL.md section 3).
 #[derive(Debug)]
-pub struct QuicWriter(quinn::SendStream);
+pub struct QuicWriter {
+    stream: quinn::SendStream,
+    connection: quinn::Connection,
+}
 
 /// [`Closer`] for a quinn connection.
 #[derive(Debug, Clone)]
@@ -240,9 +248,12 @@ pub async fn accept_stream(incoming: quinn::Incoming) -> Option<QuicStream> {
     let connection = incoming.accept().ok()?.await.ok()?;
     match connection.accept_bi().await {
         Ok((send, recv)) => Some(QuicStream {
-            closer: QuicCloser(connection),
+            writer: QuicWriter {
+                stream: send,
+                connection: connection.clone(),
+            },
             reader: QuicReader(recv),
-            writer: QuicWriter(send),
+            closer: QuicCloser(connection),
         }),
         Err(_) => {
             connection.close(0u32.into(), b"");
@@ -275,16 +286,23 @@ impl RecordReader for QuicReader {
 
 impl RecordWriter for QuicWriter {
     async fn write_record(&mut self, record: &[u8]) -> Result<()> {
-        self.0
+        self.stream
             .write_all(record)
             .await
             .map_err(|_| RelayError::Transport)
     }
 
     async fn finish(&mut self) {
-        if self.0.finish().is_ok() {
-            let _ = tokio::time::timeout(FINISH_WAIT, self.0.stopped()).await;
+        if self.stream.finish().is_ok() {
+            let _ = tokio::time::timeout(FINISH_WAIT, self.stream.stopped()).await;
         }
+    }
+}
+
+impl Drop for QuicWriter {
+    fn drop(&mut self) {
+        // Runs before the stream field is dropped; on a closed connection quinn sends no FIN.
+        self.connection.close(0u32.into(), b"");
     }
 }
 

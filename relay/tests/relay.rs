@@ -19,10 +19,12 @@ use tempfile::TempDir;
 use tidings_client::net::{connect_quic, RelayConnection};
 use tidings_client::relay::{create_queue, NewQueue};
 use tidings_protocol::block::BlockBuilder;
-use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind};
+use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind, Request};
 use tidings_protocol::ids::{CorrId, EntityId, MessageId, SenderId};
 use tidings_protocol::keys::{AuthSecretKey, DhSecretKey};
-use tidings_protocol::noise::{ClientHandshake, VersionRange, RECORD_LEN};
+use tidings_protocol::noise::{
+    ClientHandshake, Session, VersionRange, RECORD_LEN, SUPPORTED_VERSIONS,
+};
 use tidings_protocol::ProtocolError;
 use tidings_relay::{Config, ManualClock, Relay};
 
@@ -915,4 +917,502 @@ async fn the_data_dir_holds_no_plaintext_and_no_address() {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// PROTOCOL.md precision (issue 20): each test pins one behaviour the text now states.
+// ---------------------------------------------------------------------------------------
+
+/// Sends one hand-made frame (everything after the corr id) in a block of its own and returns
+/// the reply to it.
+async fn raw_request(conn: &mut RelayConnection, rest: &[u8]) -> Reply {
+    let corr = conn.next_corr();
+    let mut frame = corr.as_bytes().to_vec();
+    frame.extend_from_slice(rest);
+    let mut block = BlockBuilder::new();
+    block.push(&frame).unwrap();
+    conn.send_block(&block.finish()).await.unwrap();
+    conn.reply_to(corr).await.unwrap()
+}
+
+/// Section 8.3 `Ack`: an ack from any connection moves the live subscriber on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_from_another_connection_pushes_the_next_message_to_the_subscriber() {
+    let w = World::start().await;
+    let mut subscriber = w.connect().await;
+    let mut other = w.connect().await;
+    let q = Queue::create(&mut subscriber).await;
+    for text in [b"one".as_slice(), b"two"] {
+        assert_ok(&q.send(&mut other, text).await);
+    }
+    assert_ok(&q.cmd(&mut subscriber, Command::Subscribe).await);
+    let (id1, m1) = pushed_message(
+        &q,
+        subscriber.next_push(Duration::from_secs(5)).await.unwrap(),
+    );
+    assert_eq!(m1, b"one");
+
+    // Another connection (not subscribed) acks the outstanding message.
+    assert_ok(&q.cmd(&mut other, Command::Ack { id: id1 }).await);
+    let (id2, m2) = pushed_message(
+        &q,
+        subscriber.next_push(Duration::from_secs(5)).await.unwrap(),
+    );
+    assert_eq!(m2, b"two");
+    assert!(
+        other.next_push(SHORT).await.unwrap().is_none(),
+        "the acking connection is not the subscriber"
+    );
+    // The subscriber's own ack of the message acked elsewhere: NoMessage.
+    assert_error(
+        &q.cmd(&mut subscriber, Command::Ack { id: id1 }).await,
+        ErrorCode::NoMessage,
+    );
+    assert!(subscriber.next_push(SHORT).await.unwrap().is_none());
+    assert_ok(&q.cmd(&mut subscriber, Command::Ack { id: id2 }).await);
+    assert!(subscriber.next_push(SHORT).await.unwrap().is_none());
+    w.stop().await;
+}
+
+/// Section 6.3: an Ed25519 key that is not canonically encoded (y >= p), like one off the
+/// curve, makes the frame undecodable: `Block`, before any signature is looked at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_and_secure_with_a_non_canonical_key_get_block() {
+    let w = World::start().await;
+    let mut conn = w.connect().await;
+    let q = Queue::create(&mut conn).await;
+    // y = p + 3 (the point y = 3 is on the curve and of large order), and y = 2 (off the curve).
+    let mut non_canonical = [0xff; 32];
+    non_canonical[0] = 0xf0;
+    non_canonical[31] = 0x7f;
+    let mut off_curve = [0; 32];
+    off_curve[0] = 2;
+    let mut canonical = [0; 32];
+    canonical[0] = 3;
+    for (key, code) in [
+        (non_canonical, ErrorCode::Block),
+        (off_curve, ErrorCode::Block),
+        // The canonical encoding of the same point decodes; the junk signature is then Auth.
+        (canonical, ErrorCode::Auth),
+    ] {
+        let mut new = EntityId::NONE.as_bytes().to_vec();
+        new.push(1);
+        new.extend_from_slice(&[0x33; 64]);
+        new.push(0x01);
+        new.extend_from_slice(&key);
+        new.extend_from_slice(DhSecretKey::generate(&mut OsRng).public().as_bytes());
+        assert_error(&raw_request(&mut conn, &new).await, code);
+
+        let mut secure = EntityId::from(q.sender).as_bytes().to_vec();
+        secure.push(1);
+        secure.extend_from_slice(&[0x33; 64]);
+        secure.push(0x10);
+        secure.extend_from_slice(&key);
+        assert_error(&raw_request(&mut conn, &secure).await, code);
+    }
+    // The queue is still unsecured.
+    assert_ok(&q.send(&mut conn, b"still open").await);
+    w.stop().await;
+}
+
+/// Section 8.1: `Large` is decided by a `Send`'s body length prefix alone, before the body
+/// is read and before authorization; a problem met earlier in the frame is `Block`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_is_decided_by_the_length_prefix_alone() {
+    let w = World::start().await;
+    let mut conn = w.connect().await;
+    let q = Queue::create(&mut conn).await;
+    let send = |entity: EntityId, flag: &[u8], after_tag: &[u8]| {
+        let mut f = entity.as_bytes().to_vec();
+        f.extend_from_slice(flag);
+        f.push(0x11);
+        f.extend_from_slice(after_tag);
+        f
+    };
+    let over = 16_001u16.to_be_bytes();
+    let with = |prefix: [u8; 2], body: usize| {
+        let mut v = prefix.to_vec();
+        v.resize(2 + body, 0x41);
+        v
+    };
+    let unknown = EntityId::from_bytes([0x77; 24]);
+    let junk_sig = [[1u8].as_slice(), &[0x33; 64]].concat();
+    let cases: Vec<(&str, Vec<u8>, ErrorCode)> = vec![
+        (
+            "no body at all",
+            send(q.sender.into(), &[0], &over),
+            ErrorCode::Large,
+        ),
+        (
+            "part of a body",
+            send(q.sender.into(), &[0], &with(over, 100)),
+            ErrorCode::Large,
+        ),
+        (
+            "unknown queue",
+            send(unknown, &[0], &over),
+            ErrorCode::Large,
+        ),
+        (
+            "bad signature",
+            send(q.sender.into(), &junk_sig, &over),
+            ErrorCode::Large,
+        ),
+        (
+            "bad sig_flag first",
+            send(q.sender.into(), &[2], &over),
+            ErrorCode::Block,
+        ),
+        (
+            "truncated prefix",
+            send(q.sender.into(), &[0], &[0x3e]),
+            ErrorCode::Block,
+        ),
+        (
+            "16,000 bytes then one more",
+            send(
+                q.sender.into(),
+                &[0],
+                &with(16_000u16.to_be_bytes(), 16_001),
+            ),
+            ErrorCode::Block,
+        ),
+    ];
+    for (name, frame, code) in cases {
+        let reply = raw_request(&mut conn, &frame).await;
+        assert_eq!(reply.kind, ReplyKind::Error(code), "{name}");
+    }
+    assert!(q.get(&mut conn).await.is_none(), "nothing was stored");
+    w.stop().await;
+}
+
+/// Section 8.4: `Suspend` on a suspended queue is `Ok` and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspending_a_suspended_queue_is_ok() {
+    let w = World::start().await;
+    let mut conn = w.connect().await;
+    let q = Queue::create(&mut conn).await;
+    assert_ok(&q.send(&mut conn, b"kept").await);
+    assert_ok(&q.cmd(&mut conn, Command::Suspend).await);
+    assert_ok(&q.cmd(&mut conn, Command::Suspend).await);
+    assert_error(&q.send(&mut conn, b"refused").await, ErrorCode::Auth);
+    assert_eq!(q.drain(&mut conn).await, vec![b"kept".to_vec()]);
+    assert_ok(&q.cmd(&mut conn, Command::Suspend).await);
+    w.stop().await;
+}
+
+/// A raw QUIC connection to the relay: its endpoint, connection and first stream.
+struct RawQuic {
+    _endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl RawQuic {
+    async fn open(w: &World) -> Self {
+        let (_endpoint, connection, send, recv) = connect_quic(w.relay().address()).await.unwrap();
+        Self {
+            _endpoint,
+            connection,
+            send,
+            recv,
+        }
+    }
+
+    /// Opens a connection and completes the Noise handshake on its stream.
+    async fn established(w: &World) -> (Self, Session) {
+        let mut raw = Self::open(w).await;
+        let key = w.relay().address().key;
+        let (handshake, first) =
+            ClientHandshake::start(&key, SUPPORTED_VERSIONS, &mut OsRng).unwrap();
+        raw.send.write_all(first.as_bytes()).await.unwrap();
+        let mut reply = vec![0u8; RECORD_LEN];
+        raw.recv.read_exact(&mut reply).await.unwrap();
+        let session = handshake.finish(&reply).unwrap();
+        (raw, session)
+    }
+
+    /// What the relay's stream does next: `Ok(n)` bytes, `Ok(0)` for its end (FIN), or the
+    /// error that broke it.
+    async fn next_read(&mut self, within: Duration) -> Option<Result<usize, quinn::ReadError>> {
+        let mut buf = vec![0u8; RECORD_LEN];
+        match tokio::time::timeout(within, self.recv.read(&mut buf)).await {
+            Err(_) => None,
+            Ok(Ok(Some(n))) => Some(Ok(n)),
+            Ok(Ok(None)) => Some(Ok(0)),
+            Ok(Err(e)) => Some(Err(e)),
+        }
+    }
+
+    /// Asserts that the relay closed the connection with application code 0 and no reason.
+    async fn closed_without_a_reason(&self) {
+        let reason = tokio::time::timeout(Duration::from_secs(15), self.connection.closed())
+            .await
+            .expect("the relay closes the connection");
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, quinn::VarInt::from_u32(0));
+                assert!(close.reason.is_empty(), "no reason phrase");
+            }
+            other => panic!("expected an application close with code 0, got {other:?}"),
+        }
+    }
+}
+
+/// The connection broke because the relay closed it (no FIN on its stream first).
+#[track_caller]
+fn broken_by_the_close(read: Option<Result<usize, quinn::ReadError>>) {
+    assert!(
+        matches!(
+            read,
+            Some(Err(quinn::ReadError::ConnectionLost(
+                quinn::ConnectionError::ApplicationClosed(_)
+            )))
+        ),
+        "expected the close without a FIN, got {read:?}"
+    );
+}
+
+fn ping_record(session: &mut Session) -> Vec<u8> {
+    let ping = Request::unsigned(CorrId::from_bytes([5; 8]), EntityId::NONE, Command::Ping);
+    let mut block = BlockBuilder::new();
+    block.push(&ping.encode().unwrap()).unwrap();
+    session.seal(&block.finish()).unwrap().into_bytes()
+}
+
+/// Section 3: the ways the relay closes, and that every close carries code 0 and no reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_close_is_code_zero_without_a_reason_and_only_orderly_ones_end_the_stream() {
+    let w = World::start().await;
+
+    // Abrupt: a first record that is not a handshake. Nothing is sent, no FIN.
+    let mut raw = RawQuic::open(&w).await;
+    raw.send.write_all(&vec![0x42; RECORD_LEN]).await.unwrap();
+    broken_by_the_close(raw.next_read(Duration::from_secs(5)).await);
+    raw.closed_without_a_reason().await;
+
+    // Abrupt: a transport record that does not open.
+    let (mut raw, _session) = RawQuic::established(&w).await;
+    raw.send.write_all(&vec![0x42; RECORD_LEN]).await.unwrap();
+    broken_by_the_close(raw.next_read(Duration::from_secs(5)).await);
+    raw.closed_without_a_reason().await;
+
+    // Abrupt: the client ends its stream inside the handshake record.
+    let mut raw = RawQuic::open(&w).await;
+    raw.send.write_all(&[0u8; 100]).await.unwrap();
+    raw.send.finish().unwrap();
+    broken_by_the_close(raw.next_read(Duration::from_secs(5)).await);
+    raw.closed_without_a_reason().await;
+
+    // Orderly: the client ends its stream inside a transport record. The relay ends its
+    // stream (FIN, nothing before it), then closes.
+    let (mut raw, _session) = RawQuic::established(&w).await;
+    raw.send.write_all(&[0u8; 100]).await.unwrap();
+    raw.send.finish().unwrap();
+    assert_eq!(
+        raw.next_read(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap(),
+        0
+    );
+    raw.closed_without_a_reason().await;
+
+    // Orderly: the client ends its stream after a whole record; the reply comes first.
+    let (mut raw, mut session) = RawQuic::established(&w).await;
+    raw.send
+        .write_all(&ping_record(&mut session))
+        .await
+        .unwrap();
+    raw.send.finish().unwrap();
+    let mut reply = vec![0u8; RECORD_LEN];
+    raw.recv.read_exact(&mut reply).await.unwrap();
+    let block = session.open(&reply).unwrap();
+    let frames = block.frames().unwrap();
+    assert_eq!(Reply::decode(frames[0]).unwrap().kind, ReplyKind::Pong);
+    assert_eq!(
+        raw.next_read(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap(),
+        0
+    );
+    raw.closed_without_a_reason().await;
+
+    // Orderly: no common version. The relay's handshake reply, its FIN, then the close.
+    let mut raw = RawQuic::open(&w).await;
+    let key = w.relay().address().key;
+    let (handshake, first) =
+        ClientHandshake::start(&key, VersionRange { min: 50, max: 60 }, &mut OsRng).unwrap();
+    raw.send.write_all(first.as_bytes()).await.unwrap();
+    let mut reply = vec![0u8; RECORD_LEN];
+    raw.recv.read_exact(&mut reply).await.unwrap();
+    assert!(handshake.finish(&reply).is_err());
+    assert_eq!(
+        raw.next_read(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap(),
+        0
+    );
+    raw.closed_without_a_reason().await;
+    w.stop().await;
+}
+
+/// Section 3: records have no length prefix, so a short record without the stream's end
+/// waits for the handshake timeout (before the handshake) or the idle timeout (after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_record_waits_for_the_timeout() {
+    let w = World::start_with(|c| {
+        c.handshake_timeout_secs = 2;
+        c.idle_timeout_secs = 3;
+    })
+    .await;
+
+    // Before the handshake: nothing until the handshake timeout, then the abrupt close.
+    let mut raw = RawQuic::open(&w).await;
+    raw.send.write_all(&[0u8; 100]).await.unwrap();
+    assert!(raw.next_read(Duration::from_secs(1)).await.is_none());
+    assert!(raw.connection.close_reason().is_none(), "still open");
+    broken_by_the_close(raw.next_read(Duration::from_secs(15)).await);
+    raw.closed_without_a_reason().await;
+
+    // After it: nothing until the idle timeout, then the orderly close (FIN first).
+    let (mut raw, _session) = RawQuic::established(&w).await;
+    raw.send.write_all(&[0u8; 100]).await.unwrap();
+    assert!(raw.next_read(Duration::from_secs(2)).await.is_none());
+    assert!(raw.connection.close_reason().is_none(), "still open");
+    assert_eq!(
+        raw.next_read(Duration::from_secs(15))
+            .await
+            .unwrap()
+            .unwrap(),
+        0
+    );
+    raw.closed_without_a_reason().await;
+    w.stop().await;
+}
+
+/// TLS for a test client that offers the given ALPN list and accepts any certificate.
+fn client_config_with_alpn(alpn: &[&[u8]]) -> quinn::ClientConfig {
+    #[derive(Debug)]
+    struct AnyCertificate;
+    impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+        .with_no_client_auth();
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    quinn::ClientConfig::new(Arc::new(quic))
+}
+
+/// Section 3: the relay requires ALPN `h3` and grants the client one bidirectional stream
+/// and nothing else; a further stream never gets credit and the first keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_requires_h3_and_grants_one_stream() {
+    let w = World::start().await;
+    let endpoint = quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+    let target = w.relay().local_addr();
+    for alpn in [
+        vec![b"h2".as_slice()],
+        vec![],
+        vec![b"h3x".as_slice(), b"h2"],
+    ] {
+        let attempt = endpoint
+            .connect_with(client_config_with_alpn(&alpn), target, "localhost")
+            .unwrap()
+            .await;
+        match attempt {
+            Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+                // TLS alert no_application_protocol (120) as a QUIC CRYPTO_ERROR.
+                assert_eq!(
+                    close.error_code,
+                    quinn::TransportErrorCode::crypto(120),
+                    "{alpn:?}"
+                );
+            }
+            other => panic!("{alpn:?}: expected the TLS alert, got {other:?}"),
+        }
+    }
+    // h3 among others: accepted, and h3 is what was agreed.
+    let connection = endpoint
+        .connect_with(
+            client_config_with_alpn(&[b"h2", b"h3"]),
+            target,
+            "localhost",
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    let agreed = connection
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    assert_eq!(agreed.as_deref(), Some(b"h3".as_slice()));
+    connection.close(0u32.into(), b"");
+
+    // One stream: a second bidirectional or any unidirectional stream gets no credit.
+    let (mut raw, mut session) = RawQuic::established(&w).await;
+    assert!(
+        tokio::time::timeout(SHORT, raw.connection.open_bi())
+            .await
+            .is_err(),
+        "no credit for a second bidirectional stream"
+    );
+    assert!(
+        tokio::time::timeout(SHORT, raw.connection.open_uni())
+            .await
+            .is_err(),
+        "no credit for a unidirectional stream"
+    );
+    // The first stream keeps working.
+    raw.send
+        .write_all(&ping_record(&mut session))
+        .await
+        .unwrap();
+    let mut reply = vec![0u8; RECORD_LEN];
+    raw.recv.read_exact(&mut reply).await.unwrap();
+    let block = session.open(&reply).unwrap();
+    assert_eq!(
+        Reply::decode(block.frames().unwrap()[0]).unwrap().kind,
+        ReplyKind::Pong
+    );
+    w.stop().await;
 }

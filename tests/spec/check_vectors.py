@@ -142,6 +142,31 @@ for r in cm['replies']:
     if r['name'] in ('message_pushed', 'end'): good &= f[:8] == bytes(8)
     check('reply ' + r['name'], good)
 
+# ---------- section 6.3: Ed25519 public keys in New and Secure ----------
+P25519 = 2**255 - 19
+ED_D = (-121665 * pow(121666, P25519 - 2, P25519)) % P25519
+def ed_add(a, b):
+    (x1, y1), (x2, y2) = a, b
+    t = ED_D * x1 * x2 * y1 * y2 % P25519
+    return ((x1 * y2 + x2 * y1) * pow(1 + t, P25519 - 2, P25519) % P25519,
+            (y1 * y2 + x1 * x2) * pow(1 - t, P25519 - 2, P25519) % P25519)
+def ed25519_key_check(b):
+    """The checks of section 6.3 in their order; returns the first that fails, or 'valid'."""
+    v = int.from_bytes(b, 'little'); sign = v >> 255; y = v & ((1 << 255) - 1)
+    if y >= P25519: return 'non-canonical'
+    u, w = (y * y - 1) % P25519, (ED_D * y * y + 1) % P25519
+    x2 = u * pow(w, P25519 - 2, P25519) % P25519
+    x = pow(x2, (P25519 + 3) // 8, P25519)
+    if x * x % P25519 != x2: x = x * pow(2, (P25519 - 1) // 4, P25519) % P25519
+    if x * x % P25519 != x2: return 'off-curve'
+    if (x & 1) != sign: x = (P25519 - x) % P25519
+    q = (x, y)
+    for _ in range(3): q = ed_add(q, q)
+    return 'small-order' if q == (0, 1) else 'valid'
+for c in load('keys.json')['ed25519_public_keys']:
+    why = ed25519_key_check(bytes.fromhex(c['key_hex']))
+    check('ed25519 key ' + c['name'], why == c['why'] and c['valid'] == (why == 'valid'))
+
 # ---------- section 10: re-encryption ----------
 def hchacha20(key, nonce16):
     def rotl(v, c): return ((v << c) & 0xffffffff) | (v >> (32 - c))

@@ -256,13 +256,11 @@ async fn oversize_bodies_are_refused_with_a_typed_error() -> Result<()> {
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(&[0x55u8; 16_001]);
     let reply = raw_request(&mut conn, &frame).await?;
-    assert!(
-        matches!(
-            reply.kind,
-            ReplyKind::Error(ErrorCode::Large | ErrorCode::Block)
-        ),
-        "oversize body refused, got {:?}",
-        reply.kind
+    // PROTOCOL.md 8.1: the length prefix alone decides `Large`.
+    assert_eq!(
+        reply.kind,
+        ReplyKind::Error(ErrorCode::Large),
+        "oversize body refused"
     );
     assert!(queue.drain(&mut conn).await?.is_empty(), "nothing stored");
     t.still_serving().await
