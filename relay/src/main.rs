@@ -106,6 +106,25 @@ fn print_address(address: &tidings_protocol::address::RelayAddress) {
     let _ = out.flush();
 }
 
+/// What an operator starting a relay should know, on stderr (stdout keeps its one line):
+/// where the data is, and whether the printed address can be reached from anywhere else.
+fn print_hints(address: &tidings_protocol::address::RelayAddress, data_dir: &std::path::Path) {
+    use tidings_protocol::address::Host;
+    eprintln!("data directory: {}", data_dir.display());
+    let unreachable = match &address.host {
+        Host::Ip(ip) => ip.is_loopback() || ip.is_unspecified(),
+        Host::Name(name) => name == "localhost",
+    };
+    if unreachable {
+        // The host itself is not repeated: stderr is the log, and the log names no address.
+        eprintln!(
+            "note: the relay address names this machine's loopback or unspecified IP, which \
+             phones elsewhere cannot reach; start the relay with --public-host set to its \
+             public name or IP and give people that address"
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -125,7 +144,10 @@ async fn main() -> Result<()> {
                 config,
                 Arc::new(SystemClock),
                 shutdown_signal()?,
-                print_address,
+                |address| {
+                    print_address(address);
+                    print_hints(address, &data_dir);
+                },
             )
             .await
             .context("relay failed")?;

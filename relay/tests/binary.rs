@@ -155,6 +155,9 @@ async fn sigkill_loses_no_acknowledged_message_and_sigterm_exits_zero() {
     // The trace-level log has no address, no key, no message text.
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("relay started"));
+    // The operator is told where the data is and that a loopback address reaches nobody.
+    assert!(log.contains("data directory: "), "{log}");
+    assert!(log.contains("--public-host"), "{log}");
     for needle in ["127.0.0.1", "message 1", &address.to_string()] {
         assert!(!log.contains(needle), "log contains {needle:?}");
     }
