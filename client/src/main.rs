@@ -20,11 +20,19 @@ use tidings_client::store::KdfParams;
 use tidings_client::ClientError;
 use zeroize::Zeroizing;
 
-/// Secure messaging through relays that never learn who talks to whom.
+/// The command line.
 #[derive(Parser)]
-#[command(name = "tidings", version, about)]
+#[command(
+    name = "tidings",
+    version,
+    about = "Tidings: private messages and check-ins through a relay that cannot read them",
+    long_about = "Tidings: private messages and check-ins through a relay that cannot read them.\n\n\
+        Start with `tidings init --relay ADDRESS`, then `tidings invite` or `tidings accept`. \
+        The profile (keys, contacts, history) stays on this device, encrypted under your \
+        passphrase."
+)]
 struct Cli {
-    /// The profile directory.
+    /// The profile directory (default: the platform data directory, shown below).
     #[arg(long, env = "TIDINGS_HOME", global = true)]
     home: Option<PathBuf>,
     #[command(subcommand)]
@@ -239,13 +247,16 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The platform data directory for Tidings (on Linux `~/.local/share/tidings`).
+fn default_home() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "tidings").map(|d| d.data_dir().to_path_buf())
+}
+
 fn home(cli: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(h) = cli {
         return Ok(h.clone());
     }
-    directories::ProjectDirs::from("", "", "tidings")
-        .map(|d| d.data_dir().to_path_buf())
-        .ok_or_else(|| anyhow!("no home directory: pass --home DIR"))
+    default_home().ok_or_else(|| anyhow!("no home directory: pass --home DIR"))
 }
 
 fn passphrase(confirm: bool) -> Result<Zeroizing<String>, ClientError> {
@@ -706,7 +717,7 @@ fn main() -> ExitCode {
     if let Err(e) = tidings_client::harden::harden_process() {
         eprintln!("warning: could not turn off core dumps: {e}");
     }
-    let cli = Cli::parse();
+    let cli = parse_cli();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -714,6 +725,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Parses the command line, with the default profile directory written into `--help`.
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let default_home = default_home()
+        .map(|h| h.display().to_string())
+        .unwrap_or_else(|| "none on this system: pass --home".to_string());
+    let command = Cli::command().after_help(format!(
+        "Profile directory when --home and TIDINGS_HOME are not set: {default_home}"
+    ));
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// `-` means: read the value from standard input (without its final line break), so a message

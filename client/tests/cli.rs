@@ -320,3 +320,19 @@ fn the_passphrase_can_be_changed_and_the_old_one_stops_working() {
         .status
         .success());
 }
+
+#[test]
+fn help_speaks_to_a_person_and_names_the_default_home() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let first = help.lines().next().unwrap_or_default();
+    assert!(first.starts_with("Tidings: private messages"), "{first}");
+    assert!(!help.contains("library"), "{help}");
+    assert!(
+        help.contains("Profile directory when --home and TIDINGS_HOME are not set:"),
+        "{help}"
+    );
+}
