@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 use tidings_client::lock::KeyFileWatch;
 use tidings_client::profile::{check_new_passphrase, Profile, Received};
 use tidings_client::relay::QuicConnector;
+use tidings_client::safety::format_duration;
 use tidings_client::store::KdfParams;
 use tidings_client::ClientError;
 use zeroize::Zeroizing;
@@ -229,6 +230,37 @@ fn new_secret(
         return Err(ClientError::Mismatch(plural));
     }
     Ok(first)
+}
+
+/// What `contacts` says about check-ins with one contact, in words a person reads: what we
+/// expect of them, and what they expect of us.
+fn checkin_summary(c: &tidings_client::profile::ContactInfo, now: u64) -> String {
+    let mut out = String::new();
+    if let Some(every) = c.expect_every_secs {
+        out.push_str(&format!(
+            "; you expect a check-in every {}",
+            format_duration(every)
+        ));
+        match c.last_checkin_at {
+            Some(at) => out.push_str(&format!(
+                ", last {} ago",
+                format_duration(now.saturating_sub(at))
+            )),
+            None => out.push_str(", none yet"),
+        }
+    }
+    if let (Some(every), Some(due)) = (c.they_expect_every_secs, c.next_checkin_due_at) {
+        out.push_str(&format!(
+            "; they expect a check-in every {}, ",
+            format_duration(every)
+        ));
+        if due >= now {
+            out.push_str(&format!("next within {}", format_duration(due - now)));
+        } else {
+            out.push_str(&format!("overdue by {}", format_duration(now - due)));
+        }
+    }
+    out
 }
 
 /// `off` or a duration.
@@ -541,7 +573,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     writeln!(out, "{}", serde_json::to_string(&c)?)?;
                 } else {
                     let verified = if c.verified { ", verified" } else { "" };
-                    writeln!(out, "{} ({}{verified})", c.name, c.state)?;
+                    writeln!(
+                        out,
+                        "{} ({}{verified}){}",
+                        c.name,
+                        c.state,
+                        checkin_summary(&c, now())
+                    )?;
                 }
             }
         }
@@ -580,7 +618,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let pin = pin.as_ref().map(|p| p.as_str());
             match runtime()?.block_on(profile.checkin(&net, &name, &note, pin, now())) {
-                Ok(()) => eprintln!("check-in sent"),
+                Ok(()) => {
+                    eprintln!("check-in sent");
+                    if let Some((due, _)) = profile.next_checkin_due(&name)? {
+                        eprintln!(
+                            "{name:?} expects the next one within {}",
+                            format_duration(due.saturating_sub(now()))
+                        );
+                    }
+                }
                 Err(e) if is_network(&e) => {
                     return Err(anyhow!(
                         "relay unreachable; the check-in is kept in the outbox and will be sent on the next send or sync"
@@ -592,7 +638,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Expect { name, every } => {
             let every = duration_or_off(&every)?;
             let mut profile = open(&home)?;
-            profile.expect(&name, every, now())?;
+            let name = profile.expect(&name, every, now())?;
+            match every {
+                Some(secs) => eprintln!(
+                    "expecting a check-in from {name:?} every {}",
+                    format_duration(secs)
+                ),
+                None => eprintln!("no longer expecting check-ins from {name:?}"),
+            }
+            match runtime()?.block_on(profile.send_outbox(&net)) {
+                Ok(_) => eprintln!("{name:?} was told"),
+                Err(e) if is_network(&e) => {
+                    eprintln!("relay unreachable; {name:?} will be told with the next send or sync")
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Cmd::Due { json, sync, ack } => {
             let mut profile = open(&home)?;

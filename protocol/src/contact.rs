@@ -474,6 +474,7 @@ mod kind {
     pub const CHECK_IN: u8 = 2;
     pub const HELLO: u8 = 3;
     pub const HELLO_ACK: u8 = 4;
+    pub const EXPECT: u8 = 5;
 }
 
 /// What an application message says.
@@ -497,6 +498,12 @@ pub enum AppBody {
     },
     /// The inviter's answer to a hello: both directions now work.
     HelloAck,
+    /// The sender now expects a check-in from the receiver at least every `every_secs`
+    /// seconds (0: no longer expects any), so that she knows when the next one is due.
+    Expect {
+        /// The interval in seconds, or 0.
+        every_secs: u64,
+    },
 }
 
 impl std::fmt::Debug for AppBody {
@@ -506,6 +513,7 @@ impl std::fmt::Debug for AppBody {
             AppBody::CheckIn { .. } => "CheckIn([redacted])",
             AppBody::Hello { .. } => "Hello([redacted])",
             AppBody::HelloAck => "HelloAck",
+            AppBody::Expect { .. } => "Expect([redacted])",
         })
     }
 }
@@ -515,7 +523,7 @@ impl Drop for AppBody {
         match self {
             AppBody::Text(t) => t.zeroize(),
             AppBody::CheckIn { note, .. } => note.zeroize(),
-            AppBody::Hello { .. } | AppBody::HelloAck => {}
+            AppBody::Hello { .. } | AppBody::HelloAck | AppBody::Expect { .. } => {}
         }
     }
 }
@@ -570,6 +578,10 @@ impl AppMessage {
                 kind::HELLO
             }
             AppBody::HelloAck => kind::HELLO_ACK,
+            AppBody::Expect { every_secs } => {
+                payload.extend_from_slice(&every_secs.to_be_bytes());
+                kind::EXPECT
+            }
         };
         let mut out = Zeroizing::new(Vec::with_capacity(MAX_APP_LEN));
         out.push(APP_VERSION);
@@ -618,6 +630,12 @@ impl AppMessage {
                     });
                 }
                 AppBody::HelloAck
+            }
+            kind::EXPECT => {
+                let mut p = Reader::new(payload, "expect", 8)?;
+                let every_secs = p.u64()?;
+                p.finish("expect")?;
+                AppBody::Expect { every_secs }
             }
             tag => {
                 return Err(ProtocolError::UnknownTag {
@@ -836,7 +854,7 @@ mod tests {
             body: AppBody::HelloAck,
         };
         let mut bytes = m.encode().unwrap().to_vec();
-        bytes[1] = 9;
+        bytes[1] = 6;
         assert!(matches!(
             AppMessage::decode(&bytes),
             Err(ProtocolError::UnknownTag { .. })
@@ -847,6 +865,32 @@ mod tests {
         bytes[0] = 1;
         bytes.push(0);
         assert!(AppMessage::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn an_expect_message_is_exactly_eight_bytes_of_payload() {
+        let m = AppMessage {
+            id: AppMessageId::from_bytes([7; 16]),
+            sent_at: 1,
+            body: AppBody::Expect {
+                every_secs: 259_200,
+            },
+        };
+        let bytes = m.encode().unwrap().to_vec();
+        // version, kind, id, sent_at, payload length 8, then 259,200 big-endian.
+        assert_eq!(bytes[..2], [1, 5]);
+        assert_eq!(bytes[26..28], [0, 8]);
+        assert_eq!(bytes[28..], 259_200u64.to_be_bytes());
+        assert_eq!(AppMessage::decode(&bytes).unwrap(), m);
+        // A short or long payload is refused.
+        let mut short = bytes.clone();
+        short.pop();
+        short[27] = 7;
+        assert!(AppMessage::decode(&short).is_err());
+        let mut long = bytes.clone();
+        long.push(0);
+        long[27] = 9;
+        assert!(AppMessage::decode(&long).is_err());
     }
 
     #[test]
@@ -876,6 +920,7 @@ mod tests {
                 sender_id: SenderId::from_bytes(sid),
             }),
             Just(AppBody::HelloAck),
+            any::<u64>().prop_map(|every_secs| AppBody::Expect { every_secs }),
         ]
     }
 

@@ -142,3 +142,60 @@ fn due_has_exit_codes_syncs_and_acknowledges_duress() -> Result<()> {
     ensure!(out.stderr.contains("no DURESS check-in to acknowledge"));
     Ok(())
 }
+
+#[test]
+fn the_person_checking_in_is_told_how_often_she_is_expected() -> Result<()> {
+    let w = World::new()?;
+    let minister = w.profile("minister")?;
+    let sister = w.profile("sister")?;
+    connect(&minister, "kim", &sister, "pastor")?;
+    let out = minister.run(&["expect", "Kim", "3d"])?.ok()?;
+    ensure!(
+        out.stderr
+            .contains("expecting a check-in from \"kim\" every 3d")
+            && out.stderr.contains("\"kim\" was told"),
+        "{}",
+        out.stderr
+    );
+    sister.run(&["sync"])?.ok()?;
+    let contacts = sister.run(&["contacts"])?.ok()?;
+    ensure!(
+        contacts
+            .stdout
+            .contains("they expect a check-in every 3d, next within "),
+        "{}",
+        contacts.stdout
+    );
+    let json = sister.run(&["contacts", "--json"])?.ok()?;
+    ensure!(
+        json.stdout.contains("\"they_expect_every_secs\":259200"),
+        "{}",
+        json.stdout
+    );
+    let out = sister.run(&["checkin", "pastor"])?.ok()?;
+    ensure!(
+        out.stderr
+            .contains("\"pastor\" expects the next one within 3d"),
+        "{}",
+        out.stderr
+    );
+    minister.run(&["sync"])?.ok()?;
+    let contacts = minister.run(&["contacts"])?.ok()?;
+    ensure!(
+        contacts
+            .stdout
+            .contains("you expect a check-in every 3d, last 0s ago"),
+        "{}",
+        contacts.stdout
+    );
+    // Stopping is told too.
+    minister.run(&["expect", "kim", "off"])?.ok()?;
+    sister.run(&["sync"])?.ok()?;
+    let contacts = sister.run(&["contacts"])?.ok()?;
+    ensure!(
+        !contacts.stdout.contains("they expect"),
+        "{}",
+        contacts.stdout
+    );
+    Ok(())
+}

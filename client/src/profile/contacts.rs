@@ -191,12 +191,20 @@ impl Profile {
                 name: c.label.clone(),
                 state: if c.established { "ready" } else { "waiting" },
                 verified: c.verified,
+                expect_every_secs: c.expect_every,
+                last_checkin_at: c.last_checkin,
+                they_expect_every_secs: c.they_expect_every,
+                next_checkin_due_at: c.our_next_checkin_due(),
             })
             .collect();
         out.extend(self.invites_raw()?.iter().map(|i| ContactInfo {
             name: i.label.clone(),
             state: "invited",
             verified: false,
+            expect_every_secs: None,
+            last_checkin_at: None,
+            they_expect_every_secs: None,
+            next_checkin_due_at: None,
         }));
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)

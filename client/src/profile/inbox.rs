@@ -228,6 +228,11 @@ impl Profile {
             }
             // A second hello changes nothing.
             AppBody::Hello { .. } => None,
+            AppBody::Expect { every_secs } => {
+                contact.they_expect_every = (*every_secs > 0).then_some(*every_secs);
+                contact.they_expect_since = app.sent_at.min(now);
+                None
+            }
         };
         if let Some((text, kind, shown, shown_kind)) = entry {
             let record = HistoryRecord {

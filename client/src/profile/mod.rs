@@ -114,6 +114,15 @@ struct ContactRecord {
     /// History older than this (seconds) is deleted at every unlock.
     #[serde(default)]
     retain: Option<u64>,
+    /// How often they expect a check-in from us (seconds), as their last `expect` said.
+    #[serde(default)]
+    they_expect_every: Option<u64>,
+    /// When they set it (their authenticated send time, never later than our clock).
+    #[serde(default)]
+    they_expect_since: u64,
+    /// When we last sent them a check-in (our clock).
+    #[serde(default)]
+    our_last_checkin: Option<u64>,
 }
 
 #[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
@@ -195,6 +204,14 @@ pub struct ContactInfo {
     pub state: &'static str,
     /// Whether the safety code was confirmed.
     pub verified: bool,
+    /// How often we expect a check-in from them (seconds), if we do.
+    pub expect_every_secs: Option<u64>,
+    /// When their latest check-in was sent (unix seconds), if one came.
+    pub last_checkin_at: Option<u64>,
+    /// How often they expect a check-in from us (seconds), if they told us.
+    pub they_expect_every_secs: Option<u64>,
+    /// When our next check-in to them is due (unix seconds), if they expect them.
+    pub next_checkin_due_at: Option<u64>,
 }
 
 /// One history entry.
@@ -307,7 +324,21 @@ impl ContactRecord {
             last_checkin: None,
             duress_at: None,
             retain: None,
+            they_expect_every: None,
+            they_expect_since: 0,
+            our_last_checkin: None,
         })
+    }
+
+    /// When our next check-in to them is due, if they expect them.
+    fn our_next_checkin_due(&self) -> Option<u64> {
+        let every = self.they_expect_every?;
+        let base = self
+            .our_last_checkin
+            .map_or(self.they_expect_since, |last| {
+                last.max(self.they_expect_since)
+            });
+        Some(base.saturating_add(every))
     }
 
     fn secret(&self) -> InviteSecret {

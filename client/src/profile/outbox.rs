@@ -105,6 +105,18 @@ impl Profile {
         }
     }
 
+    /// Sends what waits in the outbox. Returns how many went out; a relay that cannot be
+    /// reached is an error, and what was not sent stays for the next try.
+    pub async fn send_outbox<C: Connector>(&mut self, net: &C) -> Result<usize> {
+        let mut links = Links::new(net);
+        let result = self.flush_with(&mut links).await;
+        links.close().await;
+        match result? {
+            (_, Some(e)) => Err(e),
+            (sent, None) => Ok(sent),
+        }
+    }
+
     /// How many messages wait in the outbox.
     pub fn outbox_len(&self) -> Result<usize> {
         Ok(self.store.values(Tree::Outbox)?.len())

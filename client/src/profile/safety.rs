@@ -49,17 +49,34 @@ impl Profile {
             PinCheck::Wrong => return Err(ClientError::WrongPin),
         };
         let flags = if duress { CHECKIN_DURESS } else { 0 };
-        self.send_app(
-            net,
-            label,
-            AppBody::CheckIn {
-                flags,
-                note: note.to_string(),
-            },
-            (HISTORY_CHECKIN, note),
-            now,
-        )
-        .await
+        let result = self
+            .send_app(
+                net,
+                label,
+                AppBody::CheckIn {
+                    flags,
+                    note: note.to_string(),
+                },
+                (HISTORY_CHECKIN, note),
+                now,
+            )
+            .await;
+        // Sent, or safe in the outbox: either way it counts as this contact's latest.
+        if result.is_ok() || result.as_ref().is_err_and(is_network) {
+            let mut c = self.contact_by_label(label)?;
+            c.our_last_checkin = Some(now);
+            let mut b = Batch::new();
+            Self::put_contact(&mut b, &c)?;
+            self.store.apply(b)?;
+        }
+        result
+    }
+
+    /// When our next check-in to `label` is due (unix seconds), if they told us they expect
+    /// them, with their interval.
+    pub fn next_checkin_due(&self, label: &str) -> Result<Option<(u64, u64)>> {
+        let c = self.contact_by_label(label)?;
+        Ok(c.our_next_checkin_due().zip(c.they_expect_every))
     }
 
     /// Whether check-ins need a PIN.
@@ -154,13 +171,26 @@ impl Profile {
     }
 
     /// Expects a check-in from `label` at least every `every` seconds (`None` stops it).
-    pub fn expect(&mut self, label: &str, every: Option<u64>, now: u64) -> Result<()> {
+    ///
+    /// The interval is also put in the outbox for the contact, end-to-end encrypted, so that
+    /// she knows when her next check-in is due; it leaves with the next send or sync
+    /// ([`Profile::send_outbox`]). Returns the contact's name as stored.
+    pub fn expect(&mut self, label: &str, every: Option<u64>, now: u64) -> Result<String> {
         let mut c = self.contact_by_label(label)?;
         c.expect_every = every;
         c.expect_since = now;
+        let mut session = E2eSession::unpickle(&c.session, self.store.pickle_key())?;
+        let app = AppMessage {
+            id: AppMessageId::random(&mut OsRng),
+            sent_at: now,
+            body: AppBody::Expect {
+                every_secs: every.unwrap_or(0),
+            },
+        };
         let mut b = Batch::new();
-        Self::put_contact(&mut b, &c)?;
-        self.store.apply(b)
+        let c = self.seal_to_outbox(&mut b, c, &mut session, &app)?;
+        self.store.apply(b)?;
+        Ok(c.label.clone())
     }
 
     /// Contacts whose latest check-in is older than expected, and those whose latest
