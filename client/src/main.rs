@@ -15,6 +15,8 @@ use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand};
 use tidings_client::profile::{Profile, Received};
 use tidings_client::relay::QuicConnector;
+use tidings_client::safety::{format_duration, LATE_CHECKIN_SECS};
+use tidings_client::screen;
 use tidings_client::store::KdfParams;
 use tidings_client::ClientError;
 use zeroize::Zeroizing;
@@ -189,7 +191,19 @@ fn duration_or_off(text: &str) -> Result<Option<u64>, ClientError> {
     }
 }
 
+/// Debug builds only: `TIDINGS_INSECURE_NOW=UNIX_SECONDS` replaces the clock, so tests can
+/// send a check-in "hours ago". Release builds ignore it, like `TIDINGS_INSECURE_FAST_KDF`.
+const INSECURE_NOW_ENV: &str = "TIDINGS_INSECURE_NOW";
+
 fn now() -> u64 {
+    if cfg!(debug_assertions) {
+        if let Some(t) = std::env::var(INSECURE_NOW_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            return t;
+        }
+    }
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -248,7 +262,12 @@ fn friendly(e: ClientError) -> anyhow::Error {
     }
 }
 
+/// Prints one received message: `NAME: TEXT` with further lines indented and hidden
+/// characters escaped ([`screen::message`]), or one exact JSON object. A check-in that arrived
+/// more than [`LATE_CHECKIN_SECS`] after it was sent also gets a warning on stderr.
 fn print_received(r: &Received, json: bool) -> anyhow::Result<()> {
+    // Never later than its arrival: a clock running ahead does not hide a delay.
+    let delay = r.arrived_at.saturating_sub(r.sent_at.min(r.arrived_at));
     let mut out = std::io::stdout().lock();
     if json {
         let v = serde_json::json!({
@@ -256,12 +275,22 @@ fn print_received(r: &Received, json: bool) -> anyhow::Result<()> {
             "kind": r.kind,
             "text": r.text,
             "sent_at": r.sent_at,
+            "arrived_at": r.arrived_at,
+            "delay_secs": delay,
         });
         writeln!(out, "{v}")?;
     } else {
-        writeln!(out, "{}: {}", r.from, r.text)?;
+        writeln!(out, "{}", screen::message(&r.from, &r.text, r.kind == "text"))?;
     }
     out.flush()?;
+    drop(out);
+    if r.kind != "text" && delay > LATE_CHECKIN_SECS {
+        eprintln!(
+            "warning: this check-in from {} arrived {} after it was sent; a relay may have held it back",
+            screen::inline(&r.from),
+            format_duration(delay)
+        );
+    }
     Ok(())
 }
 
@@ -357,8 +386,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     };
                     match r {
                         Ok(()) => return Ok(()),
-                        Err(e) if is_network(&e) => {
-                            eprintln!("relay unreachable; retrying in {backoff} s");
+                        Err(e) if is_network(&e) || matches!(e, ClientError::RelayMisbehaved(_)) => {
+                            if is_network(&e) {
+                                eprintln!("relay unreachable; retrying in {backoff} s");
+                            } else {
+                                eprintln!("{e}; retrying in {backoff} s");
+                            }
                             tokio::select! {
                                 _ = tokio::time::sleep(std::time::Duration::from_secs(backoff)) => {}
                                 _ = tokio::signal::ctrl_c() => return Ok(()),
@@ -392,7 +425,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     writeln!(out, "{}", serde_json::to_string(&c)?)?;
                 } else {
                     let verified = if c.verified { ", verified" } else { "" };
-                    writeln!(out, "{} ({}{verified})", c.name, c.state)?;
+                    writeln!(out, "{} ({}{verified})", screen::inline(&c.name), c.state)?;
                 }
             }
         }
@@ -402,10 +435,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for h in profile.history(&name)? {
                 if json {
                     writeln!(out, "{}", serde_json::to_string(&h)?)?;
-                } else if h.direction == "out" {
-                    writeln!(out, "me: {}", h.text)?;
                 } else {
-                    writeln!(out, "{name}: {}", h.text)?;
+                    let from = if h.direction == "out" { "me" } else { &name };
+                    writeln!(out, "{}", screen::message(from, &h.text, h.kind == "text"))?;
                 }
             }
         }

@@ -102,10 +102,14 @@ struct ContactRecord {
     /// When `expect` was set.
     #[serde(default)]
     expect_since: u64,
-    /// When their latest check-in arrived (our clock).
+    /// When their latest check-in was sent: its authenticated `sent_at`, never later than
+    /// its arrival (older profiles kept the arrival time here).
     #[serde(default)]
     last_checkin: Option<u64>,
-    /// When their latest check-in arrived, if it was sent under duress.
+    /// When their latest check-in arrived (our clock).
+    #[serde(default)]
+    last_checkin_arrived: Option<u64>,
+    /// When their latest duress check-in was sent, until a normal one sent after it comes.
     #[serde(default)]
     duress_at: Option<u64>,
     /// History older than this (seconds) is deleted at every unlock.
@@ -161,6 +165,8 @@ pub struct Received {
     pub text: String,
     /// The sender's clock when written (unix seconds).
     pub sent_at: u64,
+    /// When it arrived here (unix seconds, our clock).
+    pub arrived_at: u64,
     /// `"text"`, `"check-in"` or `"duress-check-in"`.
     #[zeroize(skip)]
     pub kind: &'static str,
@@ -239,10 +245,15 @@ fn corrupt<E>(_: E) -> ClientError {
     ClientError::CorruptStore
 }
 
+/// Whether `e` means a connection failed (so the command goes on with other relays and
+/// contacts): the network, or a relay that broke the protocol and was disconnected.
 fn is_network(e: &ClientError) -> bool {
     matches!(
         e,
-        ClientError::Unreachable | ClientError::ConnectionLost | ClientError::Timeout
+        ClientError::Unreachable
+            | ClientError::ConnectionLost
+            | ClientError::Timeout
+            | ClientError::RelayMisbehaved(_)
     )
 }
 
@@ -289,6 +300,7 @@ impl ContactRecord {
             expect_every: None,
             expect_since: 0,
             last_checkin: None,
+            last_checkin_arrived: None,
             duress_at: None,
             retain: None,
         })
@@ -494,6 +506,7 @@ fn seen_key(contact: &[u8; 16], id: &AppMessageId) -> Vec<u8> {
     k
 }
 
+mod checkins;
 mod contacts;
 mod history;
 mod inbox;

@@ -140,16 +140,7 @@ impl Profile {
             .contacts_raw()?
             .iter()
             .filter_map(|c| {
-                due_entry(
-                    &c.label,
-                    CheckinState {
-                        every: c.expect_every,
-                        since: c.expect_since,
-                        last: c.last_checkin,
-                        duress_at: c.duress_at,
-                    },
-                    now,
-                )
+                due_entry(&c.label, c.checkin_state(), now)
             })
             .collect();
         sort_due(&mut out);
