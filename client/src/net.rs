@@ -57,10 +57,11 @@ pub const MAX_IN_FLIGHT: usize = 128;
 pub const MAX_BUFFERED_REPLIES: usize = MAX_IN_FLIGHT;
 
 /// Most pushed frames kept until [`RelayConnection::next_push`] takes them (at most about
-/// 16 MiB of message bodies). An honest relay pushes at most one unacked message per
-/// subscribed queue, plus an `End` for each queue another connection takes over; one more
-/// closes the connection.
-pub const MAX_BUFFERED_PUSHES: usize = 1_024;
+/// 32 MiB of message bodies). An honest relay pushes at most one unacked message per
+/// subscribed queue, plus an `End` for each queue another connection takes over: twice the
+/// relay's default limit of 1,024 subscriptions per connection. One more closes the
+/// connection.
+pub const MAX_BUFFERED_PUSHES: usize = 2_048;
 
 /// The QUIC application close code the client uses when a relay broke the protocol.
 const CLOSE_MISBEHAVED: u32 = 1;
