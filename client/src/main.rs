@@ -2,8 +2,13 @@
 //!
 //! Every command works on one profile home (`--home`, env `TIDINGS_HOME`, default the
 //! platform data dir) unlocked by a passphrase from env `TIDINGS_PASSPHRASE` or a prompt
-//! (never an argument). Read commands take `--json` (one JSON object per line). Errors are
-//! one line on stderr and a non-zero exit; they never name a contact, a relay or a key.
+//! (never an argument). Read commands take `--json` (one JSON object per line, every string
+//! exact, invisible and control characters `\u`-escaped). Errors are one line on stderr and a
+//! non-zero exit; they never name a contact, a relay or a key.
+//!
+//! Text from contacts (messages, check-in notes) and contact names are shown through
+//! [`tidings_client::screen`]: a message's further lines are indented under its sender, and
+//! control and invisible characters are shown escaped, so no text can forge a line.
 #![forbid(unsafe_code)]
 
 use std::io::Write as _;
@@ -278,7 +283,7 @@ fn print_received(r: &Received, json: bool) -> anyhow::Result<()> {
             "arrived_at": r.arrived_at,
             "delay_secs": delay,
         });
-        writeln!(out, "{v}")?;
+        writeln!(out, "{}", screen::json(&v)?)?;
     } else {
         writeln!(out, "{}", screen::message(&r.from, &r.text, r.kind == "text"))?;
     }
@@ -422,7 +427,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             for c in profile.contacts()? {
                 if json {
-                    writeln!(out, "{}", serde_json::to_string(&c)?)?;
+                    writeln!(out, "{}", screen::json(&c)?)?;
                 } else {
                     let verified = if c.verified { ", verified" } else { "" };
                     writeln!(out, "{} ({}{verified})", screen::inline(&c.name), c.state)?;
@@ -434,7 +439,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             for h in profile.history(&name)? {
                 if json {
-                    writeln!(out, "{}", serde_json::to_string(&h)?)?;
+                    writeln!(out, "{}", screen::json(&h)?)?;
                 } else {
                     let from = if h.direction == "out" { "me" } else { &name };
                     writeln!(out, "{}", screen::message(from, &h.text, h.kind == "text"))?;
@@ -482,7 +487,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             for d in profile.due(now())? {
                 if json {
-                    writeln!(out, "{}", serde_json::to_string(&d)?)?;
+                    writeln!(out, "{}", screen::json(&d)?)?;
                 } else {
                     writeln!(out, "{}", d.line())?;
                 }
@@ -538,7 +543,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .iter()
                     .any(|c| c.name == name && c.verified);
                 let v = serde_json::json!({ "contact": name, "code": code, "verified": verified });
-                println!("{v}");
+                println!("{}", screen::json(&v)?);
             } else {
                 println!("{code}");
             }

@@ -17,7 +17,9 @@
 //! - [`inline`] escapes a name (or anything else shown inside one line) the same way, line
 //!   breaks included.
 //!
-//! `--json` output does not come here: serde writes every string exactly, JSON-escaped.
+//! `--json` output keeps every string exact: [`json`] writes it with serde, and escapes as
+//! `\uXXXX` (which any JSON parser reads back as the same character) the hidden characters
+//! that serde would otherwise write raw, so JSON on a terminal is as safe as the lines.
 //!
 //! Limits: a terminal wraps a line longer than its width, and a text padded to that width
 //! can make a wrapped row begin with words of its choosing (still on the sender's line, with
@@ -146,6 +148,38 @@ pub fn message(name: &str, text: &str, is_text: bool) -> String {
     out
 }
 
+/// A serde_json formatter that also escapes every hidden character (serde escapes only C0
+/// controls, `"` and `\\`).
+struct SafeJson;
+
+impl serde_json::ser::Formatter for SafeJson {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut rest = fragment;
+        while let Some((at, c)) = rest.char_indices().find(|&(_, c)| is_hidden(c)) {
+            writer.write_all(rest[..at].as_bytes())?;
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                write!(writer, "\\u{unit:04x}")?;
+            }
+            rest = &rest[at + c.len_utf8()..];
+        }
+        writer.write_all(rest.as_bytes())
+    }
+}
+
+/// `value` as one line of JSON: exact (a parser gets every string back as it was), with the
+/// hidden characters of every string escaped as `\uXXXX`.
+pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
+    let mut out = Vec::new();
+    value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, SafeJson))?;
+    // serde_json writes UTF-8 only.
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -210,6 +244,17 @@ mod tests {
         );
     }
 
+    #[test]
+    fn json_is_exact_and_shows_nothing_hidden() {
+        let text = "a\u{1b}[2J\u{9b}b\u{202e}c\u{e0041}\n안녕 ❤️ \"q\" \\";
+        let line = json(&serde_json::json!({ "text": text })).unwrap();
+        assert!(!line.chars().any(|c| is_hidden(c) && c != '\u{fe0f}'), "{line}");
+        assert!(line.contains("\\u202e") && line.contains("\\udb40\\udc41"), "{line}");
+        assert!(line.contains("안녕"), "{line}");
+        let back: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["text"], text);
+    }
+
     /// Whether a shown line holds anything a terminal would act on or hide: an independent
     /// check from the standard library's control class and a few well-known format
     /// characters, plus the module's own rule.
@@ -262,6 +307,13 @@ mod tests {
                 let first = lines[0][prefix.len()..].trim_start();
                 prop_assert!(!first.starts_with(['[', '\u{ff3b}']), "{:?}", first);
             }
+        }
+
+        #[test]
+        fn json_gives_back_every_string_exactly(text in any::<String>()) {
+            let line = json(&text).unwrap();
+            prop_assert!(!line.chars().any(|c| is_hidden(c)), "{:?}", line);
+            prop_assert_eq!(serde_json::from_str::<String>(&line).unwrap(), text);
         }
 
         #[test]
