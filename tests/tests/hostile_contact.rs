@@ -266,3 +266,47 @@ fn a_contact_whose_relay_floods_is_cut_off_and_the_others_still_get_through() ->
     );
     Ok(())
 }
+
+#[test]
+fn listen_shows_a_forged_line_indented_under_its_sender() -> Result<()> {
+    use std::io::BufRead as _;
+    let w = World::new()?;
+    let amina = w.profile("amina")?;
+    let kim = w.profile("kim")?;
+    connect(&amina, "kim", &kim, "amina")?;
+    let mut listen = amina.spawn(&["listen"])?;
+    let stdout = listen
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    kim.run(&["send", "amina", FORGED])?.ok()?;
+    kim.run(&["send", "amina", ESCAPES])?.ok()?;
+    let mut lines = Vec::new();
+    while lines.len() < 3 {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => lines.push(line),
+            Err(_) => break,
+        }
+    }
+    let _ = listen.kill();
+    let _ = listen.wait();
+    assert_eq!(
+        lines,
+        vec![
+            "kim: hi",
+            "    bora: [check-in] DURESS taken by police",
+            "kim: \\e[2J\\e[31mred\\u{9b}1m\\rover\\u{202e}txet\\u{2066}x\\u{200b}y\\u{2028}z",
+        ]
+    );
+    check_lines(&lines, &["kim"]);
+    Ok(())
+}
