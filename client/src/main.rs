@@ -285,7 +285,11 @@ fn print_received(r: &Received, json: bool) -> anyhow::Result<()> {
         });
         writeln!(out, "{}", screen::json(&v)?)?;
     } else {
-        writeln!(out, "{}", screen::message(&r.from, &r.text, r.kind == "text"))?;
+        writeln!(
+            out,
+            "{}",
+            screen::message(&r.from, &r.text, r.kind == "text")
+        )?;
     }
     out.flush()?;
     drop(out);

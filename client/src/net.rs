@@ -389,8 +389,7 @@ impl RelayConnection {
         self.records.close();
         self.inbox.replies.clear();
         self.inbox.pushes.clear();
-        self.connection
-            .close(CLOSE_MISBEHAVED.into(), b"");
+        self.connection.close(CLOSE_MISBEHAVED.into(), b"");
         ClientError::RelayMisbehaved(why)
     }
 
@@ -612,7 +611,9 @@ mod tests {
         // The same reply again is one nobody asked for.
         assert!(inbox.file(reply(7)).is_err());
         assert_eq!(inbox.replies.len(), 1);
-        assert!(inbox.take_reply(CorrId::from_bytes(7u64.to_be_bytes())).is_some());
+        assert!(inbox
+            .take_reply(CorrId::from_bytes(7u64.to_be_bytes()))
+            .is_some());
         assert!(inbox.replies.is_empty());
     }
 

@@ -131,16 +131,17 @@ pub fn message(name: &str, text: &str, is_text: bool) -> String {
             out.push_str(INDENT);
         }
         if i == 0 && is_text {
-            let blank = line.len() - line.trim_start().len();
-            let (lead, rest) = line.split_at(blank);
+            let body = line.trim_start();
+            let lead = line.get(..line.len() - body.len()).unwrap_or_default();
             escape_into(&mut out, lead);
-            if let Some(tail) = rest.strip_prefix(['[', '\u{ff3b}']) {
+            let mut chars = body.chars();
+            if let Some(bracket @ ('[' | '\u{ff3b}')) = chars.next() {
                 out.push('\\');
-                out.push_str(&rest[..rest.len() - tail.len()]);
-                escape_into(&mut out, tail);
-                continue;
+                out.push(bracket);
+                escape_into(&mut out, chars.as_str());
+            } else {
+                escape_into(&mut out, body);
             }
-            escape_into(&mut out, rest);
             continue;
         }
         escape_into(&mut out, line);
@@ -158,16 +159,17 @@ impl serde_json::ser::Formatter for SafeJson {
         writer: &mut W,
         fragment: &str,
     ) -> std::io::Result<()> {
-        let mut rest = fragment;
-        while let Some((at, c)) = rest.char_indices().find(|&(_, c)| is_hidden(c)) {
-            writer.write_all(rest[..at].as_bytes())?;
+        let bytes = fragment.as_bytes();
+        let mut start = 0;
+        for (at, c) in fragment.char_indices().filter(|&(_, c)| is_hidden(c)) {
+            writer.write_all(bytes.get(start..at).unwrap_or_default())?;
             let mut units = [0u16; 2];
             for unit in c.encode_utf16(&mut units) {
                 write!(writer, "\\u{unit:04x}")?;
             }
-            rest = &rest[at + c.len_utf8()..];
+            start = at + c.len_utf8();
         }
-        writer.write_all(rest.as_bytes())
+        writer.write_all(bytes.get(start..).unwrap_or_default())
     }
 }
 
@@ -175,7 +177,9 @@ impl serde_json::ser::Formatter for SafeJson {
 /// hidden characters of every string escaped as `\uXXXX`.
 pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
     let mut out = Vec::new();
-    value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, SafeJson))?;
+    value.serialize(&mut serde_json::Serializer::with_formatter(
+        &mut out, SafeJson,
+    ))?;
     // serde_json writes UTF-8 only.
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
@@ -211,7 +215,8 @@ mod tests {
         // Tags (invisible ASCII look-alikes) and a Hangul filler.
         assert_eq!(inline("x\u{e0041}\u{3164}"), "x\\u{e0041}\\u{3164}");
         // Ordinary text in any script is left alone, emoji presentation included.
-        for plain in ["안녕하세요", "你好，我很好", "Привет", "❤️ ok", "a b c"] {
+        for plain in ["안녕하세요", "你好，我很好", "Привет", "❤️ ok", "a b c"]
+        {
             assert_eq!(inline(plain), plain);
         }
         // A presentation selector after ASCII hides nothing useful and is escaped.
@@ -248,8 +253,14 @@ mod tests {
     fn json_is_exact_and_shows_nothing_hidden() {
         let text = "a\u{1b}[2J\u{9b}b\u{202e}c\u{e0041}\n안녕 ❤️ \"q\" \\";
         let line = json(&serde_json::json!({ "text": text })).unwrap();
-        assert!(!line.chars().any(|c| is_hidden(c) && c != '\u{fe0f}'), "{line}");
-        assert!(line.contains("\\u202e") && line.contains("\\udb40\\udc41"), "{line}");
+        assert!(
+            !line.chars().any(|c| is_hidden(c) && c != '\u{fe0f}'),
+            "{line}"
+        );
+        assert!(
+            line.contains("\\u202e") && line.contains("\\udb40\\udc41"),
+            "{line}"
+        );
         assert!(line.contains("안녕"), "{line}");
         let back: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(back["text"], text);
@@ -275,9 +286,26 @@ mod tests {
         prop_oneof![
             any::<char>(),
             prop::sample::select(vec![
-                '\n', '\r', '\u{1b}', '\t', '\u{7f}', '\u{85}', '\u{9b}', '\u{2028}', '\u{2029}',
-                '\u{202e}', '\u{2066}', '\u{200b}', '\u{200d}', '\u{feff}', '\u{fe0f}', '[',
-                ':', ' ', 'b', '\u{e0001}',
+                '\n',
+                '\r',
+                '\u{1b}',
+                '\t',
+                '\u{7f}',
+                '\u{85}',
+                '\u{9b}',
+                '\u{2028}',
+                '\u{2029}',
+                '\u{202e}',
+                '\u{2066}',
+                '\u{200b}',
+                '\u{200d}',
+                '\u{feff}',
+                '\u{fe0f}',
+                '[',
+                ':',
+                ' ',
+                'b',
+                '\u{e0001}',
             ]),
         ]
     }
@@ -312,7 +340,7 @@ mod tests {
         #[test]
         fn json_gives_back_every_string_exactly(text in any::<String>()) {
             let line = json(&text).unwrap();
-            prop_assert!(!line.chars().any(|c| is_hidden(c)), "{:?}", line);
+            prop_assert!(!line.chars().any(is_hidden), "{:?}", line);
             prop_assert_eq!(serde_json::from_str::<String>(&line).unwrap(), text);
         }
 

@@ -110,8 +110,16 @@ async fn serve(
     let first = read_record(&mut stream.reader)
         .await?
         .ok_or_else(|| anyhow!("no handshake"))?;
-    let accepted = noise::respond(&identity.keypair, noise::SUPPORTED_VERSIONS, &first, &mut OsRng)?;
-    stream.writer.write_record(accepted.reply.as_bytes()).await?;
+    let accepted = noise::respond(
+        &identity.keypair,
+        noise::SUPPORTED_VERSIONS,
+        &first,
+        &mut OsRng,
+    )?;
+    stream
+        .writer
+        .write_record(accepted.reply.as_bytes())
+        .await?;
     let mut session = accepted
         .session
         .ok_or_else(|| anyhow!("no common version"))?;
@@ -132,7 +140,10 @@ async fn serve(
                 entity: EntityId::NONE,
                 kind: ReplyKind::End,
             };
-            flood(&mut stream.writer, &mut session, n, sent, |_| Ok(push.clone())).await
+            flood(&mut stream.writer, &mut session, n, sent, |_| {
+                Ok(push.clone())
+            })
+            .await
         }
         Misbehaviour::UnaskedReplies(n) => {
             flood(&mut stream.writer, &mut session, n, sent, |i| {
@@ -189,9 +200,12 @@ async fn flood<W: RecordWriter>(
         }
         let record = session.seal(&builder.finish())?;
         // A client that closed the connection makes this fail: the flood stops there.
-        tokio::time::timeout(Duration::from_secs(5), writer.write_record(record.as_bytes()))
-            .await
-            .map_err(|_| anyhow!("the client stopped reading"))??;
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            writer.write_record(record.as_bytes()),
+        )
+        .await
+        .map_err(|_| anyhow!("the client stopped reading"))??;
         sent.fetch_add(in_block, Ordering::SeqCst);
     }
     Ok(())

@@ -19,8 +19,8 @@ use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind};
 use tidings_protocol::ids::EntityId;
 use tidings_protocol::keys::RelayKeypair;
 use tidings_protocol::noise::RECORD_LEN;
-use tidings_tests::proto::{connect, honest_round_trip, parse_address, TestQueue, TestSender};
 use tidings_tests::hostile_relay::{HostileRelay, Misbehaviour};
+use tidings_tests::proto::{connect, honest_round_trip, parse_address, TestQueue, TestSender};
 use tidings_tests::{rss_kib, RelayProcess};
 
 /// Ceiling on the relay's resident memory during these attacks.
@@ -313,7 +313,8 @@ async fn a_relay_that_floods_pushes_is_cut_off_before_the_client_buffers_more_th
     let total = 100 * MAX_BUFFERED_PUSHES;
     let (err, relay) = cut_off_by(Misbehaviour::FloodPushes(total)).await?;
     assert!(
-        err.to_string().contains("pushed more than the client keeps"),
+        err.to_string()
+            .contains("pushed more than the client keeps"),
         "{err}"
     );
     // The client stopped the flood: most of it could never be written.
@@ -328,13 +329,20 @@ async fn a_relay_that_floods_pushes_is_cut_off_before_the_client_buffers_more_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_answers_what_nobody_asked_is_cut_off() -> Result<()> {
     let (err, _relay) = cut_off_by(Misbehaviour::UnaskedReplies(100_000)).await?;
-    assert!(err.to_string().contains("a reply to nothing that was asked"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("a reply to nothing that was asked"),
+        "{err}"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_sends_a_record_that_does_not_open_is_cut_off() -> Result<()> {
     let (err, _relay) = cut_off_by(Misbehaviour::GarbageRecord).await?;
-    assert!(err.to_string().contains("a record that does not open"), "{err}");
+    assert!(
+        err.to_string().contains("a record that does not open"),
+        "{err}"
+    );
     Ok(())
 }

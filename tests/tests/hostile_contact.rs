@@ -69,9 +69,15 @@ fn a_contact_cannot_forge_a_line_a_marker_or_a_name_on_screen() -> Result<()> {
 
     kim.run(&["send", "amina", FORGED])?.ok()?;
     kim.run(&["send", "amina", ESCAPES])?.ok()?;
-    kim.run(&["send", "amina", "[check-in] all is well"])?.ok()?;
-    kim.run(&["checkin", "amina", "--note", "fine\nbora: [check-in] DURESS"])?
+    kim.run(&["send", "amina", "[check-in] all is well"])?
         .ok()?;
+    kim.run(&[
+        "checkin",
+        "amina",
+        "--note",
+        "fine\nbora: [check-in] DURESS",
+    ])?
+    .ok()?;
     let shown = stdout_lines(&amina, &["sync"])?;
     assert_eq!(
         shown,
@@ -127,7 +133,10 @@ fn a_contact_cannot_forge_a_line_a_marker_or_a_name_on_screen() -> Result<()> {
     }
     // JSON names the contact exactly.
     let json = stdout_lines(&amina, &["contacts", "--json"])?;
-    assert!(json.iter().any(|l| l.contains("kim\\u202e\\u200b")), "{json:?}");
+    assert!(
+        json.iter().any(|l| l.contains("kim\\u202e\\u200b")),
+        "{json:?}"
+    );
     Ok(())
 }
 

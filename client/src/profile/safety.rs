@@ -139,9 +139,7 @@ impl Profile {
         let mut out: Vec<DueEntry> = self
             .contacts_raw()?
             .iter()
-            .filter_map(|c| {
-                due_entry(&c.label, c.checkin_state(), now)
-            })
+            .filter_map(|c| due_entry(&c.label, c.checkin_state(), now))
             .collect();
         sort_due(&mut out);
         Ok(out)
