@@ -253,6 +253,8 @@ impl RelayConnection {
         for round in requests.chunks(MAX_IN_FLIGHT) {
             let mut builder = BlockBuilder::new();
             for request in round {
+                // Requests made on another connection (replay tests) are awaited here too.
+                self.inbox.awaited.insert(request.corr);
                 let frame = request.encode()?;
                 if !builder.fits(frame.len()) && !builder.is_empty() {
                     let full = std::mem::take(&mut builder);
