@@ -28,6 +28,13 @@ pub enum ClientError {
     /// The relay answered with an error.
     #[error("the relay refused the request: {0}")]
     Relay(ErrorCode),
+    /// The relay sent what no honest relay sends: a reply to nothing that was asked, more
+    /// pushed frames than the client keeps, or a record that does not open. The connection
+    /// was closed; anything waiting to go to that relay stays in the outbox.
+    #[error(
+        "a relay broke the protocol ({0}) and was disconnected; messages for it stay in the outbox"
+    )]
+    RelayMisbehaved(&'static str),
     /// The relay sent something that is not valid protocol.
     #[error("protocol error: {0}")]
     Protocol(#[from] ProtocolError),

@@ -22,6 +22,8 @@
 //! - [`net`]: QUIC + Noise connection to a relay, requests and pushed replies.
 //! - [`safety`]: field-safety helpers (durations, PIN hashes, the missed-check-in report) for
 //!   the check-in, duress and retention features of [`profile::Profile`].
+//! - [`screen`]: how text from contacts (messages, notes) and names is shown on a terminal,
+//!   so it can never forge a line, a name or a marker.
 //! - [`harden`]: what the binary does to its own process first (no core dumps, not
 //!   dumpable), so secrets in memory do not end up on disk.
 //!
@@ -42,6 +44,7 @@ pub mod olm;
 pub mod profile;
 pub mod relay;
 pub mod safety;
+pub mod screen;
 pub mod store;
 
 pub use error::{ClientError, Result};

@@ -2,8 +2,13 @@
 //!
 //! Every command works on one profile home (`--home`, env `TIDINGS_HOME`, default the
 //! platform data dir) unlocked by a passphrase from env `TIDINGS_PASSPHRASE` or a prompt
-//! (never an argument). Read commands take `--json` (one JSON object per line). Errors are
-//! one line on stderr and a non-zero exit; they never name a contact, a relay or a key.
+//! (never an argument). Read commands take `--json` (one JSON object per line, every string
+//! exact, invisible and control characters `\u`-escaped). Errors are one line on stderr and a
+//! non-zero exit; they never name a contact, a relay or a key.
+//!
+//! Text from contacts (messages, check-in notes) and contact names are shown through
+//! [`tidings_client::screen`]: a message's further lines are indented under its sender, and
+//! control and invisible characters are shown escaped, so no text can forge a line.
 #![forbid(unsafe_code)]
 
 use std::io::Write as _;
@@ -16,7 +21,8 @@ use clap::{Parser, Subcommand};
 use tidings_client::lock::KeyFileWatch;
 use tidings_client::profile::{check_new_passphrase, Profile, Received};
 use tidings_client::relay::QuicConnector;
-use tidings_client::safety::format_duration;
+use tidings_client::safety::{format_duration, LATE_CHECKIN_SECS};
+use tidings_client::screen;
 use tidings_client::store::KdfParams;
 use tidings_client::ClientError;
 use zeroize::Zeroizing;
@@ -272,7 +278,19 @@ fn duration_or_off(text: &str) -> Result<Option<u64>, ClientError> {
     }
 }
 
+/// Debug builds only: `TIDINGS_INSECURE_NOW=UNIX_SECONDS` replaces the clock, so tests can
+/// send a check-in "hours ago". Release builds ignore it, like `TIDINGS_INSECURE_FAST_KDF`.
+const INSECURE_NOW_ENV: &str = "TIDINGS_INSECURE_NOW";
+
 fn now() -> u64 {
+    if cfg!(debug_assertions) {
+        if let Some(t) = std::env::var(INSECURE_NOW_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            return t;
+        }
+    }
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -336,7 +354,12 @@ fn friendly(e: ClientError) -> anyhow::Error {
     }
 }
 
+/// Prints one received message: `NAME: TEXT` with further lines indented and hidden
+/// characters escaped ([`screen::message`]), or one exact JSON object. A check-in that arrived
+/// more than [`LATE_CHECKIN_SECS`] after it was sent also gets a warning on stderr.
 fn print_received(r: &Received, json: bool) -> anyhow::Result<()> {
+    // Never later than its arrival: a clock running ahead does not hide a delay.
+    let delay = r.arrived_at.saturating_sub(r.sent_at.min(r.arrived_at));
     let mut out = std::io::stdout().lock();
     if json {
         let v = serde_json::json!({
@@ -344,12 +367,26 @@ fn print_received(r: &Received, json: bool) -> anyhow::Result<()> {
             "kind": r.kind,
             "text": r.text,
             "sent_at": r.sent_at,
+            "arrived_at": r.arrived_at,
+            "delay_secs": delay,
         });
-        writeln!(out, "{v}")?;
+        writeln!(out, "{}", screen::json(&v)?)?;
     } else {
-        writeln!(out, "{}: {}", r.from, r.text)?;
+        writeln!(
+            out,
+            "{}",
+            screen::message(&r.from, &r.text, r.kind == "text")
+        )?;
     }
     out.flush()?;
+    drop(out);
+    if r.kind != "text" && delay > LATE_CHECKIN_SECS {
+        eprintln!(
+            "warning: this check-in from {} arrived {} after it was sent; a relay may have held it back",
+            screen::inline(&r.from),
+            format_duration(delay)
+        );
+    }
     Ok(())
 }
 
@@ -533,8 +570,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     };
                     match r {
                         Ok(()) => return Ok(false),
-                        Err(e) if is_network(&e) => {
-                            eprintln!("relay unreachable; retrying in {backoff} s");
+                        Err(e) if is_network(&e) || matches!(e, ClientError::RelayMisbehaved(_)) => {
+                            if is_network(&e) {
+                                eprintln!("relay unreachable; retrying in {backoff} s");
+                            } else {
+                                eprintln!("{e}; retrying in {backoff} s");
+                            }
                             tokio::select! {
                                 _ = tokio::time::sleep(std::time::Duration::from_secs(backoff)) => {}
                                 _ = tokio::signal::ctrl_c() => return Ok(false),
@@ -570,13 +611,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut out = std::io::stdout().lock();
             for c in profile.contacts()? {
                 if json {
-                    writeln!(out, "{}", serde_json::to_string(&c)?)?;
+                    writeln!(out, "{}", screen::json(&c)?)?;
                 } else {
                     let verified = if c.verified { ", verified" } else { "" };
                     writeln!(
                         out,
                         "{} ({}{verified}){}",
-                        c.name,
+                        screen::inline(&c.name),
                         c.state,
                         checkin_summary(&c, now())
                     )?;
@@ -588,11 +629,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut out = std::io::stdout().lock();
             for h in profile.history(&name)? {
                 if json {
-                    writeln!(out, "{}", serde_json::to_string(&h)?)?;
-                } else if h.direction == "out" {
-                    writeln!(out, "me: {}", h.text)?;
+                    writeln!(out, "{}", screen::json(&h)?)?;
                 } else {
-                    writeln!(out, "{name}: {}", h.text)?;
+                    let from = if h.direction == "out" { "me" } else { &name };
+                    writeln!(out, "{}", screen::message(from, &h.text, h.kind == "text"))?;
                 }
             }
         }
@@ -678,7 +718,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut out = std::io::stdout().lock();
             for d in &due {
                 if json {
-                    writeln!(out, "{}", serde_json::to_string(d)?)?;
+                    writeln!(out, "{}", screen::json(&d)?)?;
                 } else {
                     writeln!(out, "{}", d.line())?;
                 }
@@ -759,7 +799,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .iter()
                     .any(|c| c.name == name && c.verified);
                 let v = serde_json::json!({ "contact": name, "code": code, "verified": verified });
-                println!("{v}");
+                println!("{}", screen::json(&v)?);
             } else {
                 println!("{code}");
             }

@@ -10,8 +10,14 @@
 //!
 //! A background task reads whole records from the stream into a small channel, so every wait
 //! here can time out without losing half a record. The driver never logs.
+//!
+//! The relay is not trusted with the client's memory: a contact chooses the relay that the
+//! client sends to them through. Replies are kept only for requests in flight (at most
+//! [`MAX_IN_FLIGHT`], so at most [`MAX_BUFFERED_REPLIES`]), pushed frames up to
+//! [`MAX_BUFFERED_PUSHES`]. A reply nobody asked for, a push past that cap, or a record or
+//! frame that does not decode closes the connection with [`ClientError::RelayMisbehaved`].
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +48,63 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Records the reader task may hold before it stops reading (and the relay stops sending).
 const READ_AHEAD: usize = 16;
 
+/// Most requests waiting for their replies at once: [`RelayConnection::batch`] sends longer
+/// batches in rounds of this many.
+pub const MAX_IN_FLIGHT: usize = 128;
+
+/// Most replies kept while waiting for another one. An honest relay never gets near it (it
+/// answers only requests in flight); one more closes the connection.
+pub const MAX_BUFFERED_REPLIES: usize = MAX_IN_FLIGHT;
+
+/// Most pushed frames kept until [`RelayConnection::next_push`] takes them (at most about
+/// 32 MiB of message bodies). An honest relay pushes at most one unacked message per
+/// subscribed queue, plus an `End` for each queue another connection takes over: twice the
+/// relay's default limit of 1,024 subscriptions per connection. One more closes the
+/// connection.
+pub const MAX_BUFFERED_PUSHES: usize = 2_048;
+
+/// The QUIC application close code the client uses when a relay broke the protocol.
+const CLOSE_MISBEHAVED: u32 = 1;
+
+/// Replies and pushes that arrived but were not taken yet, and the corr ids still awaited.
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    /// Corr ids handed out whose reply has not arrived yet.
+    awaited: HashSet<CorrId>,
+    /// Replies that arrived while waiting for another one.
+    replies: VecDeque<Reply>,
+    /// Pushed frames not yet taken by [`RelayConnection::next_push`].
+    pushes: VecDeque<Reply>,
+}
+
+impl Inbox {
+    /// Files one frame from the relay as a push or as the reply to an awaited request, or
+    /// says why the relay may not send it.
+    fn file(&mut self, reply: Reply) -> std::result::Result<(), &'static str> {
+        if reply.corr == CorrId::PUSH {
+            if self.pushes.len() >= MAX_BUFFERED_PUSHES {
+                return Err("it pushed more than the client keeps");
+            }
+            self.pushes.push_back(reply);
+        } else {
+            if !self.awaited.remove(&reply.corr) {
+                return Err("a reply to nothing that was asked");
+            }
+            if self.replies.len() >= MAX_BUFFERED_REPLIES {
+                return Err("more replies than requests in flight");
+            }
+            self.replies.push_back(reply);
+        }
+        Ok(())
+    }
+
+    /// Takes the reply with `corr`, if it arrived.
+    fn take_reply(&mut self, corr: CorrId) -> Option<Reply> {
+        let pos = self.replies.iter().position(|r| r.corr == corr)?;
+        self.replies.remove(pos)
+    }
+}
+
 /// One QUIC connection to a relay with a Noise session on its single bidirectional stream.
 pub struct RelayConnection {
     endpoint: quinn::Endpoint,
@@ -51,10 +114,9 @@ pub struct RelayConnection {
     reader: JoinHandle<()>,
     session: Session,
     next_corr: u64,
-    /// Replies that arrived while waiting for another one.
-    replies: VecDeque<Reply>,
-    /// Pushed frames not yet taken by [`RelayConnection::next_push`].
-    pushes: VecDeque<Reply>,
+    inbox: Inbox,
+    /// Why the connection was closed, once the relay broke the protocol.
+    broken: Option<&'static str>,
 }
 
 impl std::fmt::Debug for RelayConnection {
@@ -124,8 +186,8 @@ impl RelayConnection {
             reader,
             session,
             next_corr: 0,
-            replies: VecDeque::new(),
-            pushes: VecDeque::new(),
+            inbox: Inbox::default(),
+            broken: None,
         })
     }
 
@@ -134,10 +196,24 @@ impl RelayConnection {
         self.session.binding()
     }
 
-    /// A fresh correlation id (never [`CorrId::PUSH`]).
+    /// A fresh correlation id (never [`CorrId::PUSH`]); its reply will be accepted.
     pub fn next_corr(&mut self) -> CorrId {
         self.next_corr = self.next_corr.wrapping_add(1).max(1);
-        CorrId::from_bytes(self.next_corr.to_be_bytes())
+        let corr = CorrId::from_bytes(self.next_corr.to_be_bytes());
+        self.inbox.awaited.insert(corr);
+        corr
+    }
+
+    /// Accepts a reply with `corr`, for a request made by hand with a corr id that did not
+    /// come from [`RelayConnection::next_corr`] (adversarial tests). Any other reply closes
+    /// the connection.
+    pub fn expect_reply(&mut self, corr: CorrId) {
+        self.inbox.awaited.insert(corr);
+    }
+
+    /// How many replies and pushed frames wait to be taken (for tests of the caps).
+    pub fn buffered(&self) -> (usize, usize) {
+        (self.inbox.replies.len(), self.inbox.pushes.len())
     }
 
     /// A request with a fresh corr id, signed with `key` over this session's binding.
@@ -171,25 +247,30 @@ impl RelayConnection {
     }
 
     /// Sends many requests packed into as few blocks as fit and returns their replies in
-    /// request order.
+    /// request order. More than [`MAX_IN_FLIGHT`] go in rounds: each round's replies are in
+    /// before the next round is sent.
     pub async fn batch(&mut self, requests: Vec<Request>) -> Result<Vec<Reply>> {
-        let corrs: Vec<CorrId> = requests.iter().map(|r| r.corr).collect();
-        let mut builder = BlockBuilder::new();
-        for request in &requests {
-            let frame = request.encode()?;
-            if !builder.fits(frame.len()) && !builder.is_empty() {
-                let full = std::mem::take(&mut builder);
-                self.send_block(&full.finish()).await?;
-                self.drain_ready()?;
+        self.check_open()?;
+        let mut out = Vec::with_capacity(requests.len());
+        for round in requests.chunks(MAX_IN_FLIGHT) {
+            let mut builder = BlockBuilder::new();
+            for request in round {
+                // Requests made on another connection (replay tests) are awaited here too.
+                self.inbox.awaited.insert(request.corr);
+                let frame = request.encode()?;
+                if !builder.fits(frame.len()) && !builder.is_empty() {
+                    let full = std::mem::take(&mut builder);
+                    self.send_block(&full.finish()).await?;
+                    self.drain_ready()?;
+                }
+                builder.push(&frame)?;
             }
-            builder.push(&frame)?;
-        }
-        if !builder.is_empty() {
-            self.send_block(&builder.finish()).await?;
-        }
-        let mut out = Vec::with_capacity(corrs.len());
-        for corr in corrs {
-            out.push(self.wait_reply(corr).await?);
+            if !builder.is_empty() {
+                self.send_block(&builder.finish()).await?;
+            }
+            for request in round {
+                out.push(self.wait_reply(request.corr).await?);
+            }
         }
         Ok(out)
     }
@@ -197,7 +278,8 @@ impl RelayConnection {
     /// The next pushed frame (a `Message` or `End` with corr [`CorrId::PUSH`]), or `None`
     /// when nothing arrives within `timeout`.
     pub async fn next_push(&mut self, timeout: Duration) -> Result<Option<Reply>> {
-        if let Some(push) = self.pushes.pop_front() {
+        self.check_open()?;
+        if let Some(push) = self.inbox.pushes.pop_front() {
             return Ok(Some(push));
         }
         let deadline = tokio::time::Instant::now() + timeout;
@@ -207,7 +289,7 @@ impl RelayConnection {
                 Ok(None) => return Err(ClientError::ConnectionLost),
                 Ok(Some(record)) => self.take_record(&record)?,
             }
-            if let Some(push) = self.pushes.pop_front() {
+            if let Some(push) = self.inbox.pushes.pop_front() {
                 return Ok(Some(push));
             }
         }
@@ -215,6 +297,7 @@ impl RelayConnection {
 
     /// Seals `block` and writes it as one record.
     pub async fn send_block(&mut self, block: &Block) -> Result<()> {
+        self.check_open()?;
         let record = self.session.seal(block)?;
         self.send_raw(record.as_bytes()).await
     }
@@ -269,12 +352,11 @@ impl RelayConnection {
     }
 
     async fn wait_reply(&mut self, corr: CorrId) -> Result<Reply> {
+        self.check_open()?;
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         loop {
-            if let Some(pos) = self.replies.iter().position(|r| r.corr == corr) {
-                if let Some(reply) = self.replies.remove(pos) {
-                    return Ok(reply);
-                }
+            if let Some(reply) = self.inbox.take_reply(corr) {
+                return Ok(reply);
             }
             match tokio::time::timeout_at(deadline, self.records.recv()).await {
                 Err(_) => return Err(ClientError::Timeout),
@@ -284,18 +366,43 @@ impl RelayConnection {
         }
     }
 
-    /// Opens one record and files its frames as replies or pushes.
+    /// Opens one record and files its frames as replies or pushes; closes the connection if
+    /// the relay sent what it may not.
     fn take_record(&mut self, record: &[u8]) -> Result<()> {
-        let block = self.session.open(record)?;
-        for frame in block.frames()? {
-            let reply = Reply::decode(frame)?;
-            if reply.corr == CorrId::PUSH {
-                self.pushes.push_back(reply);
-            } else {
-                self.replies.push_back(reply);
+        let Ok(block) = self.session.open(record) else {
+            return Err(self.misbehaved("a record that does not open"));
+        };
+        let Ok(frames) = block.frames() else {
+            return Err(self.misbehaved("a malformed block"));
+        };
+        for frame in frames {
+            let Ok(reply) = Reply::decode(frame) else {
+                return Err(self.misbehaved("a malformed reply"));
+            };
+            if let Err(why) = self.inbox.file(reply) {
+                return Err(self.misbehaved(why));
             }
         }
         Ok(())
+    }
+
+    /// Closes the connection at once, drops whatever the relay sent, and remembers why.
+    fn misbehaved(&mut self, why: &'static str) -> ClientError {
+        self.broken = Some(why);
+        self.reader.abort();
+        self.records.close();
+        self.inbox.replies.clear();
+        self.inbox.pushes.clear();
+        self.connection.close(CLOSE_MISBEHAVED.into(), b"");
+        ClientError::RelayMisbehaved(why)
+    }
+
+    /// Fails once the connection was closed because the relay broke the protocol.
+    fn check_open(&self) -> Result<()> {
+        match self.broken {
+            Some(why) => Err(ClientError::RelayMisbehaved(why)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -452,5 +559,78 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tidings_protocol::command::ReplyKind;
+    use tidings_protocol::ids::MessageId;
+
+    use super::*;
+
+    fn push(n: u8) -> Reply {
+        Reply {
+            corr: CorrId::PUSH,
+            entity: EntityId::from_bytes([n; 24]),
+            kind: ReplyKind::Message {
+                id: MessageId::from_bytes([n; 24]),
+                body: vec![n; 16_000],
+            },
+        }
+    }
+
+    fn reply(corr: u64) -> Reply {
+        Reply {
+            corr: CorrId::from_bytes(corr.to_be_bytes()),
+            entity: EntityId::NONE,
+            kind: ReplyKind::Pong,
+        }
+    }
+
+    #[test]
+    fn pushes_beyond_the_cap_are_refused_and_the_buffer_stays_bounded() {
+        let mut inbox = Inbox::default();
+        for i in 0..MAX_BUFFERED_PUSHES {
+            inbox.file(push(i as u8)).unwrap();
+        }
+        assert!(inbox.file(push(0)).is_err());
+        assert_eq!(inbox.pushes.len(), MAX_BUFFERED_PUSHES);
+        // Taking one makes room for one.
+        inbox.pushes.pop_front();
+        inbox.file(push(1)).unwrap();
+    }
+
+    #[test]
+    fn only_awaited_replies_are_kept_each_once() {
+        let mut inbox = Inbox::default();
+        assert_eq!(
+            inbox.file(reply(7)),
+            Err("a reply to nothing that was asked")
+        );
+        inbox.awaited.insert(CorrId::from_bytes(7u64.to_be_bytes()));
+        inbox.file(reply(7)).unwrap();
+        // The same reply again is one nobody asked for.
+        assert!(inbox.file(reply(7)).is_err());
+        assert_eq!(inbox.replies.len(), 1);
+        assert!(inbox
+            .take_reply(CorrId::from_bytes(7u64.to_be_bytes()))
+            .is_some());
+        assert!(inbox.replies.is_empty());
+    }
+
+    #[test]
+    fn replies_never_outgrow_the_requests_in_flight() {
+        let mut inbox = Inbox::default();
+        for corr in 1..=(MAX_BUFFERED_REPLIES as u64 + 1) {
+            inbox.awaited.insert(CorrId::from_bytes(corr.to_be_bytes()));
+        }
+        for corr in 1..=(MAX_BUFFERED_REPLIES as u64) {
+            inbox.file(reply(corr)).unwrap();
+        }
+        assert!(inbox.file(reply(MAX_BUFFERED_REPLIES as u64 + 1)).is_err());
+        assert_eq!(inbox.replies.len(), MAX_BUFFERED_REPLIES);
     }
 }

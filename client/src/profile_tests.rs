@@ -486,7 +486,8 @@ async fn a_duress_check_in_is_the_same_size_and_leaves_the_same_trace_on_the_sen
     let due = a.due(NOW + 10).unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].name, "bora");
-    assert_eq!(due[0].line(), "bora: DURESS check-in 5s ago");
+    // Counted from when it was sent (NOW), not from when it arrived (NOW + 5).
+    assert_eq!(due[0].line(), "bora: DURESS check-in 10s ago");
 }
 
 #[tokio::test]
@@ -751,4 +752,92 @@ async fn a_message_too_long_says_the_limit_in_bytes_and_characters() {
          or Chinese characters 3); shorten it or send it in parts"
     );
     assert!(a.history("bora").unwrap().is_empty(), "nothing was stored");
+}
+
+const HOUR: u64 = 3_600;
+
+#[tokio::test]
+async fn a_check_in_held_back_by_the_relay_counts_from_when_it_was_sent() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 2);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    a.expect("bora", Some(2 * HOUR), NOW).unwrap();
+    // Bora checks in at NOW + 1 h; the relay holds it until NOW + 4 h.
+    b.checkin(&w.net, "amina", "at the market", None, NOW + HOUR)
+        .await
+        .unwrap();
+    let report = a.sync(&w.net, NOW + 4 * HOUR).await.unwrap();
+    assert_eq!(report.received.len(), 1);
+    assert_eq!(report.received[0].sent_at, NOW + HOUR);
+    assert_eq!(report.received[0].arrived_at, NOW + 4 * HOUR);
+    // Its deadline was NOW + 3 h: an hour overdue at arrival, and flagged late.
+    let due = a.due(NOW + 4 * HOUR).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].state, crate::safety::DueState::Overdue);
+    assert_eq!(due[0].overdue_secs, HOUR);
+    assert_eq!(due[0].last_sent_at, Some(NOW + HOUR));
+    assert_eq!(due[0].last_arrived_at, Some(NOW + 4 * HOUR));
+    assert_eq!(due[0].delay_secs, Some(3 * HOUR));
+    assert!(due[0].late);
+    assert_eq!(
+        due[0].line(),
+        "bora: overdue by 1h (expected every 2h); warning: the latest check-in arrived 3h after \
+         it was sent"
+    );
+}
+
+#[tokio::test]
+async fn a_sender_clock_ahead_cannot_push_the_deadline_out() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    a.expect("bora", Some(HOUR), NOW).unwrap();
+    // Sent "a day from now": taken as sent when it arrived.
+    b.checkin(&w.net, "amina", "", None, NOW + 24 * HOUR)
+        .await
+        .unwrap();
+    a.sync(&w.net, NOW + 10).await.unwrap();
+    assert!(a.due(NOW + 10 + HOUR).unwrap().is_empty());
+    let due = a.due(NOW + 11 + HOUR).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].overdue_secs, 1);
+    assert_eq!(due[0].last_sent_at, Some(NOW + 10));
+    assert!(!due[0].late);
+}
+
+#[tokio::test]
+async fn a_duress_check_in_held_back_behind_a_later_one_still_shows() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    b.set_checkin_pin("1357").unwrap();
+    b.set_duress_pin("8642").unwrap();
+    b.checkin(&w.net, "amina", "", Some("8642"), NOW + 10)
+        .await
+        .unwrap();
+    b.checkin(&w.net, "amina", "", Some("1357"), NOW + 20)
+        .await
+        .unwrap();
+    // The relay delivers the later, normal one first.
+    w.queue_of(1).rotate_left(1);
+    let report = a.sync(&w.net, NOW + 30).await.unwrap();
+    assert_eq!(
+        texts(&report),
+        vec!["bora: [check-in]", "bora: [check-in] DURESS"]
+    );
+    let due = a.due(NOW + 30).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].state, crate::safety::DueState::Duress);
+    assert_eq!(due[0].line(), "bora: DURESS check-in 20s ago");
+    // The latest check-in is still the normal one: its time counts for `expect`.
+    assert_eq!(due[0].last_sent_at, Some(NOW + 20));
+    // A normal check-in sent after the duress one clears the mark.
+    b.checkin(&w.net, "amina", "", Some("1357"), NOW + 40)
+        .await
+        .unwrap();
+    a.sync(&w.net, NOW + 50).await.unwrap();
+    assert!(a.due(NOW + 50).unwrap().is_empty());
 }

@@ -141,6 +141,10 @@ impl PinHash {
     }
 }
 
+/// A check-in that arrives more than this long (seconds) after it was sent is reported as
+/// late: a relay may have held it back (or the sender's clock is behind).
+pub const LATE_CHECKIN_SECS: u64 = 3_600;
+
 /// Why a contact is in the `due` report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -149,6 +153,9 @@ pub enum DueState {
     Duress,
     /// No check-in within the expected interval.
     Overdue,
+    /// On time, but their latest check-in arrived more than [`LATE_CHECKIN_SECS`] after it
+    /// was sent.
+    Late,
 }
 
 /// One line of `tidings due`.
@@ -156,36 +163,73 @@ pub enum DueState {
 pub struct DueEntry {
     /// Our name for the contact.
     pub name: String,
-    /// Duress or overdue.
+    /// Duress, overdue or late.
     pub state: DueState,
     /// Seconds overdue (0 for a duress entry that is otherwise on time).
     pub overdue_secs: u64,
     /// The expected interval, if one is set.
     pub every_secs: Option<u64>,
-    /// Seconds since the latest check-in, if there was one.
+    /// Seconds since the latest check-in was sent, if there was one.
     pub since_checkin_secs: Option<u64>,
+    /// When the latest check-in was sent (unix seconds, its authenticated `sent_at`, never
+    /// later than its arrival).
+    pub last_sent_at: Option<u64>,
+    /// When the latest check-in arrived (unix seconds, this device's clock).
+    pub last_arrived_at: Option<u64>,
+    /// How long the latest check-in took from sending to arrival (seconds).
+    pub delay_secs: Option<u64>,
+    /// Whether that delay was over [`LATE_CHECKIN_SECS`].
+    pub late: bool,
+    /// When the latest duress check-in was sent, if the contact is marked DURESS.
+    pub duress_sent_at: Option<u64>,
 }
 
 impl DueEntry {
-    /// The line a person reads, starting with the name.
+    /// The line a person reads, starting with the name (escaped as
+    /// [`crate::screen::inline`] does).
     pub fn line(&self) -> String {
-        match self.state {
+        let name = crate::screen::inline(&self.name);
+        let mut line = match self.state {
             DueState::Duress => {
                 let ago = self
-                    .since_checkin_secs
+                    .duress_ago()
                     .map(|s| format!("{} ago", format_duration(s)))
                     .unwrap_or_default();
-                format!("{}: DURESS check-in {ago}", self.name)
+                format!("{name}: DURESS check-in {ago}")
                     .trim_end()
                     .to_string()
             }
             DueState::Overdue => format!(
-                "{}: overdue by {} (expected every {})",
-                self.name,
+                "{name}: overdue by {} (expected every {})",
                 format_duration(self.overdue_secs),
                 format_duration(self.every_secs.unwrap_or(0))
             ),
+            DueState::Late => {
+                let mut l = format!(
+                    "{name}: checked in {} ago",
+                    format_duration(self.since_checkin_secs.unwrap_or(0))
+                );
+                if let Some(every) = self.every_secs {
+                    l.push_str(&format!(" (expected every {})", format_duration(every)));
+                }
+                l
+            }
+        };
+        if let (true, Some(delay)) = (self.late, self.delay_secs) {
+            line.push_str(&format!(
+                "; warning: the latest check-in arrived {} after it was sent",
+                format_duration(delay)
+            ));
         }
+        line
+    }
+
+    /// Seconds between the latest duress check-in's sending and the report.
+    fn duress_ago(&self) -> Option<u64> {
+        let since = self.since_checkin_secs?;
+        let last = self.last_sent_at?;
+        let duress = self.duress_sent_at?;
+        Some(since.saturating_add(last.saturating_sub(duress)))
     }
 }
 
@@ -196,44 +240,57 @@ pub struct CheckinState {
     pub every: Option<u64>,
     /// When `expect` was set.
     pub since: u64,
-    /// When the latest check-in arrived.
+    /// When the latest check-in was sent (its `sent_at`, never later than its arrival).
     pub last: Option<u64>,
-    /// When the latest check-in arrived, if it was under duress.
+    /// When the latest check-in arrived.
+    pub arrived: Option<u64>,
+    /// When the latest duress check-in was sent, if no normal check-in sent after it came.
     pub duress_at: Option<u64>,
 }
 
-/// The report for one contact at `now`, or `None` when the contact is on time.
+/// The report for one contact at `now`, or `None` when the contact is on time and its
+/// latest check-in was not late.
 pub fn due_entry(name: &str, state: CheckinState, now: u64) -> Option<DueEntry> {
     let since_checkin = state.last.map(|t| now.saturating_sub(t));
-    if state.duress_at.is_some() {
-        let overdue = state.every.map_or(0, |every| {
-            let base = state.last.unwrap_or(state.since);
-            now.saturating_sub(base.saturating_add(every))
-        });
-        return Some(DueEntry {
-            name: name.to_string(),
-            state: DueState::Duress,
-            overdue_secs: overdue,
-            every_secs: state.every,
-            since_checkin_secs: since_checkin,
-        });
-    }
-    let every = state.every?;
+    let delay = state
+        .last
+        .map(|sent| state.arrived.unwrap_or(sent).saturating_sub(sent));
+    let late = delay.is_some_and(|d| d > LATE_CHECKIN_SECS);
     let base = state.last.unwrap_or(state.since);
-    let deadline = base.saturating_add(every);
-    (now > deadline).then(|| DueEntry {
+    let overdue = state
+        .every
+        .map_or(0, |every| now.saturating_sub(base.saturating_add(every)));
+    let kind = if state.duress_at.is_some() {
+        DueState::Duress
+    } else if overdue > 0 {
+        DueState::Overdue
+    } else if late {
+        DueState::Late
+    } else {
+        return None;
+    };
+    Some(DueEntry {
         name: name.to_string(),
-        state: DueState::Overdue,
-        overdue_secs: now - deadline,
-        every_secs: Some(every),
+        state: kind,
+        overdue_secs: overdue,
+        every_secs: state.every,
         since_checkin_secs: since_checkin,
+        last_sent_at: state.last,
+        last_arrived_at: state.last.and(state.arrived.or(state.last)),
+        delay_secs: delay,
+        late,
+        duress_sent_at: state.duress_at,
     })
 }
 
-/// Orders a report: duress first, then the longest overdue.
+/// Orders a report: duress first, then the longest overdue, then late check-ins.
 pub fn sort_due(entries: &mut [DueEntry]) {
     entries.sort_by(|a, b| {
-        let rank = |e: &DueEntry| u8::from(e.state != DueState::Duress);
+        let rank = |e: &DueEntry| match e.state {
+            DueState::Duress => 0u8,
+            DueState::Overdue => 1,
+            DueState::Late => 2,
+        };
         rank(a)
             .cmp(&rank(b))
             .then(b.overdue_secs.cmp(&a.overdue_secs))
@@ -280,6 +337,7 @@ mod tests {
             every: Some(60),
             since: 1_000,
             last: Some(1_030),
+            arrived: Some(1_031),
             duress_at: None,
         };
         assert!(due_entry("a", s, 1_090).is_none());
@@ -299,12 +357,14 @@ mod tests {
             every: Some(3_600),
             since: 0,
             last: Some(100),
+            arrived: Some(100),
             duress_at: Some(100),
         };
         let late = CheckinState {
             every: Some(10),
             since: 0,
             last: None,
+            arrived: None,
             duress_at: None,
         };
         let mut all = vec![
@@ -315,6 +375,70 @@ mod tests {
         assert_eq!(all[0].name, "kim");
         assert_eq!(all[0].line(), "kim: DURESS check-in 5m ago");
         assert_eq!(all[1].name, "late");
+    }
+
+    #[test]
+    fn a_check_in_held_back_counts_from_when_it_was_sent_and_is_flagged_late() {
+        // Expected every 2 h; the latest check-in was sent at 10,000 and arrived 3 h later.
+        let held = CheckinState {
+            every: Some(7_200),
+            since: 0,
+            last: Some(10_000),
+            arrived: Some(10_000 + 10_800),
+            duress_at: None,
+        };
+        let now = 10_000 + 10_800 + 60;
+        let e = due_entry("bora", held, now).unwrap();
+        assert_eq!(e.state, DueState::Overdue);
+        assert_eq!(e.overdue_secs, 3_660);
+        assert!(e.late);
+        assert_eq!(e.delay_secs, Some(10_800));
+        assert_eq!(
+            e.line(),
+            "bora: overdue by 1h1m (expected every 2h); warning: the latest check-in arrived 3h \
+             after it was sent"
+        );
+        // Still on time by its sending time: listed as late, with the warning.
+        let fresh = CheckinState {
+            last: Some(now - 4_000),
+            arrived: Some(now - 10),
+            ..held
+        };
+        let e = due_entry("bora", fresh, now).unwrap();
+        assert_eq!(e.state, DueState::Late);
+        assert_eq!(
+            e.line(),
+            "bora: checked in 1h6m ago (expected every 2h); warning: the latest check-in arrived \
+             1h6m after it was sent"
+        );
+        // Up to an hour in transit is no warning.
+        let prompt = CheckinState {
+            last: Some(now - 3_000),
+            arrived: Some(now - 10),
+            ..held
+        };
+        assert!(due_entry("bora", prompt, now).is_none());
+        // Records from before arrival times were kept: no delay known, no warning.
+        let old = CheckinState {
+            last: Some(now - 100),
+            arrived: None,
+            ..held
+        };
+        assert!(due_entry("bora", old, now).is_none());
+    }
+
+    #[test]
+    fn a_name_in_the_due_report_cannot_forge_a_line() {
+        let s = CheckinState {
+            every: Some(60),
+            since: 0,
+            ..CheckinState::default()
+        };
+        let e = due_entry("x\nkim: DURESS\u{202e}", s, 120).unwrap();
+        assert_eq!(
+            e.line(),
+            "x\\nkim: DURESS\\u{202e}: overdue by 1m (expected every 1m)"
+        );
     }
 
     #[test]

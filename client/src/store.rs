@@ -837,16 +837,24 @@ impl Store {
 }
 
 /// Opens (or creates) the sled database in `dir`. The profile lock is held, so sled's own
-/// lock on its files is free unless something outside Tidings holds it.
+/// lock on its files is free, except for a moment after this process closed the same
+/// database (sled's background thread lets go of it shortly after the last handle): that is
+/// waited out, up to [`WAIT_FOR_LOCK`].
 fn open_sled(dir: &Path) -> Result<sled::Db> {
-    match sled::Config::new().path(dir).open() {
-        Ok(db) => Ok(db),
-        Err(sled::Error::Corruption { .. }) => Err(ClientError::CorruptStore),
-        Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
-            Err(ClientError::ProfileInUse)
+    let start = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Corruption { .. }) => return Err(ClientError::CorruptStore),
+            Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+                if start.elapsed() >= WAIT_FOR_LOCK {
+                    return Err(ClientError::ProfileInUse);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(sled::Error::Io(e)) => return Err(ClientError::storage(dir, e)),
+            Err(_) => return Err(ClientError::Storage),
         }
-        Err(sled::Error::Io(e)) => Err(ClientError::storage(dir, e)),
-        Err(_) => Err(ClientError::Storage),
     }
 }
 

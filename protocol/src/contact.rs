@@ -533,7 +533,8 @@ impl Drop for AppBody {
 pub struct AppMessage {
     /// Random id, for dropping duplicates.
     pub id: AppMessageId,
-    /// The sender's clock when it was written (unix seconds); informational only.
+    /// The sender's clock when it was written (unix seconds). Authenticated end to end; a
+    /// receiver counts a check-in from it, never later than its arrival.
     pub sent_at: u64,
     /// What it says.
     pub body: AppBody,

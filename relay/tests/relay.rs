@@ -687,6 +687,9 @@ async fn malformed_frames_get_errors_and_the_rest_of_the_block_is_processed() {
     // And a good ping after all that.
     let ping = conn.unsigned(EntityId::NONE, Command::Ping);
     builder.push(&ping.encode().unwrap()).unwrap();
+    // The client accepts replies only to corr ids it handed out or was told to expect.
+    conn.expect_reply(CorrId::from_bytes([1, 2, 3, 4, 5, 6, 7, 8]));
+    conn.expect_reply(CorrId::from_bytes([9; 8]));
     conn.send_block(&builder.finish()).await.unwrap();
 
     let junk_reply = conn

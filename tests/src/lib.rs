@@ -11,6 +11,8 @@
 //!   environment, each bounded in time.
 //! - [`World`] is a relay in a temporary directory with [`World::profile`] to add people, and
 //!   [`connect`] makes two of them contacts the way people do.
+//! - [`hostile_relay::HostileRelay`] is a relay that completes the handshake and then
+//!   floods or breaks the protocol, standing for a relay a malicious contact chooses.
 //! - [`scan_dir`] and [`find_in_dir`] search every byte of a directory tree for strings that
 //!   must never be there (message texts, labels, addresses, keys).
 //!
@@ -19,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod examiner;
+pub mod hostile_relay;
 pub mod proto;
 pub mod world;
 

@@ -2,18 +2,24 @@
 //! a wrong relay key, oversize and truncated records, handshake floods, clients that never
 //! read, and many idle connections. Throughout, the relay keeps serving an honest client, its
 //! memory stays under a ceiling, and it never panics.
+//!
+//! And the other way round: a hostile relay (the one a malicious contact names) that floods
+//! pushes, answers what nobody asked or sends junk is cut off by the client, whose buffers
+//! stay under their caps.
 
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 use rand_core::{OsRng, RngCore};
 use tempfile::TempDir;
-use tidings_client::net::{connect_quic, RelayConnection};
+use tidings_client::net::{connect_quic, RelayConnection, MAX_BUFFERED_PUSHES};
+use tidings_client::ClientError;
 use tidings_protocol::block::BlockBuilder;
 use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind};
 use tidings_protocol::ids::EntityId;
 use tidings_protocol::keys::RelayKeypair;
 use tidings_protocol::noise::RECORD_LEN;
+use tidings_tests::hostile_relay::{HostileRelay, Misbehaviour};
 use tidings_tests::proto::{connect, honest_round_trip, parse_address, TestQueue, TestSender};
 use tidings_tests::{rss_kib, RelayProcess};
 
@@ -264,4 +270,77 @@ async fn oversize_bodies_are_refused_with_a_typed_error() -> Result<()> {
     );
     assert!(queue.drain(&mut conn).await?.is_empty(), "nothing stored");
     t.still_serving().await
+}
+
+/// Connects to a hostile relay, asks for a ping, and returns the error the client gives up
+/// with, after checking that the client closed the connection and holds nothing from it.
+async fn cut_off_by(how: Misbehaviour) -> Result<(ClientError, HostileRelay)> {
+    let relay = HostileRelay::start(how)?;
+    let mut conn = connect(relay.address()).await?;
+    let ping = conn.unsigned(EntityId::NONE, Command::Ping);
+    let err = match conn.request(ping).await {
+        Ok(reply) => bail!("the client took {reply:?} from a hostile relay"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err, ClientError::RelayMisbehaved(_)),
+        "a clear error, got {err:?}"
+    );
+    assert!(err.to_string().contains("broke the protocol"), "{err}");
+    assert_eq!(conn.buffered(), (0, 0), "nothing the relay sent is kept");
+    // The connection stays closed: the next request fails at once with the same error.
+    let ping = conn.unsigned(EntityId::NONE, Command::Ping);
+    assert!(matches!(
+        conn.request(ping).await,
+        Err(ClientError::RelayMisbehaved(_))
+    ));
+    // And the relay sees it closed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while relay.connections_ended() == 0 {
+        if tokio::time::Instant::now() > deadline {
+            bail!("the client did not close the connection");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((err, relay))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_floods_pushes_is_cut_off_before_the_client_buffers_more_than_its_cap(
+) -> Result<()> {
+    let total = 100 * MAX_BUFFERED_PUSHES;
+    let (err, relay) = cut_off_by(Misbehaviour::FloodPushes(total)).await?;
+    assert!(
+        err.to_string()
+            .contains("pushed more than the client keeps"),
+        "{err}"
+    );
+    // The client stopped the flood: most of it could never be written.
+    assert!(
+        relay.frames_sent() < total / 2,
+        "{} of {total} frames went out",
+        relay.frames_sent()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_answers_what_nobody_asked_is_cut_off() -> Result<()> {
+    let (err, _relay) = cut_off_by(Misbehaviour::UnaskedReplies(100_000)).await?;
+    assert!(
+        err.to_string()
+            .contains("a reply to nothing that was asked"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_sends_a_record_that_does_not_open_is_cut_off() -> Result<()> {
+    let (err, _relay) = cut_off_by(Misbehaviour::GarbageRecord).await?;
+    assert!(
+        err.to_string().contains("a record that does not open"),
+        "{err}"
+    );
+    Ok(())
 }

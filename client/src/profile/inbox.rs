@@ -213,8 +213,7 @@ impl Profile {
             AppBody::Text(text) => Some((text.clone(), HISTORY_TEXT, text.clone(), "text")),
             AppBody::CheckIn { flags, note } => {
                 let duress = flags & CHECKIN_DURESS != 0;
-                contact.last_checkin = Some(now);
-                contact.duress_at = duress.then_some(now);
+                contact.record_checkin(app.sent_at, now, duress);
                 let (kind, shown_kind) = if duress {
                     (HISTORY_DURESS, "duress-check-in")
                 } else {
@@ -250,6 +249,7 @@ impl Profile {
                 from: contact.label.clone(),
                 text: shown,
                 sent_at: app.sent_at,
+                arrived_at: now,
                 kind: shown_kind,
             });
         }

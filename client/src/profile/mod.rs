@@ -105,10 +105,14 @@ struct ContactRecord {
     /// When `expect` was set.
     #[serde(default)]
     expect_since: u64,
-    /// When their latest check-in arrived (our clock).
+    /// When their latest check-in was sent: its authenticated `sent_at`, never later than
+    /// its arrival (older profiles kept the arrival time here).
     #[serde(default)]
     last_checkin: Option<u64>,
-    /// When their latest check-in arrived, if it was sent under duress.
+    /// When their latest check-in arrived (our clock).
+    #[serde(default)]
+    last_checkin_arrived: Option<u64>,
+    /// When their latest duress check-in was sent, until a normal one sent after it comes.
     #[serde(default)]
     duress_at: Option<u64>,
     /// History older than this (seconds) is deleted at every unlock.
@@ -183,6 +187,8 @@ pub struct Received {
     pub text: String,
     /// The sender's clock when written (unix seconds).
     pub sent_at: u64,
+    /// When it arrived here (unix seconds, our clock).
+    pub arrived_at: u64,
     /// `"text"`, `"check-in"` or `"duress-check-in"`.
     #[zeroize(skip)]
     pub kind: &'static str,
@@ -269,6 +275,8 @@ fn corrupt<E>(_: E) -> ClientError {
     ClientError::CorruptStore
 }
 
+/// Whether `e` means a connection failed (so the command goes on with other relays and
+/// contacts): the network, or a relay that broke the protocol and was disconnected.
 fn is_network(e: &ClientError) -> bool {
     matches!(
         e,
@@ -276,6 +284,7 @@ fn is_network(e: &ClientError) -> bool {
             | ClientError::ConnectionLost
             | ClientError::Timeout
             | ClientError::HandshakeRefused
+            | ClientError::RelayMisbehaved(_)
     )
 }
 
@@ -322,6 +331,7 @@ impl ContactRecord {
             expect_every: None,
             expect_since: 0,
             last_checkin: None,
+            last_checkin_arrived: None,
             duress_at: None,
             retain: None,
             they_expect_every: None,
@@ -655,6 +665,7 @@ fn put_seen(b: &mut Batch, contact: &[u8; 16], id: &AppMessageId, at: u64) -> Re
     )
 }
 
+mod checkins;
 mod contacts;
 mod history;
 mod inbox;

@@ -199,18 +199,7 @@ impl Profile {
         let mut out: Vec<DueEntry> = self
             .contacts_raw()?
             .iter()
-            .filter_map(|c| {
-                due_entry(
-                    &c.label,
-                    CheckinState {
-                        every: c.expect_every,
-                        since: c.expect_since,
-                        last: c.last_checkin,
-                        duress_at: c.duress_at,
-                    },
-                    now,
-                )
-            })
+            .filter_map(|c| due_entry(&c.label, c.checkin_state(), now))
             .collect();
         sort_due(&mut out);
         Ok(out)
