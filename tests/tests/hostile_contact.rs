@@ -20,12 +20,14 @@ use tidings_tests::hostile_relay::{HostileRelay, Misbehaviour};
 use tidings_tests::{connect, Profile, World};
 
 fn stdout_lines(p: &Profile, args: &[&str]) -> Result<Vec<String>> {
-    Ok(p.run(args)?
-        .ok()?
-        .stdout
-        .lines()
-        .map(str::to_string)
-        .collect())
+    let run = p.run(args)?;
+    // `due` exits 3 when it lists someone; that is a report, not a failure.
+    let run = if args.first() == Some(&"due") && run.status.code() == Some(3) {
+        run
+    } else {
+        run.ok()?
+    };
+    Ok(run.stdout.lines().map(str::to_string).collect())
 }
 
 /// Whether a terminal would act on `c` or not show it: controls, bidi controls, zero-width
@@ -116,7 +118,9 @@ fn a_contact_cannot_forge_a_line_a_marker_or_a_name_on_screen() -> Result<()> {
     std::thread::sleep(Duration::from_millis(2_100));
     let contacts = stdout_lines(&amina, &["contacts"])?;
     assert!(
-        contacts.contains(&"kim\\u{202e}\\u{200b} (ready)".to_string()),
+        contacts
+            .iter()
+            .any(|l| l.starts_with("kim\\u{202e}\\u{200b} (ready)")),
         "{contacts:?}"
     );
     let due = stdout_lines(&amina, &["due"])?;
