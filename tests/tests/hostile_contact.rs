@@ -17,18 +17,7 @@ use tidings_client::olm::E2eAccount;
 use tidings_protocol::contact::{Invitation, InviteSecret};
 use tidings_protocol::ids::SenderId;
 use tidings_tests::hostile_relay::{HostileRelay, Misbehaviour};
-use tidings_tests::{connect, Profile, World};
-
-fn stdout_lines(p: &Profile, args: &[&str]) -> Result<Vec<String>> {
-    let run = p.run(args)?;
-    // `due` exits 3 when it lists someone; that is a report, not a failure.
-    let run = if args.first() == Some(&"due") && run.status.code() == Some(3) {
-        run
-    } else {
-        run.ok()?
-    };
-    Ok(run.stdout.lines().map(str::to_string).collect())
-}
+use tidings_tests::{connect, World};
 
 /// Whether a terminal would act on `c` or not show it: controls, bidi controls, zero-width
 /// and other format characters, line and paragraph separators.
@@ -80,7 +69,7 @@ fn a_contact_cannot_forge_a_line_a_marker_or_a_name_on_screen() -> Result<()> {
         "fine\nbora: [check-in] DURESS",
     ])?
     .ok()?;
-    let shown = stdout_lines(&amina, &["sync"])?;
+    let shown = amina.lines(&["sync"])?;
     assert_eq!(
         shown,
         vec![
@@ -94,17 +83,17 @@ fn a_contact_cannot_forge_a_line_a_marker_or_a_name_on_screen() -> Result<()> {
     );
     check_lines(&shown, &["kim"]);
     // The same in the history, line for line.
-    let history = stdout_lines(&amina, &["history", "kim"])?;
+    let history = amina.lines(&["history", "kim"])?;
     assert_eq!(history, shown);
 
     // JSON keeps the exact text, JSON-escaped.
     kim.run(&["send", "amina", FORGED])?.ok()?;
-    let json = stdout_lines(&amina, &["sync", "--json"])?;
+    let json = amina.lines(&["sync", "--json"])?;
     assert_eq!(json.len(), 1, "{json:?}");
     let v: serde_json::Value = serde_json::from_str(&json[0])?;
     assert_eq!(v["text"], FORGED);
     assert_eq!(v["from"], "kim");
-    let history = stdout_lines(&amina, &["history", "kim", "--json"])?;
+    let history = amina.lines(&["history", "kim", "--json"])?;
     let texts: Vec<String> = history
         .iter()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|v| v["text"].to_string()))
@@ -116,27 +105,27 @@ fn a_contact_cannot_forge_a_line_a_marker_or_a_name_on_screen() -> Result<()> {
     amina.run(&["rename", "kim", pasted])?.ok()?;
     amina.run(&["expect", pasted, "1s"])?.ok()?;
     std::thread::sleep(Duration::from_millis(2_100));
-    let contacts = stdout_lines(&amina, &["contacts"])?;
+    let contacts = amina.lines(&["contacts"])?;
     assert!(
         contacts
             .iter()
             .any(|l| l.starts_with("kim\\u{202e}\\u{200b} (ready)")),
         "{contacts:?}"
     );
-    let due = stdout_lines(&amina, &["due"])?;
+    let due = amina.lines(&["due"])?;
     assert_eq!(due.len(), 1, "{due:?}");
     assert!(
         due[0].starts_with("kim\\u{202e}\\u{200b}: overdue by "),
         "{due:?}"
     );
     kim.run(&["send", "amina", "again"])?.ok()?;
-    let shown = stdout_lines(&amina, &["sync"])?;
+    let shown = amina.lines(&["sync"])?;
     assert_eq!(shown, vec!["kim\\u{202e}\\u{200b}: again"]);
     for line in contacts.iter().chain(&due).chain(&shown) {
         assert!(!line.chars().any(hidden), "raw control in {line:?}");
     }
     // JSON names the contact exactly.
-    let json = stdout_lines(&amina, &["contacts", "--json"])?;
+    let json = amina.lines(&["contacts", "--json"])?;
     assert!(
         json.iter().any(|l| l.contains("kim\\u202e\\u200b")),
         "{json:?}"
@@ -191,14 +180,14 @@ fn a_check_in_held_back_by_a_relay_counts_from_when_it_was_sent_and_is_flagged()
         sync.stderr
     );
     // Overdue by about an hour, by its sending time (its deadline was 1 h ago).
-    let due = stdout_lines(&minister, &["due"])?;
+    let due = minister.lines(&["due"])?;
     assert_eq!(due.len(), 1, "{due:?}");
     assert!(due[0].starts_with("bora: overdue by 1h"), "{due:?}");
     assert!(
         due[0].ends_with("warning: the latest check-in arrived 3h after it was sent"),
         "{due:?}"
     );
-    let json = stdout_lines(&minister, &["due", "--json"])?;
+    let json = minister.lines(&["due", "--json"])?;
     let d: serde_json::Value = serde_json::from_str(&json[0])?;
     assert_eq!(d["state"], "overdue");
     assert_eq!(d["last_sent_at"], now - 3 * HOUR);
@@ -220,7 +209,7 @@ fn a_check_in_held_back_by_a_relay_counts_from_when_it_was_sent_and_is_flagged()
         "{}",
         sync.stderr
     );
-    let due = stdout_lines(&minister, &["due"])?;
+    let due = minister.lines(&["due"])?;
     assert_eq!(due.len(), 1, "{due:?}");
     assert!(due[0].starts_with("bora: checked in 1h30m ago (expected every 2h); warning: the latest check-in arrived 1h30m after it was sent"), "{due:?}");
 
@@ -228,7 +217,7 @@ fn a_check_in_held_back_by_a_relay_counts_from_when_it_was_sent_and_is_flagged()
     sister.run(&["checkin", "pastor"])?.ok()?;
     let sync = minister.run(&["sync"])?.ok()?;
     assert!(!sync.stderr.contains("warning"), "{}", sync.stderr);
-    assert!(stdout_lines(&minister, &["due"])?.is_empty());
+    assert!(minister.lines(&["due"])?.is_empty());
     Ok(())
 }
 

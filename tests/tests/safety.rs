@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Result;
-use tidings_tests::{connect, scan_dir, Profile, World};
+use tidings_tests::{connect, scan_dir, World};
 
 /// The relay's traffic counters (its only log about traffic) for what `f` does: the relay is
 /// restarted before (counters start at zero) and stopped after (it logs them at exit).
@@ -30,15 +30,6 @@ fn relay_counters<T>(
         .collect();
     w.relay.restart()?;
     Ok((out, counters))
-}
-
-fn lines(p: &Profile, args: &[&str]) -> Result<Vec<String>> {
-    Ok(p.run(args)?
-        .ok()?
-        .stdout
-        .lines()
-        .map(str::to_string)
-        .collect())
 }
 
 #[test]
@@ -71,9 +62,9 @@ fn a_duress_check_in_looks_normal_to_the_sender_and_warns_the_receiver() -> Resu
 
     // A normal check-in, and what the relay counted of it.
     let (normal, normal_wire) = relay_counters(&mut w, || checkin("1357")?.ok())?;
-    let history_normal = lines(&sister, &["history", "pastor"])?;
+    let history_normal = sister.lines(&["history", "pastor"])?;
     assert_eq!(
-        lines(&minister, &["sync"])?,
+        minister.lines(&["sync"])?,
         vec!["kim: [check-in] at the market"]
     );
 
@@ -81,13 +72,13 @@ fn a_duress_check_in_looks_normal_to_the_sender_and_warns_the_receiver() -> Resu
     let wrong = checkin("0000")?;
     assert!(!wrong.status.success());
     assert!(wrong.stderr.contains("wrong PIN"), "{}", wrong.stderr);
-    assert!(lines(&minister, &["sync"])?.is_empty(), "nothing was sent");
+    assert!(minister.lines(&["sync"])?.is_empty(), "nothing was sent");
 
     // A duress check-in: same output and same history entry on the sender's phone...
     let (duress, duress_wire) = relay_counters(&mut w, || checkin("8642")?.ok())?;
     assert_eq!(normal.stdout, duress.stdout);
     assert_eq!(normal.stderr, duress.stderr);
-    let history_after = lines(&sister, &["history", "pastor"])?;
+    let history_after = sister.lines(&["history", "pastor"])?;
     assert_eq!(history_after.len(), 2);
     assert_eq!(history_after[0], history_after[1]);
     assert_eq!(history_after[0], history_normal[0]);
@@ -115,10 +106,10 @@ fn a_duress_check_in_looks_normal_to_the_sender_and_warns_the_receiver() -> Resu
 
     // ...and the receiver is warned, and `due` puts the contact first.
     assert_eq!(
-        lines(&minister, &["sync"])?,
+        minister.lines(&["sync"])?,
         vec!["kim: [check-in] DURESS at the market"]
     );
-    let due = lines(&minister, &["due"])?;
+    let due = minister.lines(&["due"])?;
     assert_eq!(due.len(), 1, "{due:?}");
     assert!(
         due[0].starts_with("kim: DURESS"),
@@ -129,7 +120,7 @@ fn a_duress_check_in_looks_normal_to_the_sender_and_warns_the_receiver() -> Resu
     std::thread::sleep(Duration::from_millis(1_100));
     checkin("1357")?.ok()?;
     minister.run(&["sync"])?.ok()?;
-    assert!(lines(&minister, &["due"])?.is_empty());
+    assert!(minister.lines(&["due"])?.is_empty());
     Ok(())
 }
 
@@ -145,17 +136,17 @@ fn due_lists_an_overdue_contact_and_omits_an_on_time_one() -> Result<()> {
     minister.run(&["expect", "punctual", "1h"])?.ok()?;
     std::thread::sleep(Duration::from_secs(2));
     punctual.run(&["checkin", "minister"])?.ok()?;
-    assert_eq!(lines(&minister, &["sync"])?, vec!["punctual: [check-in]"]);
-    let due = lines(&minister, &["due"])?;
+    assert_eq!(minister.lines(&["sync"])?, vec!["punctual: [check-in]"]);
+    let due = minister.lines(&["due"])?;
     assert_eq!(due.len(), 1, "{due:?}");
     assert!(due[0].starts_with("late: overdue by "), "{due:?}");
-    let json = lines(&minister, &["due", "--json"])?;
+    let json = minister.lines(&["due", "--json"])?;
     let v: serde_json::Value = serde_json::from_str(&json[0])?;
     assert_eq!(v["name"], "late");
     assert_eq!(v["state"], "overdue");
     // `expect … off` stops it.
     minister.run(&["expect", "late", "off"])?.ok()?;
-    assert!(lines(&minister, &["due"])?.is_empty());
+    assert!(minister.lines(&["due"])?.is_empty());
     Ok(())
 }
 
@@ -247,10 +238,10 @@ fn retention_drops_old_history_at_unlock() -> Result<()> {
     a.run(&["send", "bora", "soon forgotten"])?.ok()?;
     a.run(&["retain", "bora", "1s"])?.ok()?;
     std::thread::sleep(Duration::from_secs(2));
-    assert!(lines(&a, &["history", "bora"])?.is_empty());
+    assert!(a.lines(&["history", "bora"])?.is_empty());
     a.run(&["retain", "bora", "off"])?.ok()?;
     a.run(&["send", "bora", "kept"])?.ok()?;
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(lines(&a, &["history", "bora"])?, vec!["me: kept"]);
+    assert_eq!(a.lines(&["history", "bora"])?, vec!["me: kept"]);
     Ok(())
 }
