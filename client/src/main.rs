@@ -39,6 +39,9 @@ use zeroize::Zeroizing;
         passphrase."
 )]
 struct Cli {
+    /// Print no confirmation lines (errors and warnings still are).
+    #[arg(long, short, global = true)]
+    quiet: bool,
     /// The profile directory (default: the platform data directory, shown below).
     #[arg(long, env = "TIDINGS_HOME", global = true)]
     home: Option<PathBuf>,
@@ -238,6 +241,14 @@ fn new_secret(
     Ok(first)
 }
 
+/// How long ago `then` was, the way a person reads it: `just now`, `5m ago`, `2d3h ago`.
+fn ago(now: u64, then: u64) -> String {
+    match now.saturating_sub(then) {
+        0..=59 => "just now".to_string(),
+        secs => format!("{} ago", format_duration(secs)),
+    }
+}
+
 /// What `contacts` says about check-ins with one contact, in words a person reads: what we
 /// expect of them, and what they expect of us.
 fn checkin_summary(c: &tidings_client::profile::ContactInfo, now: u64) -> String {
@@ -372,11 +383,18 @@ fn print_received(r: &Received, json: bool) -> anyhow::Result<()> {
         });
         writeln!(out, "{}", screen::json(&v)?)?;
     } else {
-        writeln!(
-            out,
-            "{}",
-            screen::message(&r.from, &r.text, r.kind == "text")
-        )?;
+        // A message written a while ago says when: contact can be patchy for months.
+        let age = r.arrived_at.saturating_sub(r.sent_at);
+        let when = if age >= 60 {
+            format!("  (sent {})", ago(r.arrived_at, r.sent_at))
+        } else {
+            String::new()
+        };
+        let shown = screen::message(&r.from, &r.text, r.kind == "text");
+        match shown.split_once('\n') {
+            Some((first, rest)) => writeln!(out, "{first}{when}\n{rest}")?,
+            None => writeln!(out, "{shown}{when}")?,
+        }
     }
     out.flush()?;
     drop(out);
@@ -429,10 +447,22 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// Set by `--quiet`: the one-line confirmations of [`done`] are not printed.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says in one line on stderr what a command did (unless `--quiet`). Errors and warnings
+/// are always printed.
+fn done(what: impl std::fmt::Display) {
+    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{what}");
+    }
+}
+
 /// The exit code of `tidings due` when someone is overdue or under duress.
 const EXIT_SOMEONE_DUE: u8 = 3;
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     let home = home(&cli.home)?;
     let net = QuicConnector;
     match cli.command {
@@ -536,6 +566,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for r in &report.received {
                 print_received(r, json)?;
             }
+            for name in &report.connected {
+                done(format_args!("{} is now connected", screen::inline(name)));
+            }
+            if report.sent > 0 {
+                done(format_args!("sent {} waiting message(s)", report.sent));
+            }
+            if report.received.is_empty() && report.connected.is_empty() && report.error.is_none() {
+                done("nothing new");
+            }
             if report.dropped > 0 {
                 eprintln!(
                     "{} message(s) could not be read and were dropped",
@@ -597,7 +636,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let text = from_stdin_if_dash(text)?;
             let mut profile = open(&home)?;
             match runtime()?.block_on(profile.send(&net, &name, &text, now())) {
-                Ok(()) => {}
+                Ok(()) => done(format_args!("sent to {name:?} (1 message)")),
                 Err(e) if is_network(&e) => {
                     return Err(anyhow!(
                         "relay unreachable; the message is kept in the outbox and will be sent on the next send or sync"
@@ -608,8 +647,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Contacts { json } => {
             let profile = open(&home)?;
+            let contacts = profile.contacts()?;
+            if contacts.is_empty() && !json {
+                done("no contacts yet: `tidings invite` makes an invitation, `tidings accept` takes one");
+            }
             let mut out = std::io::stdout().lock();
-            for c in profile.contacts()? {
+            for c in contacts {
                 if json {
                     writeln!(out, "{}", screen::json(&c)?)?;
                 } else {
@@ -626,19 +669,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::History { name, json } => {
             let profile = open(&home)?;
+            let history = profile.history(&name)?;
             let mut out = std::io::stdout().lock();
-            for h in profile.history(&name)? {
+            let now = now();
+            for h in &history {
                 if json {
-                    writeln!(out, "{}", screen::json(&h)?)?;
+                    writeln!(out, "{}", screen::json(h)?)?;
                 } else {
-                    let from = if h.direction == "out" { "me" } else { &name };
-                    writeln!(out, "{}", screen::message(from, &h.text, h.kind == "text"))?;
+                    let from = match (h.direction, h.waiting) {
+                        ("out", true) => "me (waiting in the outbox)",
+                        ("out", false) => "me",
+                        _ => &name,
+                    };
+                    // The time first, never indented: a contact's continuation lines are
+                    // indented and can never start a line, with or without a time.
+                    writeln!(
+                        out,
+                        "{}  {}",
+                        ago(now, h.sent_at.min(h.at)),
+                        screen::message(from, &h.text, h.kind == "text")
+                    )?;
                 }
+            }
+            if history.is_empty() && !json {
+                done(format_args!("no messages with {name:?} yet"));
             }
         }
         Cmd::Rename { old, new } => {
             let mut profile = open(&home)?;
             profile.rename(&old, &new)?;
+            done(format_args!("renamed {old:?} to {new:?}"));
         }
         Cmd::Checkin { name, note } => {
             let note = note
@@ -735,6 +795,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let keep = duration_or_off(&keep)?;
             let mut profile = open(&home)?;
             profile.retain(&name, keep, now())?;
+            match keep {
+                Some(secs) => done(format_args!(
+                    "keeping {name:?}'s history for {}; older entries are deleted now and at every unlock",
+                    format_duration(secs)
+                )),
+                None => done(format_args!("keeping all of {name:?}'s history")),
+            }
         }
         Cmd::Safety(cmd) => {
             let mut profile = open(&home)?;

@@ -359,6 +359,23 @@ impl Profile {
         self.run_with(args, &[], Duration::from_secs(60))
     }
 
+    /// `history NAME` without the time at the start of each message's first line (`just now
+    /// `, `2h5m ago  `): the lines as `sync` showed them.
+    pub fn history_lines(&self, name: &str) -> Result<Vec<String>> {
+        Ok(self
+            .lines(&["history", name])?
+            .into_iter()
+            .map(|l| {
+                if l.starts_with(' ') {
+                    l
+                } else {
+                    l.split_once("  ")
+                        .map_or(l.clone(), |(_, rest)| rest.to_string())
+                }
+            })
+            .collect())
+    }
+
     /// Runs a command that must succeed and returns its standard output's lines. `due`
     /// exiting 3 (someone is overdue or under duress) is a report, not a failure.
     pub fn lines(&self, args: &[&str]) -> Result<Vec<String>> {

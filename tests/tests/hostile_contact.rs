@@ -83,7 +83,7 @@ fn a_contact_cannot_forge_a_line_a_marker_or_a_name_on_screen() -> Result<()> {
     );
     check_lines(&shown, &["kim"]);
     // The same in the history, line for line.
-    let history = amina.lines(&["history", "kim"])?;
+    let history = amina.history_lines("kim")?;
     assert_eq!(history, shown);
 
     // JSON keeps the exact text, JSON-escaped.
@@ -202,7 +202,8 @@ fn a_check_in_held_back_by_a_relay_counts_from_when_it_was_sent_and_is_flagged()
         )?
         .ok()?;
     let sync = minister.run(&["sync"])?.ok()?;
-    assert_eq!(sync.stdout, "bora: [check-in] ok\n");
+    // Written 90 minutes ago: sync says so.
+    assert_eq!(sync.stdout, "bora: [check-in] ok  (sent 1h30m ago)\n");
     assert!(
         sync.stderr
             .contains("warning: this check-in from bora arrived 1h30m after it was sent"),

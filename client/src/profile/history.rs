@@ -13,25 +13,31 @@ impl Profile {
             .filter(|h| h.contact == contact.id)
             .collect();
         records.sort_by_key(|h| h.seq);
-        Ok(records
+        records
             .iter()
-            .map(|h| HistoryEntry {
-                direction: if h.outgoing { "out" } else { "in" },
-                kind: match h.kind {
-                    HISTORY_CHECKIN => "check-in",
-                    HISTORY_DURESS => "duress-check-in",
-                    HISTORY_DURESS_ACK => "duress-ack",
-                    _ => "text",
-                },
-                text: match h.kind {
-                    HISTORY_CHECKIN => checkin_line(&h.text, false),
-                    HISTORY_DURESS => checkin_line(&h.text, true),
-                    HISTORY_DURESS_ACK => "[DURESS acknowledged]".to_string(),
-                    _ => h.text.clone(),
-                },
-                sent_at: h.sent_at,
-                at: h.at,
+            .map(|h| {
+                Ok(HistoryEntry {
+                    direction: if h.outgoing { "out" } else { "in" },
+                    kind: match h.kind {
+                        HISTORY_CHECKIN => "check-in",
+                        HISTORY_DURESS => "duress-check-in",
+                        HISTORY_DURESS_ACK => "duress-ack",
+                        _ => "text",
+                    },
+                    text: match h.kind {
+                        HISTORY_CHECKIN => checkin_line(&h.text, false),
+                        HISTORY_DURESS => checkin_line(&h.text, true),
+                        HISTORY_DURESS_ACK => "[DURESS acknowledged]".to_string(),
+                        _ => h.text.clone(),
+                    },
+                    sent_at: h.sent_at,
+                    at: h.at,
+                    waiting: match &h.outbox {
+                        Some(key) => self.store.get(Tree::Outbox, key)?.is_some(),
+                        None => false,
+                    },
+                })
             })
-            .collect())
+            .collect()
     }
 }

@@ -222,6 +222,9 @@ impl Profile {
                 Some((note.clone(), kind, checkin_line(note, duress), shown_kind))
             }
             AppBody::HelloAck => {
+                if !contact.established {
+                    report.connected.push(contact.label.clone());
+                }
                 contact.established = true;
                 None
             }
@@ -238,6 +241,7 @@ impl Profile {
                 contact: contact.id,
                 seq: order_key(now),
                 id: random()?,
+                outbox: None,
                 outgoing: false,
                 text,
                 sent_at: app.sent_at,
@@ -312,7 +316,9 @@ impl Profile {
         put_seen(&mut b, &contact.id, &app.id, now)?;
         b.remove(Tree::Invites, &invite.recv.recipient_id);
         self.put_account(&mut b, &account);
-        self.store.apply(b)
+        self.store.apply(b)?;
+        report.connected.push(contact.label.clone());
+        Ok(())
     }
 
     /// Subscribes to every queue and handles messages as the relays push them, calling

@@ -137,6 +137,9 @@ struct HistoryRecord {
     /// Random bytes that make the storage key unique.
     #[serde(default)]
     id: [u8; 8],
+    /// For an outgoing message, the storage key of its outbox entry (gone once sent).
+    #[serde(default)]
+    outbox: Option<Vec<u8>>,
     outgoing: bool,
     text: String,
     sent_at: u64,
@@ -234,6 +237,8 @@ pub struct HistoryEntry {
     pub sent_at: u64,
     /// When we stored it (unix seconds).
     pub at: u64,
+    /// An outgoing message still waiting in the outbox (not yet accepted by the relay).
+    pub waiting: bool,
 }
 
 /// What a sync did besides receiving texts.
@@ -245,6 +250,8 @@ pub struct SyncReport {
     pub dropped: usize,
     /// Outbox messages delivered.
     pub sent: usize,
+    /// Contacts that became ready in this sync (both directions now work), by name.
+    pub connected: Vec<String>,
     /// The first network error, if a relay could not be reached (the rest still ran).
     pub error: Option<ClientError>,
 }

@@ -8,10 +8,22 @@ impl Profile {
     pub(super) fn seal_to_outbox(
         &self,
         b: &mut Batch,
-        mut contact: ContactRecord,
+        contact: ContactRecord,
         session: &mut E2eSession,
         app: &AppMessage,
     ) -> Result<ContactRecord> {
+        Ok(self.seal_into_outbox(b, contact, session, app)?.0)
+    }
+
+    /// [`Profile::seal_to_outbox`], also returning the outbox entry's storage key (for a
+    /// history entry that shows whether it is still waiting).
+    fn seal_into_outbox(
+        &self,
+        b: &mut Batch,
+        mut contact: ContactRecord,
+        session: &mut E2eSession,
+        app: &AppMessage,
+    ) -> Result<(ContactRecord, Vec<u8>)> {
         let plain = app.encode().map_err(|e| match e {
             tidings_protocol::ProtocolError::TooLong { .. } => {
                 ClientError::too_long(app_text(app), MAX_TEXT_LEN)
@@ -27,9 +39,10 @@ impl Profile {
             id: random()?,
             body: STANDARD_NO_PAD.encode(&body),
         };
-        b.put_json(Tree::Outbox, &outbox_key(&rec), &rec)?;
+        let key = outbox_key(&rec);
+        b.put_json(Tree::Outbox, &key, &rec)?;
         Self::put_contact(b, &contact)?;
-        Ok(contact)
+        Ok((contact, key))
     }
 
     /// Sends a text: it goes into the outbox (encrypted) and history first, then out.
@@ -83,11 +96,12 @@ impl Profile {
         };
         let mut b = Batch::new();
         let contact_id = contact.id;
-        self.seal_to_outbox(&mut b, contact, &mut session, &app)?;
+        let (_, waiting) = self.seal_into_outbox(&mut b, contact, &mut session, &app)?;
         let entry = HistoryRecord {
             contact: contact_id,
             seq: order_key(now),
             id: random()?,
+            outbox: Some(waiting),
             outgoing: true,
             text: history_text.to_string(),
             sent_at: now,

@@ -220,6 +220,7 @@ impl Profile {
             contact: c.id,
             seq: order_key(now),
             id: random()?,
+            outbox: None,
             outgoing: true,
             text: String::new(),
             sent_at: now,
