@@ -60,6 +60,7 @@ pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod fair;
 pub mod identity;
 pub mod registry;
 pub mod server;
