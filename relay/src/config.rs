@@ -110,7 +110,8 @@ pub struct Config {
     pub max_store_bytes: Option<u64>,
     /// Free space the relay leaves on the data directory's filesystem: below it `New` and
     /// `Send` get `Quota`, while acks and deletes (which need a little room to be written)
-    /// still work. Default 64 MiB (67,108,864).
+    /// still work. 0 turns the check off (a write that finds the disk full is then what
+    /// stops growth: see SECURITY.md 3.6). Default 64 MiB (67,108,864).
     pub min_free_disk_bytes: u64,
     /// Seconds between two logs of the aggregate counters. Default 3,600 (the hour, the
     /// finest time the store keeps); lower only to debug.

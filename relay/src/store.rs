@@ -230,9 +230,9 @@ pub trait Store: Send + Sync + 'static {
     /// Resolves once everything written so far is durable.
     fn flush(&self) -> impl Future<Output = Result<()>> + Send;
 
-    /// Whether the store refuses to grow now (its byte budget is used up, the disk is nearly
-    /// full, or a write found it full): new queues and messages are refused, while acks and
-    /// deletes still work. Cheap.
+    /// Whether the store refuses to grow now (its byte budget has no room for one more
+    /// full-size message, the disk is nearly full, or a write found it full): new queues are
+    /// refused, while acks and deletes still work. Cheap.
     fn is_full(&self) -> bool {
         false
     }
@@ -250,7 +250,8 @@ pub struct StoreLimits {
     /// Bytes it may hold in all; `None`: what it holds at open plus a quarter of the free
     /// space on its filesystem then.
     pub max_bytes: Option<u64>,
-    /// Free space it always leaves on its filesystem (growth is refused below it).
+    /// Free space it always leaves on its filesystem (growth is refused below it); 0: the
+    /// free space is not checked, and only a write that fails for want of space stops it.
     pub min_free_disk_bytes: u64,
 }
 
@@ -568,7 +569,12 @@ impl Store for SledStore {
 
     fn is_full(&self) -> bool {
         self.gauges.full.load(Ordering::Relaxed)
-            || self.gauges.bytes.load(Ordering::Relaxed) >= self.max_bytes
+            || self
+                .gauges
+                .bytes
+                .load(Ordering::Relaxed)
+                .saturating_add(ONE_MESSAGE)
+                > self.max_bytes
     }
 
     fn stored_bytes(&self) -> u64 {
@@ -728,6 +734,10 @@ impl Writer<'_> {
     }
 
     fn free_room(&self) -> u64 {
+        if self.budget.min_free_disk_bytes == 0 {
+            // No reserve: the free space is not checked, only the disk itself stops writes.
+            return u64::MAX;
+        }
         free_disk_bytes(&self.budget.dir).map_or(u64::MAX, |free| {
             free.saturating_sub(self.budget.min_free_disk_bytes)
         })
@@ -769,9 +779,15 @@ impl Writer<'_> {
             self.low_disk = self.free_room() < disk_estimate(ONE_MESSAGE);
         }
         self.room = None;
+        // Full when not even one more full-size message would fit.
         let full = self.low_disk
             || self.gauges.disk_full.load(Ordering::Relaxed)
-            || self.gauges.bytes.load(Ordering::Relaxed) >= self.budget.max_bytes;
+            || self
+                .gauges
+                .bytes
+                .load(Ordering::Relaxed)
+                .saturating_add(ONE_MESSAGE)
+                > self.budget.max_bytes;
         self.gauges.full.store(full, Ordering::Relaxed);
     }
 }
