@@ -54,9 +54,8 @@
 //!
 //! It never logs or stores a client address, a queue id, a key or a byte of a message (logs
 //! carry aggregate counters only, once an hour by default); never keeps a time finer than the
-//! hour a message arrived;
-//! never answers `Ok` to a send before the message is durable; and never panics on input from
-//! the network or the disk.
+//! hour a message arrived; never answers `Ok` to a send before the message is durable; and
+//! never panics on input from the network or the disk.
 
 #![forbid(unsafe_code)]
 
