@@ -259,25 +259,32 @@ impl FairShares {
         let limits = self.limits;
         let mut table = lock(&self.table);
         let total = table.handshakes;
-        let Some(entry) = table.entry(key, &limits, now) else {
-            return Admission::Refuse;
-        };
-        if entry.connections >= limits.connections {
+        // Decided on what is known of the source; an entry is made only for an accepted
+        // attempt, so a flood of spoofed sources that get a Retry leaves nothing behind.
+        let (connections, valid, unvalid) = table
+            .entries
+            .get(&key)
+            .map_or((0, 0, 0), |e| (e.connections, e.validated, e.unvalidated));
+        if connections >= limits.connections {
             return Admission::Refuse;
         }
         if validated {
-            if entry.validated >= limits.handshakes || total >= limits.max_handshakes {
+            if valid >= limits.handshakes || total >= limits.max_handshakes {
                 return Admission::Refuse;
             }
+        } else if unvalid >= limits.handshakes || total >= limits.retry_threshold {
+            return if may_retry {
+                Admission::Retry
+            } else {
+                Admission::Refuse
+            };
+        }
+        let Some(entry) = table.entry(key, &limits, now) else {
+            return Admission::Refuse;
+        };
+        if validated {
             entry.validated += 1;
         } else {
-            if entry.unvalidated >= limits.handshakes || total >= limits.retry_threshold {
-                return if may_retry {
-                    Admission::Retry
-                } else {
-                    Admission::Refuse
-                };
-            }
             entry.unvalidated += 1;
         }
         table.handshakes = table.handshakes.saturating_add(1);

@@ -1378,6 +1378,85 @@ mod tests {
         Ok(())
     }
 
+    /// The bytes the writer counts match a fresh count of the database after every kind of
+    /// write, and the budget refuses (`StoreFull`, `is_full`) past it and takes again after
+    /// an ack.
+    #[tokio::test]
+    async fn stored_bytes_are_counted_exactly_and_the_budget_holds() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let recount = |store: SledStore| -> Result<u64> {
+            let counted = store.stored_bytes();
+            drop(store);
+            let reopened = SledStore::open(dir.path())?;
+            assert_eq!(reopened.stored_bytes(), counted, "counted vs found at open");
+            Ok(counted)
+        };
+        let budget = StoreLimits {
+            max_bytes: Some(4 * ONE_MESSAGE),
+            min_free_disk_bytes: 0,
+        };
+        let store = SledStore::open_with(dir.path(), budget)?;
+        assert_eq!(store.stored_bytes(), 0);
+        let q = new_queue();
+        let other = new_queue();
+        assert!(store.create_queue(q.clone()).await?);
+        assert!(store.create_queue(other.clone()).await?);
+        let key = AuthSecretKey::generate(&mut OsRng).public();
+        assert_eq!(
+            store.secure_queue(q.recipient, key).await?,
+            SecureOutcome::Secured
+        );
+        assert!(store.suspend_queue(other.recipient).await?);
+        let big = |hour| StoredMessage {
+            id: MessageId::random(&mut OsRng),
+            hour: Hour(hour),
+            body: vec![9; MAX_DELIVERED_LEN],
+        };
+        let mut stored = Vec::new();
+        loop {
+            let m = big(5);
+            match store.append(q.recipient, m.clone(), 100).await? {
+                AppendOutcome::Stored => stored.push(m),
+                AppendOutcome::StoreFull => break,
+                outcome => return Err(format!("append: {outcome:?}").into()),
+            }
+            if stored.len() > 10 {
+                return Err("the budget never refused".into());
+            }
+        }
+        assert_eq!(
+            stored.len(),
+            3,
+            "three full messages and two queues fit in four"
+        );
+        store.flush().await?;
+        assert!(store.is_full());
+        let first = stored.first().ok_or("no message")?;
+        assert!(store.delete_message(q.recipient, first.id).await?);
+        store.flush().await?;
+        assert!(!store.is_full(), "an ack makes room");
+        assert_eq!(
+            store.append(q.recipient, big(6), 100).await?,
+            AppendOutcome::Stored
+        );
+        let before_expiry = recount(store)?;
+        let store = SledStore::open_with(dir.path(), budget)?;
+        assert_eq!(store.expire_before(Hour(6)).await?, 2);
+        assert!(store.stored_bytes() < before_expiry);
+        let after_expiry = recount(store)?;
+        let store = SledStore::open_with(dir.path(), budget)?;
+        assert!(store.delete_queue(q.recipient).await?);
+        assert!(store.delete_queue(other.recipient).await?);
+        assert!(recount(store)? < after_expiry);
+        let store = SledStore::open(dir.path())?;
+        assert_eq!(
+            store.stored_bytes(),
+            0,
+            "everything deleted, nothing counted"
+        );
+        Ok(())
+    }
+
     #[test]
     fn queue_records_round_trip_and_refuse_trailing_bytes() {
         for (sender_key, suspended) in [
