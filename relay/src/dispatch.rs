@@ -51,7 +51,7 @@ pub struct Shared<S> {
     /// The wall clock (arrival hours).
     pub clock: Arc<dyn Clock>,
     /// Counters.
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
     /// What each source address may hold (in memory only).
     pub shares: Arc<FairShares>,
 }
@@ -698,7 +698,7 @@ mod tests {
                 registry: Registry::default(),
                 config: Config::loopback(std::path::Path::new("unused")),
                 clock: Arc::new(SystemClock),
-                stats: Stats::default(),
+                stats: Arc::default(),
                 shares: crate::fair::FairShares::new(crate::fair::Limits::from_config(
                     &Config::default(),
                 )),

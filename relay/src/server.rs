@@ -56,6 +56,7 @@ pub struct Relay {
     shutdown: watch::Sender<bool>,
     sweeps: mpsc::Sender<SweepRequest>,
     main: JoinHandle<Result<()>>,
+    stats: Arc<Stats>,
 }
 
 impl Relay {
@@ -94,12 +95,13 @@ impl Relay {
         )?;
         let keypair = Arc::new(identity.keypair);
         let shares = FairShares::new(Limits::from_config(&config));
+        let stats = Arc::new(Stats::default());
         let shared = Arc::new(Shared {
             store: Arc::new(store),
             registry: Registry::default(),
             config,
             clock,
-            stats: Stats::default(),
+            stats: Arc::clone(&stats),
             shares,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -112,6 +114,7 @@ impl Relay {
             shutdown,
             sweeps,
             main,
+            stats,
         })
     }
 
@@ -123,6 +126,11 @@ impl Relay {
     /// The UDP address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The relay's aggregate counters (what it logs), live.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Runs an expiry sweep now (besides the periodic ones); resolves to how many messages

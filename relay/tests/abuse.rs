@@ -113,19 +113,29 @@ struct Take {
     internal: usize,
 }
 
-/// One abusive source: as many connections as it can, then half-open handshakes, then
-/// queues and sends as fast as it can until the relay says `Quota`. Holds what it got until
-/// `hold` has passed.
+/// One abusive source: as many half-open handshakes as it can (held until the relay's
+/// handshake timeout, `half_open_for`, closes them), then as many connections as it can,
+/// then queues and sends as fast as it can until the relay says `Quota`. Holds what it got
+/// until `hold` has passed.
 async fn abuse_from(
     ip: IpAddr,
     relay_address: RelayAddress,
     target: SocketAddr,
     attempts: usize,
+    half_open_for: Duration,
     hold: Duration,
 ) -> Result<Take> {
     let endpoint = endpoint_on(ip)?;
     let started = Instant::now();
     let mut take = Take::default();
+    let mut half = Vec::new();
+    for _ in 0..attempts {
+        if let Ok(h) = half_open(&endpoint, target).await {
+            half.push(h);
+        }
+    }
+    tokio::time::sleep(half_open_for).await;
+    drop(half);
     let mut conns = Vec::new();
     for _ in 0..attempts {
         if let Ok(c) = RelayConnection::connect_on(&endpoint, &relay_address, target).await {
@@ -133,12 +143,6 @@ async fn abuse_from(
         }
     }
     take.connections = conns.len();
-    let mut half = Vec::new();
-    for _ in 0..attempts {
-        if let Ok(h) = half_open(&endpoint, target).await {
-            half.push(h);
-        }
-    }
     // Queues: from two connections, until refused.
     let mut own = Vec::new();
     for conn in conns.iter_mut().take(2) {
@@ -176,7 +180,6 @@ async fn abuse_from(
     if let Some(left) = hold.checked_sub(started.elapsed()) {
         tokio::time::sleep(left).await;
     }
-    drop(half);
     for c in conns {
         c.close().await;
     }
@@ -230,11 +233,13 @@ async fn honest_round_trip(relay: &Relay) -> Result<Duration> {
     Ok(took)
 }
 
-/// An abuser on eight addresses opens connections, half-open handshakes, queues and sends
-/// as fast as it can. The relay-wide connection limit (200) would let the attempts (8 x 2 x
-/// 30 = 480) lock everyone else out; the per-address shares keep each source to its 16
-/// connections, 10 queues and 256 KiB of messages an hour, and the honest client on
-/// 127.0.0.1 does its whole round trip in a few seconds meanwhile.
+/// An abuser on eight addresses opens half-open handshakes, then connections, queues and
+/// sends, as fast as it can. The relay-wide connection limit (200) would let the attempts
+/// (8 x 2 x 30 = 480) lock everyone else out; the per-address shares keep each source to
+/// its 16 connections, 8 + 8 handshakes, 10 queues and 256 KiB of messages an hour, and the
+/// honest client on 127.0.0.1 does its whole round trip in a few seconds, once while the
+/// half-open handshakes are held (it gets a QUIC Retry then, as they pass the threshold of
+/// 24) and once while the abuser creates queues and sends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abuser_on_eight_addresses_cannot_crowd_out_an_honest_client() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -245,6 +250,7 @@ async fn an_abuser_on_eight_addresses_cannot_crowd_out_an_honest_client() -> Res
     config.stored_bytes_per_address_per_hour = 256 << 10;
     // Low enough that the abuse passes it: honest clients then go through a Retry too.
     config.retry_threshold = 24;
+    config.handshake_timeout_secs = 3;
     let limits = config.clone();
     let relay = Relay::start(config, Arc::new(ManualClock::new(T0))).await?;
 
@@ -256,15 +262,16 @@ async fn an_abuser_on_eight_addresses_cannot_crowd_out_an_honest_client() -> Res
             relay.address().clone(),
             relay.local_addr(),
             30,
+            Duration::from_secs(4),
             hold,
         )));
     }
-    // Let the abuse build up, then the honest client comes, twice.
+    // Let the half-open handshakes build up, then the honest client comes, twice.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let first = tokio::time::timeout(Duration::from_secs(15), honest_round_trip(&relay))
         .await
         .map_err(|_| anyhow!("the honest client got nowhere within 15 s"))??;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let second = tokio::time::timeout(Duration::from_secs(15), honest_round_trip(&relay))
         .await
         .map_err(|_| anyhow!("the honest client got nowhere within 15 s"))??;
@@ -292,6 +299,60 @@ async fn an_abuser_on_eight_addresses_cannot_crowd_out_an_honest_client() -> Res
         );
         assert_eq!(take.internal, 0, "the relay answered Internal");
     }
+    let stats = relay.stats();
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "retries {}, refused over share {}, Quota over share {}",
+        count(&stats.retries),
+        count(&stats.refused_over_share),
+        count(&stats.over_share)
+    );
+    assert!(count(&stats.retries) > 0, "no QUIC Retry was sent");
+    assert!(count(&stats.refused_over_share) > 0);
+    assert!(count(&stats.over_share) > 0);
+    relay.shutdown().await?;
+    Ok(())
+}
+
+/// A connection's life is bounded by its work: one that only pings is closed after the
+/// idle timeout, while one subscribed to a queue keeps itself with pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_alone_do_not_keep_a_connection_but_a_subscription_does() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::loopback(&dir.path().join("data"));
+    config.idle_timeout_secs = 2;
+    let relay = Relay::start(config, Arc::new(ManualClock::new(T0))).await?;
+    let mut pinger = RelayConnection::connect(relay.address()).await?;
+    let mut subscriber = RelayConnection::connect(relay.address()).await?;
+    let q = create_queue(&mut subscriber).await?;
+    let sub = recipient_cmd(&mut subscriber, &q, Command::Subscribe).await?;
+    assert_eq!(sub.kind, ReplyKind::Ok);
+
+    let mut pinger_closed_after = None;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        if pinger_closed_after.is_none() {
+            let ping = pinger.unsigned(EntityId::NONE, Command::Ping);
+            let answered = tokio::time::timeout(Duration::from_secs(2), pinger.request(ping)).await;
+            if !matches!(answered, Ok(Ok(ref r)) if r.kind == ReplyKind::Pong) {
+                pinger_closed_after = Some(started.elapsed());
+            }
+        }
+        let ping = subscriber.unsigned(EntityId::NONE, Command::Ping);
+        assert_eq!(
+            subscriber.request(ping).await?.kind,
+            ReplyKind::Pong,
+            "the subscribed connection was closed"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let closed = pinger_closed_after.ok_or_else(|| anyhow!("a pinging connection was kept"))?;
+    println!("the connection that only pinged was closed after {closed:?}");
+    assert!(
+        closed >= Duration::from_millis(1500),
+        "closed too soon: {closed:?}"
+    );
+    subscriber.close().await;
     relay.shutdown().await?;
     Ok(())
 }
