@@ -11,6 +11,13 @@
 //!
 //! No addresses, no fine timestamps, no client metadata.
 //!
+//! Room: the writer counts the bytes of every key and value it stores (counted afresh at
+//! open) and refuses new queues and messages (`StoreFull`, which clients see as `Quota`)
+//! past a byte budget, or when the filesystem has less than a reserve free (one `statvfs`
+//! per group that grows). A write that still finds the disk full (sled then refuses every
+//! write until it is opened again) is answered `StoreFull` too, never acknowledged, and
+//! marks the store full until the relay restarts; what was acknowledged before is durable.
+//!
 //! Backends: [`SledStore`] (the default, on disk) and [`MemoryStore`] (tests).
 //!
 //! Every mutation is asynchronous and resolves only once it is durable. [`SledStore`] runs all
@@ -418,7 +425,8 @@ impl SledStore {
         }
         let max_bytes = match limits.max_bytes {
             Some(max) => max,
-            None => bytes.saturating_add(free_disk_bytes(path).unwrap_or(0) / 4),
+            // Where the free space cannot be read, only the disk itself is the limit.
+            None => free_disk_bytes(path).map_or(u64::MAX, |free| bytes.saturating_add(free / 4)),
         };
         let gauges = Arc::new(Gauges {
             queues: AtomicUsize::new(queues),
