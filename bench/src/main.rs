@@ -22,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 
+mod abuse;
 mod measure;
 mod parallel;
 mod redis_load;
@@ -126,6 +127,18 @@ pub struct Args {
     /// Deadline for the whole run, in seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// Tidings: abusive source addresses (127.0.0.2 onwards) that, during the load, hold as
+    /// many connections, create as many queues and store as many messages as the relay's
+    /// per-address shares allow. Implies `--deployed-shares`.
+    #[arg(long, default_value_t = 0)]
+    pub abusers: usize,
+    /// Tidings: start the relay with the per-address shares a deployment gets (its
+    /// defaults). Without it (and without `--abusers`), a relay started here gets shares
+    /// large enough for the whole load, since every client of the bench comes from
+    /// 127.0.0.1. The honest load must then fit in one address's share: at most 30
+    /// senders plus recipients, no idle clients, no connection-rate phase.
+    #[arg(long)]
+    pub deployed_shares: bool,
 }
 
 impl Args {
@@ -160,7 +173,25 @@ impl Args {
         if self.concurrency == 0 || self.endpoints == 0 {
             bail!("--concurrency and --endpoints must be at least 1");
         }
+        if self.deployed_shares() {
+            if self.senders + self.recipients > 30 || self.idle_clients > 0 || self.connect_rate > 0
+            {
+                bail!(
+                    "with --abusers or --deployed-shares the honest load comes from one address \
+                     and must fit in its share of 32 connections: at most 30 --senders plus \
+                     --recipients, --idle-clients 0 and --connect-rate 0"
+                );
+            }
+            if self.relay.is_some() {
+                bail!("--abusers and --deployed-shares need a relay started by the bench");
+            }
+        }
         Ok(())
+    }
+
+    /// Whether a started relay keeps the per-address shares of a deployment.
+    pub fn deployed_shares(&self) -> bool {
+        self.deployed_shares || self.abusers > 0
     }
 
     /// Messages sender `s` sends.

@@ -60,6 +60,18 @@ pub struct Report {
     pub new_connections_per_sec: Option<f64>,
     /// Sends repeated after `Busy` or `Quota`.
     pub retries: u64,
+    /// Abusive source addresses during the load (`--abusers`).
+    pub abusers: usize,
+    /// Whether the relay ran with a deployment's per-address shares.
+    pub deployed_shares: bool,
+    /// Connections the abusers held, over all their addresses.
+    pub abuser_connections: Option<u64>,
+    /// Queues the abusers created.
+    pub abuser_queues: Option<u64>,
+    /// Messages the relay stored for the abusers.
+    pub abuser_stored: Option<u64>,
+    /// Abusive commands and connections the relay refused.
+    pub abuser_refused: Option<u64>,
 }
 
 impl Report {
@@ -96,6 +108,12 @@ impl Report {
             disk_bytes_per_stored_message: None,
             new_connections_per_sec: None,
             retries: 0,
+            abusers: args.abusers,
+            deployed_shares: args.deployed_shares(),
+            abuser_connections: None,
+            abuser_queues: None,
+            abuser_stored: None,
+            abuser_refused: None,
         }
     }
 }

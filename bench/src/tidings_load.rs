@@ -28,6 +28,7 @@ use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind, MAX_BODY_L
 use tidings_protocol::ids::SenderId;
 use tidings_protocol::keys::AuthSecretKey;
 
+use crate::abuse::Abusers;
 use crate::measure::{self, Clock, CpuSpan, Latency, Pace, ProcWatch};
 use crate::parallel::run_indexed;
 use crate::relay_process::RelayProcess;
@@ -46,14 +47,38 @@ const RETRY_PAUSE: Duration = Duration::from_millis(5);
 /// Pause that lets the relay settle before an RSS reading.
 const SETTLE: Duration = Duration::from_secs(1);
 
+/// How long the abusers run before the honest load starts.
+const ABUSE_HEAD_START: Duration = Duration::from_secs(3);
+
+/// Per-address shares for a relay whose every client is the bench on 127.0.0.1.
+const ONE_ADDRESS_SHARES: &str = "\
+max_connections_per_address = 100000
+max_handshakes_per_address = 1000
+new_queues_per_address_per_hour = 100000000
+stored_bytes_per_address_per_hour = 1000000000000000
+";
+
 /// Runs every phase against the relay `args` name (or one started here) and reports.
 pub async fn run(args: &Args) -> Result<Report> {
+    // Every client of the bench comes from 127.0.0.1; a started relay gets per-address
+    // shares large enough for all of them, unless the run is about those shares.
+    let shares_dir = tempfile::Builder::new()
+        .prefix("tidings-bench-config-")
+        .tempdir()
+        .context("creating a temporary dir")?;
+    let mut relay_args = args.relay_args.clone();
+    if !args.deployed_shares() {
+        let path = shares_dir.path().join("one-address-load.toml");
+        std::fs::write(&path, ONE_ADDRESS_SHARES).context("writing the relay config")?;
+        relay_args.push("--config".into());
+        relay_args.push(path.display().to_string());
+    }
     let started = match &args.relay {
         Some(_) => None,
         None => Some(
             RelayProcess::start(
                 args.relay_bin.as_deref(),
-                &args.relay_args,
+                &relay_args,
                 args.relay_log.as_deref(),
             )
             .await?,
@@ -85,7 +110,22 @@ pub async fn run(args: &Args) -> Result<Report> {
     if args.connect_rate > 0 {
         report.new_connections_per_sec = Some(connect_rate(&pool, args).await?);
     }
+    let abusers = match args.abusers {
+        0 => None,
+        n => Some(Abusers::start(n, &pool.address, pool.target)?),
+    };
+    if abusers.is_some() {
+        // Let the abusers take what they can before the honest load starts.
+        tokio::time::sleep(ABUSE_HEAD_START).await;
+    }
     load(&pool, args, watch, data_dir, body_len, &mut report).await?;
+    if let Some(abusers) = abusers {
+        let tally = abusers.stop().await?;
+        report.abuser_connections = Some(tally.connections.load(Ordering::Relaxed));
+        report.abuser_queues = Some(tally.queues.load(Ordering::Relaxed));
+        report.abuser_stored = Some(tally.stored.load(Ordering::Relaxed));
+        report.abuser_refused = Some(tally.refused.load(Ordering::Relaxed));
+    }
 
     drop(pool);
     if let Some(relay) = started {

@@ -18,6 +18,22 @@
 //! max_queues_per_connection = 64
 //! max_subscriptions_per_connection = 1024
 //! sweep_interval_secs = 600
+//! # Fair shares per source address (an IPv4 address or an IPv6 /64), in memory only:
+//! max_connections_per_address = 32
+//! max_handshakes_per_address = 8
+//! new_queues_per_address_per_hour = 64
+//! stored_bytes_per_address_per_hour = 33554432   # 32 MiB, about 2,000 padded messages
+//! max_tracked_addresses = 65536
+//! # Handshakes in progress: QUIC Retry above the threshold, refused above the maximum.
+//! retry_threshold = 100
+//! max_handshakes = 1000
+//! # Disk: stored bytes the relay keeps in all (default: what is stored at start plus a
+//! # quarter of the free space then), and free space it always leaves on the disk.
+//! # max_store_bytes = 10737418240
+//! min_free_disk_bytes = 67108864                  # 64 MiB
+//! # How often the aggregate counters are logged (never finer than the store's hour by
+//! # default; lower it only to debug).
+//! stats_interval_secs = 3600
 //! ```
 
 use std::net::SocketAddr;
@@ -63,6 +79,43 @@ pub struct Config {
     pub max_subscriptions_per_connection: usize,
     /// Seconds between expiry sweeps. Default 600.
     pub sweep_interval_secs: u64,
+    /// Most connections one source address (an IPv4 address, or an IPv6 /64) may have open
+    /// at once; more are refused. Default 32.
+    pub max_connections_per_address: u32,
+    /// Most handshakes one source address may have in progress at once, counted apart for
+    /// sources that proved their address with a QUIC Retry token and sources that did not
+    /// (so spoofed packets cannot use up a real source's share). Default 8.
+    pub max_handshakes_per_address: u32,
+    /// Queues one source address may create per hour (a bucket of this size, refilled over
+    /// the hour); `New` beyond it gets `Quota`. Default 64.
+    pub new_queues_per_address_per_hour: u32,
+    /// Bytes of message bodies one source address may store per hour (a bucket of this
+    /// size, refilled over the hour); a `Send` beyond it gets `Quota`. Default 32 MiB
+    /// (33,554,432: about 2,000 messages padded to 16,000 bytes).
+    pub stored_bytes_per_address_per_hour: u64,
+    /// Most source addresses whose shares are tracked at once (in memory only, never logged
+    /// or stored). Past it, sources with nothing open are forgotten. Must exceed
+    /// `max_connections + max_handshakes`. Default 65,536.
+    pub max_tracked_addresses: usize,
+    /// Handshakes in progress on the whole relay above which a source that has not proved
+    /// its address gets a QUIC Retry (RFC 9000 section 8.1) instead of a handshake; 0: always.
+    /// Default 100.
+    pub retry_threshold: u32,
+    /// Most handshakes in progress on the whole relay; more are refused. Default 1,000.
+    pub max_handshakes: u32,
+    /// Bytes the store may hold in all (queue records and messages as stored, not counting
+    /// the storage engine's own overhead, which roughly doubles it on disk). Beyond it `New`
+    /// and `Send` get `Quota`. Default (unset): what is stored when the relay starts plus a
+    /// quarter of the free space on the data directory's filesystem then.
+    pub max_store_bytes: Option<u64>,
+    /// Free space the relay leaves on the data directory's filesystem: below it `New` and
+    /// `Send` get `Quota`, while acks and deletes (which need a little room to be written)
+    /// still work. 0 turns the check off (a write that finds the disk full is then what
+    /// stops growth: see SECURITY.md 3.6). Default 64 MiB (67,108,864).
+    pub min_free_disk_bytes: u64,
+    /// Seconds between two logs of the aggregate counters. Default 3,600 (the hour, the
+    /// finest time the store keeps); lower only to debug.
+    pub stats_interval_secs: u64,
 }
 
 impl Default for Config {
@@ -82,6 +135,16 @@ impl Default for Config {
             max_queues_per_connection: 64,
             max_subscriptions_per_connection: 1024,
             sweep_interval_secs: 600,
+            max_connections_per_address: 32,
+            max_handshakes_per_address: 8,
+            new_queues_per_address_per_hour: 64,
+            stored_bytes_per_address_per_hour: 32 << 20,
+            max_tracked_addresses: 65_536,
+            retry_threshold: 100,
+            max_handshakes: 1000,
+            max_store_bytes: None,
+            min_free_disk_bytes: 64 << 20,
+            stats_interval_secs: 3600,
         }
     }
 }
@@ -123,6 +186,24 @@ impl Config {
             ("rate_per_sec", u64::from(self.rate_per_sec)),
             ("rate_burst", u64::from(self.rate_burst)),
             ("sweep_interval_secs", self.sweep_interval_secs),
+            (
+                "max_connections_per_address",
+                u64::from(self.max_connections_per_address),
+            ),
+            (
+                "max_handshakes_per_address",
+                u64::from(self.max_handshakes_per_address),
+            ),
+            (
+                "new_queues_per_address_per_hour",
+                u64::from(self.new_queues_per_address_per_hour),
+            ),
+            (
+                "stored_bytes_per_address_per_hour",
+                self.stored_bytes_per_address_per_hour,
+            ),
+            ("max_handshakes", u64::from(self.max_handshakes)),
+            ("stats_interval_secs", self.stats_interval_secs),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -132,6 +213,24 @@ impl Config {
         if self.idle_timeout_secs > 3600 || self.handshake_timeout_secs > 3600 {
             return Err(RelayError::Config(
                 "timeouts must be at most 3600 seconds".into(),
+            ));
+        }
+        if self.retry_threshold > self.max_handshakes {
+            return Err(RelayError::Config(
+                "retry_threshold must be at most max_handshakes".into(),
+            ));
+        }
+        let open = self
+            .max_connections
+            .saturating_add(self.max_handshakes as usize);
+        if self.max_tracked_addresses <= open {
+            return Err(RelayError::Config(format!(
+                "max_tracked_addresses must be more than max_connections + max_handshakes ({open})"
+            )));
+        }
+        if self.max_store_bytes == Some(0) {
+            return Err(RelayError::Config(
+                "max_store_bytes must be at least 1 (leave it out for the default)".into(),
             ));
         }
         Ok(())
@@ -166,6 +265,11 @@ impl Config {
     pub fn sweep_interval(&self) -> Duration {
         Duration::from_secs(self.sweep_interval_secs)
     }
+
+    /// The time between two logs of the counters.
+    pub fn stats_interval(&self) -> Duration {
+        Duration::from_secs(self.stats_interval_secs)
+    }
 }
 
 #[cfg(test)]
@@ -173,8 +277,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn empty_file_gives_the_documented_defaults() {
-        let c = Config::from_toml("").unwrap();
+    fn empty_file_gives_the_documented_defaults() -> Result<()> {
+        let c = Config::from_toml("")?;
         assert_eq!(c, Config::default());
         assert_eq!(c.listen.to_string(), "[::]:4433");
         assert_eq!(c.expiry_hours(), 21 * 24);
@@ -185,14 +289,33 @@ mod tests {
         assert_eq!((c.rate_per_sec, c.rate_burst), (200, 400));
         assert_eq!(c.max_queues_per_connection, 64);
         assert_eq!(c.max_queues, 1_000_000);
+        assert_eq!(c.max_connections_per_address, 32);
+        assert_eq!(c.max_handshakes_per_address, 8);
+        assert_eq!(c.new_queues_per_address_per_hour, 64);
+        assert_eq!(c.stored_bytes_per_address_per_hour, 32 << 20);
+        assert_eq!((c.retry_threshold, c.max_handshakes), (100, 1000));
+        assert_eq!(c.max_store_bytes, None);
+        assert_eq!(c.min_free_disk_bytes, 64 << 20);
+        assert_eq!(c.stats_interval(), Duration::from_secs(3600));
+        Ok(())
     }
 
     #[test]
-    fn file_values_are_read_and_unknown_keys_refused() {
-        let c = Config::from_toml("listen = \"127.0.0.1:9000\"\nmax_pending = 5\n").unwrap();
+    fn limits_that_cannot_work_together_are_refused() {
+        assert!(Config::from_toml("retry_threshold = 2000").is_err());
+        assert!(Config::from_toml("max_tracked_addresses = 100").is_err());
+        assert!(Config::from_toml("max_store_bytes = 0").is_err());
+        assert!(Config::from_toml("max_connections_per_address = 0").is_err());
+        assert!(Config::from_toml("retry_threshold = 0").is_ok());
+    }
+
+    #[test]
+    fn file_values_are_read_and_unknown_keys_refused() -> Result<()> {
+        let c = Config::from_toml("listen = \"127.0.0.1:9000\"\nmax_pending = 5\n")?;
         assert_eq!(c.listen.to_string(), "127.0.0.1:9000");
         assert_eq!(c.max_pending, 5);
         assert!(Config::from_toml("max_pendng = 5").is_err());
         assert!(Config::from_toml("max_pending = 0").is_err());
+        Ok(())
     }
 }

@@ -32,9 +32,13 @@ use tidings_protocol::ProtocolError;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::error::RelayError;
+use crate::fair::{FairShares, SourceKey};
 use crate::registry::{ConnId, Mailbox, Registry};
 use crate::stats::Stats;
-use crate::store::{AppendOutcome, QueueRecord, SecureOutcome, Store, StoredKey, StoredMessage};
+use crate::store::{
+    is_disk_full, AppendOutcome, QueueRecord, SecureOutcome, Store, StoredKey, StoredMessage,
+};
 
 /// State every connection shares.
 pub struct Shared<S> {
@@ -47,7 +51,9 @@ pub struct Shared<S> {
     /// The wall clock (arrival hours).
     pub clock: Arc<dyn Clock>,
     /// Counters.
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
+    /// What each source address may hold (in memory only).
+    pub shares: Arc<FairShares>,
 }
 
 impl<S> std::fmt::Debug for Shared<S> {
@@ -113,6 +119,16 @@ struct PendingSend {
 /// Why a command failed: the wire error code.
 type Refusal = ErrorCode;
 
+/// The wire error for a store failure: `Quota` when the store or the disk is full (the
+/// client may retry later, like a full queue), `Internal` otherwise.
+fn store_error(e: &RelayError) -> Refusal {
+    if is_disk_full(e) {
+        ErrorCode::Quota
+    } else {
+        ErrorCode::Internal
+    }
+}
+
 /// One connection's command state.
 pub struct Dispatcher<S> {
     shared: Arc<Shared<S>>,
@@ -123,6 +139,10 @@ pub struct Dispatcher<S> {
     subscriptions: HashMap<RecipientId, Option<MessageId>>,
     queues_created: u32,
     bucket: TokenBucket,
+    /// The source address's key in the fair shares (never logged).
+    source: SourceKey,
+    /// Whether a command other than `Ping` succeeded since [`Dispatcher::take_activity`].
+    worked: bool,
     /// Decoded keys of existing queues this connection checked a valid signature under,
     /// oldest first, at most [`KEYS_KEPT`].
     keys: Vec<AuthPublicKey>,
@@ -166,6 +186,7 @@ impl<S: Store> Dispatcher<S> {
         conn: ConnId,
         mailbox: Arc<Mailbox>,
         binding: SessionBinding,
+        source: SourceKey,
     ) -> Self {
         let bucket = TokenBucket::new(shared.config.rate_per_sec, shared.config.rate_burst);
         Self {
@@ -176,8 +197,19 @@ impl<S: Store> Dispatcher<S> {
             subscriptions: HashMap::new(),
             queues_created: 0,
             bucket,
+            source,
+            worked: false,
             keys: Vec::new(),
         }
+    }
+
+    /// Whether the connection did work since the last call: a command other than `Ping`
+    /// answered without an error, or it holds a subscription (it waits for pushes, and its
+    /// `Ping`s keep it). Only then does a record reset the idle timer (PROTOCOL.md 14).
+    pub fn take_activity(&mut self) -> bool {
+        let active = self.worked || !self.subscriptions.is_empty();
+        self.worked = false;
+        active
     }
 
     /// Handles the frames of one block in order, appending each reply (and any pushes it
@@ -224,8 +256,10 @@ impl<S: Store> Dispatcher<S> {
                 continue;
             }
             self.store_sends(&mut sends, out).await;
-            if let Err(code) = self.command(request, out).await {
-                self.error(out, corr, entity, code);
+            let ping = matches!(request.command, Command::Ping);
+            match self.command(request, out).await {
+                Ok(()) => self.worked |= !ping,
+                Err(code) => self.error(out, corr, entity, code),
             }
         }
         self.store_sends(&mut sends, out).await;
@@ -245,6 +279,16 @@ impl<S: Store> Dispatcher<S> {
             .delivery_key
             .seal(&id, body)
             .map_err(|_| ErrorCode::Large)?;
+        // The source's hourly share of stored bytes (given back if it is not stored).
+        let size = u64::try_from(sealed.len()).unwrap_or(u64::MAX);
+        if !self
+            .shared
+            .shares
+            .take_bytes(self.source, size, Instant::now().into_std())
+        {
+            Stats::bump(&self.shared.stats.over_share);
+            return Err(ErrorCode::Quota);
+        }
         Ok(PendingSend {
             corr: req.corr,
             entity: req.entity,
@@ -266,18 +310,23 @@ impl<S: Store> Dispatcher<S> {
         let mut items = Vec::with_capacity(sends.len());
         for send in sends.drain(..) {
             let sent_len = send.message.body.len().saturating_sub(DELIVERY_TAG_LEN);
-            heads.push((send.corr, send.entity, send.recipient, sent_len));
+            let size = u64::try_from(send.message.body.len()).unwrap_or(u64::MAX);
+            heads.push((send.corr, send.entity, send.recipient, sent_len, size));
             items.push((send.recipient, send.message));
         }
         let max = self.shared.config.max_pending;
         let outcomes = self.shared.store.append_batch(items, max).await;
-        for (i, (corr, entity, recipient, sent_len)) in heads.into_iter().enumerate() {
+        for (i, (corr, entity, recipient, sent_len, size)) in heads.into_iter().enumerate() {
             let outcome = match &outcomes {
-                Ok(list) => list.get(i).copied(),
-                Err(_) => None,
+                Ok(list) => list.get(i).copied().ok_or(ErrorCode::Internal),
+                Err(e) => Err(store_error(e)),
             };
+            if outcome != Ok(AppendOutcome::Stored) {
+                self.shared.shares.give_back_bytes(self.source, size);
+            }
             match outcome {
-                Some(AppendOutcome::Stored) => {
+                Ok(AppendOutcome::Stored) => {
+                    self.worked = true;
                     Stats::bump(&self.shared.stats.messages_stored);
                     Stats::add(
                         &self.shared.stats.body_bytes_stored,
@@ -291,9 +340,13 @@ impl<S: Store> Dispatcher<S> {
                     self.shared.registry.notify_changed(&recipient, self.conn);
                     self.refresh(recipient, out);
                 }
-                Some(AppendOutcome::QueueFull) => self.error(out, corr, entity, ErrorCode::Quota),
-                Some(AppendOutcome::Refused) => self.error(out, corr, entity, ErrorCode::Auth),
-                None => self.error(out, corr, entity, ErrorCode::Internal),
+                Ok(AppendOutcome::QueueFull) => self.error(out, corr, entity, ErrorCode::Quota),
+                Ok(AppendOutcome::StoreFull) => {
+                    Stats::bump(&self.shared.stats.store_full);
+                    self.error(out, corr, entity, ErrorCode::Quota);
+                }
+                Ok(AppendOutcome::Refused) => self.error(out, corr, entity, ErrorCode::Auth),
+                Err(code) => self.error(out, corr, entity, code),
             }
         }
     }
@@ -331,6 +384,18 @@ impl<S: Store> Dispatcher<S> {
                 {
                     return Err(ErrorCode::Quota);
                 }
+                if self.shared.store.is_full() {
+                    Stats::bump(&self.shared.stats.store_full);
+                    return Err(ErrorCode::Quota);
+                }
+                if !self
+                    .shared
+                    .shares
+                    .take_queue(self.source, Instant::now().into_std())
+                {
+                    Stats::bump(&self.shared.stats.over_share);
+                    return Err(ErrorCode::Quota);
+                }
                 let relay_dh = DhSecretKey::generate(&mut OsRng);
                 let delivery_key =
                     DeliveryKey::for_relay(&relay_dh, dh).map_err(|_| ErrorCode::Command)?;
@@ -343,9 +408,14 @@ impl<S: Store> Dispatcher<S> {
                     suspended: false,
                 };
                 let (recipient, sender) = (record.recipient, record.sender);
-                match self.shared.store.create_queue(record).await {
+                let created = self.shared.store.create_queue(record).await;
+                if !matches!(created, Ok(true)) {
+                    self.shared.shares.give_back_queue(self.source);
+                }
+                match created {
                     Ok(true) => {}
-                    Ok(false) | Err(_) => return Err(ErrorCode::Internal),
+                    Ok(false) => return Err(ErrorCode::Internal),
+                    Err(e) => return Err(store_error(&e)),
                 }
                 self.queues_created += 1;
                 out.push(reply(ReplyKind::Ids {
@@ -359,16 +429,16 @@ impl<S: Store> Dispatcher<S> {
                 let queue = self.lookup_sender(&req.entity)?;
                 req.verify(&self.binding, sender_key)
                     .map_err(|_| ErrorCode::Auth)?;
-                let queue = queue.ok_or(ErrorCode::Auth)?;
-                match self
-                    .shared
-                    .store
-                    .secure_queue(queue.recipient, *sender_key)
-                    .await
-                {
+                // Equal work for existing and unknown queues: an unknown sender id goes
+                // through the store writer too, with a fresh random recipient id that names
+                // no queue (the writer reads it, finds nothing and refuses), so the answer
+                // takes the same path and waits for the same group flush as a refusal for a
+                // queue that is already secured.
+                let target = queue.map_or_else(|| RecipientId::random(&mut OsRng), |q| q.recipient);
+                match self.shared.store.secure_queue(target, *sender_key).await {
                     Ok(SecureOutcome::Secured) => out.push(reply(ReplyKind::Ok)),
                     Ok(SecureOutcome::Refused) => return Err(ErrorCode::Auth),
-                    Err(_) => return Err(ErrorCode::Internal),
+                    Err(e) => return Err(store_error(&e)),
                 }
             }
             Command::Send { .. } => {
@@ -400,7 +470,7 @@ impl<S: Store> Dispatcher<S> {
                         self.refresh(q, out);
                     }
                     Ok(false) => return Err(ErrorCode::NoMessage),
-                    Err(_) => return Err(ErrorCode::Internal),
+                    Err(e) => return Err(store_error(&e)),
                 }
             }
             Command::Get => {
@@ -419,7 +489,7 @@ impl<S: Store> Dispatcher<S> {
                 let q = queue.recipient;
                 match self.shared.store.delete_queue(q).await {
                     Ok(_) => {}
-                    Err(_) => return Err(ErrorCode::Internal),
+                    Err(e) => return Err(store_error(&e)),
                 }
                 out.push(reply(ReplyKind::Ok));
                 if self.shared.registry.end(&q, self.conn) == Some(self.conn) {
@@ -431,7 +501,7 @@ impl<S: Store> Dispatcher<S> {
                 let queue = self.recipient_queue(&req)?;
                 match self.shared.store.suspend_queue(queue.recipient).await {
                     Ok(_) => out.push(reply(ReplyKind::Ok)),
-                    Err(_) => return Err(ErrorCode::Internal),
+                    Err(e) => return Err(store_error(&e)),
                 }
             }
         }
@@ -445,7 +515,7 @@ impl<S: Store> Dispatcher<S> {
             .shared
             .store
             .queue(&RecipientId::from(req.entity))
-            .map_err(|_| ErrorCode::Internal)?;
+            .map_err(|e| store_error(&e))?;
         self.check_signature(req, queue.as_ref().map(|q| q.recipient_key))?;
         queue.ok_or(ErrorCode::Auth)
     }
@@ -479,13 +549,18 @@ impl<S: Store> Dispatcher<S> {
         Ok(())
     }
 
-    /// The queue a sender id names. For an unknown one, one verification against the dummy
-    /// key is spent (when there is a signature to check) before the caller refuses.
+    /// The queue a sender id names. A known id costs two reads (the sender index, then the
+    /// queue record); for an unknown one a second read (of a random recipient id, which names
+    /// no queue) is spent too.
     fn lookup_sender(&self, entity: &EntityId) -> Result<Option<QueueRecord>, Refusal> {
-        self.shared
-            .store
+        let store = &self.shared.store;
+        let queue = store
             .queue_by_sender(&SenderId::from(*entity))
-            .map_err(|_| ErrorCode::Internal)
+            .map_err(|e| store_error(&e))?;
+        if queue.is_none() {
+            let _ = store.queue(&RecipientId::random(&mut OsRng));
+        }
+        Ok(queue)
     }
 
     /// The queue a `Send` addresses, if the signature rule holds: signed by the sender key
@@ -623,13 +698,17 @@ mod tests {
                 registry: Registry::default(),
                 config: Config::loopback(std::path::Path::new("unused")),
                 clock: Arc::new(SystemClock),
-                stats: Stats::default(),
+                stats: Arc::default(),
+                shares: crate::fair::FairShares::new(crate::fair::Limits::from_config(
+                    &Config::default(),
+                )),
             });
             Dispatcher::new(
                 shared,
                 ConnId(1),
                 Arc::new(Mailbox::default()),
                 SessionBinding::from_bytes([7; 32]),
+                SourceKey::V4([127, 0, 0, 1]),
             )
         }
 

@@ -21,6 +21,10 @@ pub enum RelayError {
     /// The store's writer thread has stopped; nothing more can be written.
     #[error("the store is closed")]
     StoreClosed,
+    /// The store is full (its byte budget is used up or the disk is full); nothing was
+    /// written. Clients are told `Quota`.
+    #[error("the store is full (byte budget or disk space); nothing was written")]
+    StoreFull,
     /// Writes were applied but could not be made durable (the flush failed).
     #[error("the store could not make writes durable")]
     NotDurable,

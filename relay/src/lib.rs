@@ -28,7 +28,10 @@
 //!   once it is durable, grouping concurrent writes under one flush (plus
 //!   [`store::MemoryStore`] for tests). `tests/store_conformance.rs` is the suite every
 //!   backend must pass.
-//! - [`server`]: the accept loop with the connection limit, the expiry sweeper, shutdown, and
+//! - [`fair`]: each source address's fair share (connections, handshakes in progress, new
+//!   queues and stored bytes per hour; IPv6 by /64), kept in memory only, and the decision
+//!   to accept a connection attempt, answer it with a QUIC Retry, or refuse it.
+//! - [`server`]: the accept loop with the connection limits, the expiry sweeper, shutdown, and
 //!   the in-process API ([`Relay`], [`run`]) that the binary and the integration tests use:
 //!
 //! ```no_run
@@ -50,9 +53,9 @@
 //! ## What it never does
 //!
 //! It never logs or stores a client address, a queue id, a key or a byte of a message (logs
-//! carry aggregate counters only); never keeps a time finer than the hour a message arrived;
-//! never answers `Ok` to a send before the message is durable; and never panics on input from
-//! the network or the disk.
+//! carry aggregate counters only, once an hour by default); never keeps a time finer than the
+//! hour a message arrived; never answers `Ok` to a send before the message is durable; and
+//! never panics on input from the network or the disk.
 
 #![forbid(unsafe_code)]
 
@@ -60,6 +63,7 @@ pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod fair;
 pub mod identity;
 pub mod registry;
 pub mod server;

@@ -1,6 +1,17 @@
 //! The running relay: the accept loop, one task per connection, the expiry sweeper, and an
 //! orderly shutdown.
 //!
+//! Admission, in order (each step cheaper than the work it guards):
+//!
+//! 1. A new connection attempt from a source that has its share of handshakes in progress,
+//!    or arriving while the relay has more than `retry_threshold` in progress, gets a QUIC
+//!    Retry unless it already proved its address ([`crate::fair`]); spoofed sources never
+//!    come back. Past the source's shares or `max_handshakes`, it is refused.
+//! 2. The QUIC handshake runs (it proves the address); only then is a connection slot taken:
+//!    one of `max_connections` and one of the source's `max_connections_per_address`.
+//! 3. The Noise handshake; the handshake counts end there, and the slot is held until the
+//!    connection ends.
+//!
 //! [`Relay::start`] opens the data directory (keys, certificate, store), binds the endpoint and
 //! returns a handle with the address to print. [`Relay::shutdown`] stops accepting, lets every
 //! connection finish the block it is handling (so every `Ok` sent is durable and every durable
@@ -13,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 
@@ -24,17 +35,16 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::dispatch::Shared;
 use crate::error::{RelayError, Result};
+use crate::fair::{Admission, FairShares, HandshakeGuard, Limits, SourceKey};
 use crate::identity::{self, Identity, STORE_DIR};
 use crate::registry::{ConnId, Registry};
 use crate::session::{self, End};
 use crate::stats::Stats;
-use crate::store::{SledStore, Store};
-use crate::transport::{accept_stream, Closer, QuicListener};
+use crate::store::{SledStore, Store, StoreLimits};
+use crate::transport::{quic_handshake, stream_of, Closer, QuicListener};
 
 /// How long shutdown waits for connections to finish their current block.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the counters are logged.
-const STATS_INTERVAL: Duration = Duration::from_secs(60);
 
 type SweepRequest = oneshot::Sender<Result<usize>>;
 
@@ -46,6 +56,7 @@ pub struct Relay {
     shutdown: watch::Sender<bool>,
     sweeps: mpsc::Sender<SweepRequest>,
     main: JoinHandle<Result<()>>,
+    stats: Arc<Stats>,
 }
 
 impl Relay {
@@ -57,7 +68,13 @@ impl Relay {
         let identity = identity::load_or_create(&data_dir, tls_name)?;
         let store_dir = data_dir.join(STORE_DIR);
         identity::ensure_dir(&store_dir)?;
-        let store = SledStore::open(&store_dir)?;
+        let store = SledStore::open_with(
+            &store_dir,
+            StoreLimits {
+                max_bytes: config.max_store_bytes,
+                min_free_disk_bytes: config.min_free_disk_bytes,
+            },
+        )?;
         Self::start_with_store(config, clock, identity, store).await
     }
 
@@ -77,12 +94,15 @@ impl Relay {
             local_addr,
         )?;
         let keypair = Arc::new(identity.keypair);
+        let shares = FairShares::new(Limits::from_config(&config));
+        let stats = Arc::new(Stats::default());
         let shared = Arc::new(Shared {
             store: Arc::new(store),
             registry: Registry::default(),
             config,
             clock,
-            stats: Stats::default(),
+            stats: Arc::clone(&stats),
+            shares,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (sweeps, sweep_rx) = mpsc::channel(4);
@@ -94,6 +114,7 @@ impl Relay {
             shutdown,
             sweeps,
             main,
+            stats,
         })
     }
 
@@ -105,6 +126,11 @@ impl Relay {
     /// The UDP address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The relay's aggregate counters (what it logs), live.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Runs an expiry sweep now (besides the periodic ones); resolves to how many messages
@@ -153,7 +179,9 @@ async fn supervise<S: Store>(
     listener.wait_idle(Duration::from_secs(2)).await;
     let _ = sweeper.await;
     let result = shared.store.flush().await;
-    shared.stats.log(shared.store.queue_count());
+    shared
+        .stats
+        .log(shared.store.queue_count(), shared.store.stored_bytes());
     tracing::info!("relay stopped");
     // The last reference: dropping it closes the store.
     drop(shared);
@@ -174,20 +202,40 @@ async fn accept_loop<S: Store>(
             _ = shutdown.changed() => break,
             incoming = listener.accept() => {
                 let Some(incoming) = incoming else { break };
-                match Arc::clone(&slots).try_acquire_owned() {
-                    Ok(permit) => {
+                if slots.available_permits() == 0 {
+                    // Full now: no handshake is worth starting (the slot is taken after it).
+                    Stats::bump(&shared.stats.refused_connections);
+                    incoming.refuse();
+                    continue;
+                }
+                let source = SourceKey::from(incoming.remote_address());
+                let admission = shared.shares.admit(
+                    source,
+                    incoming.remote_address_validated(),
+                    incoming.may_retry(),
+                    std::time::Instant::now(),
+                );
+                match admission {
+                    Admission::Accept(guard) => {
                         next_id += 1;
                         tasks.spawn(connection(
                             incoming,
+                            guard,
                             Arc::clone(&shared),
                             Arc::clone(&keypair),
                             ConnId(next_id),
                             shutdown.clone(),
-                            permit,
+                            Arc::clone(&slots),
                         ));
                     }
-                    Err(_) => {
-                        Stats::bump(&shared.stats.refused_connections);
+                    Admission::Retry => {
+                        Stats::bump(&shared.stats.retries);
+                        if let Err(e) = incoming.retry() {
+                            e.into_incoming().refuse();
+                        }
+                    }
+                    Admission::Refuse => {
+                        Stats::bump(&shared.stats.refused_over_share);
                         incoming.refuse();
                     }
                 }
@@ -208,23 +256,29 @@ async fn accept_loop<S: Store>(
     tasks.shutdown().await;
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection<S: Store>(
     incoming: quinn::Incoming,
+    handshake_guard: HandshakeGuard,
     shared: Arc<Shared<S>>,
     keypair: Arc<RelayKeypair>,
     conn: ConnId,
     mut shutdown: watch::Receiver<bool>,
-    _slot: OwnedSemaphorePermit,
+    slots: Arc<Semaphore>,
 ) {
-    Stats::bump(&shared.stats.connections);
-    shared
-        .stats
-        .open_connections
-        .fetch_add(1, Ordering::Relaxed);
+    let source = handshake_guard.key();
     let handshake = timeout(shared.config.handshake_timeout(), async {
-        let mut stream = accept_stream(incoming).await.ok_or(End::Handshake)?;
+        let quic = quic_handshake(incoming).await.ok_or(End::Handshake)?;
+        // The address is proven now: take a slot of the relay and one of the source.
+        let slot = Arc::clone(&slots).try_acquire_owned();
+        let share = shared.shares.connect(source, std::time::Instant::now());
+        let (Ok(slot), Some(share)) = (slot, share) else {
+            quic.close();
+            return Err(End::Refused);
+        };
+        let mut stream = stream_of(quic).await.ok_or(End::Handshake)?;
         match session::handshake(&keypair, &mut stream.reader, &mut stream.writer).await {
-            Ok(session) => Ok((session, stream)),
+            Ok(session) => Ok((session, stream, slot, share)),
             Err(end) => {
                 stream.closer.close();
                 Err(end)
@@ -235,26 +289,34 @@ async fn connection<S: Store>(
         r = handshake => r.unwrap_or(Err(End::Handshake)),
         _ = shutdown.changed() => Err(End::Shutdown),
     };
+    drop(handshake_guard);
     let end = match established {
-        Ok((session, stream)) => {
-            session::serve(
+        Ok((session, stream, _slot, _share)) => {
+            Stats::bump(&shared.stats.connections);
+            shared
+                .stats
+                .open_connections
+                .fetch_add(1, Ordering::Relaxed);
+            let end = session::serve(
                 Arc::clone(&shared),
                 conn,
+                source,
                 session,
                 stream.reader,
                 stream.writer,
                 &stream.closer,
                 shutdown,
             )
-            .await
+            .await;
+            shared
+                .stats
+                .open_connections
+                .fetch_sub(1, Ordering::Relaxed);
+            end
         }
         Err(end) => end,
     };
     session::count_end(&shared.stats, end);
-    shared
-        .stats
-        .open_connections
-        .fetch_sub(1, Ordering::Relaxed);
 }
 
 async fn sweeper<S: Store>(
@@ -264,7 +326,7 @@ async fn sweeper<S: Store>(
 ) {
     let mut sweep_tick = tokio::time::interval(shared.config.sweep_interval());
     sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stats_tick = tokio::time::interval(STATS_INTERVAL);
+    let mut stats_tick = tokio::time::interval(shared.config.stats_interval());
     stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -277,7 +339,9 @@ async fn sweeper<S: Store>(
             Some(reply) = requests.recv() => {
                 let _ = reply.send(sweep(&shared).await);
             }
-            _ = stats_tick.tick() => shared.stats.log(shared.store.queue_count()),
+            _ = stats_tick.tick() => shared
+                .stats
+                .log(shared.store.queue_count(), shared.store.stored_bytes()),
         }
     }
 }

@@ -39,6 +39,7 @@ use tidings_protocol::keys::RelayKeypair;
 use tidings_protocol::noise::{self, Session, RECORD_LEN, SUPPORTED_VERSIONS};
 
 use crate::dispatch::{Dispatcher, Shared};
+use crate::fair::SourceKey;
 use crate::registry::{ConnId, Mailbox};
 use crate::stats::Stats;
 use crate::store::Store;
@@ -60,8 +61,11 @@ pub enum End {
     NoCommonVersion,
     /// A record did not open.
     BadRecord,
-    /// No record within the idle timeout, or a write stalled that long.
+    /// No work within the idle timeout (see [`serve`]), or a write stalled that long.
     Idle,
+    /// The connection's source address had its share of connections open, or the relay
+    /// all its connection slots.
+    Refused,
     /// The relay is shutting down.
     Shutdown,
 }
@@ -125,9 +129,16 @@ pub fn pack(replies: &mut Vec<Reply>, keep_partial: bool) -> Vec<Block> {
 }
 
 /// Runs an established connection until it ends.
+///
+/// A connection's life is bounded by its work, not by `Ping`s: a record resets the idle
+/// timer only when one of its commands other than `Ping` was answered without an error, or
+/// when the connection is subscribed to a queue (it waits for pushes, and its `Ping`s keep
+/// it). A connection that only pings is closed after the idle timeout.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<S, R, W, C>(
     shared: Arc<Shared<S>>,
     conn: ConnId,
+    source: SourceKey,
     mut session: Session,
     reader: R,
     writer: W,
@@ -147,6 +158,7 @@ where
         conn,
         Arc::clone(&mailbox),
         session.binding().clone(),
+        source,
     );
 
     let mut reader = reader;
@@ -178,7 +190,6 @@ where
                 }
                 let whole = std::mem::take(&mut record);
                 Stats::bump(&shared.stats.records_received);
-                deadline = Instant::now() + idle;
                 let block = match session.open(&whole) {
                     Ok(b) => b,
                     Err(_) => break End::BadRecord,
@@ -201,6 +212,9 @@ where
                 if let Some(end) = failed {
                     write_failed = true;
                     break end;
+                }
+                if dispatcher.take_activity() {
+                    deadline = Instant::now() + idle;
                 }
             }
             () = mailbox.notified() => {}
@@ -258,8 +272,10 @@ async fn send<W: RecordWriter>(
 
 /// Counts a connection's end.
 pub fn count_end(stats: &Stats, end: End) {
-    if matches!(end, End::Handshake) {
-        Stats::bump(&stats.failed_handshakes);
+    match end {
+        End::Handshake => Stats::bump(&stats.failed_handshakes),
+        End::Refused => Stats::bump(&stats.refused_connections),
+        _ => {}
     }
     tracing::trace!(reason = ?end, "connection ended");
 }

@@ -30,6 +30,15 @@ pub struct Stats {
     pub records_sent: AtomicU64,
     /// Messages deleted by expiry.
     pub messages_expired: AtomicU64,
+    /// QUIC Retry packets sent (address validation).
+    pub retries: AtomicU64,
+    /// Connection attempts refused because their source address had its share open (or the
+    /// relay its most handshakes in progress).
+    pub refused_over_share: AtomicU64,
+    /// `New` and `Send` refused (`Quota`) because their source address used its hourly share.
+    pub over_share: AtomicU64,
+    /// `New` and `Send` refused (`Quota`) because the store or the disk is full.
+    pub store_full: AtomicU64,
 }
 
 impl Stats {
@@ -43,11 +52,13 @@ impl Stats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Logs every counter at `info`, with the number of queues the store holds.
-    pub fn log(&self, queues: usize) {
+    /// Logs every counter at `info`, with the number of queues the store holds and the
+    /// bytes it stores.
+    pub fn log(&self, queues: usize, stored_bytes: u64) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         tracing::info!(
             queues,
+            stored_bytes,
             connections = get(&self.connections),
             open = get(&self.open_connections),
             refused = get(&self.refused_connections),
@@ -59,6 +70,10 @@ impl Stats {
             records_in = get(&self.records_received),
             records_out = get(&self.records_sent),
             expired = get(&self.messages_expired),
+            retries = get(&self.retries),
+            refused_over_share = get(&self.refused_over_share),
+            over_share = get(&self.over_share),
+            store_full = get(&self.store_full),
             "relay counters"
         );
     }

@@ -11,6 +11,13 @@
 //!
 //! No addresses, no fine timestamps, no client metadata.
 //!
+//! Room: the writer counts the bytes of every key and value it stores (counted afresh at
+//! open) and refuses new queues and messages (`StoreFull`, which clients see as `Quota`)
+//! past a byte budget, or when the filesystem has less than a reserve free (one `statvfs`
+//! per group that grows). A write that still finds the disk full (sled then refuses every
+//! write until it is opened again) is answered `StoreFull` too, never acknowledged, and
+//! marks the store full until the relay restarts; what was acknowledged before is durable.
+//!
 //! Backends: [`SledStore`] (the default, on disk) and [`MemoryStore`] (tests).
 //!
 //! Every mutation is asynchronous and resolves only once it is durable. [`SledStore`] runs all
@@ -43,7 +50,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -144,6 +151,9 @@ pub enum AppendOutcome {
     Stored,
     /// The queue already holds `max_pending` messages; nothing was stored.
     QueueFull,
+    /// The store is full: its byte budget is used up or the disk is nearly full; nothing
+    /// was stored.
+    StoreFull,
     /// The queue does not exist (any more) or is suspended; nothing was stored.
     Refused,
 }
@@ -226,6 +236,71 @@ pub trait Store: Send + Sync + 'static {
 
     /// Resolves once everything written so far is durable.
     fn flush(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Whether the store refuses to grow now (its byte budget has no room for one more
+    /// full-size message, the disk is nearly full, or a write found it full): new queues are
+    /// refused, while acks and deletes still work. Cheap.
+    fn is_full(&self) -> bool {
+        false
+    }
+
+    /// Bytes the store holds (keys and values as stored, without the engine's overhead).
+    /// Cheap.
+    fn stored_bytes(&self) -> u64 {
+        0
+    }
+}
+
+/// How much a [`SledStore`] may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Bytes it may hold in all; `None`: what it holds at open plus a quarter of the free
+    /// space on its filesystem then.
+    pub max_bytes: Option<u64>,
+    /// Free space it always leaves on its filesystem (growth is refused below it); 0: the
+    /// free space is not checked, and only a write that fails for want of space stops it.
+    pub min_free_disk_bytes: u64,
+}
+
+impl StoreLimits {
+    /// No budget and no reserve: the disk is the limit (tests of the store alone).
+    pub const UNLIMITED: Self = Self {
+        max_bytes: Some(u64::MAX),
+        min_free_disk_bytes: 0,
+    };
+}
+
+/// Free bytes for unprivileged users on the filesystem that holds `path`.
+#[cfg(unix)]
+pub fn free_disk_bytes(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Free bytes on the filesystem that holds `path` (unknown on this platform).
+#[cfg(not(unix))]
+pub fn free_disk_bytes(_path: &Path) -> Option<u64> {
+    None
+}
+
+/// Whether an error says the store or the disk is full (the client is told `Quota`).
+pub fn is_disk_full(e: &RelayError) -> bool {
+    match e {
+        RelayError::StoreFull => true,
+        RelayError::Storage(e) => sled_disk_full(e),
+        _ => false,
+    }
+}
+
+fn sled_disk_full(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull)
+}
+
+/// How many bytes of disk a write of `logical` bytes may take before the next flush
+/// reclaims anything: sled's log and tree pages roughly double it (BENCHMARKS.md: 35,015
+/// bytes of disk per 16,000-byte message); a little more for safety.
+fn disk_estimate(logical: u64) -> u64 {
+    logical.saturating_mul(3)
 }
 
 /// sled's log segment size for new databases. sled writes any log entry larger than a
@@ -288,15 +363,38 @@ enum Op {
     Stop,
 }
 
+/// What the writer shares with the store's readers.
+#[derive(Debug, Default)]
+struct Gauges {
+    /// Group flushes made so far.
+    flushes: AtomicU64,
+    /// Queues in the store: counted once at open, then kept by the writer.
+    queues: AtomicUsize,
+    /// Bytes of keys and values stored: counted once at open, then kept by the writer.
+    bytes: AtomicU64,
+    /// Whether growth is refused now (budget used up or disk nearly full).
+    full: AtomicBool,
+    /// Whether a write found the disk full: sled then refuses every write until it is
+    /// opened again, so the relay must be restarted once there is room.
+    disk_full: AtomicBool,
+}
+
+/// The writer's view of the limits.
+#[derive(Debug, Clone)]
+struct Budget {
+    max_bytes: u64,
+    min_free_disk_bytes: u64,
+    dir: std::path::PathBuf,
+}
+
 /// The default backend: one sled database in a directory, with group commit.
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<JoinHandle<()>>,
-    flushes: Arc<AtomicU64>,
-    /// Queues in the store: counted once at open, then kept by the writer.
-    queues: Arc<AtomicUsize>,
+    gauges: Arc<Gauges>,
+    max_bytes: u64,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -306,40 +404,67 @@ impl std::fmt::Debug for SledStore {
 }
 
 impl SledStore {
-    /// Opens (or creates) the database in `path` and starts its writer thread.
+    /// Opens (or creates) the database in `path` and starts its writer thread, with no
+    /// budget and no disk reserve ([`StoreLimits::UNLIMITED`]).
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, StoreLimits::UNLIMITED)
+    }
+
+    /// Opens (or creates) the database in `path` with these limits and starts its writer.
+    pub fn open_with(path: &Path, limits: StoreLimits) -> Result<Self> {
         let db = open_db(path)?;
         let tree = db.open_tree("relay v1")?;
-        let mut existing = 0usize;
-        for key in tree.scan_prefix([TAG_QUEUE]).keys() {
-            key?;
-            existing += 1;
+        let mut queues = 0usize;
+        let mut bytes = 0u64;
+        for entry in tree.iter() {
+            let (key, value) = entry?;
+            if key.first() == Some(&TAG_QUEUE) {
+                queues += 1;
+            }
+            bytes = bytes.saturating_add(entry_len(&key, &value));
         }
-        let queues = Arc::new(AtomicUsize::new(existing));
-        let writer_queues = Arc::clone(&queues);
+        let max_bytes = match limits.max_bytes {
+            Some(max) => max,
+            // Where the free space cannot be read, only the disk itself is the limit.
+            None => free_disk_bytes(path).map_or(u64::MAX, |free| bytes.saturating_add(free / 4)),
+        };
+        let gauges = Arc::new(Gauges {
+            queues: AtomicUsize::new(queues),
+            bytes: AtomicU64::new(bytes),
+            ..Gauges::default()
+        });
+        let budget = Budget {
+            max_bytes,
+            min_free_disk_bytes: limits.min_free_disk_bytes,
+            dir: path.to_path_buf(),
+        };
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let writer_tree = tree.clone();
         let writer_db = db.clone();
-        let flushes = Arc::new(AtomicU64::new(0));
-        let writer_flushes = Arc::clone(&flushes);
+        let writer_gauges = Arc::clone(&gauges);
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(writer_db, writer_tree, rx, &writer_flushes, &writer_queues))
+            .spawn(move || writer_loop(writer_db, writer_tree, rx, &writer_gauges, &budget))
             .map_err(RelayError::io("starting the store writer thread"))?;
         Ok(Self {
             db,
             tree,
             ops: Some(tx),
             writer: Some(writer),
-            flushes,
-            queues,
+            gauges,
+            max_bytes,
         })
     }
 
     /// How many group flushes the writer has made so far (each covers every write that was
     /// waiting when it started): for tests and benchmarks of group commit.
     pub fn flush_count(&self) -> u64 {
-        self.flushes.load(Ordering::Relaxed)
+        self.gauges.flushes.load(Ordering::Relaxed)
+    }
+
+    /// The byte budget in force (the configured one, or the one computed at open).
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
     }
 
     fn submit<T: Send + 'static>(
@@ -447,7 +572,21 @@ impl Store for SledStore {
     }
 
     fn queue_count(&self) -> usize {
-        self.queues.load(Ordering::Relaxed)
+        self.gauges.queues.load(Ordering::Relaxed)
+    }
+
+    fn is_full(&self) -> bool {
+        self.gauges.full.load(Ordering::Relaxed)
+            || self
+                .gauges
+                .bytes
+                .load(Ordering::Relaxed)
+                .saturating_add(ONE_MESSAGE)
+                > self.max_bytes
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        self.gauges.bytes.load(Ordering::Relaxed)
     }
 
     fn pending(&self, recipient: &RecipientId) -> Result<usize> {
@@ -487,13 +626,24 @@ impl Store for SledStore {
 // Writer thread
 
 /// Completes one waiter once the group's flush is known to have succeeded or failed.
-type Completion = Box<dyn FnOnce(bool) + Send>;
+type Completion = Box<dyn FnOnce(Flushed) + Send>;
+
+/// How a group's flush went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flushed {
+    Durable,
+    Failed,
+    /// It failed because the disk is full.
+    DiskFull,
+}
 
 fn complete<T: Send + 'static>(done: Done<T>, result: Result<T>) -> Completion {
-    Box::new(move |durable| {
+    Box::new(move |flushed| {
         let result = match result {
-            Ok(v) if durable => Ok(v),
+            Ok(v) if flushed == Flushed::Durable => Ok(v),
+            Ok(_) if flushed == Flushed::DiskFull => Err(RelayError::StoreFull),
             Ok(_) => Err(RelayError::NotDurable),
+            Err(e) if is_disk_full(&e) => Err(RelayError::StoreFull),
             Err(e) => Err(e),
         };
         // The waiter may have gone away (connection closed): nothing to tell then.
@@ -564,14 +714,117 @@ impl Counts {
     }
 }
 
+/// The writer thread's state.
+struct Writer<'a> {
+    tree: &'a sled::Tree,
+    counts: Counts,
+    gauges: &'a Gauges,
+    budget: &'a Budget,
+    /// Disk space this group may still grow into (free space less the reserve), read once
+    /// per group that grows; `None` until then.
+    room: Option<u64>,
+    /// Whether the last look at the disk found it below the reserve.
+    low_disk: bool,
+}
+
+impl Writer<'_> {
+    fn add_bytes(&self, n: u64) {
+        self.gauges.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn sub_bytes(&self, n: u64) {
+        let _ = self
+            .gauges
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(n))
+            });
+    }
+
+    fn free_room(&self) -> u64 {
+        if self.budget.min_free_disk_bytes == 0 {
+            // No reserve: the free space is not checked, only the disk itself stops writes.
+            return u64::MAX;
+        }
+        free_disk_bytes(&self.budget.dir).map_or(u64::MAX, |free| {
+            free.saturating_sub(self.budget.min_free_disk_bytes)
+        })
+    }
+
+    /// Whether `logical` more bytes fit in the budget and on the disk (keeping the reserve);
+    /// if so, counts them against this group's room.
+    fn make_room(&mut self, logical: u64) -> bool {
+        if self.gauges.disk_full.load(Ordering::Relaxed) {
+            return false;
+        }
+        let stored = self.gauges.bytes.load(Ordering::Relaxed);
+        if stored.saturating_add(logical) > self.budget.max_bytes {
+            return false;
+        }
+        let room = match self.room {
+            Some(room) => room,
+            None => self.free_room(),
+        };
+        let need = disk_estimate(logical);
+        let fits = room >= need;
+        self.room = Some(if fits { room - need } else { room });
+        if !fits {
+            self.low_disk = true;
+        }
+        fits
+    }
+
+    /// After a group: whether growth is refused now, for [`Store::is_full`].
+    fn end_group(&mut self, flushed: Flushed) {
+        if flushed == Flushed::DiskFull && !self.gauges.disk_full.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "the disk is full: the store refuses every write (Quota) until the relay is \
+                 restarted with free space; what was acknowledged is kept"
+            );
+        }
+        if self.room.is_some() || self.low_disk {
+            // Room for one more full message (and its share of the engine's overhead)?
+            self.low_disk = self.free_room() < disk_estimate(ONE_MESSAGE);
+        }
+        self.room = None;
+        // Full when not even one more full-size message would fit.
+        let full = self.low_disk
+            || self.gauges.disk_full.load(Ordering::Relaxed)
+            || self
+                .gauges
+                .bytes
+                .load(Ordering::Relaxed)
+                .saturating_add(ONE_MESSAGE)
+                > self.budget.max_bytes;
+        self.gauges.full.store(full, Ordering::Relaxed);
+    }
+}
+
+/// The stored size of the largest message (key, record and expiry entry).
+const ONE_MESSAGE: u64 =
+    (1 + 24 + 8) + (1 + 24 + 4 + 2 + MAX_DELIVERED_LEN as u64) + (1 + 4 + 24 + 8);
+
+/// Bytes an entry counts for.
+fn entry_len(key: &[u8], value: &[u8]) -> u64 {
+    u64::try_from(key.len().saturating_add(value.len())).unwrap_or(u64::MAX)
+}
+
 fn writer_loop(
     db: sled::Db,
     tree: sled::Tree,
     mut rx: mpsc::Receiver<Op>,
-    flushes: &AtomicU64,
-    queues: &AtomicUsize,
+    gauges: &Gauges,
+    budget: &Budget,
 ) {
-    let mut counts = Counts::default();
+    let mut w = Writer {
+        tree: &tree,
+        counts: Counts::default(),
+        gauges,
+        budget,
+        room: None,
+        low_disk: false,
+    };
+    w.end_group(Flushed::Durable);
     let mut stop = false;
     while !stop {
         let Some(first) = rx.blocking_recv() else {
@@ -585,16 +838,21 @@ fn writer_loop(
                     stop = true;
                     break;
                 }
-                op => group.push(apply(&tree, &mut counts, queues, op)),
+                op => group.push(w.apply(op)),
             }
             if group.len() < MAX_GROUP {
                 next = rx.try_recv().ok();
             }
         }
-        let durable = db.flush().is_ok();
-        flushes.fetch_add(1, Ordering::Relaxed);
+        let flushed = match db.flush() {
+            Ok(_) => Flushed::Durable,
+            Err(e) if sled_disk_full(&e) => Flushed::DiskFull,
+            Err(_) => Flushed::Failed,
+        };
+        gauges.flushes.fetch_add(1, Ordering::Relaxed);
+        w.end_group(flushed);
         for done in group {
-            done(durable);
+            done(flushed);
         }
     }
     // Anything still queued after `Stop` is refused (its waiters see `StoreClosed`).
@@ -602,209 +860,232 @@ fn writer_loop(
     let _ = db.flush();
 }
 
-fn apply(tree: &sled::Tree, counts: &mut Counts, queues: &AtomicUsize, op: Op) -> Completion {
-    match op {
-        Op::Create(record, done) => {
-            let result = apply_create(tree, &record);
-            if matches!(result, Ok(true)) {
-                queues.fetch_add(1, Ordering::Relaxed);
+impl Writer<'_> {
+    fn apply(&mut self, op: Op) -> Completion {
+        match op {
+            Op::Create(record, done) => {
+                let result = self.create(&record);
+                if matches!(result, Ok(true)) {
+                    self.gauges.queues.fetch_add(1, Ordering::Relaxed);
+                }
+                complete(done, result)
             }
-            complete(done, result)
-        }
-        Op::Delete(id, done) => {
-            counts.forget(&id);
-            let result = apply_delete(tree, &id);
-            if matches!(result, Ok(true)) {
-                queues.fetch_sub(1, Ordering::Relaxed);
+            Op::Delete(id, done) => {
+                self.counts.forget(&id);
+                let result = self.delete(&id);
+                if matches!(result, Ok(true)) {
+                    self.gauges.queues.fetch_sub(1, Ordering::Relaxed);
+                }
+                complete(done, result)
             }
-            complete(done, result)
-        }
-        Op::Suspend(id, done) => complete(done, apply_suspend(tree, &id)),
-        Op::Secure(id, key, done) => complete(done, apply_secure(tree, &id, key)),
-        Op::Append(id, message, max, done) => {
-            complete(done, apply_append(tree, counts, &id, &message, max))
-        }
-        Op::AppendBatch(messages, max, done) => {
-            let result = messages
-                .iter()
-                .map(|(id, message)| apply_append(tree, counts, id, message, max))
-                .collect();
-            complete(done, result)
-        }
-        Op::Ack(id, msg, done) => complete(done, apply_ack(tree, counts, &id, &msg)),
-        Op::Expire(cutoff, done) => complete(done, apply_expire(tree, counts, cutoff)),
-        Op::Flush(done) => complete(done, Ok(())),
-        Op::Stop => Box::new(|_| {}),
-    }
-}
-
-fn apply_create(tree: &sled::Tree, record: &QueueRecord) -> Result<bool> {
-    let qk = queue_key(&record.recipient);
-    let sk = sender_key(&record.sender);
-    if tree.contains_key(&qk)? || tree.contains_key(&sk)? {
-        return Ok(false);
-    }
-    // The sender index first: should the relay die between the two writes (before the
-    // group's flush, so nobody was told the ids), what is left is an index entry pointing
-    // at no queue, which reads as "no such queue".
-    tree.insert(sk, record.recipient.as_bytes().as_slice())?;
-    tree.insert(qk, encode_queue(record)?.as_slice())?;
-    Ok(true)
-}
-
-fn apply_delete(tree: &sled::Tree, recipient: &RecipientId) -> Result<bool> {
-    let Some(record) = read_queue(tree, recipient)? else {
-        return Ok(false);
-    };
-    // Messages first, the queue record last: a relay that dies half way leaves the queue
-    // in place (with fewer messages), and the recipient, told nothing, deletes it again.
-    let mut messages = Vec::new();
-    for entry in tree.scan_prefix(message_prefix(recipient)) {
-        let (key, value) = entry?;
-        let (_, hour) = message_header(&value)?;
-        messages.push((key, hour));
-    }
-    for (key, hour) in messages {
-        let seq = seq_of(&key)?;
-        tree.remove(&key)?;
-        tree.remove(expiry_key(hour, recipient, seq))?;
-    }
-    tree.remove(sender_key(&record.sender))?;
-    tree.remove(queue_key(recipient))?;
-    Ok(true)
-}
-
-fn apply_suspend(tree: &sled::Tree, recipient: &RecipientId) -> Result<bool> {
-    let Some(mut record) = read_queue(tree, recipient)? else {
-        return Ok(false);
-    };
-    record.suspended = true;
-    tree.insert(queue_key(recipient), encode_queue(&record)?.as_slice())?;
-    Ok(true)
-}
-
-fn apply_secure(
-    tree: &sled::Tree,
-    recipient: &RecipientId,
-    key: AuthPublicKey,
-) -> Result<SecureOutcome> {
-    let Some(mut record) = read_queue(tree, recipient)? else {
-        return Ok(SecureOutcome::Refused);
-    };
-    if record.sender_key.is_some() || record.suspended {
-        return Ok(SecureOutcome::Refused);
-    }
-    record.sender_key = Some(key.into());
-    tree.insert(queue_key(recipient), encode_queue(&record)?.as_slice())?;
-    Ok(SecureOutcome::Secured)
-}
-
-fn apply_append(
-    tree: &sled::Tree,
-    counts: &mut Counts,
-    recipient: &RecipientId,
-    message: &StoredMessage,
-    max_pending: usize,
-) -> Result<AppendOutcome> {
-    match read_queue(tree, recipient)? {
-        Some(record) if !record.suspended => {}
-        _ => return Ok(AppendOutcome::Refused),
-    }
-    let count = counts.get(tree, recipient)?;
-    if count.pending >= max_pending {
-        return Ok(AppendOutcome::QueueFull);
-    }
-    let seq = count.next_seq;
-    let next_seq = seq.checked_add(1).ok_or(RelayError::Corrupt {
-        what: "message sequence",
-    })?;
-    let body = encode_message(message)?;
-    // The expiry entry first: a relay that dies between the two writes (before the flush,
-    // so the send was not answered) leaves an entry without its message, which the expiry
-    // sweep drops (it checks the message's hour before deleting anything).
-    let written = tree
-        .insert(expiry_key(message.hour, recipient, seq), Vec::new())
-        .and_then(|_| tree.insert(message_key(recipient, seq), body));
-    if let Err(e) = written {
-        counts.forget(recipient);
-        return Err(e.into());
-    }
-    counts.set(
-        *recipient,
-        QueueCount {
-            pending: count.pending + 1,
-            next_seq,
-        },
-    );
-    Ok(AppendOutcome::Stored)
-}
-
-fn apply_ack(
-    tree: &sled::Tree,
-    counts: &mut Counts,
-    recipient: &RecipientId,
-    id: &MessageId,
-) -> Result<bool> {
-    for entry in tree.scan_prefix(message_prefix(recipient)) {
-        let (key, value) = entry?;
-        let (message_id, hour) = message_header(&value)?;
-        if message_id.ct_eq(id) {
-            let seq = seq_of(&key)?;
-            // The message first, then its expiry entry (see `apply_append`).
-            let removed = tree
-                .remove(&key)
-                .and_then(|_| tree.remove(expiry_key(hour, recipient, seq)));
-            if let Err(e) = removed {
-                counts.forget(recipient);
-                return Err(e.into());
+            Op::Suspend(id, done) => complete(done, self.suspend(&id)),
+            Op::Secure(id, key, done) => complete(done, self.secure(&id, key)),
+            Op::Append(id, message, max, done) => complete(done, self.append(&id, &message, max)),
+            Op::AppendBatch(messages, max, done) => {
+                let result = messages
+                    .iter()
+                    .map(|(id, message)| self.append(id, message, max))
+                    .collect();
+                complete(done, result)
             }
-            counts.removed_one(recipient);
-            return Ok(true);
+            Op::Ack(id, msg, done) => complete(done, self.ack(&id, &msg)),
+            Op::Expire(cutoff, done) => complete(done, self.expire(cutoff)),
+            Op::Flush(done) => complete(done, Ok(())),
+            Op::Stop => Box::new(|_| {}),
         }
     }
-    Ok(false)
-}
 
-fn apply_expire(tree: &sled::Tree, counts: &mut Counts, cutoff: Hour) -> Result<usize> {
-    let start = vec![TAG_EXPIRY];
-    let mut end = vec![TAG_EXPIRY];
-    end.extend_from_slice(&cutoff.0.to_be_bytes());
-    let mut entries = Vec::new();
-    for entry in tree.range(start..end).take(EXPIRE_CHUNK) {
-        let (key, _) = entry?;
-        entries.push(key);
+    fn create(&mut self, record: &QueueRecord) -> Result<bool> {
+        let tree = self.tree;
+        let qk = queue_key(&record.recipient);
+        let sk = sender_key(&record.sender);
+        if tree.contains_key(&qk)? || tree.contains_key(&sk)? {
+            return Ok(false);
+        }
+        let value = encode_queue(record)?;
+        let size =
+            entry_len(&qk, &value).saturating_add(entry_len(&sk, record.recipient.as_bytes()));
+        if !self.make_room(size) {
+            return Err(RelayError::StoreFull);
+        }
+        // The sender index first: should the relay die between the two writes (before the
+        // group's flush, so nobody was told the ids), what is left is an index entry pointing
+        // at no queue, which reads as "no such queue".
+        tree.insert(sk, record.recipient.as_bytes().as_slice())?;
+        tree.insert(qk, value.as_slice())?;
+        self.add_bytes(size);
+        Ok(true)
     }
-    let n = entries.len();
-    if n > 0 {
-        // Rare (one sweep every few minutes): simpler to count every queue afresh than to
-        // follow which ones lost messages.
-        *counts = Counts::default();
-    }
-    for key in entries {
-        // 'x' hour[4] recipient[24] seq[8]
-        let hour = key
-            .get(1..1 + 4)
-            .and_then(|h| <[u8; 4]>::try_from(h).ok())
-            .map(|h| Hour(u32::from_be_bytes(h)));
-        let rest = key.get(1 + 4..);
-        let (Some(hour), Some(rest)) = (hour, rest) else {
-            return Err(RelayError::Corrupt {
-                what: "expiry index",
-            });
+
+    fn delete(&mut self, recipient: &RecipientId) -> Result<bool> {
+        let tree = self.tree;
+        let Some(record) = read_queue(tree, recipient)? else {
+            return Ok(false);
         };
-        let mut mk = Vec::with_capacity(1 + rest.len());
-        mk.push(TAG_MESSAGE);
-        mk.extend_from_slice(rest);
-        // Only the message this entry was written for: an entry left behind by a relay that
-        // died mid-write may share its sequence number with a newer message.
-        if let Some(value) = tree.get(&mk)? {
-            if message_header(&value)?.1 == hour {
-                tree.remove(&mk)?;
+        // Messages first, the queue record last: a relay that dies half way leaves the queue
+        // in place (with fewer messages), and the recipient, told nothing, deletes it again.
+        let mut messages = Vec::new();
+        for entry in tree.scan_prefix(message_prefix(recipient)) {
+            let (key, value) = entry?;
+            let (_, hour) = message_header(&value)?;
+            messages.push((key, hour, entry_len(&[], &value)));
+        }
+        for (key, hour, value_len) in messages {
+            let seq = seq_of(&key)?;
+            let ek = expiry_key(hour, recipient, seq);
+            tree.remove(&key)?;
+            tree.remove(&ek)?;
+            self.sub_bytes(entry_len(&key, &ek).saturating_add(value_len));
+        }
+        let sk = sender_key(&record.sender);
+        let qk = queue_key(recipient);
+        tree.remove(&sk)?;
+        if let Some(old) = tree.remove(&qk)? {
+            self.sub_bytes(entry_len(&qk, &old));
+        }
+        self.sub_bytes(entry_len(&sk, record.recipient.as_bytes()));
+        Ok(true)
+    }
+
+    fn suspend(&mut self, recipient: &RecipientId) -> Result<bool> {
+        let Some(mut record) = read_queue(self.tree, recipient)? else {
+            return Ok(false);
+        };
+        record.suspended = true;
+        // Same length as before: nothing to count.
+        self.tree
+            .insert(queue_key(recipient), encode_queue(&record)?.as_slice())?;
+        Ok(true)
+    }
+
+    fn secure(&mut self, recipient: &RecipientId, key: AuthPublicKey) -> Result<SecureOutcome> {
+        let Some(mut record) = read_queue(self.tree, recipient)? else {
+            return Ok(SecureOutcome::Refused);
+        };
+        if record.sender_key.is_some() || record.suspended {
+            return Ok(SecureOutcome::Refused);
+        }
+        record.sender_key = Some(key.into());
+        let value = encode_queue(&record)?;
+        let old = self.tree.insert(queue_key(recipient), value.as_slice())?;
+        let old_len = old.map_or(0, |v| entry_len(&[], &v));
+        self.add_bytes(entry_len(&[], &value).saturating_sub(old_len));
+        Ok(SecureOutcome::Secured)
+    }
+
+    fn append(
+        &mut self,
+        recipient: &RecipientId,
+        message: &StoredMessage,
+        max_pending: usize,
+    ) -> Result<AppendOutcome> {
+        let tree = self.tree;
+        match read_queue(tree, recipient)? {
+            Some(record) if !record.suspended => {}
+            _ => return Ok(AppendOutcome::Refused),
+        }
+        let count = self.counts.get(tree, recipient)?;
+        if count.pending >= max_pending {
+            return Ok(AppendOutcome::QueueFull);
+        }
+        let seq = count.next_seq;
+        let next_seq = seq.checked_add(1).ok_or(RelayError::Corrupt {
+            what: "message sequence",
+        })?;
+        let body = encode_message(message)?;
+        let ek = expiry_key(message.hour, recipient, seq);
+        let mk = message_key(recipient, seq);
+        let size = entry_len(&mk, &body).saturating_add(entry_len(&ek, &[]));
+        if !self.make_room(size) {
+            return Ok(AppendOutcome::StoreFull);
+        }
+        // The expiry entry first: a relay that dies between the two writes (before the flush,
+        // so the send was not answered) leaves an entry without its message, which the expiry
+        // sweep drops (it checks the message's hour before deleting anything).
+        let written = tree
+            .insert(ek, Vec::new())
+            .and_then(|_| tree.insert(mk, body));
+        if let Err(e) = written {
+            self.counts.forget(recipient);
+            return Err(e.into());
+        }
+        self.add_bytes(size);
+        self.counts.set(
+            *recipient,
+            QueueCount {
+                pending: count.pending + 1,
+                next_seq,
+            },
+        );
+        Ok(AppendOutcome::Stored)
+    }
+
+    fn ack(&mut self, recipient: &RecipientId, id: &MessageId) -> Result<bool> {
+        let tree = self.tree;
+        for entry in tree.scan_prefix(message_prefix(recipient)) {
+            let (key, value) = entry?;
+            let (message_id, hour) = message_header(&value)?;
+            if message_id.ct_eq(id) {
+                let seq = seq_of(&key)?;
+                let ek = expiry_key(hour, recipient, seq);
+                // The message first, then its expiry entry (see `append`).
+                let removed = tree.remove(&key).and_then(|_| tree.remove(&ek));
+                if let Err(e) = removed {
+                    self.counts.forget(recipient);
+                    return Err(e.into());
+                }
+                self.sub_bytes(entry_len(&key, &value).saturating_add(entry_len(&ek, &[])));
+                self.counts.removed_one(recipient);
+                return Ok(true);
             }
         }
-        tree.remove(&key)?;
+        Ok(false)
     }
-    Ok(n)
+
+    fn expire(&mut self, cutoff: Hour) -> Result<usize> {
+        let tree = self.tree;
+        let start = vec![TAG_EXPIRY];
+        let mut end = vec![TAG_EXPIRY];
+        end.extend_from_slice(&cutoff.0.to_be_bytes());
+        let mut entries = Vec::new();
+        for entry in tree.range(start..end).take(EXPIRE_CHUNK) {
+            let (key, _) = entry?;
+            entries.push(key);
+        }
+        let n = entries.len();
+        if n > 0 {
+            // Rare (one sweep every few minutes): simpler to count every queue afresh than to
+            // follow which ones lost messages.
+            self.counts = Counts::default();
+        }
+        for key in entries {
+            // 'x' hour[4] recipient[24] seq[8]
+            let hour = key
+                .get(1..1 + 4)
+                .and_then(|h| <[u8; 4]>::try_from(h).ok())
+                .map(|h| Hour(u32::from_be_bytes(h)));
+            let rest = key.get(1 + 4..);
+            let (Some(hour), Some(rest)) = (hour, rest) else {
+                return Err(RelayError::Corrupt {
+                    what: "expiry index",
+                });
+            };
+            let mut mk = Vec::with_capacity(1 + rest.len());
+            mk.push(TAG_MESSAGE);
+            mk.extend_from_slice(rest);
+            // Only the message this entry was written for: an entry left behind by a relay
+            // that died mid-write may share its sequence number with a newer message.
+            if let Some(value) = tree.get(&mk)? {
+                if message_header(&value)?.1 == hour {
+                    tree.remove(&mk)?;
+                    self.sub_bytes(entry_len(&mk, &value));
+                }
+            }
+            tree.remove(&key)?;
+            self.sub_bytes(entry_len(&key, &[]));
+        }
+        Ok(n)
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1102,6 +1383,85 @@ mod tests {
         let store = SledStore::open(dir.path())?;
         assert_eq!(store.oldest(&q.recipient)?, Some(m));
         assert_eq!(store.queue_count(), 1);
+        Ok(())
+    }
+
+    /// The bytes the writer counts match a fresh count of the database after every kind of
+    /// write, and the budget refuses (`StoreFull`, `is_full`) past it and takes again after
+    /// an ack.
+    #[tokio::test]
+    async fn stored_bytes_are_counted_exactly_and_the_budget_holds() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let recount = |store: SledStore| -> Result<u64> {
+            let counted = store.stored_bytes();
+            drop(store);
+            let reopened = SledStore::open(dir.path())?;
+            assert_eq!(reopened.stored_bytes(), counted, "counted vs found at open");
+            Ok(counted)
+        };
+        let budget = StoreLimits {
+            max_bytes: Some(4 * ONE_MESSAGE),
+            min_free_disk_bytes: 0,
+        };
+        let store = SledStore::open_with(dir.path(), budget)?;
+        assert_eq!(store.stored_bytes(), 0);
+        let q = new_queue();
+        let other = new_queue();
+        assert!(store.create_queue(q.clone()).await?);
+        assert!(store.create_queue(other.clone()).await?);
+        let key = AuthSecretKey::generate(&mut OsRng).public();
+        assert_eq!(
+            store.secure_queue(q.recipient, key).await?,
+            SecureOutcome::Secured
+        );
+        assert!(store.suspend_queue(other.recipient).await?);
+        let big = |hour| StoredMessage {
+            id: MessageId::random(&mut OsRng),
+            hour: Hour(hour),
+            body: vec![9; MAX_DELIVERED_LEN],
+        };
+        let mut stored = Vec::new();
+        loop {
+            let m = big(5);
+            match store.append(q.recipient, m.clone(), 100).await? {
+                AppendOutcome::Stored => stored.push(m),
+                AppendOutcome::StoreFull => break,
+                outcome => return Err(format!("append: {outcome:?}").into()),
+            }
+            if stored.len() > 10 {
+                return Err("the budget never refused".into());
+            }
+        }
+        assert_eq!(
+            stored.len(),
+            3,
+            "three full messages and two queues fit in four"
+        );
+        store.flush().await?;
+        assert!(store.is_full());
+        let first = stored.first().ok_or("no message")?;
+        assert!(store.delete_message(q.recipient, first.id).await?);
+        store.flush().await?;
+        assert!(!store.is_full(), "an ack makes room");
+        assert_eq!(
+            store.append(q.recipient, big(6), 100).await?,
+            AppendOutcome::Stored
+        );
+        let before_expiry = recount(store)?;
+        let store = SledStore::open_with(dir.path(), budget)?;
+        assert_eq!(store.expire_before(Hour(6)).await?, 2);
+        assert!(store.stored_bytes() < before_expiry);
+        let after_expiry = recount(store)?;
+        let store = SledStore::open_with(dir.path(), budget)?;
+        assert!(store.delete_queue(q.recipient).await?);
+        assert!(store.delete_queue(other.recipient).await?);
+        assert!(recount(store)? < after_expiry);
+        let store = SledStore::open(dir.path())?;
+        assert_eq!(
+            store.stored_bytes(),
+            0,
+            "everything deleted, nothing counted"
+        );
         Ok(())
     }
 

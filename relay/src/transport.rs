@@ -245,7 +245,31 @@ impl AsyncUdpSocket for CappedSocket {
 /// Completes the QUIC handshake of `incoming` and accepts its one bidirectional stream.
 /// Resolves to `None` when the client fails or gives up; the caller bounds the time.
 pub async fn accept_stream(incoming: quinn::Incoming) -> Option<QuicStream> {
-    let connection = incoming.accept().ok()?.await.ok()?;
+    stream_of(quic_handshake(incoming).await?).await
+}
+
+/// Completes the QUIC handshake of `incoming`. A completed handshake proves the client's
+/// address (it received what the relay sent there). Resolves to `None` when the client
+/// fails or gives up; the caller bounds the time.
+pub async fn quic_handshake(incoming: quinn::Incoming) -> Option<QuicConnection> {
+    Some(QuicConnection(incoming.accept().ok()?.await.ok()?))
+}
+
+/// A QUIC connection whose handshake is done and whose stream is not yet accepted.
+#[derive(Debug)]
+pub struct QuicConnection(quinn::Connection);
+
+impl QuicConnection {
+    /// Closes the connection at once, without a word.
+    pub fn close(&self) {
+        self.0.close(0u32.into(), b"");
+    }
+}
+
+/// Accepts the one bidirectional stream of an established connection.
+/// Resolves to `None` when the client fails or gives up; the caller bounds the time.
+pub async fn stream_of(connection: QuicConnection) -> Option<QuicStream> {
+    let connection = connection.0;
     match connection.accept_bi().await {
         Ok((send, recv)) => Some(QuicStream {
             writer: QuicWriter {

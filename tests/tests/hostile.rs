@@ -192,21 +192,54 @@ async fn garbage_frames_in_a_valid_block_get_typed_errors_and_the_connection_goe
     t.still_serving().await
 }
 
+/// A client QUIC endpoint whose packets come from 127.0.0.`last` (loopback has all of
+/// 127.0.0.0/8, so one machine can play many source addresses).
+fn endpoint_from(last: u8) -> Result<quinn::Endpoint> {
+    let ip = std::net::Ipv4Addr::new(127, 0, 0, last);
+    let mut endpoint = quinn::Endpoint::client((ip, 0).into())?;
+    endpoint.set_default_client_config(tidings_client::net::quic_client_config()?);
+    Ok(endpoint)
+}
+
+/// Per source address, the relay's defaults: 32 connections, 8 handshakes in progress (and
+/// 8 more after a QUIC Retry).
+const CONNECTIONS_PER_ADDRESS: usize = 32;
+
 #[tokio::test]
 async fn handshake_floods_and_idle_connections_do_not_stop_honest_clients() -> Result<()> {
     let t = Target::start()?;
     let address = parse_address(t.address())?;
-    // 150 connections that open a stream and never finish the handshake, and 150 that
-    // complete it and then sit idle.
+    let target = tidings_client::net::resolve(&address).await?;
+    // From each of 127.0.0.2-9 (the honest client is on 127.0.0.1): 20 connections that open
+    // a stream and never finish the handshake, and 40 that complete it and then sit idle.
+    // Each source gets at most its share; the rest are refused.
     let mut half_open = Vec::new();
-    for _ in 0..150 {
-        let (ep, conn, mut send, recv) = connect_quic(&address).await?;
-        send.write_all(&random_bytes(RECORD_LEN / 2)).await?;
-        half_open.push((ep, conn, send, recv));
-    }
     let mut idle = Vec::new();
-    for _ in 0..150 {
-        idle.push(RelayConnection::connect(&address).await?);
+    for last in 2..=9u8 {
+        let endpoint = endpoint_from(last)?;
+        for _ in 0..20 {
+            let attempt = async {
+                let conn = endpoint.connect(target, "localhost")?.await?;
+                let (mut send, recv) = conn.open_bi().await?;
+                send.write_all(&random_bytes(RECORD_LEN / 2)).await?;
+                anyhow::Ok((conn, send, recv))
+            };
+            if let Ok(Ok(h)) = tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                half_open.push(h);
+            }
+        }
+        let mut held = 0;
+        for _ in 0..40 {
+            if let Ok(c) = RelayConnection::connect_on(&endpoint, &address, target).await {
+                idle.push(c);
+                held += 1;
+            }
+        }
+        assert!(
+            held <= CONNECTIONS_PER_ADDRESS,
+            "127.0.0.{last} held {held} idle connections"
+        );
+        t.still_serving().await?;
     }
     t.still_serving().await?;
     drop(half_open);
