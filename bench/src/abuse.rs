@@ -111,7 +111,7 @@ async fn abuse(
         };
         next = next.wrapping_add(1);
         // A new queue now and then (the relay refuses past the hourly share), sends always.
-        if queues.len() < 2 || next % 16 == 0 {
+        if queues.len() < 2 || next.is_multiple_of(16) {
             match create_queue(conn).await {
                 Ok(q) => {
                     tally.queues.fetch_add(1, Ordering::Relaxed);

@@ -139,6 +139,14 @@ pub enum ClientError {
     /// The operating system's random number generator failed.
     #[error("random number generator failed")]
     Rng,
+    /// A secret other than the passphrase could not be read (no terminal).
+    #[error("could not read the {what} from a terminal (scripts set {env})")]
+    NoTerminal {
+        /// What was asked for.
+        what: &'static str,
+        /// The environment variable scripts use instead.
+        env: &'static str,
+    },
     /// The passphrase could not be read.
     #[error("could not read the passphrase from a terminal (scripts set TIDINGS_PASSPHRASE)")]
     Passphrase,

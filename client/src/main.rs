@@ -217,7 +217,7 @@ enum SafetyCmd {
 /// A new secret from `env`, or asked twice at a prompt. `check` runs on the first answer, so
 /// a refused one is not asked again; `plural` names the pair in the mismatch error.
 fn new_secret(
-    env: &str,
+    env: &'static str,
     what: &str,
     plural: &'static str,
     check: impl Fn(&[u8]) -> Result<(), ClientError>,
@@ -227,13 +227,19 @@ fn new_secret(
         check(v.as_bytes())?;
         return Ok(v);
     }
-    let first = Zeroizing::new(
-        rpassword::prompt_password(format!("New {what}: ")).map_err(|_| ClientError::Passphrase)?,
-    );
+    let unreadable = |_| ClientError::NoTerminal {
+        what: if what.contains("PIN") {
+            "new PIN"
+        } else {
+            "new passphrase"
+        },
+        env,
+    };
+    let first =
+        Zeroizing::new(rpassword::prompt_password(format!("New {what}: ")).map_err(unreadable)?);
     check(first.as_bytes())?;
     let again = Zeroizing::new(
-        rpassword::prompt_password(format!("New {what} again: "))
-            .map_err(|_| ClientError::Passphrase)?,
+        rpassword::prompt_password(format!("New {what} again: ")).map_err(unreadable)?,
     );
     if *first != *again {
         return Err(ClientError::Mismatch(plural));
@@ -546,7 +552,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             writeln!(out, "{}", link.as_str())?;
         }
         Cmd::Accept { link, label } => {
-            let link = from_stdin_if_dash(link)?;
+            let link = from_stdin_if_dash(link, "Paste the invitation link, then press Ctrl-D")?;
             let mut profile = open(&home)?;
             match runtime()?.block_on(profile.accept(&net, &link, &label, now())) {
                 Ok(()) => eprintln!("invitation accepted; the contact is ready once they sync"),
@@ -633,7 +639,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Send { name, text } => {
-            let text = from_stdin_if_dash(text)?;
+            let text = from_stdin_if_dash(text, "Type the message, then press Ctrl-D")?;
             let mut profile = open(&home)?;
             match runtime()?.block_on(profile.send(&net, &name, &text, now())) {
                 Ok(()) => done(format_args!("sent to {name:?} (1 message)")),
@@ -702,16 +708,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Checkin { name, note } => {
             let note = note
-                .map(from_stdin_if_dash)
+                .map(|n| from_stdin_if_dash(n, "Type the note, then press Ctrl-D"))
                 .transpose()?
                 .unwrap_or_default();
             let mut profile = open(&home)?;
             let pin = if profile.checkin_pin_set()? {
                 Some(match std::env::var("TIDINGS_CHECKIN_PIN") {
                     Ok(p) => Zeroizing::new(p),
-                    Err(_) => Zeroizing::new(
-                        rpassword::prompt_password("PIN: ").map_err(|_| ClientError::Passphrase)?,
-                    ),
+                    Err(_) => {
+                        Zeroizing::new(rpassword::prompt_password("PIN: ").map_err(|_| {
+                            ClientError::NoTerminal {
+                                what: "check-in PIN",
+                                env: "TIDINGS_CHECKIN_PIN",
+                            }
+                        })?)
+                    }
                 })
             } else {
                 None
@@ -908,10 +919,15 @@ fn parse_cli() -> Cli {
 }
 
 /// `-` means: read the value from standard input (without its final line break), so a message
-/// or link never appears in shell history or in the process list.
-fn from_stdin_if_dash(value: String) -> anyhow::Result<Zeroizing<String>> {
+/// or link never appears in shell history or in the process list. On a terminal, `prompt`
+/// says first what to do (otherwise the command would wait on a blank screen).
+fn from_stdin_if_dash(value: String, prompt: &str) -> anyhow::Result<Zeroizing<String>> {
+    use std::io::IsTerminal as _;
     if value != "-" {
         return Ok(Zeroizing::new(value));
+    }
+    if std::io::stdin().is_terminal() {
+        eprintln!("{prompt}");
     }
     let mut input = Zeroizing::new(String::new());
     std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
