@@ -342,9 +342,15 @@ impl Profile {
 
     /// Runs a command with `input` on its standard input (for `-` arguments), bounded by 60 s.
     pub fn run_stdin(&self, args: &[&str], input: &str) -> Result<Run> {
+        self.run_stdin_with(args, &[], input)
+    }
+
+    /// [`Profile::run_stdin`] with more environment variables.
+    pub fn run_stdin_with(&self, args: &[&str], envs: &[(&str, &str)], input: &str) -> Result<Run> {
         use std::io::Write as _;
         let mut child = self
             .command(args)?
+            .envs(envs.iter().copied())
             .stdin(Stdio::piped())
             .spawn()
             .context("spawning tidings")?;
