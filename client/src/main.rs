@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand};
 use tidings_client::lock::KeyFileWatch;
-use tidings_client::profile::{check_new_passphrase, Profile, Received};
+use tidings_client::profile::{check_new_passphrase, ListenEvent, Profile, Received};
 use tidings_client::relay::QuicConnector;
 use tidings_client::safety::{format_duration, LATE_CHECKIN_SECS};
 use tidings_client::screen;
@@ -607,8 +607,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let mut backoff = 5u64;
                 loop {
                     let r = tokio::select! {
-                        r = profile.listen(&net, now, |r| {
-                            let _ = print_received(r, json);
+                        r = profile.listen(&net, now, |event| match event {
+                            ListenEvent::Message(r) => {
+                                let _ = print_received(r, json);
+                            }
+                            ListenEvent::Due(d) if !json => {
+                                eprintln!("warning: {}", d.line());
+                            }
+                            ListenEvent::Due(_) => {}
                         }) => r,
                         _ = tokio::signal::ctrl_c() => return Ok(false),
                         _ = &mut closed => return Ok(true),

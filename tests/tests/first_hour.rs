@@ -199,3 +199,62 @@ fn the_person_checking_in_is_told_how_often_she_is_expected() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn listen_warns_when_someone_becomes_overdue_or_checks_in_under_duress() -> Result<()> {
+    use std::time::{Duration, Instant};
+    let w = World::new()?;
+    let minister = w.profile("minister")?;
+    let sister = w.profile("sister")?;
+    connect(&minister, "kim", &sister, "pastor")?;
+    for (what, pin) in [("set-checkin-pin", "1357"), ("set-duress-pin", "8642")] {
+        sister
+            .run_with(
+                &["safety", what],
+                &[("TIDINGS_NEW_PIN", pin)],
+                Duration::from_secs(60),
+            )?
+            .ok()?;
+    }
+    minister.run(&["expect", "kim", "1s"])?.ok()?;
+    std::thread::sleep(Duration::from_millis(1_500));
+    let log = w.root().join("listen.err");
+    let mut listen = std::process::Command::new(tidings_tests::binary("tidings")?)
+        .arg("--home")
+        .arg(&minister.home)
+        .arg("listen")
+        .env("TIDINGS_PASSPHRASE", &minister.passphrase)
+        .env("TIDINGS_INSECURE_FAST_KDF", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let wait_for = |needle: &str| -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if std::fs::read_to_string(&log)?.contains(needle) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        anyhow::bail!(
+            "listen never said {needle:?}: {}",
+            std::fs::read_to_string(&log)?
+        )
+    };
+    let result = (|| -> Result<()> {
+        wait_for("warning: kim: overdue by")?;
+        sister
+            .run_with(
+                &["checkin", "pastor"],
+                &[("TIDINGS_CHECKIN_PIN", "8642")],
+                Duration::from_secs(60),
+            )?
+            .ok()?;
+        wait_for("warning: kim: DURESS")?;
+        Ok(())
+    })();
+    let _ = listen.kill();
+    let _ = listen.wait();
+    result
+}

@@ -2,6 +2,21 @@
 
 use super::*;
 
+use std::collections::HashSet;
+
+/// How often `listen` checks who has become overdue.
+const DUE_CHECK_EVERY: Duration = Duration::from_secs(30);
+
+/// What [`Profile::listen`] reports as it happens.
+#[derive(Debug)]
+pub enum ListenEvent<'a> {
+    /// A new message.
+    Message(&'a Received),
+    /// A contact entered the due list (overdue, under duress, or late); each is reported once
+    /// per state until it leaves the list.
+    Due(&'a DueEntry),
+}
+
 impl Profile {
     /// Every queue we receive on, grouped by relay.
     pub(super) fn receive_queues(&self) -> Result<BTreeMap<String, Vec<RecvQueue>>> {
@@ -322,30 +337,60 @@ impl Profile {
     }
 
     /// Subscribes to every queue and handles messages as the relays push them, calling
-    /// `on_text` for each new text, until `stop` resolves or a connection fails.
-    pub async fn listen<C: Connector, F: FnMut(&Received)>(
+    /// `on_event` with each new message, until a connection fails.
+    ///
+    /// Every 30 s (and at the start) it also checks who is overdue or under duress, and
+    /// reports each contact once as it enters that list ([`ListenEvent::Due`]).
+    pub async fn listen<C: Connector, F: FnMut(ListenEvent<'_>)>(
         &mut self,
         net: &C,
         mut now: impl FnMut() -> u64,
-        mut on_text: F,
+        mut on_event: F,
     ) -> Result<()> {
         let mut links = Links::new(net);
-        let result = self.listen_with(&mut links, &mut now, &mut on_text).await;
+        let mut alerted = HashSet::new();
+        let result = self
+            .listen_with(&mut links, &mut now, &mut on_event, &mut alerted)
+            .await;
         links.close().await;
         result
+    }
+
+    /// Reports the contacts that entered the due list (or changed state in it) since the
+    /// last check.
+    fn report_newly_due(
+        &self,
+        now: u64,
+        alerted: &mut HashSet<String>,
+        on_event: &mut impl FnMut(ListenEvent<'_>),
+    ) -> Result<()> {
+        let due = self.due(now)?;
+        // Keyed by name and state, so an overdue contact who then checks in under duress
+        // is reported again.
+        let key = |d: &DueEntry| format!("{:?} {}", d.state, d.name);
+        alerted.retain(|k| due.iter().any(|d| &key(d) == k));
+        for d in &due {
+            if alerted.insert(key(d)) {
+                on_event(ListenEvent::Due(d));
+            }
+        }
+        Ok(())
     }
 
     pub(super) async fn listen_with<C: Connector>(
         &mut self,
         links: &mut Links<'_, C>,
         now: &mut impl FnMut() -> u64,
-        on_text: &mut impl FnMut(&Received),
+        on_event: &mut impl FnMut(ListenEvent<'_>),
+        alerted: &mut HashSet<String>,
     ) -> Result<()> {
         // First catch up like a sync (this also sends the outbox).
         let report = self.sync_with(links, now()).await?;
         for r in &report.received {
-            on_text(r);
+            on_event(ListenEvent::Message(r));
         }
+        self.report_newly_due(now(), alerted, on_event)?;
+        let mut next_due_check = std::time::Instant::now() + DUE_CHECK_EVERY;
         if let Some(e) = report.error {
             return Err(e);
         }
@@ -387,7 +432,11 @@ impl Profile {
                 let mut report = SyncReport::default();
                 self.receive(&q, &id, &body, now(), &mut report)?;
                 for r in &report.received {
-                    on_text(r);
+                    on_event(ListenEvent::Message(r));
+                }
+                if !report.received.is_empty() {
+                    // A DURESS check-in is reported at once, not at the next check.
+                    self.report_newly_due(now(), alerted, on_event)?;
                 }
                 crash_point(CrashPoint::BeforeAck);
                 let link = links.get(relay).await?;
@@ -398,6 +447,10 @@ impl Profile {
                 if let Some(e) = err {
                     return Err(e);
                 }
+            }
+            if std::time::Instant::now() >= next_due_check {
+                next_due_check += DUE_CHECK_EVERY;
+                self.report_newly_due(now(), alerted, on_event)?;
             }
             if got_any {
                 idle = Duration::ZERO;

@@ -680,6 +680,7 @@ mod outbox;
 mod safety;
 
 pub use contacts::safety_code;
+pub use inbox::ListenEvent;
 
 #[cfg(test)]
 #[path = "../profile_tests.rs"]
