@@ -86,6 +86,9 @@ pub enum ClientError {
     /// Another process (for example `tidings listen`) has the profile open.
     #[error("the profile is open in another tidings process (is `tidings listen` running?)")]
     ProfileInUse,
+    /// The profile was wiped or changed by another process while this one had let go of it.
+    #[error("the profile was changed or closed by another tidings command; start again")]
+    ProfileClosed,
     /// There is no profile in this home yet.
     #[error("no profile here: run `tidings init --relay ADDRESS` first")]
     NoProfile,

@@ -615,6 +615,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                                 eprintln!("warning: {}", d.line());
                             }
                             ListenEvent::Due(_) => {}
+                            ListenEvent::Listening => {
+                                done("listening for new messages; other commands can run meanwhile (Ctrl-C stops)")
+                            }
                         }) => r,
                         _ = tokio::signal::ctrl_c() => return Ok(false),
                         _ = &mut closed => return Ok(true),

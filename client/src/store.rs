@@ -216,14 +216,19 @@ impl Keys {
 /// An open, unlocked profile store.
 pub struct Store {
     home: PathBuf,
-    db: sled::Db,
+    /// The open database; `None` while suspended ([`Store::suspend`]).
+    db: Option<sled::Db>,
     trees: Vec<sled::Tree>,
     data_key: Zeroizing<[u8; 32]>,
     keys: Keys,
     /// Whether [`Store::open`] got here through the duress slot.
     opened_by_duress: bool,
-    /// The profile lock (none for a shadow being filled), let go after the database.
+    /// The profile lock (none for a shadow being filled, or while suspended), let go after
+    /// the database.
     _lock: Option<Arc<ProfileLock>>,
+    /// While suspended: the key file as it was, to tell on resuming whether the profile was
+    /// wiped or changed meanwhile.
+    suspended_key_file: Option<Vec<u8>>,
 }
 
 /// Fills a new shadow like a fresh profile: given the profile being kept (to read its
@@ -488,7 +493,7 @@ impl Store {
     /// alike.
     pub fn make_shadow(&self, fill: FillFresh<'_>) -> Result<()> {
         let shadow_key = Zeroizing::new(random::<32>()?);
-        let shadow = Self::open_db(&self.home, self.db.clone(), shadow_key.clone(), None)?;
+        let shadow = Self::open_db(&self.home, self.db()?.clone(), shadow_key.clone(), None)?;
         fill(self, &shadow)?;
         let mut b = Batch::new();
         b.put(
@@ -519,7 +524,9 @@ impl Store {
             _lock: lock,
             ..
         } = self;
-        db.flush().map_err(storage)?;
+        if let Some(db) = &db {
+            db.flush().map_err(storage)?;
+        }
         drop(trees);
         drop(db);
         rebuild(&home, &data_key, fill)?;
@@ -612,12 +619,14 @@ impl Store {
     /// sled's default, its sealed value lengths, sorted; the trees sorted too.
     #[cfg(test)]
     pub(crate) fn shape(&self) -> Vec<Vec<usize>> {
-        let mut trees: Vec<Vec<usize>> = self
-            .db
+        let Some(db) = self.db.as_ref() else {
+            return Vec::new();
+        };
+        let mut trees: Vec<Vec<usize>> = db
             .tree_names()
             .into_iter()
             .filter(|name| name.as_ref() != SLED_DEFAULT_TREE)
-            .filter_map(|name| self.db.open_tree(name).ok())
+            .filter_map(|name| db.open_tree(name).ok())
             .map(|tree| {
                 let mut lens: Vec<usize> = tree
                     .iter()
@@ -646,12 +655,13 @@ impl Store {
         }
         Ok(Self {
             home: home.to_path_buf(),
-            db,
+            db: Some(db),
             trees,
             data_key,
             keys,
             opened_by_duress: false,
             _lock: lock,
+            suspended_key_file: None,
         })
     }
 
@@ -792,7 +802,7 @@ impl Store {
         }
         if any {
             self.tree(tree)?.apply_batch(batch).map_err(storage)?;
-            self.db.flush().map_err(storage)?;
+            self.db()?.flush().map_err(storage)?;
         }
         Ok(())
     }
@@ -831,7 +841,59 @@ impl Store {
                 Ok(())
             })
             .map_err(|e: TransactionError<()>| storage(e))?;
-        self.db.flush().map_err(storage)?;
+        self.db()?.flush().map_err(storage)?;
+        Ok(())
+    }
+
+    fn db(&self) -> Result<&sled::Db> {
+        self.db.as_ref().ok_or(ClientError::ProfileClosed)
+    }
+
+    /// Lets go of the profile for a while, keeping the keys: flushes and closes the database
+    /// and releases the profile lock, so that other `tidings` commands (a `send` while
+    /// `listen` waits) can open the profile meanwhile. Until [`Store::resume`], every read
+    /// or write fails.
+    pub fn suspend(&mut self) -> Result<()> {
+        if self.suspended_key_file.is_some() {
+            return Ok(());
+        }
+        let path = self.home.join(KEY_FILE);
+        let key_file = fs::read(&path).map_err(|e| ClientError::storage(&path, e))?;
+        if let Some(db) = self.db.take() {
+            db.flush().map_err(storage)?;
+        }
+        self.trees.clear();
+        self._lock = None;
+        self.suspended_key_file = Some(key_file);
+        Ok(())
+    }
+
+    /// Takes the profile again after [`Store::suspend`], waiting up to `wait` for another
+    /// command to finish. Fails with [`ClientError::ProfileClosed`], opening nothing, if the
+    /// key file changed meanwhile (a wipe, a duress unlock or a new passphrase), and with
+    /// [`ClientError::ProfileInUse`] (still suspended) if the wait runs out.
+    pub fn resume(&mut self, wait: std::time::Duration) -> Result<()> {
+        let Some(seen) = self.suspended_key_file.as_ref() else {
+            return Ok(());
+        };
+        let lock = ProfileLock::acquire(&self.home, wait)?;
+        let path = self.home.join(KEY_FILE);
+        match fs::read(&path) {
+            Ok(now) if &now == seen => {}
+            _ => return Err(ClientError::ProfileClosed),
+        }
+        let db = open_sled(&self.home.join(DB_DIR))?;
+        let mut trees = Vec::with_capacity(Tree::ALL.len());
+        for t in Tree::ALL {
+            trees.push(
+                db.open_tree(physical_tree_name(&self.keys, t)?)
+                    .map_err(storage)?,
+            );
+        }
+        self.db = Some(db);
+        self.trees = trees;
+        self._lock = Some(Arc::new(lock));
+        self.suspended_key_file = None;
         Ok(())
     }
 }
@@ -1330,11 +1392,11 @@ mod tests {
         let home = dir.path().join("p");
         let real = Store::create(&home, b"real", KdfParams::INSECURE_TEST_ONLY).unwrap();
         real.make_shadow(&fill).unwrap();
-        let fresh_trees = real.db.tree_names().len();
+        let fresh_trees = real.db().unwrap().tree_names().len();
         put(&real, Tree::History, b"k", b"the real history");
         real.set_duress_passphrase(b"duress").unwrap();
         assert_eq!(
-            real.db.tree_names().len(),
+            real.db().unwrap().tree_names().len(),
             fresh_trees,
             "the decoy is the shadow: no tree is added"
         );
@@ -1357,7 +1419,7 @@ mod tests {
         );
         assert!(opened.get(Tree::History, b"k").unwrap().is_none());
         assert_eq!(
-            opened.db.tree_names().len(),
+            opened.db().unwrap().tree_names().len(),
             fresh_trees,
             "the decoy's trees and a new shadow's"
         );

@@ -172,20 +172,29 @@ fn exits_within(child: &mut std::process::Child, limit: Duration) -> Result<Dura
 }
 
 /// Gives `p` a contact (so that `listen` has a queue to wait on), starts `listen` and waits
-/// until it holds the profile (its lock file names it).
+/// until it says it is listening.
 fn listening(w: &World, p: &Profile) -> Result<std::process::Child> {
     let peer = w.profile(&format!("{}-peer", p.home.display()).replace('/', "-"))?;
     connect(p, "friend", &peer, "me")?;
-    let child = p.spawn(&["listen"])?;
+    let log = p.home.with_extension("listen.err");
+    let child = std::process::Command::new(tidings_tests::binary("tidings")?)
+        .arg("--home")
+        .arg(&p.home)
+        .arg("listen")
+        .env("TIDINGS_PASSPHRASE", &p.passphrase)
+        .env("TIDINGS_INSECURE_FAST_KDF", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
-        if std::fs::read_to_string(p.home.join("lock"))? == child.id().to_string() {
-            std::thread::sleep(Duration::from_millis(300));
+        if std::fs::read_to_string(&log)?.contains("listening for new messages") {
             return Ok(child);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    anyhow::bail!("listen never took the profile")
+    anyhow::bail!("listen never said it was listening")
 }
 
 #[test]

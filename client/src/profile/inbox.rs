@@ -4,6 +4,10 @@ use super::*;
 
 use std::collections::HashSet;
 
+/// How long `listen` waits for another command (a `send`, a `sync`) to finish with the
+/// profile before it takes it back to store a message.
+const LISTEN_WAIT_FOR_PROFILE: Duration = Duration::from_secs(120);
+
 /// How often `listen` checks who has become overdue.
 const DUE_CHECK_EVERY: Duration = Duration::from_secs(30);
 
@@ -12,6 +16,8 @@ const DUE_CHECK_EVERY: Duration = Duration::from_secs(30);
 pub enum ListenEvent<'a> {
     /// A new message.
     Message(&'a Received),
+    /// Every queue is subscribed: from now on messages arrive as they are sent.
+    Listening,
     /// A contact entered the due list (overdue, under duress, or late); each is reported once
     /// per state until it leaves the list.
     Due(&'a DueEntry),
@@ -384,6 +390,8 @@ impl Profile {
         on_event: &mut impl FnMut(ListenEvent<'_>),
         alerted: &mut HashSet<String>,
     ) -> Result<()> {
+        // A listen that is started again after a network failure may have let go.
+        self.store.resume(LISTEN_WAIT_FOR_PROFILE)?;
         // First catch up like a sync (this also sends the outbox).
         let report = self.sync_with(links, now()).await?;
         for r in &report.received {
@@ -391,6 +399,7 @@ impl Profile {
         }
         self.report_newly_due(now(), alerted, on_event)?;
         let mut next_due_check = std::time::Instant::now() + DUE_CHECK_EVERY;
+        let mut announced = false;
         if let Some(e) = report.error {
             return Err(e);
         }
@@ -416,12 +425,20 @@ impl Profile {
         let slice = Duration::from_millis(250);
         let mut idle = Duration::ZERO;
         loop {
+            if !announced {
+                announced = true;
+                on_event(ListenEvent::Listening);
+            }
+            // Between messages the profile is let go of, so that `send` and other commands
+            // can use it while this waits (pushes wait in the connection meanwhile).
+            self.store.suspend()?;
             let mut got_any = false;
             for relay in &relays {
                 let link = links.get(relay).await?;
                 let Some(push) = link.next_push(slice).await? else {
                     continue;
                 };
+                self.store.resume(LISTEN_WAIT_FOR_PROFILE)?;
                 got_any = true;
                 let ReplyKind::Message { id, body } = push.kind else {
                     continue;
@@ -450,6 +467,7 @@ impl Profile {
             }
             if std::time::Instant::now() >= next_due_check {
                 next_due_check += DUE_CHECK_EVERY;
+                self.store.resume(LISTEN_WAIT_FOR_PROFILE)?;
                 self.report_newly_due(now(), alerted, on_event)?;
             }
             if got_any {
