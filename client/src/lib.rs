@@ -9,8 +9,9 @@
 //! - [`store`]: the profile's encrypted store. A passphrase (Argon2id) unwraps a random data
 //!   key; every sled value is sealed with it and every storage key is a keyed hash, so the
 //!   files hold no readable label, message or id.
-//! - [`lock`]: one process at a time per profile; how a wipe or a duress unlock makes a
-//!   running `listen` stop and drop its keys.
+//! - [`lock`]: one process at a time per profile (`listen` lets go between messages, so other
+//!   commands run meanwhile); how a wipe or a duress unlock makes a running `listen` stop and
+//!   drop its keys.
 //! - [`olm`]: the end-to-end ratchet, a thin wrapper over vodozemac's Olm; its pickles are
 //!   encrypted and kept in the store.
 //! - [`profile`]: the contact flow (invite, accept, sync, send, history, safety codes) on top of

@@ -7,9 +7,12 @@
 //!
 //! - a duress unlock takes the lock *before* it destroys anything, so no other process can
 //!   rewrite the key file behind it;
-//! - the panic wipe and a duress unlock ask whoever holds the lock (typically a running
-//!   `tidings listen`) to stop at once, by `SIGTERM` to the process id in the file; that
-//!   process also notices by itself (see [`KeyFileWatch`]) and drops its keys.
+//! - the panic wipe and a duress unlock ask whoever holds the lock (a command at work, or a
+//!   `tidings listen` while it stores a message) to stop at once, by `SIGTERM` to the process
+//!   id in the file; that process also notices by itself (see [`KeyFileWatch`]) and drops its
+//!   keys. A `listen` lets go of the lock between messages, keeping only the keys in memory
+//!   ([`crate::store::Store::suspend`]); before it takes the profile back it checks that the
+//!   key file is unchanged, so it never opens what a wipe or a duress unlock left.
 //!
 //! The file is empty whenever no process runs, so it says nothing to someone holding the
 //! files; a process killed outright leaves its (stale) process id behind, which is only ever
