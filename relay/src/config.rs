@@ -7,7 +7,7 @@
 //! listen = "[::]:4433"
 //! # public_host = "relay.example.org"
 //! # data_dir = "/var/lib/tidings-relay"
-//! expiry_days = 21
+//! expiry_days = 60
 //! max_pending = 128
 //! max_connections = 10000
 //! handshake_timeout_secs = 10
@@ -44,6 +44,9 @@ use serde::Deserialize;
 
 use crate::error::{RelayError, Result};
 
+/// The default message expiry, in days (see [`Config::expiry_days`]).
+pub const DEFAULT_EXPIRY_DAYS: u32 = 60;
+
 /// Every setting of a relay.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -56,7 +59,8 @@ pub struct Config {
     /// Where the store, the Noise key and the TLS certificate live. Default: the platform
     /// data directory (`directories::ProjectDirs("org", "tidings", "tidings-relay")`).
     pub data_dir: Option<PathBuf>,
-    /// Messages older than this many days are deleted. Default 21.
+    /// Messages not fetched within this many days are deleted. Default 60: long enough for
+    /// a phone that reaches a network only every few weeks (see SECURITY.md 3.2).
     pub expiry_days: u32,
     /// Most messages a queue may hold before sends get `Quota`. Default 128.
     pub max_pending: usize,
@@ -124,7 +128,7 @@ impl Default for Config {
             listen: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 4433)),
             public_host: None,
             data_dir: None,
-            expiry_days: 21,
+            expiry_days: DEFAULT_EXPIRY_DAYS,
             max_pending: 128,
             max_connections: 10_000,
             handshake_timeout_secs: 10,
@@ -281,7 +285,7 @@ mod tests {
         let c = Config::from_toml("")?;
         assert_eq!(c, Config::default());
         assert_eq!(c.listen.to_string(), "[::]:4433");
-        assert_eq!(c.expiry_hours(), 21 * 24);
+        assert_eq!(c.expiry_hours(), 60 * 24);
         assert_eq!(c.max_pending, 128);
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.handshake_timeout(), Duration::from_secs(10));

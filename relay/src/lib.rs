@@ -41,7 +41,7 @@
 //! let clock = ManualClock::new(1_767_225_600);
 //! let relay = Relay::start(Config::loopback(dir), Arc::new(clock.clone())).await?;
 //! println!("{}", relay.address()); // tidings://…@127.0.0.1:PORT
-//! clock.advance(22 * 86_400);
+//! clock.advance(61 * 86_400);
 //! relay.sweep_expired().await?;
 //! relay.shutdown().await?;
 //! # Ok(()) }

@@ -406,7 +406,7 @@ async fn the_disk_budget_answers_quota_and_keeps_what_was_acknowledged() -> Resu
     assert_eq!(after_acks.kind, ReplyKind::Ok, "a send after acks is taken");
 
     // Expiry makes room too: everything expires, and the store takes a full budget again.
-    clock.advance(22 * 86_400);
+    clock.advance((u64::from(tidings_relay::config::DEFAULT_EXPIRY_DAYS) + 1) * 86_400);
     relay.sweep_expired().await?;
     let mut refilled = 0;
     for i in 0..100 {

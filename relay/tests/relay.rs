@@ -371,7 +371,8 @@ async fn a_subscriber_whose_delivered_message_expired_gets_the_next_one() {
     let mut owner = w.connect().await;
     let q = Queue::create(&mut owner).await;
     assert_ok(&q.send(&mut owner, b"old").await);
-    w.clock.advance(20 * 86_400);
+    let days = u64::from(tidings_relay::config::DEFAULT_EXPIRY_DAYS);
+    w.clock.advance((days - 1) * 86_400);
     assert_ok(&q.send(&mut owner, b"young").await);
     assert_ok(&q.cmd(&mut owner, Command::Subscribe).await);
     let (_, first) = pushed_message(&q, owner.next_push(Duration::from_secs(5)).await.unwrap());
@@ -500,11 +501,12 @@ async fn messages_expire_after_the_configured_days() {
     w.clock.advance(2 * 86_400);
     assert_ok(&q.send(&mut conn, b"newer").await);
 
-    // Just under 21 days after the first: nothing expires.
-    w.clock.set(T0 + 21 * 86_400 - 3_600);
+    let days = u64::from(tidings_relay::config::DEFAULT_EXPIRY_DAYS);
+    // Just under the expiry after the first: nothing expires.
+    w.clock.set(T0 + days * 86_400 - 3_600);
     assert_eq!(w.relay().sweep_expired().await.unwrap(), 0);
-    // Past 21 days (and the hour rounding): the first goes, the second stays.
-    w.clock.set(T0 + 21 * 86_400 + 2 * 3_600);
+    // Past the expiry (and the hour rounding): the first goes, the second stays.
+    w.clock.set(T0 + days * 86_400 + 2 * 3_600);
     assert_eq!(w.relay().sweep_expired().await.unwrap(), 1);
     assert_eq!(q.drain(&mut conn).await, vec![b"newer".to_vec()]);
     w.stop().await;
