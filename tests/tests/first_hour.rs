@@ -313,3 +313,66 @@ fn send_works_while_listen_runs() -> Result<()> {
     let _ = listen.wait();
     result
 }
+
+#[test]
+fn every_command_says_what_it_did_and_quiet_silences_it() -> Result<()> {
+    let w = World::new()?;
+    let amina = w.profile("amina")?;
+    let bora = w.profile("bora")?;
+    let out = amina.run(&["contacts"])?.ok()?;
+    ensure!(out.stderr.contains("no contacts yet"), "{}", out.stderr);
+    let invite = amina.run(&["invite", "--label", "bora"])?.ok()?;
+    let link = invite.last_line().to_string();
+    bora.run(&["accept", &link, "--label", "amina"])?.ok()?;
+    let out = amina.run(&["sync"])?.ok()?;
+    ensure!(
+        out.stderr.contains("bora is now connected"),
+        "{}",
+        out.stderr
+    );
+    let out = bora.run(&["sync"])?.ok()?;
+    ensure!(
+        out.stderr.contains("amina is now connected"),
+        "{}",
+        out.stderr
+    );
+    let out = bora.run(&["sync"])?.ok()?;
+    ensure!(out.stderr.trim() == "nothing new", "{}", out.stderr);
+    let out = amina.run(&["history", "bora"])?.ok()?;
+    ensure!(
+        out.stderr.contains("no messages with \"bora\" yet"),
+        "{}",
+        out.stderr
+    );
+    let out = amina.run(&["send", "bora", "hello"])?.ok()?;
+    ensure!(
+        out.stderr.trim() == "sent to \"bora\" (1 message)",
+        "{}",
+        out.stderr
+    );
+    let out = amina.run(&["rename", "bora", "Bora Kim"])?.ok()?;
+    ensure!(
+        out.stderr.contains("renamed \"bora\" to \"Bora Kim\""),
+        "{}",
+        out.stderr
+    );
+    let out = amina.run(&["retain", "bora kim", "7d"])?.ok()?;
+    ensure!(
+        out.stderr.contains("keeping \"bora kim\"'s history for 7d"),
+        "{}",
+        out.stderr
+    );
+    // --quiet keeps stdout and errors, and drops the confirmations.
+    let out = amina
+        .run(&["--quiet", "send", "bora kim", "quietly"])?
+        .ok()?;
+    ensure!(out.stderr.is_empty(), "{}", out.stderr);
+    let out = bora.run(&["sync", "--quiet"])?.ok()?;
+    ensure!(
+        out.stdout.contains("amina: quietly") && out.stderr.is_empty(),
+        "{out:?}"
+    );
+    let out = amina.run(&["--quiet", "send", "nobody", "x"])?;
+    ensure!(out.stderr.contains("no contact is named"), "{}", out.stderr);
+    Ok(())
+}
