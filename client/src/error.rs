@@ -62,6 +62,9 @@ pub enum ClientError {
     /// Reading or writing the profile's files failed.
     #[error("could not read or write the profile store")]
     Storage,
+    /// The profile's database could not be read or written.
+    #[error("could not read or write the profile's database ({0}); is the disk full or the profile folder read-only?")]
+    Database(String),
     /// Reading or writing one file or folder of the profile failed.
     #[error("could not read or write {}: {source}", path.display())]
     StorageAt {

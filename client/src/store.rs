@@ -241,8 +241,10 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn storage<E>(_: E) -> ClientError {
-    ClientError::Storage
+/// A database error as the person reads it: what the storage layer said (sled's messages
+/// name the operating system's error, never a key or a value).
+fn storage<E: std::fmt::Display>(e: E) -> ClientError {
+    ClientError::Database(e.to_string())
 }
 
 /// One change: a tree, a logical key, and the new value (`None` removes).
@@ -840,7 +842,10 @@ impl Store {
                 }
                 Ok(())
             })
-            .map_err(|e: TransactionError<()>| storage(e))?;
+            .map_err(|e: TransactionError<()>| match e {
+                TransactionError::Storage(e) => storage(e),
+                TransactionError::Abort(()) => ClientError::Storage,
+            })?;
         self.db()?.flush().map_err(storage)?;
         Ok(())
     }
