@@ -168,7 +168,8 @@ fn the_person_checking_in_is_told_how_often_she_is_expected() -> Result<()> {
     );
     let json = sister.run(&["contacts", "--json"])?.ok()?;
     ensure!(
-        json.stdout.contains("\"they_expect_every_secs\":259200"),
+        json.stdout.contains("\"they_expect_every_secs\":259200")
+            && json.stdout.contains("\"they_expect_every\":\"3d\""),
         "{}",
         json.stdout
     );

@@ -195,6 +195,8 @@ impl Profile {
                 last_checkin_at: c.last_checkin,
                 they_expect_every_secs: c.they_expect_every,
                 next_checkin_due_at: c.our_next_checkin_due(),
+                expect_every: c.expect_every.map(crate::safety::format_duration),
+                they_expect_every: c.they_expect_every.map(crate::safety::format_duration),
             })
             .collect();
         out.extend(self.invites_raw()?.iter().map(|i| ContactInfo {
@@ -205,6 +207,8 @@ impl Profile {
             last_checkin_at: None,
             they_expect_every_secs: None,
             next_checkin_due_at: None,
+            expect_every: None,
+            they_expect_every: None,
         }));
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)

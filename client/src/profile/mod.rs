@@ -221,6 +221,10 @@ pub struct ContactInfo {
     pub they_expect_every_secs: Option<u64>,
     /// When our next check-in to them is due (unix seconds), if they expect them.
     pub next_checkin_due_at: Option<u64>,
+    /// `expect_every_secs` as a person reads it (`3d`).
+    pub expect_every: Option<String>,
+    /// `they_expect_every_secs` as a person reads it.
+    pub they_expect_every: Option<String>,
 }
 
 /// One history entry.
