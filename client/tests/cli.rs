@@ -16,6 +16,19 @@ fn tidings(home: &Path, pass: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `tidings ARGS…` unlocked by `pass`, with `new` as `TIDINGS_NEW_PASSPHRASE`.
+fn with_new_passphrase(home: &Path, pass: &str, new: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env("TIDINGS_PASSPHRASE", pass)
+        .env("TIDINGS_NEW_PASSPHRASE", new)
+        .env("TIDINGS_INSECURE_FAST_KDF", "1")
+        .output()
+        .unwrap()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -249,15 +262,12 @@ fn a_duress_passphrase_must_be_long_and_differ_from_the_real_one() {
     .success());
     let key = std::fs::read(home.join("key")).unwrap();
     let set = |duress: &str| {
-        Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .arg("--home")
-            .arg(&home)
-            .args(["safety", "set-duress-passphrase"])
-            .env("TIDINGS_PASSPHRASE", "real passphrase")
-            .env("TIDINGS_NEW_PASSPHRASE", duress)
-            .env("TIDINGS_INSECURE_FAST_KDF", "1")
-            .output()
-            .unwrap()
+        with_new_passphrase(
+            &home,
+            "real passphrase",
+            duress,
+            &["safety", "set-duress-passphrase"],
+        )
     };
     for (duress, why) in [
         ("", "at least 8 characters"),
@@ -298,17 +308,7 @@ fn the_passphrase_can_be_changed_and_the_old_one_stops_working() {
     )
     .status
     .success());
-    let change = |new: &str| {
-        Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .arg("--home")
-            .arg(&home)
-            .arg("passphrase")
-            .env("TIDINGS_PASSPHRASE", "old passphrase")
-            .env("TIDINGS_NEW_PASSPHRASE", new)
-            .env("TIDINGS_INSECURE_FAST_KDF", "1")
-            .output()
-            .unwrap()
-    };
+    let change = |new: &str| with_new_passphrase(&home, "old passphrase", new, &["passphrase"]);
     let out = change("short");
     assert!(stderr(&out).contains("at least 8 characters"));
     let out = change("new passphrase");

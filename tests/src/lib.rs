@@ -382,6 +382,17 @@ impl Profile {
             .collect())
     }
 
+    /// Starts `tidings --home HOME ARGS…` in the background (a `listen`), with its standard
+    /// output and error written to the files `stdout` and `stderr`.
+    pub fn spawn_logged(&self, args: &[&str], stdout: &Path, stderr: &Path) -> Result<Child> {
+        self.command(args)?
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(stdout)?)
+            .stderr(std::fs::File::create(stderr)?)
+            .spawn()
+            .context("spawning tidings")
+    }
+
     /// Runs a command that must succeed and returns its standard output's lines. `due`
     /// exiting 3 (someone is overdue or under duress) is a report, not a failure.
     pub fn lines(&self, args: &[&str]) -> Result<Vec<String>> {
@@ -482,6 +493,23 @@ pub fn scan_dir(dir: &Path, needles: &[&[u8]]) -> Result<()> {
     } else {
         bail!("found what must not be stored:\n{}", found.join("\n"))
     }
+}
+
+/// Waits up to `limit` until the file at `path` holds `needle` (a line a background command
+/// writes); the error shows what the file holds.
+pub fn wait_for_text(path: &Path, needle: &str, limit: Duration) -> Result<()> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle)) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "{} never held {needle:?}; it holds:\n{}",
+        path.display(),
+        std::fs::read_to_string(path).unwrap_or_default()
+    )
 }
 
 /// Whether `haystack` contains `needle` (an empty needle is never found).

@@ -2,7 +2,7 @@
 //! says, and what each mistake is told.
 
 use anyhow::{ensure, Result};
-use tidings_tests::{connect, Profile, World};
+use tidings_tests::{connect, wait_for_text, Profile, World};
 
 /// The relay's address with its key replaced: the same host and port, another key.
 fn with_other_key(address: &str) -> String {
@@ -203,7 +203,7 @@ fn the_person_checking_in_is_told_how_often_she_is_expected() -> Result<()> {
 
 #[test]
 fn listen_warns_when_someone_becomes_overdue_or_checks_in_under_duress() -> Result<()> {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let w = World::new()?;
     let minister = w.profile("minister")?;
     let sister = w.profile("sister")?;
@@ -221,29 +221,8 @@ fn listen_warns_when_someone_becomes_overdue_or_checks_in_under_duress() -> Resu
     // Clocks count whole seconds: 2.5 s makes sure the second is over.
     std::thread::sleep(Duration::from_millis(2_500));
     let log = w.root().join("listen.err");
-    let mut listen = std::process::Command::new(tidings_tests::binary("tidings")?)
-        .arg("--home")
-        .arg(&minister.home)
-        .arg("listen")
-        .env("TIDINGS_PASSPHRASE", &minister.passphrase)
-        .env("TIDINGS_INSECURE_FAST_KDF", "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()?;
-    let wait_for = |needle: &str| -> Result<()> {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if std::fs::read_to_string(&log)?.contains(needle) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        anyhow::bail!(
-            "listen never said {needle:?}: {}",
-            std::fs::read_to_string(&log)?
-        )
-    };
+    let mut listen = minister.spawn_logged(&["listen"], &w.root().join("listen.out"), &log)?;
+    let wait_for = |needle: &str| wait_for_text(&log, needle, Duration::from_secs(20));
     let result = (|| -> Result<()> {
         wait_for("warning: kim: overdue by")?;
         sister
@@ -270,26 +249,9 @@ fn send_works_while_listen_runs() -> Result<()> {
     connect(&amina, "bora", &bora, "amina")?;
     let out_log = w.root().join("listen.out");
     let err_log = w.root().join("listen.err");
-    let mut listen = std::process::Command::new(tidings_tests::binary("tidings")?)
-        .arg("--home")
-        .arg(&amina.home)
-        .arg("listen")
-        .env("TIDINGS_PASSPHRASE", &amina.passphrase)
-        .env("TIDINGS_INSECURE_FAST_KDF", "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&out_log)?)
-        .stderr(std::fs::File::create(&err_log)?)
-        .spawn()?;
-    let wait_for = |path: &std::path::Path, needle: &str| -> Result<()> {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if std::fs::read_to_string(path)?.contains(needle) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        anyhow::bail!("never saw {needle:?} in {}", path.display())
-    };
+    let mut listen = amina.spawn_logged(&["listen"], &out_log, &err_log)?;
+    let wait_for =
+        |path: &std::path::Path, needle: &str| wait_for_text(path, needle, Duration::from_secs(20));
     let result = (|| -> Result<()> {
         wait_for(&err_log, "listening for new messages")?;
         // A message arrives while listening, and a reply goes out from another command.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use tidings_tests::examiner::{examine, Findings};
-use tidings_tests::{connect, Profile, World};
+use tidings_tests::{connect, wait_for_text, Profile, World};
 
 const DURESS: &str = "an innocent duress passphrase";
 
@@ -177,24 +177,9 @@ fn listening(w: &World, p: &Profile) -> Result<std::process::Child> {
     let peer = w.profile(&format!("{}-peer", p.home.display()).replace('/', "-"))?;
     connect(p, "friend", &peer, "me")?;
     let log = p.home.with_extension("listen.err");
-    let child = std::process::Command::new(tidings_tests::binary("tidings")?)
-        .arg("--home")
-        .arg(&p.home)
-        .arg("listen")
-        .env("TIDINGS_PASSPHRASE", &p.passphrase)
-        .env("TIDINGS_INSECURE_FAST_KDF", "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()?;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        if std::fs::read_to_string(&log)?.contains("listening for new messages") {
-            return Ok(child);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    anyhow::bail!("listen never said it was listening")
+    let child = p.spawn_logged(&["listen"], &p.home.with_extension("listen.out"), &log)?;
+    wait_for_text(&log, "listening for new messages", Duration::from_secs(20))?;
+    Ok(child)
 }
 
 #[test]
