@@ -869,7 +869,7 @@ mod tests {
     }
 
     #[test]
-    fn an_expect_message_is_exactly_eight_bytes_of_payload() {
+    fn an_expect_message_is_exactly_eight_bytes_of_payload() -> Result<()> {
         let m = AppMessage {
             id: AppMessageId::from_bytes([7; 16]),
             sent_at: 1,
@@ -877,12 +877,12 @@ mod tests {
                 every_secs: 259_200,
             },
         };
-        let bytes = m.encode().unwrap().to_vec();
+        let bytes = m.encode()?.to_vec();
         // version, kind, id, sent_at, payload length 8, then 259,200 big-endian.
         assert_eq!(bytes[..2], [1, 5]);
         assert_eq!(bytes[26..28], [0, 8]);
         assert_eq!(bytes[28..], 259_200u64.to_be_bytes());
-        assert_eq!(AppMessage::decode(&bytes).unwrap(), m);
+        assert_eq!(AppMessage::decode(&bytes)?, m);
         // A short or long payload is refused.
         let mut short = bytes.clone();
         short.pop();
@@ -892,6 +892,7 @@ mod tests {
         long.push(0);
         long[27] = 9;
         assert!(AppMessage::decode(&long).is_err());
+        Ok(())
     }
 
     #[test]
