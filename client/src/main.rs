@@ -685,6 +685,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::History { name, json } => {
             let profile = open(&home)?;
             let history = profile.history(&name)?;
+            let name = profile.contact_name(&name)?;
             let mut out = std::io::stdout().lock();
             let now = now();
             for h in &history {

@@ -3,6 +3,11 @@
 use super::*;
 
 impl Profile {
+    /// The contact's name as it is stored (names match in any case, so `bora` finds `Bora`).
+    pub fn contact_name(&self, label: &str) -> Result<String> {
+        Ok(self.contact_by_label(label)?.label.clone())
+    }
+
     /// The messages exchanged with `label`, oldest first.
     pub fn history(&self, label: &str) -> Result<Vec<HistoryEntry>> {
         let contact = self.contact_by_label(label)?;
