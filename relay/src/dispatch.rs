@@ -293,7 +293,14 @@ impl<S: Store> Dispatcher<S> {
                 }
                 Some(AppendOutcome::QueueFull) => self.error(out, corr, entity, ErrorCode::Quota),
                 Some(AppendOutcome::Refused) => self.error(out, corr, entity, ErrorCode::Auth),
-                None => self.error(out, corr, entity, ErrorCode::Internal),
+                None => {
+                    self.error(out, corr, entity, ErrorCode::Internal);
+                    // A failed flush leaves the message applied: reads see it and a later
+                    // flush keeps it. Tell the subscriber as for `Stored`, or it is never
+                    // pushed (and fills the quota). Found by the model (model/, issue 21).
+                    self.shared.registry.notify_changed(&recipient, self.conn);
+                    self.refresh(recipient, out);
+                }
             }
         }
     }
@@ -400,7 +407,13 @@ impl<S: Store> Dispatcher<S> {
                         self.refresh(q, out);
                     }
                     Ok(false) => return Err(ErrorCode::NoMessage),
-                    Err(_) => return Err(ErrorCode::Internal),
+                    Err(_) => {
+                        // A failed flush leaves the delete applied: the next message must
+                        // still be pushed (see `store_sends`).
+                        self.shared.registry.notify_changed(&q, self.conn);
+                        self.refresh(q, out);
+                        return Err(ErrorCode::Internal);
+                    }
                 }
             }
             Command::Get => {
