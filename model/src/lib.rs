@@ -94,35 +94,72 @@ pub struct Bounds {
 }
 
 impl Bounds {
-    /// The issue's bounds: 2 senders, 2 queues, 3 messages, up to 2 relay crashes, plus one
-    /// recipient crash, one resend per message, one expiry and one failed flush.
-    pub fn full() -> Self {
+    /// No fault at all: `messages` (each message's sender), one recipient connection, one
+    /// copy of each message.
+    pub fn none(messages: &[u8]) -> Self {
         Self {
-            messages: vec![0, 0, 1],
-            relay_crashes: 2,
-            client_crashes: 1,
-            copies: 2,
-            opens: 3,
-            expiries: 1,
-            flush_failures: 1,
-            sender_drops: 1,
-            resubscribes: 1,
+            messages: messages.to_vec(),
+            relay_crashes: 0,
+            client_crashes: 0,
+            copies: 1,
+            opens: 1,
+            expiries: 0,
+            flush_failures: 0,
+            sender_drops: 0,
+            resubscribes: 0,
         }
     }
 
-    /// Smaller bounds for a check that takes seconds (2 senders, 2 queues, 2 messages).
-    pub fn quick() -> Self {
+    /// The issue's bounds: 2 senders, 2 queues, 3 messages (two from the first sender, one
+    /// from the second), up to 2 relay crashes at any point, a resend of each message, and
+    /// the recipient reconnecting after each crash.
+    pub fn crashes() -> Self {
         Self {
-            messages: vec![0, 1],
-            relay_crashes: 1,
-            client_crashes: 1,
+            relay_crashes: 2,
             copies: 2,
+            opens: 3,
+            ..Self::none(&[0, 0, 1])
+        }
+    }
+
+    /// 3 messages; the recipient crashes once, reconnects, and subscribes once more on a
+    /// connection it already subscribed on.
+    pub fn recipient() -> Self {
+        Self {
+            client_crashes: 1,
             opens: 2,
+            resubscribes: 1,
+            ..Self::none(&[0, 0, 1])
+        }
+    }
+
+    /// 3 messages; one message expires and one flush fails.
+    pub fn store() -> Self {
+        Self {
             expiries: 1,
             flush_failures: 1,
-            sender_drops: 1,
-            resubscribes: 1,
+            ..Self::none(&[0, 0, 1])
         }
+    }
+
+    /// 3 messages; two sender connections are lost with a send in flight, so messages are
+    /// resent.
+    pub fn senders() -> Self {
+        Self {
+            sender_drops: 2,
+            copies: 2,
+            ..Self::none(&[0, 0, 1])
+        }
+    }
+
+    /// Every configuration the CI run checks, by name.
+    pub fn all() -> Vec<(&'static str, Self)> {
+        vec![
+            ("crashes", Self::crashes()),
+            ("recipient", Self::recipient()),
+            ("store", Self::store()),
+            ("senders", Self::senders()),
+        ]
     }
 }
 
@@ -278,16 +315,12 @@ pub struct Conn {
     pub client_open: bool,
     /// The relay's dispatcher exists (it has not noticed the close yet, or the conn is open).
     pub relay_open: bool,
-    /// The request in flight (client to relay).
-    pub up: Option<Req>,
     /// The client waits for a reply.
     pub awaiting: bool,
     /// What the client does next on this connection.
     pub phase: Phase,
     /// Pushes the client read while waiting for a reply (`RelayConnection::pushes`).
     pub stash: Vec<Rid>,
-    /// Frames in flight (relay to client).
-    pub down: Vec<Frame>,
     /// The dispatcher's state.
     pub busy: Busy,
     /// `Dispatcher::subscriptions`: per queue, subscribed, with the outstanding message.
@@ -305,11 +338,9 @@ impl Conn {
         Self {
             client_open: false,
             relay_open: false,
-            up: None,
             awaiting: false,
             phase: Phase::Get(0),
             stash: Vec::new(),
-            down: Vec::new(),
             busy: Busy::Idle,
             subs: [None; QUEUES],
             pushed: [0; QUEUES],
@@ -347,8 +378,6 @@ pub struct Sender {
     pub outbox: Vec<u8>,
     /// The copy in flight (the client waits for its reply).
     pub in_flight: Option<Rid>,
-    /// The reply that reached the client.
-    pub reply: Option<(Rid, Outcome)>,
 }
 
 /// The expiry sweeper (server.rs `sweep`).
@@ -369,6 +398,9 @@ pub struct State {
     pub durable: [Vec<Rid>; QUEUES],
     /// Writes applied (visible to reads) since the last successful flush.
     pub applied: Vec<Change>,
+    /// The store as reads see it: `durable` with `applied` on top (sled reads see unflushed
+    /// writes). Derived, kept for speed.
+    pub tree: [Vec<Rid>; QUEUES],
     /// The writer's channel.
     pub writer: Vec<(Waiter, Op)>,
     /// Applied in the current group, waiting for its flush.
@@ -426,8 +458,6 @@ pub enum Action {
     /// A sender sends the oldest outbox message (`deliver`) and the relay reads it
     /// (`prepare_send`) and submits it to the writer (`store_sends` → `append_batch`).
     Send(u8),
-    /// A sender reads the reply: `Ok` removes the message from the outbox.
-    SenderReply(u8),
     /// A sender's connection is lost with a send in flight.
     SenderDrop(u8),
     /// The relay finishes a send: reply, `notify_changed`, `refresh`.
@@ -442,14 +472,10 @@ pub enum Action {
     Handle(u8),
     /// The recipient subscribes again on a connection it already subscribed on.
     Resubscribe(u8, u8),
-    /// The recipient reads the next frame of a connection.
-    Receive(u8),
     /// The recipient stores a received message (only with [`Rules::AckBeforeStore`]).
     Store(Rid),
     /// The recipient crashes (its connections close; what it stored stays).
     ClientCrash,
-    /// The relay reads a recipient connection's request.
-    RelayTake(u8),
     /// The relay finishes an `Ack` after the store answered.
     AckDone(u8),
     /// The relay acts on a connection's mailbox.
@@ -476,12 +502,13 @@ fn bit(rid: Rid) -> u16 {
 impl State {
     /// The store as reads see it: flushed plus applied writes (sled reads see unflushed
     /// writes).
-    pub fn visible(&self) -> [Vec<Rid>; QUEUES] {
-        let mut tree = self.durable.clone();
-        for change in &self.applied {
-            apply_change(&mut tree, *change);
-        }
-        tree
+    pub fn visible(&self) -> &[Vec<Rid>; QUEUES] {
+        &self.tree
+    }
+
+    fn apply(&mut self, change: Change) {
+        self.applied.push(change);
+        apply_change(&mut self.tree, change);
     }
 
     fn deliver(&mut self, waiter: Waiter, outcome: Outcome) {
@@ -511,10 +538,55 @@ impl State {
         }
     }
 
-    fn push(&mut self, k: u8, frame: Frame) {
-        let conn = &mut self.conns[usize::from(k)];
-        if conn.client_open {
-            conn.down.push(frame);
+    /// A frame to the recipient on connection `k`. Frames are handled as they arrive: a
+    /// frame still in flight when the connection closes is the same as one not yet sent.
+    fn push(&mut self, k: u8, frame: Frame, rules: Rules) {
+        let ki = usize::from(k);
+        if !self.conns[ki].client_open {
+            return;
+        }
+        match frame {
+            Frame::Reply(got) => {
+                self.conns[ki].awaiting = false;
+                let next = match (self.conns[ki].phase, got) {
+                    // `fetch_relay`: a message is stored before it is acked.
+                    (Phase::Get(q), Some(rid)) => {
+                        self.receive(rid, rules);
+                        Phase::AckGot(q, rid)
+                    }
+                    (Phase::Get(q), None) => {
+                        if usize::from(q) + 1 < QUEUES {
+                            Phase::Get(q + 1)
+                        } else {
+                            Phase::Subscribe(0)
+                        }
+                    }
+                    (Phase::AckGot(q, _), _) => Phase::Get(q),
+                    (Phase::Subscribe(q), _) => {
+                        if usize::from(q) + 1 < QUEUES {
+                            Phase::Subscribe(q + 1)
+                        } else {
+                            Phase::Listen
+                        }
+                    }
+                    (Phase::Listen, _) => Phase::Listen,
+                };
+                self.conns[ki].phase = next;
+            }
+            // `RelayConnection` keeps pushes for `next_push`.
+            Frame::Push(rid) => self.conns[ki].stash.push(rid),
+            // `listen_with` ignores `End`.
+            Frame::End(_) => {}
+        }
+    }
+
+    /// `Profile::receive`: stored (history and seen id in one batch) before the ack; with
+    /// [`Rules::AckBeforeStore`], stored only by a later step.
+    fn receive(&mut self, rid: Rid, rules: Rules) {
+        if rules == Rules::AckBeforeStore {
+            self.unstored |= bit(rid);
+        } else {
+            self.store_message(rid, rules);
         }
     }
 
@@ -528,7 +600,7 @@ impl State {
         if self.registry[qi] != Some(k) {
             return;
         }
-        let tree = self.visible();
+        let tree = &self.tree;
         let candidate = if rules == Rules::PushWhileOutstanding {
             // Broken: the newest message not yet pushed on this subscription.
             let pushed = self.conns[usize::from(k)].pushed[qi];
@@ -542,7 +614,7 @@ impl State {
                     let conn = &mut self.conns[usize::from(k)];
                     conn.subs[qi] = Some(Some(m));
                     conn.pushed[qi] |= bit(m);
-                    self.push(k, Frame::Push(m));
+                    self.push(k, Frame::Push(m), rules);
                 }
             }
             None => {
@@ -583,11 +655,9 @@ fn relay_quiet_for(state: &State, k: u8) -> bool {
         && state.group.is_empty()
         && state.jobs.is_empty()
         && state.sweep == Sweep::Idle
-        && conn.up.is_none()
         && conn.busy == Busy::Idle
         && conn.mail_new == 0
         && conn.mail_end == 0
-        && conn.down.is_empty()
 }
 
 /// No lost push, as a safety property over quiescent states: whenever a queue has a live
@@ -629,21 +699,8 @@ impl DeliveryModel {
             .unwrap_or(0)
     }
 
-    /// `Profile::receive`: stored (history and seen id in one batch) before the ack; with
-    /// [`Rules::AckBeforeStore`], stored only by a later step.
-    fn receive(&self, state: &mut State, rid: Rid) {
-        if self.rules == Rules::AckBeforeStore {
-            state.unstored |= bit(rid);
-        } else {
-            state.store_message(rid, self.rules);
-        }
-    }
-
     fn sender_actions(&self, state: &State, s: u8, actions: &mut Vec<Action>) {
         let sender = &state.senders[usize::from(s)];
-        if sender.reply.is_some() {
-            actions.push(Action::SenderReply(s));
-        }
         if sender.in_flight.is_some() {
             if state.used.sender_drops < self.bounds.sender_drops {
                 actions.push(Action::SenderDrop(s));
@@ -663,10 +720,7 @@ impl DeliveryModel {
                 continue;
             }
             any_open = true;
-            if !conn.down.is_empty() {
-                actions.push(Action::Receive(k));
-            }
-            if !conn.awaiting {
+            if !conn.awaiting && conn.relay_open && conn.busy == Busy::Idle {
                 match conn.phase {
                     Phase::Listen => {
                         if !conn.stash.is_empty() {
@@ -686,8 +740,7 @@ impl DeliveryModel {
         if !any_open && state.used.opens < self.bounds.opens {
             // One client connection at a time; the relay may still hold the previous one.
             // Slots are interchangeable (symmetry): the first free one is taken.
-            if let Some(k) = (0..SLOTS as u8).find(|k| !state.conns[usize::from(*k)].relay_open)
-            {
+            if let Some(k) = (0..SLOTS as u8).find(|k| !state.conns[usize::from(*k)].relay_open) {
                 actions.push(Action::Open(k));
             }
         }
@@ -715,9 +768,6 @@ impl DeliveryModel {
             }
             match conn.busy {
                 Busy::Idle => {
-                    if conn.up.is_some() {
-                        actions.push(Action::RelayTake(k));
-                    }
                     if conn.mail_new != 0 || conn.mail_end != 0 {
                         actions.push(Action::Events(k));
                     }
@@ -748,10 +798,7 @@ impl DeliveryModel {
                     {
                         for (q, list) in tree.iter().enumerate() {
                             for i in 0..list.len() {
-                                actions.push(Action::WriterApply(
-                                    Some((q as u8, i as u8)),
-                                    false,
-                                ));
+                                actions.push(Action::WriterApply(Some((q as u8, i as u8)), false));
                             }
                         }
                     }
@@ -783,11 +830,9 @@ impl DeliveryModel {
     }
 
     /// A relay request from the recipient (`Dispatcher::command`).
-    fn relay_take(&self, state: &mut State, k: u8) {
+    fn relay_take(&self, state: &mut State, k: u8, req: Req) {
         let ki = usize::from(k);
-        let Some(req) = state.conns[ki].up.take() else {
-            return;
-        };
+        state.conns[ki].awaiting = true;
         match req {
             Req::Subscribe(q) => {
                 let qi = usize::from(q);
@@ -802,13 +847,13 @@ impl DeliveryModel {
                 // (Re)subscribing delivers the oldest pending message again.
                 state.conns[ki].subs[qi] = Some(None);
                 state.conns[ki].pushed[qi] = 0;
-                state.push(k, Frame::Reply(None));
+                state.push(k, Frame::Reply(None), self.rules);
                 state.refresh(k, q, self.rules);
             }
             Req::Get(q) => {
                 // `Command::Get`: the oldest message as the reply, nothing deleted.
-                let oldest = state.visible()[usize::from(q)].first().copied();
-                state.push(k, Frame::Reply(oldest));
+                let oldest = state.tree[usize::from(q)].first().copied();
+                state.push(k, Frame::Reply(oldest), self.rules);
             }
             Req::Ack(rid) => {
                 // `Command::Ack`: `delete_message` goes through the writer.
@@ -832,15 +877,15 @@ impl DeliveryModel {
             Outcome::Done => {
                 // `Ok(true)`: reply Ok, tell the subscriber elsewhere, push the next one here.
                 state.acked_ok |= bit(rid);
-                state.push(k, Frame::Reply(None));
+                state.push(k, Frame::Reply(None), self.rules);
                 state.notify_changed(q, Some(k));
                 state.refresh(k, q, self.rules);
             }
             // `Ok(false)` → `Error(NoMessage)`: nothing changed.
-            Outcome::Nothing => state.push(k, Frame::Reply(None)),
+            Outcome::Nothing => state.push(k, Frame::Reply(None), self.rules),
             // `Err(_)` → `Error(Internal)`.
             Outcome::Failed => {
-                state.push(k, Frame::Reply(None));
+                state.push(k, Frame::Reply(None), self.rules);
                 if self.rules != Rules::BeforeFix {
                     // The fix (issue 21): a failed flush leaves the delete applied, so the
                     // queue may have changed: tell the subscriber and refresh, as on `Ok`.
@@ -866,7 +911,13 @@ impl DeliveryModel {
             state.answered_ok |= 1 << msg_of(rid);
         }
         if job.connected {
-            state.senders[s].reply = Some((rid, outcome));
+            // `deliver`: only `Ok` removes the message from the outbox. (A reply lost on
+            // the way is a lost connection: `connected` is false then.)
+            let sender = &mut state.senders[s];
+            sender.in_flight = None;
+            if outcome == Outcome::Done {
+                sender.outbox.retain(|m| *m != msg_of(rid));
+            }
         }
         let notify = match outcome {
             Outcome::Done => true,
@@ -886,21 +937,21 @@ impl DeliveryModel {
             return;
         }
         let (waiter, op) = state.writer.remove(0);
-        let tree = state.visible();
+        let tree = state.tree.clone();
         let outcome = match op {
             Op::Append(q, rid) => {
                 // `apply_append`: refused when the queue is full.
                 if full {
                     Outcome::Nothing
                 } else {
-                    state.applied.push(Change::Add(q, rid));
+                    state.apply(Change::Add(q, rid));
                     Outcome::Done
                 }
             }
             Op::Ack(q, rid) => {
                 // `apply_ack`: deletes the message if it is there.
                 if tree[usize::from(q)].contains(&rid) {
-                    state.applied.push(Change::Remove(q, rid));
+                    state.apply(Change::Remove(q, rid));
                     Outcome::Done
                 } else {
                     Outcome::Nothing
@@ -910,7 +961,7 @@ impl DeliveryModel {
                 // `apply_expire`: deletes what is older than the cutoff.
                 Some((q, i)) => match tree[usize::from(q)].get(usize::from(i)) {
                     Some(rid) => {
-                        state.applied.push(Change::Remove(q, *rid));
+                        state.apply(Change::Remove(q, *rid));
                         state.expired |= 1 << msg_of(*rid);
                         Outcome::Done
                     }
@@ -935,7 +986,7 @@ impl DeliveryModel {
     fn writer_flush(&self, state: &mut State, ok: bool) {
         let group = std::mem::take(&mut state.group);
         if ok {
-            state.durable = state.visible();
+            state.durable = state.tree.clone();
             state.applied.clear();
         } else {
             // `complete(.., durable = false)`: every waiter gets `NotDurable`, and the writes
@@ -955,7 +1006,8 @@ impl DeliveryModel {
         for change in state.applied.iter().take(usize::from(kept)) {
             apply_change(&mut tree, *change);
         }
-        state.durable = tree;
+        state.durable = tree.clone();
+        state.tree = tree;
         state.applied.clear();
         state.writer.clear();
         state.group.clear();
@@ -967,7 +1019,111 @@ impl DeliveryModel {
         }
         for sender in &mut state.senders {
             sender.in_flight = None;
-            sender.reply = None;
+        }
+    }
+}
+
+fn rid_name(rid: Rid) -> String {
+    format!("m{}.{}", msg_of(rid), rid % MAX_COPIES)
+}
+
+fn slot_name(k: u8) -> char {
+    if k == 0 {
+        'A'
+    } else {
+        'B'
+    }
+}
+
+impl DeliveryModel {
+    /// One step of a trace in words, given the state before it.
+    pub fn describe(&self, state: &State, action: Action) -> String {
+        let conn = |k: u8| &state.conns[usize::from(k)];
+        match action {
+            Action::Send(s) => {
+                let m = state.senders[usize::from(s)].outbox.first().copied().unwrap_or(0);
+                let rid = m * MAX_COPIES + state.copies.get(usize::from(m)).copied().unwrap_or(0);
+                format!(
+                    "sender {s} sends {} on q{}; the relay submits it to the writer",
+                    rid_name(rid),
+                    self.queue_of(rid)
+                )
+            }
+            Action::SenderDrop(s) => format!("sender {s} loses its connection (reply lost)"),
+            Action::SendDone(rid) => {
+                let outcome = state
+                    .jobs
+                    .iter()
+                    .find(|j| j.rid == rid)
+                    .map(|j| j.stage);
+                let what = match outcome {
+                    Some(Stage::Answered(Outcome::Done)) => "Ok, notify_changed",
+                    Some(Stage::Answered(Outcome::Nothing)) => "Error(Quota)",
+                    Some(Stage::Answered(Outcome::Failed)) => "Error(Internal)",
+                    _ => "?",
+                };
+                format!("relay answers the send of {}: {what}", rid_name(rid))
+            }
+            Action::Open(k) => format!("recipient opens connection {}", slot_name(k)),
+            Action::Close(k) => format!("recipient closes connection {}", slot_name(k)),
+            Action::Request(k) => {
+                let what = match conn(k).phase {
+                    Phase::Get(q) => format!("Get q{q}"),
+                    Phase::AckGot(_, rid) => format!("stored {}, sends Ack", rid_name(rid)),
+                    Phase::Subscribe(q) => format!("Subscribe q{q}"),
+                    Phase::Listen => String::new(),
+                };
+                format!("recipient on {}: {what} (the relay handles it)", slot_name(k))
+            }
+            Action::Handle(k) => format!(
+                "recipient on {}: stores pushed {} and sends Ack",
+                slot_name(k),
+                conn(k).stash.first().map_or_else(String::new, |r| rid_name(*r))
+            ),
+            Action::Resubscribe(k, q) => {
+                format!("recipient on {}: Subscribe q{q} again", slot_name(k))
+            }
+            Action::Store(rid) => format!("recipient stores {}", rid_name(rid)),
+            Action::ClientCrash => "recipient crashes".into(),
+            Action::AckDone(k) => format!(
+                "relay answers the Ack on {}: {:?}",
+                slot_name(k),
+                conn(k).busy
+            ),
+            Action::Events(k) => format!("relay: connection {} takes its mailbox", slot_name(k)),
+            Action::RelayClose(k) => format!("relay notices {} closed", slot_name(k)),
+            Action::WriterApply(target, full) => {
+                let op = state.writer.first().map(|(_, op)| *op);
+                match (op, target, full) {
+                    (Some(Op::Append(q, rid)), _, false) => {
+                        format!("writer applies append {} to q{q} (not durable)", rid_name(rid))
+                    }
+                    (Some(Op::Append(q, rid)), _, true) => {
+                        format!("writer refuses {}: q{q} full", rid_name(rid))
+                    }
+                    (Some(Op::Ack(_, rid)), _, _) => {
+                        format!("writer applies delete of {} (not durable)", rid_name(rid))
+                    }
+                    (Some(Op::Expire), Some((q, i)), _) => format!(
+                        "writer applies expiry of {} (not durable)",
+                        state.tree[usize::from(q)]
+                            .get(usize::from(i))
+                            .map_or_else(String::new, |r| rid_name(*r))
+                    ),
+                    (Some(Op::Expire), None, _) => "writer applies an expiry: nothing".into(),
+                    (None, _, _) => "writer idle".into(),
+                }
+            }
+            Action::WriterFlush(true) => "writer flushes: the group is durable".into(),
+            Action::WriterFlush(false) => {
+                "writer's flush FAILS: waiters get NotDurable, writes stay applied".into()
+            }
+            Action::SweepStart => "expiry sweep starts".into(),
+            Action::SweepDone => format!("expiry sweep finishes: {:?}", state.sweep),
+            Action::RelayCrash(kept) => format!(
+                "RELAY CRASH: {kept} of {} unflushed writes survive",
+                state.applied.len()
+            ),
         }
     }
 }
@@ -982,11 +1138,11 @@ impl Model for DeliveryModel {
                 .filter(|m| self.queue_of(m * MAX_COPIES) == s)
                 .collect(),
             in_flight: None,
-            reply: None,
         };
         vec![State {
             durable: Default::default(),
             applied: Vec::new(),
+            tree: Default::default(),
             writer: Vec::new(),
             group: Vec::new(),
             registry: [None; QUEUES],
@@ -1033,19 +1189,9 @@ impl Model for DeliveryModel {
                     .writer
                     .push((Waiter::Send(rid), Op::Append(self.queue_of(rid), rid)));
             }
-            Action::SenderReply(s) => {
-                let sender = &mut state.senders[usize::from(s)];
-                let (rid, outcome) = sender.reply.take()?;
-                sender.in_flight = None;
-                // `deliver`: only `Ok` removes the message from the outbox.
-                if outcome == Outcome::Done {
-                    sender.outbox.retain(|m| *m != msg_of(rid));
-                }
-            }
             Action::SenderDrop(s) => {
                 state.used.sender_drops += 1;
                 let rid = state.senders[usize::from(s)].in_flight.take()?;
-                state.senders[usize::from(s)].reply = None;
                 // The relay goes on with the send; its reply is lost.
                 for job in &mut state.jobs {
                     if job.rid == rid {
@@ -1064,21 +1210,19 @@ impl Model for DeliveryModel {
             Action::Close(k) => {
                 let conn = &mut state.conns[usize::from(k)];
                 conn.client_open = false;
-                conn.up = None;
                 conn.awaiting = false;
-                conn.down.clear();
                 conn.stash.clear();
             }
+            // A request in flight is the same as one not sent yet (a close drops both), so
+            // the relay reads it at once.
             Action::Request(k) => {
-                let conn = &mut state.conns[usize::from(k)];
-                let req = match conn.phase {
+                let req = match state.conns[usize::from(k)].phase {
                     Phase::Get(q) => Req::Get(q),
                     Phase::AckGot(_, rid) => Req::Ack(rid),
                     Phase::Subscribe(q) => Req::Subscribe(q),
                     Phase::Listen => return None,
                 };
-                conn.up = Some(req);
-                conn.awaiting = true;
+                self.relay_take(&mut state, k, req);
             }
             Action::Handle(k) => {
                 let ki = usize::from(k);
@@ -1086,55 +1230,12 @@ impl Model for DeliveryModel {
                     return None;
                 }
                 let rid = state.conns[ki].stash.remove(0);
-                self.receive(&mut state, rid);
-                state.conns[ki].up = Some(Req::Ack(rid));
-                state.conns[ki].awaiting = true;
+                state.receive(rid, self.rules);
+                self.relay_take(&mut state, k, Req::Ack(rid));
             }
             Action::Resubscribe(k, q) => {
                 state.used.resubscribes += 1;
-                let conn = &mut state.conns[usize::from(k)];
-                conn.up = Some(Req::Subscribe(q));
-                conn.awaiting = true;
-            }
-            Action::Receive(k) => {
-                let ki = usize::from(k);
-                if state.conns[ki].down.is_empty() {
-                    return None;
-                }
-                let frame = state.conns[ki].down.remove(0);
-                match frame {
-                    Frame::Reply(got) => {
-                        state.conns[ki].awaiting = false;
-                        let next = match (state.conns[ki].phase, got) {
-                            // `fetch_relay`: a message is stored before it is acked.
-                            (Phase::Get(q), Some(rid)) => {
-                                self.receive(&mut state, rid);
-                                Phase::AckGot(q, rid)
-                            }
-                            (Phase::Get(q), None) => {
-                                if usize::from(q) + 1 < QUEUES {
-                                    Phase::Get(q + 1)
-                                } else {
-                                    Phase::Subscribe(0)
-                                }
-                            }
-                            (Phase::AckGot(q, _), _) => Phase::Get(q),
-                            (Phase::Subscribe(q), _) => {
-                                if usize::from(q) + 1 < QUEUES {
-                                    Phase::Subscribe(q + 1)
-                                } else {
-                                    Phase::Listen
-                                }
-                            }
-                            (Phase::Listen, _) => Phase::Listen,
-                        };
-                        state.conns[ki].phase = next;
-                    }
-                    // `RelayConnection` keeps pushes for `next_push`.
-                    Frame::Push(rid) => state.conns[ki].stash.push(rid),
-                    // `listen_with` ignores `End`.
-                    Frame::End(_) => {}
-                }
+                self.relay_take(&mut state, k, Req::Subscribe(q));
             }
             Action::Store(rid) => {
                 state.unstored &= !bit(rid);
@@ -1145,13 +1246,10 @@ impl Model for DeliveryModel {
                 state.unstored = 0;
                 for conn in &mut state.conns {
                     conn.client_open = false;
-                    conn.up = None;
                     conn.awaiting = false;
-                    conn.down.clear();
                     conn.stash.clear();
                 }
             }
-            Action::RelayTake(k) => self.relay_take(&mut state, k),
             Action::AckDone(k) => self.ack_done(&mut state, k),
             Action::Events(k) => {
                 // `Dispatcher::events`: ended subscriptions first, then changed queues.
@@ -1167,7 +1265,7 @@ impl Model for DeliveryModel {
                     {
                         state.conns[ki].subs[qi] = None;
                         state.conns[ki].pushed[qi] = 0;
-                        state.push(k, Frame::End(q));
+                        state.push(k, Frame::End(q), self.rules);
                     }
                 }
                 for q in 0..QUEUES as u8 {
@@ -1220,9 +1318,10 @@ impl Model for DeliveryModel {
 
     fn properties(&self) -> Vec<Property<Self>> {
         vec![
-            Property::always("a message is stored in the history at most once", |_: &DeliveryModel, s: &State| {
-                !s.duplicate
-            }),
+            Property::always(
+                "a message is stored in the history at most once",
+                |_: &DeliveryModel, s: &State| !s.duplicate,
+            ),
             Property::always(
                 "a message answered Ok is never lost unless it expired",
                 |m: &DeliveryModel, s: &State| {
@@ -1235,30 +1334,39 @@ impl Model for DeliveryModel {
                     })
                 },
             ),
-            Property::always("at most one outstanding push per queue", |_: &DeliveryModel, s: &State| {
-                let tree = s.visible();
-                (0..QUEUES).all(|q| match s.registry[q] {
-                    None => true,
-                    Some(k) => {
-                        let pushed = s.conns[usize::from(k)].pushed[q];
-                        tree[q].iter().filter(|r| pushed & bit(**r) != 0).count() <= 1
-                    }
-                })
-            }),
+            Property::always(
+                "at most one outstanding push per queue",
+                |_: &DeliveryModel, s: &State| {
+                    let tree = s.visible();
+                    (0..QUEUES).all(|q| match s.registry[q] {
+                        None => true,
+                        Some(k) => {
+                            let pushed = s.conns[usize::from(k)].pushed[q];
+                            tree[q].iter().filter(|r| pushed & bit(**r) != 0).count() <= 1
+                        }
+                    })
+                },
+            ),
             Property::always(
                 "a quiet relay has pushed its subscriber the oldest message",
                 quiescent_pushed,
             ),
-            Property::always("nothing the recipient acked stays on the relay", |_: &DeliveryModel, s: &State| {
-                let tree = s.visible();
-                tree.iter()
-                    .chain(s.durable.iter())
-                    .flatten()
-                    .all(|r| s.acked_ok & bit(*r) == 0)
-            }),
-            Property::sometimes("every message reaches the history", |m: &DeliveryModel, s: &State| {
-                s.history.count_ones() as usize == m.bounds.messages.len()
-            }),
+            Property::always(
+                "nothing the recipient acked stays on the relay",
+                |_: &DeliveryModel, s: &State| {
+                    let tree = s.visible();
+                    tree.iter()
+                        .chain(s.durable.iter())
+                        .flatten()
+                        .all(|r| s.acked_ok & bit(*r) == 0)
+                },
+            ),
+            Property::sometimes(
+                "every message reaches the history",
+                |m: &DeliveryModel, s: &State| {
+                    s.history.count_ones() as usize == m.bounds.messages.len()
+                },
+            ),
         ]
     }
 }
@@ -1306,25 +1414,41 @@ pub struct Report {
     pub delivers: bool,
 }
 
-/// Explores every reachable state (depth first, with symmetry reduction) and checks every
-/// property. With `stop_at_first`, stops at the first violation.
-pub fn check(bounds: Bounds, rules: Rules, threads: usize, stop_at_first: bool) -> Report {
+/// How [`check`] searches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Search {
+    /// Every reachable state, depth first, with symmetry reduction.
+    Exhaustive,
+    /// Breadth first until the first violation: the shortest counterexample.
+    Shortest,
+}
+
+/// Checks every property over the reachable states of the model.
+pub fn check(bounds: Bounds, rules: Rules, threads: usize, search: Search) -> Report {
     use stateright::{Checker, HasDiscoveries};
     let model = DeliveryModel::new(bounds, rules);
-    let properties = model.properties();
     let start = std::time::Instant::now();
-    let mut builder = model
-        .checker()
-        .threads(threads.max(1))
-        .symmetry_fn(representative);
-    if stop_at_first {
-        builder = builder.finish_when(HasDiscoveries::AnyFailures);
+    let builder = model.checker().threads(threads.max(1));
+    match search {
+        Search::Exhaustive => report(
+            builder.symmetry_fn(representative).spawn_dfs().join(),
+            start,
+        ),
+        Search::Shortest => report(
+            builder
+                .finish_when(HasDiscoveries::AnyFailures)
+                .spawn_bfs()
+                .join(),
+            start,
+        ),
     }
-    let checker = builder.spawn_dfs().join();
+}
+
+fn report(checker: impl stateright::Checker<DeliveryModel>, start: std::time::Instant) -> Report {
     let seconds = start.elapsed().as_secs_f64();
     let mut violations = Vec::new();
     let mut delivers = false;
-    for property in &properties {
+    for property in checker.model().properties() {
         let Some(path) = checker.discovery(property.name) else {
             continue;
         };
@@ -1333,9 +1457,9 @@ pub fn check(bounds: Bounds, rules: Rules, threads: usize, stop_at_first: bool) 
             continue;
         }
         let steps = path
-            .into_actions()
-            .iter()
-            .map(|a| format!("{a:?}"))
+            .into_vec()
+            .into_iter()
+            .filter_map(|(state, action)| action.map(|a| checker.model().describe(&state, a)))
             .collect();
         violations.push((property.name, steps));
     }
