@@ -11,9 +11,9 @@
 //!
 //! | model step | mirrors |
 //! |---|---|
-//! | [`Action::RelayTakeSend`] | `Dispatcher::prepare_send` + `Dispatcher::store_sends` (submit) |
+//! | [`Action::Send`] | client `deliver`, then `Dispatcher::prepare_send` + `store_sends` (submit) |
 //! | [`Action::SendDone`] | `Dispatcher::store_sends` (after `append_batch` resolves) |
-//! | [`Action::RelayTake`] | `Dispatcher::command`: `Subscribe`, `Get`, `Ack` (submit) |
+//! | [`Action::Request`], [`Action::Handle`] | client `fetch_relay` / `listen_with`, then `Dispatcher::command`: `Get`, `Subscribe` (`Registry::subscribe`, `refresh`), `Ack` (submit) |
 //! | [`Action::AckDone`] | `Dispatcher::command`: `Ack` after `delete_message` resolves |
 //! | [`Action::Events`] | `Dispatcher::events` (mailbox: `Registry`, `Mailbox::take`) |
 //! | [`Action::RelayClose`] | `Dispatcher::close` → `Registry::unsubscribe_all` |
@@ -21,8 +21,8 @@
 //! | [`Action::WriterFlush`] | store.rs `writer_loop`: one `db.flush()` per group, then `complete` |
 //! | [`Action::SweepStart`], [`Action::SweepDone`] | server.rs `sweep` → `Registry::notify_all_changed` |
 //! | [`Action::RelayCrash`] | a kill: sled keeps what was flushed, plus possibly a prefix of the rest |
-//! | recipient steps | client `profile/inbox.rs`: `receive` (store, seen set) before `Ack` |
-//! | sender steps | client `profile/outbox.rs`: `seal_to_outbox`, `deliver` (remove on `Ok` only) |
+//! | [`Action::Open`], [`Action::Close`], [`Action::ClientCrash`] | the recipient's connections; `receive` (store, seen set) before `Ack` (profile/inbox.rs) |
+//! | [`Action::SenderDrop`] | a sender's connection lost; the outbox keeps the message until `Ok` (profile/outbox.rs) |
 //!
 //! ## What is abstracted
 //!
@@ -30,7 +30,15 @@
 //!   changes which message is stored, pushed or acked once a command is accepted.
 //! - A store operation is atomic (the writer's single-key writes are ordered so that a crash
 //!   half way through one leaves nothing that matters; see store.rs).
-//! - A client has one request in flight per connection (as `RelayConnection::request`).
+//! - A client has one request in flight per connection (as `RelayConnection::request`), and
+//!   one connection open at a time (the relay may still hold the one before). A request in
+//!   flight is the same as one not yet sent, and a frame in flight the same as one the
+//!   client read (a close drops both), so the relay reads requests, and the client frames,
+//!   at once: only the order of the relay's own steps is explored, not the network's delay.
+//! - The recipient behaves as `listen_with`: `Get` each queue until `NoMessage` (storing and
+//!   acking each), then `Subscribe` to each, then store and ack each push; it ignores `End`.
+//!   A sender sends its outbox oldest first, one at a time, and resends a message whose
+//!   `Ok` it did not get (a new copy, up to the bound).
 //! - Quota is nondeterministic: an append to a non-empty queue may be refused (`Quota`), which
 //!   covers every `max_pending` of 1 or more at once.
 //! - Expiry is nondeterministic: the sweep's write may delete any one stored message (clocks
@@ -305,10 +313,8 @@ pub enum Phase {
     Listen,
 }
 
-/// One recipient connection slot: the client's end, the relay's [`Dispatcher`] and the
-/// stream between them.
-///
-/// [`Dispatcher`]: https://example.invalid "relay/src/dispatch.rs"
+/// One recipient connection slot: the client's end and the relay's `Dispatcher`
+/// (relay/src/dispatch.rs) for it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Conn {
     /// The client's end is open.
@@ -1041,7 +1047,11 @@ impl DeliveryModel {
         let conn = |k: u8| &state.conns[usize::from(k)];
         match action {
             Action::Send(s) => {
-                let m = state.senders[usize::from(s)].outbox.first().copied().unwrap_or(0);
+                let m = state.senders[usize::from(s)]
+                    .outbox
+                    .first()
+                    .copied()
+                    .unwrap_or(0);
                 let rid = m * MAX_COPIES + state.copies.get(usize::from(m)).copied().unwrap_or(0);
                 format!(
                     "sender {s} sends {} on q{}; the relay submits it to the writer",
@@ -1051,11 +1061,7 @@ impl DeliveryModel {
             }
             Action::SenderDrop(s) => format!("sender {s} loses its connection (reply lost)"),
             Action::SendDone(rid) => {
-                let outcome = state
-                    .jobs
-                    .iter()
-                    .find(|j| j.rid == rid)
-                    .map(|j| j.stage);
+                let outcome = state.jobs.iter().find(|j| j.rid == rid).map(|j| j.stage);
                 let what = match outcome {
                     Some(Stage::Answered(Outcome::Done)) => "Ok, notify_changed",
                     Some(Stage::Answered(Outcome::Nothing)) => "Error(Quota)",
@@ -1073,12 +1079,18 @@ impl DeliveryModel {
                     Phase::Subscribe(q) => format!("Subscribe q{q}"),
                     Phase::Listen => String::new(),
                 };
-                format!("recipient on {}: {what} (the relay handles it)", slot_name(k))
+                format!(
+                    "recipient on {}: {what} (the relay handles it)",
+                    slot_name(k)
+                )
             }
             Action::Handle(k) => format!(
                 "recipient on {}: stores pushed {} and sends Ack",
                 slot_name(k),
-                conn(k).stash.first().map_or_else(String::new, |r| rid_name(*r))
+                conn(k)
+                    .stash
+                    .first()
+                    .map_or_else(String::new, |r| rid_name(*r))
             ),
             Action::Resubscribe(k, q) => {
                 format!("recipient on {}: Subscribe q{q} again", slot_name(k))
@@ -1096,7 +1108,10 @@ impl DeliveryModel {
                 let op = state.writer.first().map(|(_, op)| *op);
                 match (op, target, full) {
                     (Some(Op::Append(q, rid)), _, false) => {
-                        format!("writer applies append {} to q{q} (not durable)", rid_name(rid))
+                        format!(
+                            "writer applies append {} to q{q} (not durable)",
+                            rid_name(rid)
+                        )
                     }
                     (Some(Op::Append(q, rid)), _, true) => {
                         format!("writer refuses {}: q{q} full", rid_name(rid))

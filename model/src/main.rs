@@ -56,7 +56,14 @@ fn set_bound(bounds: &mut Bounds, arg: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse() -> Result<(Vec<(String, Bounds)>, Rules, usize), String> {
+/// What to check: named configurations, the rules, the threads.
+struct Plan {
+    configs: Vec<(String, Bounds)>,
+    rules: Rules,
+    threads: usize,
+}
+
+fn parse() -> Result<Plan, String> {
     let mut configs: Vec<(String, Bounds)> = Bounds::all()
         .into_iter()
         .map(|(n, b)| (n.to_string(), b))
@@ -107,11 +114,19 @@ fn parse() -> Result<(Vec<(String, Bounds)>, Rules, usize), String> {
     if let Some(bounds) = custom {
         configs = vec![("custom".to_string(), bounds)];
     }
-    Ok((configs, rules, threads))
+    Ok(Plan {
+        configs,
+        rules,
+        threads,
+    })
 }
 
 fn main() -> ExitCode {
-    let (configs, rules, threads) = match parse() {
+    let Plan {
+        configs,
+        rules,
+        threads,
+    } = match parse() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("tidings-model: {e}");
@@ -142,7 +157,10 @@ fn main() -> ExitCode {
             report.seconds
         );
         for (property, steps) in &report.violations {
-            println!("VIOLATED: {property}; counterexample, {} steps:", steps.len());
+            println!(
+                "VIOLATED: {property}; counterexample, {} steps:",
+                steps.len()
+            );
             for (i, step) in steps.iter().enumerate() {
                 println!("  {:>3}. {step}", i + 1);
             }
@@ -151,7 +169,9 @@ fn main() -> ExitCode {
             println!("every property holds");
         }
         if search == Search::Exhaustive && !report.delivers {
-            println!("the model never delivered every message: it is too constrained to mean anything");
+            println!(
+                "the model never delivered every message: it is too constrained to mean anything"
+            );
             failed = true;
         }
         // The relay's rules must hold; rules broken on purpose must be caught.

@@ -25,7 +25,10 @@ fn print(name: &str, report: &Report) {
 fn holds(name: &str, bounds: Bounds) {
     let report = check(bounds, Rules::Relay, THREADS, Search::Exhaustive);
     print(name, &report);
-    assert!(report.violations.is_empty(), "{name}: a property is violated");
+    assert!(
+        report.violations.is_empty(),
+        "{name}: a property is violated"
+    );
     assert!(report.delivers, "{name}: no run delivers every message");
 }
 
