@@ -1075,6 +1075,9 @@ impl DeliveryModel {
             Action::Request(k) => {
                 let what = match conn(k).phase {
                     Phase::Get(q) => format!("Get q{q}"),
+                    Phase::AckGot(_, rid) if self.rules == Rules::AckBeforeStore => {
+                        format!("got {}, sends Ack (not stored yet)", rid_name(rid))
+                    }
                     Phase::AckGot(_, rid) => format!("stored {}, sends Ack", rid_name(rid)),
                     Phase::Subscribe(q) => format!("Subscribe q{q}"),
                     Phase::Listen => String::new(),
@@ -1085,8 +1088,13 @@ impl DeliveryModel {
                 )
             }
             Action::Handle(k) => format!(
-                "recipient on {}: stores pushed {} and sends Ack",
+                "recipient on {}: {} pushed {} and sends Ack",
                 slot_name(k),
+                if self.rules == Rules::AckBeforeStore {
+                    "gets (does not store yet)"
+                } else {
+                    "stores"
+                },
                 conn(k)
                     .stash
                     .first()
@@ -1449,8 +1457,10 @@ pub fn check(bounds: Bounds, rules: Rules, threads: usize, search: Search) -> Re
             builder.symmetry_fn(representative).spawn_dfs().join(),
             start,
         ),
+        // One thread: breadth first in strict order, so the trace is a shortest one.
         Search::Shortest => report(
             builder
+                .threads(1)
                 .finish_when(HasDiscoveries::AnyFailures)
                 .spawn_bfs()
                 .join(),
