@@ -346,7 +346,15 @@ impl<S: Store> Dispatcher<S> {
                     self.error(out, corr, entity, ErrorCode::Quota);
                 }
                 Ok(AppendOutcome::Refused) => self.error(out, corr, entity, ErrorCode::Auth),
-                Err(code) => self.error(out, corr, entity, code),
+                Err(code) => {
+                    self.error(out, corr, entity, code);
+                    // A failed flush leaves the message applied: reads see it and a later
+                    // flush keeps it. Tell the subscriber as for `Stored`, or it is never
+                    // pushed (and fills the quota). Found by the model (model/, issue 21).
+                    // Where nothing was applied, the refresh finds nothing new.
+                    self.shared.registry.notify_changed(&recipient, self.conn);
+                    self.refresh(recipient, out);
+                }
             }
         }
     }
@@ -470,7 +478,13 @@ impl<S: Store> Dispatcher<S> {
                         self.refresh(q, out);
                     }
                     Ok(false) => return Err(ErrorCode::NoMessage),
-                    Err(e) => return Err(store_error(&e)),
+                    Err(e) => {
+                        // A failed flush leaves the delete applied: the next message must
+                        // still be pushed (see `store_sends`).
+                        self.shared.registry.notify_changed(&q, self.conn);
+                        self.refresh(q, out);
+                        return Err(store_error(&e));
+                    }
                 }
             }
             Command::Get => {

@@ -351,7 +351,14 @@ async fn sweep<S: Store>(shared: &Shared<S>) -> Result<usize> {
         .clock
         .now_hour()
         .saturating_sub(shared.config.expiry_hours());
-    let n = shared.store.expire_before(cutoff).await?;
+    let n = match shared.store.expire_before(cutoff).await {
+        Ok(n) => n,
+        Err(e) => {
+            // A failed flush leaves deletions applied: subscribers must look again.
+            shared.registry.notify_all_changed();
+            return Err(e);
+        }
+    };
     shared
         .stats
         .messages_expired
