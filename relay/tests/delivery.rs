@@ -275,7 +275,8 @@ async fn an_expiry_whose_flush_failed_still_pushes_the_next_message() {
     let mut sender = w.connect().await;
     let q = create_queue(&mut recipient).await.unwrap();
     assert_eq!(send(&q, &mut sender, b"old").await.kind, ReplyKind::Ok);
-    w.clock.advance(20 * 86_400);
+    let days = u64::from(tidings_relay::config::DEFAULT_EXPIRY_DAYS);
+    w.clock.advance((days - 1) * 86_400);
     assert_eq!(send(&q, &mut sender, b"young").await.kind, ReplyKind::Ok);
     assert_eq!(
         cmd(&q, &mut recipient, Command::Subscribe).await.kind,
