@@ -382,6 +382,18 @@ impl Profile {
             .collect())
     }
 
+    /// `tidings safety WHAT` (`set-checkin-pin` or `set-duress-pin`) with `pin` as the new PIN;
+    /// it must succeed.
+    pub fn set_pin(&self, what: &str, pin: &str) -> Result<()> {
+        self.run_with(
+            &["safety", what],
+            &[("TIDINGS_NEW_PIN", pin)],
+            Duration::from_secs(60),
+        )?
+        .ok()?;
+        Ok(())
+    }
+
     /// Starts `tidings --home HOME ARGS…` in the background (a `listen`), with its standard
     /// output and error written to the files `stdout` and `stderr`.
     pub fn spawn_logged(&self, args: &[&str], stdout: &Path, stderr: &Path) -> Result<Child> {

@@ -95,20 +95,8 @@ fn due_has_exit_codes_syncs_and_acknowledges_duress() -> Result<()> {
     ensure!(out.status.code() == Some(0), "{:?}", out.status);
     ensure!(out.stderr.trim() == "nobody is overdue", "{}", out.stderr);
     minister.run(&["expect", "kim", "1d"])?.ok()?;
-    sister
-        .run_with(
-            &["safety", "set-checkin-pin"],
-            &[("TIDINGS_NEW_PIN", "1357")],
-            std::time::Duration::from_secs(60),
-        )?
-        .ok()?;
-    sister
-        .run_with(
-            &["safety", "set-duress-pin"],
-            &[("TIDINGS_NEW_PIN", "8642")],
-            std::time::Duration::from_secs(60),
-        )?
-        .ok()?;
+    sister.set_pin("set-checkin-pin", "1357")?;
+    sister.set_pin("set-duress-pin", "8642")?;
     sister
         .run_with(
             &["checkin", "pastor"],
@@ -208,15 +196,8 @@ fn listen_warns_when_someone_becomes_overdue_or_checks_in_under_duress() -> Resu
     let minister = w.profile("minister")?;
     let sister = w.profile("sister")?;
     connect(&minister, "kim", &sister, "pastor")?;
-    for (what, pin) in [("set-checkin-pin", "1357"), ("set-duress-pin", "8642")] {
-        sister
-            .run_with(
-                &["safety", what],
-                &[("TIDINGS_NEW_PIN", pin)],
-                Duration::from_secs(60),
-            )?
-            .ok()?;
-    }
+    sister.set_pin("set-checkin-pin", "1357")?;
+    sister.set_pin("set-duress-pin", "8642")?;
     minister.run(&["expect", "kim", "1s"])?.ok()?;
     // Clocks count whole seconds: 2.5 s makes sure the second is over.
     std::thread::sleep(Duration::from_millis(2_500));

@@ -24,13 +24,7 @@ fn use_profile(w: &World, p: &Profile, peer: &str) -> Result<()> {
     other.run(&["send", "me", "two"])?.ok()?;
     other.run(&["sync"])?.ok()?;
     p.run(&["sync"])?.ok()?;
-    p.run_with(
-        &["safety", "set-checkin-pin"],
-        &[("TIDINGS_NEW_PIN", "2468")],
-        Duration::from_secs(60),
-    )?
-    .ok()?;
-    Ok(())
+    p.set_pin("set-checkin-pin", "2468")
 }
 
 fn set_duress(p: &Profile) -> Result<()> {
@@ -217,18 +211,9 @@ fn whether_a_pin_or_a_duress_pin_is_set_does_not_show() -> Result<()> {
     let none = w.profile("no-pins")?;
     let checkin = w.profile("checkin-pin")?;
     let both = w.profile("both-pins")?;
-    let set = |p: &Profile, what: &str, pin: &str| -> Result<()> {
-        p.run_with(
-            &["safety", what],
-            &[("TIDINGS_NEW_PIN", pin)],
-            Duration::from_secs(60),
-        )?
-        .ok()?;
-        Ok(())
-    };
-    set(&checkin, "set-checkin-pin", "2468")?;
-    set(&both, "set-checkin-pin", "2468")?;
-    set(&both, "set-duress-pin", "1357")?;
+    checkin.set_pin("set-checkin-pin", "2468")?;
+    both.set_pin("set-checkin-pin", "2468")?;
+    both.set_pin("set-duress-pin", "1357")?;
     let (a, b, c) = (
         examine(&none.home)?,
         examine(&checkin.home)?,
