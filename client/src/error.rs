@@ -101,6 +101,35 @@ pub enum ClientError {
     /// No contact has that name (names match without regard to case).
     #[error("no contact is named {0:?} (`tidings contacts` lists them)")]
     UnknownContact(String),
+    /// No care list has this name.
+    #[error(
+        "no list is named {0:?} (`tidings lists` shows them; `tidings list new NAME` makes one)"
+    )]
+    UnknownList(String),
+    /// A contact named in `list remove` is not in the list.
+    #[error(
+        "{name:?} is not in the list {list:?}; nothing was changed (`tidings list show {list}`)"
+    )]
+    NotInList {
+        /// The name given.
+        name: String,
+        /// The list's name.
+        list: String,
+    },
+    /// A limit on the number of something was reached.
+    #[error("at most {max} {what}; nothing was changed")]
+    TooMany {
+        /// What is counted.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
+    /// A care list with this name exists already.
+    #[error("a list named {0:?} exists already; nothing was changed")]
+    ListExists(String),
+    /// A care list has no members, so a command by list would do nothing.
+    #[error("the list {0:?} has nobody in it; `tidings list add {0} NAME...` adds contacts")]
+    EmptyList(String),
     /// `due --ack` for a contact whose latest check-in was not under duress.
     #[error("{0:?} has no DURESS check-in to acknowledge")]
     NoDuress(String),

@@ -27,6 +27,8 @@ use tidings_client::store::KdfParams;
 use tidings_client::ClientError;
 use zeroize::Zeroizing;
 
+mod cli;
+
 /// The command line.
 #[derive(Parser)]
 #[command(
@@ -100,13 +102,34 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Send a text message.
+    /// Send a text message: `send NAME TEXT`, or `send --list LIST TEXT` for one message to
+    /// each member of a care list.
     Send {
-        /// The contact's name.
-        name: String,
-        /// The text, or `-` to read it from standard input so it stays out of shell history
-        /// and the process list.
-        text: String,
+        /// The contact's name, then the text (`-` reads it from standard input, so it stays
+        /// out of shell history and the process list). With `--list`, only the text.
+        #[arg(required = true, num_args = 1..=2, value_names = ["NAME", "TEXT"])]
+        args: Vec<String>,
+        /// Send to every member of this list: each gets an ordinary message of their own.
+        #[arg(long, value_name = "LIST")]
+        list: Option<String>,
+        #[command(flatten)]
+        spread: SpreadArgs,
+    },
+    /// A care list: a named set of contacts, kept only on this device.
+    #[command(subcommand)]
+    List(cli::care::ListCmd),
+    /// Show the care lists.
+    Lists {
+        /// One JSON object per list.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One screen: DURESS first, then who is overdue, then unread messages per contact and
+    /// per list. Exit code 3 when someone is under duress or overdue (like `due`).
+    Status {
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// List contacts.
     Contacts {
@@ -138,12 +161,17 @@ enum Cmd {
         #[arg(long)]
         note: Option<String>,
     },
-    /// Expect a check-in from NAME at least every EVERY (30s, 12h, 7d; `off` to stop).
+    /// Expect a check-in from NAME at least every EVERY (30s, 12h, 7d; `off` to stop);
+    /// `expect --list LIST EVERY` for every member of a care list.
     Expect {
-        /// The contact's name.
-        name: String,
-        /// The interval, or `off`.
-        every: String,
+        /// The contact's name, then the interval or `off`. With `--list`, only the interval.
+        #[arg(required = true, num_args = 1..=2, value_names = ["NAME", "EVERY"])]
+        args: Vec<String>,
+        /// Expect check-ins from every member of this list.
+        #[arg(long, value_name = "LIST")]
+        list: Option<String>,
+        #[command(flatten)]
+        spread: SpreadArgs,
     },
     /// List contacts whose check-in is overdue, and any whose last check-in was under duress.
     /// Exit code 0: nobody is overdue or under duress; 3: someone is (for cron and scripts).
@@ -158,6 +186,9 @@ enum Cmd {
         /// the acknowledgement is kept in the history.
         #[arg(long, value_name = "NAME", conflicts_with = "sync")]
         ack: Option<String>,
+        /// Only the members of this care list.
+        #[arg(long, value_name = "LIST", conflicts_with_all = ["sync", "ack"])]
+        list: Option<String>,
     },
     /// Keep NAME's history for DURATION (7d, 12h; `off` keeps everything).
     Retain {
@@ -188,6 +219,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// How the messages of a command by list leave.
+#[derive(clap::Args)]
+struct SpreadArgs {
+    /// With --list: each member's message leaves at a random time within this window, on a
+    /// connection of its own, while `tidings listen` runs (default 2h), so that a watcher of
+    /// the relay cannot link the members by time.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        requires = "list",
+        conflicts_with = "now"
+    )]
+    within: Option<String>,
+    /// With --list: send to all members at once (a watcher of the relay can then link them).
+    #[arg(long, requires = "list")]
+    now: bool,
 }
 
 /// `tidings invite …`
@@ -467,10 +516,28 @@ fn done(what: impl std::fmt::Display) {
 /// The exit code of `tidings due` when someone is overdue or under duress.
 const EXIT_SOMEONE_DUE: u8 = 3;
 
+/// How this process reaches relays.
+fn connector() -> QuicConnector {
+    QuicConnector
+}
+
+/// The one argument of a `--list` form, or the two of the single-contact form.
+fn one_or_two(args: Vec<String>, list: bool, second: &str) -> anyhow::Result<(String, String)> {
+    let mut it = args.into_iter();
+    match (list, it.next(), it.next()) {
+        (true, Some(only), None) => Ok((String::new(), only)),
+        (false, Some(name), Some(value)) => Ok((name, value)),
+        (true, _, _) => Err(anyhow!(
+            "with --list give only the {second}: the list names who gets it"
+        )),
+        (false, _, _) => Err(anyhow!("give the contact's name and the {second}")),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     let home = home(&cli.home)?;
-    let net = QuicConnector;
+    let net = connector();
     match cli.command {
         Cmd::Init { relay, offline } => {
             if !offline {
@@ -647,7 +714,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("listen stopped: another tidings command closed this profile");
             }
         }
-        Cmd::Send { name, text } => {
+        Cmd::Send { args, list, spread } => {
+            let (name, text) = one_or_two(args, list.is_some(), "text")?;
+            if let Some(list) = list {
+                let spread = cli::care::spread(spread.within.as_deref(), spread.now)?;
+                cli::care::send(&home, &list, text, spread)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let text = from_stdin_if_dash(text, "Type the message, then press Ctrl-D")?;
             let mut profile = open(&home)?;
             match runtime()?.block_on(profile.send(&net, &name, &text, now())) {
@@ -683,7 +756,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::History { name, json } => {
-            let profile = open(&home)?;
+            let mut profile = open(&home)?;
             let history = profile.history(&name)?;
             let name = profile.contact_name(&name)?;
             let mut out = std::io::stdout().lock();
@@ -710,6 +783,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if history.is_empty() && !json {
                 done(format_args!("no messages with {name:?} yet"));
             }
+            drop(out);
+            // Shown, so read: `status` stops counting them.
+            profile.mark_read(&name)?;
         }
         Cmd::Rename { old, new } => {
             let mut profile = open(&home)?;
@@ -756,8 +832,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Cmd::Expect { name, every } => {
+        Cmd::Expect { args, list, spread } => {
+            let (name, every) = one_or_two(args, list.is_some(), "interval")?;
             let every = duration_or_off(&every)?;
+            if let Some(list) = list {
+                let spread = cli::care::spread(spread.within.as_deref(), spread.now)?;
+                cli::care::expect(&home, &list, every, spread)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut profile = open(&home)?;
             let name = profile.expect(&name, every, now())?;
             match every {
@@ -767,7 +849,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
                 None => eprintln!("no longer expecting check-ins from {name:?}"),
             }
-            match runtime()?.block_on(profile.send_outbox(&net)) {
+            match runtime()?.block_on(profile.send_outbox(&net, now())) {
                 Ok(_) => eprintln!("{name:?} was told"),
                 Err(e) if is_network(&e) => {
                     eprintln!("relay unreachable; {name:?} will be told with the next send or sync")
@@ -775,7 +857,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Cmd::Due { json, sync, ack } => {
+        Cmd::Due {
+            json,
+            list: Some(list),
+            ..
+        } => return cli::care::due(&home, &list, json),
+        Cmd::List(cmd) => cli::care::list(&home, cmd)?,
+        Cmd::Lists { json } => cli::care::lists(&home, json)?,
+        Cmd::Status { json } => return cli::care::status(&home, json),
+        Cmd::Due {
+            json, sync, ack, ..
+        } => {
             let mut profile = open(&home)?;
             if let Some(name) = ack {
                 let name = profile.ack_duress(&name, now())?;

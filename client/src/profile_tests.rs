@@ -841,3 +841,249 @@ async fn a_duress_check_in_held_back_behind_a_later_one_still_shows() {
     a.sync(&w.net, NOW + 50).await.unwrap();
     assert!(a.due(NOW + 50).unwrap().is_empty());
 }
+
+/// A minister (relay 1) with `n` contacts, each a profile of its own on relay 2.
+async fn minister_with(w: &World, n: usize) -> (Profile, Vec<Profile>) {
+    let mut m = w.profile("minister", 1);
+    let mut people = Vec::new();
+    for i in 0..n {
+        let mut p = w.profile(&format!("p{i}"), 2);
+        w.connect(&mut m, &format!("p{i}"), &mut p, "minister")
+            .await;
+        people.push(p);
+    }
+    (m, people)
+}
+
+#[tokio::test]
+async fn lists_are_local_and_refuse_unknown_names_without_changing_anything() {
+    let w = World::new();
+    let (mut m, _people) = minister_with(&w, 3).await;
+    m.list_new("families").unwrap();
+    assert!(matches!(
+        m.list_new("Families"),
+        Err(ClientError::ListExists(_))
+    ));
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // One unknown name: nothing is added.
+    assert!(matches!(
+        m.list_add("families", &names(&["p0", "nobody"])),
+        Err(ClientError::UnknownContact(n)) if n == "nobody"
+    ));
+    assert!(m.list("families").unwrap().members.is_empty());
+    let (_, added, already) = m.list_add("families", &names(&["p0", "P1", "p0"])).unwrap();
+    assert_eq!(added, vec!["p0", "p1"]);
+    assert_eq!(already, vec!["p0"]);
+    assert!(matches!(
+        m.list_remove("families", &names(&["p2"])),
+        Err(ClientError::NotInList { .. })
+    ));
+    // A rename keeps the member; a removed contact drops out.
+    m.rename("p1", "bora").unwrap();
+    assert_eq!(m.list("families").unwrap().members, vec!["p0", "bora"]);
+    assert!(matches!(
+        m.send_list(&w.net, "nolist", "hi", NOW, Spread::Now).await,
+        Err(ClientError::UnknownList(_))
+    ));
+    m.list_new("empty").unwrap();
+    assert!(matches!(
+        m.send_list(&w.net, "empty", "hi", NOW, Spread::Now).await,
+        Err(ClientError::EmptyList(_))
+    ));
+    assert_eq!(m.lists().unwrap().len(), 2);
+    m.list_delete("empty").unwrap();
+    assert_eq!(m.lists().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_list_send_reaches_each_member_once_and_nobody_else() {
+    let w = World::new();
+    let (mut m, mut people) = minister_with(&w, 4).await;
+    m.list_new("families").unwrap();
+    let members: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
+    m.list_add("families", &members).unwrap();
+    let r = m
+        .send_list(&w.net, "families", "bread on Sunday", NOW + 5, Spread::Now)
+        .await
+        .unwrap();
+    assert_eq!((r.members, r.sent), (3, 3));
+    for (i, p) in people.iter_mut().enumerate() {
+        let got = texts(&p.sync(&w.net, NOW + 10).await.unwrap());
+        if i < 3 {
+            assert_eq!(got, vec!["minister: bread on Sunday"], "member p{i}");
+        } else {
+            assert!(got.is_empty(), "p3 is not in the list");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_spread_list_send_leaves_one_member_at_a_time_on_connections_of_its_own() {
+    let w = World::new();
+    let n = 12;
+    let (mut m, mut people) = minister_with(&w, n).await;
+    m.list_new("families").unwrap();
+    let members: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    m.list_add("families", &members).unwrap();
+    let window = 7_200;
+    let before = w.net.0.borrow().sends.len();
+    let r = m
+        .send_list(&w.net, "families", "hello", NOW, Spread::Within(window))
+        .await
+        .unwrap();
+    assert_eq!((r.members, r.sent), (n, 0));
+    // Nothing left yet.
+    assert_eq!(w.net.0.borrow().sends.len(), before);
+    assert_eq!(m.outbox_held(NOW).unwrap().0, n);
+    // A flush every 10 s of the window, as `listen` does when a time comes.
+    let mut t = NOW;
+    while t <= NOW + 2 * window {
+        m.send_outbox(&w.net, t).await.unwrap();
+        t += 10;
+    }
+    assert_eq!(m.outbox_len().unwrap(), 0);
+    let sends = w.net.0.borrow().sends[before..].to_vec();
+    assert_eq!(sends.len(), n);
+    // Each on a connection of its own.
+    let conns: std::collections::HashSet<usize> = sends.iter().map(|s| s.0).collect();
+    assert_eq!(conns.len(), n, "one connection per member");
+    for p in &mut people {
+        assert_eq!(
+            texts(&p.sync(&w.net, NOW + 3 * window).await.unwrap()),
+            vec!["minister: hello"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn list_messages_held_through_a_silence_do_not_leave_in_a_burst() {
+    let w = World::new();
+    let n = 6;
+    let (mut m, _people) = minister_with(&w, n).await;
+    m.list_new("l").unwrap();
+    m.list_add("l", &(0..n).map(|i| format!("p{i}")).collect::<Vec<_>>())
+        .unwrap();
+    let before = w.net.0.borrow().sends.len();
+    m.send_list(&w.net, "l", "x", NOW, Spread::Within(600))
+        .await
+        .unwrap();
+    // The phone was off for the whole window: one sync sends one, and moves the others to
+    // new random times in a window from now.
+    m.send_outbox(&w.net, NOW + 10_000).await.unwrap();
+    assert_eq!(w.net.0.borrow().sends.len() - before, 1);
+    let (held, until) = m.outbox_held(NOW + 10_000).unwrap();
+    assert_eq!(held, n - 1);
+    assert!(until.unwrap() <= NOW + 10_000 + 601);
+}
+
+#[tokio::test]
+async fn a_direct_message_takes_that_members_held_list_message_with_it() {
+    let w = World::new();
+    let (mut m, mut people) = minister_with(&w, 2).await;
+    m.list_new("l").unwrap();
+    m.list_add("l", &["p0".to_string(), "p1".to_string()])
+        .unwrap();
+    m.send_list(&w.net, "l", "for all", NOW, Spread::Within(86_400))
+        .await
+        .unwrap();
+    m.send(&w.net, "p0", "just for you", NOW + 1).await.unwrap();
+    // In order, both now; p1's stays held.
+    assert_eq!(
+        texts(&people[0].sync(&w.net, NOW + 2).await.unwrap()),
+        vec!["minister: for all", "minister: just for you"]
+    );
+    assert!(texts(&people[1].sync(&w.net, NOW + 2).await.unwrap()).is_empty());
+    assert_eq!(m.outbox_held(NOW + 2).unwrap().0, 1);
+}
+
+#[tokio::test]
+async fn status_puts_duress_first_then_overdue_then_unread_and_counts_lists() {
+    let w = World::new();
+    let (mut m, mut people) = minister_with(&w, 4).await;
+    m.list_new("north").unwrap();
+    m.list_add("north", &["p0".into(), "p1".into(), "p2".into()])
+        .unwrap();
+    m.expect_list("north", Some(86_400), NOW, Spread::Now)
+        .unwrap();
+    m.send_outbox(&w.net, NOW).await.unwrap();
+    for p in people.iter_mut() {
+        p.sync(&w.net, NOW + 1).await.unwrap();
+    }
+    // p0 checks in under duress, p1 normally, p2 not at all; p3 (not in the list) writes.
+    people[0].set_checkin_pin("1111").unwrap();
+    people[0].set_duress_pin("2222").unwrap();
+    people[0]
+        .checkin(&w.net, "minister", "", Some("2222"), NOW + 100)
+        .await
+        .unwrap();
+    people[1]
+        .checkin(&w.net, "minister", "", None, NOW + 100)
+        .await
+        .unwrap();
+    m.sync(&w.net, NOW + 150).await.unwrap();
+    people[3]
+        .send(&w.net, "minister", "hello", NOW + 200)
+        .await
+        .unwrap();
+    m.sync(&w.net, NOW + 300).await.unwrap();
+    let later = NOW + 86_400 + 60;
+    let st = m.status(later).unwrap();
+    let due: Vec<(String, crate::safety::DueState)> = st
+        .due
+        .iter()
+        .map(|d| (d.name.clone(), d.state.clone()))
+        .collect();
+    assert_eq!(
+        due,
+        vec![
+            ("p0".to_string(), crate::safety::DueState::Duress),
+            ("p2".to_string(), crate::safety::DueState::Overdue),
+        ]
+    );
+    let unread: Vec<(String, u32)> = st
+        .unread
+        .iter()
+        .map(|u| (u.name.clone(), u.unread))
+        .collect();
+    assert_eq!(
+        unread,
+        vec![("p3".into(), 1), ("p0".into(), 1), ("p1".into(), 1)]
+    );
+    let north = &st.lists[0];
+    assert_eq!(
+        (north.members, north.duress, north.overdue, north.unread),
+        (3, 1, 1, 2)
+    );
+    assert_eq!(
+        m.due_list("north", later)
+            .unwrap()
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["p0", "p2"]
+    );
+    m.mark_read("p3").unwrap();
+    assert_eq!(m.status(later).unwrap().unread.len(), 2);
+}
+
+#[tokio::test]
+async fn a_due_list_message_never_shares_a_connection_with_other_sends() {
+    let w = World::new();
+    let (mut m, _people) = minister_with(&w, 2).await;
+    m.list_new("l").unwrap();
+    m.list_add("l", &["p0".to_string()]).unwrap();
+    m.send_list(&w.net, "l", "for the list", NOW, Spread::Within(600))
+        .await
+        .unwrap();
+    let before = w.net.0.borrow().sends.len();
+    // Later, a message to someone else: the due list message leaves in the same flush, but
+    // on a connection of its own.
+    m.send(&w.net, "p1", "direct", NOW + 1_000).await.unwrap();
+    let world = w.net.0.borrow();
+    let sends = &world.sends[before..];
+    assert_eq!(sends.len(), 2);
+    assert_ne!(
+        sends[0].0, sends[1].0,
+        "the list message had its own connection"
+    );
+}

@@ -168,6 +168,10 @@ pub mod fake {
         pub queues: HashMap<String, HashMap<RecipientId, Queue>>,
         /// Relays that are "down".
         pub down: Vec<String>,
+        /// Connections made so far.
+        pub connections: usize,
+        /// Every accepted `Send`: the connection's number (1, 2, …) and the queue.
+        pub sends: Vec<(usize, SenderId)>,
     }
 
     /// A connector into a shared [`World`].
@@ -180,6 +184,7 @@ pub mod fake {
         relay: String,
         binding: SessionBinding,
         corr: u64,
+        number: usize,
     }
 
     impl Connector for FakeNet {
@@ -193,7 +198,13 @@ pub mod fake {
                 if down {
                     return Err(ClientError::Unreachable);
                 }
+                let number = {
+                    let mut w = world.borrow_mut();
+                    w.connections += 1;
+                    w.connections
+                };
                 Ok(FakeLink {
+                    number,
                     world,
                     relay,
                     binding: SessionBinding::from_bytes(rand_bytes()),
@@ -273,6 +284,7 @@ pub mod fake {
                         return ReplyKind::Error(ErrorCode::Large);
                     };
                     q.messages.push_back((id, sealed));
+                    world.sends.push((self.number, sid));
                     ReplyKind::Ok
                 }
                 Command::Delete => {

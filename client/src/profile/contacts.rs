@@ -118,7 +118,7 @@ impl Profile {
         let mut b = Batch::new();
         let contact = self.seal_to_outbox(&mut b, contact, &mut session, &hello)?;
         self.store.apply(b)?;
-        let result = self.flush_with(&mut links).await;
+        let result = self.flush_with(&mut links, now, None).await;
         links.close().await;
         let (_, err) = result?;
         match err {

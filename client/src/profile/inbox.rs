@@ -55,7 +55,7 @@ impl Profile {
         now: u64,
     ) -> Result<SyncReport> {
         let mut report = SyncReport::default();
-        let (sent, err) = self.flush_with(links).await?;
+        let (sent, err) = self.flush_with(links, now, None).await?;
         report.sent += sent;
         report.error = err;
         for (relay, queues) in self.receive_queues()? {
@@ -70,7 +70,7 @@ impl Profile {
                 report.error.get_or_insert(e);
             }
         }
-        let (sent, err) = self.flush_with(links).await?;
+        let (sent, err) = self.flush_with(links, now, None).await?;
         report.sent += sent;
         if let Some(e) = err {
             report.error.get_or_insert(e);
@@ -258,6 +258,8 @@ impl Profile {
             }
         };
         if let Some((text, kind, shown, shown_kind)) = entry {
+            contact.unread = contact.unread.saturating_add(1);
+            contact.last_in = Some(now);
             let record = HistoryRecord {
                 contact: contact.id,
                 seq: order_key(now),
@@ -422,6 +424,7 @@ impl Profile {
         if relays.is_empty() {
             return Ok(());
         }
+        let mut next_held = self.next_held()?;
         let slice = Duration::from_millis(250);
         let mut idle = Duration::ZERO;
         loop {
@@ -460,15 +463,27 @@ impl Profile {
                 let req = link.signed(push.entity, Command::Ack { id }, &q.auth())?;
                 link.request(req).await?;
                 crash_point(CrashPoint::AfterAck);
-                let (_, err) = self.flush_with(links).await?;
+                let (_, err) = self.flush_with(links, now(), None).await?;
                 if let Some(e) = err {
                     return Err(e);
                 }
+                next_held = self.next_held()?;
+            }
+            // Messages by list leave as their times come, each on its own connection.
+            if next_held.is_some_and(|at| now() >= at) {
+                self.store.resume(LISTEN_WAIT_FOR_PROFILE)?;
+                let (_, err) = self.flush_with(links, now(), None).await?;
+                if let Some(e) = err {
+                    return Err(e);
+                }
+                next_held = self.next_held()?;
             }
             if std::time::Instant::now() >= next_due_check {
                 next_due_check += DUE_CHECK_EVERY;
                 self.store.resume(LISTEN_WAIT_FOR_PROFILE)?;
                 self.report_newly_due(now(), alerted, on_event)?;
+                // Another command may have put messages by list in the outbox meanwhile.
+                next_held = self.next_held()?;
             }
             if got_any {
                 idle = Duration::ZERO;

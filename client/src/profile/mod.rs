@@ -37,7 +37,9 @@ use crate::crash::{crash_point, CrashPoint};
 use crate::error::{ClientError, Result};
 use crate::olm::{E2eAccount, E2eSession};
 use crate::relay::{create_queue, Connector, RelayLink};
-use crate::safety::{due_entry, sort_due, CheckinState, DueEntry, PinHash, CHECKIN_DURESS};
+use crate::safety::{
+    due_entry, sort_due, CheckinState, DueEntry, DueState, PinHash, CHECKIN_DURESS,
+};
 use crate::store::{Batch, KdfParams, Store, Tree};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -127,6 +129,12 @@ struct ContactRecord {
     /// When we last sent them a check-in (our clock).
     #[serde(default)]
     our_last_checkin: Option<u64>,
+    /// Messages and check-ins received since their history was last shown.
+    #[serde(default)]
+    unread: u32,
+    /// When the latest of them arrived (our clock).
+    #[serde(default)]
+    last_in: Option<u64>,
 }
 
 #[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
@@ -178,6 +186,14 @@ struct OutboxRecord {
     id: [u8; 8],
     /// The sealed envelope, base64.
     body: String,
+    /// Held until this time (unix seconds; 0: not held). Set for a message by list.
+    #[serde(default)]
+    not_before: u64,
+    /// For a message by list: the window (seconds) it was spread over. It leaves on a
+    /// connection of its own, and is moved to a new random time in a window this long when
+    /// another list message leaves in the same flush.
+    #[serde(default)]
+    spread: u64,
 }
 
 /// A text message received during a sync.
@@ -348,6 +364,8 @@ impl ContactRecord {
             they_expect_every: None,
             they_expect_since: 0,
             our_last_checkin: None,
+            unread: 0,
+            last_in: None,
         })
     }
 
@@ -680,11 +698,15 @@ mod checkins;
 mod contacts;
 mod history;
 mod inbox;
+mod lists;
 mod outbox;
 mod safety;
+mod status;
 
 pub use contacts::safety_code;
 pub use inbox::ListenEvent;
+pub use lists::{ListInfo, ListSend, Spread, DEFAULT_SPREAD_SECS};
+pub use status::{ListLine, Status, UnreadLine};
 
 #[cfg(test)]
 #[path = "../profile_tests.rs"]

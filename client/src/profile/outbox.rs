@@ -12,17 +12,19 @@ impl Profile {
         session: &mut E2eSession,
         app: &AppMessage,
     ) -> Result<ContactRecord> {
-        Ok(self.seal_into_outbox(b, contact, session, app)?.0)
+        Ok(self.seal_into_outbox(b, contact, session, app, None)?.0)
     }
 
     /// [`Profile::seal_to_outbox`], also returning the outbox entry's storage key (for a
-    /// history entry that shows whether it is still waiting).
-    fn seal_into_outbox(
+    /// history entry that shows whether it is still waiting). `hold` is, for a message by
+    /// list, the time it may leave and the window it was spread over.
+    pub(super) fn seal_into_outbox(
         &self,
         b: &mut Batch,
         mut contact: ContactRecord,
         session: &mut E2eSession,
         app: &AppMessage,
+        hold: Option<(u64, u64)>,
     ) -> Result<(ContactRecord, Vec<u8>)> {
         let plain = app.encode().map_err(|e| match e {
             tidings_protocol::ProtocolError::TooLong { .. } => {
@@ -38,6 +40,8 @@ impl Profile {
             seq: order_key(app.sent_at),
             id: random()?,
             body: STANDARD_NO_PAD.encode(&body),
+            not_before: hold.map_or(0, |h| h.0),
+            spread: hold.map_or(0, |h| h.1),
         };
         let key = outbox_key(&rec);
         b.put_json(Tree::Outbox, &key, &rec)?;
@@ -96,7 +100,7 @@ impl Profile {
         };
         let mut b = Batch::new();
         let contact_id = contact.id;
-        let (_, waiting) = self.seal_into_outbox(&mut b, contact, &mut session, &app)?;
+        let (_, waiting) = self.seal_into_outbox(&mut b, contact, &mut session, &app, None)?;
         let entry = HistoryRecord {
             contact: contact_id,
             seq: order_key(now),
@@ -110,8 +114,10 @@ impl Profile {
         };
         b.put_json(Tree::History, &history_key(&entry), &entry)?;
         self.store.apply(b)?;
+        // A message by list held for this contact goes now too, with this one: it says
+        // nothing more about the list than this message does.
         let mut links = Links::new(net);
-        let result = self.flush_with(&mut links).await;
+        let result = self.flush_with(&mut links, now, Some(contact_id)).await;
         links.close().await;
         match result? {
             (_, Some(e)) => Err(e),
@@ -119,11 +125,12 @@ impl Profile {
         }
     }
 
-    /// Sends what waits in the outbox. Returns how many went out; a relay that cannot be
-    /// reached is an error, and what was not sent stays for the next try.
-    pub async fn send_outbox<C: Connector>(&mut self, net: &C) -> Result<usize> {
+    /// Sends what waits in the outbox and is due at `now`. Returns how many went out; a
+    /// relay that cannot be reached is an error, and what was not sent stays for the next
+    /// try.
+    pub async fn send_outbox<C: Connector>(&mut self, net: &C, now: u64) -> Result<usize> {
         let mut links = Links::new(net);
-        let result = self.flush_with(&mut links).await;
+        let result = self.flush_with(&mut links, now, None).await;
         links.close().await;
         match result? {
             (_, Some(e)) => Err(e),
@@ -136,11 +143,42 @@ impl Profile {
         Ok(self.store.values(Tree::Outbox)?.len())
     }
 
+    /// Messages by list still held at `now`: how many, and when the last is due to leave.
+    pub fn outbox_held(&self, now: u64) -> Result<(usize, Option<u64>)> {
+        let outbox: Vec<OutboxRecord> = self.store.values_json(Tree::Outbox)?;
+        let held: Vec<u64> = outbox
+            .iter()
+            .filter(|o| o.not_before > now)
+            .map(|o| o.not_before)
+            .collect();
+        Ok((held.len(), held.iter().copied().max()))
+    }
+
+    /// When the next held message by list is due to leave, if one is held.
+    pub(super) fn next_held(&self) -> Result<Option<u64>> {
+        let outbox: Vec<OutboxRecord> = self.store.values_json(Tree::Outbox)?;
+        Ok(outbox
+            .iter()
+            .filter(|o| o.spread > 0)
+            .map(|o| o.not_before)
+            .min())
+    }
+
     /// Delivers the outbox in order. Returns how many were sent and the first error that
     /// stopped a contact's delivery (the others still ran). Storage errors abort.
+    ///
+    /// Messages by list (those with a spread window) are held until their time at `now`,
+    /// and a contact's later messages wait behind a held one, so that the order holds;
+    /// `release` lets one contact's held messages go at once (they leave with a message sent
+    /// to that contact alone). A due message by list goes on a connection of its own, and
+    /// only one contact's per flush: any other due one is moved to a new random time within
+    /// its window, so that messages held while no `listen` ran do not leave in a burst that
+    /// links them.
     pub(super) async fn flush_with<C: Connector>(
         &mut self,
         links: &mut Links<'_, C>,
+        now: u64,
+        release: Option<[u8; 16]>,
     ) -> Result<(usize, Option<ClientError>)> {
         let mut outbox: Vec<OutboxRecord> = self.store.values_json(Tree::Outbox)?;
         outbox.sort_by_key(|o| o.seq);
@@ -156,8 +194,31 @@ impl Profile {
         }
         let mut sent = 0;
         let mut first_err = None;
-        for (_, (contact_id, entries)) in by_contact {
-            match self.flush_contact(links, &contact_id, entries).await {
+        let mut alone_sent = false;
+        for (_, (contact_id, mut entries)) in by_contact {
+            let released = release == Some(contact_id);
+            if !released {
+                if let Some(cut) = entries.iter().position(|e| e.not_before > now) {
+                    entries.truncate(cut);
+                }
+            }
+            if entries.is_empty() {
+                continue;
+            }
+            let result = if !released && entries.iter().any(|e| e.spread > 0) {
+                if alone_sent {
+                    self.reschedule(&entries, now)?;
+                    continue;
+                }
+                alone_sent = true;
+                let mut own = Links::new(links.net);
+                let r = self.flush_contact(&mut own, &contact_id, entries).await;
+                own.close().await;
+                r
+            } else {
+                self.flush_contact(links, &contact_id, entries).await
+            };
+            match result {
                 Ok(n) => sent += n,
                 Err(e) if is_network(&e) => {
                     first_err.get_or_insert(e);
@@ -172,6 +233,18 @@ impl Profile {
             }
         }
         Ok((sent, first_err))
+    }
+
+    /// Moves due messages by list to new random times within their windows.
+    fn reschedule(&self, entries: &[OutboxRecord], now: u64) -> Result<()> {
+        let mut b = Batch::new();
+        for e in entries.iter().filter(|e| e.spread > 0) {
+            let mut moved = e.clone();
+            let r = u64::from_le_bytes(random()?);
+            moved.not_before = now.saturating_add(1).saturating_add(r % e.spread.max(1));
+            b.put_json(Tree::Outbox, &outbox_key(&moved), &moved)?;
+        }
+        self.store.apply(b)
     }
 
     pub(super) async fn flush_contact<C: Connector>(
