@@ -12,8 +12,8 @@
 //! max_connections = 10000
 //! handshake_timeout_secs = 10
 //! idle_timeout_secs = 120
-//! rate_per_sec = 200
-//! rate_burst = 400
+//! rate_per_sec = 500
+//! rate_burst = 4096
 //! max_queues = 1000000
 //! max_queues_per_connection = 64
 //! max_subscriptions_per_connection = 1024
@@ -24,6 +24,8 @@
 //! new_queues_per_address_per_hour = 64
 //! stored_bytes_per_address_per_hour = 33554432   # 32 MiB, about 2,000 padded messages
 //! max_tracked_addresses = 65536
+//! commands_per_address_per_sec = 1000
+//! command_burst_per_address = 8192
 //! # Handshakes in progress: QUIC Retry above the threshold, refused above the maximum.
 //! retry_threshold = 100
 //! max_handshakes = 1000
@@ -70,9 +72,12 @@ pub struct Config {
     pub handshake_timeout_secs: u64,
     /// Seconds without any record from a client before it is closed. Default 120.
     pub idle_timeout_secs: u64,
-    /// Commands per second a connection may send on average (token bucket refill). Default 200.
+    /// Commands per second a connection may send on average (token bucket refill). Default 500.
     pub rate_per_sec: u32,
-    /// Commands a connection may send in a burst (token bucket size). Default 400.
+    /// Commands a connection may send in a burst (token bucket size). Default 4,096: a sync
+    /// and a `listen` of 1,000 contacts (a `Get`, an `Ack` and a `Get` again, then a
+    /// `Subscribe` each) fit in one burst. What one source can make the relay do in all is
+    /// bounded by the per-address command share below, which reconnecting does not refill.
     pub rate_burst: u32,
     /// Most queues the relay holds in all; `New` beyond it gets `Quota`. Bounds the disk an
     /// abuser can fill with empty queues, which do not expire. Default 1,000,000.
@@ -101,6 +106,12 @@ pub struct Config {
     /// or stored). Past it, sources with nothing open are forgotten. Must exceed
     /// `max_connections + max_handshakes`. Default 65,536.
     pub max_tracked_addresses: usize,
+    /// Commands per second one source may send on average, over all its connections
+    /// (token bucket refill). Default 1,000: about 5% of a core spent checking signatures.
+    pub commands_per_address_per_sec: u32,
+    /// Commands one source may send in a burst over all its connections (token bucket
+    /// size). Default 8,192: two syncs of 1,000 contacts at once.
+    pub command_burst_per_address: u32,
     /// Handshakes in progress on the whole relay above which a source that has not proved
     /// its address gets a QUIC Retry (RFC 9000 section 8.1) instead of a handshake; 0: always.
     /// Default 100.
@@ -133,8 +144,8 @@ impl Default for Config {
             max_connections: 10_000,
             handshake_timeout_secs: 10,
             idle_timeout_secs: 120,
-            rate_per_sec: 200,
-            rate_burst: 400,
+            rate_per_sec: 500,
+            rate_burst: 4096,
             max_queues: 1_000_000,
             max_queues_per_connection: 64,
             max_subscriptions_per_connection: 1024,
@@ -144,6 +155,8 @@ impl Default for Config {
             new_queues_per_address_per_hour: 64,
             stored_bytes_per_address_per_hour: 32 << 20,
             max_tracked_addresses: 65_536,
+            commands_per_address_per_sec: 1_000,
+            command_burst_per_address: 8_192,
             retry_threshold: 100,
             max_handshakes: 1000,
             max_store_bytes: None,
@@ -207,6 +220,14 @@ impl Config {
                 self.stored_bytes_per_address_per_hour,
             ),
             ("max_handshakes", u64::from(self.max_handshakes)),
+            (
+                "commands_per_address_per_sec",
+                u64::from(self.commands_per_address_per_sec),
+            ),
+            (
+                "command_burst_per_address",
+                u64::from(self.command_burst_per_address),
+            ),
             ("stats_interval_secs", self.stats_interval_secs),
         ];
         for (name, value) in positive {

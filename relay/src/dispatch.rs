@@ -220,9 +220,16 @@ impl<S: Store> Dispatcher<S> {
     /// and every `Ok` still means "durable".
     pub async fn block(&mut self, frames: &[&[u8]], out: &mut Vec<Reply>) {
         let mut sends = Vec::new();
+        // The source's share over all its connections, taken for the whole block at once.
+        let mut allowed =
+            self.shared
+                .shares
+                .take_commands(self.source, frames.len(), Instant::now().into_std());
         for frame in frames {
             Stats::bump(&self.shared.stats.commands);
-            if !self.bucket.take(Instant::now()) {
+            let within_share = allowed > 0;
+            allowed = allowed.saturating_sub(1);
+            if !within_share || !self.bucket.take(Instant::now()) {
                 self.store_sends(&mut sends, out).await;
                 let (corr, entity) = frame_header(frame);
                 self.error(out, corr, entity, ErrorCode::Busy);

@@ -10,7 +10,11 @@
 //!   spoofed Initials sent in someone else's name cannot use up that someone's share;
 //! - **new queues per hour** (`new_queues_per_address_per_hour`) and **stored bytes per hour**
 //!   (`stored_bytes_per_address_per_hour`): token buckets that hold one hour's worth and
-//!   refill continuously.
+//!   refill continuously;
+//! - **commands** (`commands_per_address_per_sec`, `command_burst_per_address`): a token
+//!   bucket over all the source's connections, so that opening connections again and again
+//!   (each with its own per-connection burst) does not multiply what one source can make the
+//!   relay do.
 //!
 //! It also decides, for each new connection attempt, whether to accept it, to answer with a
 //! QUIC Retry (address validation, RFC 9000 section 8.1) or to refuse it ([`Admission`]).
@@ -87,6 +91,10 @@ pub struct Limits {
     pub bytes_per_hour: u64,
     /// Most sources tracked at once.
     pub max_tracked: usize,
+    /// Commands one source may send per second, over all its connections.
+    pub commands_per_sec: u32,
+    /// Commands one source may send in a burst.
+    pub command_burst: u32,
 }
 
 impl Limits {
@@ -100,6 +108,8 @@ impl Limits {
             queues_per_hour: u64::from(config.new_queues_per_address_per_hour),
             bytes_per_hour: config.stored_bytes_per_address_per_hour,
             max_tracked: config.max_tracked_addresses,
+            commands_per_sec: config.commands_per_address_per_sec,
+            command_burst: config.command_burst_per_address,
         }
     }
 }
@@ -149,6 +159,34 @@ impl Bucket {
     }
 }
 
+/// A token bucket refilled by the second, holding at most `burst`.
+#[derive(Debug, Clone, Copy)]
+struct RateBucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateBucket {
+    fn full(burst: u32, now: Instant) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            last: now,
+        }
+    }
+
+    /// Takes up to `n` tokens; returns how many it took.
+    fn take_up_to(&mut self, n: usize, per_sec: u32, burst: u32, now: Instant) -> usize {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * f64::from(per_sec)).min(f64::from(burst));
+        let whole = self.tokens.floor();
+        let granted = whole.min(n as f64);
+        self.tokens -= granted;
+        // `granted` is a whole number between 0 and `n`.
+        granted as usize
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     connections: u32,
@@ -156,6 +194,7 @@ struct Entry {
     unvalidated: u32,
     queues: Bucket,
     bytes: Bucket,
+    commands: RateBucket,
 }
 
 impl Entry {
@@ -166,6 +205,7 @@ impl Entry {
             unvalidated: 0,
             queues: Bucket::full(limits.queues_per_hour, now),
             bytes: Bucket::full(limits.bytes_per_hour, now),
+            commands: RateBucket::full(limits.command_burst, now),
         }
     }
 
@@ -330,6 +370,17 @@ impl FairShares {
             .is_some_and(|e| e.bytes.take(bytes, limits.bytes_per_hour, now))
     }
 
+    /// Takes up to `n` commands from `key`'s share; returns how many may be handled (the
+    /// rest get `Busy`).
+    pub fn take_commands(&self, key: SourceKey, n: usize, now: Instant) -> usize {
+        let limits = self.limits;
+        let mut table = lock(&self.table);
+        table.entry(key, &limits, now).map_or(0, |e| {
+            e.commands
+                .take_up_to(n, limits.commands_per_sec, limits.command_burst, now)
+        })
+    }
+
     /// Gives back bytes taken for messages that were not stored after all.
     pub fn give_back_bytes(&self, key: SourceKey, bytes: u64) {
         let limits = self.limits;
@@ -440,7 +491,30 @@ mod tests {
             queues_per_hour: 4,
             bytes_per_hour: 1000,
             max_tracked: 4,
+            commands_per_sec: 10,
+            command_burst: 20,
         }
+    }
+
+    #[test]
+    fn commands_are_shared_by_all_connections_of_a_source() {
+        let shares = FairShares::new(limits());
+        let t0 = Instant::now();
+        // The burst, over however many connections: reconnecting does not refill it.
+        assert_eq!(shares.take_commands(v4(1), 15, t0), 15);
+        assert_eq!(shares.take_commands(v4(1), 15, t0), 5);
+        assert_eq!(shares.take_commands(v4(1), 1, t0), 0);
+        // Another source has its own share.
+        assert_eq!(shares.take_commands(v4(2), 20, t0), 20);
+        // Refilled at the rate: 10 a second.
+        assert_eq!(
+            shares.take_commands(v4(1), 100, t0 + Duration::from_millis(500)),
+            5
+        );
+        assert_eq!(
+            shares.take_commands(v4(1), 100, t0 + Duration::from_secs(60)),
+            20
+        );
     }
 
     fn v4(last: u8) -> SourceKey {

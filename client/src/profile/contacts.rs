@@ -19,10 +19,17 @@ impl Profile {
                 l.to_string()
             }
             None => {
+                // The names in use, read once (a profile may have a thousand contacts).
+                let taken: std::collections::HashSet<String> = self
+                    .contacts_raw()?
+                    .iter()
+                    .map(|c| c.label.to_lowercase())
+                    .chain(self.invites_raw()?.iter().map(|i| i.label.to_lowercase()))
+                    .collect();
                 let mut n = 1u32;
                 loop {
                     let l = format!("contact-{n}");
-                    if !self.label_taken(&l)? {
+                    if !taken.contains(&l) {
                         break l;
                     }
                     n += 1;

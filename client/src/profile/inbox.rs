@@ -8,6 +8,12 @@ use std::collections::HashSet;
 /// profile before it takes it back to store a message.
 const LISTEN_WAIT_FOR_PROFILE: Duration = Duration::from_secs(120);
 
+/// How long a command waits before asking again for what the relay was too busy to take
+/// (`Error(Busy)`: over its command rate; the default refills 200 a second).
+const BUSY_PAUSE: Duration = Duration::from_millis(500);
+/// How many times it asks again before it gives up.
+const MAX_BUSY_ROUNDS: usize = 40;
+
 /// How often `listen` checks who has become overdue.
 const DUE_CHECK_EVERY: Duration = Duration::from_secs(30);
 
@@ -123,7 +129,9 @@ impl Profile {
         now: u64,
         report: &mut SyncReport,
     ) -> Result<()> {
+        let owners = self.queue_owners()?;
         let mut rounds = 0;
+        let mut busy_rounds = 0;
         while !pending.is_empty() && rounds < MAX_FETCH_ROUNDS {
             rounds += 1;
             let link = links.get(relay).await?;
@@ -138,31 +146,85 @@ impl Profile {
             let replies = link.batch(reqs).await?;
             let mut next = Vec::new();
             let mut acks = Vec::new();
+            let mut busy = false;
             for (q, reply) in pending.iter().zip(replies) {
-                if let ReplyKind::Message { id, body } = reply.kind {
-                    // Stored (or judged undecryptable) before it is acked.
-                    self.receive(q, &id, &body, now, report)?;
-                    acks.push((q.clone(), id));
-                    next.push(q.clone());
+                match reply.kind {
+                    ReplyKind::Message { id, body } => {
+                        // Stored (or judged undecryptable) before it is acked.
+                        let owner = owners.get(&q.recipient_id).copied();
+                        self.receive(q, &id, &body, now, owner, report)?;
+                        acks.push((q.clone(), id));
+                        next.push(q.clone());
+                    }
+                    // Over the connection's command rate: asked again after a pause.
+                    ReplyKind::Error(ErrorCode::Busy) => {
+                        busy = true;
+                        next.push(q.clone());
+                    }
+                    _ => {}
                 }
             }
             if !acks.is_empty() {
                 crash_point(CrashPoint::BeforeAck);
-                let link = links.get(relay).await?;
-                let mut reqs = Vec::with_capacity(acks.len());
-                for (q, id) in &acks {
-                    reqs.push(link.signed(
-                        EntityId::from(RecipientId::from_bytes(q.recipient_id)),
-                        Command::Ack { id: *id },
-                        &q.auth(),
-                    )?);
-                }
-                link.batch(reqs).await?;
+                self.ack_all(links, relay, acks).await?;
                 crash_point(CrashPoint::AfterAck);
+            }
+            if busy {
+                busy_rounds += 1;
+                if busy_rounds > MAX_BUSY_ROUNDS {
+                    return Err(ClientError::Relay(ErrorCode::Busy));
+                }
+                tokio::time::sleep(BUSY_PAUSE).await;
             }
             pending = next;
         }
         Ok(())
+    }
+
+    /// Acks delivered messages, asking again after a pause for those the relay was too
+    /// busy to take (an ack that never arrives only means the message comes again, and is
+    /// then dropped as a duplicate).
+    async fn ack_all<C: Connector>(
+        &mut self,
+        links: &mut Links<'_, C>,
+        relay: &str,
+        mut acks: Vec<(RecvQueue, MessageId)>,
+    ) -> Result<()> {
+        for round in 0..=MAX_BUSY_ROUNDS {
+            if round > 0 {
+                tokio::time::sleep(BUSY_PAUSE).await;
+            }
+            let link = links.get(relay).await?;
+            let mut reqs = Vec::with_capacity(acks.len());
+            for (q, id) in &acks {
+                reqs.push(link.signed(
+                    EntityId::from(RecipientId::from_bytes(q.recipient_id)),
+                    Command::Ack { id: *id },
+                    &q.auth(),
+                )?);
+            }
+            let replies = link.batch(reqs).await?;
+            acks = acks
+                .into_iter()
+                .zip(replies)
+                .filter(|(_, r)| r.kind == ReplyKind::Error(ErrorCode::Busy))
+                .map(|(a, _)| a)
+                .collect();
+            if acks.is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Which contact receives on each queue (recipient id to contact id), from one read of
+    /// the contacts, so that a sync of many queues does not read them all per message.
+    pub(super) fn queue_owners(&self) -> Result<HashMap<[u8; 24], [u8; 16]>> {
+        Ok(self
+            .contacts_raw()?
+            .iter()
+            .map(|c| (c.recv.recipient_id, c.id))
+            .collect())
     }
 
     /// Handles one delivered message from queue `q`: opens it, updates state and stores
@@ -173,17 +235,28 @@ impl Profile {
         id: &MessageId,
         sealed: &[u8],
         now: u64,
+        owner: Option<[u8; 16]>,
         report: &mut SyncReport,
     ) -> Result<()> {
         let Ok(envelope) = q.delivery().open(id, sealed) else {
             report.dropped += 1;
             return Ok(());
         };
-        if let Some(contact) = self
-            .contacts_raw()?
-            .into_iter()
-            .find(|c| c.recv.recipient_id == q.recipient_id)
-        {
+        let hinted = match owner {
+            Some(id) => self
+                .store
+                .get_json::<ContactRecord>(Tree::Contacts, &id)?
+                .filter(|c| c.recv.recipient_id == q.recipient_id),
+            None => None,
+        };
+        let contact = match hinted {
+            Some(c) => Some(c),
+            None => self
+                .contacts_raw()?
+                .into_iter()
+                .find(|c| c.recv.recipient_id == q.recipient_id),
+        };
+        if let Some(contact) = contact {
             return self.receive_for_contact(contact, &envelope, now, report);
         }
         if let Some(invite) = self
@@ -385,6 +458,41 @@ impl Profile {
         Ok(())
     }
 
+    /// Subscribes to every queue in `queues` on `relay`, asking again after a pause for those
+    /// the relay was too busy to take.
+    async fn subscribe_all<C: Connector>(
+        &mut self,
+        links: &mut Links<'_, C>,
+        relay: &str,
+        mut queues: Vec<RecvQueue>,
+    ) -> Result<()> {
+        for round in 0..=MAX_BUSY_ROUNDS {
+            if round > 0 {
+                tokio::time::sleep(BUSY_PAUSE).await;
+            }
+            let link = links.get(relay).await?;
+            let mut reqs = Vec::with_capacity(queues.len());
+            for q in &queues {
+                reqs.push(link.signed(
+                    EntityId::from(RecipientId::from_bytes(q.recipient_id)),
+                    Command::Subscribe,
+                    &q.auth(),
+                )?);
+            }
+            let replies = link.batch(reqs).await?;
+            queues = queues
+                .into_iter()
+                .zip(replies)
+                .filter(|(_, r)| r.kind == ReplyKind::Error(ErrorCode::Busy))
+                .map(|(q, _)| q)
+                .collect();
+            if queues.is_empty() {
+                return Ok(());
+            }
+        }
+        Err(ClientError::Relay(ErrorCode::Busy))
+    }
+
     pub(super) async fn listen_with<C: Connector>(
         &mut self,
         links: &mut Links<'_, C>,
@@ -406,19 +514,13 @@ impl Profile {
             return Err(e);
         }
         let queues = self.receive_queues()?;
+        let owners = self.queue_owners()?;
         let mut by_id: HashMap<[u8; 24], RecvQueue> = HashMap::new();
         for (relay, qs) in &queues {
-            let link = links.get(relay).await?;
-            let mut reqs = Vec::new();
             for q in qs {
-                reqs.push(link.signed(
-                    EntityId::from(RecipientId::from_bytes(q.recipient_id)),
-                    Command::Subscribe,
-                    &q.auth(),
-                )?);
                 by_id.insert(q.recipient_id, q.clone());
             }
-            link.batch(reqs).await?;
+            self.subscribe_all(links, relay, qs.clone()).await?;
         }
         let relays: Vec<String> = queues.keys().cloned().collect();
         if relays.is_empty() {
@@ -450,7 +552,8 @@ impl Profile {
                     continue;
                 };
                 let mut report = SyncReport::default();
-                self.receive(&q, &id, &body, now(), &mut report)?;
+                let owner = owners.get(&q.recipient_id).copied();
+                self.receive(&q, &id, &body, now(), owner, &mut report)?;
                 for r in &report.received {
                     on_event(ListenEvent::Message(r));
                 }
