@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 mod abuse;
+mod contacts;
 mod measure;
 mod parallel;
 mod redis_load;
@@ -139,6 +140,10 @@ pub struct Args {
     /// senders plus recipients, no idle clients, no connection-rate phase.
     #[arg(long)]
     pub deployed_shares: bool,
+    /// Instead of the load: a minister with this many contacts, each with one message
+    /// waiting; measures unlock, `status`, one `sync` and `listen`'s memory (issue 18).
+    #[arg(long, default_value_t = 0)]
+    pub contacts: usize,
 }
 
 impl Args {
@@ -215,6 +220,23 @@ fn main() -> Result<()> {
         return Ok(());
     }
     args.check()?;
+    if args.contacts > 0 {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let deadline = Duration::from_secs(args.timeout);
+        let report = runtime.block_on(async {
+            tokio::time::timeout(deadline, contacts::run(&args))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("the run took longer than --timeout {}s", args.timeout)
+                })?
+        })?;
+        println!("{}", serde_json::to_string(&report)?);
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

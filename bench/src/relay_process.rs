@@ -112,7 +112,7 @@ impl RelayProcess {
 }
 
 /// A binary built in the same target dir as this one.
-fn sibling_binary(name: &str) -> Result<PathBuf> {
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("finding this executable")?;
     let dir = exe
         .parent()

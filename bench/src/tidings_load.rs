@@ -51,7 +51,7 @@ const SETTLE: Duration = Duration::from_secs(1);
 const ABUSE_HEAD_START: Duration = Duration::from_secs(3);
 
 /// Per-address shares for a relay whose every client is the bench on 127.0.0.1.
-const ONE_ADDRESS_SHARES: &str = "\
+pub const ONE_ADDRESS_SHARES: &str = "\
 max_connections_per_address = 100000
 max_handshakes_per_address = 1000
 new_queues_per_address_per_hour = 100000000
