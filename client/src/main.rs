@@ -645,6 +645,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if report.sent > 0 {
                 done(format_args!("sent {} waiting message(s)", report.sent));
             }
+            let (held, until) = profile.outbox_held(now())?;
+            if let Some(until) = until.filter(|_| held > 0) {
+                done(format_args!(
+                    "{held} message(s) by list are held; each leaves at a random time within {}, while `tidings listen` runs",
+                    format_duration(until.saturating_sub(now()))
+                ));
+            }
             if report.received.is_empty() && report.connected.is_empty() && report.error.is_none() {
                 done("nothing new");
             }

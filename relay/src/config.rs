@@ -311,7 +311,11 @@ mod tests {
         assert_eq!(c.max_connections, 10_000);
         assert_eq!(c.handshake_timeout(), Duration::from_secs(10));
         assert_eq!(c.idle_timeout(), Duration::from_secs(120));
-        assert_eq!((c.rate_per_sec, c.rate_burst), (200, 400));
+        assert_eq!((c.rate_per_sec, c.rate_burst), (500, 4096));
+        assert_eq!(
+            (c.commands_per_address_per_sec, c.command_burst_per_address),
+            (1_000, 8_192)
+        );
         assert_eq!(c.max_queues_per_connection, 64);
         assert_eq!(c.max_queues, 1_000_000);
         assert_eq!(c.max_connections_per_address, 32);
