@@ -85,6 +85,8 @@ pub struct Limits {
     pub queues_per_hour: u64,
     /// Bytes one source may store per hour (bucket size and hourly refill).
     pub bytes_per_hour: u64,
+    /// Bytes of file chunks one source may create per hour (bucket size and hourly refill).
+    pub chunk_bytes_per_hour: u64,
     /// Most sources tracked at once.
     pub max_tracked: usize,
 }
@@ -99,6 +101,7 @@ impl Limits {
             max_handshakes: config.max_handshakes,
             queues_per_hour: u64::from(config.new_queues_per_address_per_hour),
             bytes_per_hour: config.stored_bytes_per_address_per_hour,
+            chunk_bytes_per_hour: config.chunk_bytes_per_address_per_hour,
             max_tracked: config.max_tracked_addresses,
         }
     }
@@ -156,6 +159,7 @@ struct Entry {
     unvalidated: u32,
     queues: Bucket,
     bytes: Bucket,
+    chunk_bytes: Bucket,
 }
 
 impl Entry {
@@ -166,6 +170,7 @@ impl Entry {
             unvalidated: 0,
             queues: Bucket::full(limits.queues_per_hour, now),
             bytes: Bucket::full(limits.bytes_per_hour, now),
+            chunk_bytes: Bucket::full(limits.chunk_bytes_per_hour, now),
         }
     }
 
@@ -219,7 +224,8 @@ impl Table {
             self.entries.retain(|_, e| {
                 e.is_open()
                     || !(e.queues.is_full(limits.queues_per_hour, now)
-                        && e.bytes.is_full(limits.bytes_per_hour, now))
+                        && e.bytes.is_full(limits.bytes_per_hour, now)
+                        && e.chunk_bytes.is_full(limits.chunk_bytes_per_hour, now))
             });
             if self.entries.len() >= limits.max_tracked {
                 // Still full: forget every source with nothing open (what they used this
@@ -338,6 +344,24 @@ impl FairShares {
         }
     }
 
+    /// Takes `bytes` from `key`'s hourly share of file chunk bytes; `false` (and nothing
+    /// taken) when less is left.
+    pub fn take_chunk_bytes(&self, key: SourceKey, bytes: u64, now: Instant) -> bool {
+        let limits = self.limits;
+        let mut table = lock(&self.table);
+        table
+            .entry(key, &limits, now)
+            .is_some_and(|e| e.chunk_bytes.take(bytes, limits.chunk_bytes_per_hour, now))
+    }
+
+    /// Gives back chunk bytes taken for a `ChunkNew` that failed.
+    pub fn give_back_chunk_bytes(&self, key: SourceKey, bytes: u64) {
+        let limits = self.limits;
+        if let Some(e) = lock(&self.table).entries.get_mut(&key) {
+            e.chunk_bytes.give_back(bytes, limits.chunk_bytes_per_hour);
+        }
+    }
+
     /// Gives back a queue taken for a `New` that failed.
     pub fn give_back_queue(&self, key: SourceKey) {
         let limits = self.limits;
@@ -439,6 +463,7 @@ mod tests {
             max_handshakes: 5,
             queues_per_hour: 4,
             bytes_per_hour: 1000,
+            chunk_bytes_per_hour: 5000,
             max_tracked: 4,
         }
     }

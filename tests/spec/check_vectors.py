@@ -1,4 +1,4 @@
-"""An independent implementation of PROTOCOL.md sections 2 to 10, written from the document
+"""An independent implementation of PROTOCOL.md sections 2 to 10 and 15, written from the document
 alone (not from the Rust), checked against the known-answer vectors in protocol/tests/vectors,
 and the safety code of section 12.8 against client/tests/vectors/safety_code.txt.
 
@@ -192,6 +192,90 @@ key = hkdf(shared, b'tidings relay delivery key v1' + rp + lp)
 check('reenc key', key.hex() == r['delivery_key_hex'] and r['info_hex'] == b'tidings relay delivery key v1'.hex())
 for c in r['cases']:
     check('reenc ' + c['name'], xchacha_seal(key, bytes.fromhex(c['message_id_hex']), b'', bytes.fromhex(c['body_hex'])).hex() == c['sealed_hex'])
+
+
+# ---------- section 15: file chunks (chunks.json) ----------
+ch = load('chunks.json')
+PIECE = ch['piece_len']
+SIZES = [65536, 262144, 1048576, 4194304]
+check('chunk sizes', ch['chunk_sizes'] == SIZES and PIECE == 16000)
+def chunk_offset(o):
+    if o % PIECE or o >= SIZES[-1]: raise ValueError('offset')
+    return o
+def chunk_cmd(c):
+    """Decodes one chunk command (15.2) exactly; returns (name, fields)."""
+    t = c[0]
+    if t == 0x30:
+        size, sender, n = c[1], c[2:34], c[34]
+        if size > 3 or not 1 <= n <= 128 or len(c) != 35 + 64 * n: raise ValueError('chunk_new')
+        return 'chunk_new', (SIZES[size], sender, [(c[35 + 64 * i:67 + 64 * i], c[67 + 64 * i:99 + 64 * i]) for i in range(n)])
+    if t == 0x31:
+        off = chunk_offset(struct.unpack('>I', c[1:5])[0]); ln = struct.unpack('>H', c[5:7])[0]
+        if not 1 <= ln <= PIECE or len(c) != 7 + ln: raise ValueError('chunk_put')
+        return 'chunk_put', (off, c[7:])
+    if t in (0x32, 0x33, 0x35):
+        if len(c) != 1: raise ValueError('trailing')
+        return {0x32: 'chunk_status', 0x33: 'chunk_delete', 0x35: 'chunk_ack'}[t], ()
+    if t == 0x34:
+        if len(c) != 5: raise ValueError('chunk_get')
+        return 'chunk_get', (chunk_offset(struct.unpack('>I', c[1:5])[0]),)
+    raise ValueError('tag')
+cb = bytes.fromhex(ch['binding_hex'])
+signers = {'sender': Ed25519PrivateKey.from_private_bytes(bytes.fromhex(ch['sender_auth_seed_hex'])),
+           'recipient0': Ed25519PrivateKey.from_private_bytes(bytes.fromhex(ch['recipient_auth_seeds_hex'][0]))}
+for r in ch['requests']:
+    f = bytes.fromhex(r['frame_hex'])
+    corr, ent, flag = f[:8], f[8:32], f[32]
+    sig, cmd = f[33:97], f[97:]
+    name, fields = chunk_cmd(cmd)
+    good = flag == 1 and name == r['name']
+    pk = raw_pub(signers[r['signer']])
+    try: Ed25519PublicKey.from_public_bytes(pk).verify(sig, CTX + cb + corr + ent + cmd)
+    except Exception: good = False
+    if name == 'chunk_new':
+        # Entity all zero, signed by the carried sender key (8.2 CarriedKey).
+        good &= ent == bytes(24) and fields[1] == pk
+        good &= [a for a, _ in fields[2]] == [raw_pub(Ed25519PrivateKey.from_private_bytes(bytes.fromhex(s))) for s in ch['recipient_auth_seeds_hex']]
+    if name == 'chunk_put':
+        # The last piece of a 64 KiB chunk is 65536 - 4 * 16000 bytes of i mod 251.
+        good &= fields[0] == 4 * PIECE and fields[1] == bytes(i % 251 for i in range(65536 - 4 * PIECE))
+    check('chunk req ' + r['name'], good)
+def chunk_reply(b):
+    t = b[0]
+    if t == 0x87:
+        n = b[25]
+        if not 1 <= n <= 128 or len(b) != 26 + 56 * n: raise ValueError
+        return 'chunk_ids', (b[1:25], [(b[26 + 56 * i:50 + 56 * i], b[50 + 56 * i:82 + 56 * i]) for i in range(n)])
+    if t == 0x88:
+        v = struct.unpack('>I', b[1:5])[0]
+        if len(b) != 5 or v > SIZES[-1]: raise ValueError
+        return 'chunk_received', (v,)
+    if t == 0x89:
+        off = chunk_offset(struct.unpack('>I', b[1:5])[0]); ln = struct.unpack('>H', b[29:31])[0]
+        if ln > PIECE + 16 or len(b) != 31 + ln: raise ValueError
+        return 'chunk_data', (off, b[5:29], b[31:])
+    raise ValueError
+replies = {}
+for r in ch['replies']:
+    f = bytes.fromhex(r['frame_hex'])
+    name, fields = chunk_reply(f[32:])
+    replies[name] = fields
+    check('chunk reply ' + r['name'], name == r['name'])
+keys = []
+for i, k in enumerate(ch['keys']):
+    rs, ls_ = bytes.fromhex(k['recipient_secret_hex']), bytes.fromhex(k['relay_secret_hex'])
+    rp, lp = x25519_pub(rs), x25519_pub(ls_)
+    key = hkdf(x25519(ls_, rp), bytes.fromhex(ch['chunk_key_info_hex']) + rp + lp)
+    keys.append(key)
+    check('chunk key %d' % i, key.hex() == k['chunk_key_hex'] and rp.hex() == k['recipient_public_hex']
+          and lp.hex() == k['relay_public_hex'] and ch['chunk_key_info_hex'] == b'tidings relay chunk key v1'.hex()
+          and replies['chunk_ids'][1][i][1] == lp)
+for c in ch['pieces']:
+    piece = bytes.fromhex(c['piece_hex'])
+    sealed = xchacha_seal(keys[0], bytes.fromhex(c['nonce_hex']), struct.pack('>I', c['offset']), piece)
+    check('chunk piece ' + c['name'], sealed.hex() == c['sealed_hex'] and piece == bytes(i % 251 for i in range(len(piece))))
+off, nonce, sealed = replies['chunk_data']
+check('chunk data reply', sealed == xchacha_seal(keys[0], nonce, struct.pack('>I', off), bytes(i % 251 for i in range(PIECE))))
 
 # ---------- section 4-5: Noise NK ----------
 HASHLEN = 32
