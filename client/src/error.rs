@@ -156,6 +156,21 @@ pub enum ClientError {
     /// The passphrase could not be read.
     #[error("could not read the passphrase from a terminal (scripts set TIDINGS_PASSPHRASE)")]
     Passphrase,
+    /// A received file failed its integrity check; nothing of it was shown or saved as
+    /// complete.
+    #[error("the file {name:?} is damaged: {reason}; nothing was saved (ask the sender to send it again)")]
+    FileCorrupt {
+        /// The file's name as its sender gave it (shown escaped by the CLI).
+        name: String,
+        /// What failed.
+        reason: &'static str,
+    },
+    /// The file being uploaded changed since its upload started.
+    #[error("the file {0:?} changed since its upload started; send it again as a new file")]
+    FileChanged(String),
+    /// The relay no longer holds a chunk of the file (expired, or deleted by its sender).
+    #[error("the file {0:?} is no longer on the relay (files expire after some days); ask the sender to send it again")]
+    FileGone(String),
 }
 
 impl ClientError {

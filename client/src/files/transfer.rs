@@ -1,0 +1,573 @@
+//! Chunked upload and download with resume.
+//!
+//! An upload is driven by an [`UploadState`] the caller persists (in the profile's encrypted
+//! store: it holds keys) after every call of `save`: which chunks exist on the relay and which
+//! are complete. After a kill the same state resumes: chunks that are complete are not sent
+//! again, and a chunk in progress continues at the piece the relay reports stored
+//! (`ChunkStatus`). Before it resumes, the file's digest is checked again: the same key and
+//! nonces must never encrypt different bytes.
+//!
+//! A download keeps the file's *encrypted* bytes in a file (useless without the key, which
+//! only the description holds) and a [`DownloadState`] of the chunks done. A chunk is written
+//! and synced before it counts as done. When every chunk is there, every segment is
+//! decrypted and the digest compared; only then is the file complete. A segment that does not
+//! open (tampered, swapped or cut short) is an error that names the file.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+use tidings_protocol::chunk::{ChunkKey, ChunkRecipient, ChunkSize, RecipientKeys, PIECE_LEN};
+use tidings_protocol::command::{Command, ErrorCode, ReplyKind};
+use tidings_protocol::ids::{ChunkRecipientId, ChunkSenderId, EntityId};
+use tidings_protocol::keys::{AuthSecretKey, DhPublicKey, DhSecretKey};
+use zeroize::Zeroizing;
+
+use super::crypt::{FileCipher, SegmentError, PREFIX_LEN, SEGMENT_LEN, SEGMENT_PLAIN_LEN};
+use crate::error::{ClientError, Result};
+use crate::relay::RelayLink;
+
+/// Progress of a transfer, for a progress bar or plain lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Encrypted bytes done.
+    pub done: u64,
+    /// Encrypted bytes in all.
+    pub total: u64,
+}
+
+/// Chunk sizes for an encrypted file of `len` bytes (a multiple of 64 KiB): largest first,
+/// as many of each as fit, so the sizes add up to `len` exactly.
+pub fn plan_chunks(len: u64) -> Vec<ChunkSize> {
+    let mut left = len;
+    let mut plan = Vec::new();
+    for size in ChunkSize::ALL.iter().rev() {
+        let b = u64::from(size.bytes());
+        while left >= b {
+            plan.push(*size);
+            left -= b;
+        }
+    }
+    plan
+}
+
+fn file_error(name: &str, reason: &'static str) -> ClientError {
+    ClientError::FileCorrupt {
+        name: name.to_string(),
+        reason,
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
+    move |e| ClientError::storage(path, e)
+}
+
+/// SHA-256 of a file, read in 1 MiB steps.
+fn digest_of(path: &Path) -> Result<([u8; 32], u64)> {
+    let mut f = File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let got = f.read(&mut buf).map_err(io(path))?;
+        if got == 0 {
+            break;
+        }
+        h.update(buf.get(..got).unwrap_or_default());
+        n += got as u64;
+    }
+    Ok((h.finalize().into(), n))
+}
+
+/// One recipient's keys for one chunk, and what the relay answered for it.
+#[derive(Clone)]
+pub struct ChunkAccess {
+    /// The chunk's size.
+    pub size: ChunkSize,
+    /// The recipient id.
+    pub id: ChunkRecipientId,
+    /// Signs `ChunkGet` and `ChunkAck`.
+    pub auth: AuthSecretKey,
+    /// Opens the relay's sealing of downloaded pieces (an X25519 secret).
+    pub dh: Zeroizing<[u8; 32]>,
+    /// The relay's key for this recipient.
+    pub relay_dh: DhPublicKey,
+}
+
+impl std::fmt::Debug for ChunkAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChunkAccess([redacted])")
+    }
+}
+
+/// What one recipient needs to fetch and open a file: sent to it end to end.
+#[derive(Clone)]
+pub struct FileDescription {
+    /// The file name as the sender gave it (hostile text on the receiver's screen).
+    pub name: String,
+    /// The media type, e.g. `audio/mpeg`.
+    pub media_type: String,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// SHA-256 of the plaintext.
+    pub digest: [u8; 32],
+    /// The file key.
+    pub key: Zeroizing<[u8; 32]>,
+    /// The STREAM nonce prefix.
+    pub prefix: [u8; PREFIX_LEN],
+    /// The relay holding the chunks.
+    pub relay: String,
+    /// The chunks in order, with this recipient's access to each.
+    pub chunks: Vec<ChunkAccess>,
+}
+
+impl std::fmt::Debug for FileDescription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileDescription")
+            .field("size", &self.size)
+            .field("chunks", &self.chunks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileDescription {
+    fn cipher(&self) -> FileCipher {
+        FileCipher::new(self.key.clone(), self.prefix, self.size)
+    }
+}
+
+/// One chunk of an upload.
+#[derive(Clone)]
+struct UploadChunk {
+    size: ChunkSize,
+    auth: AuthSecretKey,
+    /// Per recipient (real first, then dummies) the keys handed to the relay.
+    recipients: Vec<(AuthSecretKey, Zeroizing<[u8; 32]>)>,
+    /// Set once the relay created it.
+    created: Option<(ChunkSenderId, Vec<ChunkRecipient>)>,
+    complete: bool,
+}
+
+/// Everything an upload needs to resume. Holds keys: persist it only encrypted.
+#[derive(Clone)]
+pub struct UploadState {
+    name: String,
+    media_type: String,
+    relay: String,
+    size: u64,
+    digest: [u8; 32],
+    key: Zeroizing<[u8; 32]>,
+    prefix: [u8; PREFIX_LEN],
+    real: usize,
+    chunks: Vec<UploadChunk>,
+}
+
+impl std::fmt::Debug for UploadState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadState")
+            .field("chunks", &self.chunks.len())
+            .field(
+                "complete",
+                &self.chunks.iter().filter(|c| c.complete).count(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl UploadState {
+    /// Plans the upload of `path` to `relay` for `recipients` real recipients plus
+    /// `dummies` dummy ones (keys nobody holds), with a fresh random key.
+    pub fn new(
+        path: &Path,
+        name: &str,
+        media_type: &str,
+        relay: &str,
+        recipients: usize,
+        dummies: usize,
+    ) -> Result<Self> {
+        let (digest, size) = digest_of(path)?;
+        let mut key = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(key.as_mut());
+        let mut prefix = [0u8; PREFIX_LEN];
+        OsRng.fill_bytes(&mut prefix);
+        let cipher = FileCipher::new(key.clone(), prefix, size);
+        let chunks = plan_chunks(cipher.encrypted_len())
+            .into_iter()
+            .map(|size| UploadChunk {
+                size,
+                auth: AuthSecretKey::generate(&mut OsRng),
+                recipients: (0..recipients + dummies)
+                    .map(|_| {
+                        (
+                            AuthSecretKey::generate(&mut OsRng),
+                            DhSecretKey::generate(&mut OsRng).to_bytes(),
+                        )
+                    })
+                    .collect(),
+                created: None,
+                complete: false,
+            })
+            .collect();
+        Ok(Self {
+            name: name.to_string(),
+            media_type: media_type.to_string(),
+            relay: relay.to_string(),
+            size,
+            digest,
+            key,
+            prefix,
+            real: recipients,
+            chunks,
+        })
+    }
+
+    /// Whether every chunk is uploaded and complete on the relay.
+    pub fn is_complete(&self) -> bool {
+        self.chunks.iter().all(|c| c.complete)
+    }
+
+    /// How many chunks are complete, of how many.
+    pub fn chunks_done(&self) -> (usize, usize) {
+        (
+            self.chunks.iter().filter(|c| c.complete).count(),
+            self.chunks.len(),
+        )
+    }
+
+    /// The descriptions for the real recipients, once the upload is complete.
+    pub fn descriptions(&self) -> Option<Vec<FileDescription>> {
+        if !self.is_complete() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(self.real);
+        for r in 0..self.real {
+            let mut chunks = Vec::with_capacity(self.chunks.len());
+            for c in &self.chunks {
+                let (_, answer) = c.created.as_ref()?;
+                let (auth, dh) = c.recipients.get(r)?;
+                let ans = answer.get(r)?;
+                chunks.push(ChunkAccess {
+                    size: c.size,
+                    id: ans.id,
+                    auth: auth.clone(),
+                    dh: dh.clone(),
+                    relay_dh: ans.relay_dh,
+                });
+            }
+            out.push(FileDescription {
+                name: self.name.clone(),
+                media_type: self.media_type.clone(),
+                size: self.size,
+                digest: self.digest,
+                key: self.key.clone(),
+                prefix: self.prefix,
+                relay: self.relay.clone(),
+                chunks,
+            });
+        }
+        Some(out)
+    }
+}
+
+fn relay_error(kind: ReplyKind) -> ClientError {
+    match kind {
+        ReplyKind::Error(code) => ClientError::Relay(code),
+        _ => ClientError::RelayMisbehaved("unexpected answer to a chunk command"),
+    }
+}
+
+/// Encrypts the segments of the chunk that starts at encrypted offset `start`.
+fn encrypt_chunk(
+    file: &mut File,
+    path: &Path,
+    cipher: &FileCipher,
+    start: u64,
+    size: ChunkSize,
+) -> Result<Vec<u8>> {
+    let first = start / SEGMENT_LEN as u64;
+    let count = u64::from(size.bytes()) / SEGMENT_LEN as u64;
+    let mut out = Vec::with_capacity(size.bytes() as usize);
+    let mut plain = Zeroizing::new(vec![0u8; SEGMENT_PLAIN_LEN]);
+    for i in first..first + count {
+        let len = cipher.plain_len(i);
+        file.seek(SeekFrom::Start(i * SEGMENT_PLAIN_LEN as u64))
+            .map_err(io(path))?;
+        let buf = plain.get_mut(..len).ok_or(ClientError::Crypto)?;
+        file.read_exact(buf).map_err(io(path))?;
+        let sealed = cipher
+            .seal_segment(i, buf)
+            .map_err(|_| ClientError::Crypto)?;
+        out.extend_from_slice(&sealed);
+    }
+    Ok(out)
+}
+
+/// Uploads (or resumes uploading) the file at `path`. `save` is called whenever the state
+/// changed in a way that must survive a kill (before the next command depends on it).
+pub async fn upload<L: RelayLink>(
+    link: &mut L,
+    path: &Path,
+    state: &mut UploadState,
+    mut save: impl FnMut(&UploadState) -> Result<()>,
+    mut progress: impl FnMut(Progress),
+) -> Result<()> {
+    let started = state.chunks.iter().any(|c| c.created.is_some());
+    let (digest, size) = digest_of(path)?;
+    if started && (digest != state.digest || size != state.size) {
+        return Err(ClientError::FileChanged(state.name.clone()));
+    }
+    let cipher = FileCipher::new(state.key.clone(), state.prefix, state.size);
+    let total = cipher.encrypted_len();
+    let mut file = File::open(path).map_err(io(path))?;
+    let mut start = 0u64;
+    for index in 0..state.chunks.len() {
+        let Some(chunk) = state.chunks.get(index).cloned() else {
+            break;
+        };
+        let bytes = u64::from(chunk.size.bytes());
+        if chunk.complete {
+            start += bytes;
+            progress(Progress { done: start, total });
+            continue;
+        }
+        let sender = match &chunk.created {
+            Some((sender, _)) => *sender,
+            None => {
+                let command = Command::ChunkNew {
+                    size: chunk.size,
+                    sender: chunk.auth.public(),
+                    recipients: chunk
+                        .recipients
+                        .iter()
+                        .map(|(a, d)| RecipientKeys {
+                            auth: a.public(),
+                            dh: DhSecretKey::from_bytes(d).public(),
+                        })
+                        .collect(),
+                };
+                let req = link.signed(EntityId::NONE, command, &chunk.auth)?;
+                match link.request(req).await?.kind {
+                    ReplyKind::ChunkIds { sender, recipients }
+                        if recipients.len() == chunk.recipients.len() =>
+                    {
+                        if let Some(c) = state.chunks.get_mut(index) {
+                            c.created = Some((sender, recipients));
+                        }
+                        save(state)?;
+                        sender
+                    }
+                    other => return Err(relay_error(other)),
+                }
+            }
+        };
+        let req = link.signed(sender.into(), Command::ChunkStatus, &chunk.auth)?;
+        let mut offset = match link.request(req).await?.kind {
+            ReplyKind::ChunkReceived { received } => received,
+            other => return Err(relay_error(other)),
+        };
+        let data = encrypt_chunk(&mut file, path, &cipher, start, chunk.size)?;
+        while offset < chunk.size.bytes() {
+            let len = chunk.size.piece_len(offset).ok_or(ClientError::Crypto)?;
+            let from = offset as usize;
+            let piece = data
+                .get(from..from + len)
+                .ok_or(ClientError::Crypto)?
+                .to_vec();
+            let req = link.signed(
+                sender.into(),
+                Command::ChunkPut { offset, piece },
+                &chunk.auth,
+            )?;
+            match link.request(req).await?.kind {
+                ReplyKind::Ok => {}
+                other => return Err(relay_error(other)),
+            }
+            offset += len as u32;
+            progress(Progress {
+                done: start + u64::from(offset),
+                total,
+            });
+        }
+        if let Some(c) = state.chunks.get_mut(index) {
+            c.complete = true;
+        }
+        save(state)?;
+        start += bytes;
+    }
+    Ok(())
+}
+
+/// Which chunks of a download are on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DownloadState {
+    /// One flag per chunk: written and synced.
+    pub done: Vec<bool>,
+    /// Set once every segment opened and the digest matched.
+    pub verified: bool,
+}
+
+impl DownloadState {
+    /// A download of `desc` not yet started.
+    pub fn new(desc: &FileDescription) -> Self {
+        Self {
+            done: vec![false; desc.chunks.len()],
+            verified: false,
+        }
+    }
+}
+
+/// Fetches one chunk's pieces and opens the relay's sealing.
+async fn fetch_chunk<L: RelayLink>(
+    link: &mut L,
+    access: &ChunkAccess,
+    name: &str,
+) -> Result<Vec<u8>> {
+    let key = ChunkKey::for_recipient(&DhSecretKey::from_bytes(&access.dh), &access.relay_dh)?;
+    let mut out = Vec::with_capacity(access.size.bytes() as usize);
+    for p in 0..access.size.pieces() {
+        let offset = p * PIECE_LEN as u32;
+        let req = link.signed(access.id.into(), Command::ChunkGet { offset }, &access.auth)?;
+        match link.request(req).await?.kind {
+            ReplyKind::ChunkData {
+                offset: got,
+                nonce,
+                sealed,
+            } if got == offset => {
+                let piece = key
+                    .open(&nonce, offset, &sealed)
+                    .map_err(|_| file_error(name, "a piece from the relay did not authenticate"))?;
+                if Some(piece.len()) != access.size.piece_len(offset) {
+                    return Err(file_error(name, "a piece has the wrong length"));
+                }
+                out.extend_from_slice(&piece);
+            }
+            ReplyKind::Error(ErrorCode::Auth) => {
+                return Err(ClientError::FileGone(name.to_string()))
+            }
+            other => return Err(relay_error(other)),
+        }
+    }
+    Ok(out)
+}
+
+/// Downloads (or resumes downloading) `desc` into `encrypted` (the file's encrypted bytes),
+/// then checks every segment and the digest. On success the state is `verified` and every
+/// chunk is acked so the relay deletes it.
+pub async fn download<L: RelayLink>(
+    link: &mut L,
+    desc: &FileDescription,
+    encrypted: &Path,
+    state: &mut DownloadState,
+    mut save: impl FnMut(&DownloadState) -> Result<()>,
+    mut progress: impl FnMut(Progress),
+) -> Result<()> {
+    let cipher = desc.cipher();
+    let total = cipher.encrypted_len();
+    let planned: u64 = desc.chunks.iter().map(|c| u64::from(c.size.bytes())).sum();
+    if planned != total || state.done.len() != desc.chunks.len() {
+        return Err(file_error(
+            &desc.name,
+            "its chunks do not add up to its size",
+        ));
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(encrypted)
+        .map_err(io(encrypted))?;
+    let mut start = 0u64;
+    for (i, access) in desc.chunks.iter().enumerate() {
+        let bytes = u64::from(access.size.bytes());
+        if !state.done.get(i).copied().unwrap_or(false) {
+            let data = fetch_chunk(link, access, &desc.name).await?;
+            file.seek(SeekFrom::Start(start)).map_err(io(encrypted))?;
+            file.write_all(&data).map_err(io(encrypted))?;
+            file.sync_data().map_err(io(encrypted))?;
+            if let Some(d) = state.done.get_mut(i) {
+                *d = true;
+            }
+            save(state)?;
+        }
+        start += bytes;
+        progress(Progress { done: start, total });
+    }
+    verify(&mut file, encrypted, desc)?;
+    state.verified = true;
+    save(state)?;
+    for access in &desc.chunks {
+        let req = link.signed(access.id.into(), Command::ChunkAck, &access.auth)?;
+        // The chunk expires anyway; an ack that fails only leaves it there until then.
+        let _ = link.request(req).await;
+    }
+    Ok(())
+}
+
+fn segment_error(name: &str, e: SegmentError) -> ClientError {
+    file_error(
+        name,
+        match e {
+            SegmentError::Tampered => "a chunk was tampered with, swapped or cut short",
+            SegmentError::BadPadding => "its padding was altered",
+            SegmentError::Truncated => "it is cut short",
+        },
+    )
+}
+
+/// Opens every segment and compares the digest, writing the plaintext to `out` if given.
+fn decrypt_all(
+    file: &mut File,
+    path: &Path,
+    desc: &FileDescription,
+    mut out: Option<&mut dyn Write>,
+) -> Result<()> {
+    let cipher = desc.cipher();
+    let len = file.metadata().map_err(io(path))?.len();
+    if len != cipher.encrypted_len() {
+        return Err(file_error(&desc.name, "it is cut short"));
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; SEGMENT_LEN];
+    for i in 0..cipher.segments() {
+        file.read_exact(&mut buf).map_err(io(path))?;
+        let plain = cipher
+            .open_segment(i, &buf)
+            .map_err(|e| segment_error(&desc.name, e))?;
+        h.update(&*plain);
+        if let Some(w) = out.as_mut() {
+            w.write_all(&plain).map_err(io(path))?;
+        }
+    }
+    let digest: [u8; 32] = h.finalize().into();
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(&digest[..], &desc.digest[..])) {
+        return Err(file_error(&desc.name, "its digest does not match"));
+    }
+    Ok(())
+}
+
+fn verify(file: &mut File, path: &Path, desc: &FileDescription) -> Result<()> {
+    decrypt_all(file, path, desc, None)
+}
+
+/// Decrypts a verified download into `out_path` (written to a temporary name beside it
+/// and renamed only once the digest matched, so a failed save leaves no partial file).
+pub fn save_plaintext(encrypted: &Path, desc: &FileDescription, out_path: &Path) -> Result<()> {
+    let mut file = File::open(encrypted).map_err(io(encrypted))?;
+    let tmp = out_path.with_extension("tidings-partial");
+    let result = (|| {
+        let mut out = File::create(&tmp).map_err(io(&tmp))?;
+        decrypt_all(&mut file, encrypted, desc, Some(&mut out))?;
+        out.sync_all().map_err(io(&tmp))
+    })();
+    match result {
+        Ok(()) => std::fs::rename(&tmp, out_path).map_err(io(out_path)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
