@@ -165,6 +165,20 @@ pub enum ClientError {
         /// What failed.
         reason: &'static str,
     },
+    /// The file is larger than one file description can list.
+    #[error("the file is {size} bytes; a file may have at most {max} bytes")]
+    FileTooLarge {
+        /// Its size.
+        size: u64,
+        /// The most a file may have.
+        max: u64,
+    },
+    /// The file has not been fetched yet.
+    #[error("the file {0:?} is not downloaded yet (`tidings fetch {0}` downloads it)")]
+    FileNotFetched(String),
+    /// No received file has that id.
+    #[error("no received file has the id {0:?} (`tidings files` lists them)")]
+    UnknownFile(String),
     /// The file being uploaded changed since its upload started.
     #[error("the file {0:?} changed since its upload started; send it again as a new file")]
     FileChanged(String),

@@ -108,6 +108,37 @@ enum Cmd {
         /// and the process list.
         text: String,
     },
+    /// Encrypt a file, upload it to your relay and send it to a contact.
+    SendFile {
+        /// The contact's name.
+        name: String,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Print progress as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the files contacts sent you.
+    Files {
+        /// One JSON object per file.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a received file (resumes an interrupted download) and check it.
+    Fetch {
+        /// The file's id (`tidings files`).
+        id: String,
+        /// Print progress as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a downloaded file out in plaintext.
+    Save {
+        /// The file's id (`tidings files`).
+        id: String,
+        /// Where to write it (must not exist).
+        path: std::path::PathBuf,
+    },
     /// List contacts.
     Contacts {
         /// One JSON object per contact.
@@ -404,7 +435,7 @@ fn print_received(r: &Received, json: bool) -> anyhow::Result<()> {
     }
     out.flush()?;
     drop(out);
-    if r.kind != "text" && delay > LATE_CHECKIN_SECS {
+    if r.kind.ends_with("check-in") && delay > LATE_CHECKIN_SECS {
         eprintln!(
             "warning: this check-in from {} arrived {} after it was sent; a relay may have held it back",
             screen::inline(&r.from),
@@ -659,6 +690,75 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+        Cmd::SendFile { name, path, json } => {
+            let mut profile = open(&home)?;
+            let media = media_type(&path);
+            let mut bar = Progress::new(json, "upload");
+            let line = runtime()?
+                .block_on(
+                    profile.send_file(&net, &name, &path, media, None, now(), |p| {
+                        bar.update(p.done, p.total)
+                    }),
+                )
+                .map_err(friendly)?;
+            bar.finish();
+            done(format_args!(
+                "sent to {}: {}",
+                screen::inline(&name),
+                screen::inline(&line)
+            ));
+        }
+        Cmd::Files { json } => {
+            let profile = open(&home)?;
+            let files = profile.files()?;
+            if files.is_empty() && !json {
+                done("no files received");
+            }
+            let mut out = std::io::stdout().lock();
+            for f in files {
+                if json {
+                    let v = serde_json::json!({
+                        "id": f.id, "from": f.from, "line": f.line,
+                        "size": f.size, "complete": f.complete,
+                    });
+                    writeln!(out, "{}", screen::json(&v)?)?;
+                } else {
+                    let state = if f.complete {
+                        "downloaded"
+                    } else {
+                        "not downloaded"
+                    };
+                    writeln!(
+                        out,
+                        "{}  {} ({state})",
+                        f.id,
+                        screen::message(&f.from, &f.line, false)
+                    )?;
+                }
+            }
+        }
+        Cmd::Fetch { id, json } => {
+            let mut profile = open(&home)?;
+            let mut bar = Progress::new(json, "download");
+            runtime()?
+                .block_on(profile.fetch_file(&net, &id, |p| bar.update(p.done, p.total)))
+                .map_err(friendly)?;
+            bar.finish();
+            done(format_args!(
+                "downloaded and checked file {id} (`tidings save {id} PATH` writes it out)"
+            ));
+        }
+        Cmd::Save { id, path } => {
+            if path.exists() {
+                return Err(anyhow!(
+                    "{} exists; choose a new path (nothing was written)",
+                    path.display()
+                ));
+            }
+            let profile = open(&home)?;
+            profile.save_file(&id, &path)?;
+            done(format_args!("wrote file {id} to {}", path.display()));
         }
         Cmd::Contacts { json } => {
             let profile = open(&home)?;
@@ -944,4 +1044,62 @@ fn from_stdin_if_dash(value: String, prompt: &str) -> anyhow::Result<Zeroizing<S
     let trimmed = input.strip_suffix('\n').unwrap_or(&input);
     let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
     Ok(Zeroizing::new(trimmed.to_string()))
+}
+
+/// The media type for a file name's extension (what receivers' players go by).
+fn media_type(path: &std::path::Path) -> &'static str {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "mp3" => "audio/mpeg",
+        "ogg" | "opus" => "audio/ogg",
+        "m4a" => "audio/mp4",
+        "wav" => "audio/wav",
+        "pdf" => "application/pdf",
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "txt" => "text/plain",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Transfer progress: plain lines (at most one per 10%) or JSON lines with `--json`.
+struct Progress {
+    json: bool,
+    what: &'static str,
+    last_tenth: u64,
+}
+
+impl Progress {
+    fn new(json: bool, what: &'static str) -> Self {
+        Self {
+            json,
+            what,
+            last_tenth: 0,
+        }
+    }
+
+    fn update(&mut self, done: u64, total: u64) {
+        let tenth = done.saturating_mul(10) / total.max(1);
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "progress", "what": self.what, "done": done, "total": total})
+            );
+        } else if tenth > self.last_tenth {
+            eprintln!("{}: {}% of {} bytes", self.what, tenth * 10, total);
+        }
+        self.last_tenth = self.last_tenth.max(tenth);
+    }
+
+    fn finish(&self) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "done", "what": self.what})
+            );
+        }
+    }
 }

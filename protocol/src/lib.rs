@@ -19,6 +19,7 @@
 //! - [`reencrypt`]: the relay's per-queue re-encryption of delivered bodies.
 //! - [`chunk`]: file chunks: the four chunk sizes, pieces, chunk recipients and the relay's
 //!   per-recipient re-encryption of downloaded pieces (the chunk commands are in [`command`]).
+//! - [`file`]: the end-to-end file description (application message kind `file`).
 //! - [`block`]: frames batched into fixed [`block::BLOCK_LEN`]-byte plaintext blocks.
 //! - [`noise`]: the Noise NK handshake to the relay and the transport [`noise::Session`] that
 //!   turns blocks into equal-sized records and back.
@@ -45,6 +46,7 @@ pub mod codec;
 pub mod command;
 pub mod contact;
 pub mod error;
+pub mod file;
 pub mod ids;
 pub mod keys;
 pub mod noise;

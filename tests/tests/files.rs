@@ -16,9 +16,13 @@ use tidings_client::files::{
 use tidings_client::net::RelayConnection;
 use tidings_protocol::address::RelayAddress;
 use tidings_protocol::command::ErrorCode;
-use tidings_tests::{scan_dir, RelayProcess};
+use tidings_tests::{scan_dir, RelayProcess, World};
 
 const MARKER: &[u8] = b"PLAINTEXT-MARKER-sermon-03-f1le";
+
+fn addr(address: &str) -> Result<RelayAddress> {
+    address.parse().map_err(|e| anyhow!("{e:?}"))
+}
 
 async fn connect(address: &str) -> Result<RelayConnection> {
     let addr: RelayAddress = address.parse().map_err(|e| anyhow!("{e:?}"))?;
@@ -68,7 +72,14 @@ async fn a_50_mb_file_round_trips_with_its_digest_and_no_plaintext_reaches_disk(
     let relay = start_relay(dir.path(), &[])?;
     let src = dir.path().join("sermon-03.mp3");
     make_file(&src, 50_000_000)?;
-    let mut state = UploadState::new(&src, "sermon-03.mp3", "audio/mpeg", relay.address(), 1, 2)?;
+    let mut state = UploadState::new(
+        &src,
+        "sermon-03.mp3",
+        "audio/mpeg",
+        &addr(relay.address())?,
+        1,
+        2,
+    )?;
     upload_all(relay.address(), &src, &mut state).await?;
     let desc = state
         .descriptions()
@@ -94,7 +105,14 @@ async fn an_upload_cut_off_part_way_resumes_without_resending_finished_chunks() 
     let relay = start_relay(dir.path(), &[])?;
     let src = dir.path().join("bible.mp3");
     make_file(&src, 9_000_000)?;
-    let mut state = UploadState::new(&src, "bible.mp3", "audio/mpeg", relay.address(), 1, 0)?;
+    let mut state = UploadState::new(
+        &src,
+        "bible.mp3",
+        "audio/mpeg",
+        &addr(relay.address())?,
+        1,
+        0,
+    )?;
     // The uploader dies after its second durable chunk: the future is dropped with the
     // connection, and only what `save` stored survives.
     let mut saved = state.clone();
@@ -137,7 +155,14 @@ async fn an_upload_cut_off_part_way_resumes_without_resending_finished_chunks() 
     save_plaintext(&enc, &desc, &out)?;
     assert!(same_file(&src, &out)?);
     // A changed file is not resumed under the same key.
-    let mut other = UploadState::new(&src, "bible.mp3", "audio/mpeg", relay.address(), 1, 0)?;
+    let mut other = UploadState::new(
+        &src,
+        "bible.mp3",
+        "audio/mpeg",
+        &addr(relay.address())?,
+        1,
+        0,
+    )?;
     {
         let mut conn = connect(relay.address()).await?;
         let _ = upload(
@@ -170,7 +195,7 @@ async fn a_download_resumes_after_the_relay_restarts() -> Result<()> {
     let mut relay = start_relay(dir.path(), &[])?;
     let src = dir.path().join("a.ogg");
     make_file(&src, 10_000_000)?;
-    let mut state = UploadState::new(&src, "a.ogg", "audio/ogg", relay.address(), 1, 0)?;
+    let mut state = UploadState::new(&src, "a.ogg", "audio/ogg", &addr(relay.address())?, 1, 0)?;
     upload_all(relay.address(), &src, &mut state).await?;
     let desc = state
         .descriptions()
@@ -216,7 +241,14 @@ async fn tampered_swapped_and_truncated_files_are_refused_naming_the_file() -> R
     let relay = start_relay(dir.path(), &[])?;
     let src = dir.path().join("psalm.mp3");
     make_file(&src, 700_000)?;
-    let mut state = UploadState::new(&src, "psalm-23.mp3", "audio/mpeg", relay.address(), 3, 0)?;
+    let mut state = UploadState::new(
+        &src,
+        "psalm-23.mp3",
+        "audio/mpeg",
+        &addr(relay.address())?,
+        3,
+        0,
+    )?;
     upload_all(relay.address(), &src, &mut state).await?;
     let mut descs = state.descriptions().ok_or_else(|| anyhow!("incomplete"))?;
     assert!(descs[0].chunks.len() >= 2, "needs two chunks to swap");
@@ -270,7 +302,14 @@ async fn one_upload_reaches_three_recipients_with_unlinkable_ids() -> Result<()>
     let relay = start_relay(dir.path(), &[])?;
     let src = dir.path().join("song.mp3");
     make_file(&src, 3_000_000)?;
-    let mut state = UploadState::new(&src, "song.mp3", "audio/mpeg", relay.address(), 3, 2)?;
+    let mut state = UploadState::new(
+        &src,
+        "song.mp3",
+        "audio/mpeg",
+        &addr(relay.address())?,
+        3,
+        2,
+    )?;
     upload_all(relay.address(), &src, &mut state).await?;
     let descs = state.descriptions().ok_or_else(|| anyhow!("incomplete"))?;
     assert_eq!(descs.len(), 3, "dummies get no description");
@@ -316,7 +355,7 @@ async fn the_per_address_chunk_share_refuses_more_with_quota() -> Result<()> {
         &src,
         "big.bin",
         "application/octet-stream",
-        relay.address(),
+        &addr(relay.address())?,
         1,
         0,
     )?;
@@ -330,5 +369,61 @@ async fn the_per_address_chunk_share_refuses_more_with_quota() -> Result<()> {
     let (done, total) = state.chunks_done();
     assert!(done >= 1 && done < total, "{done} of {total}");
     tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}
+
+#[test]
+fn send_file_sync_files_fetch_and_save_through_the_cli() -> Result<()> {
+    let world = World::new()?;
+    let alice = world.profile("alice")?;
+    let bob = world.profile("bob")?;
+    tidings_tests::connect(&alice, "bob", &bob, "alice")?;
+    let src = world.root().join("sermon-03.mp3");
+    make_file(&src, 4_200_000)?;
+    let src_arg = src.to_string_lossy().to_string();
+    let sent = alice.run(&["send-file", "bob", &src_arg])?.ok()?;
+    assert!(
+        sent.stderr.contains("[file] sermon-03.mp3 (4.2 MB)"),
+        "{}",
+        sent.stderr
+    );
+
+    let sync = bob.run(&["sync"])?.ok()?;
+    let line = sync
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("alice: [file] sermon-03.mp3 (4.2 MB)"))
+        .ok_or_else(|| anyhow!("sync shows no file line:\n{}", sync.stdout))?;
+    let id = line
+        .rsplit("(id ")
+        .next()
+        .and_then(|t| t.strip_suffix(')'))
+        .ok_or_else(|| anyhow!("no id in {line:?}"))?
+        .to_string();
+    let files = bob.run(&["files"])?.ok()?;
+    assert!(
+        files.stdout.contains(&id) && files.stdout.contains("not downloaded"),
+        "{}",
+        files.stdout
+    );
+    let out = world.root().join("saved.mp3");
+    let out_arg = out.to_string_lossy().to_string();
+    // Not fetched yet: save refuses and writes nothing.
+    let early = bob.run(&["save", &id, &out_arg])?;
+    assert!(
+        !early.status.success() && early.stderr.contains("not downloaded yet"),
+        "{}",
+        early.stderr
+    );
+    assert!(!out.exists());
+    bob.run(&["fetch", &id])?.ok()?;
+    let files = bob.run(&["files"])?.ok()?;
+    assert!(files.stdout.contains("(downloaded)"), "{}", files.stdout);
+    bob.run(&["save", &id, &out_arg])?.ok()?;
+    assert!(same_file(&src, &out)?);
+    // Neither home nor the relay holds the file's plaintext.
+    scan_dir(&alice.home, &[MARKER])?;
+    scan_dir(&bob.home, &[MARKER])?;
+    scan_dir(&world.root().join("relay"), &[MARKER])?;
     Ok(())
 }

@@ -19,8 +19,10 @@ use std::path::Path;
 
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
+use tidings_protocol::address::RelayAddress;
 use tidings_protocol::chunk::{ChunkKey, ChunkRecipient, ChunkSize, RecipientKeys, PIECE_LEN};
 use tidings_protocol::command::{Command, ErrorCode, ReplyKind};
+use tidings_protocol::file::{chunk_recipient_keys, FileChunk, FileDescription, MAX_FILE_CHUNKS};
 use tidings_protocol::ids::{ChunkRecipientId, ChunkSenderId, EntityId};
 use tidings_protocol::keys::{AuthSecretKey, DhPublicKey, DhSecretKey};
 use zeroize::Zeroizing;
@@ -28,6 +30,9 @@ use zeroize::Zeroizing;
 use super::crypt::{FileCipher, SegmentError, PREFIX_LEN, SEGMENT_LEN, SEGMENT_PLAIN_LEN};
 use crate::error::{ClientError, Result};
 use crate::relay::RelayLink;
+
+/// Requests in flight at once during a transfer (one block each way per request).
+const PIPELINE: usize = 16;
 
 /// Progress of a transfer, for a progress bar or plain lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,61 +86,33 @@ fn digest_of(path: &Path) -> Result<([u8; 32], u64)> {
     Ok((h.finalize().into(), n))
 }
 
-/// One recipient's keys for one chunk, and what the relay answered for it.
-#[derive(Clone)]
-pub struct ChunkAccess {
-    /// The chunk's size.
-    pub size: ChunkSize,
-    /// The recipient id.
-    pub id: ChunkRecipientId,
-    /// Signs `ChunkGet` and `ChunkAck`.
-    pub auth: AuthSecretKey,
-    /// Opens the relay's sealing of downloaded pieces (an X25519 secret).
-    pub dh: Zeroizing<[u8; 32]>,
-    /// The relay's key for this recipient.
-    pub relay_dh: DhPublicKey,
+/// One recipient's access to one chunk: derived from its seed and the description.
+struct ChunkAccess {
+    size: ChunkSize,
+    id: ChunkRecipientId,
+    auth: AuthSecretKey,
+    dh: DhSecretKey,
+    relay_dh: DhPublicKey,
 }
 
-impl std::fmt::Debug for ChunkAccess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ChunkAccess([redacted])")
+fn accesses(desc: &FileDescription) -> Result<Vec<ChunkAccess>> {
+    let mut out = Vec::with_capacity(desc.chunks.len());
+    for (i, c) in desc.chunks.iter().enumerate() {
+        let index = u32::try_from(i).map_err(|_| file_error(&desc.name, "too many chunks"))?;
+        let (auth, dh) = chunk_recipient_keys(&desc.seed, index)?;
+        out.push(ChunkAccess {
+            size: c.size,
+            id: c.id,
+            auth,
+            dh,
+            relay_dh: c.relay_dh,
+        });
     }
+    Ok(out)
 }
 
-/// What one recipient needs to fetch and open a file: sent to it end to end.
-#[derive(Clone)]
-pub struct FileDescription {
-    /// The file name as the sender gave it (hostile text on the receiver's screen).
-    pub name: String,
-    /// The media type, e.g. `audio/mpeg`.
-    pub media_type: String,
-    /// Plaintext size in bytes.
-    pub size: u64,
-    /// SHA-256 of the plaintext.
-    pub digest: [u8; 32],
-    /// The file key.
-    pub key: Zeroizing<[u8; 32]>,
-    /// The STREAM nonce prefix.
-    pub prefix: [u8; PREFIX_LEN],
-    /// The relay holding the chunks.
-    pub relay: String,
-    /// The chunks in order, with this recipient's access to each.
-    pub chunks: Vec<ChunkAccess>,
-}
-
-impl std::fmt::Debug for FileDescription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileDescription")
-            .field("size", &self.size)
-            .field("chunks", &self.chunks.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl FileDescription {
-    fn cipher(&self) -> FileCipher {
-        FileCipher::new(self.key.clone(), self.prefix, self.size)
-    }
+fn cipher_of(desc: &FileDescription) -> FileCipher {
+    FileCipher::new(desc.key.clone(), desc.prefix, desc.size)
 }
 
 /// One chunk of an upload.
@@ -143,9 +120,8 @@ impl FileDescription {
 struct UploadChunk {
     size: ChunkSize,
     auth: AuthSecretKey,
-    /// Per recipient (real first, then dummies) the keys handed to the relay.
-    recipients: Vec<(AuthSecretKey, Zeroizing<[u8; 32]>)>,
-    /// Set once the relay created it.
+    /// Set once the relay created it: its sender id and, per recipient (real first, then
+    /// dummies), the recipient id and relay key.
     created: Option<(ChunkSenderId, Vec<ChunkRecipient>)>,
     complete: bool,
 }
@@ -155,11 +131,14 @@ struct UploadChunk {
 pub struct UploadState {
     name: String,
     media_type: String,
-    relay: String,
+    relay: RelayAddress,
     size: u64,
     digest: [u8; 32],
     key: Zeroizing<[u8; 32]>,
     prefix: [u8; PREFIX_LEN],
+    voice_secs: Option<u32>,
+    /// One chunk key seed per recipient: the real ones first, then the dummies.
+    seeds: Vec<Zeroizing<[u8; 32]>>,
     real: usize,
     chunks: Vec<UploadChunk>,
 }
@@ -176,6 +155,12 @@ impl std::fmt::Debug for UploadState {
     }
 }
 
+fn random32() -> Zeroizing<[u8; 32]> {
+    let mut k = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(k.as_mut());
+    k
+}
+
 impl UploadState {
     /// Plans the upload of `path` to `relay` for `recipients` real recipients plus
     /// `dummies` dummy ones (keys nobody holds), with a fresh random key.
@@ -183,29 +168,27 @@ impl UploadState {
         path: &Path,
         name: &str,
         media_type: &str,
-        relay: &str,
+        relay: &RelayAddress,
         recipients: usize,
         dummies: usize,
     ) -> Result<Self> {
         let (digest, size) = digest_of(path)?;
-        let mut key = Zeroizing::new([0u8; 32]);
-        OsRng.fill_bytes(key.as_mut());
+        let key = random32();
         let mut prefix = [0u8; PREFIX_LEN];
         OsRng.fill_bytes(&mut prefix);
         let cipher = FileCipher::new(key.clone(), prefix, size);
-        let chunks = plan_chunks(cipher.encrypted_len())
+        let plan = plan_chunks(cipher.encrypted_len());
+        if plan.len() > MAX_FILE_CHUNKS {
+            return Err(ClientError::FileTooLarge {
+                size,
+                max: MAX_FILE_CHUNKS as u64 * u64::from(ChunkSize::MAX_BYTES),
+            });
+        }
+        let chunks = plan
             .into_iter()
             .map(|size| UploadChunk {
                 size,
                 auth: AuthSecretKey::generate(&mut OsRng),
-                recipients: (0..recipients + dummies)
-                    .map(|_| {
-                        (
-                            AuthSecretKey::generate(&mut OsRng),
-                            DhSecretKey::generate(&mut OsRng).to_bytes(),
-                        )
-                    })
-                    .collect(),
                 created: None,
                 complete: false,
             })
@@ -213,14 +196,21 @@ impl UploadState {
         Ok(Self {
             name: name.to_string(),
             media_type: media_type.to_string(),
-            relay: relay.to_string(),
+            relay: relay.clone(),
             size,
             digest,
             key,
             prefix,
+            voice_secs: None,
+            seeds: (0..recipients + dummies).map(|_| random32()).collect(),
             real: recipients,
             chunks,
         })
+    }
+
+    /// Marks the file as a voice note of `secs` seconds.
+    pub fn set_voice(&mut self, secs: u32) {
+        self.voice_secs = Some(secs);
     }
 
     /// Whether every chunk is uploaded and complete on the relay.
@@ -246,28 +236,43 @@ impl UploadState {
             let mut chunks = Vec::with_capacity(self.chunks.len());
             for c in &self.chunks {
                 let (_, answer) = c.created.as_ref()?;
-                let (auth, dh) = c.recipients.get(r)?;
                 let ans = answer.get(r)?;
-                chunks.push(ChunkAccess {
+                chunks.push(FileChunk {
                     size: c.size,
                     id: ans.id,
-                    auth: auth.clone(),
-                    dh: dh.clone(),
                     relay_dh: ans.relay_dh,
                 });
             }
             out.push(FileDescription {
+                voice: self.voice_secs.is_some(),
+                size: self.size,
+                duration_secs: self.voice_secs.unwrap_or(0),
                 name: self.name.clone(),
                 media_type: self.media_type.clone(),
-                size: self.size,
                 digest: self.digest,
                 key: self.key.clone(),
                 prefix: self.prefix,
+                seed: self.seeds.get(r)?.clone(),
                 relay: self.relay.clone(),
                 chunks,
             });
         }
         Some(out)
+    }
+
+    /// The keys handed to the relay for chunk `index`, one per recipient.
+    fn recipient_keys(&self, index: usize) -> Result<Vec<RecipientKeys>> {
+        let index = u32::try_from(index).map_err(|_| ClientError::Crypto)?;
+        self.seeds
+            .iter()
+            .map(|seed| {
+                let (auth, dh) = chunk_recipient_keys(seed, index)?;
+                Ok(RecipientKeys {
+                    auth: auth.public(),
+                    dh: dh.public(),
+                })
+            })
+            .collect()
     }
 }
 
@@ -335,23 +340,16 @@ pub async fn upload<L: RelayLink>(
         let sender = match &chunk.created {
             Some((sender, _)) => *sender,
             None => {
+                let recipients = state.recipient_keys(index)?;
+                let expected = recipients.len();
                 let command = Command::ChunkNew {
                     size: chunk.size,
                     sender: chunk.auth.public(),
-                    recipients: chunk
-                        .recipients
-                        .iter()
-                        .map(|(a, d)| RecipientKeys {
-                            auth: a.public(),
-                            dh: DhSecretKey::from_bytes(d).public(),
-                        })
-                        .collect(),
+                    recipients,
                 };
                 let req = link.signed(EntityId::NONE, command, &chunk.auth)?;
                 match link.request(req).await?.kind {
-                    ReplyKind::ChunkIds { sender, recipients }
-                        if recipients.len() == chunk.recipients.len() =>
-                    {
+                    ReplyKind::ChunkIds { sender, recipients } if recipients.len() == expected => {
                         if let Some(c) = state.chunks.get_mut(index) {
                             c.created = Some((sender, recipients));
                         }
@@ -369,22 +367,30 @@ pub async fn upload<L: RelayLink>(
         };
         let data = encrypt_chunk(&mut file, path, &cipher, start, chunk.size)?;
         while offset < chunk.size.bytes() {
-            let len = chunk.size.piece_len(offset).ok_or(ClientError::Crypto)?;
-            let from = offset as usize;
-            let piece = data
-                .get(from..from + len)
-                .ok_or(ClientError::Crypto)?
-                .to_vec();
-            let req = link.signed(
-                sender.into(),
-                Command::ChunkPut { offset, piece },
-                &chunk.auth,
-            )?;
-            match link.request(req).await?.kind {
-                ReplyKind::Ok => {}
-                other => return Err(relay_error(other)),
+            // Up to PIPELINE pieces in flight; the relay answers each once durable, in order.
+            let mut batch = Vec::with_capacity(PIPELINE);
+            let mut next = offset;
+            while next < chunk.size.bytes() && batch.len() < PIPELINE {
+                let len = chunk.size.piece_len(next).ok_or(ClientError::Crypto)?;
+                let from = next as usize;
+                let piece = data
+                    .get(from..from + len)
+                    .ok_or(ClientError::Crypto)?
+                    .to_vec();
+                let command = Command::ChunkPut {
+                    offset: next,
+                    piece,
+                };
+                batch.push(link.signed(sender.into(), command, &chunk.auth)?);
+                next += len as u32;
             }
-            offset += len as u32;
+            for reply in link.batch(batch).await? {
+                match reply.kind {
+                    ReplyKind::Ok => {}
+                    other => return Err(relay_error(other)),
+                }
+            }
+            offset = next;
             progress(Progress {
                 done: start + u64::from(offset),
                 total,
@@ -409,6 +415,34 @@ pub struct DownloadState {
 }
 
 impl DownloadState {
+    /// A download of `desc` resumed from what `encrypted` already holds: a chunk whose every
+    /// segment opens under the file key counts as done (so a fetch cut off earlier, even by
+    /// a kill, resumes after the chunks it finished).
+    pub fn resume(desc: &FileDescription, encrypted: &Path) -> Self {
+        let mut state = Self::new(desc);
+        let Ok(mut file) = File::open(encrypted) else {
+            return state;
+        };
+        let cipher = cipher_of(desc);
+        let mut buf = vec![0u8; SEGMENT_LEN];
+        let mut segment = 0u64;
+        for (i, c) in desc.chunks.iter().enumerate() {
+            let count = u64::from(c.size.bytes()) / SEGMENT_LEN as u64;
+            let mut ok = file
+                .seek(SeekFrom::Start(segment * SEGMENT_LEN as u64))
+                .is_ok();
+            for s in segment..segment + count {
+                ok =
+                    ok && file.read_exact(&mut buf).is_ok() && cipher.open_segment(s, &buf).is_ok();
+            }
+            if let Some(d) = state.done.get_mut(i) {
+                *d = ok;
+            }
+            segment += count;
+        }
+        state
+    }
+
     /// A download of `desc` not yet started.
     pub fn new(desc: &FileDescription) -> Self {
         Self {
@@ -424,32 +458,55 @@ async fn fetch_chunk<L: RelayLink>(
     access: &ChunkAccess,
     name: &str,
 ) -> Result<Vec<u8>> {
-    let key = ChunkKey::for_recipient(&DhSecretKey::from_bytes(&access.dh), &access.relay_dh)?;
+    let key = ChunkKey::for_recipient(&access.dh, &access.relay_dh)?;
     let mut out = Vec::with_capacity(access.size.bytes() as usize);
-    for p in 0..access.size.pieces() {
-        let offset = p * PIECE_LEN as u32;
-        let req = link.signed(access.id.into(), Command::ChunkGet { offset }, &access.auth)?;
-        match link.request(req).await?.kind {
-            ReplyKind::ChunkData {
-                offset: got,
-                nonce,
-                sealed,
-            } if got == offset => {
-                let piece = key
-                    .open(&nonce, offset, &sealed)
-                    .map_err(|_| file_error(name, "a piece from the relay did not authenticate"))?;
-                if Some(piece.len()) != access.size.piece_len(offset) {
-                    return Err(file_error(name, "a piece has the wrong length"));
-                }
-                out.extend_from_slice(&piece);
-            }
-            ReplyKind::Error(ErrorCode::Auth) => {
-                return Err(ClientError::FileGone(name.to_string()))
-            }
-            other => return Err(relay_error(other)),
+    let pieces: Vec<u32> = (0..access.size.pieces())
+        .map(|p| p * PIECE_LEN as u32)
+        .collect();
+    for group in pieces.chunks(PIPELINE) {
+        let mut batch = Vec::with_capacity(group.len());
+        for offset in group {
+            let command = Command::ChunkGet { offset: *offset };
+            batch.push(link.signed(access.id.into(), command, &access.auth)?);
+        }
+        let replies = link.batch(batch).await?;
+        if replies.len() != group.len() {
+            return Err(ClientError::ConnectionLost);
+        }
+        for (offset, reply) in group.iter().copied().zip(replies) {
+            open_piece(&key, access, name, offset, reply.kind, &mut out)?;
         }
     }
     Ok(out)
+}
+
+/// Opens one downloaded piece and appends it.
+fn open_piece(
+    key: &ChunkKey,
+    access: &ChunkAccess,
+    name: &str,
+    offset: u32,
+    kind: ReplyKind,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    match kind {
+        ReplyKind::ChunkData {
+            offset: got,
+            nonce,
+            sealed,
+        } if got == offset => {
+            let piece = key
+                .open(&nonce, offset, &sealed)
+                .map_err(|_| file_error(name, "a piece from the relay did not authenticate"))?;
+            if Some(piece.len()) != access.size.piece_len(offset) {
+                return Err(file_error(name, "a piece has the wrong length"));
+            }
+            out.extend_from_slice(&piece);
+            Ok(())
+        }
+        ReplyKind::Error(ErrorCode::Auth) => Err(ClientError::FileGone(name.to_string())),
+        other => Err(relay_error(other)),
+    }
 }
 
 /// Downloads (or resumes downloading) `desc` into `encrypted` (the file's encrypted bytes),
@@ -463,8 +520,9 @@ pub async fn download<L: RelayLink>(
     mut save: impl FnMut(&DownloadState) -> Result<()>,
     mut progress: impl FnMut(Progress),
 ) -> Result<()> {
-    let cipher = desc.cipher();
+    let cipher = cipher_of(desc);
     let total = cipher.encrypted_len();
+    let access = accesses(desc)?;
     let planned: u64 = desc.chunks.iter().map(|c| u64::from(c.size.bytes())).sum();
     if planned != total || state.done.len() != desc.chunks.len() {
         return Err(file_error(
@@ -480,7 +538,7 @@ pub async fn download<L: RelayLink>(
         .open(encrypted)
         .map_err(io(encrypted))?;
     let mut start = 0u64;
-    for (i, access) in desc.chunks.iter().enumerate() {
+    for (i, access) in access.iter().enumerate() {
         let bytes = u64::from(access.size.bytes());
         if !state.done.get(i).copied().unwrap_or(false) {
             let data = fetch_chunk(link, access, &desc.name).await?;
@@ -498,7 +556,7 @@ pub async fn download<L: RelayLink>(
     verify(&mut file, encrypted, desc)?;
     state.verified = true;
     save(state)?;
-    for access in &desc.chunks {
+    for access in &access {
         let req = link.signed(access.id.into(), Command::ChunkAck, &access.auth)?;
         // The chunk expires anyway; an ack that fails only leaves it there until then.
         let _ = link.request(req).await;
@@ -524,7 +582,7 @@ fn decrypt_all(
     desc: &FileDescription,
     mut out: Option<&mut dyn Write>,
 ) -> Result<()> {
-    let cipher = desc.cipher();
+    let cipher = cipher_of(desc);
     let len = file.metadata().map_err(io(path))?.len();
     if len != cipher.encrypted_len() {
         return Err(file_error(&desc.name, "it is cut short"));

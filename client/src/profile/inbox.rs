@@ -256,6 +256,11 @@ impl Profile {
                 contact.they_expect_since = app.sent_at.min(now);
                 None
             }
+            AppBody::File(desc) => {
+                let line = self.keep_file(&mut b, contact.id, desc, now)?;
+                let kind = if desc.voice { "voice" } else { "file" };
+                Some((line.clone(), HISTORY_FILE, line, kind))
+            }
         };
         if let Some((text, kind, shown, shown_kind)) = entry {
             let record = HistoryRecord {

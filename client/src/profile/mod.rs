@@ -154,6 +154,8 @@ const HISTORY_CHECKIN: u8 = 1;
 const HISTORY_DURESS: u8 = 2;
 /// A local note: the user acknowledged a DURESS check-in (`due --ack`).
 const HISTORY_DURESS_ACK: u8 = 3;
+/// A received file or voice note (the text is the line `sync` showed).
+const HISTORY_FILE: u8 = 4;
 
 /// How a check-in reads in `sync`, `listen` and `history`.
 fn checkin_line(note: &str, duress: bool) -> String {
@@ -678,6 +680,7 @@ fn put_seen(b: &mut Batch, contact: &[u8; 16], id: &AppMessageId, at: u64) -> Re
 
 mod checkins;
 mod contacts;
+mod files;
 mod history;
 mod inbox;
 mod outbox;
