@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand};
 use tidings_client::lock::KeyFileWatch;
-use tidings_client::profile::{check_new_passphrase, ListenEvent, Profile, Received};
+use tidings_client::profile::{check_new_passphrase, ListenEvent, OutgoingFile, Profile, Received};
 use tidings_client::relay::QuicConnector;
 use tidings_client::safety::{format_duration, LATE_CHECKIN_SECS};
 use tidings_client::screen;
@@ -696,11 +696,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let media = media_type(&path);
             let mut bar = Progress::new(json, "upload");
             let line = runtime()?
-                .block_on(
-                    profile.send_file(&net, &name, &path, media, None, now(), |p| {
-                        bar.update(p.done, p.total)
-                    }),
-                )
+                .block_on(profile.send_file(
+                    &net,
+                    &name,
+                    OutgoingFile {
+                        path: &path,
+                        media_type: media,
+                        voice_secs: None,
+                    },
+                    now(),
+                    |p| bar.update(p.done, p.total),
+                ))
                 .map_err(friendly)?;
             bar.finish();
             done(format_args!(

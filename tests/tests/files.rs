@@ -4,6 +4,9 @@
 //! per-address chunk share, one upload to three recipients with unlinkable ids, and a raw
 //! scan of the relay's data dir and the receiver's files for a plaintext marker.
 
+// Test code: a failed index is a failed test.
+#![allow(clippy::indexing_slicing)]
+
 use std::path::Path;
 use std::time::Duration;
 

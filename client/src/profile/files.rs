@@ -140,6 +140,17 @@ fn blob_path(home: &std::path::Path, id: &str) -> std::path::PathBuf {
     home.join("files").join(id)
 }
 
+/// A file to send: where it is, its media type, and for a voice note its length.
+#[derive(Debug, Clone)]
+pub struct OutgoingFile<'a> {
+    /// The file.
+    pub path: &'a std::path::Path,
+    /// Its media type (`audio/mpeg`).
+    pub media_type: &'a str,
+    /// Seconds, for a voice note.
+    pub voice_secs: Option<u32>,
+}
+
 impl Profile {
     /// Encrypts and uploads the file at `path` to this profile's relay, then sends its
     /// description to `label` (as a voice note of `voice_secs` seconds if given). Returns the
@@ -148,12 +159,15 @@ impl Profile {
         &mut self,
         net: &C,
         label: &str,
-        path: &std::path::Path,
-        media_type: &str,
-        voice_secs: Option<u32>,
+        file: OutgoingFile<'_>,
         now: u64,
         progress: impl FnMut(crate::files::Progress),
     ) -> Result<String> {
+        let OutgoingFile {
+            path,
+            media_type,
+            voice_secs,
+        } = file;
         // Fail before uploading anything if the contact cannot receive.
         let _ = self.contact_by_label(label)?;
         let name = path

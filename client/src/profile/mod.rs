@@ -681,6 +681,7 @@ fn put_seen(b: &mut Batch, contact: &[u8; 16], id: &AppMessageId, at: u64) -> Re
 mod checkins;
 mod contacts;
 mod files;
+pub use files::{file_line, FileInfo, OutgoingFile};
 mod history;
 mod inbox;
 mod outbox;
