@@ -1488,7 +1488,7 @@ mod tests {
             b"kept"
         );
         assert!(s.get(Tree::Meta, SHADOW_KEY_ENTRY).unwrap().is_some());
-        assert_eq!(s.shape().len(), 12, "six trees and a shadow's six");
+        assert_eq!(s.shape().len(), 14, "seven trees and a shadow's seven");
     }
 
     #[test]

@@ -201,4 +201,39 @@ mod tests {
         assert_eq!(c.open_segment(1, &s1[..1000]), Err(SegmentError::Truncated));
         Ok(())
     }
+
+    /// The STREAM construction here matches the documented formula (PROTOCOL.md 15.7), as
+    /// recorded in protocol/tests/vectors/files.json.
+    #[test]
+    fn segments_match_the_known_answer_vectors() -> Result<(), Box<dyn std::error::Error>> {
+        use sha2::{Digest, Sha256};
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../protocol/tests/vectors/files.json");
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+        let hexed = |k: &str| v[k].as_str().map(str::to_string).unwrap_or_default();
+        let unhex = |s: &str| -> Vec<u8> {
+            (0..s.len() / 2)
+                .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect()
+        };
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(&unhex(&hexed("key_hex")));
+        let mut prefix = [0u8; PREFIX_LEN];
+        prefix.copy_from_slice(&unhex(&hexed("prefix_hex")));
+        let len = v["plaintext_len"].as_u64().unwrap_or(0);
+        let c = FileCipher::new(key, prefix, len);
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let segments = v["segments"].as_array().cloned().unwrap_or_default();
+        assert_eq!(segments.len() as u64, c.segments());
+        for (i, seg) in segments.iter().enumerate() {
+            let i = i as u64;
+            let start = (i as usize) * SEGMENT_PLAIN_LEN;
+            let sealed = c
+                .seal_segment(i, &data[start..start + c.plain_len(i)])
+                .map_err(|e| format!("{e:?}"))?;
+            let want = seg["sha256_of_sealed_hex"].as_str().unwrap_or_default();
+            assert_eq!(unhex(want), Sha256::digest(&sealed).to_vec(), "segment {i}");
+        }
+        Ok(())
+    }
 }
