@@ -1,4 +1,4 @@
-"""An independent implementation of PROTOCOL.md sections 2 to 10 and 15, written from the document
+"""An independent implementation of PROTOCOL.md sections 2 to 10 and 15 (chunks and files), written from the document
 alone (not from the Rust), checked against the known-answer vectors in protocol/tests/vectors,
 and the safety code of section 12.8 against client/tests/vectors/safety_code.txt.
 
@@ -276,6 +276,53 @@ for c in ch['pieces']:
     check('chunk piece ' + c['name'], sealed.hex() == c['sealed_hex'] and piece == bytes(i % 251 for i in range(len(piece))))
 off, nonce, sealed = replies['chunk_data']
 check('chunk data reply', sealed == xchacha_seal(keys[0], nonce, struct.pack('>I', off), bytes(i % 251 for i in range(PIECE))))
+
+
+# ---------- sections 15.7-15.8: file encryption and description (files.json) ----------
+fv = load('files.json')
+fkey, fprefix = bytes.fromhex(fv['key_hex']), bytes.fromhex(fv['prefix_hex'])
+flen = fv['plaintext_len']
+fplain = bytes(i % 251 for i in range(flen))
+faad = b'tidings file v1' + struct.pack('>Q', flen)
+check('file aad', faad.hex() == fv['aad_hex'])
+nseg = max(1, -(-flen // 65520))
+check('file segments', len(fv['segments']) == nseg)
+for seg in fv['segments']:
+    i = seg['index']; last = i == nseg - 1
+    nonce = fprefix + struct.pack('>I', i) + bytes([1 if last else 0])
+    pt = fplain[i * 65520:(i + 1) * 65520].ljust(65520, b'\0')
+    ct = xchacha_seal(fkey, nonce, faad, pt)
+    check('file segment %d' % i, len(ct) == 65536 and nonce.hex() == seg['nonce_hex'] and seg['last'] == last
+          and hashlib.sha256(ct).hexdigest() == seg['sha256_of_sealed_hex']
+          and ct[:32].hex() == seg['sealed_head_hex'] and ct[-32:].hex() == seg['sealed_tail_hex'])
+check('file digest', hashlib.sha256(fplain).hexdigest() == fv['plaintext_sha256_hex'])
+seed = bytes.fromhex(fv['seed_hex'])
+check('chunk seed info', fv['chunk_seed_info_hex'] == b'tidings chunk recipient keys v1'.hex())
+def chunk_keys(seed, index):
+    okm = hkdf(seed, b'tidings chunk recipient keys v1' + struct.pack('>I', index), 64)
+    return raw_pub(Ed25519PrivateKey.from_private_bytes(okm[:32])), x25519_pub(okm[32:])
+a0, d0 = chunk_keys(seed, 0); a1, _ = chunk_keys(seed, 1)
+check('chunk keys from seed', a0.hex() == fv['chunk0_auth_public_hex'] and d0.hex() == fv['chunk0_dh_public_hex'] and a1.hex() == fv['chunk1_auth_public_hex'])
+def decode_description(b):
+    """PROTOCOL.md 15.8, strictly."""
+    if b[0] != 1 or b[1] & ~1: raise ValueError('version/flags')
+    voice = bool(b[1] & 1); size, dur = struct.unpack('>QI', b[2:14]); at = 14
+    nl = b[at]; name = b[at + 1:at + 1 + nl].decode(); at += 1 + nl
+    ml = b[at]; media = b[at + 1:at + 1 + ml].decode('ascii'); at += 1 + ml
+    if not (1 <= nl <= 255 and 1 <= ml <= 127): raise ValueError('lengths')
+    digest, key, prefix, sd = b[at:at + 32], b[at + 32:at + 64], b[at + 64:at + 83], b[at + 83:at + 115]; at += 115
+    rl = struct.unpack('>H', b[at:at + 2])[0]; relay = b[at + 2:at + 2 + rl].decode(); at += 2 + rl
+    n = struct.unpack('>H', b[at:at + 2])[0]; at += 2
+    chunks = [(b[at + 57 * i], b[at + 57 * i + 1:at + 57 * i + 25], b[at + 57 * i + 25:at + 57 * i + 57]) for i in range(n)]
+    at += 57 * n
+    if at != len(b) or not 1 <= n <= 120: raise ValueError('trailing or count')
+    if sum(SIZES[c[0]] for c in chunks) != max(1, -(-size // 65520)) * 65536: raise ValueError('chunk sizes')
+    if not voice and dur: raise ValueError('duration')
+    return dict(voice=voice, size=size, duration=dur, name=name, media=media, digest=digest, key=key, prefix=prefix, seed=sd, relay=relay, chunks=chunks)
+d = decode_description(bytes.fromhex(fv['description_hex']))
+check('file description', d['voice'] and d['size'] == flen and d['duration'] == 42 and d['name'] == 'sermon-03.mp3'
+      and d['media'] == 'audio/mpeg' and d['digest'].hex() == fv['plaintext_sha256_hex'] and d['key'] == fkey
+      and d['prefix'] == fprefix and d['seed'] == seed and parse_address(d['relay']) is not None and len(d['chunks']) == 2)
 
 # ---------- section 4-5: Noise NK ----------
 HASHLEN = 32
