@@ -118,6 +118,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Send a voice note (Ogg/Opus or MP3): like `send-file`, shown as `[voice M:SS]`.
+    SendVoice {
+        /// The contact's name.
+        name: String,
+        /// The recording.
+        path: std::path::PathBuf,
+        /// Print progress as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the files contacts sent you.
     Files {
         /// One JSON object per file.
@@ -691,29 +701,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => return Err(e.into()),
             }
         }
+        Cmd::SendVoice { name, path, json } => {
+            let secs = tidings_client::files::duration::audio_duration_secs(&path).ok_or_else(|| {
+                anyhow!(
+                    "{} is not an Ogg/Opus or MP3 recording whose length can be read; send it with send-file instead (nothing was sent)",
+                    path.display()
+                )
+            })?;
+            send_file_cmd(&home, &net, &name, &path, Some(secs), json)?;
+        }
         Cmd::SendFile { name, path, json } => {
-            let mut profile = open(&home)?;
-            let media = media_type(&path);
-            let mut bar = Progress::new(json, "upload");
-            let line = runtime()?
-                .block_on(profile.send_file(
-                    &net,
-                    &name,
-                    OutgoingFile {
-                        path: &path,
-                        media_type: media,
-                        voice_secs: None,
-                    },
-                    now(),
-                    |p| bar.update(p.done, p.total),
-                ))
-                .map_err(friendly)?;
-            bar.finish();
-            done(format_args!(
-                "sent to {}: {}",
-                screen::inline(&name),
-                screen::inline(&line)
-            ));
+            send_file_cmd(&home, &net, &name, &path, None, json)?;
         }
         Cmd::Files { json } => {
             let profile = open(&home)?;
@@ -1108,4 +1106,32 @@ impl Progress {
             );
         }
     }
+}
+
+/// `send-file` and `send-voice`.
+fn send_file_cmd(
+    home: &std::path::Path,
+    net: &QuicConnector,
+    name: &str,
+    path: &std::path::Path,
+    voice_secs: Option<u32>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut profile = open(home)?;
+    let mut bar = Progress::new(json, "upload");
+    let file = OutgoingFile {
+        path,
+        media_type: media_type(path),
+        voice_secs,
+    };
+    let line = runtime()?
+        .block_on(profile.send_file(net, name, file, now(), |p| bar.update(p.done, p.total)))
+        .map_err(friendly)?;
+    bar.finish();
+    done(format_args!(
+        "sent to {}: {}",
+        screen::inline(name),
+        screen::inline(&line)
+    ));
+    Ok(())
 }

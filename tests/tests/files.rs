@@ -424,9 +424,52 @@ fn send_file_sync_files_fetch_and_save_through_the_cli() -> Result<()> {
     assert!(files.stdout.contains("(downloaded)"), "{}", files.stdout);
     bob.run(&["save", &id, &out_arg])?.ok()?;
     assert!(same_file(&src, &out)?);
+    // A voice note shows its length, read from the Ogg/Opus container.
+    let note = world.root().join("note.ogg");
+    let mut ogg = ogg_page(0, &opus_head());
+    ogg.extend(std::iter::repeat_n(0x55u8, 50_000));
+    ogg.extend(ogg_page(42 * 48_000 + 312, b"audio"));
+    std::fs::write(&note, &ogg)?;
+    alice
+        .run(&["send-voice", "bob", &note.to_string_lossy()])?
+        .ok()?;
+    let sync = bob.run(&["sync"])?.ok()?;
+    assert!(
+        sync.stdout
+            .lines()
+            .any(|l| l.starts_with("alice: [voice 0:42] (id ")),
+        "{}",
+        sync.stdout
+    );
+    // Not a recording: refused, nothing sent.
+    let bad = alice.run(&["send-voice", "bob", &src_arg])?;
+    assert!(
+        !bad.status.success() && bad.stderr.contains("nothing was sent"),
+        "{}",
+        bad.stderr
+    );
     // Neither home nor the relay holds the file's plaintext.
     scan_dir(&alice.home, &[MARKER])?;
     scan_dir(&bob.home, &[MARKER])?;
     scan_dir(&world.root().join("relay"), &[MARKER])?;
     Ok(())
+}
+
+fn opus_head() -> Vec<u8> {
+    let mut head = b"OpusHead".to_vec();
+    head.extend_from_slice(&[1, 1]);
+    head.extend_from_slice(&312u16.to_le_bytes());
+    head.extend_from_slice(&48_000u32.to_le_bytes());
+    head
+}
+
+fn ogg_page(granule: i64, packet: &[u8]) -> Vec<u8> {
+    let mut p = b"OggS".to_vec();
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(&granule.to_le_bytes());
+    p.extend_from_slice(&[0; 12]);
+    p.push(1);
+    p.push(u8::try_from(packet.len()).unwrap_or(255));
+    p.extend_from_slice(packet);
+    p
 }

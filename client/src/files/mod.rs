@@ -2,6 +2,7 @@
 //!
 //! - [`crypt`]: the file's own encryption (STREAM over XChaCha20-Poly1305, 64 KiB segments,
 //!   padded to whole segments), with a random key per file.
+//! - [`duration`]: a voice note's length from its Ogg (Opus, Vorbis) or MP3 headers.
 //! - [`transfer`]: cutting the encrypted file into chunks of the four chunk sizes, uploading
 //!   them for every recipient (real and dummy) with resume after a kill, a drop or a relay
 //!   restart, and downloading, checking and decrypting them again.
@@ -10,6 +11,7 @@
 //! (dummies included); never a name, a key, a digest or a byte of the file.
 
 pub mod crypt;
+pub mod duration;
 pub mod transfer;
 
 pub use tidings_protocol::file::FileDescription;
