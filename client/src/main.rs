@@ -128,6 +128,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Set the largest received file `sync` downloads by itself (default 2 MB; 0: none).
+    AutoDownload {
+        /// A size: `0`, `500kB`, `2MB`, `1GB` (or plain bytes).
+        size: String,
+    },
     /// List the files contacts sent you.
     Files {
         /// One JSON object per file.
@@ -613,13 +618,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for r in &report.received {
                 print_received(r, json)?;
             }
+            for id in &report.fetched {
+                done(format_args!(
+                    "downloaded file {id} (`tidings save {id} PATH` writes it out)"
+                ));
+            }
             for name in &report.connected {
                 done(format_args!("{} is now connected", screen::inline(name)));
             }
             if report.sent > 0 {
                 done(format_args!("sent {} waiting message(s)", report.sent));
             }
-            if report.received.is_empty() && report.connected.is_empty() && report.error.is_none() {
+            if report.received.is_empty()
+                && report.connected.is_empty()
+                && report.fetched.is_empty()
+                && report.error.is_none()
+            {
                 done("nothing new");
             }
             if report.dropped > 0 {
@@ -712,6 +726,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::SendFile { name, path, json } => {
             send_file_cmd(&home, &net, &name, &path, None, json)?;
+        }
+        Cmd::AutoDownload { size } => {
+            let bytes = parse_size(&size).ok_or_else(|| {
+                anyhow!("sizes look like 0, 500kB, 2MB or 1GB; nothing was changed")
+            })?;
+            let mut profile = open(&home)?;
+            profile.set_auto_download(bytes)?;
+            done(format_args!(
+                "sync now downloads received files of up to {bytes} bytes by itself"
+            ));
         }
         Cmd::Files { json } => {
             let profile = open(&home)?;
@@ -1134,4 +1158,20 @@ fn send_file_cmd(
         screen::inline(&line)
     ));
     Ok(())
+}
+
+/// `0`, `500kB`, `2MB`, `1GB` or plain bytes (powers of 1,000, as sizes are shown).
+fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1_000,
+        "mb" | "m" => 1_000_000,
+        "gb" | "g" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }

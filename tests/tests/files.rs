@@ -441,6 +441,17 @@ fn send_file_sync_files_fetch_and_save_through_the_cli() -> Result<()> {
         "{}",
         sync.stdout
     );
+    // Under the auto-download size (2 MB by default): downloaded by the sync itself.
+    assert!(sync.stderr.contains("downloaded file"), "{}", sync.stderr);
+    let files = bob.run(&["files"])?.ok()?;
+    assert!(
+        files
+            .stdout
+            .lines()
+            .any(|l| l.contains("[voice 0:42]") && l.ends_with("(downloaded)")),
+        "{}",
+        files.stdout
+    );
     // Not a recording: refused, nothing sent.
     let bad = alice.run(&["send-voice", "bob", &src_arg])?;
     assert!(

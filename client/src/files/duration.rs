@@ -69,6 +69,39 @@ fn ogg_secs(head: &[u8], tail: &[u8]) -> Option<f64> {
     Some(((granule as f64) - pre_skip).max(0.0) / rate)
 }
 
+/// The length of the MPEG audio layer III frame whose header is at `at`, if one is there.
+fn frame_len(b: &[u8], at: usize) -> Option<usize> {
+    let h = be_u32(b, at)?;
+    if h >> 21 != 0x7ff {
+        return None;
+    }
+    let version = (h >> 19) & 3;
+    let layer = (h >> 17) & 3;
+    let bitrate_index = ((h >> 12) & 0xf) as usize;
+    let rate_index = ((h >> 10) & 3) as usize;
+    let padding = ((h >> 9) & 1) as usize;
+    if layer != 1 || version == 1 || rate_index == 3 || bitrate_index == 0 || bitrate_index == 15 {
+        return None;
+    }
+    let kbps: [usize; 15] = if version == 3 {
+        [
+            0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+        ]
+    } else {
+        [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160]
+    };
+    let base = [44_100usize, 48_000, 32_000];
+    let rate = base.get(rate_index)?
+        >> match version {
+            3 => 0,
+            2 => 1,
+            _ => 2,
+        };
+    let coefficient = if version == 3 { 144 } else { 72 };
+    let n = coefficient * 1000 * kbps.get(bitrate_index)? / rate + padding;
+    (n > 4).then_some(n)
+}
+
 fn mp3_secs(head: &[u8], len: u64) -> Option<f64> {
     // Skip an ID3v2 tag (its size is four 7-bit bytes).
     let mut at = 0usize;
@@ -79,10 +112,12 @@ fn mp3_secs(head: &[u8], len: u64) -> Option<f64> {
             .fold(0usize, |acc, b| (acc << 7) | usize::from(b & 0x7f));
         at = 10 + size;
     }
-    // The first frame header: 11 sync bits.
-    let start = (at..head.len().saturating_sub(4)).find(|&i| {
-        head.get(i) == Some(&0xff) && head.get(i + 1).is_some_and(|b| b & 0xe0 == 0xe0)
-    })?;
+    // The first frame header (11 sync bits) right after the tag, or after a little padding;
+    // and a second frame header where the first frame ends, so random bytes are not taken
+    // for audio.
+    let window = head.len().saturating_sub(4).min(at + 4096);
+    let start = (at..window)
+        .find(|&i| frame_len(head, i).is_some_and(|n| frame_len(head, i + n).is_some()))?;
     let h = be_u32(head, start)?;
     let version = (h >> 19) & 3; // 3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5
     let layer = (h >> 17) & 3; // 1: layer III
@@ -164,9 +199,13 @@ mod tests {
 
     #[test]
     fn cbr_mp3_length_comes_from_its_bit_rate_and_junk_is_none() -> std::io::Result<()> {
-        // MPEG-1 layer III, 128 kbit/s, 44.1 kHz, stereo: FF FB 90 00.
-        let mut file = vec![0xff, 0xfb, 0x90, 0x00];
-        file.resize(128_000 / 8 * 30, 0);
+        // MPEG-1 layer III, 128 kbit/s, 44.1 kHz, stereo: FF FB 90 00, 417-byte frames.
+        let mut file = Vec::new();
+        while file.len() < 128_000 / 8 * 30 {
+            file.extend_from_slice(&[0xff, 0xfb, 0x90, 0x00]);
+            file.extend_from_slice(&[0u8; 413]);
+        }
+        file.truncate(128_000 / 8 * 30);
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("note.mp3");
         std::fs::write(&path, &file)?;

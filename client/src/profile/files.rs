@@ -247,3 +247,65 @@ impl Profile {
         crate::files::save_plaintext(&blob_path(self.store.home(), id), &desc, out)
     }
 }
+
+/// Where the auto-download size is kept (tree `meta`).
+const META_AUTO_DOWNLOAD: &[u8] = b"auto_download";
+
+/// Files up to this many bytes are downloaded by `sync` unless the user sets another size:
+/// voice notes and short recordings arrive with the message, a sermon waits for `fetch`.
+pub const DEFAULT_AUTO_DOWNLOAD: u64 = 2_000_000;
+
+impl Profile {
+    /// The largest file `sync` downloads by itself.
+    pub fn auto_download(&self) -> Result<u64> {
+        Ok(self
+            .store
+            .get_json::<u64>(Tree::Meta, META_AUTO_DOWNLOAD)?
+            .unwrap_or(DEFAULT_AUTO_DOWNLOAD))
+    }
+
+    /// Sets the largest file `sync` downloads by itself (0: none).
+    pub fn set_auto_download(&mut self, bytes: u64) -> Result<()> {
+        let mut b = Batch::new();
+        b.put_json(Tree::Meta, META_AUTO_DOWNLOAD, &bytes)?;
+        self.store.apply(b)
+    }
+
+    /// Downloads the received files not yet complete whose size is at most the
+    /// auto-download size. A network error is kept in the report (the file stays listed and
+    /// the next sync or `fetch` resumes it); a damaged file is an error.
+    pub(super) async fn auto_fetch<C: crate::relay::Connector>(
+        &mut self,
+        net: &C,
+        report: &mut super::SyncReport,
+    ) -> Result<()> {
+        let limit = self.auto_download()?;
+        if limit == 0 {
+            return Ok(());
+        }
+        let waiting: Vec<String> = self
+            .files()?
+            .into_iter()
+            .filter(|f| !f.complete && f.size <= limit)
+            .map(|f| f.id)
+            .collect();
+        for id in waiting {
+            match self.fetch_file(net, &id, |_| {}).await {
+                Ok(()) => report.fetched.push(id),
+                // Expired on the relay: `files` still lists it; nothing to retry now.
+                Err(ClientError::FileGone(_)) => {}
+                Err(
+                    e @ (ClientError::Unreachable
+                    | ClientError::ConnectionLost
+                    | ClientError::Timeout),
+                ) => {
+                    if report.error.is_none() {
+                        report.error = Some(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}

@@ -46,7 +46,9 @@ impl Profile {
         let mut links = Links::new(net);
         let result = self.sync_with(&mut links, now).await;
         links.close().await;
-        result
+        let mut report = result?;
+        self.auto_fetch(net, &mut report).await?;
+        Ok(report)
     }
 
     pub(super) async fn sync_with<C: Connector>(

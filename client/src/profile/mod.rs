@@ -260,6 +260,9 @@ pub struct SyncReport {
     pub connected: Vec<String>,
     /// The first network error, if a relay could not be reached (the rest still ran).
     pub error: Option<ClientError>,
+    /// Received files downloaded and checked in this sync (at most the auto-download size
+    /// each), by id.
+    pub fetched: Vec<String>,
 }
 
 /// An unlocked profile.
