@@ -484,3 +484,63 @@ fn ogg_page(granule: i64, packet: &[u8]) -> Vec<u8> {
     p.extend_from_slice(packet);
     p
 }
+
+#[test]
+fn a_killed_send_file_resumes_without_sending_finished_chunks_again() -> Result<()> {
+    use std::io::BufRead;
+    let world = World::new()?;
+    let alice = world.profile("alice")?;
+    let bob = world.profile("bob")?;
+    tidings_tests::connect(&alice, "bob", &bob, "alice")?;
+    let src = world.root().join("bible-part-1.mp3");
+    make_file(&src, 24_000_000)?;
+    let src_arg = src.to_string_lossy().to_string();
+    let mut child = alice.spawn(&["send-file", "bob", &src_arg, "--json"])?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let mut killed_at = 0u64;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(&line?)?;
+        let done = v["done"].as_u64().unwrap_or(0);
+        if done >= 10 << 20 {
+            child.kill()?;
+            killed_at = done;
+            break;
+        }
+    }
+    let _ = child.wait();
+    assert!(killed_at >= 10 << 20, "the upload was killed part way");
+    // Again: it resumes. Finished chunks are only counted (progress at whole 4 MiB
+    // chunks); the first piece it sends is past them.
+    let run = alice.run(&["send-file", "bob", &src_arg, "--json"])?.ok()?;
+    let mut first_piece = None;
+    for line in run.stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let done = v["done"].as_u64().unwrap_or(0);
+        if v["event"] == "progress" && done % (4 << 20) != 0 {
+            first_piece = Some(done);
+            break;
+        }
+    }
+    let resumed_from = first_piece.ok_or_else(|| anyhow!("no piece sent: {}", run.stdout))?;
+    assert!(
+        resumed_from > 8 << 20,
+        "resumed from {resumed_from}, killed at {killed_at}"
+    );
+    let sync = bob.run(&["sync"])?.ok()?;
+    let line = sync
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("alice: [file] bible-part-1.mp3"))
+        .ok_or_else(|| anyhow!("{}", sync.stdout))?;
+    let id = line
+        .rsplit("(id ")
+        .next()
+        .and_then(|t| t.strip_suffix(')'))
+        .ok_or_else(|| anyhow!("no id in {line:?}"))?
+        .to_string();
+    bob.run(&["fetch", &id])?.ok()?;
+    let out = world.root().join("out.mp3");
+    bob.run(&["save", &id, &out.to_string_lossy()])?.ok()?;
+    assert!(same_file(&src, &out)?, "the resumed upload arrives whole");
+    Ok(())
+}

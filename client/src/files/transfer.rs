@@ -126,6 +126,48 @@ struct UploadChunk {
     complete: bool,
 }
 
+/// [`UploadState`] as stored (JSON inside the profile's encrypted store).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedUpload {
+    name: String,
+    media_type: String,
+    relay: String,
+    size: u64,
+    digest: Vec<u8>,
+    key: Vec<u8>,
+    prefix: Vec<u8>,
+    voice_secs: Option<u32>,
+    seeds: Vec<Vec<u8>>,
+    real: usize,
+    chunks: Vec<SavedChunk>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedChunk {
+    size: u8,
+    auth_seed: Vec<u8>,
+    sender: Option<Vec<u8>>,
+    recipients: Vec<(Vec<u8>, Vec<u8>)>,
+    complete: bool,
+}
+
+impl Drop for SavedUpload {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.key.zeroize();
+        for s in &mut self.seeds {
+            s.zeroize();
+        }
+        for c in &mut self.chunks {
+            c.auth_seed.zeroize();
+        }
+    }
+}
+
+fn arr<const N: usize>(v: &[u8]) -> Result<[u8; N]> {
+    v.try_into().map_err(|_| ClientError::Crypto)
+}
+
 /// Everything an upload needs to resume. Holds keys: persist it only encrypted.
 #[derive(Clone)]
 pub struct UploadState {
@@ -204,6 +246,89 @@ impl UploadState {
             voice_secs: None,
             seeds: (0..recipients + dummies).map(|_| random32()).collect(),
             real: recipients,
+            chunks,
+        })
+    }
+
+    /// The state as bytes, to keep in the encrypted store between runs.
+    pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>> {
+        let saved = SavedUpload {
+            name: self.name.clone(),
+            media_type: self.media_type.clone(),
+            relay: self.relay.to_string(),
+            size: self.size,
+            digest: self.digest.to_vec(),
+            key: self.key.to_vec(),
+            prefix: self.prefix.to_vec(),
+            voice_secs: self.voice_secs,
+            seeds: self.seeds.iter().map(|s| s.to_vec()).collect(),
+            real: self.real,
+            chunks: self
+                .chunks
+                .iter()
+                .map(|c| SavedChunk {
+                    size: c.size.to_u8(),
+                    auth_seed: c.auth.to_seed().to_vec(),
+                    sender: c.created.as_ref().map(|(s, _)| s.as_bytes().to_vec()),
+                    recipients: c
+                        .created
+                        .as_ref()
+                        .map(|(_, r)| {
+                            r.iter()
+                                .map(|r| (r.id.as_bytes().to_vec(), r.relay_dh.as_bytes().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    complete: c.complete,
+                })
+                .collect(),
+        };
+        Ok(Zeroizing::new(
+            serde_json::to_vec(&saved).map_err(|_| ClientError::Crypto)?,
+        ))
+    }
+
+    /// A state kept with [`UploadState::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let saved: SavedUpload = serde_json::from_slice(bytes).map_err(|_| ClientError::Crypto)?;
+        let mut chunks = Vec::with_capacity(saved.chunks.len());
+        for c in &saved.chunks {
+            let created = match &c.sender {
+                None => None,
+                Some(sender) => {
+                    let mut recipients = Vec::with_capacity(c.recipients.len());
+                    for (id, dh) in &c.recipients {
+                        recipients.push(ChunkRecipient {
+                            id: ChunkRecipientId::from_bytes(arr(id)?),
+                            relay_dh: DhPublicKey::from_bytes(arr(dh)?),
+                        });
+                    }
+                    Some((ChunkSenderId::from_bytes(arr(sender)?), recipients))
+                }
+            };
+            let seed = Zeroizing::new(arr::<32>(&c.auth_seed)?);
+            chunks.push(UploadChunk {
+                size: ChunkSize::from_u8(c.size)?,
+                auth: AuthSecretKey::from_seed(&seed),
+                created,
+                complete: c.complete,
+            });
+        }
+        Ok(Self {
+            name: saved.name.clone(),
+            media_type: saved.media_type.clone(),
+            relay: saved.relay.parse()?,
+            size: saved.size,
+            digest: arr(&saved.digest)?,
+            key: Zeroizing::new(arr(&saved.key)?),
+            prefix: arr(&saved.prefix)?,
+            voice_secs: saved.voice_secs,
+            seeds: saved
+                .seeds
+                .iter()
+                .map(|s| arr(s).map(Zeroizing::new))
+                .collect::<Result<_>>()?,
+            real: saved.real,
             chunks,
         })
     }

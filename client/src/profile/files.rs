@@ -176,15 +176,45 @@ impl Profile {
             .filter(|n| !n.is_empty() && n.len() <= tidings_protocol::file::MAX_NAME_LEN)
             .unwrap_or_else(|| "file".to_string());
         let relay = self.relay().clone();
-        let mut state =
-            crate::files::UploadState::new(path, &name, media_type, &relay, 1, DUMMY_RECIPIENTS)?;
-        if let Some(secs) = voice_secs {
-            state.set_voice(secs);
-        }
+        // An upload of the same file to the same contact that was cut off resumes.
+        let key = upload_key(label, path);
+        let saved = self.store.get(Tree::Meta, &key)?;
+        let mut state = match saved.map(|b| crate::files::UploadState::from_bytes(&b)) {
+            Some(Ok(state)) => state,
+            _ => {
+                let mut state = crate::files::UploadState::new(
+                    path,
+                    &name,
+                    media_type,
+                    &relay,
+                    1,
+                    DUMMY_RECIPIENTS,
+                )?;
+                if let Some(secs) = voice_secs {
+                    state.set_voice(secs);
+                }
+                state
+            }
+        };
+        let store = &self.store;
+        let save = |s: &crate::files::UploadState| {
+            let mut b = Batch::new();
+            b.put(Tree::Meta, &key, s.to_bytes()?);
+            store.apply(b)
+        };
         let mut link = net.connect(&relay).await?;
-        let result = crate::files::upload(&mut link, path, &mut state, |_| Ok(()), progress).await;
+        let result = crate::files::upload(&mut link, path, &mut state, save, progress).await;
         crate::relay::RelayLink::close(link).await;
+        if let Err(ClientError::FileChanged(_)) = &result {
+            // Never under the same key: forget the old upload; sending again starts afresh.
+            let mut b = Batch::new();
+            b.remove(Tree::Meta, &key);
+            self.store.apply(b)?;
+        }
         result?;
+        let mut b = Batch::new();
+        b.remove(Tree::Meta, &key);
+        self.store.apply(b)?;
         let desc = state
             .descriptions()
             .and_then(|mut d| d.pop())
@@ -308,4 +338,19 @@ impl Profile {
         }
         Ok(())
     }
+}
+
+/// Where an unfinished upload of `path` to `label` is kept (tree `meta`): a hash, so the
+/// key names neither.
+fn upload_key(label: &str, path: &std::path::Path) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let full = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut h = Sha256::new();
+    h.update(b"tidings upload v1\0");
+    h.update(label.to_lowercase().as_bytes());
+    h.update([0]);
+    h.update(full.to_string_lossy().as_bytes());
+    let mut key = b"upload ".to_vec();
+    key.extend_from_slice(&h.finalize());
+    key
 }
