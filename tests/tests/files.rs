@@ -516,7 +516,7 @@ fn a_killed_send_file_resumes_without_sending_finished_chunks_again() -> Result<
     for line in run.stdout.lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
         let done = v["done"].as_u64().unwrap_or(0);
-        if v["event"] == "progress" && done % (4 << 20) != 0 {
+        if v["event"] == "progress" && !done.is_multiple_of(4 << 20) {
             first_piece = Some(done);
             break;
         }
