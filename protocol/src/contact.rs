@@ -870,7 +870,7 @@ mod tests {
             body: AppBody::HelloAck,
         };
         let mut bytes = m.encode().unwrap().to_vec();
-        bytes[1] = 6;
+        bytes[1] = 7;
         assert!(matches!(
             AppMessage::decode(&bytes),
             Err(ProtocolError::UnknownTag { .. })
