@@ -24,6 +24,7 @@
 
 mod abuse;
 mod contacts;
+mod files_load;
 mod measure;
 mod parallel;
 mod redis_load;
@@ -144,6 +145,17 @@ pub struct Args {
     /// waiting; measures unlock, `status`, one `sync` and `listen`'s memory (issue 18).
     #[arg(long, default_value_t = 0)]
     pub contacts: usize,
+    /// Measure file transfer instead (issue 17): MB/s up and down, relay CPU per MB, peak
+    /// RSS of client and relay, and raw loopback TCP throughput.
+    #[arg(long)]
+    pub files: bool,
+    /// With `--files`: the size of the measured file, in MB.
+    #[arg(long, default_value_t = 100)]
+    pub file_mb: u64,
+    /// With `--files`: the size of the second file, for the memory figures, in MB (a file
+    /// description lists at most 480 MiB).
+    #[arg(long, default_value_t = 400)]
+    pub rss_file_mb: u64,
 }
 
 impl Args {
@@ -219,13 +231,15 @@ fn main() -> Result<()> {
         print!("{}", table::render(&args.table)?);
         return Ok(());
     }
-    args.check()?;
+    if !args.files && args.contacts == 0 {
+        args.check()?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let deadline = Duration::from_secs(args.timeout);
     if args.contacts > 0 {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
-        let deadline = Duration::from_secs(args.timeout);
         let report = runtime.block_on(async {
             tokio::time::timeout(deadline, contacts::run(&args))
                 .await
@@ -237,11 +251,18 @@ fn main() -> Result<()> {
         runtime.shutdown_timeout(Duration::from_secs(1));
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let deadline = Duration::from_secs(args.timeout);
+    if args.files {
+        let report = runtime.block_on(async {
+            tokio::time::timeout(deadline, files_load::run(&args))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!("the run took longer than --timeout {}s", args.timeout)
+                })?
+        })?;
+        println!("{}", serde_json::to_string(&report)?);
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        return Ok(());
+    }
     let report = runtime.block_on(async {
         let run = async {
             match args.target {

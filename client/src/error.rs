@@ -185,6 +185,35 @@ pub enum ClientError {
     /// The passphrase could not be read.
     #[error("could not read the passphrase from a terminal (scripts set TIDINGS_PASSPHRASE)")]
     Passphrase,
+    /// A received file failed its integrity check; nothing of it was shown or saved as
+    /// complete.
+    #[error("the file {name:?} is damaged: {reason}; nothing was saved (ask the sender to send it again)")]
+    FileCorrupt {
+        /// The file's name as its sender gave it (shown escaped by the CLI).
+        name: String,
+        /// What failed.
+        reason: &'static str,
+    },
+    /// The file is larger than one file description can list.
+    #[error("the file is {size} bytes; a file may have at most {max} bytes")]
+    FileTooLarge {
+        /// Its size.
+        size: u64,
+        /// The most a file may have.
+        max: u64,
+    },
+    /// The file has not been fetched yet.
+    #[error("the file {0:?} is not downloaded yet (`tidings fetch {0}` downloads it)")]
+    FileNotFetched(String),
+    /// No received file has that id.
+    #[error("no received file has the id {0:?} (`tidings files` lists them)")]
+    UnknownFile(String),
+    /// The file being uploaded changed since its upload started.
+    #[error("the file {0:?} changed since its upload started; send it again as a new file")]
+    FileChanged(String),
+    /// The relay no longer holds a chunk of the file (expired, or deleted by its sender).
+    #[error("the file {0:?} is no longer on the relay (files expire after some days); ask the sender to send it again")]
+    FileGone(String),
 }
 
 impl ClientError {

@@ -25,6 +25,8 @@
 //!   the check-in, duress and retention features of [`profile::Profile`].
 //! - [`screen`]: how text from contacts (messages, notes) and names is shown on a terminal,
 //!   so it can never forge a line, a name or a marker.
+//! - [`files`]: file encryption and chunked, resumable transfers through a relay's chunk
+//!   store (PROTOCOL.md 15).
 //! - [`harden`]: what the binary does to its own process first (no core dumps, not
 //!   dumpable), so secrets in memory do not end up on disk.
 //!
@@ -38,6 +40,7 @@
 
 mod crash;
 pub mod error;
+pub mod files;
 pub mod harden;
 pub mod lock;
 pub mod net;

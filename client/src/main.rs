@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand};
 use tidings_client::lock::KeyFileWatch;
-use tidings_client::profile::{check_new_passphrase, ListenEvent, Profile, Received};
+use tidings_client::profile::{check_new_passphrase, ListenEvent, OutgoingFile, Profile, Received};
 use tidings_client::relay::QuicConnector;
 use tidings_client::safety::{format_duration, LATE_CHECKIN_SECS};
 use tidings_client::screen;
@@ -130,6 +130,52 @@ enum Cmd {
         /// One JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// Encrypt a file, upload it to your relay and send it to a contact.
+    SendFile {
+        /// The contact's name.
+        name: String,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Print progress as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a voice note (Ogg/Opus or MP3): like `send-file`, shown as `[voice M:SS]`.
+    SendVoice {
+        /// The contact's name.
+        name: String,
+        /// The recording.
+        path: std::path::PathBuf,
+        /// Print progress as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the largest received file `sync` downloads by itself (default 2 MB; 0: none).
+    AutoDownload {
+        /// A size: `0`, `500kB`, `2MB`, `1GB` (or plain bytes).
+        size: String,
+    },
+    /// List the files contacts sent you.
+    Files {
+        /// One JSON object per file.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a received file (resumes an interrupted download) and check it.
+    Fetch {
+        /// The file's id (`tidings files`).
+        id: String,
+        /// Print progress as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a downloaded file out in plaintext.
+    Save {
+        /// The file's id (`tidings files`).
+        id: String,
+        /// Where to write it (must not exist).
+        path: std::path::PathBuf,
     },
     /// List contacts.
     Contacts {
@@ -453,7 +499,7 @@ fn print_received(r: &Received, json: bool) -> anyhow::Result<()> {
     }
     out.flush()?;
     drop(out);
-    if r.kind != "text" && delay > LATE_CHECKIN_SECS {
+    if r.kind.ends_with("check-in") && delay > LATE_CHECKIN_SECS {
         eprintln!(
             "warning: this check-in from {} arrived {} after it was sent; a relay may have held it back",
             screen::inline(&r.from),
@@ -639,6 +685,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for r in &report.received {
                 print_received(r, json)?;
             }
+            for id in &report.fetched {
+                done(format_args!(
+                    "downloaded file {id} (`tidings save {id} PATH` writes it out)"
+                ));
+            }
             for name in &report.connected {
                 done(format_args!("{} is now connected", screen::inline(name)));
             }
@@ -652,7 +703,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     format_duration(until.saturating_sub(now()))
                 ));
             }
-            if report.received.is_empty() && report.connected.is_empty() && report.error.is_none() {
+            if report.received.is_empty()
+                && report.connected.is_empty()
+                && report.fetched.is_empty()
+                && report.error.is_none()
+            {
                 done("nothing new");
             }
             if report.dropped > 0 {
@@ -739,6 +794,79 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+        Cmd::SendVoice { name, path, json } => {
+            let secs = tidings_client::files::duration::audio_duration_secs(&path).ok_or_else(|| {
+                anyhow!(
+                    "{} is not an Ogg/Opus or MP3 recording whose length can be read; send it with send-file instead (nothing was sent)",
+                    path.display()
+                )
+            })?;
+            send_file_cmd(&home, &net, &name, &path, Some(secs), json)?;
+        }
+        Cmd::SendFile { name, path, json } => {
+            send_file_cmd(&home, &net, &name, &path, None, json)?;
+        }
+        Cmd::AutoDownload { size } => {
+            let bytes = parse_size(&size).ok_or_else(|| {
+                anyhow!("sizes look like 0, 500kB, 2MB or 1GB; nothing was changed")
+            })?;
+            let mut profile = open(&home)?;
+            profile.set_auto_download(bytes)?;
+            done(format_args!(
+                "sync now downloads received files of up to {bytes} bytes by itself"
+            ));
+        }
+        Cmd::Files { json } => {
+            let profile = open(&home)?;
+            let files = profile.files()?;
+            if files.is_empty() && !json {
+                done("no files received");
+            }
+            let mut out = std::io::stdout().lock();
+            for f in files {
+                if json {
+                    let v = serde_json::json!({
+                        "id": f.id, "from": f.from, "line": f.line,
+                        "size": f.size, "complete": f.complete,
+                    });
+                    writeln!(out, "{}", screen::json(&v)?)?;
+                } else {
+                    let state = if f.complete {
+                        "downloaded"
+                    } else {
+                        "not downloaded"
+                    };
+                    writeln!(
+                        out,
+                        "{}  {} ({state})",
+                        f.id,
+                        screen::message(&f.from, &f.line, false)
+                    )?;
+                }
+            }
+        }
+        Cmd::Fetch { id, json } => {
+            let mut profile = open(&home)?;
+            let mut bar = Progress::new(json, "download");
+            runtime()?
+                .block_on(profile.fetch_file(&net, &id, |p| bar.update(p.done, p.total)))
+                .map_err(friendly)?;
+            bar.finish();
+            done(format_args!(
+                "downloaded and checked file {id} (`tidings save {id} PATH` writes it out)"
+            ));
+        }
+        Cmd::Save { id, path } => {
+            if path.exists() {
+                return Err(anyhow!(
+                    "{} exists; choose a new path (nothing was written)",
+                    path.display()
+                ));
+            }
+            let profile = open(&home)?;
+            profile.save_file(&id, &path)?;
+            done(format_args!("wrote file {id} to {}", path.display()));
         }
         Cmd::Contacts { json } => {
             let profile = open(&home)?;
@@ -1043,4 +1171,106 @@ fn from_stdin_if_dash(value: String, prompt: &str) -> anyhow::Result<Zeroizing<S
     let trimmed = input.strip_suffix('\n').unwrap_or(&input);
     let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
     Ok(Zeroizing::new(trimmed.to_string()))
+}
+
+/// The media type for a file name's extension (what receivers' players go by).
+fn media_type(path: &std::path::Path) -> &'static str {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "mp3" => "audio/mpeg",
+        "ogg" | "opus" => "audio/ogg",
+        "m4a" => "audio/mp4",
+        "wav" => "audio/wav",
+        "pdf" => "application/pdf",
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "txt" => "text/plain",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Transfer progress: plain lines (at most one per 10%) or JSON lines with `--json`.
+struct Progress {
+    json: bool,
+    what: &'static str,
+    last_tenth: u64,
+}
+
+impl Progress {
+    fn new(json: bool, what: &'static str) -> Self {
+        Self {
+            json,
+            what,
+            last_tenth: 0,
+        }
+    }
+
+    fn update(&mut self, done: u64, total: u64) {
+        let tenth = done.saturating_mul(10) / total.max(1);
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "progress", "what": self.what, "done": done, "total": total})
+            );
+        } else if tenth > self.last_tenth {
+            eprintln!("{}: {}% of {} bytes", self.what, tenth * 10, total);
+        }
+        self.last_tenth = self.last_tenth.max(tenth);
+    }
+
+    fn finish(&self) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "done", "what": self.what})
+            );
+        }
+    }
+}
+
+/// `send-file` and `send-voice`.
+fn send_file_cmd(
+    home: &std::path::Path,
+    net: &QuicConnector,
+    name: &str,
+    path: &std::path::Path,
+    voice_secs: Option<u32>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut profile = open(home)?;
+    let mut bar = Progress::new(json, "upload");
+    let file = OutgoingFile {
+        path,
+        media_type: media_type(path),
+        voice_secs,
+    };
+    let line = runtime()?
+        .block_on(profile.send_file(net, name, file, now(), |p| bar.update(p.done, p.total)))
+        .map_err(friendly)?;
+    bar.finish();
+    done(format_args!(
+        "sent to {}: {}",
+        screen::inline(name),
+        screen::inline(&line)
+    ));
+    Ok(())
+}
+
+/// `0`, `500kB`, `2MB`, `1GB` or plain bytes (powers of 1,000, as sizes are shown).
+fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1_000,
+        "mb" | "m" => 1_000_000,
+        "gb" | "g" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }

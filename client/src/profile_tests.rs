@@ -540,8 +540,8 @@ fn the_files_look_alike_with_or_without_a_duress_passphrase_and_after_using_it()
     let fresh = plain.store.shape();
     assert_eq!(
         fresh.len(),
-        12,
-        "the profile's six trees and a shadow's six: {fresh:?}"
+        14,
+        "the profile's seven trees and a shadow's seven: {fresh:?}"
     );
     assert_eq!(with.store.shape(), fresh);
     with.set_duress_passphrase(b"nothing to see").unwrap();

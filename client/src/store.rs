@@ -161,16 +161,19 @@ pub enum Tree {
     Outbox,
     /// Ids of received messages (to drop duplicates).
     Seen,
+    /// Descriptions of received files (keys included) and their download state.
+    Files,
 }
 
 impl Tree {
-    const ALL: [Tree; 6] = [
+    const ALL: [Tree; 7] = [
         Tree::Meta,
         Tree::Contacts,
         Tree::Invites,
         Tree::History,
         Tree::Outbox,
         Tree::Seen,
+        Tree::Files,
     ];
 
     /// The sled tree name (also part of every value's associated data).
@@ -182,6 +185,7 @@ impl Tree {
             Tree::History => "history",
             Tree::Outbox => "outbox",
             Tree::Seen => "seen",
+            Tree::Files => "files",
         }
     }
 
@@ -1484,7 +1488,7 @@ mod tests {
             b"kept"
         );
         assert!(s.get(Tree::Meta, SHADOW_KEY_ENTRY).unwrap().is_some());
-        assert_eq!(s.shape().len(), 12, "six trees and a shadow's six");
+        assert_eq!(s.shape().len(), 14, "seven trees and a shadow's seven");
     }
 
     #[test]

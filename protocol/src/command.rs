@@ -17,9 +17,15 @@
 //! Who must sign what is [`Command::signer`]; the relay enforces it.
 
 use crate::block::MAX_FRAME_LEN;
+use crate::chunk::{
+    check_offset, ChunkRecipient, ChunkSize, RecipientKeys, MAX_CHUNK_RECIPIENTS,
+    MAX_SEALED_PIECE_LEN, PIECE_LEN,
+};
 use crate::codec::{put_bytes_u16, Reader};
 use crate::error::{ProtocolError, Result};
-use crate::ids::{CorrId, EntityId, MessageId, RecipientId, SenderId};
+use crate::ids::{
+    ChunkRecipientId, ChunkSenderId, CorrId, EntityId, MessageId, PieceNonce, RecipientId, SenderId,
+};
 use crate::keys::{AuthPublicKey, AuthSecretKey, DhPublicKey, Signature};
 use crate::noise::SessionBinding;
 
@@ -42,6 +48,15 @@ const REPLY_HEADER_LEN: usize = CorrId::LEN + EntityId::LEN;
 const _: () = assert!(REQUEST_HEADER_LEN + Signature::LEN + 1 + 2 + MAX_BODY_LEN <= MAX_FRAME_LEN);
 const _: () =
     assert!(REPLY_HEADER_LEN + 1 + MessageId::LEN + 2 + MAX_DELIVERED_LEN <= MAX_FRAME_LEN);
+const _: () = assert!(REQUEST_HEADER_LEN + Signature::LEN + 1 + 4 + 2 + PIECE_LEN <= MAX_FRAME_LEN);
+const _: () =
+    assert!(REPLY_HEADER_LEN + 1 + 4 + PieceNonce::LEN + 2 + MAX_SEALED_PIECE_LEN <= MAX_FRAME_LEN);
+const _: () = assert!(
+    REQUEST_HEADER_LEN + Signature::LEN + 3 + AuthPublicKey::LEN + MAX_CHUNK_RECIPIENTS * 64
+        <= MAX_FRAME_LEN
+);
+const _: () =
+    assert!(REPLY_HEADER_LEN + 2 + ChunkSenderId::LEN + MAX_CHUNK_RECIPIENTS * 56 <= MAX_FRAME_LEN);
 
 mod tag {
     pub const NEW: u8 = 0x01;
@@ -53,6 +68,12 @@ mod tag {
     pub const SECURE: u8 = 0x10;
     pub const SEND: u8 = 0x11;
     pub const PING: u8 = 0x20;
+    pub const CHUNK_NEW: u8 = 0x30;
+    pub const CHUNK_PUT: u8 = 0x31;
+    pub const CHUNK_STATUS: u8 = 0x32;
+    pub const CHUNK_DELETE: u8 = 0x33;
+    pub const CHUNK_GET: u8 = 0x34;
+    pub const CHUNK_ACK: u8 = 0x35;
 
     pub const IDS: u8 = 0x81;
     pub const OK: u8 = 0x82;
@@ -60,6 +81,9 @@ mod tag {
     pub const END: u8 = 0x84;
     pub const PONG: u8 = 0x85;
     pub const ERROR: u8 = 0x86;
+    pub const CHUNK_IDS: u8 = 0x87;
+    pub const CHUNK_RECEIVED: u8 = 0x88;
+    pub const CHUNK_DATA: u8 = 0x89;
 }
 
 /// A command from a client to the relay.
@@ -98,6 +122,35 @@ pub enum Command {
     },
     /// Anyone: liveness check.
     Ping,
+    /// Uploader: create a chunk. Entity id all zero; signed by `sender`.
+    ChunkNew {
+        /// The chunk's size.
+        size: ChunkSize,
+        /// The uploader's key for this chunk's sender commands.
+        sender: AuthPublicKey,
+        /// One entry per recipient (real or dummy), 1 to [`MAX_CHUNK_RECIPIENTS`].
+        recipients: Vec<RecipientKeys>,
+    },
+    /// Uploader: store the piece at `offset`. Entity id: the chunk sender id.
+    ChunkPut {
+        /// Where the piece starts: a multiple of [`PIECE_LEN`].
+        offset: u32,
+        /// The piece: exactly [`ChunkSize::piece_len`] bytes for `offset`.
+        piece: Vec<u8>,
+    },
+    /// Uploader: how many bytes of the chunk are stored (to resume). Entity id: the sender id.
+    ChunkStatus,
+    /// Uploader: delete the chunk for every recipient. Entity id: the chunk sender id.
+    ChunkDelete,
+    /// Recipient: download the piece at `offset` of a complete chunk. Entity id: the chunk
+    /// recipient id; signed by that recipient's key.
+    ChunkGet {
+        /// Where the piece starts: a multiple of [`PIECE_LEN`].
+        offset: u32,
+    },
+    /// Recipient: the chunk is downloaded; forget this recipient id. Entity id: the chunk
+    /// recipient id.
+    ChunkAck,
 }
 
 /// Which key, if any, must sign a command.
@@ -113,13 +166,19 @@ pub enum Signer {
     /// The queue's sender key once the queue is secured (and no signature before); entity id
     /// is the sender id.
     SenderIfSecured,
+    /// The chunk's sender key; entity id is the chunk sender id.
+    ChunkSender,
+    /// The key of one of the chunk's recipients; entity id is that chunk recipient id.
+    ChunkRecipient,
 }
 
 impl Command {
     /// Who must sign this command.
     pub fn signer(&self) -> Signer {
         match self {
-            Command::New { .. } | Command::Secure { .. } => Signer::CarriedKey,
+            Command::New { .. } | Command::Secure { .. } | Command::ChunkNew { .. } => {
+                Signer::CarriedKey
+            }
             Command::Subscribe
             | Command::Ack { .. }
             | Command::Get
@@ -127,6 +186,10 @@ impl Command {
             | Command::Suspend => Signer::Recipient,
             Command::Send { .. } => Signer::SenderIfSecured,
             Command::Ping => Signer::Nobody,
+            Command::ChunkPut { .. } | Command::ChunkStatus | Command::ChunkDelete => {
+                Signer::ChunkSender
+            }
+            Command::ChunkGet { .. } | Command::ChunkAck => Signer::ChunkRecipient,
         }
     }
 
@@ -155,6 +218,47 @@ impl Command {
                 put_bytes_u16(out, "message body", body, MAX_BODY_LEN)?;
             }
             Command::Ping => out.push(tag::PING),
+            Command::ChunkNew {
+                size,
+                sender,
+                recipients,
+            } => {
+                let count = u8::try_from(recipients.len())
+                    .ok()
+                    .filter(|n| (1..=MAX_CHUNK_RECIPIENTS).contains(&usize::from(*n)))
+                    .ok_or(ProtocolError::BadLength {
+                        what: "chunk recipient count",
+                        len: recipients.len(),
+                    })?;
+                out.push(tag::CHUNK_NEW);
+                out.push(size.to_u8());
+                out.extend_from_slice(&sender.to_bytes());
+                out.push(count);
+                for r in recipients {
+                    out.extend_from_slice(&r.auth.to_bytes());
+                    out.extend_from_slice(r.dh.as_bytes());
+                }
+            }
+            Command::ChunkPut { offset, piece } => {
+                check_offset(*offset)?;
+                if piece.is_empty() {
+                    return Err(ProtocolError::BadLength {
+                        what: "chunk piece",
+                        len: 0,
+                    });
+                }
+                out.push(tag::CHUNK_PUT);
+                out.extend_from_slice(&offset.to_be_bytes());
+                put_bytes_u16(out, "chunk piece", piece, PIECE_LEN)?;
+            }
+            Command::ChunkStatus => out.push(tag::CHUNK_STATUS),
+            Command::ChunkDelete => out.push(tag::CHUNK_DELETE),
+            Command::ChunkGet { offset } => {
+                check_offset(*offset)?;
+                out.push(tag::CHUNK_GET);
+                out.extend_from_slice(&offset.to_be_bytes());
+            }
+            Command::ChunkAck => out.push(tag::CHUNK_ACK),
         }
         Ok(())
     }
@@ -181,6 +285,49 @@ impl Command {
                 body: r.bytes_u16("message body", MAX_BODY_LEN)?.to_vec(),
             },
             tag::PING => Command::Ping,
+            tag::CHUNK_NEW => {
+                let size = ChunkSize::from_u8(r.u8()?)?;
+                let sender = AuthPublicKey::from_bytes(&r.array()?)?;
+                let count = usize::from(r.u8()?);
+                if !(1..=MAX_CHUNK_RECIPIENTS).contains(&count) {
+                    return Err(ProtocolError::BadLength {
+                        what: "chunk recipient count",
+                        len: count,
+                    });
+                }
+                let mut recipients = Vec::with_capacity(count);
+                for _ in 0..count {
+                    recipients.push(RecipientKeys {
+                        auth: AuthPublicKey::from_bytes(&r.array()?)?,
+                        dh: DhPublicKey::from_bytes(r.array()?),
+                    });
+                }
+                Command::ChunkNew {
+                    size,
+                    sender,
+                    recipients,
+                }
+            }
+            tag::CHUNK_PUT => {
+                let offset = check_offset(r.u32()?)?;
+                let piece = r.bytes_u16("chunk piece", PIECE_LEN)?;
+                if piece.is_empty() {
+                    return Err(ProtocolError::BadLength {
+                        what: "chunk piece",
+                        len: 0,
+                    });
+                }
+                Command::ChunkPut {
+                    offset,
+                    piece: piece.to_vec(),
+                }
+            }
+            tag::CHUNK_STATUS => Command::ChunkStatus,
+            tag::CHUNK_DELETE => Command::ChunkDelete,
+            tag::CHUNK_GET => Command::ChunkGet {
+                offset: check_offset(r.u32()?)?,
+            },
+            tag::CHUNK_ACK => Command::ChunkAck,
             other => {
                 return Err(ProtocolError::UnknownTag {
                     what: "command",
@@ -393,6 +540,29 @@ pub enum ReplyKind {
     Pong,
     /// The command failed.
     Error(ErrorCode),
+    /// To `ChunkNew`: the chunk's sender id, and per recipient (in the order of the keys) its
+    /// chunk recipient id and the relay's X25519 key for its downloads.
+    ChunkIds {
+        /// The chunk sender id.
+        sender: ChunkSenderId,
+        /// One entry per recipient key of the `ChunkNew`.
+        recipients: Vec<ChunkRecipient>,
+    },
+    /// To `ChunkStatus`: how many bytes of the chunk are stored and durable (the next piece to
+    /// upload starts there).
+    ChunkReceived {
+        /// Bytes stored, from the start of the chunk.
+        received: u32,
+    },
+    /// To `ChunkGet`: one piece, sealed for the recipient with a fresh nonce.
+    ChunkData {
+        /// Where the piece starts.
+        offset: u32,
+        /// The re-encryption nonce.
+        nonce: PieceNonce,
+        /// The sealed piece.
+        sealed: Vec<u8>,
+    },
 }
 
 /// One relay-to-client frame.
@@ -435,6 +605,38 @@ impl Reply {
                 out.push(tag::ERROR);
                 out.push(*code as u8);
             }
+            ReplyKind::ChunkIds { sender, recipients } => {
+                let count = u8::try_from(recipients.len())
+                    .ok()
+                    .filter(|n| (1..=MAX_CHUNK_RECIPIENTS).contains(&usize::from(*n)))
+                    .ok_or(ProtocolError::BadLength {
+                        what: "chunk recipient count",
+                        len: recipients.len(),
+                    })?;
+                out.push(tag::CHUNK_IDS);
+                out.extend_from_slice(sender.as_bytes());
+                out.push(count);
+                for r in recipients {
+                    out.extend_from_slice(r.id.as_bytes());
+                    out.extend_from_slice(r.relay_dh.as_bytes());
+                }
+            }
+            ReplyKind::ChunkReceived { received } => {
+                check_received(*received)?;
+                out.push(tag::CHUNK_RECEIVED);
+                out.extend_from_slice(&received.to_be_bytes());
+            }
+            ReplyKind::ChunkData {
+                offset,
+                nonce,
+                sealed,
+            } => {
+                check_offset(*offset)?;
+                out.push(tag::CHUNK_DATA);
+                out.extend_from_slice(&offset.to_be_bytes());
+                out.extend_from_slice(nonce.as_bytes());
+                put_bytes_u16(&mut out, "sealed chunk piece", sealed, MAX_SEALED_PIECE_LEN)?;
+            }
         }
         Ok(out)
     }
@@ -458,6 +660,34 @@ impl Reply {
             tag::END => ReplyKind::End,
             tag::PONG => ReplyKind::Pong,
             tag::ERROR => ReplyKind::Error(ErrorCode::from_u8(r.u8()?)?),
+            tag::CHUNK_IDS => {
+                let sender = ChunkSenderId::from_bytes(r.array()?);
+                let count = usize::from(r.u8()?);
+                if !(1..=MAX_CHUNK_RECIPIENTS).contains(&count) {
+                    return Err(ProtocolError::BadLength {
+                        what: "chunk recipient count",
+                        len: count,
+                    });
+                }
+                let mut recipients = Vec::with_capacity(count);
+                for _ in 0..count {
+                    recipients.push(ChunkRecipient {
+                        id: ChunkRecipientId::from_bytes(r.array()?),
+                        relay_dh: DhPublicKey::from_bytes(r.array()?),
+                    });
+                }
+                ReplyKind::ChunkIds { sender, recipients }
+            }
+            tag::CHUNK_RECEIVED => ReplyKind::ChunkReceived {
+                received: check_received(r.u32()?)?,
+            },
+            tag::CHUNK_DATA => ReplyKind::ChunkData {
+                offset: check_offset(r.u32()?)?,
+                nonce: PieceNonce::from_bytes(r.array()?),
+                sealed: r
+                    .bytes_u16("sealed chunk piece", MAX_SEALED_PIECE_LEN)?
+                    .to_vec(),
+            },
             other => {
                 return Err(ProtocolError::UnknownTag {
                     what: "reply",
@@ -468,4 +698,16 @@ impl Reply {
         r.finish("reply")?;
         Ok(Self { corr, entity, kind })
     }
+}
+
+/// A `ChunkReceived` count is at most the largest chunk size.
+fn check_received(received: u32) -> Result<u32> {
+    if received > ChunkSize::MAX_BYTES {
+        return Err(ProtocolError::TooLong {
+            what: "chunk received count",
+            len: usize::try_from(received).unwrap_or(usize::MAX),
+            max: ChunkSize::MAX_BYTES as usize,
+        });
+    }
+    Ok(received)
 }

@@ -475,6 +475,7 @@ mod kind {
     pub const HELLO: u8 = 3;
     pub const HELLO_ACK: u8 = 4;
     pub const EXPECT: u8 = 5;
+    pub const FILE: u8 = 6;
 }
 
 /// What an application message says.
@@ -504,6 +505,8 @@ pub enum AppBody {
         /// The interval in seconds, or 0.
         every_secs: u64,
     },
+    /// A file or voice note: where its chunks are and how to open them (PROTOCOL.md 15.7).
+    File(Box<crate::file::FileDescription>),
 }
 
 impl std::fmt::Debug for AppBody {
@@ -514,6 +517,7 @@ impl std::fmt::Debug for AppBody {
             AppBody::Hello { .. } => "Hello([redacted])",
             AppBody::HelloAck => "HelloAck",
             AppBody::Expect { .. } => "Expect([redacted])",
+            AppBody::File(_) => "File([redacted])",
         })
     }
 }
@@ -523,7 +527,10 @@ impl Drop for AppBody {
         match self {
             AppBody::Text(t) => t.zeroize(),
             AppBody::CheckIn { note, .. } => note.zeroize(),
-            AppBody::Hello { .. } | AppBody::HelloAck | AppBody::Expect { .. } => {}
+            AppBody::Hello { .. }
+            | AppBody::HelloAck
+            | AppBody::Expect { .. }
+            | AppBody::File(_) => {}
         }
     }
 }
@@ -583,6 +590,10 @@ impl AppMessage {
                 payload.extend_from_slice(&every_secs.to_be_bytes());
                 kind::EXPECT
             }
+            AppBody::File(desc) => {
+                payload.extend_from_slice(&desc.encode()?);
+                kind::FILE
+            }
         };
         let mut out = Zeroizing::new(Vec::with_capacity(MAX_APP_LEN));
         out.push(APP_VERSION);
@@ -638,6 +649,10 @@ impl AppMessage {
                 p.finish("expect")?;
                 AppBody::Expect { every_secs }
             }
+            kind::FILE => AppBody::File(Box::new(crate::file::FileDescription::decode(
+                payload,
+                MAX_PAYLOAD_LEN,
+            )?)),
             tag => {
                 return Err(ProtocolError::UnknownTag {
                     what: "app message kind",
@@ -855,7 +870,7 @@ mod tests {
             body: AppBody::HelloAck,
         };
         let mut bytes = m.encode().unwrap().to_vec();
-        bytes[1] = 6;
+        bytes[1] = 7;
         assert!(matches!(
             AppMessage::decode(&bytes),
             Err(ProtocolError::UnknownTag { .. })

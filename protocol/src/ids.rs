@@ -120,3 +120,45 @@ impl From<EntityId> for SenderId {
         Self(id.0)
     }
 }
+
+byte_id!(
+    /// The id a chunk's uploader uses to upload, check and delete it. Unrelated to any of the
+    /// chunk's [`ChunkRecipientId`]s.
+    ChunkSenderId,
+    24
+);
+byte_id!(
+    /// The id one recipient of a chunk uses to download and acknowledge it. Each recipient of
+    /// a chunk gets its own, drawn independently: two recipient ids of one chunk share nothing.
+    ChunkRecipientId,
+    24
+);
+byte_id!(
+    /// The XChaCha20-Poly1305 nonce of one re-encrypted chunk piece, fresh for every download.
+    PieceNonce,
+    24
+);
+
+impl From<ChunkSenderId> for EntityId {
+    fn from(id: ChunkSenderId) -> Self {
+        Self(id.0)
+    }
+}
+
+impl From<ChunkRecipientId> for EntityId {
+    fn from(id: ChunkRecipientId) -> Self {
+        Self(id.0)
+    }
+}
+
+impl From<EntityId> for ChunkSenderId {
+    fn from(id: EntityId) -> Self {
+        Self(id.0)
+    }
+}
+
+impl From<EntityId> for ChunkRecipientId {
+    fn from(id: EntityId) -> Self {
+        Self(id.0)
+    }
+}

@@ -17,6 +17,9 @@
 //! - [`command`]: queue commands ([`command::Request`]) and replies ([`command::Reply`]),
 //!   and Ed25519 command signatures bound to the session.
 //! - [`reencrypt`]: the relay's per-queue re-encryption of delivered bodies.
+//! - [`chunk`]: file chunks: the four chunk sizes, pieces, chunk recipients and the relay's
+//!   per-recipient re-encryption of downloaded pieces (the chunk commands are in [`command`]).
+//! - [`file`]: the end-to-end file description (application message kind `file`).
 //! - [`block`]: frames batched into fixed [`block::BLOCK_LEN`]-byte plaintext blocks.
 //! - [`noise`]: the Noise NK handshake to the relay and the transport [`noise::Session`] that
 //!   turns blocks into equal-sized records and back.
@@ -38,10 +41,12 @@
 
 pub mod address;
 pub mod block;
+pub mod chunk;
 pub mod codec;
 pub mod command;
 pub mod contact;
 pub mod error;
+pub mod file;
 pub mod ids;
 pub mod keys;
 pub mod noise;

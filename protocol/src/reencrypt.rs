@@ -50,8 +50,19 @@ fn derive(
     recipient_pub: &DhPublicKey,
     relay_pub: &DhPublicKey,
 ) -> Result<DeliveryKey> {
-    let mut info = Vec::with_capacity(DELIVERY_INFO.len() + 64);
-    info.extend_from_slice(DELIVERY_INFO);
+    derive_key(DELIVERY_INFO, shared, recipient_pub, relay_pub).map(DeliveryKey)
+}
+
+/// `HKDF-SHA256(salt = none, ikm = shared, info = prefix || recipient public || relay
+/// public)`, 32 bytes: the key schedule of every relay re-encryption key.
+pub(crate) fn derive_key(
+    prefix: &[u8],
+    shared: &[u8; 32],
+    recipient_pub: &DhPublicKey,
+    relay_pub: &DhPublicKey,
+) -> Result<SymmetricKey> {
+    let mut info = Vec::with_capacity(prefix.len() + 64);
+    info.extend_from_slice(prefix);
     info.extend_from_slice(recipient_pub.as_bytes());
     info.extend_from_slice(relay_pub.as_bytes());
     let mut okm = Zeroizing::new([0u8; 32]);
@@ -60,7 +71,7 @@ fn derive(
         .map_err(|_| ProtocolError::BadKey {
             what: "delivery key",
         })?;
-    Ok(DeliveryKey(SymmetricKey::from_bytes(okm)))
+    Ok(SymmetricKey::from_bytes(okm))
 }
 
 impl DeliveryKey {

@@ -17,10 +17,15 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tidings_protocol::address::{Host, RelayAddress};
 use tidings_protocol::block::{decode_frames, Block, BlockBuilder, BLOCK_LEN, MAX_FRAME_LEN};
+use tidings_protocol::chunk::{
+    ChunkRecipient, ChunkSize, RecipientKeys, MAX_CHUNK_RECIPIENTS, MAX_SEALED_PIECE_LEN, PIECE_LEN,
+};
 use tidings_protocol::command::{
     Command, ErrorCode, Reply, ReplyKind, Request, MAX_BODY_LEN, MAX_DELIVERED_LEN,
 };
-use tidings_protocol::ids::{CorrId, EntityId, MessageId, RecipientId, SenderId};
+use tidings_protocol::ids::{
+    ChunkRecipientId, ChunkSenderId, CorrId, EntityId, MessageId, PieceNonce, RecipientId, SenderId,
+};
 use tidings_protocol::keys::{
     AuthPublicKey, AuthSecretKey, DhPublicKey, RelayPublicKey, Signature,
 };
@@ -60,7 +65,64 @@ fn message_id() -> impl Strategy<Value = MessageId> {
     any::<[u8; 24]>().prop_map(MessageId::from_bytes)
 }
 
+fn chunk_size() -> impl Strategy<Value = ChunkSize> {
+    prop::sample::select(ChunkSize::ALL.to_vec())
+}
+
+/// A piece offset: a multiple of the piece length inside the largest chunk.
+fn piece_offset() -> impl Strategy<Value = u32> {
+    (0..ChunkSize::M4.pieces()).prop_map(|i| i * PIECE_LEN as u32)
+}
+
+fn recipient_keys() -> impl Strategy<Value = Vec<RecipientKeys>> {
+    prop_oneof![
+        4 => (1usize..4, any::<u64>()),
+        1 => (1usize..=MAX_CHUNK_RECIPIENTS, any::<u64>()),
+    ]
+    .prop_map(|(n, seed)| {
+        (0..n as u64)
+            .map(|i| {
+                let bytes = filled(64, seed.wrapping_add(i));
+                let mut seed32 = [0u8; 32];
+                seed32.copy_from_slice(&bytes[..32]);
+                let mut dh = [0u8; 32];
+                dh.copy_from_slice(&bytes[32..]);
+                RecipientKeys {
+                    auth: AuthSecretKey::from_seed(&seed32).public(),
+                    dh: DhPublicKey::from_bytes(dh),
+                }
+            })
+            .collect()
+    })
+}
+
+fn chunk_command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        (chunk_size(), auth_public(), recipient_keys()).prop_map(|(size, sender, recipients)| {
+            Command::ChunkNew {
+                size,
+                sender,
+                recipients,
+            }
+        }),
+        (piece_offset(), body(PIECE_LEN))
+            .prop_filter("pieces are never empty", |(_, p)| !p.is_empty())
+            .prop_map(|(offset, piece)| Command::ChunkPut { offset, piece }),
+        Just(Command::ChunkStatus),
+        Just(Command::ChunkDelete),
+        piece_offset().prop_map(|offset| Command::ChunkGet { offset }),
+        Just(Command::ChunkAck),
+    ]
+}
+
 fn command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        9 => queue_command(),
+        6 => chunk_command(),
+    ]
+}
+
+fn queue_command() -> impl Strategy<Value = Command> {
     prop_oneof![
         (auth_public(), dh_public()).prop_map(|(auth, dh)| Command::New { auth, dh }),
         Just(Command::Subscribe),
@@ -117,6 +179,35 @@ fn reply_kind() -> impl Strategy<Value = ReplyKind> {
         Just(ReplyKind::End),
         Just(ReplyKind::Pong),
         error_code().prop_map(ReplyKind::Error),
+        (
+            any::<[u8; 24]>(),
+            1usize..=MAX_CHUNK_RECIPIENTS,
+            any::<u64>()
+        )
+            .prop_map(|(sender, n, seed)| {
+                let bytes = filled(56 * n, seed);
+                ReplyKind::ChunkIds {
+                    sender: ChunkSenderId::from_bytes(sender),
+                    recipients: bytes
+                        .chunks(56)
+                        .map(|c| ChunkRecipient {
+                            id: ChunkRecipientId::from_slice(&c[..24]).unwrap(),
+                            relay_dh: DhPublicKey::from_bytes(c[24..].try_into().unwrap()),
+                        })
+                        .collect(),
+                }
+            }),
+        (0..=ChunkSize::MAX_BYTES).prop_map(|received| ReplyKind::ChunkReceived { received }),
+        (
+            piece_offset(),
+            any::<[u8; 24]>(),
+            body(MAX_SEALED_PIECE_LEN)
+        )
+            .prop_map(|(offset, nonce, sealed)| ReplyKind::ChunkData {
+                offset,
+                nonce: PieceNonce::from_bytes(nonce),
+                sealed,
+            }),
     ]
 }
 
@@ -305,6 +396,49 @@ proptest! {
         };
         let e = rep.encode().unwrap_err();
         prop_assert!(matches!(e, ProtocolError::TooLong { .. }), "{:?}", e);
+
+        // A chunk piece one byte or more over the limit, encoded and hand-built.
+        let piece = filled(PIECE_LEN + extra, seed);
+        let put = Command::ChunkPut { offset: 0, piece: piece.clone() };
+        let e = put.encode(&mut Vec::new()).unwrap_err();
+        prop_assert!(matches!(e, ProtocolError::TooLong { .. }), "{:?}", e);
+        let mut cmd = vec![0x31, 0, 0, 0, 0];
+        cmd.extend_from_slice(&u16::try_from(piece.len()).unwrap().to_be_bytes());
+        cmd.extend_from_slice(&piece);
+        let e = Command::decode(&cmd).unwrap_err();
+        prop_assert!(matches!(e, ProtocolError::TooLong { .. }), "{:?}", e);
+    }
+
+    #[test]
+    fn chunk_offsets_off_the_piece_grid_and_bad_counts_are_refused(
+        offset in any::<u32>(), count in prop_oneof![Just(0u8), (MAX_CHUNK_RECIPIENTS as u8 + 1)..=u8::MAX],
+        size in 4u8..=u8::MAX,
+    ) {
+        let on_grid = offset % PIECE_LEN as u32 == 0 && offset < ChunkSize::MAX_BYTES;
+        let mut get = vec![0x34];
+        get.extend_from_slice(&offset.to_be_bytes());
+        prop_assert_eq!(Command::decode(&get).is_ok(), on_grid);
+        let e = Command::ChunkGet { offset }.encode(&mut Vec::new());
+        prop_assert_eq!(e.is_ok(), on_grid);
+
+        let sender = AuthSecretKey::from_seed(&[7; 32]).public().to_bytes();
+        let mut new = vec![0x30, 0];
+        new.extend_from_slice(&sender);
+        new.push(count);
+        for _ in 0..count {
+            new.extend_from_slice(&sender);
+            new.extend_from_slice(&[9; 32]);
+        }
+        let e = Command::decode(&new).unwrap_err();
+        prop_assert!(matches!(e, ProtocolError::BadLength { .. }), "{:?}", e);
+
+        let mut new = vec![0x30, size];
+        new.extend_from_slice(&sender);
+        new.push(1);
+        new.extend_from_slice(&sender);
+        new.extend_from_slice(&[9; 32]);
+        let e = Command::decode(&new).unwrap_err();
+        prop_assert!(matches!(e, ProtocolError::UnknownTag { what: "chunk size", .. }), "{:?}", e);
     }
 }
 

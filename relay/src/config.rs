@@ -23,6 +23,9 @@
 //! max_handshakes_per_address = 8
 //! new_queues_per_address_per_hour = 64
 //! stored_bytes_per_address_per_hour = 33554432   # 32 MiB, about 2,000 padded messages
+//! chunk_bytes_per_address_per_hour = 1073741824   # 1 GiB of file chunks
+//! # File chunks not fully downloaded within this many hours are deleted (14 days).
+//! chunk_expiry_hours = 336
 //! max_tracked_addresses = 65536
 //! commands_per_address_per_sec = 1000
 //! command_burst_per_address = 8192
@@ -48,6 +51,9 @@ use crate::error::{RelayError, Result};
 
 /// The default message expiry, in days (see [`Config::expiry_days`]).
 pub const DEFAULT_EXPIRY_DAYS: u32 = 60;
+
+/// The default file chunk expiry, in hours (see [`Config::chunk_expiry_hours`]).
+pub const DEFAULT_CHUNK_EXPIRY_HOURS: u32 = 14 * 24;
 
 /// Every setting of a relay.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -128,6 +134,17 @@ pub struct Config {
     /// still work. 0 turns the check off (a write that finds the disk full is then what
     /// stops growth: see SECURITY.md 3.6). Default 64 MiB (67,108,864).
     pub min_free_disk_bytes: u64,
+    /// File chunks are deleted this many hours after they were created, downloaded or not.
+    /// Default 336 (14 days). XFTP keeps files 48 hours; Tidings' users reach a network
+    /// only in patchy windows (a weekly market trip, a phone borrowed on Sundays), so a
+    /// chunk must survive at least two missed weekly windows. Chunks are up to 4 MiB each
+    /// and a file may have hundreds, so they do not get the 60 days of messages: a file
+    /// that expires is sent again, while the disk budget is shared with every queue.
+    pub chunk_expiry_hours: u32,
+    /// Bytes of file chunks one source address may create per hour (a bucket of this
+    /// size, refilled over the hour), counted by chunk size when the chunk is created;
+    /// `ChunkNew` beyond it gets `Quota`. Default 1 GiB (1,073,741,824).
+    pub chunk_bytes_per_address_per_hour: u64,
     /// Seconds between two logs of the aggregate counters. Default 3,600 (the hour, the
     /// finest time the store keeps); lower only to debug.
     pub stats_interval_secs: u64,
@@ -162,6 +179,8 @@ impl Default for Config {
             max_store_bytes: None,
             min_free_disk_bytes: 64 << 20,
             stats_interval_secs: 3600,
+            chunk_expiry_hours: DEFAULT_CHUNK_EXPIRY_HOURS,
+            chunk_bytes_per_address_per_hour: 1 << 30,
         }
     }
 }
@@ -229,6 +248,11 @@ impl Config {
                 u64::from(self.command_burst_per_address),
             ),
             ("stats_interval_secs", self.stats_interval_secs),
+            ("chunk_expiry_hours", u64::from(self.chunk_expiry_hours)),
+            (
+                "chunk_bytes_per_address_per_hour",
+                self.chunk_bytes_per_address_per_hour,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {

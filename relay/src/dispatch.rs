@@ -17,6 +17,8 @@
 //! connection has signed with is ever found there (the dummy key never is), so the time
 //! saved tells it nothing it did not know.
 
+mod chunks;
+
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
@@ -242,7 +244,7 @@ impl<S: Store> Dispatcher<S> {
                     let (corr, entity) = frame_header(frame);
                     let code = match e {
                         ProtocolError::TooLong {
-                            what: "message body",
+                            what: "message body" | "chunk piece",
                             ..
                         } => ErrorCode::Large,
                         _ => ErrorCode::Block,
@@ -382,6 +384,12 @@ impl<S: Store> Dispatcher<S> {
             kind,
         };
         match &req.command {
+            Command::ChunkNew { .. }
+            | Command::ChunkPut { .. }
+            | Command::ChunkStatus
+            | Command::ChunkDelete
+            | Command::ChunkGet { .. }
+            | Command::ChunkAck => return self.chunk_command(&req, out).await,
             Command::Ping => {
                 if req.entity != EntityId::NONE || req.signature.is_some() {
                     return Err(ErrorCode::Command);

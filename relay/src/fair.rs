@@ -89,6 +89,8 @@ pub struct Limits {
     pub queues_per_hour: u64,
     /// Bytes one source may store per hour (bucket size and hourly refill).
     pub bytes_per_hour: u64,
+    /// Bytes of file chunks one source may create per hour (bucket size and hourly refill).
+    pub chunk_bytes_per_hour: u64,
     /// Most sources tracked at once.
     pub max_tracked: usize,
     /// Commands one source may send per second, over all its connections.
@@ -107,6 +109,7 @@ impl Limits {
             max_handshakes: config.max_handshakes,
             queues_per_hour: u64::from(config.new_queues_per_address_per_hour),
             bytes_per_hour: config.stored_bytes_per_address_per_hour,
+            chunk_bytes_per_hour: config.chunk_bytes_per_address_per_hour,
             max_tracked: config.max_tracked_addresses,
             commands_per_sec: config.commands_per_address_per_sec,
             command_burst: config.command_burst_per_address,
@@ -195,6 +198,7 @@ struct Entry {
     queues: Bucket,
     bytes: Bucket,
     commands: RateBucket,
+    chunk_bytes: Bucket,
 }
 
 impl Entry {
@@ -206,6 +210,7 @@ impl Entry {
             queues: Bucket::full(limits.queues_per_hour, now),
             bytes: Bucket::full(limits.bytes_per_hour, now),
             commands: RateBucket::full(limits.command_burst, now),
+            chunk_bytes: Bucket::full(limits.chunk_bytes_per_hour, now),
         }
     }
 
@@ -259,7 +264,8 @@ impl Table {
             self.entries.retain(|_, e| {
                 e.is_open()
                     || !(e.queues.is_full(limits.queues_per_hour, now)
-                        && e.bytes.is_full(limits.bytes_per_hour, now))
+                        && e.bytes.is_full(limits.bytes_per_hour, now)
+                        && e.chunk_bytes.is_full(limits.chunk_bytes_per_hour, now))
             });
             if self.entries.len() >= limits.max_tracked {
                 // Still full: forget every source with nothing open (what they used this
@@ -389,6 +395,24 @@ impl FairShares {
         }
     }
 
+    /// Takes `bytes` from `key`'s hourly share of file chunk bytes; `false` (and nothing
+    /// taken) when less is left.
+    pub fn take_chunk_bytes(&self, key: SourceKey, bytes: u64, now: Instant) -> bool {
+        let limits = self.limits;
+        let mut table = lock(&self.table);
+        table
+            .entry(key, &limits, now)
+            .is_some_and(|e| e.chunk_bytes.take(bytes, limits.chunk_bytes_per_hour, now))
+    }
+
+    /// Gives back chunk bytes taken for a `ChunkNew` that failed.
+    pub fn give_back_chunk_bytes(&self, key: SourceKey, bytes: u64) {
+        let limits = self.limits;
+        if let Some(e) = lock(&self.table).entries.get_mut(&key) {
+            e.chunk_bytes.give_back(bytes, limits.chunk_bytes_per_hour);
+        }
+    }
+
     /// Gives back a queue taken for a `New` that failed.
     pub fn give_back_queue(&self, key: SourceKey) {
         let limits = self.limits;
@@ -490,6 +514,7 @@ mod tests {
             max_handshakes: 5,
             queues_per_hour: 4,
             bytes_per_hour: 1000,
+            chunk_bytes_per_hour: 5000,
             max_tracked: 4,
             commands_per_sec: 10,
             command_burst: 20,

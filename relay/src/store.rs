@@ -18,6 +18,9 @@
 //! write until it is opened again) is answered `StoreFull` too, never acknowledged, and
 //! marks the store full until the relay restarts; what was acknowledged before is durable.
 //!
+//! File chunks live in the same tree, written by the same writer under the same budget
+//! ([`chunks`], trait [`ChunkStore`], a supertrait of [`Store`]).
+//!
 //! Backends: [`SledStore`] (the default, on disk) and [`MemoryStore`] (tests).
 //!
 //! Every mutation is asynchronous and resolves only once it is durable. [`SledStore`] runs all
@@ -65,7 +68,9 @@ use tidings_protocol::reencrypt::DeliveryKey;
 
 use crate::error::{RelayError, Result};
 
+pub mod chunks;
 pub mod memory;
+pub use chunks::{ChunkRecipientRecord, ChunkRecord, ChunkStore, PutOutcome};
 pub use memory::MemoryStore;
 
 /// Hours since the Unix epoch, rounded down: the only time the store keeps.
@@ -173,7 +178,7 @@ pub enum SecureOutcome {
 /// Implementations must be safe to share between tasks (`Arc<impl Store>`). The conformance
 /// suite in `tests/store_conformance.rs` is written against this trait; every backend must
 /// pass it.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ChunkStore + Send + Sync + 'static {
     /// Stores a new queue. Resolves to `false` (and changes nothing) when its recipient id or
     /// sender id is already in use.
     fn create_queue(&self, record: QueueRecord) -> impl Future<Output = Result<bool>> + Send;
@@ -359,6 +364,8 @@ enum Op {
     Ack(RecipientId, MessageId, Done<bool>),
     Expire(Hour, Done<usize>),
     Flush(Done<()>),
+    /// A file chunk write (`chunks.rs`).
+    Chunk(chunks::ChunkOp),
     /// Finish what came before, flush, and stop (sent when the store is dropped).
     Stop,
 }
@@ -891,6 +898,7 @@ impl Writer<'_> {
             Op::Ack(id, msg, done) => complete(done, self.ack(&id, &msg)),
             Op::Expire(cutoff, done) => complete(done, self.expire(cutoff)),
             Op::Flush(done) => complete(done, Ok(())),
+            Op::Chunk(op) => self.apply_chunk(op),
             Op::Stop => Box::new(|_| {}),
         }
     }

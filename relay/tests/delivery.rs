@@ -29,10 +29,13 @@ use tempfile::TempDir;
 use tidings_client::net::RelayConnection;
 use tidings_client::relay::{create_queue, NewQueue};
 use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind};
-use tidings_protocol::ids::{CorrId, MessageId, RecipientId, SenderId};
+use tidings_protocol::ids::{
+    ChunkRecipientId, ChunkSenderId, CorrId, MessageId, RecipientId, SenderId,
+};
 use tidings_protocol::keys::AuthPublicKey;
 use tidings_relay::store::{
-    AppendOutcome, Hour, MemoryStore, QueueRecord, SecureOutcome, Store, StoredMessage,
+    AppendOutcome, ChunkRecipientRecord, ChunkRecord, ChunkStore, Hour, MemoryStore, PutOutcome,
+    QueueRecord, SecureOutcome, Store, StoredMessage,
 };
 use tidings_relay::{identity, Config, ManualClock, Relay, RelayError};
 
@@ -129,6 +132,54 @@ impl Store for FlakyStore {
     }
     fn flush(&self) -> impl Future<Output = tidings_relay::Result<()>> + Send {
         self.inner.flush()
+    }
+}
+
+impl ChunkStore for FlakyStore {
+    fn create_chunk(
+        &self,
+        record: ChunkRecord,
+        recipients: Vec<ChunkRecipientRecord>,
+    ) -> impl Future<Output = tidings_relay::Result<bool>> + Send {
+        self.inner.create_chunk(record, recipients)
+    }
+    fn chunk(&self, sender: &ChunkSenderId) -> tidings_relay::Result<Option<ChunkRecord>> {
+        self.inner.chunk(sender)
+    }
+    fn chunk_recipient(
+        &self,
+        id: &ChunkRecipientId,
+    ) -> tidings_relay::Result<Option<ChunkRecipientRecord>> {
+        self.inner.chunk_recipient(id)
+    }
+    fn put_piece(
+        &self,
+        sender: ChunkSenderId,
+        offset: u32,
+        piece: Vec<u8>,
+    ) -> impl Future<Output = tidings_relay::Result<PutOutcome>> + Send {
+        self.inner.put_piece(sender, offset, piece)
+    }
+    fn piece(&self, sender: &ChunkSenderId, offset: u32) -> tidings_relay::Result<Option<Vec<u8>>> {
+        self.inner.piece(sender, offset)
+    }
+    fn delete_chunk(
+        &self,
+        sender: ChunkSenderId,
+    ) -> impl Future<Output = tidings_relay::Result<bool>> + Send {
+        self.inner.delete_chunk(sender)
+    }
+    fn ack_chunk(
+        &self,
+        recipient: ChunkRecipientId,
+    ) -> impl Future<Output = tidings_relay::Result<bool>> + Send {
+        self.inner.ack_chunk(recipient)
+    }
+    fn expire_chunks_before(
+        &self,
+        cutoff: Hour,
+    ) -> impl Future<Output = tidings_relay::Result<usize>> + Send {
+        self.inner.expire_chunks_before(cutoff)
     }
 }
 

@@ -1,4 +1,4 @@
-"""An independent implementation of PROTOCOL.md sections 2 to 10, written from the document
+"""An independent implementation of PROTOCOL.md sections 2 to 10 and 15 (chunks and files), written from the document
 alone (not from the Rust), checked against the known-answer vectors in protocol/tests/vectors,
 and the safety code of section 12.8 against client/tests/vectors/safety_code.txt.
 
@@ -192,6 +192,137 @@ key = hkdf(shared, b'tidings relay delivery key v1' + rp + lp)
 check('reenc key', key.hex() == r['delivery_key_hex'] and r['info_hex'] == b'tidings relay delivery key v1'.hex())
 for c in r['cases']:
     check('reenc ' + c['name'], xchacha_seal(key, bytes.fromhex(c['message_id_hex']), b'', bytes.fromhex(c['body_hex'])).hex() == c['sealed_hex'])
+
+
+# ---------- section 15: file chunks (chunks.json) ----------
+ch = load('chunks.json')
+PIECE = ch['piece_len']
+SIZES = [65536, 262144, 1048576, 4194304]
+check('chunk sizes', ch['chunk_sizes'] == SIZES and PIECE == 16000)
+def chunk_offset(o):
+    if o % PIECE or o >= SIZES[-1]: raise ValueError('offset')
+    return o
+def chunk_cmd(c):
+    """Decodes one chunk command (15.2) exactly; returns (name, fields)."""
+    t = c[0]
+    if t == 0x30:
+        size, sender, n = c[1], c[2:34], c[34]
+        if size > 3 or not 1 <= n <= 128 or len(c) != 35 + 64 * n: raise ValueError('chunk_new')
+        return 'chunk_new', (SIZES[size], sender, [(c[35 + 64 * i:67 + 64 * i], c[67 + 64 * i:99 + 64 * i]) for i in range(n)])
+    if t == 0x31:
+        off = chunk_offset(struct.unpack('>I', c[1:5])[0]); ln = struct.unpack('>H', c[5:7])[0]
+        if not 1 <= ln <= PIECE or len(c) != 7 + ln: raise ValueError('chunk_put')
+        return 'chunk_put', (off, c[7:])
+    if t in (0x32, 0x33, 0x35):
+        if len(c) != 1: raise ValueError('trailing')
+        return {0x32: 'chunk_status', 0x33: 'chunk_delete', 0x35: 'chunk_ack'}[t], ()
+    if t == 0x34:
+        if len(c) != 5: raise ValueError('chunk_get')
+        return 'chunk_get', (chunk_offset(struct.unpack('>I', c[1:5])[0]),)
+    raise ValueError('tag')
+cb = bytes.fromhex(ch['binding_hex'])
+signers = {'sender': Ed25519PrivateKey.from_private_bytes(bytes.fromhex(ch['sender_auth_seed_hex'])),
+           'recipient0': Ed25519PrivateKey.from_private_bytes(bytes.fromhex(ch['recipient_auth_seeds_hex'][0]))}
+for r in ch['requests']:
+    f = bytes.fromhex(r['frame_hex'])
+    corr, ent, flag = f[:8], f[8:32], f[32]
+    sig, cmd = f[33:97], f[97:]
+    name, fields = chunk_cmd(cmd)
+    good = flag == 1 and name == r['name']
+    pk = raw_pub(signers[r['signer']])
+    try: Ed25519PublicKey.from_public_bytes(pk).verify(sig, CTX + cb + corr + ent + cmd)
+    except Exception: good = False
+    if name == 'chunk_new':
+        # Entity all zero, signed by the carried sender key (8.2 CarriedKey).
+        good &= ent == bytes(24) and fields[1] == pk
+        good &= [a for a, _ in fields[2]] == [raw_pub(Ed25519PrivateKey.from_private_bytes(bytes.fromhex(s))) for s in ch['recipient_auth_seeds_hex']]
+    if name == 'chunk_put':
+        # The last piece of a 64 KiB chunk is 65536 - 4 * 16000 bytes of i mod 251.
+        good &= fields[0] == 4 * PIECE and fields[1] == bytes(i % 251 for i in range(65536 - 4 * PIECE))
+    check('chunk req ' + r['name'], good)
+def chunk_reply(b):
+    t = b[0]
+    if t == 0x87:
+        n = b[25]
+        if not 1 <= n <= 128 or len(b) != 26 + 56 * n: raise ValueError
+        return 'chunk_ids', (b[1:25], [(b[26 + 56 * i:50 + 56 * i], b[50 + 56 * i:82 + 56 * i]) for i in range(n)])
+    if t == 0x88:
+        v = struct.unpack('>I', b[1:5])[0]
+        if len(b) != 5 or v > SIZES[-1]: raise ValueError
+        return 'chunk_received', (v,)
+    if t == 0x89:
+        off = chunk_offset(struct.unpack('>I', b[1:5])[0]); ln = struct.unpack('>H', b[29:31])[0]
+        if ln > PIECE + 16 or len(b) != 31 + ln: raise ValueError
+        return 'chunk_data', (off, b[5:29], b[31:])
+    raise ValueError
+replies = {}
+for r in ch['replies']:
+    f = bytes.fromhex(r['frame_hex'])
+    name, fields = chunk_reply(f[32:])
+    replies[name] = fields
+    check('chunk reply ' + r['name'], name == r['name'])
+keys = []
+for i, k in enumerate(ch['keys']):
+    rs, ls_ = bytes.fromhex(k['recipient_secret_hex']), bytes.fromhex(k['relay_secret_hex'])
+    rp, lp = x25519_pub(rs), x25519_pub(ls_)
+    key = hkdf(x25519(ls_, rp), bytes.fromhex(ch['chunk_key_info_hex']) + rp + lp)
+    keys.append(key)
+    check('chunk key %d' % i, key.hex() == k['chunk_key_hex'] and rp.hex() == k['recipient_public_hex']
+          and lp.hex() == k['relay_public_hex'] and ch['chunk_key_info_hex'] == b'tidings relay chunk key v1'.hex()
+          and replies['chunk_ids'][1][i][1] == lp)
+for c in ch['pieces']:
+    piece = bytes.fromhex(c['piece_hex'])
+    sealed = xchacha_seal(keys[0], bytes.fromhex(c['nonce_hex']), struct.pack('>I', c['offset']), piece)
+    check('chunk piece ' + c['name'], sealed.hex() == c['sealed_hex'] and piece == bytes(i % 251 for i in range(len(piece))))
+off, nonce, sealed = replies['chunk_data']
+check('chunk data reply', sealed == xchacha_seal(keys[0], nonce, struct.pack('>I', off), bytes(i % 251 for i in range(PIECE))))
+
+
+# ---------- sections 15.7-15.8: file encryption and description (files.json) ----------
+fv = load('files.json')
+fkey, fprefix = bytes.fromhex(fv['key_hex']), bytes.fromhex(fv['prefix_hex'])
+flen = fv['plaintext_len']
+fplain = bytes(i % 251 for i in range(flen))
+faad = b'tidings file v1' + struct.pack('>Q', flen)
+check('file aad', faad.hex() == fv['aad_hex'])
+nseg = max(1, -(-flen // 65520))
+check('file segments', len(fv['segments']) == nseg)
+for seg in fv['segments']:
+    i = seg['index']; last = i == nseg - 1
+    nonce = fprefix + struct.pack('>I', i) + bytes([1 if last else 0])
+    pt = fplain[i * 65520:(i + 1) * 65520].ljust(65520, b'\0')
+    ct = xchacha_seal(fkey, nonce, faad, pt)
+    check('file segment %d' % i, len(ct) == 65536 and nonce.hex() == seg['nonce_hex'] and seg['last'] == last
+          and hashlib.sha256(ct).hexdigest() == seg['sha256_of_sealed_hex']
+          and ct[:32].hex() == seg['sealed_head_hex'] and ct[-32:].hex() == seg['sealed_tail_hex'])
+check('file digest', hashlib.sha256(fplain).hexdigest() == fv['plaintext_sha256_hex'])
+seed = bytes.fromhex(fv['seed_hex'])
+check('chunk seed info', fv['chunk_seed_info_hex'] == b'tidings chunk recipient keys v1'.hex())
+def chunk_keys(seed, index):
+    okm = hkdf(seed, b'tidings chunk recipient keys v1' + struct.pack('>I', index), 64)
+    return raw_pub(Ed25519PrivateKey.from_private_bytes(okm[:32])), x25519_pub(okm[32:])
+a0, d0 = chunk_keys(seed, 0); a1, _ = chunk_keys(seed, 1)
+check('chunk keys from seed', a0.hex() == fv['chunk0_auth_public_hex'] and d0.hex() == fv['chunk0_dh_public_hex'] and a1.hex() == fv['chunk1_auth_public_hex'])
+def decode_description(b):
+    """PROTOCOL.md 15.8, strictly."""
+    if b[0] != 1 or b[1] & ~1: raise ValueError('version/flags')
+    voice = bool(b[1] & 1); size, dur = struct.unpack('>QI', b[2:14]); at = 14
+    nl = b[at]; name = b[at + 1:at + 1 + nl].decode(); at += 1 + nl
+    ml = b[at]; media = b[at + 1:at + 1 + ml].decode('ascii'); at += 1 + ml
+    if not (1 <= nl <= 255 and 1 <= ml <= 127): raise ValueError('lengths')
+    digest, key, prefix, sd = b[at:at + 32], b[at + 32:at + 64], b[at + 64:at + 83], b[at + 83:at + 115]; at += 115
+    rl = struct.unpack('>H', b[at:at + 2])[0]; relay = b[at + 2:at + 2 + rl].decode(); at += 2 + rl
+    n = struct.unpack('>H', b[at:at + 2])[0]; at += 2
+    chunks = [(b[at + 57 * i], b[at + 57 * i + 1:at + 57 * i + 25], b[at + 57 * i + 25:at + 57 * i + 57]) for i in range(n)]
+    at += 57 * n
+    if at != len(b) or not 1 <= n <= 120: raise ValueError('trailing or count')
+    if sum(SIZES[c[0]] for c in chunks) != max(1, -(-size // 65520)) * 65536: raise ValueError('chunk sizes')
+    if not voice and dur: raise ValueError('duration')
+    return dict(voice=voice, size=size, duration=dur, name=name, media=media, digest=digest, key=key, prefix=prefix, seed=sd, relay=relay, chunks=chunks)
+d = decode_description(bytes.fromhex(fv['description_hex']))
+check('file description', d['voice'] and d['size'] == flen and d['duration'] == 42 and d['name'] == 'sermon-03.mp3'
+      and d['media'] == 'audio/mpeg' and d['digest'].hex() == fv['plaintext_sha256_hex'] and d['key'] == fkey
+      and d['prefix'] == fprefix and d['seed'] == seed and parse_address(d['relay']) is not None and len(d['chunks']) == 2)
 
 # ---------- section 4-5: Noise NK ----------
 HASHLEN = 32

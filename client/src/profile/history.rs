@@ -27,6 +27,7 @@ impl Profile {
                         HISTORY_CHECKIN => "check-in",
                         HISTORY_DURESS => "duress-check-in",
                         HISTORY_DURESS_ACK => "duress-ack",
+                        HISTORY_FILE => "file",
                         _ => "text",
                     },
                     text: match h.kind {

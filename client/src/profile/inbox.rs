@@ -52,7 +52,9 @@ impl Profile {
         let mut links = Links::new(net);
         let result = self.sync_with(&mut links, now).await;
         links.close().await;
-        result
+        let mut report = result?;
+        self.auto_fetch(net, &mut report).await?;
+        Ok(report)
     }
 
     pub(super) async fn sync_with<C: Connector>(
@@ -328,6 +330,11 @@ impl Profile {
                 contact.they_expect_every = (*every_secs > 0).then_some(*every_secs);
                 contact.they_expect_since = app.sent_at.min(now);
                 None
+            }
+            AppBody::File(desc) => {
+                let line = self.keep_file(&mut b, contact.id, desc, now)?;
+                let kind = if desc.voice { "voice" } else { "file" };
+                Some((line.clone(), HISTORY_FILE, line, kind))
             }
         };
         if let Some((text, kind, shown, shown_kind)) = entry {

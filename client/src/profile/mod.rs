@@ -162,6 +162,8 @@ const HISTORY_CHECKIN: u8 = 1;
 const HISTORY_DURESS: u8 = 2;
 /// A local note: the user acknowledged a DURESS check-in (`due --ack`).
 const HISTORY_DURESS_ACK: u8 = 3;
+/// A received file or voice note (the text is the line `sync` showed).
+const HISTORY_FILE: u8 = 4;
 
 /// How a check-in reads in `sync`, `listen` and `history`.
 fn checkin_line(note: &str, duress: bool) -> String {
@@ -274,6 +276,9 @@ pub struct SyncReport {
     pub connected: Vec<String>,
     /// The first network error, if a relay could not be reached (the rest still ran).
     pub error: Option<ClientError>,
+    /// Received files downloaded and checked in this sync (at most the auto-download size
+    /// each), by id.
+    pub fetched: Vec<String>,
 }
 
 /// An unlocked profile.
@@ -696,6 +701,8 @@ fn put_seen(b: &mut Batch, contact: &[u8; 16], id: &AppMessageId, at: u64) -> Re
 
 mod checkins;
 mod contacts;
+mod files;
+pub use files::{file_line, FileInfo, OutgoingFile};
 mod history;
 mod inbox;
 mod lists;

@@ -10,7 +10,12 @@ use std::sync::{Mutex, MutexGuard};
 use tidings_protocol::ids::{MessageId, RecipientId, SenderId};
 use tidings_protocol::keys::AuthPublicKey;
 
-use super::{AppendOutcome, Hour, QueueRecord, SecureOutcome, Store, StoredMessage};
+use tidings_protocol::ids::{ChunkRecipientId, ChunkSenderId};
+
+use super::{
+    AppendOutcome, ChunkRecipientRecord, ChunkRecord, ChunkStore, Hour, PutOutcome, QueueRecord,
+    SecureOutcome, Store, StoredMessage,
+};
 use crate::error::Result;
 
 #[derive(Default)]
@@ -18,6 +23,22 @@ struct State {
     queues: HashMap<RecipientId, QueueRecord>,
     senders: HashMap<SenderId, RecipientId>,
     messages: HashMap<RecipientId, VecDeque<StoredMessage>>,
+    chunks: HashMap<ChunkSenderId, ChunkRecord>,
+    chunk_recipients: HashMap<ChunkRecipientId, ChunkRecipientRecord>,
+    pieces: HashMap<(ChunkSenderId, u32), Vec<u8>>,
+}
+
+impl State {
+    fn remove_chunk(&mut self, sender: &ChunkSenderId) -> bool {
+        let Some(record) = self.chunks.remove(sender) else {
+            return false;
+        };
+        self.pieces.retain(|(s, _), _| s != sender);
+        for id in &record.recipients {
+            self.chunk_recipients.remove(id);
+        }
+        true
+    }
 }
 
 /// A [`Store`] that keeps everything in memory and forgets it when dropped.
@@ -205,5 +226,102 @@ impl Store for MemoryStore {
 
     fn flush(&self) -> impl Future<Output = Result<()>> + Send {
         ready(Ok(()))
+    }
+}
+
+impl ChunkStore for MemoryStore {
+    fn create_chunk(
+        &self,
+        record: ChunkRecord,
+        recipients: Vec<ChunkRecipientRecord>,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        let mut state = self.state();
+        let taken = state.chunks.contains_key(&record.sender)
+            || recipients
+                .iter()
+                .any(|r| state.chunk_recipients.contains_key(&r.id));
+        if !taken {
+            for r in recipients {
+                state.chunk_recipients.insert(r.id, r);
+            }
+            state.chunks.insert(record.sender, record);
+        }
+        ready(Ok(!taken))
+    }
+
+    fn chunk(&self, sender: &ChunkSenderId) -> Result<Option<ChunkRecord>> {
+        Ok(self.state().chunks.get(sender).cloned())
+    }
+
+    fn chunk_recipient(&self, id: &ChunkRecipientId) -> Result<Option<ChunkRecipientRecord>> {
+        Ok(self.state().chunk_recipients.get(id).cloned())
+    }
+
+    fn put_piece(
+        &self,
+        sender: ChunkSenderId,
+        offset: u32,
+        piece: Vec<u8>,
+    ) -> impl Future<Output = Result<PutOutcome>> + Send {
+        let mut state = self.state();
+        let outcome = match state.chunks.get_mut(&sender) {
+            None => PutOutcome::Refused,
+            Some(record) => {
+                let len = u32::try_from(piece.len()).unwrap_or(u32::MAX);
+                if record.size.piece_len(offset) != Some(piece.len()) {
+                    PutOutcome::Refused
+                } else if offset.saturating_add(len) <= record.received {
+                    PutOutcome::AlreadyStored
+                } else if offset != record.received {
+                    PutOutcome::Refused
+                } else {
+                    record.received = offset.saturating_add(len);
+                    let received = record.received;
+                    state.pieces.insert((sender, offset), piece);
+                    PutOutcome::Stored { received }
+                }
+            }
+        };
+        ready(Ok(outcome))
+    }
+
+    fn piece(&self, sender: &ChunkSenderId, offset: u32) -> Result<Option<Vec<u8>>> {
+        Ok(self.state().pieces.get(&(*sender, offset)).cloned())
+    }
+
+    fn delete_chunk(&self, sender: ChunkSenderId) -> impl Future<Output = Result<bool>> + Send {
+        ready(Ok(self.state().remove_chunk(&sender)))
+    }
+
+    fn ack_chunk(&self, recipient: ChunkRecipientId) -> impl Future<Output = Result<bool>> + Send {
+        let mut state = self.state();
+        let Some(r) = state.chunk_recipients.remove(&recipient) else {
+            return ready(Ok(false));
+        };
+        let last = match state.chunks.get_mut(&r.sender) {
+            Some(c) => {
+                c.recipients.retain(|id| *id != recipient);
+                c.recipients.is_empty()
+            }
+            None => false,
+        };
+        if last {
+            state.remove_chunk(&r.sender);
+        }
+        ready(Ok(true))
+    }
+
+    fn expire_chunks_before(&self, cutoff: Hour) -> impl Future<Output = Result<usize>> + Send {
+        let mut state = self.state();
+        let old: Vec<ChunkSenderId> = state
+            .chunks
+            .values()
+            .filter(|c| c.hour < cutoff)
+            .map(|c| c.sender)
+            .collect();
+        for sender in &old {
+            state.remove_chunk(sender);
+        }
+        ready(Ok(old.len()))
     }
 }

@@ -1,0 +1,165 @@
+//! `--files`: file transfer through a relay's chunk store (issue 17). Uploads and downloads a
+//! `--file-mb` file of random bytes through the real client library, and prints MB/s each
+//! way, the relay's CPU time per MB, and peak RSS of this client process and of the relay
+//! after a second, larger transfer (`--rss-file-mb`). It also measures raw loopback TCP bulk
+//! throughput (one stream, 1 GiB) as the physical limit here.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use rand_core::{OsRng, RngCore};
+use serde::Serialize;
+use tidings_client::files::{download, upload, DownloadState, UploadState};
+use tidings_client::net::RelayConnection;
+use tidings_protocol::address::RelayAddress;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::measure::ProcWatch;
+use crate::relay_process::RelayProcess;
+use crate::Args;
+
+/// The figures of one `--files` run.
+#[derive(Debug, Serialize)]
+pub struct FilesReport {
+    /// The measured file's size in MB (10^6 bytes).
+    pub file_mb: u64,
+    /// Upload throughput of file bytes, MB/s.
+    pub upload_mb_s: f64,
+    /// Download (with the final check of every segment and the digest) throughput, MB/s.
+    pub download_mb_s: f64,
+    /// Relay CPU milliseconds per MB uploaded.
+    pub relay_cpu_ms_per_mb_upload: f64,
+    /// Relay CPU milliseconds per MB downloaded.
+    pub relay_cpu_ms_per_mb_download: f64,
+    /// The larger file used for the memory figures, in MB.
+    pub rss_file_mb: u64,
+    /// Peak RSS of this (client) process over the whole run, KiB.
+    pub client_peak_rss_kib: Option<u64>,
+    /// Peak RSS of the relay over the whole run, KiB.
+    pub relay_peak_rss_kib: Option<u64>,
+    /// Raw loopback TCP bulk throughput, MB/s.
+    pub tcp_loopback_mb_s: f64,
+}
+
+fn random_file(path: &std::path::Path, mb: u64) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).context("creating the test file")?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = mb * 1_000_000;
+    while left > 0 {
+        OsRng.fill_bytes(&mut buf);
+        let n = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+        f.write_all(buf.get(..n).unwrap_or_default())?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// One upload and download; returns (upload s, download s, relay CPU us up, down).
+async fn transfer(
+    address: &RelayAddress,
+    relay: &ProcWatch,
+    dir: &std::path::Path,
+    mb: u64,
+) -> Result<(f64, f64, u64, u64)> {
+    let src = dir.join(format!("file-{mb}"));
+    random_file(&src, mb)?;
+    let mut state = UploadState::new(&src, "bench.bin", "application/octet-stream", address, 1, 2)?;
+    let mut conn = RelayConnection::connect(address).await?;
+    let cpu0 = relay.cpu_us().unwrap_or(0);
+    let t = Instant::now();
+    upload(&mut conn, &src, &mut state, |_| Ok(()), |_| {}).await?;
+    let up = t.elapsed().as_secs_f64();
+    let cpu1 = relay.cpu_us().unwrap_or(0);
+    let desc = state
+        .descriptions()
+        .and_then(|mut d| d.pop())
+        .ok_or_else(|| anyhow!("upload incomplete"))?;
+    let enc = dir.join(format!("file-{mb}.enc"));
+    let mut dl = DownloadState::new(&desc);
+    let t = Instant::now();
+    download(&mut conn, &desc, &enc, &mut dl, |_| Ok(()), |_| {}).await?;
+    let down = t.elapsed().as_secs_f64();
+    let cpu2 = relay.cpu_us().unwrap_or(0);
+    conn.close().await;
+    let _ = std::fs::remove_file(&src);
+    let _ = std::fs::remove_file(&enc);
+    Ok((
+        up,
+        down,
+        cpu1.saturating_sub(cpu0),
+        cpu2.saturating_sub(cpu1),
+    ))
+}
+
+async fn tcp_loopback_mb_s() -> Result<f64> {
+    const TOTAL: u64 = 1 << 30;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        while got < TOTAL {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        Ok::<u64, std::io::Error>(got)
+    });
+    let mut c = tokio::net::TcpStream::connect(addr).await?;
+    let buf = vec![7u8; 1 << 20];
+    let t = Instant::now();
+    let mut sent = 0u64;
+    while sent < TOTAL {
+        c.write_all(&buf).await?;
+        sent += buf.len() as u64;
+    }
+    c.shutdown().await?;
+    let got = server.await??;
+    Ok(got as f64 / 1e6 / t.elapsed().as_secs_f64())
+}
+
+/// Runs the `--files` measurements against a relay started here.
+pub async fn run(args: &Args) -> Result<FilesReport> {
+    let dir = tempfile::Builder::new()
+        .prefix("tidings-bench-files-")
+        .tempdir()?;
+    let config = dir.path().join("relay.toml");
+    // Enough chunk share for both transfers from 127.0.0.1.
+    std::fs::write(
+        &config,
+        "chunk_bytes_per_address_per_hour = 1099511627776\n",
+    )?;
+    let mut extra = vec![
+        "--config".to_string(),
+        config.to_string_lossy().into_owned(),
+    ];
+    extra.extend(args.relay_args.iter().cloned());
+    let relay =
+        RelayProcess::start(args.relay_bin.as_deref(), &extra, args.relay_log.as_deref()).await?;
+    let address: RelayAddress = relay
+        .address()
+        .parse()
+        .map_err(|e| anyhow!("relay address: {e:?}"))?;
+    let watch = ProcWatch::new(relay.pid());
+    let mb = args.file_mb;
+    let (up, down, cpu_up, cpu_down) = transfer(&address, &watch, dir.path(), mb).await?;
+    let _ = transfer(&address, &watch, dir.path(), args.rss_file_mb).await?;
+    let me = ProcWatch::new(std::process::id());
+    let report = FilesReport {
+        file_mb: mb,
+        upload_mb_s: mb as f64 / up,
+        download_mb_s: mb as f64 / down,
+        relay_cpu_ms_per_mb_upload: cpu_up as f64 / 1000.0 / mb as f64,
+        relay_cpu_ms_per_mb_download: cpu_down as f64 / 1000.0 / mb as f64,
+        rss_file_mb: args.rss_file_mb,
+        client_peak_rss_kib: me.peak_rss_kib(),
+        relay_peak_rss_kib: watch.peak_rss_kib(),
+        tcp_loopback_mb_s: tcp_loopback_mb_s().await?,
+    };
+    relay.stop().await;
+    Ok(report)
+}

@@ -1,0 +1,756 @@
+//! Chunked upload and download with resume.
+//!
+//! An upload is driven by an [`UploadState`] the caller persists (in the profile's encrypted
+//! store: it holds keys) after every call of `save`: which chunks exist on the relay and which
+//! are complete. After a kill the same state resumes: chunks that are complete are not sent
+//! again, and a chunk in progress continues at the piece the relay reports stored
+//! (`ChunkStatus`). Before it resumes, the file's digest is checked again: the same key and
+//! nonces must never encrypt different bytes.
+//!
+//! A download keeps the file's *encrypted* bytes in a file (useless without the key, which
+//! only the description holds) and a [`DownloadState`] of the chunks done. A chunk is written
+//! and synced before it counts as done. When every chunk is there, every segment is
+//! decrypted and the digest compared; only then is the file complete. A segment that does not
+//! open (tampered, swapped or cut short) is an error that names the file.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+use tidings_protocol::address::RelayAddress;
+use tidings_protocol::chunk::{ChunkKey, ChunkRecipient, ChunkSize, RecipientKeys, PIECE_LEN};
+use tidings_protocol::command::{Command, ErrorCode, ReplyKind};
+use tidings_protocol::file::{chunk_recipient_keys, FileChunk, FileDescription, MAX_FILE_CHUNKS};
+use tidings_protocol::ids::{ChunkRecipientId, ChunkSenderId, EntityId};
+use tidings_protocol::keys::{AuthSecretKey, DhPublicKey, DhSecretKey};
+use zeroize::Zeroizing;
+
+use super::crypt::{FileCipher, SegmentError, PREFIX_LEN, SEGMENT_LEN, SEGMENT_PLAIN_LEN};
+use crate::error::{ClientError, Result};
+use crate::relay::RelayLink;
+
+/// Requests in flight at once during a transfer (one block each way per request).
+const PIPELINE: usize = 16;
+
+/// Progress of a transfer, for a progress bar or plain lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Encrypted bytes done.
+    pub done: u64,
+    /// Encrypted bytes in all.
+    pub total: u64,
+}
+
+/// Chunk sizes for an encrypted file of `len` bytes (a multiple of 64 KiB): largest first,
+/// as many of each as fit, so the sizes add up to `len` exactly.
+pub fn plan_chunks(len: u64) -> Vec<ChunkSize> {
+    let mut left = len;
+    let mut plan = Vec::new();
+    for size in ChunkSize::ALL.iter().rev() {
+        let b = u64::from(size.bytes());
+        while left >= b {
+            plan.push(*size);
+            left -= b;
+        }
+    }
+    plan
+}
+
+fn file_error(name: &str, reason: &'static str) -> ClientError {
+    ClientError::FileCorrupt {
+        name: name.to_string(),
+        reason,
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
+    move |e| ClientError::storage(path, e)
+}
+
+/// SHA-256 of a file, read in 1 MiB steps.
+fn digest_of(path: &Path) -> Result<([u8; 32], u64)> {
+    let mut f = File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let got = f.read(&mut buf).map_err(io(path))?;
+        if got == 0 {
+            break;
+        }
+        h.update(buf.get(..got).unwrap_or_default());
+        n += got as u64;
+    }
+    Ok((h.finalize().into(), n))
+}
+
+/// One recipient's access to one chunk: derived from its seed and the description.
+struct ChunkAccess {
+    size: ChunkSize,
+    id: ChunkRecipientId,
+    auth: AuthSecretKey,
+    dh: DhSecretKey,
+    relay_dh: DhPublicKey,
+}
+
+fn accesses(desc: &FileDescription) -> Result<Vec<ChunkAccess>> {
+    let mut out = Vec::with_capacity(desc.chunks.len());
+    for (i, c) in desc.chunks.iter().enumerate() {
+        let index = u32::try_from(i).map_err(|_| file_error(&desc.name, "too many chunks"))?;
+        let (auth, dh) = chunk_recipient_keys(&desc.seed, index)?;
+        out.push(ChunkAccess {
+            size: c.size,
+            id: c.id,
+            auth,
+            dh,
+            relay_dh: c.relay_dh,
+        });
+    }
+    Ok(out)
+}
+
+fn cipher_of(desc: &FileDescription) -> FileCipher {
+    FileCipher::new(desc.key.clone(), desc.prefix, desc.size)
+}
+
+/// One chunk of an upload.
+#[derive(Clone)]
+struct UploadChunk {
+    size: ChunkSize,
+    auth: AuthSecretKey,
+    /// Set once the relay created it: its sender id and, per recipient (real first, then
+    /// dummies), the recipient id and relay key.
+    created: Option<(ChunkSenderId, Vec<ChunkRecipient>)>,
+    complete: bool,
+}
+
+/// [`UploadState`] as stored (JSON inside the profile's encrypted store).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedUpload {
+    name: String,
+    media_type: String,
+    relay: String,
+    size: u64,
+    digest: Vec<u8>,
+    key: Vec<u8>,
+    prefix: Vec<u8>,
+    voice_secs: Option<u32>,
+    seeds: Vec<Vec<u8>>,
+    real: usize,
+    chunks: Vec<SavedChunk>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedChunk {
+    size: u8,
+    auth_seed: Vec<u8>,
+    sender: Option<Vec<u8>>,
+    recipients: Vec<(Vec<u8>, Vec<u8>)>,
+    complete: bool,
+}
+
+impl Drop for SavedUpload {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.key.zeroize();
+        for s in &mut self.seeds {
+            s.zeroize();
+        }
+        for c in &mut self.chunks {
+            c.auth_seed.zeroize();
+        }
+    }
+}
+
+fn arr<const N: usize>(v: &[u8]) -> Result<[u8; N]> {
+    v.try_into().map_err(|_| ClientError::Crypto)
+}
+
+/// Everything an upload needs to resume. Holds keys: persist it only encrypted.
+#[derive(Clone)]
+pub struct UploadState {
+    name: String,
+    media_type: String,
+    relay: RelayAddress,
+    size: u64,
+    digest: [u8; 32],
+    key: Zeroizing<[u8; 32]>,
+    prefix: [u8; PREFIX_LEN],
+    voice_secs: Option<u32>,
+    /// One chunk key seed per recipient: the real ones first, then the dummies.
+    seeds: Vec<Zeroizing<[u8; 32]>>,
+    real: usize,
+    chunks: Vec<UploadChunk>,
+}
+
+impl std::fmt::Debug for UploadState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadState")
+            .field("chunks", &self.chunks.len())
+            .field(
+                "complete",
+                &self.chunks.iter().filter(|c| c.complete).count(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn random32() -> Zeroizing<[u8; 32]> {
+    let mut k = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(k.as_mut());
+    k
+}
+
+impl UploadState {
+    /// Plans the upload of `path` to `relay` for `recipients` real recipients plus
+    /// `dummies` dummy ones (keys nobody holds), with a fresh random key.
+    pub fn new(
+        path: &Path,
+        name: &str,
+        media_type: &str,
+        relay: &RelayAddress,
+        recipients: usize,
+        dummies: usize,
+    ) -> Result<Self> {
+        let (digest, size) = digest_of(path)?;
+        let key = random32();
+        let mut prefix = [0u8; PREFIX_LEN];
+        OsRng.fill_bytes(&mut prefix);
+        let cipher = FileCipher::new(key.clone(), prefix, size);
+        let plan = plan_chunks(cipher.encrypted_len());
+        if plan.len() > MAX_FILE_CHUNKS {
+            return Err(ClientError::FileTooLarge {
+                size,
+                max: MAX_FILE_CHUNKS as u64 * u64::from(ChunkSize::MAX_BYTES),
+            });
+        }
+        let chunks = plan
+            .into_iter()
+            .map(|size| UploadChunk {
+                size,
+                auth: AuthSecretKey::generate(&mut OsRng),
+                created: None,
+                complete: false,
+            })
+            .collect();
+        Ok(Self {
+            name: name.to_string(),
+            media_type: media_type.to_string(),
+            relay: relay.clone(),
+            size,
+            digest,
+            key,
+            prefix,
+            voice_secs: None,
+            seeds: (0..recipients + dummies).map(|_| random32()).collect(),
+            real: recipients,
+            chunks,
+        })
+    }
+
+    /// The state as bytes, to keep in the encrypted store between runs.
+    pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>> {
+        let saved = SavedUpload {
+            name: self.name.clone(),
+            media_type: self.media_type.clone(),
+            relay: self.relay.to_string(),
+            size: self.size,
+            digest: self.digest.to_vec(),
+            key: self.key.to_vec(),
+            prefix: self.prefix.to_vec(),
+            voice_secs: self.voice_secs,
+            seeds: self.seeds.iter().map(|s| s.to_vec()).collect(),
+            real: self.real,
+            chunks: self
+                .chunks
+                .iter()
+                .map(|c| SavedChunk {
+                    size: c.size.to_u8(),
+                    auth_seed: c.auth.to_seed().to_vec(),
+                    sender: c.created.as_ref().map(|(s, _)| s.as_bytes().to_vec()),
+                    recipients: c
+                        .created
+                        .as_ref()
+                        .map(|(_, r)| {
+                            r.iter()
+                                .map(|r| (r.id.as_bytes().to_vec(), r.relay_dh.as_bytes().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    complete: c.complete,
+                })
+                .collect(),
+        };
+        Ok(Zeroizing::new(
+            serde_json::to_vec(&saved).map_err(|_| ClientError::Crypto)?,
+        ))
+    }
+
+    /// A state kept with [`UploadState::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let saved: SavedUpload = serde_json::from_slice(bytes).map_err(|_| ClientError::Crypto)?;
+        let mut chunks = Vec::with_capacity(saved.chunks.len());
+        for c in &saved.chunks {
+            let created = match &c.sender {
+                None => None,
+                Some(sender) => {
+                    let mut recipients = Vec::with_capacity(c.recipients.len());
+                    for (id, dh) in &c.recipients {
+                        recipients.push(ChunkRecipient {
+                            id: ChunkRecipientId::from_bytes(arr(id)?),
+                            relay_dh: DhPublicKey::from_bytes(arr(dh)?),
+                        });
+                    }
+                    Some((ChunkSenderId::from_bytes(arr(sender)?), recipients))
+                }
+            };
+            let seed = Zeroizing::new(arr::<32>(&c.auth_seed)?);
+            chunks.push(UploadChunk {
+                size: ChunkSize::from_u8(c.size)?,
+                auth: AuthSecretKey::from_seed(&seed),
+                created,
+                complete: c.complete,
+            });
+        }
+        Ok(Self {
+            name: saved.name.clone(),
+            media_type: saved.media_type.clone(),
+            relay: saved.relay.parse()?,
+            size: saved.size,
+            digest: arr(&saved.digest)?,
+            key: Zeroizing::new(arr(&saved.key)?),
+            prefix: arr(&saved.prefix)?,
+            voice_secs: saved.voice_secs,
+            seeds: saved
+                .seeds
+                .iter()
+                .map(|s| arr(s).map(Zeroizing::new))
+                .collect::<Result<_>>()?,
+            real: saved.real,
+            chunks,
+        })
+    }
+
+    /// Marks the file as a voice note of `secs` seconds.
+    pub fn set_voice(&mut self, secs: u32) {
+        self.voice_secs = Some(secs);
+    }
+
+    /// Whether every chunk is uploaded and complete on the relay.
+    pub fn is_complete(&self) -> bool {
+        self.chunks.iter().all(|c| c.complete)
+    }
+
+    /// How many chunks are complete, of how many.
+    pub fn chunks_done(&self) -> (usize, usize) {
+        (
+            self.chunks.iter().filter(|c| c.complete).count(),
+            self.chunks.len(),
+        )
+    }
+
+    /// The descriptions for the real recipients, once the upload is complete.
+    pub fn descriptions(&self) -> Option<Vec<FileDescription>> {
+        if !self.is_complete() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(self.real);
+        for r in 0..self.real {
+            let mut chunks = Vec::with_capacity(self.chunks.len());
+            for c in &self.chunks {
+                let (_, answer) = c.created.as_ref()?;
+                let ans = answer.get(r)?;
+                chunks.push(FileChunk {
+                    size: c.size,
+                    id: ans.id,
+                    relay_dh: ans.relay_dh,
+                });
+            }
+            out.push(FileDescription {
+                voice: self.voice_secs.is_some(),
+                size: self.size,
+                duration_secs: self.voice_secs.unwrap_or(0),
+                name: self.name.clone(),
+                media_type: self.media_type.clone(),
+                digest: self.digest,
+                key: self.key.clone(),
+                prefix: self.prefix,
+                seed: self.seeds.get(r)?.clone(),
+                relay: self.relay.clone(),
+                chunks,
+            });
+        }
+        Some(out)
+    }
+
+    /// The keys handed to the relay for chunk `index`, one per recipient.
+    fn recipient_keys(&self, index: usize) -> Result<Vec<RecipientKeys>> {
+        let index = u32::try_from(index).map_err(|_| ClientError::Crypto)?;
+        self.seeds
+            .iter()
+            .map(|seed| {
+                let (auth, dh) = chunk_recipient_keys(seed, index)?;
+                Ok(RecipientKeys {
+                    auth: auth.public(),
+                    dh: dh.public(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn relay_error(kind: ReplyKind) -> ClientError {
+    match kind {
+        ReplyKind::Error(code) => ClientError::Relay(code),
+        _ => ClientError::RelayMisbehaved("unexpected answer to a chunk command"),
+    }
+}
+
+/// Encrypts the segments of the chunk that starts at encrypted offset `start`.
+fn encrypt_chunk(
+    file: &mut File,
+    path: &Path,
+    cipher: &FileCipher,
+    start: u64,
+    size: ChunkSize,
+) -> Result<Vec<u8>> {
+    let first = start / SEGMENT_LEN as u64;
+    let count = u64::from(size.bytes()) / SEGMENT_LEN as u64;
+    let mut out = Vec::with_capacity(size.bytes() as usize);
+    let mut plain = Zeroizing::new(vec![0u8; SEGMENT_PLAIN_LEN]);
+    for i in first..first + count {
+        let len = cipher.plain_len(i);
+        file.seek(SeekFrom::Start(i * SEGMENT_PLAIN_LEN as u64))
+            .map_err(io(path))?;
+        let buf = plain.get_mut(..len).ok_or(ClientError::Crypto)?;
+        file.read_exact(buf).map_err(io(path))?;
+        let sealed = cipher
+            .seal_segment(i, buf)
+            .map_err(|_| ClientError::Crypto)?;
+        out.extend_from_slice(&sealed);
+    }
+    Ok(out)
+}
+
+/// Uploads (or resumes uploading) the file at `path`. `save` is called whenever the state
+/// changed in a way that must survive a kill (before the next command depends on it).
+pub async fn upload<L: RelayLink>(
+    link: &mut L,
+    path: &Path,
+    state: &mut UploadState,
+    mut save: impl FnMut(&UploadState) -> Result<()>,
+    mut progress: impl FnMut(Progress),
+) -> Result<()> {
+    let started = state.chunks.iter().any(|c| c.created.is_some());
+    let (digest, size) = digest_of(path)?;
+    if started && (digest != state.digest || size != state.size) {
+        return Err(ClientError::FileChanged(state.name.clone()));
+    }
+    let cipher = FileCipher::new(state.key.clone(), state.prefix, state.size);
+    let total = cipher.encrypted_len();
+    let mut file = File::open(path).map_err(io(path))?;
+    let mut start = 0u64;
+    for index in 0..state.chunks.len() {
+        let Some(chunk) = state.chunks.get(index).cloned() else {
+            break;
+        };
+        let bytes = u64::from(chunk.size.bytes());
+        if chunk.complete {
+            start += bytes;
+            progress(Progress { done: start, total });
+            continue;
+        }
+        let sender = match &chunk.created {
+            Some((sender, _)) => *sender,
+            None => {
+                let recipients = state.recipient_keys(index)?;
+                let expected = recipients.len();
+                let command = Command::ChunkNew {
+                    size: chunk.size,
+                    sender: chunk.auth.public(),
+                    recipients,
+                };
+                let req = link.signed(EntityId::NONE, command, &chunk.auth)?;
+                match link.request(req).await?.kind {
+                    ReplyKind::ChunkIds { sender, recipients } if recipients.len() == expected => {
+                        if let Some(c) = state.chunks.get_mut(index) {
+                            c.created = Some((sender, recipients));
+                        }
+                        save(state)?;
+                        sender
+                    }
+                    other => return Err(relay_error(other)),
+                }
+            }
+        };
+        let req = link.signed(sender.into(), Command::ChunkStatus, &chunk.auth)?;
+        let mut offset = match link.request(req).await?.kind {
+            ReplyKind::ChunkReceived { received } => received,
+            other => return Err(relay_error(other)),
+        };
+        let data = encrypt_chunk(&mut file, path, &cipher, start, chunk.size)?;
+        while offset < chunk.size.bytes() {
+            // Up to PIPELINE pieces in flight; the relay answers each once durable, in order.
+            let mut batch = Vec::with_capacity(PIPELINE);
+            let mut next = offset;
+            while next < chunk.size.bytes() && batch.len() < PIPELINE {
+                let len = chunk.size.piece_len(next).ok_or(ClientError::Crypto)?;
+                let from = next as usize;
+                let piece = data
+                    .get(from..from + len)
+                    .ok_or(ClientError::Crypto)?
+                    .to_vec();
+                let command = Command::ChunkPut {
+                    offset: next,
+                    piece,
+                };
+                batch.push(link.signed(sender.into(), command, &chunk.auth)?);
+                next += len as u32;
+            }
+            for reply in link.batch(batch).await? {
+                match reply.kind {
+                    ReplyKind::Ok => {}
+                    other => return Err(relay_error(other)),
+                }
+            }
+            offset = next;
+            progress(Progress {
+                done: start + u64::from(offset),
+                total,
+            });
+        }
+        if let Some(c) = state.chunks.get_mut(index) {
+            c.complete = true;
+        }
+        save(state)?;
+        start += bytes;
+    }
+    Ok(())
+}
+
+/// Which chunks of a download are on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DownloadState {
+    /// One flag per chunk: written and synced.
+    pub done: Vec<bool>,
+    /// Set once every segment opened and the digest matched.
+    pub verified: bool,
+}
+
+impl DownloadState {
+    /// A download of `desc` resumed from what `encrypted` already holds: a chunk whose every
+    /// segment opens under the file key counts as done (so a fetch cut off earlier, even by
+    /// a kill, resumes after the chunks it finished).
+    pub fn resume(desc: &FileDescription, encrypted: &Path) -> Self {
+        let mut state = Self::new(desc);
+        let Ok(mut file) = File::open(encrypted) else {
+            return state;
+        };
+        let cipher = cipher_of(desc);
+        let mut buf = vec![0u8; SEGMENT_LEN];
+        let mut segment = 0u64;
+        for (i, c) in desc.chunks.iter().enumerate() {
+            let count = u64::from(c.size.bytes()) / SEGMENT_LEN as u64;
+            let mut ok = file
+                .seek(SeekFrom::Start(segment * SEGMENT_LEN as u64))
+                .is_ok();
+            for s in segment..segment + count {
+                ok =
+                    ok && file.read_exact(&mut buf).is_ok() && cipher.open_segment(s, &buf).is_ok();
+            }
+            if let Some(d) = state.done.get_mut(i) {
+                *d = ok;
+            }
+            segment += count;
+        }
+        state
+    }
+
+    /// A download of `desc` not yet started.
+    pub fn new(desc: &FileDescription) -> Self {
+        Self {
+            done: vec![false; desc.chunks.len()],
+            verified: false,
+        }
+    }
+}
+
+/// Fetches one chunk's pieces and opens the relay's sealing.
+async fn fetch_chunk<L: RelayLink>(
+    link: &mut L,
+    access: &ChunkAccess,
+    name: &str,
+) -> Result<Vec<u8>> {
+    let key = ChunkKey::for_recipient(&access.dh, &access.relay_dh)?;
+    let mut out = Vec::with_capacity(access.size.bytes() as usize);
+    let pieces: Vec<u32> = (0..access.size.pieces())
+        .map(|p| p * PIECE_LEN as u32)
+        .collect();
+    for group in pieces.chunks(PIPELINE) {
+        let mut batch = Vec::with_capacity(group.len());
+        for offset in group {
+            let command = Command::ChunkGet { offset: *offset };
+            batch.push(link.signed(access.id.into(), command, &access.auth)?);
+        }
+        let replies = link.batch(batch).await?;
+        if replies.len() != group.len() {
+            return Err(ClientError::ConnectionLost);
+        }
+        for (offset, reply) in group.iter().copied().zip(replies) {
+            open_piece(&key, access, name, offset, reply.kind, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Opens one downloaded piece and appends it.
+fn open_piece(
+    key: &ChunkKey,
+    access: &ChunkAccess,
+    name: &str,
+    offset: u32,
+    kind: ReplyKind,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    match kind {
+        ReplyKind::ChunkData {
+            offset: got,
+            nonce,
+            sealed,
+        } if got == offset => {
+            let piece = key
+                .open(&nonce, offset, &sealed)
+                .map_err(|_| file_error(name, "a piece from the relay did not authenticate"))?;
+            if Some(piece.len()) != access.size.piece_len(offset) {
+                return Err(file_error(name, "a piece has the wrong length"));
+            }
+            out.extend_from_slice(&piece);
+            Ok(())
+        }
+        ReplyKind::Error(ErrorCode::Auth) => Err(ClientError::FileGone(name.to_string())),
+        other => Err(relay_error(other)),
+    }
+}
+
+/// Downloads (or resumes downloading) `desc` into `encrypted` (the file's encrypted bytes),
+/// then checks every segment and the digest. On success the state is `verified` and every
+/// chunk is acked so the relay deletes it.
+pub async fn download<L: RelayLink>(
+    link: &mut L,
+    desc: &FileDescription,
+    encrypted: &Path,
+    state: &mut DownloadState,
+    mut save: impl FnMut(&DownloadState) -> Result<()>,
+    mut progress: impl FnMut(Progress),
+) -> Result<()> {
+    let cipher = cipher_of(desc);
+    let total = cipher.encrypted_len();
+    let access = accesses(desc)?;
+    let planned: u64 = desc.chunks.iter().map(|c| u64::from(c.size.bytes())).sum();
+    if planned != total || state.done.len() != desc.chunks.len() {
+        return Err(file_error(
+            &desc.name,
+            "its chunks do not add up to its size",
+        ));
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(encrypted)
+        .map_err(io(encrypted))?;
+    let mut start = 0u64;
+    for (i, access) in access.iter().enumerate() {
+        let bytes = u64::from(access.size.bytes());
+        if !state.done.get(i).copied().unwrap_or(false) {
+            let data = fetch_chunk(link, access, &desc.name).await?;
+            file.seek(SeekFrom::Start(start)).map_err(io(encrypted))?;
+            file.write_all(&data).map_err(io(encrypted))?;
+            file.sync_data().map_err(io(encrypted))?;
+            if let Some(d) = state.done.get_mut(i) {
+                *d = true;
+            }
+            save(state)?;
+        }
+        start += bytes;
+        progress(Progress { done: start, total });
+    }
+    verify(&mut file, encrypted, desc)?;
+    state.verified = true;
+    save(state)?;
+    for access in &access {
+        let req = link.signed(access.id.into(), Command::ChunkAck, &access.auth)?;
+        // The chunk expires anyway; an ack that fails only leaves it there until then.
+        let _ = link.request(req).await;
+    }
+    Ok(())
+}
+
+fn segment_error(name: &str, e: SegmentError) -> ClientError {
+    file_error(
+        name,
+        match e {
+            SegmentError::Tampered => "a chunk was tampered with, swapped or cut short",
+            SegmentError::BadPadding => "its padding was altered",
+            SegmentError::Truncated => "it is cut short",
+        },
+    )
+}
+
+/// Opens every segment and compares the digest, writing the plaintext to `out` if given.
+fn decrypt_all(
+    file: &mut File,
+    path: &Path,
+    desc: &FileDescription,
+    mut out: Option<&mut dyn Write>,
+) -> Result<()> {
+    let cipher = cipher_of(desc);
+    let len = file.metadata().map_err(io(path))?.len();
+    if len != cipher.encrypted_len() {
+        return Err(file_error(&desc.name, "it is cut short"));
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; SEGMENT_LEN];
+    for i in 0..cipher.segments() {
+        file.read_exact(&mut buf).map_err(io(path))?;
+        let plain = cipher
+            .open_segment(i, &buf)
+            .map_err(|e| segment_error(&desc.name, e))?;
+        h.update(&*plain);
+        if let Some(w) = out.as_mut() {
+            w.write_all(&plain).map_err(io(path))?;
+        }
+    }
+    let digest: [u8; 32] = h.finalize().into();
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(&digest[..], &desc.digest[..])) {
+        return Err(file_error(&desc.name, "its digest does not match"));
+    }
+    Ok(())
+}
+
+fn verify(file: &mut File, path: &Path, desc: &FileDescription) -> Result<()> {
+    decrypt_all(file, path, desc, None)
+}
+
+/// Decrypts a verified download into `out_path` (written to a temporary name beside it
+/// and renamed only once the digest matched, so a failed save leaves no partial file).
+pub fn save_plaintext(encrypted: &Path, desc: &FileDescription, out_path: &Path) -> Result<()> {
+    let mut file = File::open(encrypted).map_err(io(encrypted))?;
+    let tmp = out_path.with_extension("tidings-partial");
+    let result = (|| {
+        let mut out = File::create(&tmp).map_err(io(&tmp))?;
+        decrypt_all(&mut file, encrypted, desc, Some(&mut out))?;
+        out.sync_all().map_err(io(&tmp))
+    })();
+    match result {
+        Ok(()) => std::fs::rename(&tmp, out_path).map_err(io(out_path)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Received files: their descriptions, kept in the profile's encrypted store (tree `files`,
+//! wiped, rebuilt and shredded with every other tree), and the line `sync` shows for them.
+//!
+//! A description holds the file's key, so a stored description is as sensitive as a
+//! message. The file's bytes themselves are fetched later (`tidings fetch`, or at `sync`
+//! up to the auto-download size) and kept encrypted under the file key.
+
+use serde::{Deserialize, Serialize};
+use tidings_protocol::contact::MAX_PAYLOAD_LEN;
+use tidings_protocol::file::FileDescription;
+use zeroize::Zeroizing;
+
+use super::Profile;
+use crate::error::{ClientError, Result};
+use crate::files::{human_duration, human_size};
+use crate::store::{Batch, Tree};
+
+/// A received file as the profile keeps it.
+#[derive(Serialize, Deserialize)]
+pub(super) struct FileRecord {
+    /// Short id the user types (`tidings fetch ID`), 8 hex digits.
+    pub id: String,
+    /// The sender.
+    pub contact: [u8; 16],
+    /// The encoded description (PROTOCOL.md 15.7).
+    pub description: Vec<u8>,
+    pub at: u64,
+    /// Set once every chunk is fetched and the digest matched.
+    #[serde(default)]
+    pub complete: bool,
+}
+
+impl Drop for FileRecord {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.description);
+    }
+}
+
+/// A received file, for `tidings files`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// The id to fetch or save it with.
+    pub id: String,
+    /// The contact who sent it.
+    pub from: String,
+    /// The line `sync` showed: `[file] NAME (SIZE)` or `[voice M:SS]` (NAME is hostile text:
+    /// show it with `screen`).
+    pub line: String,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// Whether it is downloaded and checked.
+    pub complete: bool,
+}
+
+/// The line shown for a file: `[file] sermon-03.mp3 (4.2 MB)` or `[voice 0:42]`.
+pub fn file_line(desc: &FileDescription) -> String {
+    if desc.voice {
+        format!("[voice {}]", human_duration(desc.duration_secs))
+    } else {
+        // The name is the sender's text: no control character may reach the line.
+        let name: String = desc
+            .name
+            .chars()
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect();
+        format!("[file] {name} ({})", human_size(desc.size))
+    }
+}
+
+pub(super) fn file_key(id: &str) -> Vec<u8> {
+    id.as_bytes().to_vec()
+}
+
+impl Profile {
+    /// Keeps a received description in `b`; returns the line to show.
+    pub(super) fn keep_file(
+        &self,
+        b: &mut Batch,
+        contact: [u8; 16],
+        desc: &FileDescription,
+        now: u64,
+    ) -> Result<String> {
+        let mut raw = [0u8; 4];
+        rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut raw)
+            .map_err(|_| ClientError::Rng)?;
+        let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let record = FileRecord {
+            id: id.clone(),
+            contact,
+            description: desc.encode()?.to_vec(),
+            at: now,
+            complete: false,
+        };
+        b.put_json(Tree::Files, &file_key(&id), &record)?;
+        Ok(format!("{} (id {id})", file_line(desc)))
+    }
+
+    /// Every received file, oldest first.
+    pub fn files(&self) -> Result<Vec<FileInfo>> {
+        let mut records = self.store.values_json::<FileRecord>(Tree::Files)?;
+        records.sort_by_key(|r| r.at);
+        let contacts = self.contacts_raw()?;
+        let mut out = Vec::with_capacity(records.len());
+        for r in &records {
+            let desc = FileDescription::decode(&r.description, MAX_PAYLOAD_LEN)?;
+            let from = contacts
+                .iter()
+                .find(|c| c.id == r.contact)
+                .map(|c| c.label.clone())
+                .unwrap_or_default();
+            out.push(FileInfo {
+                id: r.id.clone(),
+                from,
+                line: file_line(&desc),
+                size: desc.size,
+                complete: r.complete,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The description of a received file.
+    pub fn file_description(&self, id: &str) -> Result<FileDescription> {
+        let record = self
+            .store
+            .get_json::<FileRecord>(Tree::Files, &file_key(id))?
+            .ok_or_else(|| ClientError::UnknownFile(id.to_string()))?;
+        let bytes = Zeroizing::new(record.description.clone());
+        Ok(FileDescription::decode(&bytes, MAX_PAYLOAD_LEN)?)
+    }
+}
+
+/// Dummy recipients added to every chunk, so the relay cannot count the real ones.
+pub const DUMMY_RECIPIENTS: usize = 2;
+
+/// Where a received file's encrypted bytes live: `HOME/files/ID` (useless without the
+/// description's key, which only the encrypted store holds; removed by a panic wipe with
+/// the whole home).
+fn blob_path(home: &std::path::Path, id: &str) -> std::path::PathBuf {
+    home.join("files").join(id)
+}
+
+/// A file to send: where it is, its media type, and for a voice note its length.
+#[derive(Debug, Clone)]
+pub struct OutgoingFile<'a> {
+    /// The file.
+    pub path: &'a std::path::Path,
+    /// Its media type (`audio/mpeg`).
+    pub media_type: &'a str,
+    /// Seconds, for a voice note.
+    pub voice_secs: Option<u32>,
+}
+
+impl Profile {
+    /// Encrypts and uploads the file at `path` to this profile's relay, then sends its
+    /// description to `label` (as a voice note of `voice_secs` seconds if given). Returns the
+    /// line shown for it.
+    pub async fn send_file<C: crate::relay::Connector>(
+        &mut self,
+        net: &C,
+        label: &str,
+        file: OutgoingFile<'_>,
+        now: u64,
+        progress: impl FnMut(crate::files::Progress),
+    ) -> Result<String> {
+        let OutgoingFile {
+            path,
+            media_type,
+            voice_secs,
+        } = file;
+        // Fail before uploading anything if the contact cannot receive.
+        let _ = self.contact_by_label(label)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.is_empty() && n.len() <= tidings_protocol::file::MAX_NAME_LEN)
+            .unwrap_or_else(|| "file".to_string());
+        let relay = self.relay().clone();
+        // An upload of the same file to the same contact that was cut off resumes.
+        let key = upload_key(label, path);
+        let saved = self.store.get(Tree::Meta, &key)?;
+        let mut state = match saved.map(|b| crate::files::UploadState::from_bytes(&b)) {
+            Some(Ok(state)) => state,
+            _ => {
+                let mut state = crate::files::UploadState::new(
+                    path,
+                    &name,
+                    media_type,
+                    &relay,
+                    1,
+                    DUMMY_RECIPIENTS,
+                )?;
+                if let Some(secs) = voice_secs {
+                    state.set_voice(secs);
+                }
+                state
+            }
+        };
+        let store = &self.store;
+        let save = |s: &crate::files::UploadState| {
+            let mut b = Batch::new();
+            b.put(Tree::Meta, &key, s.to_bytes()?);
+            store.apply(b)
+        };
+        let mut link = net.connect(&relay).await?;
+        let result = crate::files::upload(&mut link, path, &mut state, save, progress).await;
+        crate::relay::RelayLink::close(link).await;
+        if let Err(ClientError::FileChanged(_)) = &result {
+            // Never under the same key: forget the old upload; sending again starts afresh.
+            let mut b = Batch::new();
+            b.remove(Tree::Meta, &key);
+            self.store.apply(b)?;
+        }
+        result?;
+        let mut b = Batch::new();
+        b.remove(Tree::Meta, &key);
+        self.store.apply(b)?;
+        let desc = state
+            .descriptions()
+            .and_then(|mut d| d.pop())
+            .ok_or(ClientError::Crypto)?;
+        let line = file_line(&desc);
+        self.send_app(
+            net,
+            label,
+            tidings_protocol::contact::AppBody::File(Box::new(desc)),
+            (super::HISTORY_FILE, &line),
+            now,
+        )
+        .await?;
+        Ok(line)
+    }
+
+    /// Downloads a received file (resuming what an earlier fetch stored), checks it and
+    /// keeps it encrypted in the profile. A file already complete is not fetched again.
+    pub async fn fetch_file<C: crate::relay::Connector>(
+        &mut self,
+        net: &C,
+        id: &str,
+        progress: impl FnMut(crate::files::Progress),
+    ) -> Result<()> {
+        let mut record = self
+            .store
+            .get_json::<FileRecord>(Tree::Files, &file_key(id))?
+            .ok_or_else(|| ClientError::UnknownFile(id.to_string()))?;
+        if record.complete {
+            return Ok(());
+        }
+        let desc = FileDescription::decode(&record.description, MAX_PAYLOAD_LEN)?;
+        let dir = self.store.home().join("files");
+        std::fs::create_dir_all(&dir).map_err(|e| ClientError::storage(&dir, e))?;
+        let blob = blob_path(self.store.home(), id);
+        // Chunks already on disk are found again by checking them.
+        let mut state = crate::files::DownloadState::resume(&desc, &blob);
+        let mut link = net.connect(&desc.relay).await?;
+        let result =
+            crate::files::download(&mut link, &desc, &blob, &mut state, |_| Ok(()), progress).await;
+        crate::relay::RelayLink::close(link).await;
+        result?;
+        record.complete = true;
+        let mut b = Batch::new();
+        b.put_json(Tree::Files, &file_key(id), &record)?;
+        self.store.apply(b)
+    }
+
+    /// Writes the plaintext of a fetched file to `out` (checked again on the way; nothing is
+    /// left at `out` if the check fails).
+    pub fn save_file(&self, id: &str, out: &std::path::Path) -> Result<()> {
+        let record = self
+            .store
+            .get_json::<FileRecord>(Tree::Files, &file_key(id))?
+            .ok_or_else(|| ClientError::UnknownFile(id.to_string()))?;
+        if !record.complete {
+            return Err(ClientError::FileNotFetched(id.to_string()));
+        }
+        let desc = FileDescription::decode(&record.description, MAX_PAYLOAD_LEN)?;
+        crate::files::save_plaintext(&blob_path(self.store.home(), id), &desc, out)
+    }
+}
+
+/// Where the auto-download size is kept (tree `meta`).
+const META_AUTO_DOWNLOAD: &[u8] = b"auto_download";
+
+/// Files up to this many bytes are downloaded by `sync` unless the user sets another size:
+/// voice notes and short recordings arrive with the message, a sermon waits for `fetch`.
+pub const DEFAULT_AUTO_DOWNLOAD: u64 = 2_000_000;
+
+impl Profile {
+    /// The largest file `sync` downloads by itself.
+    pub fn auto_download(&self) -> Result<u64> {
+        Ok(self
+            .store
+            .get_json::<u64>(Tree::Meta, META_AUTO_DOWNLOAD)?
+            .unwrap_or(DEFAULT_AUTO_DOWNLOAD))
+    }
+
+    /// Sets the largest file `sync` downloads by itself (0: none).
+    pub fn set_auto_download(&mut self, bytes: u64) -> Result<()> {
+        let mut b = Batch::new();
+        b.put_json(Tree::Meta, META_AUTO_DOWNLOAD, &bytes)?;
+        self.store.apply(b)
+    }
+
+    /// Downloads the received files not yet complete whose size is at most the
+    /// auto-download size. A network error is kept in the report (the file stays listed and
+    /// the next sync or `fetch` resumes it); a damaged file is an error.
+    pub(super) async fn auto_fetch<C: crate::relay::Connector>(
+        &mut self,
+        net: &C,
+        report: &mut super::SyncReport,
+    ) -> Result<()> {
+        let limit = self.auto_download()?;
+        if limit == 0 {
+            return Ok(());
+        }
+        let waiting: Vec<String> = self
+            .files()?
+            .into_iter()
+            .filter(|f| !f.complete && f.size <= limit)
+            .map(|f| f.id)
+            .collect();
+        for id in waiting {
+            match self.fetch_file(net, &id, |_| {}).await {
+                Ok(()) => report.fetched.push(id),
+                // Expired on the relay: `files` still lists it; nothing to retry now.
+                Err(ClientError::FileGone(_)) => {}
+                Err(
+                    e @ (ClientError::Unreachable
+                    | ClientError::ConnectionLost
+                    | ClientError::Timeout),
+                ) => {
+                    if report.error.is_none() {
+                        report.error = Some(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where an unfinished upload of `path` to `label` is kept (tree `meta`): a hash, so the
+/// key names neither.
+fn upload_key(label: &str, path: &std::path::Path) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let full = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut h = Sha256::new();
+    h.update(b"tidings upload v1\0");
+    h.update(label.to_lowercase().as_bytes());
+    h.update([0]);
+    h.update(full.to_string_lossy().as_bytes());
+    let mut key = b"upload ".to_vec();
+    key.extend_from_slice(&h.finalize());
+    key
+}

@@ -1,0 +1,532 @@
+//! File chunks, beside the queues: the [`ChunkStore`] trait and its sled implementation.
+//!
+//! A chunk (PROTOCOL.md 15) is stored as the uploader sent it, piece by piece, under its
+//! sender id. The relay keeps per chunk a [`ChunkRecord`] (size, creation hour, the sender's
+//! key, how many bytes are stored, the recipient ids not yet acknowledged) and per recipient
+//! a [`ChunkRecipientRecord`] (its chunk, its key, its re-encryption key). Pieces are sealed
+//! for a recipient only when downloaded, with a fresh nonce each time.
+//!
+//! The sled backend shares the queues' tree, writer thread, group commit and byte budget:
+//! a piece is answered only once flushed, and chunk bytes count against `max_store_bytes`
+//! like messages. Layout (integers big-endian):
+//!
+//! ```text
+//! 'c' sender[24]              -> chunk record
+//! 'r' recipient[24]           -> chunk recipient record
+//! 'p' sender[24] piece u16    -> piece bytes
+//! 'y' hour u32 sender[24]     -> empty (chunk expiry index, by creation hour)
+//! ```
+//!
+//! Writes of one operation are ordered so that a relay killed half way (before the group's
+//! flush, so nothing was answered) leaves only what reads as absent or is swept: the expiry
+//! entry is written first and removed last; recipient records are written before the chunk
+//! record and removed after it (a recipient record whose chunk is gone reads as unknown);
+//! a piece is written before the record that counts it.
+
+use std::future::Future;
+
+use tidings_protocol::chunk::{ChunkKey, ChunkSize, PIECE_LEN};
+use tidings_protocol::codec::Reader;
+use tidings_protocol::ids::{ChunkRecipientId, ChunkSenderId};
+use tidings_protocol::keys::SymmetricKey;
+use zeroize::Zeroizing;
+
+use super::{entry_len, Done, Hour, Op, SledStore, StoredKey, Writer, EXPIRE_CHUNK};
+use crate::error::{RelayError, Result};
+
+/// What the relay keeps about one chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRecord {
+    /// The chunk's sender id (the key of the record).
+    pub sender: ChunkSenderId,
+    /// Its size.
+    pub size: ChunkSize,
+    /// The hour it was created (for expiry).
+    pub hour: Hour,
+    /// The key that signs the sender's commands.
+    pub sender_key: StoredKey,
+    /// Bytes stored from the start (a multiple of the piece length, or the size).
+    pub received: u32,
+    /// The recipient ids that have not acknowledged it yet.
+    pub recipients: Vec<ChunkRecipientId>,
+}
+
+impl ChunkRecord {
+    /// Whether every byte is stored.
+    pub fn is_complete(&self) -> bool {
+        self.received == self.size.bytes()
+    }
+}
+
+/// What the relay keeps about one recipient of a chunk.
+#[derive(Debug, Clone)]
+pub struct ChunkRecipientRecord {
+    /// The recipient id (the key of the record).
+    pub id: ChunkRecipientId,
+    /// The chunk it downloads.
+    pub sender: ChunkSenderId,
+    /// The key that signs its `ChunkGet` and `ChunkAck`.
+    pub key: StoredKey,
+    /// Its re-encryption key.
+    pub chunk_key: ChunkKey,
+}
+
+/// What [`ChunkStore::put_piece`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The piece is stored and durable; `received` bytes are stored now.
+    Stored {
+        /// Bytes stored from the start of the chunk.
+        received: u32,
+    },
+    /// The piece was stored before (a repeated upload after a lost answer); nothing written.
+    AlreadyStored,
+    /// No such chunk, or the piece is not the next one, or its length is not the length of
+    /// a piece at that offset; nothing stored.
+    Refused,
+    /// The store's budget or the disk is full; nothing stored.
+    StoreFull,
+}
+
+/// Persistent file chunks. Mutations resolve once durable; reads see every mutation that
+/// has resolved. The conformance suite in `tests/store_conformance.rs` covers it.
+pub trait ChunkStore: Send + Sync + 'static {
+    /// Stores a new chunk and its recipients. Resolves to `false` (and changes nothing) when
+    /// an id is already in use.
+    fn create_chunk(
+        &self,
+        record: ChunkRecord,
+        recipients: Vec<ChunkRecipientRecord>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// The chunk with this sender id.
+    fn chunk(&self, sender: &ChunkSenderId) -> Result<Option<ChunkRecord>>;
+
+    /// The recipient record with this id, if its chunk still exists.
+    fn chunk_recipient(&self, id: &ChunkRecipientId) -> Result<Option<ChunkRecipientRecord>>;
+
+    /// Stores the piece at `offset`: only the next piece (at `received`), of exactly the
+    /// length a piece there has.
+    fn put_piece(
+        &self,
+        sender: ChunkSenderId,
+        offset: u32,
+        piece: Vec<u8>,
+    ) -> impl Future<Output = Result<PutOutcome>> + Send;
+
+    /// The stored piece at `offset`.
+    fn piece(&self, sender: &ChunkSenderId, offset: u32) -> Result<Option<Vec<u8>>>;
+
+    /// Deletes a chunk, its pieces and every recipient of it. `false` if there was none.
+    fn delete_chunk(&self, sender: ChunkSenderId) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Forgets one recipient; the chunk goes with its last recipient. `false` if unknown.
+    fn ack_chunk(&self, recipient: ChunkRecipientId) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Deletes every chunk created before `cutoff`; resolves to how many.
+    fn expire_chunks_before(&self, cutoff: Hour) -> impl Future<Output = Result<usize>> + Send;
+}
+
+/// One chunk write for the writer thread.
+pub(super) enum ChunkOp {
+    Create(Box<(ChunkRecord, Vec<ChunkRecipientRecord>)>, Done<bool>),
+    Put(ChunkSenderId, u32, Vec<u8>, Done<PutOutcome>),
+    Delete(ChunkSenderId, Done<bool>),
+    Ack(ChunkRecipientId, Done<bool>),
+    Expire(Hour, Done<usize>),
+}
+
+const TAG_CHUNK: u8 = b'c';
+const TAG_CHUNK_RECIPIENT: u8 = b'r';
+const TAG_PIECE: u8 = b'p';
+const TAG_CHUNK_EXPIRY: u8 = b'y';
+const CHUNK_VERSION: u8 = 1;
+
+fn chunk_key(sender: &ChunkSenderId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + ChunkSenderId::LEN);
+    k.push(TAG_CHUNK);
+    k.extend_from_slice(sender.as_bytes());
+    k
+}
+
+fn recipient_key(id: &ChunkRecipientId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + ChunkRecipientId::LEN);
+    k.push(TAG_CHUNK_RECIPIENT);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// The piece's index: offsets are multiples of the piece length below 4 MiB (263 pieces).
+fn piece_index(offset: u32) -> u16 {
+    u16::try_from(offset / PIECE_LEN as u32).unwrap_or(u16::MAX)
+}
+
+fn piece_key(sender: &ChunkSenderId, offset: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + ChunkSenderId::LEN + 2);
+    k.push(TAG_PIECE);
+    k.extend_from_slice(sender.as_bytes());
+    k.extend_from_slice(&piece_index(offset).to_be_bytes());
+    k
+}
+
+fn chunk_expiry_key(hour: Hour, sender: &ChunkSenderId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 4 + ChunkSenderId::LEN);
+    k.push(TAG_CHUNK_EXPIRY);
+    k.extend_from_slice(&hour.0.to_be_bytes());
+    k.extend_from_slice(sender.as_bytes());
+    k
+}
+
+fn corrupt<E>(_: E) -> RelayError {
+    RelayError::Corrupt { what: "chunk" }
+}
+
+/// `version u8 | size u8 | hour u32 | sender key[32] | received u32 | n u8 | n × id[24]`
+fn encode_chunk(c: &ChunkRecord) -> Result<Vec<u8>> {
+    let n = u8::try_from(c.recipients.len()).map_err(corrupt)?;
+    let mut v = Vec::with_capacity(1 + 1 + 4 + 32 + 4 + 1 + 24 * c.recipients.len());
+    v.push(CHUNK_VERSION);
+    v.push(c.size.to_u8());
+    v.extend_from_slice(&c.hour.0.to_be_bytes());
+    v.extend_from_slice(&c.sender_key.to_bytes());
+    v.extend_from_slice(&c.received.to_be_bytes());
+    v.push(n);
+    for id in &c.recipients {
+        v.extend_from_slice(id.as_bytes());
+    }
+    Ok(v)
+}
+
+fn decode_chunk(sender: &ChunkSenderId, bytes: &[u8]) -> Result<ChunkRecord> {
+    let mut r = Reader::new(bytes, "chunk record", 8 * 1024).map_err(corrupt)?;
+    if r.u8().map_err(corrupt)? != CHUNK_VERSION {
+        return Err(corrupt(()));
+    }
+    let size = ChunkSize::from_u8(r.u8().map_err(corrupt)?).map_err(corrupt)?;
+    let hour = Hour(r.u32().map_err(corrupt)?);
+    let sender_key = StoredKey(r.array().map_err(corrupt)?);
+    let received = r.u32().map_err(corrupt)?;
+    if received > size.bytes() {
+        return Err(corrupt(()));
+    }
+    let n = r.u8().map_err(corrupt)?;
+    let mut recipients = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        recipients.push(ChunkRecipientId::from_bytes(r.array().map_err(corrupt)?));
+    }
+    r.finish("chunk record").map_err(corrupt)?;
+    Ok(ChunkRecord {
+        sender: *sender,
+        size,
+        hour,
+        sender_key,
+        received,
+        recipients,
+    })
+}
+
+/// `version u8 | sender[24] | key[32] | chunk key[32]`
+fn encode_recipient(r: &ChunkRecipientRecord) -> Zeroizing<Vec<u8>> {
+    let mut v = Zeroizing::new(Vec::with_capacity(1 + 24 + 32 + 32));
+    v.push(CHUNK_VERSION);
+    v.extend_from_slice(r.sender.as_bytes());
+    v.extend_from_slice(&r.key.to_bytes());
+    v.extend_from_slice(r.chunk_key.key().as_bytes());
+    v
+}
+
+fn decode_recipient(id: &ChunkRecipientId, bytes: &[u8]) -> Result<ChunkRecipientRecord> {
+    let mut r = Reader::new(bytes, "chunk recipient record", 256).map_err(corrupt)?;
+    if r.u8().map_err(corrupt)? != CHUNK_VERSION {
+        return Err(corrupt(()));
+    }
+    let sender = ChunkSenderId::from_bytes(r.array().map_err(corrupt)?);
+    let key = StoredKey(r.array().map_err(corrupt)?);
+    let secret = Zeroizing::new(r.array::<32>().map_err(corrupt)?);
+    r.finish("chunk recipient record").map_err(corrupt)?;
+    Ok(ChunkRecipientRecord {
+        id: *id,
+        sender,
+        key,
+        chunk_key: ChunkKey::from_key(SymmetricKey::from_bytes(secret)),
+    })
+}
+
+pub(super) fn read_chunk(tree: &sled::Tree, sender: &ChunkSenderId) -> Result<Option<ChunkRecord>> {
+    match tree.get(chunk_key(sender))? {
+        None => Ok(None),
+        Some(v) => decode_chunk(sender, &v).map(Some),
+    }
+}
+
+impl ChunkStore for SledStore {
+    fn create_chunk(
+        &self,
+        record: ChunkRecord,
+        recipients: Vec<ChunkRecipientRecord>,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        self.submit(move |done| Op::Chunk(ChunkOp::Create(Box::new((record, recipients)), done)))
+    }
+
+    fn chunk(&self, sender: &ChunkSenderId) -> Result<Option<ChunkRecord>> {
+        read_chunk(&self.tree, sender)
+    }
+
+    fn chunk_recipient(&self, id: &ChunkRecipientId) -> Result<Option<ChunkRecipientRecord>> {
+        let Some(v) = self.tree.get(recipient_key(id))? else {
+            return Ok(None);
+        };
+        let record = decode_recipient(id, &v)?;
+        // A recipient whose chunk is gone (deleted half way by a relay that died) is unknown.
+        match read_chunk(&self.tree, &record.sender)? {
+            Some(c) if c.recipients.iter().any(|r| r.ct_eq(id)) => Ok(Some(record)),
+            _ => Ok(None),
+        }
+    }
+
+    fn put_piece(
+        &self,
+        sender: ChunkSenderId,
+        offset: u32,
+        piece: Vec<u8>,
+    ) -> impl Future<Output = Result<PutOutcome>> + Send {
+        self.submit(move |done| Op::Chunk(ChunkOp::Put(sender, offset, piece, done)))
+    }
+
+    fn piece(&self, sender: &ChunkSenderId, offset: u32) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tree
+            .get(piece_key(sender, offset))?
+            .map(|v| v.to_vec()))
+    }
+
+    fn delete_chunk(&self, sender: ChunkSenderId) -> impl Future<Output = Result<bool>> + Send {
+        self.submit(move |done| Op::Chunk(ChunkOp::Delete(sender, done)))
+    }
+
+    fn ack_chunk(&self, recipient: ChunkRecipientId) -> impl Future<Output = Result<bool>> + Send {
+        self.submit(move |done| Op::Chunk(ChunkOp::Ack(recipient, done)))
+    }
+
+    fn expire_chunks_before(&self, cutoff: Hour) -> impl Future<Output = Result<usize>> + Send {
+        let first = self.submit(move |done| Op::Chunk(ChunkOp::Expire(cutoff, done)));
+        let ops = self.ops.clone();
+        async move {
+            let mut total = first.await?;
+            let mut last = total;
+            while last >= EXPIRE_CHUNK {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let ops = ops.as_ref().ok_or(RelayError::StoreClosed)?;
+                ops.send(Op::Chunk(ChunkOp::Expire(cutoff, tx)))
+                    .await
+                    .map_err(|_| RelayError::StoreClosed)?;
+                last = rx.await.map_err(|_| RelayError::StoreClosed)??;
+                total += last;
+            }
+            Ok(total)
+        }
+    }
+}
+
+impl Writer<'_> {
+    pub(super) fn apply_chunk(&mut self, op: ChunkOp) -> super::Completion {
+        use super::complete;
+        match op {
+            ChunkOp::Create(both, done) => {
+                let (record, recipients) = *both;
+                complete(done, self.chunk_create(&record, &recipients))
+            }
+            ChunkOp::Put(sender, offset, piece, done) => {
+                complete(done, self.chunk_put(&sender, offset, &piece))
+            }
+            ChunkOp::Delete(sender, done) => complete(done, self.chunk_delete(&sender)),
+            ChunkOp::Ack(id, done) => complete(done, self.chunk_ack(&id)),
+            ChunkOp::Expire(cutoff, done) => complete(done, self.chunk_expire(cutoff)),
+        }
+    }
+
+    fn chunk_create(
+        &mut self,
+        record: &ChunkRecord,
+        recipients: &[ChunkRecipientRecord],
+    ) -> Result<bool> {
+        let tree = self.tree;
+        let ck = chunk_key(&record.sender);
+        if tree.contains_key(&ck)? {
+            return Ok(false);
+        }
+        let mut entries = Vec::with_capacity(recipients.len());
+        for r in recipients {
+            let rk = recipient_key(&r.id);
+            if tree.contains_key(&rk)? {
+                return Ok(false);
+            }
+            entries.push((rk, encode_recipient(r)));
+        }
+        let value = encode_chunk(record)?;
+        let ek = chunk_expiry_key(record.hour, &record.sender);
+        let mut size = entry_len(&ck, &value).saturating_add(entry_len(&ek, &[]));
+        for (k, v) in &entries {
+            size = size.saturating_add(entry_len(k, v));
+        }
+        if !self.make_room(size) {
+            return Err(RelayError::StoreFull);
+        }
+        tree.insert(ek, Vec::new())?;
+        for (k, v) in entries {
+            tree.insert(k, v.as_slice())?;
+        }
+        tree.insert(ck, value)?;
+        self.add_bytes(size);
+        Ok(true)
+    }
+
+    fn chunk_put(
+        &mut self,
+        sender: &ChunkSenderId,
+        offset: u32,
+        piece: &[u8],
+    ) -> Result<PutOutcome> {
+        let tree = self.tree;
+        let Some(mut record) = read_chunk(tree, sender)? else {
+            return Ok(PutOutcome::Refused);
+        };
+        if record.size.piece_len(offset) != Some(piece.len()) {
+            return Ok(PutOutcome::Refused);
+        }
+        let len = u32::try_from(piece.len()).map_err(corrupt)?;
+        if offset.saturating_add(len) <= record.received {
+            return Ok(PutOutcome::AlreadyStored);
+        }
+        if offset != record.received {
+            return Ok(PutOutcome::Refused);
+        }
+        let pk = piece_key(sender, offset);
+        let size = entry_len(&pk, piece);
+        if !self.make_room(size) {
+            return Ok(PutOutcome::StoreFull);
+        }
+        // The piece first: a relay that dies before the record counts it leaves a piece the
+        // next upload of the same offset overwrites.
+        let old = tree.insert(&pk, piece)?;
+        record.received = offset.saturating_add(len);
+        tree.insert(chunk_key(sender), encode_chunk(&record)?)?;
+        self.add_bytes(size);
+        if let Some(old) = old {
+            self.sub_bytes(entry_len(&pk, &old));
+        }
+        Ok(PutOutcome::Stored {
+            received: record.received,
+        })
+    }
+
+    fn chunk_delete(&mut self, sender: &ChunkSenderId) -> Result<bool> {
+        let tree = self.tree;
+        let Some(record) = read_chunk(tree, sender)? else {
+            return Ok(false);
+        };
+        self.chunk_remove(&record)?;
+        Ok(true)
+    }
+
+    /// Removes a chunk: the record first (so its recipients read as unknown at once), then
+    /// its pieces, its recipients and its expiry entry.
+    fn chunk_remove(&mut self, record: &ChunkRecord) -> Result<()> {
+        let tree = self.tree;
+        let ck = chunk_key(&record.sender);
+        if let Some(old) = tree.remove(&ck)? {
+            self.sub_bytes(entry_len(&ck, &old));
+        }
+        let mut prefix = vec![TAG_PIECE];
+        prefix.extend_from_slice(record.sender.as_bytes());
+        let mut pieces = Vec::new();
+        for entry in tree.scan_prefix(&prefix) {
+            let (k, v) = entry?;
+            pieces.push((k, entry_len(&[], &v)));
+        }
+        for (k, value_len) in pieces {
+            tree.remove(&k)?;
+            self.sub_bytes(entry_len(&k, &[]).saturating_add(value_len));
+        }
+        for id in &record.recipients {
+            let rk = recipient_key(id);
+            if let Some(old) = tree.remove(&rk)? {
+                self.sub_bytes(entry_len(&rk, &old));
+            }
+        }
+        let ek = chunk_expiry_key(record.hour, &record.sender);
+        if tree.remove(&ek)?.is_some() {
+            self.sub_bytes(entry_len(&ek, &[]));
+        }
+        Ok(())
+    }
+
+    fn chunk_ack(&mut self, id: &ChunkRecipientId) -> Result<bool> {
+        let tree = self.tree;
+        let rk = recipient_key(id);
+        let Some(v) = tree.get(&rk)? else {
+            return Ok(false);
+        };
+        let recipient = decode_recipient(id, &v)?;
+        let Some(mut record) = read_chunk(tree, &recipient.sender)? else {
+            // Left behind by a relay that died deleting its chunk.
+            tree.remove(&rk)?;
+            self.sub_bytes(entry_len(&rk, &v));
+            return Ok(false);
+        };
+        let before = record.recipients.len();
+        record.recipients.retain(|r| !r.ct_eq(id));
+        if record.recipients.len() == before {
+            return Ok(false);
+        }
+        if record.recipients.is_empty() {
+            // The last recipient: the chunk goes (its record lists this recipient no more,
+            // so remove this one by hand).
+            self.chunk_remove(&record)?;
+        } else {
+            let ck = chunk_key(&record.sender);
+            let value = encode_chunk(&record)?;
+            if let Some(old) = tree.insert(&ck, value.as_slice())? {
+                self.sub_bytes(entry_len(&[], &old).saturating_sub(entry_len(&[], &value)));
+            }
+        }
+        if tree.remove(&rk)?.is_some() {
+            self.sub_bytes(entry_len(&rk, &v));
+        }
+        Ok(true)
+    }
+
+    fn chunk_expire(&mut self, cutoff: Hour) -> Result<usize> {
+        let tree = self.tree;
+        let start = vec![TAG_CHUNK_EXPIRY];
+        let mut end = vec![TAG_CHUNK_EXPIRY];
+        end.extend_from_slice(&cutoff.0.to_be_bytes());
+        let mut entries = Vec::new();
+        for entry in tree.range(start..end).take(EXPIRE_CHUNK) {
+            let (key, _) = entry?;
+            entries.push(key);
+        }
+        let n = entries.len();
+        for key in entries {
+            // 'y' hour[4] sender[24]
+            let hour = key
+                .get(1..5)
+                .and_then(|h| <[u8; 4]>::try_from(h).ok())
+                .map(|h| Hour(u32::from_be_bytes(h)));
+            let sender = key.get(5..).and_then(|s| ChunkSenderId::from_slice(s).ok());
+            let (Some(hour), Some(sender)) = (hour, sender) else {
+                return Err(RelayError::Corrupt {
+                    what: "chunk expiry index",
+                });
+            };
+            match read_chunk(tree, &sender)? {
+                Some(record) if record.hour == hour => self.chunk_remove(&record)?,
+                _ => {
+                    tree.remove(&key)?;
+                    self.sub_bytes(entry_len(&key, &[]));
+                }
+            }
+        }
+        Ok(n)
+    }
+}

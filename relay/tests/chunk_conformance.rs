@@ -1,0 +1,343 @@
+//! The chunk store conformance suite: behaviour every [`ChunkStore`] backend must have,
+//! written once against the trait and run against [`SledStore`] and [`MemoryStore`].
+
+// Test code: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use rand_core::OsRng;
+use tidings_protocol::chunk::{ChunkKey, ChunkSize, PIECE_LEN};
+use tidings_protocol::ids::{ChunkRecipientId, ChunkSenderId};
+use tidings_protocol::keys::{AuthSecretKey, SymmetricKey};
+use tidings_relay::store::{
+    ChunkRecipientRecord, ChunkRecord, ChunkStore, Hour, MemoryStore, PutOutcome, SledStore, Store,
+    StoreLimits,
+};
+
+fn new_chunk(
+    size: ChunkSize,
+    hour: u32,
+    recipients: usize,
+) -> (ChunkRecord, Vec<ChunkRecipientRecord>) {
+    let sender = ChunkSenderId::random(&mut OsRng);
+    let records: Vec<ChunkRecipientRecord> = (0..recipients)
+        .map(|_| ChunkRecipientRecord {
+            id: ChunkRecipientId::random(&mut OsRng),
+            sender,
+            key: AuthSecretKey::generate(&mut OsRng).public().into(),
+            chunk_key: ChunkKey::from_key(SymmetricKey::random(&mut OsRng)),
+        })
+        .collect();
+    let record = ChunkRecord {
+        sender,
+        size,
+        hour: Hour(hour),
+        sender_key: AuthSecretKey::generate(&mut OsRng).public().into(),
+        received: 0,
+        recipients: records.iter().map(|r| r.id).collect(),
+    };
+    (record, records)
+}
+
+fn piece(size: ChunkSize, offset: u32, fill: u8) -> Vec<u8> {
+    vec![fill; size.piece_len(offset).unwrap()]
+}
+
+async fn upload_all(store: &impl ChunkStore, record: &ChunkRecord, fill: u8) {
+    for i in 0..record.size.pieces() {
+        let offset = i * PIECE_LEN as u32;
+        let out = store
+            .put_piece(record.sender, offset, piece(record.size, offset, fill))
+            .await
+            .unwrap();
+        assert!(matches!(out, PutOutcome::Stored { .. }), "{out:?}");
+    }
+}
+
+/// Create, look up by both ids, refuse reused ids, delete with everything.
+pub async fn chunk_lifecycle(store: &impl ChunkStore) {
+    let (record, recipients) = new_chunk(ChunkSize::K64, 10, 3);
+    assert!(store
+        .create_chunk(record.clone(), recipients.clone())
+        .await
+        .unwrap());
+    assert_eq!(store.chunk(&record.sender).unwrap(), Some(record.clone()));
+    for r in &recipients {
+        let got = store.chunk_recipient(&r.id).unwrap().unwrap();
+        assert_eq!(got.sender, record.sender);
+        assert_eq!(got.key, r.key);
+        assert_eq!(got.chunk_key.key().as_bytes(), r.chunk_key.key().as_bytes());
+    }
+    // The same sender id, or a recipient id already in use, is refused.
+    assert!(!store.create_chunk(record.clone(), vec![]).await.unwrap());
+    let (mut other, _) = new_chunk(ChunkSize::K64, 10, 1);
+    other.recipients = vec![recipients[0].id];
+    assert!(!store
+        .create_chunk(other.clone(), vec![recipients[0].clone()])
+        .await
+        .unwrap());
+    assert_eq!(store.chunk(&other.sender).unwrap(), None);
+
+    upload_all(store, &record, 7).await;
+    assert!(store.delete_chunk(record.sender).await.unwrap());
+    assert_eq!(store.chunk(&record.sender).unwrap(), None);
+    assert_eq!(store.piece(&record.sender, 0).unwrap(), None);
+    for r in &recipients {
+        assert!(store.chunk_recipient(&r.id).unwrap().is_none());
+    }
+    assert!(!store.delete_chunk(record.sender).await.unwrap());
+}
+
+/// Pieces go in order, each exactly as long as a piece at its offset; a repeat is
+/// harmless; the status follows.
+pub async fn pieces_in_order(store: &impl ChunkStore) {
+    let size = ChunkSize::K256;
+    let (record, recipients) = new_chunk(size, 10, 1);
+    assert!(store
+        .create_chunk(record.clone(), recipients)
+        .await
+        .unwrap());
+    let second = PIECE_LEN as u32;
+    // Out of order, wrong length, off the grid, unknown chunk: refused.
+    assert_eq!(
+        store
+            .put_piece(record.sender, second, piece(size, second, 1))
+            .await
+            .unwrap(),
+        PutOutcome::Refused
+    );
+    assert_eq!(
+        store
+            .put_piece(record.sender, 0, vec![1; 10])
+            .await
+            .unwrap(),
+        PutOutcome::Refused
+    );
+    assert_eq!(
+        store
+            .put_piece(record.sender, 5, vec![1; PIECE_LEN])
+            .await
+            .unwrap(),
+        PutOutcome::Refused
+    );
+    assert_eq!(
+        store
+            .put_piece(ChunkSenderId::random(&mut OsRng), 0, piece(size, 0, 1))
+            .await
+            .unwrap(),
+        PutOutcome::Refused
+    );
+    assert_eq!(
+        store
+            .put_piece(record.sender, 0, piece(size, 0, 1))
+            .await
+            .unwrap(),
+        PutOutcome::Stored { received: second }
+    );
+    assert_eq!(
+        store
+            .put_piece(record.sender, 0, piece(size, 0, 9))
+            .await
+            .unwrap(),
+        PutOutcome::AlreadyStored
+    );
+    // The repeat did not overwrite.
+    assert_eq!(
+        store.piece(&record.sender, 0).unwrap(),
+        Some(piece(size, 0, 1))
+    );
+    assert_eq!(
+        store.chunk(&record.sender).unwrap().unwrap().received,
+        second
+    );
+    for i in 1..size.pieces() {
+        let offset = i * PIECE_LEN as u32;
+        store
+            .put_piece(record.sender, offset, piece(size, offset, 2))
+            .await
+            .unwrap();
+    }
+    let done = store.chunk(&record.sender).unwrap().unwrap();
+    assert!(done.is_complete());
+    let last = (size.pieces() - 1) * PIECE_LEN as u32;
+    assert_eq!(
+        store.piece(&record.sender, last).unwrap().unwrap().len(),
+        size.bytes() as usize - last as usize
+    );
+}
+
+/// Each recipient acks once; the chunk goes with the last one.
+pub async fn acks_delete_with_the_last_recipient(store: &impl ChunkStore) {
+    let (record, recipients) = new_chunk(ChunkSize::K64, 10, 3);
+    assert!(store
+        .create_chunk(record.clone(), recipients.clone())
+        .await
+        .unwrap());
+    upload_all(store, &record, 3).await;
+    assert!(store.ack_chunk(recipients[0].id).await.unwrap());
+    assert!(!store.ack_chunk(recipients[0].id).await.unwrap());
+    assert!(store.chunk_recipient(&recipients[0].id).unwrap().is_none());
+    assert!(store.chunk_recipient(&recipients[1].id).unwrap().is_some());
+    assert_eq!(
+        store
+            .chunk(&record.sender)
+            .unwrap()
+            .unwrap()
+            .recipients
+            .len(),
+        2
+    );
+    assert!(store.ack_chunk(recipients[1].id).await.unwrap());
+    assert!(store.piece(&record.sender, 0).unwrap().is_some());
+    assert!(store.ack_chunk(recipients[2].id).await.unwrap());
+    assert_eq!(store.chunk(&record.sender).unwrap(), None);
+    assert_eq!(store.piece(&record.sender, 0).unwrap(), None);
+    assert!(!store
+        .ack_chunk(ChunkRecipientId::random(&mut OsRng))
+        .await
+        .unwrap());
+}
+
+/// Chunks created before the cutoff go, with their pieces and recipients; newer ones stay.
+pub async fn chunk_expiry(store: &impl ChunkStore) {
+    let (old, old_r) = new_chunk(ChunkSize::K64, 100, 2);
+    let (new, new_r) = new_chunk(ChunkSize::K64, 200, 2);
+    assert!(store
+        .create_chunk(old.clone(), old_r.clone())
+        .await
+        .unwrap());
+    assert!(store
+        .create_chunk(new.clone(), new_r.clone())
+        .await
+        .unwrap());
+    upload_all(store, &old, 1).await;
+    assert_eq!(store.expire_chunks_before(Hour(100)).await.unwrap(), 0);
+    assert_eq!(store.expire_chunks_before(Hour(150)).await.unwrap(), 1);
+    assert_eq!(store.chunk(&old.sender).unwrap(), None);
+    assert_eq!(store.piece(&old.sender, 0).unwrap(), None);
+    assert!(store.chunk_recipient(&old_r[0].id).unwrap().is_none());
+    assert!(store.chunk(&new.sender).unwrap().is_some());
+    assert!(store.chunk_recipient(&new_r[1].id).unwrap().is_some());
+}
+
+fn sled_temp() -> (tempfile::TempDir, SledStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn sled_chunk_lifecycle() {
+    let (_d, s) = sled_temp();
+    chunk_lifecycle(&s).await;
+}
+
+#[tokio::test]
+async fn sled_pieces_in_order() {
+    let (_d, s) = sled_temp();
+    pieces_in_order(&s).await;
+}
+
+#[tokio::test]
+async fn sled_acks_delete_with_the_last_recipient() {
+    let (_d, s) = sled_temp();
+    acks_delete_with_the_last_recipient(&s).await;
+}
+
+#[tokio::test]
+async fn sled_chunk_expiry() {
+    let (_d, s) = sled_temp();
+    chunk_expiry(&s).await;
+}
+
+#[tokio::test]
+async fn memory_chunk_lifecycle() {
+    chunk_lifecycle(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn memory_pieces_in_order() {
+    pieces_in_order(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn memory_acks_delete_with_the_last_recipient() {
+    acks_delete_with_the_last_recipient(&MemoryStore::new()).await;
+}
+
+#[tokio::test]
+async fn memory_chunk_expiry() {
+    chunk_expiry(&MemoryStore::new()).await;
+}
+
+/// Chunk bytes count against the store's byte budget, and deleting gives them back.
+#[tokio::test]
+async fn sled_chunks_join_the_byte_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = StoreLimits {
+        max_bytes: Some(200_000),
+        min_free_disk_bytes: 0,
+    };
+    let store = SledStore::open_with(dir.path(), limits).unwrap();
+    let (record, recipients) = new_chunk(ChunkSize::K256, 10, 1);
+    assert!(store
+        .create_chunk(record.clone(), recipients)
+        .await
+        .unwrap());
+    let mut refused_at = None;
+    for i in 0..ChunkSize::K256.pieces() {
+        let offset = i * PIECE_LEN as u32;
+        let out = store
+            .put_piece(record.sender, offset, piece(ChunkSize::K256, offset, 1))
+            .await
+            .unwrap();
+        if out == PutOutcome::StoreFull {
+            refused_at = Some(offset);
+            break;
+        }
+    }
+    let refused_at = refused_at.expect("a 256 KiB chunk must not fit in 200,000 bytes");
+    assert!(refused_at >= 150_000, "refused too early at {refused_at}");
+    assert!(store.stored_bytes() <= 200_000);
+    let before = store.stored_bytes();
+    assert!(store.delete_chunk(record.sender).await.unwrap());
+    assert!(
+        store.stored_bytes() < before / 100,
+        "{}",
+        store.stored_bytes()
+    );
+}
+
+/// What was answered survives a reopen, and the upload resumes where it stopped.
+#[tokio::test]
+async fn sled_reopen_keeps_pieces_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (record, recipients) = new_chunk(ChunkSize::K64, 10, 2);
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store
+            .create_chunk(record.clone(), recipients.clone())
+            .await
+            .unwrap());
+        store
+            .put_piece(record.sender, 0, piece(ChunkSize::K64, 0, 4))
+            .await
+            .unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    let back = store.chunk(&record.sender).unwrap().unwrap();
+    assert_eq!(back.received, PIECE_LEN as u32);
+    assert!(store.chunk_recipient(&recipients[1].id).unwrap().is_some());
+    let next = PIECE_LEN as u32;
+    assert_eq!(
+        store
+            .put_piece(record.sender, next, piece(ChunkSize::K64, next, 4))
+            .await
+            .unwrap(),
+        PutOutcome::Stored { received: 2 * next }
+    );
+}
