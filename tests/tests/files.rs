@@ -261,18 +261,27 @@ async fn tampered_swapped_and_truncated_files_are_refused_naming_the_file() -> R
             other => bail!("{what}: expected FileCorrupt naming the file, got {other:?}"),
         }
     };
-    // Swapped: the description lists two chunks the other way round.
+    // Swapped in the description: each chunk's keys follow its place, so the relay refuses
+    // and nothing counts as downloaded.
     let mut swapped = descs[0].clone();
     swapped.chunks.swap(0, 1);
     let out = dir.path().join("swapped.out");
     let enc = dir.path().join("swapped.enc");
     let mut conn = connect(relay.address()).await?;
     let mut st = DownloadState::new(&swapped);
-    expect_corrupt(
-        download(&mut conn, &swapped, &enc, &mut st, |_| Ok(()), |_| {}).await,
-        "swapped",
-    )?;
+    let r = download(&mut conn, &swapped, &enc, &mut st, |_| Ok(()), |_| {}).await;
+    assert!(r.is_err(), "{r:?}");
     assert!(!st.verified);
+    // Swapped in the bytes (as a hostile relay that knows both chunks' sealing keys could
+    // serve them, or a disk edited afterwards): the file's own encryption refuses it.
+    fetch(relay.address(), &descs[0], &enc).await?;
+    let mut bytes = std::fs::read(&enc)?;
+    // The plan is 256 KiB, 256 KiB, then three 64 KiB chunks: swap the 3rd and 4th.
+    assert_eq!(descs[0].chunks.len(), 5);
+    let (a, b) = bytes.split_at_mut(589_824);
+    a[524_288..].swap_with_slice(&mut b[..65_536]);
+    std::fs::write(&enc, &bytes)?;
+    expect_corrupt(save_plaintext(&enc, &descs[0], &out), "swapped")?;
     assert!(save_plaintext(&enc, &swapped, &out).is_err());
     assert!(!out.exists(), "no partial plaintext left behind");
 
