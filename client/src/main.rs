@@ -593,7 +593,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         ClientError::Unreachable | ClientError::Timeout | ClientError::ConnectionLost => anyhow!(
                             "relay unreachable at that address; no profile was created (check the address, or create the profile anyway with --offline)"
                         ),
-                        ClientError::HandshakeRefused => anyhow!("{e}; no profile was created"),
+                        ClientError::HandshakeRefused | ClientError::ProofRefused => {
+                            anyhow!("{e}; no profile was created")
+                        }
                         e => e.into(),
                     })?;
             }
