@@ -163,13 +163,43 @@ impl Profile {
         now: u64,
         progress: impl FnMut(crate::files::Progress),
     ) -> Result<String> {
+        // Fail before uploading anything if the contact cannot receive.
+        let _ = self.contact_by_label(label)?;
+        let desc = self
+            .upload_file(net, label, file, 1, DUMMY_RECIPIENTS, progress)
+            .await?
+            .pop()
+            .ok_or(ClientError::Crypto)?;
+        let line = file_line(&desc);
+        self.send_app(
+            net,
+            label,
+            tidings_protocol::contact::AppBody::File(Box::new(desc)),
+            (super::HISTORY_FILE, &line),
+            now,
+        )
+        .await?;
+        Ok(line)
+    }
+
+    /// Encrypts and uploads `file` once for `recipients` real recipients and `dummies` more,
+    /// resuming an upload of the same file for the same `resume_as` (a contact's or a list's
+    /// name) that was cut off. Returns one description per real recipient.
+    pub(super) async fn upload_file<C: crate::relay::Connector>(
+        &mut self,
+        net: &C,
+        resume_as: &str,
+        file: OutgoingFile<'_>,
+        recipients: usize,
+        dummies: usize,
+        progress: impl FnMut(crate::files::Progress),
+    ) -> Result<Vec<FileDescription>> {
         let OutgoingFile {
             path,
             media_type,
             voice_secs,
         } = file;
-        // Fail before uploading anything if the contact cannot receive.
-        let _ = self.contact_by_label(label)?;
+        let label = resume_as;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -183,12 +213,7 @@ impl Profile {
             Some(Ok(state)) => state,
             _ => {
                 let mut state = crate::files::UploadState::new(
-                    path,
-                    &name,
-                    media_type,
-                    &relay,
-                    1,
-                    DUMMY_RECIPIENTS,
+                    path, &name, media_type, &relay, recipients, dummies,
                 )?;
                 if let Some(secs) = voice_secs {
                     state.set_voice(secs);
@@ -215,20 +240,7 @@ impl Profile {
         let mut b = Batch::new();
         b.remove(Tree::Meta, &key);
         self.store.apply(b)?;
-        let desc = state
-            .descriptions()
-            .and_then(|mut d| d.pop())
-            .ok_or(ClientError::Crypto)?;
-        let line = file_line(&desc);
-        self.send_app(
-            net,
-            label,
-            tidings_protocol::contact::AppBody::File(Box::new(desc)),
-            (super::HISTORY_FILE, &line),
-            now,
-        )
-        .await?;
-        Ok(line)
+        state.descriptions().ok_or(ClientError::Crypto)
     }
 
     /// Downloads a received file (resuming what an earlier fetch stored), checks it and

@@ -238,15 +238,83 @@ impl Profile {
             return Err(ClientError::too_long(text, MAX_TEXT_LEN));
         }
         let (list, members) = self.list_members(list)?;
+        let bodies = members
+            .into_iter()
+            .map(|c| (c, AppBody::Text(text.to_string())))
+            .collect();
+        self.send_to_members(net, list, bodies, (HISTORY_TEXT, text), now, spread)
+            .await
+    }
+
+    /// Sends a file to every member of a list: ONE upload, with one recipient id per member
+    /// and dummy ids up to a power of two (at least as many ids in all as a file sent to one
+    /// contact has), then each member's description as a message by list ([`Spread`]).
+    pub async fn send_file_list<C: Connector>(
+        &mut self,
+        net: &C,
+        list: &str,
+        file: super::files::OutgoingFile<'_>,
+        now: u64,
+        spread: Spread,
+        progress: impl FnMut(crate::files::Progress),
+    ) -> Result<(ListSend, String)> {
+        let (list, members) = self.list_members(list)?;
+        let max = tidings_protocol::chunk::MAX_CHUNK_RECIPIENTS;
+        if members.len() > max {
+            return Err(ClientError::TooMany {
+                what: "members for one file (make smaller lists)",
+                max,
+            });
+        }
+        let real = members.len();
+        let total = real
+            .next_power_of_two()
+            .max(1 + super::files::DUMMY_RECIPIENTS)
+            .min(max);
+        // A control character, which no contact name may hold: a list's upload never
+        // resumes as a contact's.
+        let resume_as = format!("\u{1}list\u{1}{list}");
+        let descs = self
+            .upload_file(net, &resume_as, file, real, total - real, progress)
+            .await?;
+        if descs.len() != real {
+            return Err(ClientError::Crypto);
+        }
+        let line = descs
+            .first()
+            .map(super::files::file_line)
+            .unwrap_or_default();
+        let bodies = members
+            .into_iter()
+            .zip(descs)
+            .map(|(c, d)| (c, AppBody::File(Box::new(d))))
+            .collect();
+        let sent = self
+            .send_to_members(net, list, bodies, (HISTORY_FILE, &line), now, spread)
+            .await?;
+        Ok((sent, line))
+    }
+
+    /// Puts one message for each member in the outbox (held as `spread` says) with its
+    /// history entry, and with [`Spread::Now`] sends them.
+    async fn send_to_members<C: Connector>(
+        &mut self,
+        net: &C,
+        list: String,
+        bodies: Vec<(ContactRecord, AppBody)>,
+        (history_kind, history_text): (u8, &str),
+        now: u64,
+        spread: Spread,
+    ) -> Result<ListSend> {
         let mut b = Batch::new();
         let mut last_at = None;
-        let count = members.len();
-        for contact in members {
+        let count = bodies.len();
+        for (contact, body) in bodies {
             let mut session = E2eSession::unpickle(&contact.session, self.store.pickle_key())?;
             let app = AppMessage {
                 id: AppMessageId::random(&mut OsRng),
                 sent_at: now,
-                body: AppBody::Text(text.to_string()),
+                body,
             };
             let hold = spread_hold(spread, now)?;
             if let Some((at, _)) = hold {
@@ -260,10 +328,10 @@ impl Profile {
                 id: random()?,
                 outbox: Some(waiting),
                 outgoing: true,
-                text: text.to_string(),
+                text: history_text.to_string(),
                 sent_at: now,
                 at: now,
-                kind: HISTORY_TEXT,
+                kind: history_kind,
             };
             b.put_json(Tree::History, &history_key(&entry), &entry)?;
         }
