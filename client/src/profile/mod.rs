@@ -292,6 +292,7 @@ fn is_network(e: &ClientError) -> bool {
     matches!(
         e,
         ClientError::Unreachable
+            | ClientError::Unreached(_)
             | ClientError::ConnectionLost
             | ClientError::Timeout
             | ClientError::HandshakeRefused
