@@ -19,8 +19,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand};
 use tidings_client::lock::KeyFileWatch;
+use tidings_client::profile::reach::ReachSettings;
 use tidings_client::profile::{check_new_passphrase, ListenEvent, Profile, Received};
-use tidings_client::relay::QuicConnector;
+use tidings_client::reach::{Backoff, Proxy, ReachConfig, Transport};
+use tidings_client::relay::{Connector, ReachConnector};
 use tidings_client::safety::{format_duration, LATE_CHECKIN_SECS};
 use tidings_client::screen;
 use tidings_client::store::KdfParams;
@@ -45,6 +47,21 @@ struct Cli {
     /// The profile directory (default: the platform data directory, shown below).
     #[arg(long, env = "TIDINGS_HOME", global = true)]
     home: Option<PathBuf>,
+    /// How to reach relays: `quic` (HTTP/3 over UDP only), `tcp` (TLS over TCP only) or
+    /// `auto` (QUIC first, TCP 250 ms later). Default: the profile's setting, else auto.
+    #[arg(long, global = true, value_name = "quic|tcp|auto")]
+    transport: Option<String>,
+    /// Send relay connections through a SOCKS5 proxy, names resolved by the proxy:
+    /// `socks5h://HOST:PORT` (Tor, Orbot, a v2ray or Shadowsocks client). TCP only. `none`
+    /// ignores the profile's proxy for this command. Default: the profile's setting.
+    #[arg(
+        long,
+        env = "TIDINGS_PROXY",
+        hide_env_values = true,
+        global = true,
+        value_name = "URL"
+    )]
+    proxy: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -93,6 +110,12 @@ enum Cmd {
         /// One JSON object per message.
         #[arg(long)]
         json: bool,
+    },
+    /// Show or set how relays are reached (transport, proxy); kept in the encrypted profile.
+    Network {
+        /// What to set; nothing shows the settings.
+        #[command(subcommand)]
+        action: Option<NetworkCmd>,
     },
     /// Stay connected and print messages as they arrive.
     Listen {
@@ -191,6 +214,21 @@ enum Cmd {
 }
 
 /// `tidings invite …`
+/// `tidings network …`
+#[derive(Subcommand)]
+enum NetworkCmd {
+    /// Always use this SOCKS5 proxy (`socks5h://HOST:PORT`), or `none` to stop using one.
+    Proxy {
+        /// The proxy URL or `none`.
+        url: String,
+    },
+    /// Always use this transport: quic, tcp or auto.
+    Transport {
+        /// quic, tcp or auto.
+        choice: String,
+    },
+}
+
 #[derive(Subcommand)]
 enum InviteCmd {
     /// Cancel an unanswered invitation (shown to the wrong person): its link stops working.
@@ -347,25 +385,116 @@ fn passphrase(confirm: bool) -> Result<Zeroizing<String>, ClientError> {
     Ok(p)
 }
 
-fn open(home: &std::path::Path) -> Result<Profile, ClientError> {
+fn open<'n>(home: &std::path::Path, net: &'n Net) -> anyhow::Result<Opened<'n>> {
     let pass = passphrase(false)?;
     let mut profile = Profile::open(home, pass.as_bytes())?;
     profile.apply_retention(now())?;
-    Ok(profile)
+    net.load(&profile)?;
+    Ok(Opened { profile, net })
+}
+
+/// The `--transport` and `--proxy` flags (or `TIDINGS_PROXY`), which win over the profile.
+struct Net {
+    transport: Option<Transport>,
+    /// `Some(None)`: `--proxy none`.
+    proxy: Option<Option<Proxy>>,
+    connector: ReachConnector,
+}
+
+impl Net {
+    fn from_flags(cli: &Cli) -> anyhow::Result<Self> {
+        let transport = cli.transport.as_deref().map(str::parse).transpose()?;
+        let proxy = match cli.proxy.as_deref() {
+            None | Some("") => None,
+            Some("none") => Some(None),
+            Some(url) => Some(Some(url.parse::<Proxy>()?)),
+        };
+        let net = Self {
+            transport,
+            proxy,
+            connector: ReachConnector::default(),
+        };
+        net.configure(&ReachSettings::default())?;
+        Ok(net)
+    }
+
+    /// Combines the flags with the profile's settings and remembered routes.
+    fn configure(&self, settings: &ReachSettings) -> anyhow::Result<()> {
+        let saved = settings.config()?;
+        let config = ReachConfig {
+            transport: self.transport.unwrap_or(saved.transport),
+            proxy: self.proxy.clone().unwrap_or(saved.proxy),
+        };
+        config.check()?;
+        self.connector.configure(config, settings.last.clone());
+        Ok(())
+    }
+
+    fn load(&self, profile: &Profile) -> anyhow::Result<()> {
+        self.configure(&profile.reach_settings()?)
+    }
+}
+
+impl Connector for Net {
+    type Link = <ReachConnector as Connector>::Link;
+
+    fn connect(
+        &self,
+        address: &tidings_protocol::address::RelayAddress,
+    ) -> impl std::future::Future<Output = Result<Self::Link, ClientError>> {
+        self.connector.connect(address)
+    }
+}
+
+/// An open profile that, when dropped, keeps the routes that worked in its encrypted store.
+struct Opened<'n> {
+    profile: Profile,
+    net: &'n Net,
+}
+
+impl std::ops::Deref for Opened<'_> {
+    type Target = Profile;
+    fn deref(&self) -> &Profile {
+        &self.profile
+    }
+}
+
+impl std::ops::DerefMut for Opened<'_> {
+    fn deref_mut(&mut self) -> &mut Profile {
+        &mut self.profile
+    }
+}
+
+impl Drop for Opened<'_> {
+    fn drop(&mut self) {
+        // Only a hint for next time: losing it costs at most 250 ms per connection.
+        let _ = self.profile.remember_routes(self.net.connector.memory());
+    }
 }
 
 /// Network failures all read as "relay unreachable" to a person.
 fn is_network(e: &ClientError) -> bool {
     matches!(
         e,
-        ClientError::Unreachable | ClientError::ConnectionLost | ClientError::Timeout
+        ClientError::Unreachable
+            | ClientError::Unreached(_)
+            | ClientError::ConnectionLost
+            | ClientError::Timeout
     )
+}
+
+/// "relay unreachable", with what was tried and the way out when the reach logic knows it.
+fn unreachable(e: &ClientError) -> String {
+    match e {
+        ClientError::Unreached(_) => e.to_string(),
+        _ => "relay unreachable".to_owned(),
+    }
 }
 
 /// Turns a library error into the line a person reads.
 fn friendly(e: ClientError) -> anyhow::Error {
     if is_network(&e) {
-        anyhow!("relay unreachable")
+        anyhow!("{}", unreachable(&e))
     } else {
         e.into()
     }
@@ -470,15 +599,48 @@ const EXIT_SOMEONE_DUE: u8 = 3;
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     let home = home(&cli.home)?;
-    let net = QuicConnector;
+    let net = Net::from_flags(&cli)?;
     match cli.command {
+        Cmd::Network { action } => {
+            let mut profile = open(&home, &net)?;
+            let settings = profile.reach_settings()?;
+            let saved = settings.config()?;
+            match action {
+                None => {
+                    println!("transport: {}", saved.transport);
+                    match &saved.proxy {
+                        Some(p) => println!("proxy: {p}"),
+                        None => println!("proxy: none"),
+                    }
+                    println!("relays with a remembered way in: {}", settings.last.len());
+                }
+                Some(NetworkCmd::Proxy { url }) => {
+                    let proxy = match url.as_str() {
+                        "none" => None,
+                        url => Some(url.parse::<Proxy>()?),
+                    };
+                    let shown = proxy
+                        .as_ref()
+                        .map_or_else(|| "none".to_owned(), ToString::to_string);
+                    profile.set_reach(saved.transport, proxy)?;
+                    done(format_args!(
+                        "proxy set to {shown}; relay connections use it from now on"
+                    ));
+                }
+                Some(NetworkCmd::Transport { choice }) => {
+                    let transport: Transport = choice.parse()?;
+                    profile.set_reach(transport, saved.proxy)?;
+                    done(format_args!("transport set to {transport}"));
+                }
+            }
+        }
         Cmd::Init { relay, offline } => {
             if !offline {
                 runtime()?
                     .block_on(Profile::check_relay(&net, &relay))
                     .map_err(|e| match e {
-                        ClientError::Unreachable | ClientError::Timeout | ClientError::ConnectionLost => anyhow!(
-                            "relay unreachable at that address; no profile was created (check the address, or create the profile anyway with --offline)"
+                        ClientError::Unreachable | ClientError::Unreached(_) | ClientError::Timeout | ClientError::ConnectionLost => anyhow!(
+                            "{} (at that address); no profile was created (check the address, or create the profile anyway with --offline)", unreachable(&e)
                         ),
                         ClientError::HandshakeRefused => anyhow!("{e}; no profile was created"),
                         e => e.into(),
@@ -497,13 +659,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             action: Some(InviteCmd::Cancel { label }),
             ..
         } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let name = runtime()?
                 .block_on(profile.cancel_invite(&net, &label))
                 .map_err(|e| {
                     if is_network(&e) {
                         anyhow!(
-                            "relay unreachable; the invitation is not cancelled and its link still works until it expires; try again when online"
+                            "{}; the invitation is not cancelled and its link still works until it expires; try again when online", unreachable(&e)
                         )
                     } else {
                         e.into()
@@ -512,7 +674,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("invitation {name:?} cancelled: its link no longer works");
         }
         Cmd::Remove { name } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let removed = runtime()?.block_on(profile.remove(&net, &name))?;
             if removed.queue_deleted {
                 eprintln!("{:?} removed, with its queue on the relay", removed.name);
@@ -528,12 +690,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             label,
             qr,
         } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let link = runtime()?
                 .block_on(profile.invite(&net, label.as_deref(), now()))
                 .map_err(|e| {
                     if is_network(&e) {
-                        anyhow!("relay unreachable; no invitation was created")
+                        anyhow!("{}; no invitation was created", unreachable(&e))
                     } else {
                         e.into()
                     }
@@ -553,19 +715,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Accept { link, label } => {
             let link = from_stdin_if_dash(link, "Paste the invitation link, then press Ctrl-D")?;
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             match runtime()?.block_on(profile.accept(&net, &link, &label, now())) {
                 Ok(()) => eprintln!("invitation accepted; the contact is ready once they sync"),
                 Err(e) if is_network(&e) => {
                     return Err(anyhow!(
-                        "relay unreachable; if the invitation was accepted, the greeting waits in the outbox for the next sync"
+                        "{}; if the invitation was accepted, the greeting waits in the outbox for the next sync", unreachable(&e)
                     ))
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         Cmd::Sync { json } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let report = runtime()?
                 .block_on(profile.sync(&net, now()))
                 .map_err(friendly)?;
@@ -591,20 +753,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if is_network(&e) {
                     let waiting = profile.outbox_len()?;
                     return Err(anyhow!(
-                        "relay unreachable; {waiting} message(s) wait in the outbox"
+                        "{}; {waiting} message(s) wait in the outbox",
+                        unreachable(&e)
                     ));
                 }
                 return Err(e.into());
             }
         }
         Cmd::Listen { json } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let watch = KeyFileWatch::new(&home)?;
             let rt = runtime()?;
             let result: anyhow::Result<bool> = rt.block_on(async {
                 let closed = profile_closed(&watch);
                 tokio::pin!(closed);
-                let mut backoff = 5u64;
+                // Exponential with jitter (5 s, 10 s, ... up to 10 min), reset once a
+                // connection works: a blocked network costs a few wake-ups an hour.
+                let mut backoff = Backoff::default();
+                let connected = std::cell::Cell::new(false);
                 loop {
                     let r = tokio::select! {
                         r = profile.listen(&net, now, |event| match event {
@@ -616,6 +782,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             }
                             ListenEvent::Due(_) => {}
                             ListenEvent::Listening => {
+                                connected.set(true);
                                 done("listening for new messages; other commands can run meanwhile (Ctrl-C stops)")
                             }
                         }) => r,
@@ -625,17 +792,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     match r {
                         Ok(()) => return Ok(false),
                         Err(e) if is_network(&e) || matches!(e, ClientError::RelayMisbehaved(_)) => {
+                            if connected.replace(false) {
+                                backoff.reset();
+                            }
+                            let wait = backoff.next_delay(&mut rand_core::OsRng);
+                            let secs = wait.as_secs_f64();
                             if is_network(&e) {
-                                eprintln!("relay unreachable; retrying in {backoff} s");
+                                eprintln!("{}; retrying in {secs:.1} s", unreachable(&e));
                             } else {
-                                eprintln!("{e}; retrying in {backoff} s");
+                                eprintln!("{e}; retrying in {secs:.1} s");
                             }
                             tokio::select! {
-                                _ = tokio::time::sleep(std::time::Duration::from_secs(backoff)) => {}
+                                _ = tokio::time::sleep(wait) => {}
                                 _ = tokio::signal::ctrl_c() => return Ok(false),
                                 _ = &mut closed => return Ok(true),
                             }
-                            backoff = (backoff * 2).min(60);
                         }
                         Err(e) => return Err(friendly(e)),
                     }
@@ -649,19 +820,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Send { name, text } => {
             let text = from_stdin_if_dash(text, "Type the message, then press Ctrl-D")?;
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             match runtime()?.block_on(profile.send(&net, &name, &text, now())) {
                 Ok(()) => done(format_args!("sent to {name:?} (1 message)")),
                 Err(e) if is_network(&e) => {
                     return Err(anyhow!(
-                        "relay unreachable; the message is kept in the outbox and will be sent on the next send or sync"
+                        "{}; the message is kept in the outbox and will be sent on the next send or sync", unreachable(&e)
                     ))
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         Cmd::Contacts { json } => {
-            let profile = open(&home)?;
+            let profile = open(&home, &net)?;
             let contacts = profile.contacts()?;
             if contacts.is_empty() && !json {
                 done("no contacts yet: `tidings invite` makes an invitation, `tidings accept` takes one");
@@ -683,7 +854,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::History { name, json } => {
-            let profile = open(&home)?;
+            let profile = open(&home, &net)?;
             let history = profile.history(&name)?;
             let name = profile.contact_name(&name)?;
             let mut out = std::io::stdout().lock();
@@ -712,7 +883,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Rename { old, new } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             profile.rename(&old, &new)?;
             done(format_args!("renamed {old:?} to {new:?}"));
         }
@@ -721,7 +892,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map(|n| from_stdin_if_dash(n, "Type the note, then press Ctrl-D"))
                 .transpose()?
                 .unwrap_or_default();
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let pin = if profile.checkin_pin_set()? {
                 Some(match std::env::var("TIDINGS_CHECKIN_PIN") {
                     Ok(p) => Zeroizing::new(p),
@@ -750,7 +921,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) if is_network(&e) => {
                     return Err(anyhow!(
-                        "relay unreachable; the check-in is kept in the outbox and will be sent on the next send or sync"
+                        "{}; the check-in is kept in the outbox and will be sent on the next send or sync", unreachable(&e)
                     ))
                 }
                 Err(e) => return Err(e.into()),
@@ -758,7 +929,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Expect { name, every } => {
             let every = duration_or_off(&every)?;
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let name = profile.expect(&name, every, now())?;
             match every {
                 Some(secs) => eprintln!(
@@ -770,13 +941,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match runtime()?.block_on(profile.send_outbox(&net)) {
                 Ok(_) => eprintln!("{name:?} was told"),
                 Err(e) if is_network(&e) => {
-                    eprintln!("relay unreachable; {name:?} will be told with the next send or sync")
+                    eprintln!(
+                        "{}; {name:?} will be told with the next send or sync",
+                        unreachable(&e)
+                    )
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         Cmd::Due { json, sync, ack } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             if let Some(name) = ack {
                 let name = profile.ack_duress(&name, now())?;
                 eprintln!("{name:?}: DURESS acknowledged (kept in the history)");
@@ -814,7 +988,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Retain { name, keep } => {
             let keep = duration_or_off(&keep)?;
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             profile.retain(&name, keep, now())?;
             match keep {
                 Some(secs) => done(format_args!(
@@ -825,7 +999,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Safety(cmd) => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             match cmd {
                 SafetyCmd::SetCheckinPin => {
                     let pin = new_secret("TIDINGS_NEW_PIN", "PIN", "PINs", |_| Ok(()))?;
@@ -852,7 +1026,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Passphrase => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let new = new_secret(
                 "TIDINGS_NEW_PASSPHRASE",
                 "passphrase",
@@ -876,7 +1050,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             confirm,
             json,
         } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let code = profile.safety_code(&name)?;
             if confirm {
                 profile.confirm_verified(&name)?;

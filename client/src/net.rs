@@ -705,16 +705,11 @@ impl NetDialer {
 impl crate::reach::Dialer for NetDialer {
     type Conn = RelayConnection;
 
-    fn dial(
-        &self,
-        route: &crate::reach::Route,
-    ) -> impl std::future::Future<Output = Result<RelayConnection>> {
-        async move {
-            if route.binding.is_udp() {
-                self.dial_udp(route).await
-            } else {
-                self.dial_tcp(route).await
-            }
+    async fn dial(&self, route: &crate::reach::Route) -> Result<RelayConnection> {
+        if route.binding.is_udp() {
+            self.dial_udp(route).await
+        } else {
+            self.dial_tcp(route).await
         }
     }
 }

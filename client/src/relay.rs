@@ -118,7 +118,7 @@ impl Connector for QuicConnector {
 /// remembers per relay (by key) the route that worked, for the profile to keep.
 #[derive(Debug, Default)]
 pub struct ReachConnector {
-    config: ReachConfig,
+    config: Mutex<ReachConfig>,
     memory: Mutex<BTreeMap<String, Remembered>>,
 }
 
@@ -129,9 +129,23 @@ impl ReachConnector {
     /// A connector with `config` and the routes the profile remembered.
     pub fn new(config: ReachConfig, memory: BTreeMap<String, Remembered>) -> Self {
         Self {
-            config,
+            config: Mutex::new(config),
             memory: Mutex::new(memory),
         }
+    }
+
+    /// Replaces the configuration and the remembered routes (once a profile is open).
+    pub fn configure(&self, config: ReachConfig, memory: BTreeMap<String, Remembered>) {
+        if let Ok(mut c) = self.config.lock() {
+            *c = config;
+        }
+        if let Ok(mut m) = self.memory.lock() {
+            *m = memory;
+        }
+    }
+
+    fn config(&self) -> ReachConfig {
+        self.config.lock().map(|c| c.clone()).unwrap_or_default()
     }
 
     /// The routes remembered now (to store in the profile).
@@ -164,17 +178,16 @@ pub fn memory_key(address: &RelayAddress) -> String {
 impl Connector for ReachConnector {
     type Link = RelayConnection;
 
-    fn connect(&self, address: &RelayAddress) -> impl Future<Output = Result<Self::Link>> {
-        async move {
-            let key = memory_key(address);
-            let last = self.remembered(&key);
-            let routes = plan(address, &self.config, last.as_ref())?;
-            let dialer = NetDialer::new(address, self.config.proxy.clone());
-            let proxied = self.config.proxy.is_some();
-            let (route, conn) = race(&dialer, &routes, NEXT_ATTEMPT_DELAY, proxied).await?;
-            self.remember(key, &route);
-            Ok(conn)
-        }
+    async fn connect(&self, address: &RelayAddress) -> Result<Self::Link> {
+        let key = memory_key(address);
+        let last = self.remembered(&key);
+        let config = self.config();
+        let routes = plan(address, &config, last.as_ref())?;
+        let proxied = config.proxy.is_some();
+        let dialer = NetDialer::new(address, config.proxy);
+        let (route, conn) = race(&dialer, &routes, NEXT_ATTEMPT_DELAY, proxied).await?;
+        self.remember(key, &route);
+        Ok(conn)
     }
 }
 

@@ -682,6 +682,7 @@ mod contacts;
 mod history;
 mod inbox;
 mod outbox;
+pub mod reach;
 mod safety;
 
 pub use contacts::safety_code;
