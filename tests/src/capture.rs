@@ -166,10 +166,18 @@ pub fn is_quic_initial(b: &[u8]) -> bool {
 }
 
 /// The ALPN protocols a TLS ClientHello offers (from the first record; empty if none).
-pub fn tls_alpn(b: &[u8]) -> Vec<Vec<u8>> {
+pub fn tls_alpn(record: &[u8]) -> Vec<Vec<u8>> {
+    record.get(5..).map(hello_alpn).unwrap_or_default()
+}
+
+/// The ALPN protocols of a ClientHello handshake message (type 1, 3-byte length, body).
+fn hello_alpn(b: &[u8]) -> Vec<Vec<u8>> {
     fn parse(b: &[u8]) -> Option<Vec<Vec<u8>>> {
-        // record header 5, handshake header 4, version 2, random 32
-        let mut i = 5 + 4 + 2 + 32;
+        if *b.first()? != 1 {
+            return None;
+        }
+        // handshake header 4, version 2, random 32
+        let mut i = 4 + 2 + 32;
         let sid = usize::from(*b.get(i)?);
         i += 1 + sid;
         let suites = usize::from(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]));
@@ -198,4 +206,90 @@ pub fn tls_alpn(b: &[u8]) -> Vec<Vec<u8>> {
         Some(Vec::new())
     }
     parse(b).unwrap_or_default()
+}
+
+/// A QUIC variable-length integer at `*i` (RFC 9000 section 16), advancing `*i`.
+fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+    let first = *b.get(*i)?;
+    let len = 1usize << (first >> 6);
+    let mut v = u64::from(first & 0x3f);
+    for k in 1..len {
+        v = (v << 8) | u64::from(*b.get(*i + k)?);
+    }
+    *i += len;
+    Some(v)
+}
+
+/// The ALPN protocols offered in a client's QUIC v1 Initial packet, read as a censor does
+/// since 2024: derive the Initial keys from the destination connection id (RFC 9001 section
+/// 5.2), remove header protection, decrypt, and read the ClientHello from the CRYPTO frames.
+/// `None` if the packet does not decrypt or holds no complete ClientHello.
+pub fn quic_initial_alpn(packet: &[u8]) -> Option<Vec<Vec<u8>>> {
+    use rustls::quic::{Keys, Version};
+    let rustls::SupportedCipherSuite::Tls13(suite) =
+        rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256
+    else {
+        return None;
+    };
+    let quic = suite.quic?;
+    let mut p = packet.to_vec();
+    let mut i = 5;
+    let dcid_len = usize::from(*p.get(i)?);
+    let dcid = p.get(i + 1..i + 1 + dcid_len)?.to_vec();
+    i += 1 + dcid_len;
+    let scid_len = usize::from(*p.get(i)?);
+    i += 1 + scid_len;
+    let token_len = usize::try_from(varint(&p, &mut i)?).ok()?;
+    i += token_len;
+    let length = usize::try_from(varint(&p, &mut i)?).ok()?;
+    let pn_offset = i;
+    let keys = Keys::initial(Version::V1, suite, quic, &dcid, rustls::Side::Server);
+    let sample = p.get(pn_offset + 4..pn_offset + 4 + 16)?.to_vec();
+    let mut first = *p.first()?;
+    let mut pn_bytes = p.get(pn_offset..pn_offset + 4)?.to_vec();
+    keys.remote
+        .header
+        .decrypt_in_place(&sample, &mut first, &mut pn_bytes)
+        .ok()?;
+    let pn_len = usize::from(first & 0x03) + 1;
+    *p.first_mut()? = first;
+    let mut pn = 0u64;
+    for (k, byte) in pn_bytes.iter().take(pn_len).enumerate() {
+        *p.get_mut(pn_offset + k)? = *byte;
+        pn = (pn << 8) | u64::from(*byte);
+    }
+    let header = p.get(..pn_offset + pn_len)?.to_vec();
+    let payload = p.get_mut(pn_offset + pn_len..pn_offset + length)?;
+    let plain = keys
+        .remote
+        .packet
+        .decrypt_in_place(pn, &header, payload)
+        .ok()?
+        .to_vec();
+    // Frames: PADDING (0), PING (1), CRYPTO (6: offset, length, data).
+    let mut crypto: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut j = 0;
+    while j < plain.len() {
+        match *plain.get(j)? {
+            0 | 1 => j += 1,
+            6 => {
+                j += 1;
+                let offset = usize::try_from(varint(&plain, &mut j)?).ok()?;
+                let len = usize::try_from(varint(&plain, &mut j)?).ok()?;
+                crypto.push((offset, plain.get(j..j + len)?.to_vec()));
+                j += len;
+            }
+            _ => break,
+        }
+    }
+    crypto.sort_by_key(|(o, _)| *o);
+    let mut stream = Vec::new();
+    for (offset, data) in crypto {
+        if offset != stream.len() {
+            break;
+        }
+        stream.extend_from_slice(&data);
+    }
+    let alpn = hello_alpn(&stream);
+    (!alpn.is_empty()).then_some(alpn)
 }

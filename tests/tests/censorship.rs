@@ -6,11 +6,12 @@
 //! never fail silently. The proxy and capture tests run on loopback anywhere.
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use tidings_tests::capture::{is_quic_initial, is_tls_client_hello, tls_alpn, Recorder};
+use tidings_tests::capture::{
+    is_quic_initial, is_tls_client_hello, quic_initial_alpn, tls_alpn, Recorder,
+};
 use tidings_tests::censor::{Block, Censor};
 use tidings_tests::socks::SocksProxy;
 use tidings_tests::{connect, wait_for_text, Profile, RelayProcess, World};
@@ -295,8 +296,13 @@ fn the_first_payload_of_every_client_connection_is_a_client_hello_or_a_quic_init
             &first[..first.len().min(16)],
             first.len()
         );
+        // Decrypted as the GFW decrypts Initials: the ClientHello inside offers HTTP/3.
+        let alpn = quic_initial_alpn(first).context("the QUIC Initial does not decrypt")?;
+        ensure!(
+            alpn.iter().any(|p| p == b"h3"),
+            "the QUIC Initial offers ALPN {alpn:?}"
+        );
     }
-    let _ = Path::new(".");
     Ok(())
 }
 
@@ -316,4 +322,32 @@ fn the_classifiers_recognise_what_they_should_and_nothing_else() {
     assert!(!is_quic_initial(&initial));
     assert!(!is_quic_initial(&[0xc3, 0, 0, 0, 1]));
     let _ = wait_for_text;
+}
+
+#[test]
+fn a_quic_initial_from_the_client_decrypts_to_a_client_hello_offering_h3() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let endpoint = tidings_client::net::client_endpoint(false)?;
+        let connecting = endpoint.connect(sink.local_addr()?, "relay.example.org")?;
+        let mut buf = vec![0u8; 65_536];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(10), sink.recv_from(&mut buf))
+            .await
+            .context("no Initial within 10 s")??;
+        drop(connecting);
+        let first = buf.get(..n).context("short")?;
+        ensure!(is_quic_initial(first), "{n} bytes");
+        let alpn = quic_initial_alpn(first).context("the Initial does not decrypt")?;
+        ensure!(alpn == vec![b"h3".to_vec()], "{alpn:?}");
+        // A flipped byte in the protected payload no longer decrypts.
+        let mut broken = first.to_vec();
+        if let Some(b) = broken.get_mut(n - 20) {
+            *b ^= 1;
+        }
+        ensure!(quic_initial_alpn(&broken).is_none());
+        Ok(())
+    })
 }
