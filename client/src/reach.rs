@@ -739,6 +739,34 @@ mod tests {
     }
 
     #[test]
+    fn a_failure_starts_the_next_attempt_at_once_while_others_still_wait() {
+        rt().block_on(async {
+            // QUIC hangs; TLS over HTTP/2 is refused at once; WebSocket must not wait
+            // another full delay.
+            let fake = Fake::new(&[
+                ("h3@a.org", 5_000, false),
+                ("h2@a.org", 0, false),
+                ("ws@a.org", 0, true),
+            ]);
+            let (route, _) = race(
+                &fake,
+                &routes("a.org:443"),
+                Duration::from_millis(600),
+                false,
+            )
+            .await
+            .unwrap();
+            assert_eq!(route.binding, Binding::WebSocket);
+            let h2 = fake.started_at("h2@a.org");
+            let ws = fake.started_at("ws@a.org");
+            assert!(
+                ws - h2 < Duration::from_millis(300),
+                "h2 at {h2:?}, ws at {ws:?}"
+            );
+        });
+    }
+
+    #[test]
     fn a_mirror_is_reached_when_the_first_host_is_blocked() {
         rt().block_on(async {
             let fake = Fake::new(&[("ws@b.org", 0, true)]);
