@@ -622,6 +622,18 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_as_a_proxy_or_is_refused_and_parsed_ones_round_trip(
+            s in "(socks5h://)?[a-zA-Z0-9.:\\[\\]@/-]{0,40}|.{0,60}"
+        ) {
+            if let Ok(p) = s.parse::<Proxy>() {
+                let back: Proxy = p.to_string().parse().unwrap();
+                proptest::prop_assert_eq!(back, p);
+            }
+        }
+    }
+
     /// A dialer whose routes succeed or fail after set delays, recording when each started.
     struct Fake {
         outcomes: HashMap<String, (u64, bool)>,
