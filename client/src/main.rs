@@ -389,60 +389,74 @@ fn open<'n>(home: &std::path::Path, net: &'n Net) -> anyhow::Result<Opened<'n>> 
     let pass = passphrase(false)?;
     let mut profile = Profile::open(home, pass.as_bytes())?;
     profile.apply_retention(now())?;
-    net.load(&profile)?;
+    net.load(&profile);
     Ok(Opened { profile, net })
 }
 
 /// The `--transport` and `--proxy` flags (or `TIDINGS_PROXY`), which win over the profile.
+///
+/// A bad value is reported when a command connects, not before: `wipe` and every command that
+/// stays on the device must work whatever the environment holds.
 struct Net {
-    transport: Option<Transport>,
-    /// `Some(None)`: `--proxy none`.
-    proxy: Option<Option<Proxy>>,
+    transport: Option<String>,
+    proxy: Option<String>,
     connector: ReachConnector,
 }
 
+/// What the flags ask for: a transport, and a proxy (`Some(None)`: `--proxy none`).
+type Flags = (Option<Transport>, Option<Option<Proxy>>);
+
 impl Net {
-    fn from_flags(cli: &Cli) -> anyhow::Result<Self> {
-        let transport = cli.transport.as_deref().map(str::parse).transpose()?;
-        let proxy = match cli.proxy.as_deref() {
+    fn from_flags(cli: &Cli) -> Self {
+        let net = Self {
+            transport: cli.transport.clone(),
+            proxy: cli.proxy.clone(),
+            connector: ReachConnector::default(),
+        };
+        let _ = net.configure(&ReachSettings::default());
+        net
+    }
+
+    fn flags(&self) -> Result<Flags, ClientError> {
+        let transport = self.transport.as_deref().map(str::parse).transpose()?;
+        let proxy = match self.proxy.as_deref() {
             None | Some("") => None,
             Some("none") => Some(None),
             Some(url) => Some(Some(url.parse::<Proxy>()?)),
         };
-        let net = Self {
-            transport,
-            proxy,
-            connector: ReachConnector::default(),
-        };
-        net.configure(&ReachSettings::default())?;
-        Ok(net)
+        Ok((transport, proxy))
     }
 
-    /// Combines the flags with the profile's settings and remembered routes.
-    fn configure(&self, settings: &ReachSettings) -> anyhow::Result<()> {
+    /// Combines the flags with the profile's settings and remembered routes. Whether QUIC
+    /// and a proxy go together is checked when connecting.
+    fn configure(&self, settings: &ReachSettings) -> Result<(), ClientError> {
+        let (transport, proxy) = self.flags()?;
         let saved = settings.config()?;
         let config = ReachConfig {
-            transport: self.transport.unwrap_or(saved.transport),
-            proxy: self.proxy.clone().unwrap_or(saved.proxy),
+            transport: transport.unwrap_or(saved.transport),
+            proxy: proxy.unwrap_or(saved.proxy),
         };
-        config.check()?;
         self.connector.configure(config, settings.last.clone());
         Ok(())
     }
 
-    fn load(&self, profile: &Profile) -> anyhow::Result<()> {
-        self.configure(&profile.reach_settings()?)
+    /// Takes the profile's settings (errors resurface when connecting).
+    fn load(&self, profile: &Profile) {
+        if let Ok(settings) = profile.reach_settings() {
+            let _ = self.configure(&settings);
+        }
     }
 }
 
 impl Connector for Net {
     type Link = <ReachConnector as Connector>::Link;
 
-    fn connect(
+    async fn connect(
         &self,
         address: &tidings_protocol::address::RelayAddress,
-    ) -> impl std::future::Future<Output = Result<Self::Link, ClientError>> {
-        self.connector.connect(address)
+    ) -> Result<Self::Link, ClientError> {
+        self.flags()?;
+        self.connector.connect(address).await
     }
 }
 
@@ -599,7 +613,7 @@ const EXIT_SOMEONE_DUE: u8 = 3;
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     let home = home(&cli.home)?;
-    let net = Net::from_flags(&cli)?;
+    let net = Net::from_flags(&cli);
     match cli.command {
         Cmd::Network { action } => {
             let mut profile = open(&home, &net)?;
