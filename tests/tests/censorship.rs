@@ -351,3 +351,47 @@ fn a_quic_initial_from_the_client_decrypts_to_a_client_hello_offering_h3() -> Re
         Ok(())
     })
 }
+
+#[test]
+fn network_settings_are_kept_in_the_profile_and_a_bad_proxy_never_blocks_local_commands(
+) -> Result<()> {
+    let world = World::new()?;
+    let a = world.profile("amina")?;
+    let shown = a.run(&["network"])?.ok()?;
+    ensure!(
+        shown.stdout.contains("transport: auto") && shown.stdout.contains("proxy: none"),
+        "{}",
+        shown.stdout
+    );
+    a.run(&["network", "proxy", "socks5h://127.0.0.1:9050"])?
+        .ok()?;
+    a.run(&["network", "transport", "tcp"])?.ok()?;
+    let shown = a.run(&["network"])?.ok()?;
+    ensure!(
+        shown.stdout.contains("transport: tcp")
+            && shown.stdout.contains("proxy: socks5h://127.0.0.1:9050"),
+        "{}",
+        shown.stdout
+    );
+    // Not in clear anywhere in the profile.
+    tidings_tests::scan_dir(&a.home, &[b"socks5h", b"9050"])?;
+    let refused = a.run(&["network", "transport", "quic"])?;
+    ensure!(
+        !refused.status.success() && refused.stderr.contains("QUIC cannot go through"),
+        "{}",
+        refused.stderr
+    );
+    a.run(&["network", "proxy", "none"])?.ok()?;
+    // A broken proxy setting in the environment never stops a command that stays here.
+    let t = Duration::from_secs(60);
+    let bad = [("TIDINGS_PROXY", "not a proxy")];
+    a.run_with(&["contacts"], &bad, t)?.ok()?;
+    let run = a.run_with(&["invite", "--label", "bora"], &bad, t)?;
+    ensure!(
+        !run.status.success() && run.stderr.contains("socks5h://HOST:PORT"),
+        "{}",
+        run.stderr
+    );
+    a.run_with(&["wipe", "--yes"], &bad, t)?.ok()?;
+    Ok(())
+}
