@@ -38,6 +38,12 @@ pub enum ClientError {
         "the relay at this address answered but did not accept the key in the address: the address may be mistyped or out of date, someone may be intercepting the connection, or the relay is refusing new connections right now; nothing was sent (check the address with whoever runs the relay)"
     )]
     HandshakeRefused,
+    /// The relay's address answered the tunnel request as an ordinary website would: it did
+    /// not take the proof made from the key in the address.
+    #[error(
+        "the server at this address answered like an ordinary website and did not open a connection for the key in the address: the address may be mistyped or out of date, or this device's clock is more than 5 minutes off (check the date, time and time zone, then the address with whoever runs the relay)"
+    )]
+    ProofRefused,
     /// The connection to the relay closed or failed mid-way.
     #[error("connection to the relay was lost")]
     ConnectionLost,

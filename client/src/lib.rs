@@ -20,7 +20,9 @@
 //!   sent.
 //! - [`relay`]: the two small traits the profile needs from a relay connection, implemented
 //!   for real by [`net::RelayConnection`] and in tests by an in-memory relay.
-//! - [`net`]: QUIC + Noise connection to a relay, requests and pushed replies.
+//! - [`transport`]: the HTTP bindings that carry the record stream to a relay (HTTP/3 over
+//!   QUIC, HTTP/2 or WebSocket over TLS over TCP), each opened with a proof of the relay key.
+//! - [`net`]: the Noise session over a record stream, requests and pushed replies.
 //! - [`safety`]: field-safety helpers (durations, PIN hashes, the missed-check-in report) for
 //!   the check-in, duress and retention features of [`profile::Profile`].
 //! - [`screen`]: how text from contacts (messages, notes) and names is shown on a terminal,
@@ -48,5 +50,6 @@ pub mod relay;
 pub mod safety;
 pub mod screen;
 pub mod store;
+pub mod transport;
 
 pub use error::{ClientError, Result};

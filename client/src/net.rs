@@ -1,8 +1,9 @@
-//! The network driver: one QUIC connection to a relay with a Noise session inside.
+//! The network driver: one connection to a relay with a Noise session inside.
 //!
-//! [`RelayConnection::connect`] opens a QUIC connection (ALPN `h3`, any TLS certificate: TLS
-//! is only the outer envelope), opens the one bidirectional stream, runs the Noise NK
-//! handshake against the relay key in the address, and from then on moves fixed-size records.
+//! [`RelayConnection::connect`] opens an HTTP/3 tunnel over QUIC ([`crate::transport`]),
+//! [`RelayConnection::over`] takes a record stream opened any other way (HTTP/2 or WebSocket
+//! over TLS, through a proxy); either runs the Noise NK handshake against the relay key in
+//! the address, and from then on moves fixed-size records.
 //! Requests go out packed into blocks ([`RelayConnection::request`],
 //! [`RelayConnection::batch`]); replies come back matched by correlation id, and frames the
 //! relay pushes (messages for a subscription, `End`) wait in a queue for
@@ -18,8 +19,7 @@
 //! frame that does not decode closes the connection with [`ClientError::RelayMisbehaved`].
 
 use std::collections::{HashSet, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use rand_core::OsRng;
@@ -31,13 +31,12 @@ use tidings_protocol::block::{Block, BlockBuilder};
 use tidings_protocol::command::{Command, Reply, Request};
 use tidings_protocol::ids::{CorrId, EntityId};
 use tidings_protocol::keys::AuthSecretKey;
-use tidings_protocol::noise::{self, ClientHandshake, Session, SessionBinding, RECORD_LEN};
+use tidings_protocol::noise::{self, ClientHandshake, Session, SessionBinding};
 
 use crate::error::{ClientError, Result};
+use crate::transport::{self, RecordSink, RecordSource, RecordStream, H3_NO_ERROR};
 
-/// ALPN offered on the outer TLS layer (the common HTTP/3 value, so the QUIC handshake does
-/// not name Tidings).
-pub const ALPN: &[u8] = b"h3";
+pub use crate::transport::{client_endpoint, quic_client_config, resolve, ALPN_H3 as ALPN};
 
 /// How long connecting (QUIC plus the Noise handshake) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,8 +62,9 @@ pub const MAX_BUFFERED_REPLIES: usize = MAX_IN_FLIGHT;
 /// connection.
 pub const MAX_BUFFERED_PUSHES: usize = 2_048;
 
-/// The QUIC application close code the client uses when a relay broke the protocol.
-const CLOSE_MISBEHAVED: u32 = 1;
+/// The close code the client uses when a relay broke the protocol (HTTP/3's
+/// H3_GENERAL_PROTOCOL_ERROR; TCP connections are simply dropped).
+const CLOSE_MISBEHAVED: u32 = 0x101;
 
 /// Replies and pushes that arrived but were not taken yet, and the corr ids still awaited.
 #[derive(Debug, Default)]
@@ -105,11 +105,10 @@ impl Inbox {
     }
 }
 
-/// One QUIC connection to a relay with a Noise session on its single bidirectional stream.
+/// One connection to a relay with a Noise session on its record stream.
 pub struct RelayConnection {
-    endpoint: quinn::Endpoint,
-    connection: quinn::Connection,
-    send: quinn::SendStream,
+    binding: transport::Binding,
+    sink: RecordSink,
     records: mpsc::Receiver<Vec<u8>>,
     reader: JoinHandle<()>,
     session: Session,
@@ -132,56 +131,73 @@ impl Drop for RelayConnection {
 }
 
 impl RelayConnection {
-    /// Connects to the relay at `address` and completes the Noise handshake.
+    /// Connects to the relay at `address` over HTTP/3 and completes the Noise handshake.
     ///
-    /// Fails with [`ClientError::Unreachable`] when no relay answers (or one answers without
-    /// the key in the address) and [`ClientError::Timeout`] when it takes too long.
+    /// Fails with [`ClientError::Unreachable`] when no relay answers, with
+    /// [`ClientError::ProofRefused`] or [`ClientError::HandshakeRefused`] when one answers
+    /// without the key in the address, and [`ClientError::Timeout`] when it takes too long.
     pub async fn connect(address: &RelayAddress) -> Result<Self> {
         let target = resolve(address).await?;
         let endpoint = client_endpoint(target.is_ipv6())?;
         Self::connect_on(&endpoint, address, target).await
     }
 
-    /// Connects from an existing endpoint (many connections can share one UDP socket).
+    /// Connects over HTTP/3 from an existing endpoint (many connections can share one UDP
+    /// socket).
     pub async fn connect_on(
         endpoint: &quinn::Endpoint,
         address: &RelayAddress,
         target: SocketAddr,
     ) -> Result<Self> {
-        tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Self::connect_inner(endpoint, address, target),
-        )
+        tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let stream = transport::dial_quic(endpoint, address, target).await?;
+            Self::handshake(stream, address).await
+        })
         .await
         .map_err(|_| ClientError::Timeout)?
     }
 
-    async fn connect_inner(
-        endpoint: &quinn::Endpoint,
-        address: &RelayAddress,
-        target: SocketAddr,
-    ) -> Result<Self> {
-        let (connection, mut send, mut recv) =
-            open_stream(endpoint, &server_name(&address.host), target).await?;
+    /// Connects over `binding` (a fresh QUIC endpoint, or a direct TCP connection) and
+    /// completes the Noise handshake.
+    pub async fn connect_with(address: &RelayAddress, binding: transport::Binding) -> Result<Self> {
+        tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let stream = transport::dial(address, binding).await?;
+            Self::handshake(stream, address).await
+        })
+        .await
+        .map_err(|_| ClientError::Timeout)?
+    }
+
+    /// Runs the Noise handshake for the relay at `address` on a record stream opened by
+    /// [`transport::dial_quic`] or [`transport::dial_tls`], within [`CONNECT_TIMEOUT`].
+    pub async fn over(stream: RecordStream, address: &RelayAddress) -> Result<Self> {
+        tokio::time::timeout(CONNECT_TIMEOUT, Self::handshake(stream, address))
+            .await
+            .map_err(|_| ClientError::Timeout)?
+    }
+
+    async fn handshake(mut stream: RecordStream, address: &RelayAddress) -> Result<Self> {
         let (handshake, first) =
             ClientHandshake::start(&address.key, noise::SUPPORTED_VERSIONS, &mut OsRng)?;
-        send.write_all(first.as_bytes())
+        stream
+            .send(first.as_bytes())
             .await
             .map_err(|_| ClientError::Unreachable)?;
-        let mut reply = vec![0u8; RECORD_LEN];
         // A relay that cannot read our handshake (a key other than the address names) closes
         // without a word. Something answered at this address and took the connection, so
         // this is not "unreachable": say what it may mean.
-        recv.read_exact(&mut reply)
-            .await
-            .map_err(|_| ClientError::HandshakeRefused)?;
+        let reply = match stream.recv().await {
+            Ok(Some(reply)) => reply,
+            _ => return Err(ClientError::HandshakeRefused),
+        };
         let session = handshake.finish(&reply)?;
+        let binding = stream.binding();
+        let (sink, source) = stream.split();
         let (tx, records) = mpsc::channel(READ_AHEAD);
-        let reader = tokio::spawn(read_records(recv, tx));
+        let reader = tokio::spawn(read_records(source, tx));
         Ok(Self {
-            endpoint: endpoint.clone(),
-            connection,
-            send,
+            binding,
+            sink,
             records,
             reader,
             session,
@@ -191,12 +207,9 @@ impl RelayConnection {
         })
     }
 
-    /// Opens a session over an already connected byte stream with a TLS binding (HTTP/2 or
-    /// WebSocket).
-    ///
-    /// Until the HTTP bindings of issue 15 land in `client/src/transport/` the relay speaks
-    /// no TLS, so this fails with [`ClientError::Unreachable`]; merging them turns this into
-    /// `dial_tls` followed by the Noise handshake.
+    /// Opens a session over an already connected byte stream (a TCP connection or a SOCKS5
+    /// tunnel) with a TLS binding (HTTP/2 or WebSocket): [`transport::dial_tls`], then the
+    /// Noise handshake, within [`CONNECT_TIMEOUT`].
     pub async fn over_tls<S>(
         io: S,
         address: &RelayAddress,
@@ -205,8 +218,17 @@ impl RelayConnection {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let _ = (io, address, binding);
-        Err(ClientError::Unreachable)
+        tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let stream = transport::dial_tls(io, address, transport_binding(binding)).await?;
+            Self::handshake(stream, address).await
+        })
+        .await
+        .map_err(|_| ClientError::Timeout)?
+    }
+
+    /// The binding the connection runs on.
+    pub fn transport(&self) -> transport::Binding {
+        self.binding
     }
 
     /// The session's channel binding (the Noise handshake hash) that signatures cover.
@@ -330,12 +352,10 @@ impl RelayConnection {
         self.wait_reply(corr).await
     }
 
-    /// Writes raw bytes on the stream, bypassing the session (for adversarial tests).
+    /// Writes raw bytes on the stream, bypassing the session (for adversarial tests; on a
+    /// WebSocket they go as one message).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.send
-            .write_all(bytes)
-            .await
-            .map_err(|_| ClientError::ConnectionLost)
+        self.sink.send(bytes).await
     }
 
     /// Waits up to `timeout` for the next record and returns it unopened (for adversarial
@@ -348,17 +368,18 @@ impl RelayConnection {
         }
     }
 
-    /// True once the relay (or the network) closed the connection.
+    /// True once the relay (or the network) closed the connection or ended the stream.
     pub fn is_closed(&self) -> bool {
-        self.connection.close_reason().is_some()
+        self.sink.is_closed() || self.reader.is_finished()
     }
 
-    /// Closes the connection politely and waits briefly for the close to go out.
+    /// Closes the connection politely (ends the stream, then the connection) and waits
+    /// briefly for the close to go out.
     pub async fn close(mut self) {
-        let _ = self.send.finish();
-        self.connection.close(0u32.into(), b"");
+        self.sink.finish().await;
+        self.sink.close(H3_NO_ERROR);
         self.reader.abort();
-        let _ = tokio::time::timeout(Duration::from_millis(300), self.endpoint.wait_idle()).await;
+        self.sink.wait_idle(Duration::from_millis(300)).await;
     }
 
     /// Takes whatever records are already waiting, without blocking.
@@ -411,7 +432,7 @@ impl RelayConnection {
         self.records.close();
         self.inbox.replies.clear();
         self.inbox.pushes.clear();
-        self.connection.close(CLOSE_MISBEHAVED.into(), b"");
+        self.sink.close(CLOSE_MISBEHAVED);
         ClientError::RelayMisbehaved(why)
     }
 
@@ -425,159 +446,23 @@ impl RelayConnection {
 }
 
 /// Reads whole records until the stream ends or the receiver goes away.
-async fn read_records(mut recv: quinn::RecvStream, tx: mpsc::Sender<Vec<u8>>) {
-    loop {
-        let mut record = vec![0u8; RECORD_LEN];
-        if recv.read_exact(&mut record).await.is_err() {
-            return;
-        }
+async fn read_records(mut source: RecordSource, tx: mpsc::Sender<Vec<u8>>) {
+    while let Ok(Some(record)) = source.recv().await {
         if tx.send(record).await.is_err() {
             return;
         }
     }
 }
 
-/// Finds the socket address of the relay's host.
-pub async fn resolve(address: &RelayAddress) -> Result<SocketAddr> {
-    match &address.host {
-        Host::Ip(ip) => Ok(SocketAddr::new(*ip, address.port)),
-        Host::Name(name) => tokio::net::lookup_host((name.as_str(), address.port))
-            .await
-            .map_err(|_| ClientError::Unreachable)?
-            .next()
-            .ok_or(ClientError::Unreachable),
-    }
-}
-
-/// The TLS server name for a host: the name itself, or the IP address written out.
-fn server_name(host: &Host) -> String {
-    match host {
-        Host::Ip(ip) => ip.to_string(),
-        Host::Name(name) => name.clone(),
-    }
-}
-
-/// A client-only QUIC endpoint on an ephemeral port of the right address family.
-pub fn client_endpoint(ipv6: bool) -> Result<quinn::Endpoint> {
-    let bind = if ipv6 {
-        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
-    } else {
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
-    };
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|_| ClientError::Unreachable)?;
-    endpoint.set_default_client_config(quic_client_config()?);
-    Ok(endpoint)
-}
-
-async fn open_stream(
-    endpoint: &quinn::Endpoint,
-    server_name: &str,
-    target: SocketAddr,
-) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream)> {
-    let connecting = endpoint
-        .connect(target, server_name)
-        .map_err(|_| ClientError::Unreachable)?;
-    let connection = connecting.await.map_err(|_| ClientError::Unreachable)?;
-    let (send, recv) = connection
-        .open_bi()
-        .await
-        .map_err(|_| ClientError::Unreachable)?;
-    Ok((connection, send, recv))
-}
-
-/// Raw QUIC connect for tests that run their own handshake: the endpoint, the connection and
-/// the one bidirectional stream, with nothing sent yet.
-pub async fn connect_quic(
+/// Opens a bare record stream to the relay at `address` over `binding`, with nothing sent
+/// yet (for tests that run their own handshake).
+pub async fn open_stream(
     address: &RelayAddress,
-) -> Result<(
-    quinn::Endpoint,
-    quinn::Connection,
-    quinn::SendStream,
-    quinn::RecvStream,
-)> {
-    let target = resolve(address).await?;
-    let endpoint = client_endpoint(target.is_ipv6())?;
-    let (connection, send, recv) = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        open_stream(&endpoint, &server_name(&address.host), target),
-    )
-    .await
-    .map_err(|_| ClientError::Timeout)??;
-    Ok((endpoint, connection, send, recv))
-}
-
-/// The QUIC client configuration: ALPN `h3`, TLS 1.3 with the ring provider, and any server
-/// certificate accepted, because the Noise handshake inside is what authenticates the relay.
-pub fn quic_client_config() -> Result<quinn::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|_| ClientError::Unreachable)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|_| ClientError::Unreachable)?;
-    let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(15)));
-    config.transport_config(Arc::new(transport));
-    Ok(config)
-}
-
-/// Accepts any certificate chain but still checks that the server's handshake signature is
-/// valid for the certificate it sent (so the TLS layer is ordinary TLS to an observer).
-#[derive(Debug)]
-struct AnyCertificate {
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    binding: transport::Binding,
+) -> Result<RecordStream> {
+    tokio::time::timeout(CONNECT_TIMEOUT, transport::dial(address, binding))
+        .await
+        .map_err(|_| ClientError::Timeout)?
 }
 
 #[cfg(test)]
@@ -650,6 +535,15 @@ mod tests {
         }
         assert!(inbox.file(reply(MAX_BUFFERED_REPLIES as u64 + 1)).is_err());
         assert_eq!(inbox.replies.len(), MAX_BUFFERED_REPLIES);
+    }
+}
+
+/// The transport binding for an address's binding name.
+fn transport_binding(b: tidings_protocol::address::Binding) -> transport::Binding {
+    match b {
+        tidings_protocol::address::Binding::Http3 => transport::Binding::Http3,
+        tidings_protocol::address::Binding::Http2 => transport::Binding::Http2,
+        tidings_protocol::address::Binding::WebSocket => transport::Binding::WebSocket,
     }
 }
 

@@ -385,7 +385,12 @@ pub async fn race<D: Dialer>(
                         }
                     }
                     Err(e) => {
-                        if matches!(e, ClientError::HandshakeRefused | ClientError::RelayMisbehaved(_)) {
+                        if matches!(
+                            e,
+                            ClientError::HandshakeRefused
+                                | ClientError::ProofRefused
+                                | ClientError::RelayMisbehaved(_)
+                        ) {
                             telling = Some(e);
                         }
                         // A failure starts the next attempt at once.

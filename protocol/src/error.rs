@@ -40,6 +40,10 @@ pub enum ProtocolError {
         /// The length found.
         len: usize,
     },
+    /// A tunnel proof was refused (PROTOCOL.md section 3.2). Never told to the peer: the
+    /// request gets the website's answer.
+    #[error("tunnel proof refused: {0}")]
+    ProofRefused(crate::binding::ProofRejection),
     /// A closed enumeration on the wire held a value this version does not know.
     #[error("unknown {what} tag {tag:#04x}")]
     UnknownTag {

@@ -21,6 +21,8 @@
 //! - [`noise`]: the Noise NK handshake to the relay and the transport [`noise::Session`] that
 //!   turns blocks into equal-sized records and back.
 //! - [`address`]: `tidings://key@host:port` relay addresses.
+//! - [`binding`]: the proof of knowing the relay key that turns an HTTP request into a
+//!   tunnel for the record stream, and the relay's bounded replay cache.
 //!
 //! A client builds [`command::Request`]s, encodes them into a [`block::BlockBuilder`], seals
 //! the block with its [`noise::Session`] and writes the [`noise::Record`]. The relay opens the
@@ -37,6 +39,7 @@
 #![deny(missing_docs)]
 
 pub mod address;
+pub mod binding;
 pub mod block;
 pub mod codec;
 pub mod command;

@@ -688,3 +688,55 @@ proptest! {
         }
     }
 }
+
+fn binding_strategy() -> impl Strategy<Value = tidings_protocol::binding::BindingId> {
+    use tidings_protocol::binding::BindingId;
+    prop_oneof![
+        Just(BindingId::Http2),
+        Just(BindingId::Http3),
+        Just(BindingId::WebSocket)
+    ]
+}
+
+proptest! {
+    /// A proof's text form parses back to the same proof, and the relay it was made for
+    /// accepts it exactly once while its minute is within five of the relay's.
+    #[test]
+    fn tunnel_proofs_round_trip_and_open_once(
+        relay in any::<[u8; 32]>(),
+        nonce in any::<[u8; 16]>(),
+        minute in 6u32..u32::MAX - 6,
+        skew in -8i64..=8,
+        binding in binding_strategy(),
+    ) {
+        use tidings_protocol::binding::{Proof, ProofKey, ProofRejection, ProofVerifier};
+        let relay = RelayPublicKey::from_bytes(relay);
+        let proof = Proof::with_nonce(&ProofKey::derive(&relay), binding, nonce, minute);
+        let path = proof.path();
+        prop_assert_eq!(path.len(), 49);
+        prop_assert_eq!(&Proof::parse_path(&path).unwrap(), &proof);
+        let now = (i64::from(minute) + skew) as u64 * 60 + 59;
+        let mut verifier = ProofVerifier::new(&relay, 4);
+        let first = verifier.check_path(binding, &path, now);
+        if skew.abs() <= 5 {
+            prop_assert_eq!(first, Ok(()));
+            prop_assert_eq!(
+                verifier.check_path(binding, &path, now),
+                Err(ProtocolError::ProofRefused(ProofRejection::Replayed))
+            );
+        } else {
+            prop_assert_eq!(first, Err(ProtocolError::ProofRefused(ProofRejection::OutOfWindow)));
+        }
+    }
+
+    /// Any request path at all is either refused with a reason or a valid proof: never a
+    /// panic, and a random 48-character token is never accepted.
+    #[test]
+    fn arbitrary_paths_never_open_a_tunnel(path in ".{0,80}", token in "[A-Za-z0-9_-]{48}") {
+        use tidings_protocol::binding::{BindingId, ProofVerifier};
+        let mut verifier = ProofVerifier::new(&RelayPublicKey::from_bytes([3; 32]), 4);
+        prop_assert!(verifier.check_path(BindingId::Http2, &path, 1_767_225_600).is_err());
+        let path = format!("/{token}");
+        prop_assert!(verifier.check_path(BindingId::Http3, &path, 1_767_225_600).is_err());
+    }
+}

@@ -29,11 +29,15 @@ use rand_chacha::ChaCha20Rng;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tidings_protocol::address::{RelayAddress, MAX_ADDRESS_LEN};
+use tidings_protocol::binding::{
+    BindingId, Proof, ProofKey, ProofRejection, ProofVerifier, PROOF_LABEL, PROOF_SALT,
+};
 use tidings_protocol::block::{decode_frames, BlockBuilder, BLOCK_LEN};
 use tidings_protocol::command::{
     Command, ErrorCode, Reply, ReplyKind, Request, Signer, SIGNATURE_CONTEXT,
 };
 use tidings_protocol::ids::{CorrId, EntityId, MessageId, RecipientId, SenderId};
+use tidings_protocol::keys::RelayPublicKey;
 use tidings_protocol::keys::{AuthPublicKey, AuthSecretKey, DhSecretKey, RelayKeypair};
 use tidings_protocol::noise::{
     respond, ClientHandshake, SessionBinding, VersionRange, NOISE_PARAMS, PROLOGUE, RECORD_LEN,
@@ -677,6 +681,175 @@ fn reencrypt_vectors() -> ReencryptVectors {
     }
 }
 
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct BindingVectors {
+    comment: String,
+    salt_hex: String,
+    label_hex: String,
+    relay_public_hex: String,
+    proof_key_hex: String,
+    proofs: Vec<ProofCase>,
+    refused: Vec<RefusedProof>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct ProofCase {
+    name: String,
+    binding: u8,
+    nonce_hex: String,
+    minute: u32,
+    mac_input_hex: String,
+    tag_hex: String,
+    token: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct RefusedProof {
+    name: String,
+    binding: u8,
+    path: String,
+    now_unix_secs: u64,
+    why: String,
+}
+
+fn binding_of(byte: u8) -> BindingId {
+    match byte {
+        1 => BindingId::Http2,
+        2 => BindingId::Http3,
+        _ => BindingId::WebSocket,
+    }
+}
+
+fn binding_vectors() -> BindingVectors {
+    let relay = RelayPublicKey::from_bytes(x25519_public(pattern(RELAY_STATIC_SECRET_START)));
+    let key = ProofKey::derive(&relay);
+    let minute = 29_453_760; // 2026-01-01 00:00 UTC
+    let cases: Vec<(&str, BindingId, [u8; 16], u32)> = vec![
+        ("http2", BindingId::Http2, pattern(0x00), minute),
+        ("http3", BindingId::Http3, pattern(0x00), minute),
+        ("websocket", BindingId::WebSocket, pattern(0x00), minute),
+        (
+            "http2_other_nonce",
+            BindingId::Http2,
+            pattern(0xf0),
+            minute + 1,
+        ),
+    ];
+    let proofs: Vec<ProofCase> = cases
+        .iter()
+        .map(|&(name, binding, nonce, minute)| {
+            let proof = Proof::with_nonce(&key, binding, nonce, minute);
+            let bytes = proof.to_bytes();
+            let mut input = PROOF_LABEL.to_vec();
+            input.push(binding.byte());
+            input.extend_from_slice(&nonce);
+            input.extend_from_slice(&minute.to_be_bytes());
+            ProofCase {
+                name: name.into(),
+                binding: binding.byte(),
+                nonce_hex: h(&nonce),
+                minute,
+                mac_input_hex: h(&input),
+                tag_hex: h(&bytes[20..]),
+                token: proof.to_text(),
+            }
+        })
+        .collect();
+    let now = u64::from(minute) * 60 + 30;
+    let token = proofs[0].token.clone();
+    let other = ProofKey::derive(&RelayPublicKey::from_bytes(pattern(0x99)));
+    let mut flipped = token.clone().into_bytes();
+    flipped[47] = if flipped[47] == b'A' { b'B' } else { b'A' };
+    let refused = vec![
+        (
+            "too_late",
+            1,
+            token.clone(),
+            now + 6 * 60,
+            ProofRejection::OutOfWindow,
+        ),
+        (
+            "too_early",
+            1,
+            token.clone(),
+            now - 6 * 60,
+            ProofRejection::OutOfWindow,
+        ),
+        (
+            "other_binding",
+            2,
+            token.clone(),
+            now,
+            ProofRejection::BadTag,
+        ),
+        (
+            "other_relay",
+            1,
+            Proof::with_nonce(&other, BindingId::Http2, pattern(0x00), minute).to_text(),
+            now,
+            ProofRejection::BadTag,
+        ),
+        (
+            "flipped_tag",
+            1,
+            String::from_utf8(flipped).unwrap(),
+            now,
+            ProofRejection::BadTag,
+        ),
+        (
+            "padded",
+            1,
+            format!("{token}="),
+            now,
+            ProofRejection::Malformed,
+        ),
+        (
+            "short",
+            1,
+            token[..47].to_string(),
+            now,
+            ProofRejection::Malformed,
+        ),
+        (
+            "standard_alphabet",
+            1,
+            token.replace('-', "+").replace('_', "/") + "",
+            now,
+            ProofRejection::Malformed,
+        ),
+        (
+            "query",
+            1,
+            format!("{token}?x"),
+            now,
+            ProofRejection::Malformed,
+        ),
+    ];
+    BindingVectors {
+        comment: "K = HKDF-SHA256(salt, ikm = relay public key, info empty), 32 bytes; \
+                  tag = HMAC-SHA256(K, label || binding || nonce || minute BE)[..16]; \
+                  token = base64url-nopad(nonce || minute BE || tag); path = / || token. \
+                  Refused: checked at now_unix_secs against a fresh replay cache."
+            .into(),
+        salt_hex: h(PROOF_SALT),
+        label_hex: h(PROOF_LABEL),
+        relay_public_hex: h(relay.as_bytes()),
+        proof_key_hex: h(key.as_bytes()),
+        proofs,
+        refused: refused
+            .into_iter()
+            .filter(|(name, _, t, _, _)| *name != "standard_alphabet" || t.contains(['+', '/']))
+            .map(|(name, binding, token, now, why)| RefusedProof {
+                name: name.into(),
+                binding,
+                path: format!("/{token}"),
+                now_unix_secs: now,
+                why: format!("{why:?}"),
+            })
+            .collect(),
+    }
+}
+
 const KEY_A: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 const KEY_B: &str = "QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8";
 const KEY_C: &str = "-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_8";
@@ -1137,6 +1310,7 @@ fn regenerate_vectors() {
     write("reencrypt.json", &reencrypt_vectors());
     write("addresses.json", &address_vectors());
     write("keys.json", &key_vectors());
+    write("binding.json", &binding_vectors());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1432,5 +1606,53 @@ fn ed25519_key_encodings_are_accepted_or_refused_as_the_vectors_say() {
             case.valid,
             "{name}: Secure"
         );
+    }
+}
+
+#[test]
+fn tunnel_proofs_match_the_vectors_and_the_documented_formula() {
+    use hmac::{Hmac, Mac};
+    let v = check_file("binding.json", &binding_vectors());
+    assert_eq!(unh(&v.salt_hex), b"tidings proof v1");
+    assert_eq!(unh(&v.label_hex), b"tidings proof");
+    let mut key = [0u8; 32];
+    hkdf::Hkdf::<sha2::Sha256>::new(Some(&unh(&v.salt_hex)), &unh(&v.relay_public_hex))
+        .expand(&[], &mut key)
+        .unwrap();
+    assert_eq!(h(&key), v.proof_key_hex);
+    let relay = RelayPublicKey::from_bytes(arr(&v.relay_public_hex));
+    for case in &v.proofs {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(&unh(&case.mac_input_hex));
+        let full = mac.finalize().into_bytes();
+        assert_eq!(h(&full[..16]), case.tag_hex, "{}", case.name);
+        let mut bytes = unh(&case.nonce_hex);
+        bytes.extend_from_slice(&case.minute.to_be_bytes());
+        bytes.extend_from_slice(&full[..16]);
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes);
+        assert_eq!(token, case.token, "{}", case.name);
+        assert_eq!(token.len(), 48);
+        // The relay accepts it once, at its own minute, and refuses it the second time.
+        let mut verifier = ProofVerifier::new(&relay, 16);
+        let now = u64::from(case.minute) * 60;
+        let binding = binding_of(case.binding);
+        verifier
+            .check_path(binding, &format!("/{token}"), now)
+            .unwrap();
+        assert_eq!(
+            verifier.check_path(binding, &format!("/{token}"), now),
+            Err(ProtocolError::ProofRefused(ProofRejection::Replayed))
+        );
+    }
+    for case in &v.refused {
+        let mut verifier = ProofVerifier::new(&relay, 16);
+        let got = verifier.check_path(binding_of(case.binding), &case.path, case.now_unix_secs);
+        match got {
+            Err(ProtocolError::ProofRefused(why)) => {
+                assert_eq!(format!("{why:?}"), case.why, "{}", case.name)
+            }
+            other => panic!("{}: {other:?}", case.name),
+        }
     }
 }

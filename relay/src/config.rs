@@ -4,8 +4,11 @@
 //! Example file (every key optional; the values shown are the defaults):
 //!
 //! ```toml
-//! listen = "[::]:4433"
+//! listen = "[::]:4433"                          # UDP (QUIC, HTTP/3) and TCP (TLS) on this port
 //! # public_host = "relay.example.org"
+//! # site_dir = "/srv/www"                        # default: the small built-in site
+//! # tls_cert = "/etc/letsencrypt/live/relay.example.org/fullchain.pem"
+//! # tls_key = "/etc/letsencrypt/live/relay.example.org/privkey.pem"
 //! # data_dir = "/var/lib/tidings-relay"
 //! expiry_days = 60
 //! max_pending = 128
@@ -51,8 +54,18 @@ pub const DEFAULT_EXPIRY_DAYS: u32 = 60;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// UDP address to listen on. Default `[::]:4433` (all interfaces, IPv6 and IPv4).
+    /// Address to listen on, for UDP (QUIC, HTTP/3) and TCP (TLS, HTTP/1.1 and HTTP/2) alike.
+    /// Default `[::]:4433` (all interfaces, IPv6 and IPv4); 443 in production.
     pub listen: SocketAddr,
+    /// The static website served to everyone without a proof: a directory with an
+    /// `index.html` (and optionally a `404.html`), read into memory at start. Default: a small
+    /// built-in site.
+    pub site_dir: Option<PathBuf>,
+    /// PEM certificate chain for TLS (a real certificate for `public_host`). Default: the
+    /// self-signed certificate in the data directory. Needs `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// Host written into the printed relay address (a DNS name or an IP). Default: the
     /// listen IP, with `127.0.0.1` for `0.0.0.0` and `::1` for `::`.
     pub public_host: Option<String>,
@@ -127,6 +140,9 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 4433)),
             public_host: None,
+            site_dir: None,
+            tls_cert: None,
+            tls_key: None,
             data_dir: None,
             expiry_days: DEFAULT_EXPIRY_DAYS,
             max_pending: 128,
@@ -231,6 +247,13 @@ impl Config {
             return Err(RelayError::Config(format!(
                 "max_tracked_addresses must be more than max_connections + max_handshakes ({open})"
             )));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(RelayError::Config(
+                "tls_cert and tls_key go together: give both (or neither, for the self-signed \
+                 certificate)"
+                    .into(),
+            ));
         }
         if self.max_store_bytes == Some(0) {
             return Err(RelayError::Config(

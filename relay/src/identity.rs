@@ -41,8 +41,8 @@ pub const STORE_DIR: &str = "store";
 pub struct Identity {
     /// The Noise static key pair.
     pub keypair: RelayKeypair,
-    /// The TLS certificate.
-    pub cert: CertificateDer<'static>,
+    /// The TLS certificate chain, the relay's own certificate first.
+    pub chain: Vec<CertificateDer<'static>>,
     /// The TLS certificate's private key.
     pub cert_key: PrivateKeyDer<'static>,
 }
@@ -136,9 +136,35 @@ pub fn load_or_create(dir: &Path, tls_name: &str) -> Result<Identity> {
     };
     Ok(Identity {
         keypair,
-        cert: CertificateDer::from(cert),
+        chain: vec![CertificateDer::from(cert)],
         cert_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert_key.to_vec())),
     })
+}
+
+/// Replaces the self-signed certificate with one from PEM files (`--tls-cert`, `--tls-key`):
+/// the chain, the relay's certificate first, and its private key (PKCS#8, PKCS#1 or SEC1).
+///
+/// # Errors
+/// [`RelayError::Config`] naming the file that cannot be read or holds no usable item.
+pub fn use_pem_certificate(identity: &mut Identity, cert: &Path, key: &Path) -> Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = |path: &Path, why: String| {
+        RelayError::Config(format!(
+            "{}: {why}; give a PEM file as issued by the certificate authority",
+            path.display()
+        ))
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, e.to_string()))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad(cert, "it holds no certificate".into()));
+    }
+    let cert_key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+    identity.chain = chain;
+    identity.cert_key = cert_key;
+    Ok(())
 }
 
 /// How long a certificate is used before a start replaces it (it is valid for longer, so it
@@ -220,7 +246,7 @@ mod tests {
         let first = load_or_create(&data, "localhost").unwrap();
         let second = load_or_create(&data, "localhost").unwrap();
         assert_eq!(first.keypair.public(), second.keypair.public());
-        assert_eq!(first.cert, second.cert);
+        assert_eq!(first.chain, second.chain);
         assert_eq!(load_public_key(&data).unwrap(), first.keypair.public());
         let meta = std::fs::metadata(data.join(KEY_FILE)).unwrap();
         use std::os::unix::fs::PermissionsExt;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! tidings-relay [--config FILE] [--listen ADDR] [--data-dir DIR] [--public-host HOST]
+//!               [--site DIR] [--tls-cert PEM --tls-key PEM]
 //! tidings-relay address [--config FILE] [--listen ADDR] [--data-dir DIR] [--public-host HOST]
 //! ```
 //!
@@ -31,9 +32,19 @@ struct Cli {
     /// TOML configuration file (every limit; flags override it).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// UDP address to listen on [default: [::]:4433].
+    /// Address to listen on, UDP (QUIC) and TCP (TLS) on the same port [default: [::]:4433].
     #[arg(long, global = true, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Static website served to anyone without the relay address (a directory with an
+    /// index.html) [default: a small built-in site].
+    #[arg(long, value_name = "DIR")]
+    site: Option<PathBuf>,
+    /// PEM certificate chain for a real domain (with --tls-key) [default: self-signed].
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Directory for the store, the relay key and the TLS certificate [default: the platform
     /// data directory].
     #[arg(long, global = true, value_name = "DIR")]
@@ -64,6 +75,13 @@ fn config(cli: &Cli) -> Result<Config> {
     }
     if let Some(host) = &cli.public_host {
         config.public_host = Some(host.clone());
+    }
+    if let Some(site) = &cli.site {
+        config.site_dir = Some(site.clone());
+    }
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        config.tls_cert = Some(cert.clone());
+        config.tls_key = Some(key.clone());
     }
     config.validate()?;
     Ok(config)

@@ -1,16 +1,23 @@
 //! The running relay: the accept loop, one task per connection, the expiry sweeper, and an
 //! orderly shutdown.
 //!
-//! Admission, in order (each step cheaper than the work it guards):
+//! The relay listens on one port number for QUIC (HTTP/3) and TCP (TLS with HTTP/1.1 and
+//! HTTP/2); see [`crate::transport`]. Admission, in order (each step cheaper than the work
+//! it guards), the same on both:
 //!
 //! 1. A new connection attempt from a source that has its share of handshakes in progress,
 //!    or arriving while the relay has more than `retry_threshold` in progress, gets a QUIC
 //!    Retry unless it already proved its address ([`crate::fair`]); spoofed sources never
-//!    come back. Past the source's shares or `max_handshakes`, it is refused.
-//! 2. The QUIC handshake runs (it proves the address); only then is a connection slot taken:
-//!    one of `max_connections` and one of the source's `max_connections_per_address`.
-//! 3. The Noise handshake; the handshake counts end there, and the slot is held until the
-//!    connection ends.
+//!    come back. Past the source's shares or `max_handshakes`, it is refused. (A TCP
+//!    connection has proved its address by its handshake; past the shares it is closed.)
+//! 2. The QUIC or TLS handshake runs; only then is a connection slot taken: one of
+//!    `max_connections` and one of the source's `max_connections_per_address`.
+//! 3. HTTP: website answers, until a request with a valid proof opens the tunnel; then the
+//!    Noise handshake. All of it within `handshake_timeout` of the connection's arrival: a
+//!    connection without a tunnel by then is closed the way a web server closes an idle
+//!    connection (GOAWAY on HTTP/2, close after the response on HTTP/1.1, H3_NO_ERROR on
+//!    HTTP/3). The handshake counts end with the Noise handshake, and the slot is held until
+//!    the connection ends.
 //!
 //! [`Relay::start`] opens the data directory (keys, certificate, store), binds the endpoint and
 //! returns a handle with the address to print. [`Relay::shutdown`] stops accepting, lets every
@@ -41,7 +48,12 @@ use crate::registry::{ConnId, Registry};
 use crate::session::{self, End};
 use crate::stats::Stats;
 use crate::store::{SledStore, Store, StoreLimits};
-use crate::transport::{quic_handshake, stream_of, Closer, QuicListener};
+use crate::transport::http::{serve_h3, Gate, HttpConnection, TcpTunnel};
+use crate::transport::tunnel::{FINISH_WAIT, H3_NO_ERROR};
+use crate::transport::website::Website;
+use crate::transport::{
+    bind_both, quic_handshake, Closer, QuicListener, RecordReader, RecordWriter, TlsListener,
+};
 
 /// How long shutdown waits for connections to finish their current block.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,8 +98,17 @@ impl Relay {
         store: S,
     ) -> Result<Self> {
         config.validate()?;
-        let listener = QuicListener::bind(&config, &identity)?;
-        let local_addr = listener.local_addr()?;
+        let mut identity = identity;
+        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+            identity::use_pem_certificate(&mut identity, cert, key)?;
+        }
+        let website = match &config.site_dir {
+            Some(dir) => Website::from_dir(dir)?,
+            None => Website::builtin(),
+        };
+        let gate = Arc::new(Gate::new(website, &identity.keypair.public()));
+        let listeners = bind_both(&config, &identity)?;
+        let local_addr = listeners.0.local_addr()?;
         let address = identity::relay_address(
             identity.keypair.public(),
             config.public_host.as_deref(),
@@ -106,7 +127,14 @@ impl Relay {
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (sweeps, sweep_rx) = mpsc::channel(4);
-        let main = tokio::spawn(supervise(listener, shared, keypair, shutdown_rx, sweep_rx));
+        let main = tokio::spawn(supervise(
+            listeners,
+            shared,
+            keypair,
+            gate,
+            shutdown_rx,
+            sweep_rx,
+        ));
         tracing::info!("relay started");
         Ok(Self {
             address,
@@ -123,7 +151,7 @@ impl Relay {
         &self.address
     }
 
-    /// The UDP address actually bound.
+    /// The address actually bound (UDP and TCP share the port).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -167,14 +195,22 @@ pub async fn run(
 }
 
 async fn supervise<S: Store>(
-    listener: QuicListener,
+    (listener, tcp): (QuicListener, TlsListener),
     shared: Arc<Shared<S>>,
     keypair: Arc<RelayKeypair>,
+    gate: Arc<Gate>,
     shutdown: watch::Receiver<bool>,
     sweep_rx: mpsc::Receiver<SweepRequest>,
 ) -> Result<()> {
     let sweeper = tokio::spawn(sweeper(Arc::clone(&shared), sweep_rx, shutdown.clone()));
-    accept_loop(&listener, Arc::clone(&shared), keypair, shutdown).await;
+    let ctx = Ctx {
+        shared: Arc::clone(&shared),
+        keypair,
+        gate,
+        slots: Arc::new(Semaphore::new(shared.config.max_connections)),
+    };
+    accept_loop(&listener, &tcp, ctx, shutdown).await;
+    drop(tcp);
     listener.close();
     listener.wait_idle(Duration::from_secs(2)).await;
     let _ = sweeper.await;
@@ -188,13 +224,32 @@ async fn supervise<S: Store>(
     result
 }
 
-async fn accept_loop<S: Store>(
-    listener: &QuicListener,
+/// What every connection task needs.
+struct Ctx<S: Store> {
     shared: Arc<Shared<S>>,
     keypair: Arc<RelayKeypair>,
+    gate: Arc<Gate>,
+    slots: Arc<Semaphore>,
+}
+
+impl<S: Store> Clone for Ctx<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            keypair: Arc::clone(&self.keypair),
+            gate: Arc::clone(&self.gate),
+            slots: Arc::clone(&self.slots),
+        }
+    }
+}
+
+async fn accept_loop<S: Store>(
+    listener: &QuicListener,
+    tcp: &TlsListener,
+    ctx: Ctx<S>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    let shared = Arc::clone(&ctx.shared);
     let mut tasks = JoinSet::new();
     let mut next_id = 0u64;
     loop {
@@ -202,7 +257,7 @@ async fn accept_loop<S: Store>(
             _ = shutdown.changed() => break,
             incoming = listener.accept() => {
                 let Some(incoming) = incoming else { break };
-                if slots.available_permits() == 0 {
+                if ctx.slots.available_permits() == 0 {
                     // Full now: no handshake is worth starting (the slot is taken after it).
                     Stats::bump(&shared.stats.refused_connections);
                     incoming.refuse();
@@ -218,14 +273,12 @@ async fn accept_loop<S: Store>(
                 match admission {
                     Admission::Accept(guard) => {
                         next_id += 1;
-                        tasks.spawn(connection(
+                        tasks.spawn(quic_connection(
                             incoming,
                             guard,
-                            Arc::clone(&shared),
-                            Arc::clone(&keypair),
+                            ctx.clone(),
                             ConnId(next_id),
                             shutdown.clone(),
-                            Arc::clone(&slots),
                         ));
                     }
                     Admission::Retry => {
@@ -237,6 +290,44 @@ async fn accept_loop<S: Store>(
                     Admission::Refuse => {
                         Stats::bump(&shared.stats.refused_over_share);
                         incoming.refuse();
+                    }
+                }
+            }
+            accepted = tcp.accept() => {
+                let (stream, source) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(_) => {
+                        // Out of descriptors, or a connection reset while queued: a moment's
+                        // pause instead of a busy loop.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if ctx.slots.available_permits() == 0 {
+                    Stats::bump(&shared.stats.refused_connections);
+                    continue;
+                }
+                // The TCP handshake proved the address; no Retry exists here.
+                let admission = shared.shares.admit(
+                    SourceKey::from(source),
+                    true,
+                    false,
+                    std::time::Instant::now(),
+                );
+                match admission {
+                    Admission::Accept(guard) => {
+                        next_id += 1;
+                        tasks.spawn(tcp_connection(
+                            stream,
+                            guard,
+                            tcp.acceptor(),
+                            ctx.clone(),
+                            ConnId(next_id),
+                            shutdown.clone(),
+                        ));
+                    }
+                    Admission::Retry | Admission::Refuse => {
+                        Stats::bump(&shared.stats.refused_over_share);
                     }
                 }
             }
@@ -256,67 +347,204 @@ async fn accept_loop<S: Store>(
     tasks.shutdown().await;
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn connection<S: Store>(
+/// Takes a connection slot of the relay and one of the source, once its address is proven.
+fn take_slot<S: Store>(
+    ctx: &Ctx<S>,
+    source: SourceKey,
+) -> Option<(
+    tokio::sync::OwnedSemaphorePermit,
+    crate::fair::ConnectionGuard,
+)> {
+    let slot = Arc::clone(&ctx.slots).try_acquire_owned().ok()?;
+    let share = ctx
+        .shared
+        .shares
+        .connect(source, std::time::Instant::now())?;
+    Some((slot, share))
+}
+
+/// One QUIC connection: handshake, HTTP/3 (website answers) until a tunnel opens, then the
+/// Noise session on it.
+async fn quic_connection<S: Store>(
     incoming: quinn::Incoming,
-    handshake_guard: HandshakeGuard,
-    shared: Arc<Shared<S>>,
-    keypair: Arc<RelayKeypair>,
+    guard: HandshakeGuard,
+    ctx: Ctx<S>,
     conn: ConnId,
     mut shutdown: watch::Receiver<bool>,
-    slots: Arc<Semaphore>,
 ) {
-    let source = handshake_guard.key();
-    let handshake = timeout(shared.config.handshake_timeout(), async {
+    let source = guard.key();
+    let deadline = tokio::time::Instant::now() + ctx.shared.config.handshake_timeout();
+    let accepted = async {
         let quic = quic_handshake(incoming).await.ok_or(End::Handshake)?;
         // The address is proven now: take a slot of the relay and one of the source.
-        let slot = Arc::clone(&slots).try_acquire_owned();
-        let share = shared.shares.connect(source, std::time::Instant::now());
-        let (Ok(slot), Some(share)) = (slot, share) else {
+        let Some(slots) = take_slot(&ctx, source) else {
             quic.close();
             return Err(End::Refused);
         };
-        let mut stream = stream_of(quic).await.ok_or(End::Handshake)?;
-        match session::handshake(&keypair, &mut stream.reader, &mut stream.writer).await {
-            Ok(session) => Ok((session, stream, slot, share)),
-            Err(end) => {
-                stream.closer.close();
-                Err(end)
+        Ok((quic.into_inner(), slots))
+    };
+    let accepted = tokio::select! {
+        r = tokio::time::timeout_at(deadline, accepted) => r.unwrap_or(Err(End::Handshake)),
+        _ = shutdown.changed() => Err(End::Shutdown),
+    };
+    let (connection, _slots) = match accepted {
+        Ok(accepted) => accepted,
+        Err(end) => {
+            session::count_end(&ctx.shared.stats, end);
+            return;
+        }
+    };
+    let (tx, mut tunnels) = mpsc::channel(1);
+    let mut driver = tokio::spawn(serve_h3(connection.clone(), Arc::clone(&ctx.gate), tx));
+    let tunnel = tokio::select! {
+        r = tokio::time::timeout_at(deadline, tunnels.recv()) => r.ok().flatten(),
+        _ = shutdown.changed() => None,
+    };
+    let end = match tunnel {
+        Some(tunnel) => {
+            let end = run_tunnel(
+                &ctx,
+                guard,
+                deadline,
+                conn,
+                source,
+                (tunnel.reader, tunnel.writer, tunnel.closer),
+                shutdown,
+            )
+            .await;
+            // Give the client a moment to close first, as it does after an orderly end.
+            let _ = timeout(FINISH_WAIT, &mut driver).await;
+            end
+        }
+        None => End::Handshake,
+    };
+    connection.close(H3_NO_ERROR.into(), b"");
+    driver.abort();
+    session::count_end(&ctx.shared.stats, end);
+}
+
+/// One TCP connection: TLS, HTTP/1.1 or HTTP/2 (website answers) until a tunnel opens, then
+/// the Noise session on it.
+async fn tcp_connection<S: Store>(
+    stream: tokio::net::TcpStream,
+    guard: HandshakeGuard,
+    acceptor: tokio_rustls::TlsAcceptor,
+    ctx: Ctx<S>,
+    conn: ConnId,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let source = guard.key();
+    let handshake_timeout = ctx.shared.config.handshake_timeout();
+    let deadline = tokio::time::Instant::now() + handshake_timeout;
+    let accepted = async {
+        let tls = acceptor.accept(stream).await.map_err(|_| End::Handshake)?;
+        let Some(slots) = take_slot(&ctx, source) else {
+            return Err(End::Refused);
+        };
+        Ok((
+            HttpConnection::serve(tls, Arc::clone(&ctx.gate), handshake_timeout),
+            slots,
+        ))
+    };
+    let accepted = tokio::select! {
+        r = tokio::time::timeout_at(deadline, accepted) => r.unwrap_or(Err(End::Handshake)),
+        _ = shutdown.changed() => Err(End::Shutdown),
+    };
+    let (mut http, _slots) = match accepted {
+        Ok(accepted) => accepted,
+        Err(end) => {
+            session::count_end(&ctx.shared.stats, end);
+            return;
+        }
+    };
+    let tunnel = tokio::select! {
+        r = tokio::time::timeout_at(deadline, http.tunnels.recv()) => r.ok().flatten(),
+        _ = shutdown.changed() => None,
+    };
+    let end = match tunnel {
+        Some(TcpTunnel::Http2 { reader, writer }) => {
+            let closer = http.closer();
+            run_tunnel(
+                &ctx,
+                guard,
+                deadline,
+                conn,
+                source,
+                (reader, writer, closer),
+                shutdown,
+            )
+            .await
+        }
+        Some(TcpTunnel::WebSocket(on)) => {
+            match tokio::time::timeout_at(deadline, TcpTunnel::upgrade(on)).await {
+                Ok(Some(parts)) => {
+                    run_tunnel(&ctx, guard, deadline, conn, source, parts, shutdown).await
+                }
+                _ => End::Handshake,
             }
         }
-    });
+        None => End::Handshake,
+    };
+    // Website visits end here too: GOAWAY, or close after the response in progress.
+    http.stop();
+    http.ended(FINISH_WAIT).await;
+    session::count_end(&ctx.shared.stats, end);
+}
+
+/// The Noise handshake on a tunnel (by `deadline`), then the session until it ends.
+async fn run_tunnel<S, R, W, C>(
+    ctx: &Ctx<S>,
+    guard: HandshakeGuard,
+    deadline: tokio::time::Instant,
+    conn: ConnId,
+    source: SourceKey,
+    (mut reader, mut writer, closer): (R, W, C),
+    mut shutdown: watch::Receiver<bool>,
+) -> End
+where
+    S: Store,
+    R: RecordReader,
+    W: RecordWriter,
+    C: Closer,
+{
+    let handshake = tokio::time::timeout_at(
+        deadline,
+        session::handshake(&ctx.keypair, &mut reader, &mut writer),
+    );
     let established = tokio::select! {
         r = handshake => r.unwrap_or(Err(End::Handshake)),
         _ = shutdown.changed() => Err(End::Shutdown),
     };
-    drop(handshake_guard);
-    let end = match established {
-        Ok((session, stream, _slot, _share)) => {
-            Stats::bump(&shared.stats.connections);
-            shared
-                .stats
-                .open_connections
-                .fetch_add(1, Ordering::Relaxed);
-            let end = session::serve(
-                Arc::clone(&shared),
-                conn,
-                source,
-                session,
-                stream.reader,
-                stream.writer,
-                &stream.closer,
-                shutdown,
-            )
-            .await;
-            shared
-                .stats
-                .open_connections
-                .fetch_sub(1, Ordering::Relaxed);
-            end
+    drop(guard);
+    let session = match established {
+        Ok(session) => session,
+        Err(end) => {
+            closer.close();
+            return end;
         }
-        Err(end) => end,
     };
-    session::count_end(&shared.stats, end);
+    let shared = &ctx.shared;
+    Stats::bump(&shared.stats.connections);
+    shared
+        .stats
+        .open_connections
+        .fetch_add(1, Ordering::Relaxed);
+    let end = session::serve(
+        Arc::clone(shared),
+        conn,
+        source,
+        session,
+        reader,
+        writer,
+        &closer,
+        shutdown,
+    )
+    .await;
+    shared
+        .stats
+        .open_connections
+        .fetch_sub(1, Ordering::Relaxed);
+    end
 }
 
 async fn sweeper<S: Store>(

@@ -16,6 +16,7 @@ use rand_core::OsRng;
 use tidings_client::error::ClientError;
 use tidings_client::net::{quic_client_config, RelayConnection};
 use tidings_client::relay::{create_queue, NewQueue};
+use tidings_client::transport::{dial_quic, RecordStream};
 use tidings_protocol::address::RelayAddress;
 use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind};
 use tidings_protocol::ids::{EntityId, MessageId, SenderId};
@@ -44,16 +45,16 @@ async fn connect_from(endpoint: &quinn::Endpoint, relay: &Relay) -> Result<Relay
     Ok(RelayConnection::connect_on(endpoint, relay.address(), relay.local_addr()).await?)
 }
 
-/// Opens a QUIC connection and its stream, writes half a handshake record and holds it.
+/// Opens an HTTP/3 tunnel, writes half a handshake record and holds it.
 async fn half_open(
     endpoint: &quinn::Endpoint,
+    address: &RelayAddress,
     target: SocketAddr,
-) -> Result<(quinn::Connection, quinn::SendStream)> {
+) -> Result<RecordStream> {
     let attempt = async {
-        let connection = endpoint.connect(target, "localhost")?.await?;
-        let (mut send, _recv) = connection.open_bi().await?;
-        send.write_all(&[0x42; RECORD_LEN / 2]).await?;
-        anyhow::Ok((connection, send))
+        let mut stream = dial_quic(endpoint, address, target).await?;
+        stream.send(&[0x42; RECORD_LEN / 2]).await?;
+        anyhow::Ok(stream)
     };
     tokio::time::timeout(Duration::from_secs(5), attempt)
         .await
@@ -130,7 +131,7 @@ async fn abuse_from(
     let mut take = Take::default();
     let mut half = Vec::new();
     for _ in 0..attempts {
-        if let Ok(h) = half_open(&endpoint, target).await {
+        if let Ok(h) = half_open(&endpoint, &relay_address, target).await {
             half.push(h);
         }
     }

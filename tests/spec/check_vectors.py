@@ -1,4 +1,4 @@
-"""An independent implementation of PROTOCOL.md sections 2 to 10, written from the document
+"""An independent implementation of PROTOCOL.md sections 2 to 10 (with the tunnel proof of 3.2), written from the document
 alone (not from the Rust), checked against the known-answer vectors in protocol/tests/vectors,
 and the safety code of section 12.8 against client/tests/vectors/safety_code.txt.
 
@@ -285,6 +285,37 @@ ask = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(hs['auth_seed_hex']))
 try:
     ask.public_key().verify(sig, CTX + c.h + corr + ent + cmd); check('session-bound sig', True)
 except Exception: check('session-bound sig', False)
+
+# ---------- section 3.2: tunnel proof (protocol/tests/vectors/binding.json) ----------
+def proof_key(relay_pub):
+    return HKDF(hashes.SHA256(), 32, b'tidings proof v1', b'').derive(relay_pub)
+def proof_tag(k, binding, nonce, minute):
+    return hmac.new(k, b'tidings proof' + bytes([binding]) + nonce + struct.pack('>I', minute), hashlib.sha256).digest()[:16]
+def check_proof(k, binding, path, now, seen):
+    """None when the relay opens a tunnel, else the first check that failed."""
+    if not path.startswith('/'): return 'Malformed'
+    tok = path[1:]
+    if len(tok) != 48 or not re.fullmatch(r'[A-Za-z0-9_-]{48}', tok): return 'Malformed'
+    raw = b64url_decode_strict(tok)
+    nonce, minute, tag = raw[:16], struct.unpack('>I', raw[16:20])[0], raw[20:]
+    if abs(minute - now // 60) > 5: return 'OutOfWindow'
+    if not hmac.compare_digest(proof_tag(k, binding, nonce, minute), tag): return 'BadTag'
+    if nonce in seen: return 'Replayed'
+    seen.add(nonce)
+    return None
+bv = load('binding.json')
+bk = proof_key(bytes.fromhex(bv['relay_public_hex']))
+check('proof key', bk.hex() == bv['proof_key_hex'])
+for c in bv['proofs']:
+    nonce = bytes.fromhex(c['nonce_hex'])
+    tag = proof_tag(bk, c['binding'], nonce, c['minute'])
+    tok = base64.urlsafe_b64encode(nonce + struct.pack('>I', c['minute']) + tag).rstrip(b'=').decode()
+    seen = set()
+    first = check_proof(bk, c['binding'], '/' + tok, c['minute'] * 60, seen)
+    again = check_proof(bk, c['binding'], '/' + tok, c['minute'] * 60, seen)
+    check('proof ' + c['name'], tag.hex() == c['tag_hex'] and tok == c['token'] and first is None and again == 'Replayed')
+for c in bv['refused']:
+    check('proof refused ' + c['name'], check_proof(bk, c['binding'], c['path'], c['now_unix_secs'], set()) == c['why'])
 
 # ---------- section 12.8: safety code (client/tests/vectors/safety_code.txt) ----------
 SAFETY_CTX = b"tidings safety code v1"

@@ -1,7 +1,9 @@
 //! A hostile relay: it completes the handshake like a real one (so a client trusts the
 //! connection) and then, at the client's first request, misbehaves as told: floods pushed
 //! frames, answers what was never asked, or sends a record that does not open. It stands for
-//! the relay a malicious contact names in an invitation or a hello.
+//! the relay a malicious contact names in an invitation or a hello. It speaks the same HTTP
+//! bindings as a real relay (QUIC and TCP on one port, the relay library's listeners, website
+//! and tunnels), so a client reaches it over whichever binding it uses.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +19,10 @@ use tidings_protocol::ids::{CorrId, EntityId};
 use tidings_protocol::noise::{self, Session, RECORD_LEN};
 use tidings_relay::config::Config;
 use tidings_relay::identity::{self, Identity};
-use tidings_relay::transport::{accept_stream, read_record, QuicListener, RecordWriter};
+use tidings_relay::transport::http::Gate;
+use tidings_relay::transport::serve::{accept_tunnels, Tunnel};
+use tidings_relay::transport::website::Website;
+use tidings_relay::transport::{bind_both, read_record, RecordWriter};
 
 /// What the hostile relay does after the handshake.
 #[derive(Clone, Copy, Debug)]
@@ -57,21 +62,25 @@ impl HostileRelay {
             listen,
             ..Config::default()
         };
-        let listener = QuicListener::bind(&config, &identity)?;
-        let bound = listener.local_addr()?;
+        let (quic, tcp) = bind_both(&config, &identity)?;
+        let bound = quic.local_addr()?;
         let address = identity::relay_address(identity.keypair.public(), None, bound)?;
+        let gate = Arc::new(Gate::new(Website::builtin(), &identity.keypair.public()));
         let sent = Arc::new(AtomicUsize::new(0));
         let ended = Arc::new(AtomicUsize::new(0));
         let identity = Arc::new(identity);
         let (s, e) = (sent.clone(), ended.clone());
         let task = tokio::spawn(async move {
-            while let Some(incoming) = listener.accept().await {
+            let (tx, mut tunnels) = tokio::sync::mpsc::channel(16);
+            let accept = tokio::spawn(accept_tunnels(quic, tcp, gate, Duration::from_secs(10), tx));
+            while let Some(tunnel) = tunnels.recv().await {
                 let (identity, s, e) = (identity.clone(), s.clone(), e.clone());
                 tokio::spawn(async move {
-                    let _ = serve(incoming, &identity, how, &s).await;
+                    let _ = serve(tunnel, &identity, how, &s).await;
                     e.fetch_add(1, Ordering::SeqCst);
                 });
             }
+            accept.abort();
         });
         Ok(Self {
             _dir: dir,
@@ -99,14 +108,11 @@ impl HostileRelay {
 }
 
 async fn serve(
-    incoming: quinn::Incoming,
+    mut stream: Tunnel,
     identity: &Identity,
     how: Misbehaviour,
     sent: &AtomicUsize,
 ) -> Result<()> {
-    let mut stream = accept_stream(incoming)
-        .await
-        .ok_or_else(|| anyhow!("no stream"))?;
     let first = read_record(&mut stream.reader)
         .await?
         .ok_or_else(|| anyhow!("no handshake"))?;

@@ -1,13 +1,27 @@
-//! The transport seam: "a bidirectional byte stream of fixed [`RECORD_LEN`] records".
+//! The transport seam: "a bidirectional byte stream of fixed [`RECORD_LEN`] records", and
+//! the listeners that carry it inside ordinary HTTPS (PROTOCOL.md section 3).
 //!
 //! Everything above this module (handshake, command handling) sees only a
 //! [`RecordReader`] that fills a record piece by piece (cancel-safe; [`read_record`] reads a
 //! whole one), a [`RecordWriter`] that writes whole records, and a [`Closer`] that ends the
-//! connection. The one implementation today is QUIC ([`QuicListener`]): quinn 0.11 with
-//! rustls 0.23 (ring provider), ALPN `h3` so an observer of the QUIC handshake sees the most
-//! common value, a self-signed certificate, one bidirectional stream per connection, and small
-//! flow-control windows so a connection can never make the relay buffer much. A TCP/TLS
-//! fallback would add another implementation of the three traits and nothing else.
+//! connection.
+//!
+//! The relay listens on one port number for UDP and TCP:
+//!
+//! - [`QuicListener`]: QUIC (quinn 0.11, rustls 0.23 with ring), ALPN `h3`, real HTTP/3
+//!   ([`http::serve_h3`]), small flow-control windows so a connection can never make the
+//!   relay buffer much.
+//! - [`TlsListener`]: TCP with TLS (tokio-rustls), ALPN `h2` or `http/1.1`, served by hyper
+//!   ([`http::HttpConnection`]).
+//!
+//! On both, every request is answered by the [`website::Website`] unless it carries a valid
+//! proof (see [`http::Gate`]); one that does becomes the record stream of [`tunnel`]: an
+//! HTTP/2 or HTTP/3 `POST` body each way, or a WebSocket over HTTP/1.1.
+
+pub mod http;
+pub mod serve;
+pub mod tunnel;
+pub mod website;
 
 use std::future::Future;
 use std::io::IoSliceMut;
@@ -26,11 +40,10 @@ use crate::config::Config;
 use crate::error::{RelayError, Result};
 use crate::identity::Identity;
 
-/// ALPN on the outer TLS layer (the HTTP/3 value; nothing names Tidings).
+/// ALPN of QUIC: HTTP/3.
 pub const ALPN: &[u8] = b"h3";
-
-/// How long closing a stream waits for the peer to acknowledge what was written.
-const FINISH_WAIT: Duration = Duration::from_secs(2);
+/// ALPN values of TLS over TCP, in the server's order of preference.
+pub const TCP_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// Most datagrams quinn may put in one segmented (GSO) send. quinn keeps, per connection, a
 /// send buffer as large as the largest batch it ever built (10 datagrams, ~14 KiB, by
@@ -90,63 +103,28 @@ pub struct QuicListener {
     endpoint: quinn::Endpoint,
 }
 
-/// One accepted QUIC connection with its single stream.
-pub struct QuicStream {
-    /// Closes the connection.
-    pub closer: QuicCloser,
-    /// The receiving half.
-    pub reader: QuicReader,
-    /// The sending half.
-    pub writer: QuicWriter,
-}
-
-impl std::fmt::Debug for QuicStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("QuicStream(..)")
-    }
-}
-
-/// [`RecordReader`] over a quinn receive stream.
-#[derive(Debug)]
-pub struct QuicReader(quinn::RecvStream);
-
-/// [`RecordWriter`] over a quinn send stream.
-///
-/// Dropping it closes the connection (code 0, no reason) before the stream goes: quinn would
-/// otherwise end a dropped stream with a FIN, so a connection abandoned in the middle of the
-/// handshake (timeout, shutdown) could look like an orderly end. A stream ends with a FIN
-/// only through [`RecordWriter::finish`] (PROTOCOL.md section 3).
-#[derive(Debug)]
-pub struct QuicWriter {
-    stream: quinn::SendStream,
-    connection: quinn::Connection,
-}
-
-/// [`Closer`] for a quinn connection.
-#[derive(Debug, Clone)]
-pub struct QuicCloser(quinn::Connection);
-
 fn varint(v: usize) -> quinn::VarInt {
     quinn::VarInt::from_u32(u32::try_from(v).unwrap_or(u32::MAX))
 }
 
 impl QuicListener {
-    /// Binds the UDP socket and sets up TLS with the relay's certificate.
+    /// Binds the UDP socket of `config.listen` and sets up TLS with the relay's
+    /// certificate.
     pub fn bind(config: &Config, identity: &Identity) -> Result<Self> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| RelayError::Tls(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(vec![identity.cert.clone()], identity.cert_key.clone_key())
-            .map_err(|e| RelayError::Tls(e.to_string()))?;
+        Self::bind_on(config.listen, config, identity)
+    }
+
+    /// Binds the UDP socket of `listen` (see [`QuicListener::bind`]).
+    pub fn bind_on(listen: SocketAddr, config: &Config, identity: &Identity) -> Result<Self> {
+        let mut tls = server_tls(identity, &[&rustls::version::TLS13])?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| RelayError::Tls(e.to_string()))?;
 
         let mut transport = quinn::TransportConfig::default();
-        transport.max_concurrent_bidi_streams(1u32.into());
-        transport.max_concurrent_uni_streams(0u32.into());
+        // One tunnel or a few page requests at a time; HTTP/3's control and QPACK streams.
+        transport.max_concurrent_bidi_streams(4u32.into());
+        transport.max_concurrent_uni_streams(3u32.into());
         // A few records in flight each way: enough to keep a link busy, little memory.
         transport.stream_receive_window(varint(RECORD_LEN * 4));
         transport.receive_window(varint(RECORD_LEN * 6));
@@ -162,8 +140,8 @@ impl QuicListener {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(Arc::new(transport));
         server.migration(false);
-        let socket = std::net::UdpSocket::bind(config.listen)
-            .map_err(RelayError::io("binding the UDP socket"))?;
+        let socket =
+            std::net::UdpSocket::bind(listen).map_err(RelayError::io("binding the UDP socket"))?;
         let runtime: Arc<dyn Runtime> = Arc::new(quinn::TokioRuntime);
         let socket = Arc::new(CappedSocket(
             runtime
@@ -194,7 +172,7 @@ impl QuicListener {
 
     /// Stops accepting and closes every connection.
     pub fn close(&self) {
-        self.endpoint.close(0u32.into(), b"");
+        self.endpoint.close(tunnel::H3_NO_ERROR.into(), b"");
     }
 
     /// Waits (at most `limit`) for closed connections to finish telling their peers.
@@ -242,12 +220,6 @@ impl AsyncUdpSocket for CappedSocket {
     }
 }
 
-/// Completes the QUIC handshake of `incoming` and accepts its one bidirectional stream.
-/// Resolves to `None` when the client fails or gives up; the caller bounds the time.
-pub async fn accept_stream(incoming: quinn::Incoming) -> Option<QuicStream> {
-    stream_of(quic_handshake(incoming).await?).await
-}
-
 /// Completes the QUIC handshake of `incoming`. A completed handshake proves the client's
 /// address (it received what the relay sent there). Resolves to `None` when the client
 /// fails or gives up; the caller bounds the time.
@@ -260,78 +232,101 @@ pub async fn quic_handshake(incoming: quinn::Incoming) -> Option<QuicConnection>
 pub struct QuicConnection(quinn::Connection);
 
 impl QuicConnection {
-    /// Closes the connection at once, without a word.
+    /// Closes the connection at once, without a word (H3_NO_ERROR, as a web server closes).
     pub fn close(&self) {
-        self.0.close(0u32.into(), b"");
+        self.0.close(tunnel::H3_NO_ERROR.into(), b"");
+    }
+
+    /// The quinn connection.
+    pub fn into_inner(self) -> quinn::Connection {
+        self.0
     }
 }
 
-/// Accepts the one bidirectional stream of an established connection.
-/// Resolves to `None` when the client fails or gives up; the caller bounds the time.
-pub async fn stream_of(connection: QuicConnection) -> Option<QuicStream> {
-    let connection = connection.0;
-    match connection.accept_bi().await {
-        Ok((send, recv)) => Some(QuicStream {
-            writer: QuicWriter {
-                stream: send,
-                connection: connection.clone(),
-            },
-            reader: QuicReader(recv),
-            closer: QuicCloser(connection),
-        }),
-        Err(_) => {
-            connection.close(0u32.into(), b"");
-            None
+/// The rustls server configuration with the relay's certificate and the given versions.
+fn server_tls(
+    identity: &Identity,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| RelayError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain.clone(), identity.cert_key.clone_key())
+        .map_err(|e| RelayError::Tls(e.to_string()))
+}
+
+/// The relay's TCP listener: TLS (1.3 and 1.2, as web servers offer) with ALPN `h2` and
+/// `http/1.1`.
+pub struct TlsListener {
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsListener(..)")
+    }
+}
+
+impl TlsListener {
+    /// Binds the TCP socket of `listen` (needs a tokio runtime).
+    pub fn bind(listen: SocketAddr, identity: &Identity) -> Result<Self> {
+        let mut tls = server_tls(
+            identity,
+            &[&rustls::version::TLS13, &rustls::version::TLS12],
+        )?;
+        tls.alpn_protocols = TCP_ALPN.iter().map(|a| a.to_vec()).collect();
+        let socket = std::net::TcpListener::bind(listen)
+            .map_err(RelayError::io("binding the TCP socket"))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(RelayError::io("binding the TCP socket"))?;
+        let listener = tokio::net::TcpListener::from_std(socket)
+            .map_err(RelayError::io("binding the TCP socket"))?;
+        Ok(Self {
+            listener,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .map_err(RelayError::io("reading the bound address"))
+    }
+
+    /// The next TCP connection and its source address. Errors of one accept (a connection
+    /// reset before it was taken, a full descriptor table) are returned for the caller to
+    /// wait a moment and go on.
+    pub async fn accept(&self) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+        let (stream, source) = self.listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, source))
+    }
+
+    /// The TLS acceptor (cheap to clone).
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        self.acceptor.clone()
+    }
+}
+
+/// Binds QUIC and TCP on the same port number. With port 0, the first free UDP port whose
+/// TCP twin is also free (a few tries).
+pub fn bind_both(config: &Config, identity: &Identity) -> Result<(QuicListener, TlsListener)> {
+    let tries = if config.listen.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..tries {
+        let quic = QuicListener::bind(config, identity)?;
+        let bound = quic.local_addr()?;
+        let mut tcp_addr = config.listen;
+        tcp_addr.set_port(bound.port());
+        match TlsListener::bind(tcp_addr, identity) {
+            Ok(tcp) => return Ok((quic, tcp)),
+            Err(e) => last = Some(e),
         }
     }
-}
-
-impl RecordReader for QuicReader {
-    async fn read_into(&mut self, record: &mut Vec<u8>) -> Result<bool> {
-        let room = RECORD_LEN.saturating_sub(record.len());
-        if room == 0 {
-            // Nothing may be read into a whole record; not a use this module makes.
-            return Err(RelayError::Transport);
-        }
-        // `read_chunk` is cancel-safe, and `record` changes only once it has resolved.
-        match self.0.read_chunk(room, true).await {
-            Ok(Some(chunk)) => {
-                if record.capacity() == 0 {
-                    record.reserve_exact(RECORD_LEN);
-                }
-                record.extend_from_slice(&chunk.bytes);
-                Ok(true)
-            }
-            Ok(None) => Ok(false),
-            Err(_) => Err(RelayError::Transport),
-        }
-    }
-}
-
-impl RecordWriter for QuicWriter {
-    async fn write_record(&mut self, record: &[u8]) -> Result<()> {
-        self.stream
-            .write_all(record)
-            .await
-            .map_err(|_| RelayError::Transport)
-    }
-
-    async fn finish(&mut self) {
-        if self.stream.finish().is_ok() {
-            let _ = tokio::time::timeout(FINISH_WAIT, self.stream.stopped()).await;
-        }
-    }
-}
-
-impl Drop for QuicWriter {
-    fn drop(&mut self) {
-        // Runs before the stream field is dropped; on a closed connection quinn sends no FIN.
-        self.connection.close(0u32.into(), b"");
-    }
-}
-
-impl Closer for QuicCloser {
-    fn close(&self) {
-        self.0.close(0u32.into(), b"");
-    }
+    Err(last.unwrap_or(RelayError::Transport))
 }
