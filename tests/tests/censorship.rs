@@ -86,6 +86,10 @@ fn with_udp_dropped_a_message_goes_over_tcp_within_10_s() -> Result<()> {
     };
     w.censor.block(Block::Udp)?;
     let took = message_through(&w, "over TLS while QUIC is blocked")?;
+    eprintln!(
+        "figure: UDP dropped: send + sync over TLS/TCP took {took:?} ({} UDP packets dropped)",
+        w.censor.dropped("udp")?
+    );
     ensure!(
         took < Duration::from_secs(10),
         "send + sync took {took:?} with UDP dropped"
@@ -105,6 +109,7 @@ fn with_tcp_dropped_a_message_goes_over_quic() -> Result<()> {
     };
     w.censor.block(Block::Tcp)?;
     let took = message_through(&w, "over QUIC while TCP is blocked")?;
+    eprintln!("figure: TCP dropped: send + sync over QUIC took {took:?}");
     ensure!(
         took < Duration::from_secs(10),
         "send + sync took {took:?} with TCP dropped"
@@ -166,6 +171,7 @@ fn with_everything_dropped_the_client_says_relay_unreachable_and_backs_off() -> 
             let text = std::fs::read_to_string(&err).unwrap_or_default();
             let seen = waits(&text);
             if seen.len() >= 2 {
+                eprintln!("figure: listen waits after failures 1 and 2: {seen:?} s");
                 ensure!(
                     (2.5..=5.0).contains(&seen[0]) && (5.0..=10.0).contains(&seen[1]),
                     "waits after the 1st and 2nd failures: {seen:?}\n{text}"
@@ -222,6 +228,10 @@ fn a_socks5_proxy_carries_a_whole_conversation_and_resolves_the_name() -> Result
     ensure!(got.stdout.contains("through the proxy"), "{}", got.stdout);
 
     let seen = proxy.seen();
+    eprintln!(
+        "figure: the SOCKS5 proxy carried {} connections",
+        seen.len()
+    );
     ensure!(seen.len() >= 6, "the proxy saw {} connections", seen.len());
     for s in &seen {
         ensure!(
@@ -271,6 +281,11 @@ fn the_first_payload_of_every_client_connection_is_a_client_hello_or_a_quic_init
     a.run_with(&["--transport", "tcp", "sync"], &[], t)?.ok()?;
 
     let firsts = recorder.firsts();
+    eprintln!(
+        "figure: first payloads checked: {} TCP, {} UDP",
+        firsts.tcp.len(),
+        firsts.udp.len()
+    );
     ensure!(
         !firsts.tcp.is_empty() && !firsts.udp.is_empty(),
         "both transports were used: {} TCP, {} UDP",
