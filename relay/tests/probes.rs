@@ -607,3 +607,67 @@ async fn ask_upgrade_status(
     task.abort();
     status
 }
+
+/// `--site DIR` and `--tls-cert/--tls-key`: the directory's pages are what a prober gets, and
+/// the certificate it sees is the one given, over TCP and QUIC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_directory_and_a_pem_certificate_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(site.join("blog")).unwrap();
+    std::fs::write(site.join("index.html"), "<h1>Home</h1>\n").unwrap();
+    std::fs::write(site.join("404.html"), "<h1>Nope</h1>\n").unwrap();
+    std::fs::write(site.join("blog/index.html"), "<h1>Blog</h1>\n").unwrap();
+    std::fs::write(site.join(".hidden"), "secret").unwrap();
+    let issued = rcgen::generate_simple_self_signed(vec!["relay.example.org".into()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, issued.cert.pem()).unwrap();
+    std::fs::write(&key, issued.key_pair.serialize_pem()).unwrap();
+
+    let mut config = Config::loopback(&dir.path().join("data"));
+    config.site_dir = Some(site.clone());
+    config.tls_cert = Some(cert.clone());
+    config.tls_key = Some(key.clone());
+    let relay = Relay::start(config, Arc::new(ManualClock::new(1_767_225_600)))
+        .await
+        .unwrap();
+    let target = relay.local_addr();
+
+    let tls = tls_to(target, b"h2").await;
+    let seen = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_eq!(
+        seen.as_ref(),
+        issued.cert.der().as_ref(),
+        "the certificate given"
+    );
+    drop(tls);
+    for version in [Version::HTTP_11, Version::HTTP_2, Version::HTTP_3] {
+        let home = ask(target, version, Method::GET, "/", None, &[]).await;
+        assert_eq!(
+            (home.status, &home.body[..]),
+            (StatusCode::OK, &b"<h1>Home</h1>\n"[..])
+        );
+        let blog = ask(target, version, Method::GET, "/blog/", None, &[]).await;
+        assert_eq!(&blog.body[..], b"<h1>Blog</h1>\n");
+        for missing in ["/.hidden", "/blog", "/nothing"] {
+            let answer = ask(target, version, Method::GET, missing, None, &[]).await;
+            assert_eq!(
+                (answer.status, &answer.body[..]),
+                (StatusCode::NOT_FOUND, &b"<h1>Nope</h1>\n"[..]),
+                "{version:?} {missing}"
+            );
+        }
+    }
+    relay.shutdown().await.unwrap();
+
+    // A directory without index.html, or a certificate without its key, is refused at start.
+    std::fs::remove_file(site.join("index.html")).unwrap();
+    let mut config = Config::loopback(&dir.path().join("data"));
+    config.site_dir = Some(site);
+    let refused = Relay::start(config, Arc::new(ManualClock::new(1_767_225_600))).await;
+    assert!(refused.unwrap_err().to_string().contains("index.html"));
+    let mut config = Config::loopback(&dir.path().join("data"));
+    config.tls_cert = Some(cert);
+    let refused = Relay::start(config, Arc::new(ManualClock::new(1_767_225_600))).await;
+    assert!(refused.unwrap_err().to_string().contains("tls_key"));
+}

@@ -223,6 +223,34 @@ async fn a_sent_message_is_read_re_encrypted_and_deleted_by_ack() {
     w.stop().await;
 }
 
+/// Section 3: the session is the same on every binding; a message sent over one arrives over
+/// another, pushed to a subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_crosses_every_pair_of_bindings() {
+    let w = World::start().await;
+    let address = w.relay().address().clone();
+    for from in Binding::ALL {
+        for to in Binding::ALL {
+            let mut rcpt = RelayConnection::connect_with(&address, to).await.unwrap();
+            assert_eq!(rcpt.transport(), to);
+            let q = Queue::create(&mut rcpt).await;
+            assert_ok(&q.cmd(&mut rcpt, Command::Subscribe).await);
+            let mut sender = RelayConnection::connect_with(&address, from).await.unwrap();
+            let body = format!("from {from} to {to}").into_bytes();
+            assert_ok(&q.send(&mut sender, &body).await);
+            let push = rcpt
+                .next_push(Duration::from_secs(5))
+                .await
+                .unwrap()
+                .expect("the message is pushed");
+            assert_eq!(q.open(&push).1, body, "{from} -> {to}");
+            sender.close().await;
+            rcpt.close().await;
+        }
+    }
+    w.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_pushes_one_message_at_a_time_in_order() {
     let w = World::start().await;
