@@ -656,7 +656,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         ClientError::Unreachable | ClientError::Unreached(_) | ClientError::Timeout | ClientError::ConnectionLost => anyhow!(
                             "{} (at that address); no profile was created (check the address, or create the profile anyway with --offline)", unreachable(&e)
                         ),
-                        ClientError::HandshakeRefused => anyhow!("{e}; no profile was created"),
+                        ClientError::HandshakeRefused | ClientError::ProofRefused => {
+                            anyhow!("{e}; no profile was created")
+                        }
                         e => e.into(),
                     })?;
             }
