@@ -347,8 +347,9 @@ impl fmt::Display for Tried {
 ///
 /// Attempt `i + 1` starts `delay` after attempt `i` started, or at once when an attempt fails;
 /// each attempt is given [`ATTEMPT_TIMEOUT`]. When all fail, the most telling error wins: a
-/// relay that answered without the right key ([`ClientError::HandshakeRefused`]) or broke the
-/// protocol, else [`ClientError::Unreached`] naming what was tried.
+/// server that answered as a website to our proof ([`ClientError::ProofRefused`]), a relay
+/// that did not accept the key ([`ClientError::HandshakeRefused`]) or broke the protocol,
+/// else [`ClientError::Unreached`] naming what was tried.
 ///
 /// # Errors
 /// As above; `routes` empty gives [`ClientError::Unreached`] with nothing tried.
