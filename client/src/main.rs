@@ -626,7 +626,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         Some(p) => println!("proxy: {p}"),
                         None => println!("proxy: none"),
                     }
-                    println!("relays with a remembered way in: {}", settings.last.len());
+                    // Per binding only: no relay, host or key is shown.
+                    let mut per: std::collections::BTreeMap<&str, usize> = Default::default();
+                    for r in settings.last.values() {
+                        *per.entry(r.binding.as_str()).or_default() += 1;
+                    }
+                    let per: Vec<String> = per.iter().map(|(b, n)| format!("{b}: {n}")).collect();
+                    println!(
+                        "relays with a remembered way in: {} ({})",
+                        settings.last.len(),
+                        if per.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            per.join(", ")
+                        }
+                    );
                 }
                 Some(NetworkCmd::Proxy { url }) => {
                     let proxy = match url.as_str() {
@@ -663,7 +677,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     })?;
             }
             let pass = passphrase(true)?;
-            let profile = Profile::init(&home, pass.as_bytes(), &relay, KdfParams::from_env())?;
+            let mut profile = Profile::init(&home, pass.as_bytes(), &relay, KdfParams::from_env())?;
+            // The way in the check found is the first one tried next time.
+            let _ = profile.remember_routes(net.connector.memory());
             drop(profile);
             if offline {
                 eprintln!("profile created (the relay was not checked)");

@@ -99,6 +99,15 @@ fn with_udp_dropped_a_message_goes_over_tcp_within_10_s() -> Result<()> {
         w.censor.dropped("udp")? > 0,
         "no QUIC packet was even tried"
     );
+    // And the profile now remembers that HTTP/2 over TLS worked (it was QUIC before).
+    let shown = w.a.run(&["network"])?.ok()?;
+    ensure!(
+        shown
+            .stdout
+            .contains("relays with a remembered way in: 1 (h2: 1)"),
+        "{}",
+        shown.stdout
+    );
     Ok(())
 }
 
@@ -374,7 +383,11 @@ fn network_settings_are_kept_in_the_profile_and_a_bad_proxy_never_blocks_local_c
     let a = world.profile("amina")?;
     let shown = a.run(&["network"])?.ok()?;
     ensure!(
-        shown.stdout.contains("transport: auto") && shown.stdout.contains("proxy: none"),
+        shown.stdout.contains("transport: auto")
+            && shown.stdout.contains("proxy: none")
+            && shown
+                .stdout
+                .contains("relays with a remembered way in: 1 (h3: 1)"),
         "{}",
         shown.stdout
     );
