@@ -56,6 +56,10 @@ pub struct Args {
     /// Server to load.
     #[arg(long, value_enum, default_value = "tidings")]
     pub target: Target,
+    /// The binding Tidings clients use: `h3` (HTTP/3 over QUIC), `h2` (HTTP/2 over TLS over
+    /// TCP) or `ws` (WebSocket over HTTP/1.1 over TLS over TCP).
+    #[arg(long, default_value = "h3")]
+    pub binding: tidings_client::transport::Binding,
     /// Address of a running relay (`tidings://...`); without it a relay is started from the
     /// `tidings-relay` binary next to this one, with a temporary data dir.
     #[arg(long)]

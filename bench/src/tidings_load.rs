@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 
 use tidings_client::net::{self, RelayConnection};
 use tidings_client::relay::{create_queue, NewQueue};
+use tidings_client::transport::Binding;
 use tidings_protocol::address::RelayAddress;
 use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind, MAX_BODY_LEN};
 use tidings_protocol::ids::SenderId;
@@ -96,7 +97,7 @@ pub async fn run(args: &Args) -> Result<Report> {
             args.relay_data_dir.clone(),
         ),
     };
-    let pool = Arc::new(Pool::new(&address, args.endpoints).await?);
+    let pool = Arc::new(Pool::new(&address, args.endpoints, args.binding).await?);
     let body_len = if args.unpadded {
         args.payload
     } else {
@@ -134,8 +135,10 @@ pub async fn run(args: &Args) -> Result<Report> {
     Ok(report)
 }
 
-/// Client endpoints shared by many connections to one relay.
+/// Client endpoints shared by many connections to one relay (QUIC), or the binding each new
+/// TCP connection uses.
 struct Pool {
+    binding: Binding,
     endpoints: Vec<quinn::Endpoint>,
     address: RelayAddress,
     target: SocketAddr,
@@ -143,7 +146,7 @@ struct Pool {
 }
 
 impl Pool {
-    async fn new(address: &str, endpoints: usize) -> Result<Self> {
+    async fn new(address: &str, endpoints: usize, binding: Binding) -> Result<Self> {
         let address: RelayAddress = address
             .parse()
             .map_err(|e| anyhow!("bad relay address: {e}"))?;
@@ -152,6 +155,7 @@ impl Pool {
             .map(|_| net::client_endpoint(target.is_ipv6()))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(Self {
+            binding,
             endpoints,
             address,
             target,
@@ -159,8 +163,14 @@ impl Pool {
         })
     }
 
-    /// A new connection (QUIC, TLS, Noise NK) on the next endpoint in turn.
+    /// A new connection (QUIC, TLS, Noise NK) on the next endpoint in turn, or over TCP for
+    /// the TCP bindings.
     async fn connect(&self) -> Result<RelayConnection> {
+        if self.binding != Binding::Http3 {
+            return RelayConnection::connect_with(&self.address, self.binding)
+                .await
+                .context("connecting to the relay");
+        }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len().max(1);
         let endpoint = self
             .endpoints

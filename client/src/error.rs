@@ -41,7 +41,7 @@ pub enum ClientError {
     /// The relay's address answered the tunnel request as an ordinary website would: it did
     /// not take the proof made from the key in the address.
     #[error(
-        "the server at this address answered like an ordinary website and did not open a connection for the key in the address: the address may be mistyped or out of date, or this device's clock is more than 5 minutes off (check the date, time and time zone, then the address with whoever runs the relay)"
+        "the relay at this address answered but did not accept the key in the address (it answered like an ordinary website): the address may be mistyped or out of date, someone may be intercepting the connection, or this device's clock is more than 5 minutes off; nothing was sent (check the date, time and time zone, then the address with whoever runs the relay)"
     )]
     ProofRefused,
     /// The connection to the relay closed or failed mid-way.

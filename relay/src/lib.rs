@@ -13,8 +13,10 @@
 //!
 //! Data flows from the network inwards:
 //!
-//! - [`transport`]: the seam "a bidirectional stream of fixed-size records", implemented with
-//!   QUIC (quinn + rustls, ALPN `h3`, one stream per connection, small flow-control windows).
+//! - [`transport`]: the seam "a bidirectional stream of fixed-size records", carried inside
+//!   ordinary HTTPS on one port: HTTP/3 over QUIC, HTTP/2 or a WebSocket over TLS over TCP,
+//!   each opened by a request with a proof of the relay key; every other request gets a
+//!   static website ([`transport::website`]).
 //! - [`session`]: one connection's life: the Noise NK handshake
 //!   ([`tidings_protocol::noise::respond`]) under a timeout, then records opened into blocks,
 //!   frames handed to the dispatcher in order, replies packed back into blocks; one task that

@@ -349,6 +349,30 @@ async fn every_probe_gets_the_websites_answer_on_every_http_version() {
         assert!(head.body.is_empty(), "{v}");
         let css = ask(target, version, Method::GET, "/style.css", None, &[]).await;
         assert_eq!(css.status, StatusCode::OK, "{v}");
+        // A conditional request for a file it has: 304, as static servers answer.
+        let etag = front.headers.get("etag").unwrap().clone();
+        let again = ask(
+            target,
+            version,
+            Method::GET,
+            "/",
+            None,
+            &[("if-none-match", &etag)],
+        )
+        .await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED, "{v}");
+        assert!(again.body.is_empty(), "{v}");
+        let since = front.headers.get("last-modified").unwrap().clone();
+        let again = ask(
+            target,
+            version,
+            Method::GET,
+            "/",
+            None,
+            &[("if-modified-since", &since)],
+        )
+        .await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED, "{v}");
 
         // Random paths: the 404 page, all alike.
         let reference_404 = ask(

@@ -457,6 +457,32 @@ async fn a_client_that_does_not_read_is_not_read_either_and_is_dropped() {
     w.stop().await;
 }
 
+/// The connection slots count every binding: a TCP tunnel holds one like a QUIC one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_slots_cover_the_tcp_bindings() {
+    let w = World::start_with(|c| c.max_connections = 1).await;
+    let address = w.relay().address().clone();
+    for first_binding in [Binding::Http2, Binding::WebSocket] {
+        let mut first = RelayConnection::connect_with(&address, first_binding)
+            .await
+            .unwrap();
+        for other in Binding::ALL {
+            assert!(
+                RelayConnection::connect_with(&address, other)
+                    .await
+                    .is_err(),
+                "{first_binding} holds the only slot, {other} got in"
+            );
+        }
+        let ping = first.unsigned(EntityId::NONE, Command::Ping);
+        assert_eq!(first.request(ping).await.unwrap().kind, ReplyKind::Pong);
+        first.close().await;
+        // The slot is free again once the relay has seen the end.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    w.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_are_refused() {
     let w = World::start_with(|c| c.max_connections = 1).await;

@@ -296,6 +296,7 @@ fn is_network(e: &ClientError) -> bool {
             | ClientError::ConnectionLost
             | ClientError::Timeout
             | ClientError::HandshakeRefused
+            | ClientError::ProofRefused
             | ClientError::RelayMisbehaved(_)
     )
 }

@@ -74,9 +74,14 @@ impl Gate {
     }
 
     /// The website's answer to `method` on `path`, with a body type hyper can send.
-    fn site_answer(&self, method: &Method, path: &str) -> Response<ResponseBody> {
+    fn site_answer(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Response<ResponseBody> {
         self.website
-            .answer(method, path)
+            .answer_to(method, path, headers)
             .map(|b| Either::Left(Full::new(b)))
     }
 }
@@ -268,7 +273,7 @@ fn handle(mut req: Request<Incoming>, gate: &Gate, slot: &Slot) -> Response<Resp
             if tx.try_send(TcpTunnel::Http2 { reader, writer }).is_ok() {
                 return tunnel_response(Either::Right(body));
             }
-            return gate.site_answer(&parts.method, parts.uri.path());
+            return gate.site_answer(&parts.method, parts.uri.path(), &parts.headers);
         }
     } else if is_websocket_request(&req) && gate.admits(BindingId::WebSocket, path_and_query(&req))
     {
@@ -292,7 +297,7 @@ fn handle(mut req: Request<Incoming>, gate: &Gate, slot: &Slot) -> Response<Resp
             }
         }
     }
-    gate.site_answer(req.method(), req.uri().path())
+    gate.site_answer(req.method(), req.uri().path(), req.headers())
 }
 
 /// An HTTP/3 tunnel: the request stream's two halves and the connection's closer.
@@ -391,7 +396,7 @@ async fn answer_h3(pending: Pending, gate: &Gate) -> Option<()> {
     };
     let (parts, body) = gate
         .website()
-        .answer(req.method(), req.uri().path())
+        .answer_to(req.method(), req.uri().path(), req.headers())
         .into_parts();
     stream
         .send_response(Response::from_parts(parts, ()))

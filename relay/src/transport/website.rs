@@ -169,6 +169,19 @@ impl Website {
 
     /// The answer to `method` on `path` (the request target's path, without the query).
     pub fn answer(&self, method: &Method, path: &str) -> Response<Bytes> {
+        self.answer_to(method, path, &http::HeaderMap::new())
+    }
+
+    /// The answer to a request with these headers: like [`Website::answer`], and a
+    /// conditional `GET` or `HEAD` of a file (`if-none-match` with its etag or `*`, or without
+    /// it `if-modified-since` not before its `last-modified`) gets `304 Not Modified` with
+    /// `etag`, `last-modified` and `date`, as static servers answer.
+    pub fn answer_to(
+        &self,
+        method: &Method,
+        path: &str,
+        request: &http::HeaderMap,
+    ) -> Response<Bytes> {
         let date = http_date(SystemTime::now());
         let head = method == Method::HEAD;
         if method != Method::GET && !head {
@@ -190,6 +203,15 @@ impl Website {
             path.to_string()
         };
         match self.pages.get(&key) {
+            Some(page) if not_modified(page, request) => {
+                let mut response = Response::new(Bytes::new());
+                *response.status_mut() = StatusCode::NOT_MODIFIED;
+                let headers = response.headers_mut();
+                headers.insert(DATE, date);
+                headers.insert(ETAG, page.etag.clone());
+                headers.insert(LAST_MODIFIED, page.last_modified.clone());
+                response
+            }
             Some(page) => {
                 let (etag, last_modified) = (page.etag.clone(), page.last_modified.clone());
                 let mut response =
@@ -212,6 +234,30 @@ impl Website {
             ),
         }
     }
+}
+
+/// Whether a conditional request's validators match `page` (RFC 9110 section 13.1).
+fn not_modified(page: &Page, request: &http::HeaderMap) -> bool {
+    use http::header::{IF_MODIFIED_SINCE, IF_NONE_MATCH};
+    if let Some(tags) = request.get(IF_NONE_MATCH) {
+        let Ok(tags) = tags.to_str() else {
+            return false;
+        };
+        return tags.split(',').any(|t| {
+            let t = t.trim();
+            t == "*" || t.strip_prefix("W/").unwrap_or(t).as_bytes() == page.etag.as_bytes()
+        });
+    }
+    let since = request
+        .get(IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let modified = page
+        .last_modified
+        .to_str()
+        .ok()
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
 }
 
 const METHOD_NOT_ALLOWED: &[u8] = b"<!DOCTYPE html>\n<html><head><title>405 Method Not Allowed</title></head>\n<body><h1>Method Not Allowed</h1></body></html>\n";
