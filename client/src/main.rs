@@ -667,8 +667,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 runtime()?
                     .block_on(Profile::check_relay(&net, &relay))
                     .map_err(|e| match e {
-                        ClientError::Unreachable | ClientError::Unreached(_) | ClientError::Timeout | ClientError::ConnectionLost => anyhow!(
-                            "{} (at that address); no profile was created (check the address, or create the profile anyway with --offline)", unreachable(&e)
+                        ClientError::Unreached(tried) => anyhow!(
+                            "relay unreachable at that address ({tried}); no profile was created (check the address; behind a censor try --proxy socks5h://HOST:PORT or --transport; or create the profile anyway with --offline)"
+                        ),
+                        ClientError::Unreachable | ClientError::Timeout | ClientError::ConnectionLost => anyhow!(
+                            "relay unreachable at that address; no profile was created (check the address, or create the profile anyway with --offline)"
                         ),
                         ClientError::HandshakeRefused | ClientError::ProofRefused => {
                             anyhow!("{e}; no profile was created")
