@@ -122,8 +122,9 @@ pub struct ReachConnector {
     memory: Mutex<BTreeMap<String, Remembered>>,
 }
 
-/// Most relays whose last route is remembered (the profile's own and its contacts').
-pub const MAX_REMEMBERED: usize = 256;
+/// Most relays whose last route is remembered (the profile's own and its contacts'): it
+/// bounds the size of the entry in the profile.
+pub const MAX_REMEMBERED: usize = 32;
 
 impl ReachConnector {
     /// A connector with `config` and the routes the profile remembered.

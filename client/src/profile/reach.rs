@@ -12,7 +12,8 @@ use crate::reach::{Proxy, ReachConfig, Remembered, Transport};
 use crate::relay::MAX_REMEMBERED;
 use crate::store::{Batch, Tree};
 
-const META_REACH: &[u8] = b"reach";
+/// Where the settings live in the meta tree (written for every fresh profile and decoy).
+pub(super) const META_REACH: &[u8] = b"reach";
 
 /// What the profile keeps about reaching relays.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
