@@ -13,6 +13,25 @@ pub enum ClientError {
     /// The relay could not be reached (network down, blocked, wrong address).
     #[error("relay unreachable")]
     Unreachable,
+    /// Every way to the relay failed: what was tried, and what the person can do.
+    #[error(
+        "relay unreachable: {0}; if this network blocks it, try a proxy (--proxy socks5h://127.0.0.1:9050 for Tor or Orbot, or your v2ray or Shadowsocks client's SOCKS port) or another transport (--transport tcp or quic)"
+    )]
+    Unreached(crate::reach::Tried),
+    /// `--transport` was not one of the three choices.
+    #[error("the transport must be quic, tcp or auto")]
+    BadTransport,
+    /// A proxy URL did not parse.
+    #[error("the proxy must look like socks5h://HOST:PORT: {0}")]
+    BadProxy(&'static str),
+    /// QUIC runs over UDP, which a SOCKS5 proxy does not carry.
+    #[error(
+        "QUIC cannot go through a SOCKS5 proxy (it carries TCP only): use --transport tcp or auto with --proxy, or drop --proxy"
+    )]
+    QuicThroughProxy,
+    /// The relay's address offers no binding the transport choice allows.
+    #[error("the relay's address offers no binding for --transport {0}; try --transport auto")]
+    NoUsableBinding(crate::reach::Transport),
     /// Something answered at the relay's address but did not complete the encrypted handshake
     /// for the key in the address.
     #[error(

@@ -48,6 +48,7 @@ pub mod lock;
 pub mod net;
 pub mod olm;
 pub mod profile;
+pub mod reach;
 pub mod relay;
 pub mod safety;
 pub mod screen;

@@ -19,8 +19,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, Context as _};
 use clap::{Parser, Subcommand};
 use tidings_client::lock::KeyFileWatch;
+use tidings_client::profile::reach::ReachSettings;
 use tidings_client::profile::{check_new_passphrase, ListenEvent, OutgoingFile, Profile, Received};
-use tidings_client::relay::QuicConnector;
+use tidings_client::reach::{Backoff, Proxy, ReachConfig, Transport};
+use tidings_client::relay::{Connector, ReachConnector};
 use tidings_client::safety::{format_duration, LATE_CHECKIN_SECS};
 use tidings_client::screen;
 use tidings_client::store::KdfParams;
@@ -47,6 +49,21 @@ struct Cli {
     /// The profile directory (default: the platform data directory, shown below).
     #[arg(long, env = "TIDINGS_HOME", global = true)]
     home: Option<PathBuf>,
+    /// How to reach relays: `quic` (HTTP/3 over UDP only), `tcp` (TLS over TCP only) or
+    /// `auto` (QUIC first, TCP 250 ms later). Default: the profile's setting, else auto.
+    #[arg(long, global = true, value_name = "quic|tcp|auto")]
+    transport: Option<String>,
+    /// Send relay connections through a SOCKS5 proxy, names resolved by the proxy:
+    /// `socks5h://HOST:PORT` (Tor, Orbot, a v2ray or Shadowsocks client). TCP only. `none`
+    /// ignores the profile's proxy for this command. Default: the profile's setting.
+    #[arg(
+        long,
+        env = "TIDINGS_PROXY",
+        hide_env_values = true,
+        global = true,
+        value_name = "URL"
+    )]
+    proxy: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -96,6 +113,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show or set how relays are reached (transport, proxy); kept in the encrypted profile.
+    Network {
+        /// What to set; nothing shows the settings.
+        #[command(subcommand)]
+        action: Option<NetworkCmd>,
+    },
     /// Stay connected and print messages as they arrive.
     Listen {
         /// One JSON object per message.
@@ -133,10 +156,15 @@ enum Cmd {
     },
     /// Encrypt a file, upload it to your relay and send it to a contact.
     SendFile {
-        /// The contact's name.
-        name: String,
-        /// The file.
-        path: std::path::PathBuf,
+        /// The contact's name, then the file. With `--list`, only the file.
+        #[arg(required = true, num_args = 1..=2, value_names = ["NAME", "PATH"])]
+        args: Vec<String>,
+        /// Send to every member of this list: one upload, and each member gets a description
+        /// of her own (with a recipient id of her own) as a message by list.
+        #[arg(long, value_name = "LIST")]
+        list: Option<String>,
+        #[command(flatten)]
+        spread: SpreadArgs,
         /// Print progress as JSON lines.
         #[arg(long)]
         json: bool,
@@ -286,6 +314,21 @@ struct SpreadArgs {
 }
 
 /// `tidings invite …`
+/// `tidings network …`
+#[derive(Subcommand)]
+enum NetworkCmd {
+    /// Always use this SOCKS5 proxy (`socks5h://HOST:PORT`), or `none` to stop using one.
+    Proxy {
+        /// The proxy URL or `none`.
+        url: String,
+    },
+    /// Always use this transport: quic, tcp or auto.
+    Transport {
+        /// quic, tcp or auto.
+        choice: String,
+    },
+}
+
 #[derive(Subcommand)]
 enum InviteCmd {
     /// Cancel an unanswered invitation (shown to the wrong person): its link stops working.
@@ -442,25 +485,130 @@ fn passphrase(confirm: bool) -> Result<Zeroizing<String>, ClientError> {
     Ok(p)
 }
 
-fn open(home: &std::path::Path) -> Result<Profile, ClientError> {
+fn open<'n>(home: &std::path::Path, net: &'n Net) -> anyhow::Result<Opened<'n>> {
     let pass = passphrase(false)?;
     let mut profile = Profile::open(home, pass.as_bytes())?;
     profile.apply_retention(now())?;
-    Ok(profile)
+    net.load(&profile);
+    Ok(Opened { profile, net })
+}
+
+/// The `--transport` and `--proxy` flags (or `TIDINGS_PROXY`), which win over the profile.
+///
+/// A bad value is reported when a command connects, not before: `wipe` and every command that
+/// stays on the device must work whatever the environment holds.
+struct Net {
+    transport: Option<String>,
+    proxy: Option<String>,
+    connector: ReachConnector,
+}
+
+/// What the flags ask for: a transport, and a proxy (`Some(None)`: `--proxy none`).
+type Flags = (Option<Transport>, Option<Option<Proxy>>);
+
+impl Net {
+    fn from_flags(cli: &Cli) -> Self {
+        let net = Self {
+            transport: cli.transport.clone(),
+            proxy: cli.proxy.clone(),
+            connector: ReachConnector::default(),
+        };
+        let _ = net.configure(&ReachSettings::default());
+        net
+    }
+
+    fn flags(&self) -> Result<Flags, ClientError> {
+        let transport = self.transport.as_deref().map(str::parse).transpose()?;
+        let proxy = match self.proxy.as_deref() {
+            None | Some("") => None,
+            Some("none") => Some(None),
+            Some(url) => Some(Some(url.parse::<Proxy>()?)),
+        };
+        Ok((transport, proxy))
+    }
+
+    /// Combines the flags with the profile's settings and remembered routes. Whether QUIC
+    /// and a proxy go together is checked when connecting.
+    fn configure(&self, settings: &ReachSettings) -> Result<(), ClientError> {
+        let (transport, proxy) = self.flags()?;
+        let saved = settings.config()?;
+        let config = ReachConfig {
+            transport: transport.unwrap_or(saved.transport),
+            proxy: proxy.unwrap_or(saved.proxy),
+        };
+        self.connector.configure(config, settings.last.clone());
+        Ok(())
+    }
+
+    /// Takes the profile's settings (errors resurface when connecting).
+    fn load(&self, profile: &Profile) {
+        if let Ok(settings) = profile.reach_settings() {
+            let _ = self.configure(&settings);
+        }
+    }
+}
+
+impl Connector for Net {
+    type Link = <ReachConnector as Connector>::Link;
+
+    async fn connect(
+        &self,
+        address: &tidings_protocol::address::RelayAddress,
+    ) -> Result<Self::Link, ClientError> {
+        self.flags()?;
+        self.connector.connect(address).await
+    }
+}
+
+/// An open profile that, when dropped, keeps the routes that worked in its encrypted store.
+struct Opened<'n> {
+    profile: Profile,
+    net: &'n Net,
+}
+
+impl std::ops::Deref for Opened<'_> {
+    type Target = Profile;
+    fn deref(&self) -> &Profile {
+        &self.profile
+    }
+}
+
+impl std::ops::DerefMut for Opened<'_> {
+    fn deref_mut(&mut self) -> &mut Profile {
+        &mut self.profile
+    }
+}
+
+impl Drop for Opened<'_> {
+    fn drop(&mut self) {
+        // Only a hint for next time: losing it costs at most 250 ms per connection.
+        let _ = self.profile.remember_routes(self.net.connector.memory());
+    }
 }
 
 /// Network failures all read as "relay unreachable" to a person.
 fn is_network(e: &ClientError) -> bool {
     matches!(
         e,
-        ClientError::Unreachable | ClientError::ConnectionLost | ClientError::Timeout
+        ClientError::Unreachable
+            | ClientError::Unreached(_)
+            | ClientError::ConnectionLost
+            | ClientError::Timeout
     )
+}
+
+/// "relay unreachable", with what was tried and the way out when the reach logic knows it.
+fn unreachable(e: &ClientError) -> String {
+    match e {
+        ClientError::Unreached(_) => e.to_string(),
+        _ => "relay unreachable".to_owned(),
+    }
 }
 
 /// Turns a library error into the line a person reads.
 fn friendly(e: ClientError) -> anyhow::Error {
     if is_network(&e) {
-        anyhow!("relay unreachable")
+        anyhow!("{}", unreachable(&e))
     } else {
         e.into()
     }
@@ -562,11 +710,6 @@ fn done(what: impl std::fmt::Display) {
 /// The exit code of `tidings due` when someone is overdue or under duress.
 const EXIT_SOMEONE_DUE: u8 = 3;
 
-/// How this process reaches relays.
-fn connector() -> QuicConnector {
-    QuicConnector
-}
-
 /// The one argument of a `--list` form, or the two of the single-contact form.
 fn one_or_two(args: Vec<String>, list: bool, second: &str) -> anyhow::Result<(String, String)> {
     let mut it = args.into_iter();
@@ -583,13 +726,63 @@ fn one_or_two(args: Vec<String>, list: bool, second: &str) -> anyhow::Result<(St
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     let home = home(&cli.home)?;
-    let net = connector();
+    let net = Net::from_flags(&cli);
     match cli.command {
+        Cmd::Network { action } => {
+            let mut profile = open(&home, &net)?;
+            let settings = profile.reach_settings()?;
+            let saved = settings.config()?;
+            match action {
+                None => {
+                    println!("transport: {}", saved.transport);
+                    match &saved.proxy {
+                        Some(p) => println!("proxy: {p}"),
+                        None => println!("proxy: none"),
+                    }
+                    // Per binding only: no relay, host or key is shown.
+                    let mut per: std::collections::BTreeMap<&str, usize> = Default::default();
+                    for r in settings.last.values() {
+                        *per.entry(r.binding.as_str()).or_default() += 1;
+                    }
+                    let per: Vec<String> = per.iter().map(|(b, n)| format!("{b}: {n}")).collect();
+                    println!(
+                        "relays with a remembered way in: {} ({})",
+                        settings.last.len(),
+                        if per.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            per.join(", ")
+                        }
+                    );
+                }
+                Some(NetworkCmd::Proxy { url }) => {
+                    let proxy = match url.as_str() {
+                        "none" => None,
+                        url => Some(url.parse::<Proxy>()?),
+                    };
+                    let shown = proxy
+                        .as_ref()
+                        .map_or_else(|| "none".to_owned(), ToString::to_string);
+                    profile.set_reach(saved.transport, proxy)?;
+                    done(format_args!(
+                        "proxy set to {shown}; relay connections use it from now on"
+                    ));
+                }
+                Some(NetworkCmd::Transport { choice }) => {
+                    let transport: Transport = choice.parse()?;
+                    profile.set_reach(transport, saved.proxy)?;
+                    done(format_args!("transport set to {transport}"));
+                }
+            }
+        }
         Cmd::Init { relay, offline } => {
             if !offline {
                 runtime()?
                     .block_on(Profile::check_relay(&net, &relay))
                     .map_err(|e| match e {
+                        ClientError::Unreached(tried) => anyhow!(
+                            "relay unreachable at that address ({tried}); no profile was created (check the address; behind a censor try --proxy socks5h://HOST:PORT or --transport; or create the profile anyway with --offline)"
+                        ),
                         ClientError::Unreachable | ClientError::Timeout | ClientError::ConnectionLost => anyhow!(
                             "relay unreachable at that address; no profile was created (check the address, or create the profile anyway with --offline)"
                         ),
@@ -600,7 +793,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     })?;
             }
             let pass = passphrase(true)?;
-            let profile = Profile::init(&home, pass.as_bytes(), &relay, KdfParams::from_env())?;
+            let mut profile = Profile::init(&home, pass.as_bytes(), &relay, KdfParams::from_env())?;
+            // The way in the check found is the first one tried next time.
+            let _ = profile.remember_routes(net.connector.memory());
             drop(profile);
             if offline {
                 eprintln!("profile created (the relay was not checked)");
@@ -612,13 +807,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             action: Some(InviteCmd::Cancel { label }),
             ..
         } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let name = runtime()?
                 .block_on(profile.cancel_invite(&net, &label))
                 .map_err(|e| {
                     if is_network(&e) {
                         anyhow!(
-                            "relay unreachable; the invitation is not cancelled and its link still works until it expires; try again when online"
+                            "{}; the invitation is not cancelled and its link still works until it expires; try again when online", unreachable(&e)
                         )
                     } else {
                         e.into()
@@ -627,7 +822,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("invitation {name:?} cancelled: its link no longer works");
         }
         Cmd::Remove { name } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let removed = runtime()?.block_on(profile.remove(&net, &name))?;
             if removed.queue_deleted {
                 eprintln!("{:?} removed, with its queue on the relay", removed.name);
@@ -643,12 +838,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             label,
             qr,
         } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let link = runtime()?
                 .block_on(profile.invite(&net, label.as_deref(), now()))
                 .map_err(|e| {
                     if is_network(&e) {
-                        anyhow!("relay unreachable; no invitation was created")
+                        anyhow!("{}; no invitation was created", unreachable(&e))
                     } else {
                         e.into()
                     }
@@ -668,19 +863,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Accept { link, label } => {
             let link = from_stdin_if_dash(link, "Paste the invitation link, then press Ctrl-D")?;
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             match runtime()?.block_on(profile.accept(&net, &link, &label, now())) {
                 Ok(()) => eprintln!("invitation accepted; the contact is ready once they sync"),
                 Err(e) if is_network(&e) => {
                     return Err(anyhow!(
-                        "relay unreachable; if the invitation was accepted, the greeting waits in the outbox for the next sync"
+                        "{}; if the invitation was accepted, the greeting waits in the outbox for the next sync", unreachable(&e)
                     ))
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         Cmd::Sync { json } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let report = runtime()?
                 .block_on(profile.sync(&net, now()))
                 .map_err(friendly)?;
@@ -722,20 +917,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if is_network(&e) {
                     let waiting = profile.outbox_len()?;
                     return Err(anyhow!(
-                        "relay unreachable; {waiting} message(s) wait in the outbox"
+                        "{}; {waiting} message(s) wait in the outbox",
+                        unreachable(&e)
                     ));
                 }
                 return Err(e.into());
             }
         }
         Cmd::Listen { json } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let watch = KeyFileWatch::new(&home)?;
             let rt = runtime()?;
             let result: anyhow::Result<bool> = rt.block_on(async {
                 let closed = profile_closed(&watch);
                 tokio::pin!(closed);
-                let mut backoff = 5u64;
+                // Exponential with jitter (5 s, 10 s, ... up to 10 min), reset once a
+                // connection works: a blocked network costs a few wake-ups an hour.
+                let mut backoff = Backoff::default();
+                let connected = std::cell::Cell::new(false);
                 loop {
                     let r = tokio::select! {
                         r = profile.listen(&net, now, |event| match event {
@@ -747,6 +946,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             }
                             ListenEvent::Due(_) => {}
                             ListenEvent::Listening => {
+                                connected.set(true);
                                 done("listening for new messages; other commands can run meanwhile (Ctrl-C stops)")
                             }
                         }) => r,
@@ -756,17 +956,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     match r {
                         Ok(()) => return Ok(false),
                         Err(e) if is_network(&e) || matches!(e, ClientError::RelayMisbehaved(_)) => {
+                            if connected.replace(false) {
+                                backoff.reset();
+                            }
+                            let wait = backoff.next_delay(&mut rand_core::OsRng);
+                            let secs = wait.as_secs_f64();
                             if is_network(&e) {
-                                eprintln!("relay unreachable; retrying in {backoff} s");
+                                eprintln!("{}; retrying in {secs:.1} s", unreachable(&e));
                             } else {
-                                eprintln!("{e}; retrying in {backoff} s");
+                                eprintln!("{e}; retrying in {secs:.1} s");
                             }
                             tokio::select! {
-                                _ = tokio::time::sleep(std::time::Duration::from_secs(backoff)) => {}
+                                _ = tokio::time::sleep(wait) => {}
                                 _ = tokio::signal::ctrl_c() => return Ok(false),
                                 _ = &mut closed => return Ok(true),
                             }
-                            backoff = (backoff * 2).min(60);
                         }
                         Err(e) => return Err(friendly(e)),
                     }
@@ -782,16 +986,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (name, text) = one_or_two(args, list.is_some(), "text")?;
             if let Some(list) = list {
                 let spread = cli::care::spread(spread.within.as_deref(), spread.now)?;
-                cli::care::send(&home, &list, text, spread)?;
+                cli::care::send(&home, &net, &list, text, spread)?;
                 return Ok(ExitCode::SUCCESS);
             }
             let text = from_stdin_if_dash(text, "Type the message, then press Ctrl-D")?;
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             match runtime()?.block_on(profile.send(&net, &name, &text, now())) {
                 Ok(()) => done(format_args!("sent to {name:?} (1 message)")),
                 Err(e) if is_network(&e) => {
                     return Err(anyhow!(
-                        "relay unreachable; the message is kept in the outbox and will be sent on the next send or sync"
+                        "{}; the message is kept in the outbox and will be sent on the next send or sync", unreachable(&e)
                     ))
                 }
                 Err(e) => return Err(e.into()),
@@ -806,21 +1010,38 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             send_file_cmd(&home, &net, &name, &path, Some(secs), json)?;
         }
-        Cmd::SendFile { name, path, json } => {
+        Cmd::SendFile {
+            args,
+            list,
+            spread,
+            json,
+        } => {
+            let (name, path) = one_or_two(args, list.is_some(), "file")?;
+            let path = std::path::PathBuf::from(path);
+            if let Some(list) = list {
+                let spread = cli::care::spread(spread.within.as_deref(), spread.now)?;
+                let file = OutgoingFile {
+                    path: &path,
+                    media_type: media_type(&path),
+                    voice_secs: None,
+                };
+                cli::care::send_file(&home, &net, &list, file, spread, json)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             send_file_cmd(&home, &net, &name, &path, None, json)?;
         }
         Cmd::AutoDownload { size } => {
             let bytes = parse_size(&size).ok_or_else(|| {
                 anyhow!("sizes look like 0, 500kB, 2MB or 1GB; nothing was changed")
             })?;
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             profile.set_auto_download(bytes)?;
             done(format_args!(
                 "sync now downloads received files of up to {bytes} bytes by itself"
             ));
         }
         Cmd::Files { json } => {
-            let profile = open(&home)?;
+            let profile = open(&home, &net)?;
             let files = profile.files()?;
             if files.is_empty() && !json {
                 done("no files received");
@@ -849,7 +1070,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Fetch { id, json } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let mut bar = Progress::new(json, "download");
             runtime()?
                 .block_on(profile.fetch_file(&net, &id, |p| bar.update(p.done, p.total)))
@@ -866,12 +1087,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     path.display()
                 ));
             }
-            let profile = open(&home)?;
+            let profile = open(&home, &net)?;
             profile.save_file(&id, &path)?;
             done(format_args!("wrote file {id} to {}", path.display()));
         }
         Cmd::Contacts { json } => {
-            let profile = open(&home)?;
+            let profile = open(&home, &net)?;
             let contacts = profile.contacts()?;
             if contacts.is_empty() && !json {
                 done("no contacts yet: `tidings invite` makes an invitation, `tidings accept` takes one");
@@ -893,7 +1114,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::History { name, json } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let history = profile.history(&name)?;
             let name = profile.contact_name(&name)?;
             let mut out = std::io::stdout().lock();
@@ -925,7 +1146,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             profile.mark_read(&name)?;
         }
         Cmd::Rename { old, new } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             profile.rename(&old, &new)?;
             done(format_args!("renamed {old:?} to {new:?}"));
         }
@@ -934,7 +1155,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map(|n| from_stdin_if_dash(n, "Type the note, then press Ctrl-D"))
                 .transpose()?
                 .unwrap_or_default();
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let pin = if profile.checkin_pin_set()? {
                 Some(match std::env::var("TIDINGS_CHECKIN_PIN") {
                     Ok(p) => Zeroizing::new(p),
@@ -963,7 +1184,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) if is_network(&e) => {
                     return Err(anyhow!(
-                        "relay unreachable; the check-in is kept in the outbox and will be sent on the next send or sync"
+                        "{}; the check-in is kept in the outbox and will be sent on the next send or sync", unreachable(&e)
                     ))
                 }
                 Err(e) => return Err(e.into()),
@@ -974,10 +1195,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let every = duration_or_off(&every)?;
             if let Some(list) = list {
                 let spread = cli::care::spread(spread.within.as_deref(), spread.now)?;
-                cli::care::expect(&home, &list, every, spread)?;
+                cli::care::expect(&home, &net, &list, every, spread)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let name = profile.expect(&name, every, now())?;
             match every {
                 Some(secs) => eprintln!(
@@ -989,7 +1210,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match runtime()?.block_on(profile.send_outbox(&net, now())) {
                 Ok(_) => eprintln!("{name:?} was told"),
                 Err(e) if is_network(&e) => {
-                    eprintln!("relay unreachable; {name:?} will be told with the next send or sync")
+                    eprintln!(
+                        "{}; {name:?} will be told with the next send or sync",
+                        unreachable(&e)
+                    )
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -998,14 +1222,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             list: Some(list),
             ..
-        } => return cli::care::due(&home, &list, json),
-        Cmd::List(cmd) => cli::care::list(&home, cmd)?,
-        Cmd::Lists { json } => cli::care::lists(&home, json)?,
-        Cmd::Status { json } => return cli::care::status(&home, json),
+        } => return cli::care::due(&home, &net, &list, json),
+        Cmd::List(cmd) => cli::care::list(&home, &net, cmd)?,
+        Cmd::Lists { json } => cli::care::lists(&home, &net, json)?,
+        Cmd::Status { json } => return cli::care::status(&home, &net, json),
         Cmd::Due {
             json, sync, ack, ..
         } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             if let Some(name) = ack {
                 let name = profile.ack_duress(&name, now())?;
                 eprintln!("{name:?}: DURESS acknowledged (kept in the history)");
@@ -1043,7 +1267,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Retain { name, keep } => {
             let keep = duration_or_off(&keep)?;
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             profile.retain(&name, keep, now())?;
             match keep {
                 Some(secs) => done(format_args!(
@@ -1054,7 +1278,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Safety(cmd) => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             match cmd {
                 SafetyCmd::SetCheckinPin => {
                     let pin = new_secret("TIDINGS_NEW_PIN", "PIN", "PINs", |_| Ok(()))?;
@@ -1081,7 +1305,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Passphrase => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let new = new_secret(
                 "TIDINGS_NEW_PASSPHRASE",
                 "passphrase",
@@ -1105,7 +1329,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             confirm,
             json,
         } => {
-            let mut profile = open(&home)?;
+            let mut profile = open(&home, &net)?;
             let code = profile.safety_code(&name)?;
             if confirm {
                 profile.confirm_verified(&name)?;
@@ -1236,13 +1460,13 @@ impl Progress {
 /// `send-file` and `send-voice`.
 fn send_file_cmd(
     home: &std::path::Path,
-    net: &QuicConnector,
+    net: &Net,
     name: &str,
     path: &std::path::Path,
     voice_secs: Option<u32>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let mut profile = open(home)?;
+    let mut profile = open(home, net)?;
     let mut bar = Progress::new(json, "upload");
     let file = OutgoingFile {
         path,

@@ -26,7 +26,7 @@ use rand_core::OsRng;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use tidings_protocol::address::RelayAddress;
+use tidings_protocol::address::{Host, RelayAddress};
 use tidings_protocol::block::{Block, BlockBuilder};
 use tidings_protocol::command::{Command, Reply, Request};
 use tidings_protocol::ids::{CorrId, EntityId};
@@ -205,6 +205,25 @@ impl RelayConnection {
             inbox: Inbox::default(),
             broken: None,
         })
+    }
+
+    /// Opens a session over an already connected byte stream (a TCP connection or a SOCKS5
+    /// tunnel) with a TLS binding (HTTP/2 or WebSocket): [`transport::dial_tls`], then the
+    /// Noise handshake, within [`CONNECT_TIMEOUT`].
+    pub async fn over_tls<S>(
+        io: S,
+        address: &RelayAddress,
+        binding: tidings_protocol::address::Binding,
+    ) -> Result<Self>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let stream = transport::dial_tls(io, address, transport_binding(binding)).await?;
+            Self::handshake(stream, address).await
+        })
+        .await
+        .map_err(|_| ClientError::Timeout)?
     }
 
     /// The binding the connection runs on.
@@ -517,4 +536,91 @@ mod tests {
         assert!(inbox.file(reply(MAX_BUFFERED_REPLIES as u64 + 1)).is_err());
         assert_eq!(inbox.replies.len(), MAX_BUFFERED_REPLIES);
     }
+}
+
+/// The transport binding for an address's binding name.
+fn transport_binding(b: tidings_protocol::address::Binding) -> transport::Binding {
+    match b {
+        tidings_protocol::address::Binding::Http3 => transport::Binding::Http3,
+        tidings_protocol::address::Binding::Http2 => transport::Binding::Http2,
+        tidings_protocol::address::Binding::WebSocket => transport::Binding::WebSocket,
+    }
+}
+
+/// The real [`crate::reach::Dialer`]: HTTP/3 over QUIC for UDP routes, TLS over TCP for the
+/// others, TCP through the SOCKS5 proxy when one is set (the proxy resolves names).
+#[derive(Debug, Clone)]
+pub struct NetDialer {
+    address: RelayAddress,
+    proxy: Option<crate::reach::Proxy>,
+}
+
+impl NetDialer {
+    /// A dialer for the relay at `address`, through `proxy` if set.
+    pub fn new(address: &RelayAddress, proxy: Option<crate::reach::Proxy>) -> Self {
+        Self {
+            address: address.clone(),
+            proxy,
+        }
+    }
+
+    /// The address as one route sees it: the relay's key with the route's host and port
+    /// (the host gives the TLS server name).
+    fn route_address(&self, route: &crate::reach::Route) -> RelayAddress {
+        RelayAddress::new(self.address.key, route.host.clone(), route.port)
+    }
+
+    async fn dial_udp(&self, route: &crate::reach::Route) -> Result<RelayConnection> {
+        let address = self.route_address(route);
+        let target = resolve(&address).await?;
+        let endpoint = client_endpoint(target.is_ipv6())?;
+        RelayConnection::connect_on(&endpoint, &address, target).await
+    }
+
+    async fn dial_tcp(&self, route: &crate::reach::Route) -> Result<RelayConnection> {
+        let address = self.route_address(route);
+        match &self.proxy {
+            Some(proxy) => {
+                let io = socks_connect(proxy, &route.host, route.port).await?;
+                RelayConnection::over_tls(io, &address, route.binding).await
+            }
+            None => {
+                let target = resolve(&address).await?;
+                let io = tokio::net::TcpStream::connect(target)
+                    .await
+                    .map_err(|_| ClientError::Unreachable)?;
+                let _ = io.set_nodelay(true);
+                RelayConnection::over_tls(io, &address, route.binding).await
+            }
+        }
+    }
+}
+
+impl crate::reach::Dialer for NetDialer {
+    type Conn = RelayConnection;
+
+    async fn dial(&self, route: &crate::reach::Route) -> Result<RelayConnection> {
+        if route.binding.is_udp() {
+            self.dial_udp(route).await
+        } else {
+            self.dial_tcp(route).await
+        }
+    }
+}
+
+/// Opens a TCP connection to `host:port` through a SOCKS5 proxy. A name goes to the proxy as
+/// a name (address type 3), so the proxy resolves it and the local resolver never sees it.
+pub async fn socks_connect(
+    proxy: &crate::reach::Proxy,
+    host: &Host,
+    port: u16,
+) -> Result<tokio_socks::tcp::Socks5Stream<tokio::net::TcpStream>> {
+    let target = match host {
+        Host::Ip(ip) => tokio_socks::TargetAddr::Ip(SocketAddr::new(*ip, port)),
+        Host::Name(name) => tokio_socks::TargetAddr::Domain(name.clone().into(), port),
+    };
+    let (proxy_host, proxy_port) = proxy.endpoint();
+    tokio_socks::tcp::Socks5Stream::connect((proxy_host.as_str(), proxy_port), target)
+        .await
+        .map_err(|_| ClientError::Unreachable)
 }

@@ -15,7 +15,12 @@ use tidings_protocol::keys::{AuthSecretKey, DhSecretKey};
 use tidings_protocol::reencrypt::DeliveryKey;
 
 use crate::error::{ClientError, Result};
-use crate::net::RelayConnection;
+use crate::net::{NetDialer, RelayConnection};
+use crate::reach::{plan, race, ReachConfig, Remembered, Route, NEXT_ATTEMPT_DELAY};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 /// One live connection to a relay.
 pub trait RelayLink {
@@ -105,6 +110,85 @@ impl Connector for QuicConnector {
 
     fn connect(&self, address: &RelayAddress) -> impl Future<Output = Result<Self::Link>> {
         RelayConnection::connect(address)
+    }
+}
+
+/// Connects the way [`crate::reach`] decides: happy eyeballs over every host and binding of
+/// the address, the route that worked last first, through the proxy if one is set. It
+/// remembers per relay (by key) the route that worked, for the profile to keep.
+#[derive(Debug, Default)]
+pub struct ReachConnector {
+    config: Mutex<ReachConfig>,
+    memory: Mutex<BTreeMap<String, Remembered>>,
+}
+
+/// Most relays whose last route is remembered (the profile's own and its contacts'): it
+/// bounds the size of the entry in the profile.
+pub const MAX_REMEMBERED: usize = 32;
+
+impl ReachConnector {
+    /// A connector with `config` and the routes the profile remembered.
+    pub fn new(config: ReachConfig, memory: BTreeMap<String, Remembered>) -> Self {
+        Self {
+            config: Mutex::new(config),
+            memory: Mutex::new(memory),
+        }
+    }
+
+    /// Replaces the configuration and the remembered routes (once a profile is open).
+    pub fn configure(&self, config: ReachConfig, memory: BTreeMap<String, Remembered>) {
+        if let Ok(mut c) = self.config.lock() {
+            *c = config;
+        }
+        if let Ok(mut m) = self.memory.lock() {
+            *m = memory;
+        }
+    }
+
+    fn config(&self) -> ReachConfig {
+        self.config.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// The routes remembered now (to store in the profile).
+    pub fn memory(&self) -> BTreeMap<String, Remembered> {
+        self.memory.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn remembered(&self, key: &str) -> Option<Remembered> {
+        self.memory.lock().ok()?.get(key).cloned()
+    }
+
+    fn remember(&self, key: String, route: &Route) {
+        if let Ok(mut m) = self.memory.lock() {
+            if m.len() >= MAX_REMEMBERED && !m.contains_key(&key) {
+                // Forget an arbitrary relay: a wrong first guess costs 250 ms, no more.
+                if let Some(first) = m.keys().next().cloned() {
+                    m.remove(&first);
+                }
+            }
+            m.insert(key, Remembered::of(route));
+        }
+    }
+}
+
+/// The key under which a relay's route is remembered: its static key, base64url.
+pub fn memory_key(address: &RelayAddress) -> String {
+    URL_SAFE_NO_PAD.encode(address.key.as_bytes())
+}
+
+impl Connector for ReachConnector {
+    type Link = RelayConnection;
+
+    async fn connect(&self, address: &RelayAddress) -> Result<Self::Link> {
+        let key = memory_key(address);
+        let last = self.remembered(&key);
+        let config = self.config();
+        let routes = plan(address, &config, last.as_ref())?;
+        let proxied = config.proxy.is_some();
+        let dialer = NetDialer::new(address, config.proxy);
+        let (route, conn) = race(&dialer, &routes, NEXT_ATTEMPT_DELAY, proxied).await?;
+        self.remember(key, &route);
+        Ok(conn)
     }
 }
 

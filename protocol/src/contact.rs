@@ -262,10 +262,7 @@ impl Invitation {
 }
 
 fn parse_address(bytes: &[u8]) -> Result<RelayAddress> {
-    let s = std::str::from_utf8(bytes).map_err(|_| ProtocolError::BadAddress {
-        reason: "not UTF-8",
-    })?;
-    s.parse()
+    RelayAddress::from_bytes(bytes)
 }
 
 /// Which way an envelope travels between the two sides of an invitation.
@@ -710,6 +707,27 @@ mod tests {
         assert!(link.starts_with(LINK_PREFIX));
         assert!(link.is_ascii() && !link.contains(' '));
         assert_eq!(Invitation::from_link(&link).unwrap(), inv);
+    }
+
+    #[test]
+    fn link_carries_an_extended_address_unchanged() {
+        // Eight hosts, named bindings and their ports, at the full 512 bytes the field holds.
+        let key = URL_SAFE_NO_PAD.encode([9u8; 32]);
+        let head = format!("tidings://{key}@");
+        let tail = ":65535?via=h3:4433,h2:4434,ws:8080";
+        let host = |c: char, n: usize| format!("{}.org", c.to_string().repeat(n - 4));
+        let mut hosts: Vec<String> = ('a'..='g').map(|c| host(c, 50)).collect();
+        let used = head.len() + hosts.iter().map(|h| h.len() + 1).sum::<usize>() + tail.len();
+        hosts.push(host('h', MAX_ADDRESS_LEN - used));
+        let text = format!("{head}{}{tail}", hosts.join(","));
+        assert_eq!(text.len(), MAX_ADDRESS_LEN);
+        let relay: RelayAddress = text.parse().unwrap();
+        assert_eq!(relay.hosts().count(), 8);
+        let mut inv = invitation();
+        inv.relay = relay;
+        let back = Invitation::from_link(&inv.to_link().unwrap()).unwrap();
+        assert_eq!(back.relay.to_string(), text);
+        assert_eq!(back, inv);
     }
 
     #[test]

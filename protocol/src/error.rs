@@ -102,8 +102,8 @@ pub enum ProtocolError {
     /// A relay address did not parse.
     #[error("invalid relay address: {reason}")]
     BadAddress {
-        /// What was wrong, in words.
-        reason: &'static str,
+        /// Which rule the text breaks.
+        reason: crate::address::AddressError,
     },
     /// A re-encrypted message body failed to authenticate.
     #[error("message body failed to authenticate")]

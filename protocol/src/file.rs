@@ -249,7 +249,7 @@ impl FileDescription {
         let relay_bytes = r.bytes_u16("relay address", MAX_RELAY_LEN)?;
         let relay = std::str::from_utf8(relay_bytes)
             .map_err(|_| ProtocolError::BadAddress {
-                reason: "not UTF-8",
+                reason: crate::address::AddressError::NotUtf8,
             })?
             .parse::<RelayAddress>()?;
         let n = usize::from(r.u16()?);

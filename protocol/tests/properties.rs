@@ -15,7 +15,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use tidings_protocol::address::{Host, RelayAddress};
+use tidings_protocol::address::{Binding, Host, Offer, RelayAddress, MAX_ADDRESS_LEN};
 use tidings_protocol::block::{decode_frames, Block, BlockBuilder, BLOCK_LEN, MAX_FRAME_LEN};
 use tidings_protocol::chunk::{
     ChunkRecipient, ChunkSize, RecipientKeys, MAX_CHUNK_RECIPIENTS, MAX_SEALED_PIECE_LEN, PIECE_LEN,
@@ -610,12 +610,76 @@ fn host() -> impl Strategy<Value = Host> {
     ]
 }
 
+/// Any address the extended syntax can write: up to 8 distinct hosts, and an optional
+/// binding list (each binding offered or not, on the address port or its own).
+fn extended_address() -> impl Strategy<Value = RelayAddress> {
+    (
+        any::<[u8; 32]>(),
+        prop::collection::vec(host(), 1..=8),
+        1u16..=u16::MAX,
+        prop::collection::vec(prop::option::of(prop::option::of(1u16..=u16::MAX)), 3),
+    )
+        .prop_map(|(key, hosts, port, via)| {
+            let mut unique: Vec<Host> = Vec::new();
+            for h in hosts {
+                if !unique.contains(&h) {
+                    unique.push(h);
+                }
+            }
+            let mut hosts = unique.into_iter();
+            let first = hosts.next().expect("at least one host");
+            let mut addr = RelayAddress::new(RelayPublicKey::from_bytes(key), first, port);
+            addr.mirrors = hosts.collect();
+            addr.via = Binding::ALL
+                .into_iter()
+                .zip(via)
+                .filter_map(|(binding, offered)| {
+                    offered.map(|p| Offer {
+                        binding,
+                        port: p.unwrap_or(port),
+                    })
+                })
+                .collect();
+            // The canonical form of "every binding on the address port" is no list at all.
+            if addr.via.len() == 3 && addr.via.iter().all(|o| o.port == port) {
+                addr.via.clear();
+            }
+            addr
+        })
+}
+
 proptest! {
+    #[test]
+    fn extended_relay_addresses_round_trip_or_are_too_long(addr in extended_address()) {
+        let text = addr.to_string();
+        match text.parse::<RelayAddress>() {
+            Ok(back) => {
+                prop_assert_eq!(back.to_string(), text);
+                prop_assert_eq!(&back, &addr);
+                prop_assert_eq!(back.hosts().count(), 1 + addr.mirrors.len());
+            }
+            Err(e) => {
+                prop_assert!(text.len() > MAX_ADDRESS_LEN, "{}: {:?}", text, e);
+            }
+        }
+    }
+
+    #[test]
+    fn an_old_address_offers_every_binding_on_its_port(
+        key in any::<[u8; 32]>(), host in host(), port in 1u16..=u16::MAX
+    ) {
+        let addr = RelayAddress::new(RelayPublicKey::from_bytes(key), host, port);
+        let back: RelayAddress = addr.to_string().parse()?;
+        for b in Binding::ALL {
+            prop_assert_eq!(back.port_of(b), Some(port));
+        }
+    }
+
     #[test]
     fn relay_addresses_round_trip_through_text(
         key in any::<[u8; 32]>(), host in host(), port in 1u16..=u16::MAX
     ) {
-        let addr = RelayAddress { key: RelayPublicKey::from_bytes(key), host, port };
+        let addr = RelayAddress::new(RelayPublicKey::from_bytes(key), host, port);
         let text = addr.to_string();
         let back: RelayAddress = text.parse()?;
         prop_assert_eq!(&back, &addr);
@@ -627,10 +691,11 @@ proptest! {
         key in any::<[u8; 32]>(),
         host in host(),
         port in 1u16..=u16::MAX,
-        // Not a digit, which would only make another port.
-        suffix in "[^0-9].{0,8}",
+        // Not a digit, which would only make another port, nor '?', which may start a
+        // binding list.
+        suffix in "[^0-9?].{0,8}",
     ) {
-        let addr = RelayAddress { key: RelayPublicKey::from_bytes(key), host, port };
+        let addr = RelayAddress::new(RelayPublicKey::from_bytes(key), host, port);
         let text = format!("{addr}{suffix}");
         let e = text.parse::<RelayAddress>().unwrap_err();
         prop_assert!(matches!(e, ProtocolError::BadAddress { .. }), "{:?}", e);
@@ -643,7 +708,7 @@ proptest! {
         port in 1u16..=u16::MAX,
         mutations in prop::collection::vec(mutation(), 1..3),
     ) {
-        let addr = RelayAddress { key: RelayPublicKey::from_bytes(key), host, port };
+        let addr = RelayAddress::new(RelayPublicKey::from_bytes(key), host, port);
         let mut bytes = addr.to_string().into_bytes();
         mutate(&mut bytes, &mutations);
         if let Ok(text) = String::from_utf8(bytes) {

@@ -28,7 +28,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tidings_protocol::address::RelayAddress;
+use tidings_protocol::address::{RelayAddress, MAX_ADDRESS_LEN};
 use tidings_protocol::binding::{
     BindingId, Proof, ProofKey, ProofRejection, ProofVerifier, PROOF_LABEL, PROOF_SALT,
 };
@@ -228,6 +228,10 @@ struct ValidAddress {
     key_hex: String,
     host: String,
     port: u16,
+    /// Every host, first one first.
+    hosts: Vec<String>,
+    /// Every binding offered, as "token:port", in canonical order.
+    offers: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -859,13 +863,106 @@ fn valid_address_texts() -> Vec<String> {
         format!("tidings://{KEY_B}@[::1]:4433"),
         format!("tidings://{KEY_B}@[2001:db8::8:800:200c:417a]:8443"),
         format!("tidings://{KEY_B}@[::ffff:192.0.2.1]:443"),
+        // Extended forms (section 2.2): several hosts, named bindings, per-binding ports.
+        format!(
+            "tidings://{KEY_B}@relay.example.org,mirror.example.net,192.0.2.7,[2001:db8::1]:443"
+        ),
+        format!("tidings://{KEY_B}@relay.example.org:443?via=h2,ws"),
+        format!("tidings://{KEY_B}@relay.example.org:443?via=h3"),
+        format!("tidings://{KEY_B}@relay.example.org:443?via=h3:8443,h2"),
+        format!("tidings://{KEY_B}@cdn.example.com,relay.example.org:443?via=h3:4433,h2,ws:8080"),
+        format!("tidings://{KEY_B}@relay.example.org:443?via=ws"),
+        // The longest address: 8 hosts and every binding on its own port, 512 bytes.
+        longest_address(),
     ]
+}
+
+/// An address of exactly [`MAX_ADDRESS_LEN`] bytes: eight hosts and three binding ports.
+fn longest_address() -> String {
+    let tail = ":65535?via=h3:65534,h2:65533,ws:65532";
+    let head = format!("tidings://{KEY_B}@");
+    // Seven 50-character hosts, commas, and an eighth host filling up to 512 bytes.
+    let fill = |c: char, n: usize| format!("{}.example", c.to_string().repeat(n - 8));
+    let mut hosts: Vec<String> = ('a'..='g').map(|c| fill(c, 50)).collect();
+    let used = head.len() + hosts.iter().map(|h| h.len() + 1).sum::<usize>() + tail.len();
+    hosts.push(fill('h', MAX_ADDRESS_LEN - used));
+    let text = format!("{head}{}{tail}", hosts.join(","));
+    assert_eq!(text.len(), MAX_ADDRESS_LEN);
+    text
 }
 
 fn invalid_address_texts() -> Vec<(&'static str, String)> {
     let long_host = format!("{}.org", "a".repeat(250));
     let too_long = format!("tidings://{KEY_B}@{}.org:443", "a".repeat(470));
+    let nine_hosts = (1..=9)
+        .map(|i| format!("h{i}.org"))
+        .collect::<Vec<_>>()
+        .join(",");
     vec![
+        (
+            "one_byte_too_long",
+            longest_address().replacen("a.example,", "aa.example,", 1),
+        ),
+        ("nine_hosts", format!("tidings://{KEY_B}@{nine_hosts}:443")),
+        (
+            "duplicate_host",
+            format!("tidings://{KEY_B}@a.org,b.org,a.org:443"),
+        ),
+        (
+            "empty_mirror",
+            format!("tidings://{KEY_B}@a.org,,b.org:443"),
+        ),
+        (
+            "trailing_comma_host",
+            format!("tidings://{KEY_B}@a.org,:443"),
+        ),
+        (
+            "port_per_host",
+            format!("tidings://{KEY_B}@a.org:443,b.org:443"),
+        ),
+        ("query_not_via", format!("tidings://{KEY_B}@a.org:443?v=h3")),
+        ("empty_via", format!("tidings://{KEY_B}@a.org:443?via=")),
+        (
+            "unknown_binding",
+            format!("tidings://{KEY_B}@a.org:443?via=h1"),
+        ),
+        (
+            "upper_case_binding",
+            format!("tidings://{KEY_B}@a.org:443?via=H3"),
+        ),
+        (
+            "bindings_out_of_order",
+            format!("tidings://{KEY_B}@a.org:443?via=h2,h3"),
+        ),
+        (
+            "binding_twice",
+            format!("tidings://{KEY_B}@a.org:443?via=h2,h2:8443"),
+        ),
+        (
+            "via_restates_default",
+            format!("tidings://{KEY_B}@a.org:443?via=h3,h2,ws"),
+        ),
+        (
+            "binding_port_equal_to_address_port",
+            format!("tidings://{KEY_B}@a.org:443?via=h2:443"),
+        ),
+        (
+            "binding_port_zero",
+            format!("tidings://{KEY_B}@a.org:443?via=h2:0"),
+        ),
+        (
+            "binding_port_leading_zero",
+            format!("tidings://{KEY_B}@a.org:443?via=h2:08443"),
+        ),
+        (
+            "trailing_comma_via",
+            format!("tidings://{KEY_B}@a.org:443?via=h2,"),
+        ),
+        (
+            "two_queries",
+            format!("tidings://{KEY_B}@a.org:443?via=h2?via=ws"),
+        ),
+        ("fragment", format!("tidings://{KEY_B}@a.org:443#x")),
         ("empty", String::new()),
         (
             "wrong_scheme",
@@ -971,12 +1068,22 @@ fn invalid_address_texts() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The bindings an address offers, as "token:port".
+fn offers(a: &RelayAddress) -> Vec<String> {
+    a.offers()
+        .iter()
+        .map(|o| format!("{}:{}", o.binding, o.port))
+        .collect()
+}
+
 fn address_vectors() -> AddressVectors {
     AddressVectors {
-        comment: "tidings://<relay static key, 43 chars unpadded base64url>@<host>:<port>. \
+        comment:
+            "tidings://<relay static key, 43 chars unpadded base64url>@<host>[,<host>]*:<port>\
+                  [?via=<binding>[:<port>][,...]] (PROTOCOL.md section 2). \
                   Valid addresses are in their one canonical form; invalid ones with the \
                   error the reference parser gives."
-            .into(),
+                .into(),
         valid: valid_address_texts()
             .into_iter()
             .map(|text| {
@@ -985,6 +1092,8 @@ fn address_vectors() -> AddressVectors {
                     key_hex: h(a.key.as_bytes()),
                     host: a.host.to_string(),
                     port: a.port,
+                    hosts: a.hosts().map(ToString::to_string).collect(),
+                    offers: offers(&a),
                     text,
                 }
             })
@@ -1428,6 +1537,9 @@ fn relay_addresses_match_the_vectors() {
         assert_eq!(h(a.key.as_bytes()), case.key_hex);
         assert_eq!(a.host.to_string(), case.host);
         assert_eq!(a.port, case.port);
+        let hosts: Vec<String> = a.hosts().map(ToString::to_string).collect();
+        assert_eq!(hosts, case.hosts);
+        assert_eq!(offers(&a), case.offers);
         assert_eq!(
             a.to_string(),
             case.text,

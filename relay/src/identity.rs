@@ -228,11 +228,7 @@ pub fn relay_address(
             ip => ip,
         }),
     };
-    let address = RelayAddress {
-        key,
-        host,
-        port: bound.port(),
-    };
+    let address = RelayAddress::new(key, host, bound.port());
     // Only a canonical address is useful to clients: check it parses back the same.
     let text = address.to_string();
     text.parse::<RelayAddress>()

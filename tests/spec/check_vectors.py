@@ -31,17 +31,11 @@ def b64url_decode_strict(s):
     b = base64.urlsafe_b64decode(s + '=' * (-len(s) % 4))
     if base64.urlsafe_b64encode(b).rstrip(b'=').decode() != s: raise ValueError  # trailing bits
     return b
-def parse_address(s):
-    if len(s.encode()) > 512: raise ValueError('long')
-    if not s.startswith('tidings://'): raise ValueError('scheme')
-    rest = s[len('tidings://'):]
-    if '@' not in rest: raise ValueError('@')
-    key, hostport = rest.split('@', 1)
-    if len(key) != 43: raise ValueError('key len')
-    k = b64url_decode_strict(key)
-    if ':' not in hostport: raise ValueError('port')
-    host, port = hostport.rsplit(':', 1)
-    if not re.fullmatch(r'[1-9][0-9]{0,4}', port) or int(port) > 65535: raise ValueError('port')
+def parse_port(p):
+    if not re.fullmatch(r'[0-9]{1,5}', p) or int(p) == 0 or int(p) > 65535: raise ValueError('port')
+    if p.startswith('0'): raise ValueError('port leading zero')
+    return int(p)
+def parse_host(host):
     if host.startswith('['):
         if not host.endswith(']'): raise ValueError('bracket')
         ip = ipaddress.IPv6Address(host[1:-1])
@@ -56,11 +50,51 @@ def parse_address(s):
     else:
         for label in host.split('.'):
             if not re.fullmatch(r'[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?', label): raise ValueError('label')
-    return k, host, int(port)
+    return host
+BINDINGS = ['h3', 'h2', 'ws']
+def parse_address(s):
+    """Section 2: returns (key, hosts, port, offers) with offers [(binding, port)]."""
+    if len(s.encode()) > 512: raise ValueError('long')
+    if not s.startswith('tidings://'): raise ValueError('scheme')
+    rest = s[len('tidings://'):]
+    if '@' not in rest: raise ValueError('@')
+    key, rest = rest.split('@', 1)
+    if len(key) != 43: raise ValueError('key len')
+    k = b64url_decode_strict(key)
+    via = None
+    if '?' in rest:
+        rest, query = rest.split('?', 1)
+        if not query.startswith('via='): raise ValueError('query')
+        via = query[len('via='):]
+    if ':' not in rest: raise ValueError('port')
+    hostlist, port = rest.rsplit(':', 1)
+    port = parse_port(port)
+    hosts = [parse_host(h) for h in hostlist.split(',')]
+    if len(hosts) > 8: raise ValueError('hosts')
+    if len(set(hosts)) != len(hosts): raise ValueError('duplicate host')
+    if via is None:
+        offers = [(b, port) for b in BINDINGS]
+    else:
+        offers = []
+        for item in via.split(','):
+            name, _, p = item.partition(':')
+            if name not in BINDINGS: raise ValueError('binding')
+            if _ and parse_port(p) == port: raise ValueError('binding port restates the address port')
+            if offers and BINDINGS.index(offers[-1][0]) >= BINDINGS.index(name): raise ValueError('order')
+            offers.append((name, parse_port(p) if _ else port))
+        if offers == [(b, port) for b in BINDINGS]: raise ValueError('via restates the default')
+    return k, hosts, port, offers
+def print_address(k, hosts, port, offers):
+    s = 'tidings://' + base64.urlsafe_b64encode(k).rstrip(b'=').decode() + '@' + ','.join(hosts) + ':%d' % port
+    if offers != [(b, port) for b in BINDINGS]:
+        s += '?via=' + ','.join(b if p == port else '%s:%d' % (b, p) for b, p in offers)
+    return s
 a = load('addresses.json')
 for v in a['valid']:
-    k, host, port = parse_address(v['text'])
-    check('addr valid ' + v['text'], k.hex() == v['key_hex'] and port == v['port'])
+    k, hosts, port, offers = parse_address(v['text'])
+    check('addr valid ' + v['text'], k.hex() == v['key_hex'] and port == v['port'] and hosts[0] == v['host']
+          and hosts == v['hosts'] and ['%s:%d' % o for o in offers] == v['offers'])
+    check('addr prints back ' + v['text'], print_address(k, hosts, port, offers) == v['text'])
 for v in a['invalid']:
     try: parse_address(v['text']); check('addr invalid ' + v['name'], False)
     except ValueError: check('addr invalid', True)

@@ -20,9 +20,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod capture;
+pub mod censor;
 pub mod examiner;
 pub mod hostile_relay;
 pub mod proto;
+pub mod socks;
 pub mod world;
 
 pub use world::{connect, World};
@@ -81,6 +84,16 @@ pub struct RelayProcess {
 impl RelayProcess {
     /// Starts a relay on `127.0.0.1:0` with data in `data_dir` and its log in `log_path`.
     pub fn start(data_dir: &Path, log_path: &Path, extra_args: &[&str]) -> Result<Self> {
+        Self::start_on(data_dir, log_path, extra_args, "127.0.0.1:0")
+    }
+
+    /// Starts a relay listening on `listen` (for tests that build their own network).
+    pub fn start_on(
+        data_dir: &Path,
+        log_path: &Path,
+        extra_args: &[&str],
+        listen: &str,
+    ) -> Result<Self> {
         let mut relay = Self {
             child: None,
             data_dir: data_dir.to_path_buf(),
@@ -89,7 +102,7 @@ impl RelayProcess {
             address: String::new(),
             port: 0,
         };
-        relay.spawn("127.0.0.1:0")?;
+        relay.spawn(listen)?;
         Ok(relay)
     }
 
@@ -292,6 +305,8 @@ pub struct Profile {
     pub home: PathBuf,
     /// The passphrase, given through `TIDINGS_PASSPHRASE`.
     pub passphrase: String,
+    /// The network namespace the commands run in (`ip netns exec`), if any.
+    pub netns: Option<String>,
 }
 
 impl Profile {
@@ -300,13 +315,30 @@ impl Profile {
         Self {
             home: home.to_path_buf(),
             passphrase: passphrase.to_string(),
+            netns: None,
+        }
+    }
+
+    /// The same profile, its commands run in network namespace `ns` (see [`censor`]).
+    pub fn in_netns(&self, ns: &str) -> Self {
+        Self {
+            netns: Some(ns.to_string()),
+            ..self.clone()
         }
     }
 
     /// `tidings --home HOME ARGS…` with the passphrase and the fast test KDF in its
     /// environment and stdout and stderr piped.
     fn command(&self, args: &[&str]) -> Result<Command> {
-        let mut command = Command::new(binary("tidings")?);
+        let tidings = binary("tidings")?;
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(tidings);
+                c
+            }
+            None => Command::new(tidings),
+        };
         command
             .arg("--home")
             .arg(&self.home)

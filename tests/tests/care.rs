@@ -193,3 +193,57 @@ fn a_minister_with_25_contacts_sends_expects_and_reads_by_list() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_file_sent_by_list_is_uploaded_once_and_reaches_every_member_and_nobody_else() -> Result<()> {
+    let w = World::new()?;
+    let m = w.profile("minister")?;
+    let mut people = Vec::new();
+    for name in ["ana", "bo", "cy", "outsider"] {
+        let p = w.profile(name)?;
+        connect(&m, name, &p, "minister")?;
+        people.push(p);
+    }
+    m.run(&["list", "new", "choir"])?.ok()?;
+    m.run(&["list", "add", "choir", "ana", "bo", "cy"])?.ok()?;
+    let src = w.root().join("psalm-23.mp3");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&src, &bytes)?;
+    let src_arg = src.to_string_lossy().to_string();
+    let out = m
+        .run(&["send-file", "--list", "choir", "--now", &src_arg])?
+        .ok()?;
+    ensure!(
+        out.stderr
+            .contains("uploaded once and sent to 3 member(s) of \"choir\""),
+        "{}",
+        out.stderr
+    );
+    for (i, p) in people.iter().enumerate() {
+        let sync = p.run(&["sync"])?.ok()?;
+        let line = sync
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("minister: [file] psalm-23.mp3"));
+        if i == 3 {
+            ensure!(line.is_none(), "the outsider got {}", sync.stdout);
+            continue;
+        }
+        let line = line.ok_or_else(|| anyhow::anyhow!("member {i}: {}", sync.stdout))?;
+        let id = line
+            .rsplit("(id ")
+            .next()
+            .and_then(|t| t.strip_suffix(')'))
+            .ok_or_else(|| anyhow::anyhow!("no id in {line:?}"))?
+            .to_string();
+        // Small files are downloaded by sync itself; fetch says so or fetches.
+        p.run(&["fetch", &id])?.ok()?;
+        let saved = w.root().join(format!("saved-{i}.mp3"));
+        p.run(&["save", &id, &saved.to_string_lossy()])?.ok()?;
+        ensure!(
+            std::fs::read(&saved)? == bytes,
+            "member {i} saved other bytes"
+        );
+    }
+    Ok(())
+}

@@ -10,7 +10,7 @@ use tidings_client::profile::{ListSend, Spread, Status, DEFAULT_SPREAD_SECS};
 use tidings_client::safety::format_duration;
 use tidings_client::screen;
 
-use crate::{done, from_stdin_if_dash, is_network, now, open, runtime, EXIT_SOMEONE_DUE};
+use crate::{done, from_stdin_if_dash, is_network, now, open, runtime, Net, EXIT_SOMEONE_DUE};
 
 /// `tidings list …`
 #[derive(Subcommand)]
@@ -71,8 +71,8 @@ pub fn spread(within: Option<&str>, at_once: bool) -> anyhow::Result<Spread> {
 }
 
 /// Runs `tidings list …`.
-pub fn list(home: &std::path::Path, cmd: ListCmd) -> anyhow::Result<()> {
-    let mut profile = open(home)?;
+pub fn list(home: &std::path::Path, net: &Net, cmd: ListCmd) -> anyhow::Result<()> {
+    let mut profile = open(home, net)?;
     match cmd {
         ListCmd::New { name } => {
             let name = profile.list_new(&name)?;
@@ -128,8 +128,8 @@ pub fn list(home: &std::path::Path, cmd: ListCmd) -> anyhow::Result<()> {
 }
 
 /// Runs `tidings lists`.
-pub fn lists(home: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let profile = open(home)?;
+pub fn lists(home: &std::path::Path, net: &Net, json: bool) -> anyhow::Result<()> {
+    let profile = open(home, net)?;
     let lists = profile.lists()?;
     let mut out = std::io::stdout().lock();
     for l in &lists {
@@ -173,25 +173,67 @@ fn held_line(what: &str, r: &ListSend) -> String {
 /// Runs `tidings send --list`.
 pub fn send(
     home: &std::path::Path,
+    net: &Net,
     list: &str,
     text: String,
     spread: Spread,
 ) -> anyhow::Result<()> {
     let text = from_stdin_if_dash(text, "Type the message, then press Ctrl-D")?;
-    let mut profile = open(home)?;
+    let mut profile = open(home, net)?;
     if spread == Spread::Now {
         warn_at_once(profile.list(list)?.members.len());
     }
-    let net = crate::connector();
-    match runtime()?.block_on(profile.send_list(&net, list, &text, now(), spread)) {
-        Ok(r) if spread == Spread::Now => done(format_args!(
-            "sent to {} member(s) of {:?}",
-            r.sent, r.list
-        )),
+    match runtime()?.block_on(profile.send_list(net, list, &text, now(), spread)) {
+        Ok(r) if spread == Spread::Now => {
+            done(format_args!("sent to {} member(s) of {:?}", r.sent, r.list))
+        }
         Ok(r) => done(held_line("messages to", &r)),
         Err(e) if is_network(&e) => {
             return Err(anyhow!(
-                "relay unreachable; the messages are kept in the outbox and will be sent on the next send or sync"
+                "{}; the messages are kept in the outbox and will be sent on the next send or sync",
+                crate::unreachable(&e)
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// Runs `tidings send-file --list`: one upload now, then the members' descriptions as
+/// messages by list.
+pub fn send_file(
+    home: &std::path::Path,
+    net: &Net,
+    list: &str,
+    file: tidings_client::profile::OutgoingFile<'_>,
+    spread: Spread,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut profile = open(home, net)?;
+    if spread == Spread::Now {
+        warn_at_once(profile.list(list)?.members.len());
+    }
+    let mut bar = crate::Progress::new(json, "upload");
+    let result = runtime()?.block_on(profile.send_file_list(net, list, file, now(), spread, |p| {
+        bar.update(p.done, p.total)
+    }));
+    bar.finish();
+    match result {
+        Ok((r, line)) if spread == Spread::Now => done(format_args!(
+            "uploaded once and sent to {} member(s) of {:?}: {}",
+            r.sent,
+            r.list,
+            screen::inline(&line)
+        )),
+        Ok((r, line)) => done(format_args!(
+            "uploaded {} once; {}",
+            screen::inline(&line),
+            held_line("the descriptions for", &r)
+        )),
+        Err(e) if is_network(&e) => {
+            return Err(anyhow!(
+                "{}; an upload that was cut off resumes when you run the same command again",
+                crate::unreachable(&e)
             ))
         }
         Err(e) => return Err(e.into()),
@@ -202,11 +244,12 @@ pub fn send(
 /// Runs `tidings expect --list`.
 pub fn expect(
     home: &std::path::Path,
+    net: &Net,
     list: &str,
     every: Option<u64>,
     spread: Spread,
 ) -> anyhow::Result<()> {
-    let mut profile = open(home)?;
+    let mut profile = open(home, net)?;
     let r = profile.expect_list(list, every, now(), spread)?;
     match every {
         Some(secs) => eprintln!(
@@ -222,12 +265,12 @@ pub fn expect(
     }
     if spread == Spread::Now {
         warn_at_once(r.members);
-        let net = crate::connector();
-        match runtime()?.block_on(profile.send_outbox(&net, now())) {
+        match runtime()?.block_on(profile.send_outbox(net, now())) {
             Ok(_) => eprintln!("they were told"),
-            Err(e) if is_network(&e) => {
-                eprintln!("relay unreachable; they will be told with the next send or sync")
-            }
+            Err(e) if is_network(&e) => eprintln!(
+                "{}; they will be told with the next send or sync",
+                crate::unreachable(&e)
+            ),
             Err(e) => return Err(e.into()),
         }
     } else {
@@ -237,8 +280,8 @@ pub fn expect(
 }
 
 /// Runs `tidings due --list`.
-pub fn due(home: &std::path::Path, list: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let profile = open(home)?;
+pub fn due(home: &std::path::Path, net: &Net, list: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let profile = open(home, net)?;
     let due = profile.due_list(list, now())?;
     let mut out = std::io::stdout().lock();
     for d in &due {
@@ -286,8 +329,8 @@ fn ago(now: u64, then: u64) -> String {
 /// Runs `tidings status`: DURESS first, then who is overdue, then unread messages per
 /// contact and per list, then what waits in the outbox. Exit code 3 when someone is under
 /// duress or overdue, like `due`.
-pub fn status(home: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
-    let profile = open(home)?;
+pub fn status(home: &std::path::Path, net: &Net, json: bool) -> anyhow::Result<ExitCode> {
+    let profile = open(home, net)?;
     let now = now();
     let st: Status = profile.status(now)?;
     let mut out = std::io::stdout().lock();

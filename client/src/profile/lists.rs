@@ -267,10 +267,7 @@ impl Profile {
             });
         }
         let real = members.len();
-        let total = real
-            .next_power_of_two()
-            .max(1 + super::files::DUMMY_RECIPIENTS)
-            .min(max);
+        let total = file_recipients(real);
         // A control character, which no contact name may hold: a list's upload never
         // resumes as a contact's.
         let resume_as = format!("\u{1}list\u{1}{list}");
@@ -405,6 +402,17 @@ impl Profile {
     }
 }
 
+/// How many recipient ids (real and dummy) an upload for `real` members gets: the next power
+/// of two, and never fewer than a file sent to one contact has, so the relay learns only a
+/// range (a list of 20 and one of 32 look alike).
+pub(super) fn file_recipients(real: usize) -> usize {
+    // Both bounds are constants, the lower (3) below the upper (128).
+    real.next_power_of_two().clamp(
+        1 + super::files::DUMMY_RECIPIENTS,
+        tidings_protocol::chunk::MAX_CHUNK_RECIPIENTS,
+    )
+}
+
 /// When a member's message may leave and the window it was spread over, for `spread`.
 fn spread_hold(spread: Spread, now: u64) -> Result<Option<(u64, u64)>> {
     match spread {
@@ -414,5 +422,17 @@ fn spread_hold(spread: Spread, now: u64) -> Result<Option<(u64, u64)>> {
             let r = u64::from_le_bytes(random()?);
             Ok(Some((now.saturating_add(r % window), window)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_list_upload_pads_its_recipients_to_a_power_of_two() {
+        let totals: Vec<usize> = [1, 2, 3, 4, 5, 20, 32, 33, 100, 128]
+            .iter()
+            .map(|&n| super::file_recipients(n))
+            .collect();
+        assert_eq!(totals, vec![3, 3, 4, 4, 8, 32, 32, 64, 128, 128]);
     }
 }

@@ -313,6 +313,7 @@ fn is_network(e: &ClientError) -> bool {
     matches!(
         e,
         ClientError::Unreachable
+            | ClientError::Unreached(_)
             | ClientError::ConnectionLost
             | ClientError::Timeout
             | ClientError::HandshakeRefused
@@ -601,9 +602,9 @@ fn stored_relay(store: &Store) -> Result<RelayAddress> {
         .map_err(|_| ClientError::CorruptStore)
 }
 
-/// Writes what a fresh profile holds: its relay, a new end-to-end account, and the two PIN
-/// entries (placeholders: every profile has them, so the store does not show whether a PIN
-/// is set).
+/// Writes what a fresh profile holds: its relay, a new end-to-end account, default reach
+/// settings, and the two PIN entries (placeholders: every profile has them, so the store
+/// does not show whether a PIN is set).
 fn fill_fresh(store: &Store, relay: &RelayAddress) -> Result<()> {
     let account = E2eAccount::new();
     let mut b = Batch::new();
@@ -617,6 +618,13 @@ fn fill_fresh(store: &Store, relay: &RelayAddress) -> Result<()> {
         META_ACCOUNT,
         Zeroizing::new(account.pickle(store.pickle_key()).into_bytes()),
     );
+    // Every profile, the decoy included, has its reach settings from the start, so their
+    // presence does not tell a used profile from a fresh one.
+    b.put_json(
+        Tree::Meta,
+        reach::META_REACH,
+        &reach::ReachSettings::default(),
+    )?;
     let kdf = store.kdf_params()?;
     for key in [META_CHECKIN_PIN, META_DURESS_PIN] {
         b.put(
@@ -708,6 +716,7 @@ mod history;
 mod inbox;
 mod lists;
 mod outbox;
+pub mod reach;
 mod safety;
 mod status;
 
