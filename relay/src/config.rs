@@ -29,6 +29,7 @@
 //! chunk_bytes_per_address_per_hour = 1073741824   # 1 GiB of file chunks
 //! # File chunks not fully downloaded within this many hours are deleted (14 days).
 //! chunk_expiry_hours = 336
+//! chunk_pieces_per_sec = 4000                      # ChunkPut/ChunkGet per connection
 //! max_tracked_addresses = 65536
 //! commands_per_address_per_sec = 1000
 //! command_burst_per_address = 8192
@@ -158,6 +159,10 @@ pub struct Config {
     /// size, refilled over the hour), counted by chunk size when the chunk is created;
     /// `ChunkNew` beyond it gets `Quota`. Default 1 GiB (1,073,741,824).
     pub chunk_bytes_per_address_per_hour: u64,
+    /// `ChunkPut` and `ChunkGet` commands one connection may send per second (burst: twice
+    /// as many), counted apart from `rate_per_sec`: each moves one 16,000-byte piece, so the
+    /// default of 4,000 lets one connection move about 64 MB/s. Default 4,000.
+    pub chunk_pieces_per_sec: u32,
     /// Seconds between two logs of the aggregate counters. Default 3,600 (the hour, the
     /// finest time the store keeps); lower only to debug.
     pub stats_interval_secs: u64,
@@ -197,6 +202,7 @@ impl Default for Config {
             stats_interval_secs: 3600,
             chunk_expiry_hours: DEFAULT_CHUNK_EXPIRY_HOURS,
             chunk_bytes_per_address_per_hour: 1 << 30,
+            chunk_pieces_per_sec: 4000,
         }
     }
 }
@@ -265,6 +271,7 @@ impl Config {
             ),
             ("stats_interval_secs", self.stats_interval_secs),
             ("chunk_expiry_hours", u64::from(self.chunk_expiry_hours)),
+            ("chunk_pieces_per_sec", u64::from(self.chunk_pieces_per_sec)),
             (
                 "chunk_bytes_per_address_per_hour",
                 self.chunk_bytes_per_address_per_hour,

@@ -141,6 +141,8 @@ pub struct Dispatcher<S> {
     subscriptions: HashMap<RecipientId, Option<MessageId>>,
     queues_created: u32,
     bucket: TokenBucket,
+    /// The separate, larger rate of chunk piece commands (`ChunkPut`, `ChunkGet`).
+    piece_bucket: TokenBucket,
     /// The source address's key in the fair shares (never logged).
     source: SourceKey,
     /// Whether a command other than `Ping` succeeded since [`Dispatcher::take_activity`].
@@ -173,6 +175,18 @@ fn frame_header(frame: &[u8]) -> (CorrId, EntityId) {
     }
 }
 
+/// Whether a frame carries a `ChunkPut` or `ChunkGet` (by its command tag, before it is
+/// decoded): these move file bytes, one 16 KB piece each, and have their own rate.
+fn is_piece_command(frame: &[u8]) -> bool {
+    let header = CorrId::LEN + EntityId::LEN;
+    let tag_at = match frame.get(header) {
+        Some(0) => header + 1,
+        Some(1) => header + 1 + 64,
+        _ => return false,
+    };
+    matches!(frame.get(tag_at), Some(0x31 | 0x34))
+}
+
 fn push(entity: RecipientId, kind: ReplyKind) -> Reply {
     Reply {
         corr: CorrId::PUSH,
@@ -191,6 +205,8 @@ impl<S: Store> Dispatcher<S> {
         source: SourceKey,
     ) -> Self {
         let bucket = TokenBucket::new(shared.config.rate_per_sec, shared.config.rate_burst);
+        let pieces = shared.config.chunk_pieces_per_sec;
+        let piece_bucket = TokenBucket::new(pieces, pieces.saturating_mul(2));
         Self {
             shared,
             conn,
@@ -199,6 +215,7 @@ impl<S: Store> Dispatcher<S> {
             subscriptions: HashMap::new(),
             queues_created: 0,
             bucket,
+            piece_bucket,
             source,
             worked: false,
             keys: Vec::new(),
@@ -231,7 +248,12 @@ impl<S: Store> Dispatcher<S> {
             Stats::bump(&self.shared.stats.commands);
             let within_share = allowed > 0;
             allowed = allowed.saturating_sub(1);
-            if !within_share || !self.bucket.take(Instant::now()) {
+            let bucket = if is_piece_command(frame) {
+                &mut self.piece_bucket
+            } else {
+                &mut self.bucket
+            };
+            if !within_share || !bucket.take(Instant::now()) {
                 self.store_sends(&mut sends, out).await;
                 let (corr, entity) = frame_header(frame);
                 self.error(out, corr, entity, ErrorCode::Busy);

@@ -575,6 +575,15 @@ async fn sweeper<S: Store>(
 }
 
 async fn sweep<S: Store>(shared: &Shared<S>) -> Result<usize> {
+    // File chunks past their own (shorter) expiry go too; a failure here is retried at the
+    // next sweep and does not keep messages from expiring.
+    let chunk_cutoff = shared
+        .clock
+        .now_hour()
+        .saturating_sub(shared.config.chunk_expiry_hours);
+    if shared.store.expire_chunks_before(chunk_cutoff).await.is_err() {
+        tracing::warn!("chunk expiry sweep failed");
+    }
     let cutoff = shared
         .clock
         .now_hour()

@@ -31,6 +31,11 @@ use super::crypt::{FileCipher, SegmentError, PREFIX_LEN, SEGMENT_LEN, SEGMENT_PL
 use crate::error::{ClientError, Result};
 use crate::relay::RelayLink;
 
+/// How long to wait when the relay answers `Busy` (over its command rate).
+const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often to ask again for a group of pieces the relay answered `Busy`.
+const BUSY_TRIES: usize = 40;
+
 /// Requests in flight at once during a transfer (one block each way per request).
 const PIPELINE: usize = 16;
 
@@ -509,11 +514,23 @@ pub async fn upload<L: RelayLink>(
                 batch.push(link.signed(sender.into(), command, &chunk.auth)?);
                 next += len as u32;
             }
+            let mut busy = false;
             for reply in link.batch(batch).await? {
                 match reply.kind {
                     ReplyKind::Ok => {}
+                    ReplyKind::Error(ErrorCode::Busy) => busy = true,
                     other => return Err(relay_error(other)),
                 }
+            }
+            if busy {
+                // Over the relay's rate: wait, then continue where the relay says it is.
+                tokio::time::sleep(BUSY_PAUSE).await;
+                let req = link.signed(sender.into(), Command::ChunkStatus, &chunk.auth)?;
+                offset = match link.request(req).await?.kind {
+                    ReplyKind::ChunkReceived { received } => received,
+                    other => return Err(relay_error(other)),
+                };
+                continue;
             }
             offset = next;
             progress(Progress {
@@ -594,7 +611,23 @@ async fn fetch_chunk<L: RelayLink>(
             let command = Command::ChunkGet { offset: *offset };
             batch.push(link.signed(access.id.into(), command, &access.auth)?);
         }
-        let replies = link.batch(batch).await?;
+        let mut replies = link.batch(batch).await?;
+        let mut tries = 0;
+        while replies
+            .iter()
+            .any(|r| r.kind == ReplyKind::Error(ErrorCode::Busy))
+            && tries < BUSY_TRIES
+        {
+            // Over the relay's rate: wait and ask for the group again.
+            tokio::time::sleep(BUSY_PAUSE).await;
+            let mut again = Vec::with_capacity(group.len());
+            for offset in group {
+                let command = Command::ChunkGet { offset: *offset };
+                again.push(link.signed(access.id.into(), command, &access.auth)?);
+            }
+            replies = link.batch(again).await?;
+            tries += 1;
+        }
         if replies.len() != group.len() {
             return Err(ClientError::ConnectionLost);
         }
