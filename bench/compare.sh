@@ -7,7 +7,8 @@
 # It installs redis-server from the distribution's packages if missing, starts Redis and
 # the relays on free loopback ports in a temporary dir, builds the release binaries, runs
 # both targets with the same parameters (an online run and an offline store-then-drain run
-# each), and stops everything it started on exit. --quick finishes within 3 minutes on 2
+# each), then the online run again over the relay's TCP bindings (HTTP/2, WebSocket), and
+# stops everything it started on exit. --quick finishes within 3 minutes on 2
 # cores once the release build is warm (a cold release build of the workspace takes longer,
 # about 5-8 minutes on 2 cores). Everything stays on 127.0.0.1.
 set -euo pipefail
@@ -19,7 +20,7 @@ QUICK=0
 for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (use --quick or nothing)" >&2; exit 2 ;;
     esac
 done
@@ -99,6 +100,8 @@ max_connections_per_address = 100000
 max_handshakes_per_address = 1000
 new_queues_per_address_per_hour = 100000000
 stored_bytes_per_address_per_hour = 1000000000000000
+commands_per_address_per_sec = 100000000
+command_burst_per_address = 100000000
 TOML
 
 # A fresh relay per run; prints its address on stdout.
@@ -150,6 +153,9 @@ run_tidings paced "${PACED[@]}"
 run_redis paced "${PACED[@]}"
 run_tidings offline "${OFFLINE[@]}"
 run_redis offline "${OFFLINE[@]}"
+# The TCP bindings (issue 15), the same online load: HTTP/2 and WebSocket over TLS over TCP.
+run_tidings online-h2 "${ONLINE[@]}" --binding h2
+run_tidings online-ws "${ONLINE[@]}" --binding ws
 
 echo
 echo "machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"

@@ -72,6 +72,8 @@ pub struct Report {
     pub abuser_stored: Option<u64>,
     /// Abusive commands and connections the relay refused.
     pub abuser_refused: Option<u64>,
+    /// Tidings: the binding the clients used (`h3`, `h2`, `ws`); Redis: `null`.
+    pub binding: Option<String>,
 }
 
 impl Report {
@@ -114,6 +116,7 @@ impl Report {
             abuser_queues: None,
             abuser_stored: None,
             abuser_refused: None,
+            binding: (target == "tidings").then(|| args.binding.to_string()),
         }
     }
 }

@@ -68,6 +68,16 @@ const ROWS: &[(&str, &str, &str)] = &[
     ("body bytes sent per message", "online", "/body_bytes"),
 ];
 
+/// The rows of the bindings table (online runs over HTTP/3, HTTP/2 and WebSocket).
+const BINDING_ROWS: &[(&str, &str)] = &[
+    ("messages/s", "/msgs_per_sec"),
+    ("server CPU us/message", "/relay_cpu_us_per_msg"),
+    ("new connections/s", "/new_connections_per_sec"),
+    ("RSS KiB per idle client", "/rss_per_idle_client_kib"),
+    ("latency p50 ms", "/latency_ms/p50"),
+    ("latency p99 ms", "/latency_ms/p99"),
+];
+
 /// Reads the last JSON line of each file and renders the table and the ratio line.
 pub fn render(files: &[PathBuf]) -> Result<String> {
     // (target, mode) -> report
@@ -83,10 +93,13 @@ pub fn render(files: &[PathBuf]) -> Result<String> {
         let report: Value =
             serde_json::from_str(line).with_context(|| format!("parsing {}", file.display()))?;
         let field = |name: &str| report.get(name).and_then(Value::as_str).map(str::to_string);
-        let key = (
-            field("target").unwrap_or_default(),
-            field("mode").unwrap_or_default(),
-        );
+        // A Tidings run over a TCP binding is a column of its own ("tidings h2"), in the
+        // bindings table below the main one.
+        let target = match (field("target"), field("binding")) {
+            (Some(t), Some(b)) if b != "h3" => format!("{t} {b}"),
+            (t, _) => t.unwrap_or_default(),
+        };
+        let key = (target, field("mode").unwrap_or_default());
         runs.insert(key, report);
     }
     let targets = ["tidings", "redis"];
@@ -110,6 +123,36 @@ pub fn render(files: &[PathBuf]) -> Result<String> {
             cell(targets[0]),
             cell(targets[1])
         );
+    }
+    // The bindings: the same online load over HTTP/3 (QUIC) and over the TCP bindings.
+    let bindings: Vec<&str> = ["tidings", "tidings h2", "tidings ws"]
+        .into_iter()
+        .filter(|t| runs.contains_key(&(t.to_string(), "online".to_string())))
+        .collect();
+    if bindings.len() > 1 {
+        let _ = writeln!(out);
+        let mut head = format!("{:<40}", "binding (online)");
+        for t in &bindings {
+            let name = match *t {
+                "tidings" => "h3 (QUIC)",
+                "tidings h2" => "h2 (TCP)",
+                _ => "ws (TCP)",
+            };
+            let _ = write!(head, " {name:>12}");
+        }
+        let _ = writeln!(out, "{head}");
+        for (label, pointer) in BINDING_ROWS {
+            let mut line = format!("{label:<40}");
+            for t in &bindings {
+                let cell = runs
+                    .get(&(t.to_string(), "online".to_string()))
+                    .and_then(|r| r.pointer(pointer))
+                    .map(show)
+                    .unwrap_or_else(|| "-".to_string());
+                let _ = write!(line, " {cell:>12}");
+            }
+            let _ = writeln!(out, "{line}");
+        }
     }
     let rate = |target: &str| {
         runs.get(&(target.to_string(), "online".to_string()))
@@ -174,5 +217,41 @@ mod tests {
         .unwrap();
         let table = render(&[t]).unwrap();
         assert!(table.lines().last().unwrap().contains("n/a"));
+    }
+
+    #[test]
+    fn tcp_binding_runs_get_a_table_of_their_own_before_the_ratio() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        for (name, binding, rate) in [("h3", "h3", 900.0), ("h2", "h2", 1200.0)] {
+            let f = dir.path().join(format!("{name}.json"));
+            std::fs::write(
+                &f,
+                format!(
+                    r#"{{"target":"tidings","mode":"online","binding":"{binding}","msgs_per_sec":{rate}}}"#
+                ),
+            )
+            .unwrap();
+            files.push(f);
+        }
+        let r = dir.path().join("r.json");
+        std::fs::write(
+            &r,
+            r#"{"target":"redis","mode":"online","msgs_per_sec":300.0}"#,
+        )
+        .unwrap();
+        files.push(r);
+        let table = render(&files).unwrap();
+        assert!(
+            table.contains("h3 (QUIC)") && table.contains("h2 (TCP)"),
+            "{table}"
+        );
+        let rates = table
+            .lines()
+            .find(|l| l.starts_with("messages/s "))
+            .unwrap();
+        assert!(rates.contains("900") && rates.contains("1200"), "{rates}");
+        // The ratio is still HTTP/3 against Redis, and still the last line.
+        assert_eq!(table.lines().last().unwrap(), "ratio tidings/redis: 3.00");
     }
 }

@@ -51,7 +51,12 @@ struct Cli {
     home: Option<PathBuf>,
     /// How to reach relays: `quic` (HTTP/3 over UDP only), `tcp` (TLS over TCP only) or
     /// `auto` (QUIC first, TCP 250 ms later). Default: the profile's setting, else auto.
-    #[arg(long, global = true, value_name = "quic|tcp|auto")]
+    #[arg(
+        long,
+        env = "TIDINGS_TRANSPORT",
+        global = true,
+        value_name = "quic|tcp|auto"
+    )]
     transport: Option<String>,
     /// Send relay connections through a SOCKS5 proxy, names resolved by the proxy:
     /// `socks5h://HOST:PORT` (Tor, Orbot, a v2ray or Shadowsocks client). TCP only. `none`

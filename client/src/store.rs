@@ -58,6 +58,8 @@ use crate::lock::{ProfileLock, WAIT_FOR_LOCK};
 pub const KEY_FILE: &str = "key";
 /// Name of the database directory in a profile home.
 pub const DB_DIR: &str = "db";
+/// Received files, each kept encrypted under its own key (`tidings fetch`).
+pub const FILES_DIR: &str = "files";
 /// Where a rebuilt database is made before it is swapped in.
 const DB_NEW_DIR: &str = "db.new";
 /// Where the old database waits, during a swap, to be deleted.
@@ -476,6 +478,10 @@ impl Store {
             &encode_key_file(&[Slot::random(real.kdf)?, duress.clone()]),
         )?;
         crash_point(CrashPoint::DuressShredded);
+        // Received files go with the profile: their keys were in it, and a decoy with a
+        // folder of blobs would not look like a new profile. (Run again by an unlock that
+        // finishes an interrupted clean-up.)
+        remove_files_dir(home)?;
         rebuild(home, &decoy_key, fill)?;
         crash_point(CrashPoint::DuressRebuilt);
         let salt = random::<SALT_LEN>()?;
@@ -911,6 +917,16 @@ impl Store {
 /// lock on its files is free, except for a moment after this process closed the same
 /// database (sled's background thread lets go of it shortly after the last handle): that is
 /// waited out, up to [`WAIT_FOR_LOCK`].
+/// Removes the received files of the profile in `home`, if there are any.
+fn remove_files_dir(home: &Path) -> Result<()> {
+    let dir = home.join(FILES_DIR);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ClientError::storage(&dir, e)),
+    }
+}
+
 fn open_sled(dir: &Path) -> Result<sled::Db> {
     let start = std::time::Instant::now();
     loop {

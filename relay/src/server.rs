@@ -581,7 +581,12 @@ async fn sweep<S: Store>(shared: &Shared<S>) -> Result<usize> {
         .clock
         .now_hour()
         .saturating_sub(shared.config.chunk_expiry_hours);
-    if shared.store.expire_chunks_before(chunk_cutoff).await.is_err() {
+    if shared
+        .store
+        .expire_chunks_before(chunk_cutoff)
+        .await
+        .is_err()
+    {
         tracing::warn!("chunk expiry sweep failed");
     }
     let cutoff = shared

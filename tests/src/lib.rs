@@ -307,6 +307,8 @@ pub struct Profile {
     pub passphrase: String,
     /// The network namespace the commands run in (`ip netns exec`), if any.
     pub netns: Option<String>,
+    /// The transport its commands use (`TIDINGS_TRANSPORT`: `quic`, `tcp`), if set.
+    pub transport: Option<&'static str>,
 }
 
 impl Profile {
@@ -316,6 +318,16 @@ impl Profile {
             home: home.to_path_buf(),
             passphrase: passphrase.to_string(),
             netns: None,
+            transport: None,
+        }
+    }
+
+    /// The same profile, its commands reaching relays only over `transport` (`quic` or
+    /// `tcp`), for suites that run over each binding.
+    pub fn over(&self, transport: &'static str) -> Self {
+        Self {
+            transport: Some(transport),
+            ..self.clone()
         }
     }
 
@@ -347,6 +359,9 @@ impl Profile {
             .env("TIDINGS_INSECURE_FAST_KDF", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(t) = self.transport {
+            command.env("TIDINGS_TRANSPORT", t);
+        }
         Ok(command)
     }
 

@@ -25,6 +25,14 @@ pub async fn connect(address: &str) -> Result<RelayConnection> {
     Ok(RelayConnection::connect(&parse_address(address)?).await?)
 }
 
+/// Connects over one binding (HTTP/3, HTTP/2 or WebSocket), for suites that run on each.
+pub async fn connect_over(
+    address: &str,
+    binding: tidings_client::transport::Binding,
+) -> Result<RelayConnection> {
+    Ok(RelayConnection::connect_with(&parse_address(address)?, binding).await?)
+}
+
 /// A queue created by a test: its ids and the recipient's keys (fields through `Deref`).
 pub struct TestQueue(NewQueue);
 

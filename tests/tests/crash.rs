@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use tidings_client::transport::Binding;
 use tidings_protocol::command::ReplyKind;
-use tidings_tests::proto::{connect, TestQueue, TestSender};
+use tidings_tests::proto::{connect_over, TestQueue, TestSender};
 use tidings_tests::{Profile, RelayProcess};
 
 const SENDERS: usize = 20;
@@ -25,14 +26,24 @@ fn body(sender: usize, seq: usize) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_acknowledged_message_survives_sigkill_of_the_relay() -> Result<()> {
+async fn every_acknowledged_message_survives_sigkill_of_the_relay_over_http3() -> Result<()> {
+    sigkill_of_the_relay(Binding::Http3).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_message_survives_sigkill_of_the_relay_over_http2_on_tcp() -> Result<()>
+{
+    sigkill_of_the_relay(Binding::Http2).await
+}
+
+async fn sigkill_of_the_relay(binding: Binding) -> Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("data"))?;
     let mut relay =
         RelayProcess::start(&dir.path().join("data"), &dir.path().join("relay.log"), &[])?;
     let address = relay.address().to_string();
 
-    let mut owner = connect(&address).await?;
+    let mut owner = connect_over(&address, binding).await?;
     let mut queues = Vec::new();
     for _ in 0..SENDERS {
         queues.push(TestQueue::create(&mut owner).await?);
@@ -52,7 +63,7 @@ async fn every_acknowledged_message_survives_sigkill_of_the_relay() -> Result<()
         );
         let sender_id = queue.sender;
         tasks.push(tokio::spawn(async move {
-            let Ok(mut conn) = connect(&address).await else {
+            let Ok(mut conn) = connect_over(&address, binding).await else {
                 return;
             };
             let sender = TestSender::unsecured(sender_id);
@@ -95,7 +106,7 @@ async fn every_acknowledged_message_survives_sigkill_of_the_relay() -> Result<()
     );
 
     relay.restart()?;
-    let mut reader = connect(relay.address()).await?;
+    let mut reader = connect_over(relay.address(), binding).await?;
     let mut delivered: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
     for queue in &queues {
         for b in queue.drain(&mut reader).await? {
@@ -124,13 +135,22 @@ async fn every_acknowledged_message_survives_sigkill_of_the_relay() -> Result<()
 }
 
 #[test]
-fn a_client_killed_during_sync_loses_nothing_and_shows_nothing_twice() -> Result<()> {
+fn a_client_killed_during_sync_loses_nothing_and_shows_nothing_twice_over_quic() -> Result<()> {
+    client_killed_during_sync("quic")
+}
+
+#[test]
+fn a_client_killed_during_sync_loses_nothing_and_shows_nothing_twice_over_tcp() -> Result<()> {
+    client_killed_during_sync("tcp")
+}
+
+fn client_killed_during_sync(transport: &'static str) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let root = dir.path();
     std::fs::create_dir_all(root.join("relay"))?;
     let relay = RelayProcess::start(&root.join("relay"), &root.join("relay.log"), &[])?;
-    let a = Profile::new(&root.join("amina"), "amina passphrase, long enough");
-    let b = Profile::new(&root.join("bora"), "bora passphrase, long enough");
+    let a = Profile::new(&root.join("amina"), "amina passphrase, long enough").over(transport);
+    let b = Profile::new(&root.join("bora"), "bora passphrase, long enough").over(transport);
     a.run(&["init", "--relay", relay.address()])?.ok()?;
     b.run(&["init", "--relay", relay.address()])?.ok()?;
     let link = a

@@ -553,3 +553,40 @@ fn a_killed_send_file_resumes_without_sending_finished_chunks_again() -> Result<
     assert!(same_file(&src, &out)?, "the resumed upload arrives whole");
     Ok(())
 }
+
+#[test]
+fn a_duress_unlock_leaves_no_received_files_behind() -> Result<()> {
+    let world = World::new()?;
+    let alice = world.profile("alice")?;
+    let bob = world.profile("bob")?;
+    tidings_tests::connect(&alice, "bob", &bob, "alice")?;
+    let src = world.root().join("letter.pdf");
+    make_file(&src, 150_000)?;
+    alice
+        .run(&["send-file", "bob", &src.to_string_lossy()])?
+        .ok()?;
+    // Small enough for sync to download it by itself.
+    bob.run(&["sync"])?.ok()?;
+    let files_dir = bob.home.join("files");
+    assert!(
+        std::fs::read_dir(&files_dir)?.count() > 0,
+        "the file was downloaded"
+    );
+    bob.run_with(
+        &["safety", "set-duress-passphrase"],
+        &[("TIDINGS_NEW_PASSPHRASE", "only the shopping list")],
+        Duration::from_secs(60),
+    )?
+    .ok()?;
+    let mut decoy = bob.clone();
+    decoy.passphrase = "only the shopping list".into();
+    let files = decoy.run(&["files"])?.ok()?;
+    assert!(files.stdout.is_empty(), "{}", files.stdout);
+    // Like a new profile, which has no folder of received files at all.
+    assert!(
+        !files_dir.exists(),
+        "the received files went with the profile"
+    );
+    assert!(!world.profile("fresh")?.home.join("files").exists());
+    Ok(())
+}

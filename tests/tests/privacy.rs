@@ -6,8 +6,9 @@
 use anyhow::{bail, Result};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
+use tidings_client::transport::Binding;
 use tidings_protocol::command::Command;
-use tidings_tests::proto::{connect, expect_ok, TestQueue, TestSender};
+use tidings_tests::proto::{connect_over, expect_ok, TestQueue, TestSender};
 use tidings_tests::{contains, link_secrets, scan_dir, Profile, RelayProcess};
 
 /// All the spellings of `bytes` a careless log or store might use.
@@ -34,14 +35,25 @@ fn assert_absent(what: &str, haystack: &[u8], needles: &[Vec<u8>]) {
 }
 
 #[tokio::test]
-async fn the_relay_keeps_no_ids_addresses_or_sent_bytes_in_its_log_or_store() -> Result<()> {
+async fn the_relay_keeps_no_ids_addresses_or_sent_bytes_in_its_log_or_store_over_http3(
+) -> Result<()> {
+    relay_keeps_nothing(Binding::Http3).await
+}
+
+#[tokio::test]
+async fn the_relay_keeps_no_ids_addresses_or_sent_bytes_in_its_log_or_store_over_websocket(
+) -> Result<()> {
+    relay_keeps_nothing(Binding::WebSocket).await
+}
+
+async fn relay_keeps_nothing(binding: Binding) -> Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("data"))?;
     let relay = RelayProcess::start(&dir.path().join("data"), &dir.path().join("relay.log"), &[])?;
-    let mut conn = connect(relay.address()).await?;
+    let mut conn = connect_over(relay.address(), binding).await?;
     let queue = TestQueue::create(&mut conn).await?;
     let mut sender = TestSender::unsecured(queue.sender);
-    let mut sender_conn = connect(relay.address()).await?;
+    let mut sender_conn = connect_over(relay.address(), binding).await?;
     expect_ok(sender.secure(&mut sender_conn).await?)?;
     let sent: Vec<Vec<u8>> = (0..6)
         .map(|i| {
@@ -97,13 +109,23 @@ async fn the_relay_keeps_no_ids_addresses_or_sent_bytes_in_its_log_or_store() ->
 }
 
 #[test]
-fn after_a_conversation_neither_relay_nor_phones_hold_anything_readable() -> Result<()> {
+fn after_a_conversation_neither_relay_nor_phones_hold_anything_readable_over_quic() -> Result<()> {
+    after_a_conversation("quic")
+}
+
+#[test]
+fn after_a_conversation_neither_relay_nor_phones_hold_anything_readable_over_tcp() -> Result<()> {
+    after_a_conversation("tcp")
+}
+
+fn after_a_conversation(transport: &'static str) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let root = dir.path();
     std::fs::create_dir_all(root.join("relay"))?;
     let relay = RelayProcess::start(&root.join("relay"), &root.join("relay.log"), &[])?;
-    let a = Profile::new(&root.join("minister"), "minister passphrase, long enough");
-    let b = Profile::new(&root.join("sister"), "sister passphrase, long enough");
+    let a =
+        Profile::new(&root.join("minister"), "minister passphrase, long enough").over(transport);
+    let b = Profile::new(&root.join("sister"), "sister passphrase, long enough").over(transport);
     a.run(&["init", "--relay", relay.address()])?.ok()?;
     b.run(&["init", "--relay", relay.address()])?.ok()?;
     let link = a
@@ -163,6 +185,13 @@ fn after_a_conversation_neither_relay_nor_phones_hold_anything_readable() -> Res
     let refs: Vec<&[u8]> = phone_secrets.iter().map(Vec::as_slice).collect();
     scan_dir(&a.home, &refs)?;
     scan_dir(&b.home, &refs)?;
+    // The conversation really went over the transport asked for: the way in each profile
+    // remembers is a TCP binding (h2, ws) or HTTP/3.
+    let used = a.run(&["network"])?.ok()?.stdout;
+    let tcp = used.contains("h2: ") || used.contains("ws: ");
+    if (transport == "tcp") != tcp || (transport == "quic") != used.contains("h3: ") {
+        bail!("asked for {transport}, the profile remembers: {used}");
+    }
     Ok(())
 }
 

@@ -137,7 +137,7 @@ pub const DUMMY_RECIPIENTS: usize = 2;
 /// description's key, which only the encrypted store holds; removed by a panic wipe with
 /// the whole home).
 fn blob_path(home: &std::path::Path, id: &str) -> std::path::PathBuf {
-    home.join("files").join(id)
+    home.join(crate::store::FILES_DIR).join(id)
 }
 
 /// A file to send: where it is, its media type, and for a voice note its length.
@@ -259,7 +259,7 @@ impl Profile {
             return Ok(());
         }
         let desc = FileDescription::decode(&record.description, MAX_PAYLOAD_LEN)?;
-        let dir = self.store.home().join("files");
+        let dir = self.store.home().join(crate::store::FILES_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| ClientError::storage(&dir, e))?;
         let blob = blob_path(self.store.home(), id);
         // Chunks already on disk are found again by checking them.
