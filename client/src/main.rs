@@ -1428,20 +1428,40 @@ struct Progress {
     json: bool,
     what: &'static str,
     last_tenth: u64,
+    /// On a terminal: a bar with bytes, rate and time left (indicatif), on stderr.
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Progress {
     fn new(json: bool, what: &'static str) -> Self {
+        use std::io::IsTerminal as _;
+        let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::with_draw_target(
+                None,
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, {eta} left",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(what);
+            bar
+        });
         Self {
             json,
             what,
             last_tenth: 0,
+            bar,
         }
     }
 
     fn update(&mut self, done: u64, total: u64) {
         let tenth = done.saturating_mul(10) / total.max(1);
-        if self.json {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+            bar.set_position(done);
+        } else if self.json {
             println!(
                 "{}",
                 serde_json::json!({"event": "progress", "what": self.what, "done": done, "total": total})
@@ -1453,6 +1473,9 @@ impl Progress {
     }
 
     fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
         if self.json {
             println!(
                 "{}",
