@@ -307,30 +307,18 @@ impl Profile {
         let mut last_at = None;
         let count = bodies.len();
         for (contact, body) in bodies {
-            let mut session = E2eSession::unpickle(&contact.session, self.store.pickle_key())?;
-            let app = AppMessage {
-                id: AppMessageId::random(&mut OsRng),
-                sent_at: now,
-                body,
-            };
             let hold = spread_hold(spread, now)?;
             if let Some((at, _)) = hold {
                 last_at = Some(last_at.map_or(at, |l: u64| l.max(at)));
             }
-            let contact_id = contact.id;
-            let (_, waiting) = self.seal_into_outbox(&mut b, contact, &mut session, &app, hold)?;
-            let entry = HistoryRecord {
-                contact: contact_id,
-                seq: order_key(now),
-                id: random()?,
-                outbox: Some(waiting),
-                outgoing: true,
-                text: history_text.to_string(),
-                sent_at: now,
-                at: now,
-                kind: history_kind,
-            };
-            b.put_json(Tree::History, &history_key(&entry), &entry)?;
+            self.queue_outgoing(
+                &mut b,
+                contact,
+                body,
+                (history_kind, history_text),
+                now,
+                hold,
+            )?;
         }
         self.store.apply(b)?;
         let mut sent = 0;

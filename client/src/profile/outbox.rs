@@ -92,15 +92,47 @@ impl Profile {
             }
             Err(e) => return Err(e),
         };
+        let mut b = Batch::new();
+        let contact_id = contact.id;
+        self.queue_outgoing(
+            &mut b,
+            contact,
+            body,
+            (history_kind, history_text),
+            now,
+            None,
+        )?;
+        self.store.apply(b)?;
+        // A message by list held for this contact goes now too, with this one: it says
+        // nothing more about the list than this message does.
+        let mut links = Links::new(net);
+        let result = self.flush_with(&mut links, now, Some(contact_id)).await;
+        links.close().await;
+        match result? {
+            (_, Some(e)) => Err(e),
+            (_, None) => Ok(()),
+        }
+    }
+
+    /// Seals `body` for `contact` into the outbox (held until its time when `hold` says so,
+    /// see [`Profile::seal_into_outbox`]) with the history entry that shows it, both in `b`.
+    pub(super) fn queue_outgoing(
+        &self,
+        b: &mut Batch,
+        contact: ContactRecord,
+        body: AppBody,
+        (history_kind, history_text): (u8, &str),
+        now: u64,
+        hold: Option<(u64, u64)>,
+    ) -> Result<()> {
         let mut session = E2eSession::unpickle(&contact.session, self.store.pickle_key())?;
         let app = AppMessage {
             id: AppMessageId::random(&mut OsRng),
             sent_at: now,
             body,
         };
-        let mut b = Batch::new();
         let contact_id = contact.id;
-        let (_, waiting) = self.seal_into_outbox(&mut b, contact, &mut session, &app, None)?;
+        let (_, waiting) = self.seal_into_outbox(b, contact, &mut session, &app, hold)?;
         let entry = HistoryRecord {
             contact: contact_id,
             seq: order_key(now),
@@ -112,17 +144,7 @@ impl Profile {
             at: now,
             kind: history_kind,
         };
-        b.put_json(Tree::History, &history_key(&entry), &entry)?;
-        self.store.apply(b)?;
-        // A message by list held for this contact goes now too, with this one: it says
-        // nothing more about the list than this message does.
-        let mut links = Links::new(net);
-        let result = self.flush_with(&mut links, now, Some(contact_id)).await;
-        links.close().await;
-        match result? {
-            (_, Some(e)) => Err(e),
-            (_, None) => Ok(()),
-        }
+        b.put_json(Tree::History, &history_key(&entry), &entry)
     }
 
     /// Sends what waits in the outbox and is due at `now`. Returns how many went out; a
