@@ -168,7 +168,7 @@ pub async fn dial(address: &RelayAddress, binding: Binding) -> Result<RecordStre
 /// The sending half of a record stream.
 pub(crate) enum Sink {
     Http3(Box<h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>>),
-    Http2(tls::BodySender),
+    Http2(tidings_io::BodySender),
     WebSocket(tls::WsSink),
 }
 
@@ -286,7 +286,7 @@ impl RecordSink {
                 .send_data(data)
                 .await
                 .map_err(|_| ClientError::ConnectionLost),
-            Sink::Http2(s) => s.send(data).await,
+            Sink::Http2(s) => s.send(data).await.map_err(|_| ClientError::ConnectionLost),
             Sink::WebSocket(s) => tls::ws_send(s, data).await,
         }
     }
@@ -299,7 +299,7 @@ impl RecordSink {
                 let mut s = *s;
                 let _ = tokio::time::timeout(wait, s.finish()).await;
             }
-            Some(Sink::Http2(s)) => s.finish().await,
+            Some(Sink::Http2(mut s)) => s.finish(tls::FINISH_WAIT).await,
             Some(Sink::WebSocket(mut s)) => {
                 let _ = tokio::time::timeout(wait, tls::ws_close(&mut s)).await;
             }

@@ -1,18 +1,14 @@
 //! HTTP/2 and WebSocket over HTTP/1.1, over TLS over any connected byte stream.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Request, StatusCode};
-use http_body::{Body, Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
@@ -42,7 +38,7 @@ pub(crate) type WsSink = futures_util::stream::SplitSink<Ws, Message>;
 pub(crate) type WsSource = futures_util::stream::SplitStream<Ws>;
 
 /// How long finishing a body waits for the connection to take it.
-const FINISH_WAIT: Duration = Duration::from_millis(500);
+pub(crate) const FINISH_WAIT: Duration = Duration::from_millis(500);
 
 /// Opens a tunnel over `io`, a byte stream already connected to the relay at `address` (a
 /// TCP connection, or one through a proxy): TLS with the ALPN of `binding`, then the
@@ -96,7 +92,7 @@ async fn dial_h2(tls: TlsIo, address: &RelayAddress) -> Result<RecordStream> {
     let link = Link::Tcp {
         driver: Arc::new(driver.abort_handle()),
     };
-    let (body_sender, body) = channel_body();
+    let (body_sender, body) = tidings_io::channel_body();
     let request = Request::post(format!(
         "https://{}{}",
         authority(address),
@@ -190,89 +186,5 @@ pub(crate) async fn ws_next(source: &mut WsSource) -> Result<Option<Bytes>> {
             Some(Ok(Message::Close(_))) | None => return Ok(None),
             Some(Ok(_)) | Some(Err(_)) => return Err(ClientError::ConnectionLost),
         }
-    }
-}
-
-/// The sending side of a streaming request body.
-pub(crate) struct BodySender {
-    tx: Option<mpsc::Sender<Option<Bytes>>>,
-    done: Option<oneshot::Receiver<()>>,
-}
-
-impl BodySender {
-    pub(crate) async fn send(&mut self, data: Bytes) -> Result<()> {
-        let tx = self.tx.as_ref().ok_or(ClientError::ConnectionLost)?;
-        tx.send(Some(data))
-            .await
-            .map_err(|_| ClientError::ConnectionLost)
-    }
-
-    pub(crate) async fn finish(mut self) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tokio::time::timeout(FINISH_WAIT, tx.send(None)).await;
-        }
-        if let Some(done) = self.done.take() {
-            let _ = tokio::time::timeout(FINISH_WAIT, done).await;
-        }
-    }
-}
-
-/// A request body fed from a channel: `None` ends it in order; a sender dropped without
-/// that resets the stream.
-pub(crate) struct ChannelBody {
-    rx: mpsc::Receiver<Option<Bytes>>,
-    ended: bool,
-    _done: oneshot::Sender<()>,
-}
-
-/// The body's error: the sender went away without ending the body.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body was abandoned")]
-pub(crate) struct Abandoned;
-
-fn channel_body() -> (BodySender, ChannelBody) {
-    let (tx, rx) = mpsc::channel(1);
-    let (done_tx, done_rx) = oneshot::channel();
-    (
-        BodySender {
-            tx: Some(tx),
-            done: Some(done_rx),
-        },
-        ChannelBody {
-            rx,
-            ended: false,
-            _done: done_tx,
-        },
-    )
-}
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Abandoned;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<std::result::Result<Frame<Bytes>, Abandoned>>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        match self.rx.poll_recv(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Some(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
-            Poll::Ready(Some(None)) => {
-                self.ended = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(None) => Poll::Ready(Some(Err(Abandoned))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }

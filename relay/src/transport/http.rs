@@ -30,8 +30,8 @@ use tidings_protocol::keys::RelayPublicKey;
 use tidings_protocol::noise::RECORD_LEN;
 
 use super::tunnel::{
-    channel_body, ws_config, ws_parts, ChannelBody, ChannelWriter, ChunkReader, H3Body, H3Writer,
-    HyperBody, TunnelCloser, WsSource, WsWriter, FINISH_WAIT, H3_NO_ERROR,
+    channel_body, ws_config, ws_parts, ChannelWriter, ChunkReader, H3Body, H3Writer, HyperBody,
+    TunnelCloser, WsSource, WsWriter, FINISH_WAIT, H3_NO_ERROR,
 };
 use super::website::Website;
 
@@ -87,7 +87,7 @@ impl Gate {
 }
 
 /// What a tunnel's response body is: a whole page, or the relay's records.
-pub type ResponseBody = Either<Full<Bytes>, ChannelBody>;
+pub type ResponseBody = Either<Full<Bytes>, tidings_io::ChannelBody>;
 
 fn path_and_query<B>(req: &Request<B>) -> &str {
     req.uri().path_and_query().map_or("/", |pq| pq.as_str())

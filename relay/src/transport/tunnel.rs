@@ -12,18 +12,15 @@
 //! each protocol's flow control: a writer's future waits while the peer's window is full.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures_util::{SinkExt, StreamExt};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
@@ -138,93 +135,29 @@ impl<S: h3::quic::RecvStream + Send + 'static> ChunkSource for H3Body<S> {
     }
 }
 
-/// A response body fed from a channel: `Some(bytes)` is data, `None` the orderly end. A
-/// channel closed without the end is an error, which hyper turns into an RST_STREAM (HTTP/2)
-/// or a dropped connection (HTTP/1.1), so an abandoned stream never looks finished.
+/// [`RecordWriter`] feeding the HTTP/2 response body ([`tidings_io::ChannelBody`]): a
+/// channel closed without the orderly end fails the body, which hyper turns into an
+/// RST_STREAM (HTTP/2) or a dropped connection (HTTP/1.1), so an abandoned stream never
+/// looks finished.
 #[derive(Debug)]
-pub struct ChannelBody {
-    rx: mpsc::Receiver<Option<Bytes>>,
-    ended: bool,
-    /// Fired when hyper drops the body (it has taken everything or given up).
-    _done: Option<oneshot::Sender<()>>,
-}
-
-/// The body's error: the writer went away without ending the body.
-#[derive(Debug, thiserror::Error)]
-#[error("the tunnel ended abruptly")]
-pub struct Abandoned;
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Abandoned;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<std::result::Result<Frame<Bytes>, Abandoned>>> {
-        if self.ended {
-            return Poll::Ready(None);
-        }
-        match self.rx.poll_recv(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Some(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
-            Poll::Ready(Some(None)) => {
-                self.ended = true;
-                Poll::Ready(None)
-            }
-            Poll::Ready(None) => Poll::Ready(Some(Err(Abandoned))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-}
-
-/// [`RecordWriter`] feeding a [`ChannelBody`].
-#[derive(Debug)]
-pub struct ChannelWriter {
-    tx: Option<mpsc::Sender<Option<Bytes>>>,
-    done: Option<oneshot::Receiver<()>>,
-}
+pub struct ChannelWriter(tidings_io::BodySender);
 
 /// A connected pair: the writer the session uses and the body hyper sends.
-pub fn channel_body() -> (ChannelWriter, ChannelBody) {
-    // One record waiting besides the one hyper holds: the rest waits in the session.
-    let (tx, rx) = mpsc::channel(1);
-    let (done_tx, done_rx) = oneshot::channel();
-    (
-        ChannelWriter {
-            tx: Some(tx),
-            done: Some(done_rx),
-        },
-        ChannelBody {
-            rx,
-            ended: false,
-            _done: Some(done_tx),
-        },
-    )
+pub fn channel_body() -> (ChannelWriter, tidings_io::ChannelBody) {
+    let (sender, body) = tidings_io::channel_body();
+    (ChannelWriter(sender), body)
 }
 
 impl RecordWriter for ChannelWriter {
     async fn write_record(&mut self, record: &[u8]) -> Result<()> {
-        let tx = self.tx.as_ref().ok_or(RelayError::Transport)?;
-        tx.send(Some(Bytes::copy_from_slice(record)))
+        self.0
+            .send(Bytes::copy_from_slice(record))
             .await
             .map_err(|_| RelayError::Transport)
     }
 
     async fn finish(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tokio::time::timeout(FINISH_WAIT, tx.send(None)).await;
-        }
-        if let Some(done) = self.done.take() {
-            let _ = tokio::time::timeout(FINISH_WAIT, done).await;
-        }
+        self.0.finish(FINISH_WAIT).await;
     }
 }
 
