@@ -219,7 +219,7 @@ impl RelayConnection {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let stream = transport::dial_tls(io, address, transport_binding(binding)).await?;
+            let stream = transport::dial_tls(io, address, binding).await?;
             Self::handshake(stream, address).await
         })
         .await
@@ -535,15 +535,6 @@ mod tests {
         }
         assert!(inbox.file(reply(MAX_BUFFERED_REPLIES as u64 + 1)).is_err());
         assert_eq!(inbox.replies.len(), MAX_BUFFERED_REPLIES);
-    }
-}
-
-/// The transport binding for an address's binding name.
-fn transport_binding(b: tidings_protocol::address::Binding) -> transport::Binding {
-    match b {
-        tidings_protocol::address::Binding::Http3 => transport::Binding::Http3,
-        tidings_protocol::address::Binding::Http2 => transport::Binding::Http2,
-        tidings_protocol::address::Binding::WebSocket => transport::Binding::WebSocket,
     }
 }
 

@@ -85,8 +85,31 @@ impl Binding {
         matches!(self, Binding::Http3)
     }
 
+    /// Whether the binding runs over TCP (TLS) rather than UDP.
+    pub fn is_tcp(self) -> bool {
+        !self.is_udp()
+    }
+
+    /// The byte that stands for the binding in the tunnel proof (PROTOCOL.md section 3.2).
+    pub fn proof_id(self) -> crate::binding::BindingId {
+        match self {
+            Binding::Http3 => crate::binding::BindingId::Http3,
+            Binding::Http2 => crate::binding::BindingId::Http2,
+            Binding::WebSocket => crate::binding::BindingId::WebSocket,
+        }
+    }
+
     fn from_token(token: &str) -> Option<Self> {
         Binding::ALL.into_iter().find(|b| b.token() == token)
+    }
+}
+
+impl std::str::FromStr for Binding {
+    type Err = AddressError;
+
+    /// Reads a binding's token: `h3`, `h2` or `ws`.
+    fn from_str(token: &str) -> Result<Self, AddressError> {
+        Binding::from_token(token).ok_or(AddressError::UnknownBinding)
     }
 }
 

@@ -874,3 +874,23 @@ proptest! {
         prop_assert!(verifier.check_path(BindingId::Http3, &path, 1_767_225_600).is_err());
     }
 }
+
+/// A binding's name in addresses and on the command line reads back as itself, anything
+/// else is refused, and its byte in the tunnel proof is the one PROTOCOL.md §3.2 gives.
+#[test]
+fn binding_names_read_back_and_map_to_their_proof_bytes() {
+    use tidings_protocol::address::AddressError;
+    for (binding, name, byte) in [
+        (Binding::Http3, "h3", 2u8),
+        (Binding::Http2, "h2", 1),
+        (Binding::WebSocket, "ws", 3),
+    ] {
+        assert_eq!(name.parse::<Binding>(), Ok(binding));
+        assert_eq!(binding.to_string(), name);
+        assert_eq!(binding.proof_id().byte(), byte);
+        assert_eq!(binding.is_tcp(), !binding.is_udp());
+    }
+    for bad in ["", "H3", "h1", "quic", "h3 "] {
+        assert_eq!(bad.parse::<Binding>(), Err(AddressError::UnknownBinding));
+    }
+}

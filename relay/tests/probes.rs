@@ -494,7 +494,7 @@ async fn a_replayed_proof_gets_the_websites_answer() {
         (Binding::Http2, Version::HTTP_2),
         (Binding::Http3, Version::HTTP_3),
     ] {
-        let path = proof(&p.key(), binding.id());
+        let path = proof(&p.key(), binding.proof_id());
         // The first use opens a tunnel: 200 with the octet-stream headers.
         let first = open_tunnel(target, version, &path).await;
         assert_eq!(first, StatusCode::OK, "{binding}");

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use rand_core::OsRng;
 
 use tidings_protocol::address::{Host, RelayAddress};
-use tidings_protocol::binding::{BindingId, Proof, ProofKey};
+use tidings_protocol::binding::{Proof, ProofKey};
 use tidings_protocol::noise::RECORD_LEN;
 
 use crate::error::{ClientError, Result};
@@ -37,63 +37,8 @@ pub use tls::{dial_tls, ALPN_H2, ALPN_HTTP1};
 /// The HTTP/3 application error code for "no error" (RFC 9114 section 8.1).
 pub const H3_NO_ERROR: u32 = 0x100;
 
-/// Which HTTP binding carries the record stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Binding {
-    /// HTTP/3 over QUIC (UDP).
-    Http3,
-    /// HTTP/2 over TLS over TCP.
-    Http2,
-    /// WebSocket over HTTP/1.1 over TLS over TCP.
-    WebSocket,
-}
-
-impl Binding {
-    /// Every binding, in the order a client tries them by default.
-    pub const ALL: [Binding; 3] = [Binding::Http3, Binding::Http2, Binding::WebSocket];
-
-    /// The binding's byte in the proof (PROTOCOL.md section 3.2).
-    pub fn id(self) -> BindingId {
-        match self {
-            Self::Http3 => BindingId::Http3,
-            Self::Http2 => BindingId::Http2,
-            Self::WebSocket => BindingId::WebSocket,
-        }
-    }
-
-    /// True for the bindings that run over TCP.
-    pub fn is_tcp(self) -> bool {
-        !matches!(self, Self::Http3)
-    }
-}
-
-impl std::fmt::Display for Binding {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Http3 => "h3",
-            Self::Http2 => "h2",
-            Self::WebSocket => "ws",
-        })
-    }
-}
-
-/// A binding name that is not one of `h3`, `h2`, `ws`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown binding {0:?}: use h3 (HTTP/3 over QUIC), h2 (HTTP/2 over TLS) or ws (WebSocket over TLS)")]
-pub struct UnknownBinding(pub String);
-
-impl std::str::FromStr for Binding {
-    type Err = UnknownBinding;
-
-    fn from_str(s: &str) -> std::result::Result<Self, UnknownBinding> {
-        match s {
-            "h3" => Ok(Self::Http3),
-            "h2" => Ok(Self::Http2),
-            "ws" => Ok(Self::WebSocket),
-            other => Err(UnknownBinding(other.to_string())),
-        }
-    }
-}
+/// Which HTTP binding carries the record stream: the one in relay addresses.
+pub use tidings_protocol::address::Binding;
 
 /// A fresh proof path `/<token>` for `binding` to the relay at `address`, made with the
 /// system clock and the OS random number generator.
@@ -104,7 +49,7 @@ pub fn proof_path(address: &RelayAddress, binding: Binding) -> String {
         .unwrap_or(0);
     Proof::make(
         &ProofKey::derive(&address.key),
-        binding.id(),
+        binding.proof_id(),
         now,
         &mut OsRng,
     )
