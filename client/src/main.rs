@@ -805,7 +805,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if offline {
                 eprintln!("profile created (the relay was not checked)");
             } else {
-                eprintln!("profile created; the relay answered with the right key");
+                eprintln!("profile created; the relay proved it is the one in your address");
             }
         }
         Cmd::Invite {
@@ -1264,7 +1264,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if due.is_empty() {
                 if !json {
-                    eprintln!("nobody is overdue");
+                    eprintln!("no one is overdue");
                 }
             } else {
                 return Ok(ExitCode::from(EXIT_SOMEONE_DUE));

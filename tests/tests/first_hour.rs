@@ -44,7 +44,7 @@ fn init_checks_the_relay_and_says_what_is_wrong() -> Result<()> {
     let good = Profile::new(&w.root().join("good"), "good passphrase");
     let out = good.run(&["init", "--relay", w.relay.address()])?.ok()?;
     ensure!(
-        out.stderr.contains("the relay answered with the right key"),
+        out.stderr.contains("the relay proved it is the one in your address"),
         "{}",
         out.stderr
     );
@@ -93,7 +93,7 @@ fn due_has_exit_codes_syncs_and_acknowledges_duress() -> Result<()> {
     connect(&minister, "kim", &sister, "pastor")?;
     let out = minister.run(&["due"])?;
     ensure!(out.status.code() == Some(0), "{:?}", out.status);
-    ensure!(out.stderr.trim() == "nobody is overdue", "{}", out.stderr);
+    ensure!(out.stderr.trim() == "no one is overdue", "{}", out.stderr);
     minister.run(&["expect", "kim", "1d"])?.ok()?;
     sister.set_pin("set-checkin-pin", "1357")?;
     sister.set_pin("set-duress-pin", "8642")?;

@@ -293,7 +293,7 @@ pub fn due(home: &std::path::Path, net: &Net, list: &str, json: bool) -> anyhow:
     }
     if due.is_empty() {
         if !json {
-            eprintln!("nobody in the list is overdue");
+            eprintln!("no one in the list is overdue");
         }
         Ok(ExitCode::SUCCESS)
     } else {
@@ -377,7 +377,7 @@ pub fn status(home: &std::path::Path, net: &Net, json: bool) -> anyhow::Result<E
             writeln!(out, "outbox: {} waiting{held}", st.outbox)?;
         }
         if st.due.is_empty() && st.unread.is_empty() {
-            done("nobody is overdue or under duress, and nothing is unread");
+            done("no one is overdue or under duress, and nothing is unread");
         }
     }
     Ok(if st.due.is_empty() {
