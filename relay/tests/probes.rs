@@ -119,54 +119,10 @@ fn junk(len: usize) -> Bytes {
     Bytes::from(b)
 }
 
-/// Accepts any certificate (a prober does not care whose it is).
-#[derive(Debug)]
-struct AnyCert;
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
+/// TLS for a prober: the client's own configuration (any certificate is accepted, as a
+/// prober does not care whose it is), with the given ALPN list.
 fn tls_config(alpn: &[&[u8]]) -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert))
-        .with_no_client_auth();
-    tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    tls
+    tidings_client::transport::tls_client_config(alpn).unwrap()
 }
 
 async fn tls_to(
@@ -251,13 +207,13 @@ async fn ask_tcp(
     Answer::of(&parts, body)
 }
 
-async fn ask_h3(
+/// An HTTP/3 client connection to `target` (ALPN `h3`, no 0-RTT) and the task driving it.
+async fn h3_client(
     target: SocketAddr,
-    method: Method,
-    path: &str,
-    body: Option<Bytes>,
-    extra: &[(&str, &str)],
-) -> Answer {
+) -> (
+    h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    tokio::task::JoinHandle<()>,
+) {
     let mut tls = tls_config(&[b"h3"]);
     tls.enable_early_data = false;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
@@ -268,12 +224,23 @@ async fn ask_h3(
         .unwrap()
         .await
         .unwrap();
-    let (mut driver, mut sender) = h3::client::new(h3_quinn::Connection::new(connection))
+    let (mut driver, sender) = h3::client::new(h3_quinn::Connection::new(connection))
         .await
         .unwrap();
     let drive = tokio::spawn(async move {
         let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
     });
+    (sender, drive)
+}
+
+async fn ask_h3(
+    target: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Option<Bytes>,
+    extra: &[(&str, &str)],
+) -> Answer {
+    let (mut sender, drive) = h3_client(target).await;
     let mut request = Request::builder()
         .method(method)
         .uri(format!("https://localhost:{}{path}", target.port()));
@@ -555,23 +522,7 @@ async fn a_replayed_proof_gets_the_websites_answer() {
 /// Sends the tunnel request and returns the status (the tunnel is dropped after).
 async fn open_tunnel(target: SocketAddr, version: Version, path: &str) -> StatusCode {
     if version == Version::HTTP_3 {
-        let mut tls = tls_config(&[b"h3"]);
-        tls.enable_early_data = false;
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-        let mut endpoint =
-            quinn::Endpoint::client((std::net::Ipv4Addr::LOCALHOST, 0).into()).unwrap();
-        endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-        let connection = endpoint
-            .connect(target, "localhost")
-            .unwrap()
-            .await
-            .unwrap();
-        let (mut driver, mut sender) = h3::client::new(h3_quinn::Connection::new(connection))
-            .await
-            .unwrap();
-        let drive = tokio::spawn(async move {
-            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
-        });
+        let (mut sender, drive) = h3_client(target).await;
         let request = Request::post(format!("https://localhost:{}{path}", target.port()))
             .body(())
             .unwrap();

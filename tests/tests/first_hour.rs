@@ -44,7 +44,8 @@ fn init_checks_the_relay_and_says_what_is_wrong() -> Result<()> {
     let good = Profile::new(&w.root().join("good"), "good passphrase");
     let out = good.run(&["init", "--relay", w.relay.address()])?.ok()?;
     ensure!(
-        out.stderr.contains("the relay proved it is the one in your address"),
+        out.stderr
+            .contains("the relay proved it is the one in your address"),
         "{}",
         out.stderr
     );

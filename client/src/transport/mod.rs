@@ -339,7 +339,7 @@ impl RecordSource {
 /// The TLS client configuration: TLS 1.3 with the ring provider, the given ALPN values, and
 /// any server certificate accepted, because the Noise handshake inside is what authenticates
 /// the relay.
-pub(crate) fn tls_client_config(alpn: &[&[u8]]) -> Result<rustls::ClientConfig> {
+pub fn tls_client_config(alpn: &[&[u8]]) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
