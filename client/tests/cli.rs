@@ -5,28 +5,39 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn tidings(home: &Path, pass: &str, args: &[&str]) -> Output {
+/// `tidings --home HOME ARGS…` with the given environment (and the fast test KDF).
+fn run(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tidings"))
         .arg("--home")
         .arg(home)
         .args(args)
-        .env("TIDINGS_PASSPHRASE", pass)
+        .envs(env.iter().copied())
         .env("TIDINGS_INSECURE_FAST_KDF", "1")
         .output()
         .unwrap()
 }
 
+/// `tidings ARGS…` unlocked by `pass`.
+fn tidings(home: &Path, pass: &str, args: &[&str]) -> Output {
+    run(home, &[("TIDINGS_PASSPHRASE", pass)], args)
+}
+
 /// `tidings ARGS…` unlocked by `pass`, with `new` as `TIDINGS_NEW_PASSPHRASE`.
 fn with_new_passphrase(home: &Path, pass: &str, new: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tidings"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env("TIDINGS_PASSPHRASE", pass)
-        .env("TIDINGS_NEW_PASSPHRASE", new)
-        .env("TIDINGS_INSECURE_FAST_KDF", "1")
-        .output()
-        .unwrap()
+    run(
+        home,
+        &[
+            ("TIDINGS_PASSPHRASE", pass),
+            ("TIDINGS_NEW_PASSPHRASE", new),
+        ],
+        args,
+    )
+}
+
+/// Creates an offline profile in `home` under `pass`, and checks that it worked.
+fn init(home: &Path, pass: &str) {
+    let out = tidings(home, pass, &["init", "--offline", "--relay", RELAY]);
+    assert!(out.status.success(), "init failed: {}", stderr(&out));
 }
 
 fn stderr(o: &Output) -> String {
@@ -40,13 +51,7 @@ const RELAY: &str = "tidings://AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA@127.0
 fn a_wrong_passphrase_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("p");
-    assert!(tidings(
-        &home,
-        "right passphrase",
-        &["init", "--offline", "--relay", RELAY]
-    )
-    .status
-    .success());
+    init(&home, "right passphrase");
     let out = tidings(&home, "wrong passphrase", &["contacts"]);
     assert!(!out.status.success());
     assert_eq!(stderr(&out).trim(), "error: wrong passphrase");
@@ -60,13 +65,7 @@ fn a_wrong_passphrase_is_one_clear_line() {
 fn a_damaged_key_file_is_reported_as_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("p");
-    assert!(tidings(
-        &home,
-        "pw passphrase",
-        &["init", "--offline", "--relay", RELAY]
-    )
-    .status
-    .success());
+    init(&home, "pw passphrase");
     std::fs::write(home.join("key"), b"garbage").unwrap();
     let out = tidings(&home, "pw passphrase", &["contacts"]);
     assert!(!out.status.success());
@@ -81,13 +80,7 @@ fn unknown_contacts_links_and_profiles_are_named_plainly() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no profile"), "{}", stderr(&out));
 
-    assert!(tidings(
-        &home,
-        "pw passphrase",
-        &["init", "--offline", "--relay", RELAY]
-    )
-    .status
-    .success());
+    init(&home, "pw passphrase");
     let again = tidings(
         &home,
         "pw passphrase",
@@ -227,13 +220,7 @@ fn a_confirmation_that_does_not_match_says_so_and_changes_nothing() {
     );
     assert!(!home.join("key").exists());
 
-    assert!(tidings(
-        &home,
-        "real passphrase",
-        &["init", "--offline", "--relay", RELAY]
-    )
-    .status
-    .success());
+    init(&home, "real passphrase");
     let key = std::fs::read(home.join("key")).unwrap();
     let env = [("TIDINGS_PASSPHRASE", "real passphrase")];
     let args = ["safety", "set-duress-passphrase"];
@@ -253,13 +240,7 @@ fn a_confirmation_that_does_not_match_says_so_and_changes_nothing() {
 fn a_duress_passphrase_must_be_long_and_differ_from_the_real_one() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("p");
-    assert!(tidings(
-        &home,
-        "real passphrase",
-        &["init", "--offline", "--relay", RELAY]
-    )
-    .status
-    .success());
+    init(&home, "real passphrase");
     let key = std::fs::read(home.join("key")).unwrap();
     let set = |duress: &str| {
         with_new_passphrase(
@@ -301,13 +282,7 @@ fn a_duress_passphrase_must_be_long_and_differ_from_the_real_one() {
 fn the_passphrase_can_be_changed_and_the_old_one_stops_working() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("p");
-    assert!(tidings(
-        &home,
-        "old passphrase",
-        &["init", "--offline", "--relay", RELAY]
-    )
-    .status
-    .success());
+    init(&home, "old passphrase");
     let change = |new: &str| with_new_passphrase(&home, "old passphrase", new, &["passphrase"]);
     let out = change("short");
     assert!(stderr(&out).contains("at least 8 characters"));
