@@ -1254,21 +1254,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             let due = profile.due(now())?;
-            let mut out = std::io::stdout().lock();
-            for d in &due {
-                if json {
-                    writeln!(out, "{}", screen::json(&d)?)?;
-                } else {
-                    writeln!(out, "{}", d.line())?;
-                }
-            }
-            if due.is_empty() {
-                if !json {
-                    eprintln!("no one is overdue");
-                }
-            } else {
-                return Ok(ExitCode::from(EXIT_SOMEONE_DUE));
-            }
+            return cli::care::print_due(&due, json, "no one is overdue");
         }
         Cmd::Retain { name, keep } => {
             let keep = duration_or_off(&keep)?;

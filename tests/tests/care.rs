@@ -180,7 +180,7 @@ fn a_minister_with_25_contacts_sends_expects_and_reads_by_list() -> Result<()> {
         "{lines:?}"
     );
     ensure!(
-        lines[unread] == "c24: 1 unread, latest 23 h 57 m ago",
+        lines[unread] == "c24: 1 unread, latest 23h57m ago",
         "times read as people say them: {lines:?}"
     );
     // Reading the history clears the unread count.

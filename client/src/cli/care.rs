@@ -283,8 +283,18 @@ pub fn expect(
 pub fn due(home: &std::path::Path, net: &Net, list: &str, json: bool) -> anyhow::Result<ExitCode> {
     let profile = open(home, net)?;
     let due = profile.due_list(list, now())?;
+    print_due(&due, json, "no one in the list is overdue")
+}
+
+/// Prints who is due, a line (or a JSON object) each, and says so when no one is; the
+/// exit code is [`EXIT_SOMEONE_DUE`] when someone is.
+pub fn print_due(
+    due: &[tidings_client::safety::DueEntry],
+    json: bool,
+    no_one: &str,
+) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    for d in &due {
+    for d in due {
         if json {
             writeln!(out, "{}", screen::json(&d)?)?;
         } else {
@@ -293,7 +303,7 @@ pub fn due(home: &std::path::Path, net: &Net, list: &str, json: bool) -> anyhow:
     }
     if due.is_empty() {
         if !json {
-            eprintln!("no one in the list is overdue");
+            eprintln!("{no_one}");
         }
         Ok(ExitCode::SUCCESS)
     } else {
@@ -301,28 +311,10 @@ pub fn due(home: &std::path::Path, net: &Net, list: &str, json: bool) -> anyhow:
     }
 }
 
-/// A duration as a person reads it: `3 d 4 h`, `2 h 5 m`, `40 s`.
-fn spaced(secs: u64) -> String {
-    let (d, h, m, s) = (
-        secs / 86_400,
-        secs % 86_400 / 3_600,
-        secs % 3_600 / 60,
-        secs % 60,
-    );
-    match (d, h, m) {
-        (0, 0, 0) => format!("{s} s"),
-        (0, 0, _) => format!("{m} m"),
-        (0, _, 0) => format!("{h} h"),
-        (0, _, _) => format!("{h} h {m} m"),
-        (_, 0, _) => format!("{d} d"),
-        _ => format!("{d} d {h} h"),
-    }
-}
-
 fn ago(now: u64, then: u64) -> String {
     match now.saturating_sub(then) {
         0..=59 => "just now".to_string(),
-        secs => format!("{} ago", spaced(secs)),
+        secs => format!("{} ago", format_duration(secs)),
     }
 }
 
@@ -370,7 +362,7 @@ pub fn status(home: &std::path::Path, net: &Net, json: bool) -> anyhow::Result<E
                 Some(t) if st.held > 0 => format!(
                     " ({} held for list sending, the last within {})",
                     st.held,
-                    spaced(t.saturating_sub(now))
+                    format_duration(t.saturating_sub(now))
                 ),
                 _ => String::new(),
             };
@@ -400,10 +392,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_read_with_spaces() {
-        assert_eq!(spaced(3 * 86_400 + 4 * 3_600 + 59), "3 d 4 h");
-        assert_eq!(spaced(7_500), "2 h 5 m");
-        assert_eq!(spaced(40), "40 s");
+    fn ages_read_as_typed_durations() {
         assert_eq!(ago(100, 90), "just now");
+        assert_eq!(ago(86_340, 0), "23h59m ago");
     }
 }
