@@ -1595,6 +1595,28 @@ async fn sends_of_one_block_are_checked_together_and_answered_one_by_one() {
     for reply in conn.batch(requests).await.unwrap() {
         assert_ok(&reply);
     }
+    // One bad signature among good ones of existing queues: the batch fails, each is checked
+    // alone.
+    let requests = vec![
+        send(&mut conn, queues[0].sender, &keys[0], b"x"),
+        send(&mut conn, queues[1].sender, &keys[0], b"y"),
+        send(&mut conn, queues[2].sender, &keys[2], b"z"),
+    ];
+    let kinds: Vec<_> = conn
+        .batch(requests)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ReplyKind::Ok,
+            ReplyKind::Error(ErrorCode::Auth),
+            ReplyKind::Ok
+        ]
+    );
     // One bad signature among good ones, an unknown queue and an unsecured queue.
     let requests = vec![
         send(&mut conn, queues[0].sender, &keys[0], b"a"),
@@ -1618,17 +1640,15 @@ async fn sends_of_one_block_are_checked_together_and_answered_one_by_one() {
             ReplyKind::Ok
         ]
     );
+    let bodies = |list: &[&[u8]]| list.iter().map(|b| b.to_vec()).collect::<Vec<_>>();
     assert_eq!(
         queues[0].drain(&mut conn).await,
-        vec![b"good".to_vec(), b"a".to_vec()]
+        bodies(&[b"good", b"x", b"a"])
     );
-    assert_eq!(
-        queues[1].drain(&mut conn).await,
-        vec![b"good".to_vec(), b"f".to_vec()]
-    );
+    assert_eq!(queues[1].drain(&mut conn).await, bodies(&[b"good", b"f"]));
     assert_eq!(
         queues[2].drain(&mut conn).await,
-        vec![b"good".to_vec(), b"c".to_vec()]
+        bodies(&[b"good", b"z", b"c"])
     );
     assert!(unsecured.drain(&mut conn).await.is_empty());
     w.stop().await;
