@@ -123,6 +123,10 @@ fn dummy_key() -> StoredKey {
     *DUMMY.get_or_init(|| AuthPublicKey::dummy().into())
 }
 
+/// A `Send`'s queue (`None`: unknown) and the decoded key its signature is checked against,
+/// if it is checked at all (with whether the key was kept, see [`Dispatcher::signing_key`]).
+type Looked = (Option<QueueRecord>, Option<(AuthPublicKey, bool)>);
+
 /// A checked `Send` waiting to be stored with the rest of its block.
 struct PendingSend {
     corr: CorrId,
@@ -335,8 +339,7 @@ impl<S: Store> Dispatcher<S> {
             return run.iter().map(|req| self.sender_queue(req)).collect();
         }
         // Look up every queue and decode the key each signature is checked against.
-        let mut found: Vec<Result<(Option<QueueRecord>, Option<(AuthPublicKey, bool)>), Refusal>> =
-            Vec::with_capacity(run.len());
+        let mut found: Vec<Result<Looked, Refusal>> = Vec::with_capacity(run.len());
         for req in run {
             let entry = self.lookup_sender(&req.entity).and_then(|queue| {
                 let stored = match (&queue, &req.signature) {
