@@ -25,6 +25,7 @@
 mod abuse;
 mod contacts;
 mod files_load;
+mod floor;
 mod measure;
 mod parallel;
 mod redis_load;
@@ -160,6 +161,24 @@ pub struct Args {
     /// description lists at most 480 MiB).
     #[arg(long, default_value_t = 400)]
     pub rss_file_mb: u64,
+    /// Measure the cost floor instead (issue 19): the per-message work no design of this
+    /// protocol can avoid (Noise records, signature checks, re-encryption, a durable
+    /// append), in µs per message, and their sum.
+    #[arg(long)]
+    pub floor: bool,
+    /// With `--floor`: repetitions of each measurement.
+    #[arg(long, default_value_t = 2000)]
+    pub floor_iterations: usize,
+    /// With `--floor`: records a message needs (`Send`, its `Ok`, the push, the `Ack`).
+    #[arg(long, default_value_t = 4)]
+    pub floor_records: u32,
+    /// With `--floor`: messages made durable by one `fdatasync` (as the relay groups them).
+    #[arg(long, default_value_t = 16)]
+    pub floor_group: u32,
+    /// With `--floor`: where the durable appends go (the relay's disk; default: the
+    /// temporary dir).
+    #[arg(long)]
+    pub floor_dir: Option<PathBuf>,
 }
 
 impl Args {
@@ -233,6 +252,18 @@ fn main() -> Result<()> {
     let args = Args::parse();
     if !args.table.is_empty() {
         print!("{}", table::render(&args.table)?);
+        return Ok(());
+    }
+    if args.floor {
+        let dir = args.floor_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let floor = floor::run(
+            args.floor_iterations,
+            args.floor_records,
+            args.floor_group,
+            &dir,
+        )?;
+        print!("{}", floor::describe(&floor));
+        println!("{}", serde_json::to_string(&floor)?);
         return Ok(());
     }
     if !args.files && args.contacts == 0 {

@@ -1,5 +1,9 @@
 //! `--table FILE...`: the side-by-side table `compare.sh` prints from the JSON lines of
-//! several runs, and the last line `ratio tidings/redis: X.XX` (online messages/s).
+//! several runs, and the last line `ratio tidings/redis: X.XX` (online messages/s, Redis at
+//! the load's payload). Before it, when the runs are there (issue 19):
+//! `ratio tidings/redis at equal bytes: X.XX` (against the Redis run whose payload is the
+//! 16,000 bytes a Tidings message body always has) and `relay CPU per message / floor: X.XX`
+//! (the online run's relay CPU against `tidings-bench --floor` of the same run).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -78,6 +82,9 @@ const BINDING_ROWS: &[(&str, &str)] = &[
     ("latency p99 ms", "/latency_ms/p99"),
 ];
 
+/// Payload bytes from which a Redis run counts as moving what a Tidings message moves.
+const EQUAL_BYTES: u64 = 16_000;
+
 /// Reads the last JSON line of each file and renders the table and the ratio line.
 pub fn render(files: &[PathBuf]) -> Result<String> {
     // (target, mode) -> report
@@ -95,8 +102,13 @@ pub fn render(files: &[PathBuf]) -> Result<String> {
         let field = |name: &str| report.get(name).and_then(Value::as_str).map(str::to_string);
         // A Tidings run over a TCP binding is a column of its own ("tidings h2"), in the
         // bindings table below the main one.
+        let body = report.get("body_bytes").and_then(Value::as_u64);
         let target = match (field("target"), field("binding")) {
             (Some(t), Some(b)) if b != "h3" => format!("{t} {b}"),
+            // Redis moving as many bytes as Tidings (16,000-byte payloads): its own column.
+            (Some(t), _) if t == "redis" && body.is_some_and(|b| b >= EQUAL_BYTES) => {
+                "redis equal".to_string()
+            }
             (t, _) => t.unwrap_or_default(),
         };
         let key = (target, field("mode").unwrap_or_default());
@@ -154,11 +166,67 @@ pub fn render(files: &[PathBuf]) -> Result<String> {
             let _ = writeln!(out, "{line}");
         }
     }
-    let rate = |target: &str| {
+    let online = |target: &str, pointer: &str| {
         runs.get(&(target.to_string(), "online".to_string()))
-            .and_then(|r| r.pointer("/msgs_per_sec"))
+            .and_then(|r| r.pointer(pointer))
             .and_then(Value::as_f64)
     };
+    let rate = |target: &str| online(target, "/msgs_per_sec");
+    let floor = runs
+        .get(&("floor".to_string(), "floor".to_string()))
+        .and_then(|r| r.pointer("/sum_us"))
+        .and_then(Value::as_f64);
+    if let Some(equal) = runs.get(&("redis equal".to_string(), "online".to_string())) {
+        let cell = |p: &str| {
+            equal
+                .pointer(p)
+                .map(show)
+                .unwrap_or_else(|| "-".to_string())
+        };
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "redis at 16,000-byte payloads (online): {} messages/s, server CPU {} us/message",
+            cell("/msgs_per_sec"),
+            cell("/relay_cpu_us_per_msg")
+        );
+    }
+    if let Some(f) = runs.get(&("floor".to_string(), "floor".to_string())) {
+        let cell = |p: &str| f.pointer(p).map(show).unwrap_or_else(|| "-".to_string());
+        let _ = writeln!(
+            out,
+            "floor us/message: noise {} + signatures {} + re-encryption {} + durable append {} \
+             ({} per fdatasync) = {}",
+            cell("/noise_us"),
+            cell("/signature_us"),
+            cell("/reencrypt_us"),
+            cell("/append_us"),
+            cell("/group"),
+            cell("/sum_us")
+        );
+    }
+    match (rate("tidings"), rate("redis equal")) {
+        (Some(t), Some(r)) if r > 0.0 => {
+            let _ = writeln!(out, "ratio tidings/redis at equal bytes: {:.2}", t / r);
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "ratio tidings/redis at equal bytes: n/a (an online run is missing)"
+            );
+        }
+    }
+    match (online("tidings", "/relay_cpu_us_per_msg"), floor) {
+        (Some(cpu), Some(f)) if f > 0.0 => {
+            let _ = writeln!(out, "relay CPU per message / floor: {:.2}", cpu / f);
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "relay CPU per message / floor: n/a (the online run or the floor is missing)"
+            );
+        }
+    }
     match (rate("tidings"), rate("redis")) {
         (Some(t), Some(r)) if r > 0.0 => {
             let _ = writeln!(out, "ratio tidings/redis: {:.2}", t / r);
@@ -204,6 +272,55 @@ mod tests {
         let table = render(&[t, r]).unwrap();
         assert_eq!(table.lines().last(), Some("ratio tidings/redis: 1.50"));
         assert!(table.contains("latency p50 ms"));
+    }
+
+    #[test]
+    fn equal_bytes_and_floor_ratios_come_just_before_the_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        for (name, json) in [
+            (
+                "t",
+                r#"{"target":"tidings","mode":"online","body_bytes":16000,"msgs_per_sec":1000.0,"relay_cpu_us_per_msg":300.0}"#,
+            ),
+            (
+                "r",
+                r#"{"target":"redis","mode":"online","body_bytes":1024,"msgs_per_sec":20000.0}"#,
+            ),
+            (
+                "re",
+                r#"{"target":"redis","mode":"online","body_bytes":16000,"msgs_per_sec":5000.0,"relay_cpu_us_per_msg":110.0}"#,
+            ),
+            (
+                "f",
+                concat!(
+                    "floor, us per message\n",
+                    r#"{"target":"floor","mode":"floor","sum_us":120.0,"noise_us":40.0}"#
+                ),
+            ),
+        ] {
+            let f = dir.path().join(format!("{name}.json"));
+            std::fs::write(&f, json).unwrap();
+            files.push(f);
+        }
+        let table = render(&files).unwrap();
+        let last: Vec<&str> = table.lines().rev().take(3).collect();
+        assert_eq!(
+            last,
+            vec![
+                "ratio tidings/redis: 0.05",
+                "relay CPU per message / floor: 2.50",
+                "ratio tidings/redis at equal bytes: 0.20",
+            ],
+            "{table}"
+        );
+        // The 1 KiB Redis run stays the main table's column.
+        let rates = table
+            .lines()
+            .find(|l| l.starts_with("messages/s (online)"))
+            .unwrap();
+        assert!(rates.contains("20000"), "{rates}");
+        assert!(table.contains("= 120"), "{table}");
     }
 
     #[test]

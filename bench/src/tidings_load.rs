@@ -22,11 +22,11 @@ use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
 use tidings_client::net::{self, RelayConnection};
-use tidings_client::relay::{create_queue, NewQueue};
+use tidings_client::relay::{create_queue, NewQueue, RelayLink};
 use tidings_client::transport::Binding;
 use tidings_protocol::address::RelayAddress;
 use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind, MAX_BODY_LEN};
-use tidings_protocol::ids::SenderId;
+use tidings_protocol::ids::{MessageId, SenderId};
 use tidings_protocol::keys::AuthSecretKey;
 
 use crate::abuse::Abusers;
@@ -209,6 +209,28 @@ impl Queue {
     ) -> Result<Reply> {
         loop {
             let request = conn.signed(self.recipient.into(), command.clone(), &self.auth)?;
+            let reply = conn.request(request).await?;
+            if reply.kind != ReplyKind::Error(ErrorCode::Busy) {
+                return Ok(reply);
+            }
+            *retries += 1;
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+}
+
+impl Queue {
+    /// Acks a message pushed on this connection's subscription as a real client does: by the
+    /// session (no signature) from command-set version 2, signed before; repeated while
+    /// `Busy`.
+    async fn ack(
+        &self,
+        conn: &mut RelayConnection,
+        id: MessageId,
+        retries: &mut u64,
+    ) -> Result<Reply> {
+        loop {
+            let request = conn.push_ack(self.recipient.into(), id, &self.auth)?;
             let reply = conn.request(request).await?;
             if reply.kind != ReplyKind::Error(ErrorCode::Busy) {
                 return Ok(reply);
@@ -564,10 +586,7 @@ async fn receive_all(
                 let sent = measure::sent_us(&payload)
                     .ok_or_else(|| anyhow!("a delivered body is too short"))?;
                 latencies.push(received.saturating_sub(sent));
-                let reply = r
-                    .queue
-                    .command(&mut r.conn, Command::Ack { id }, &mut retries)
-                    .await?;
+                let reply = r.queue.ack(&mut r.conn, id, &mut retries).await?;
                 expect_ok("Ack", &reply)?;
             }
             ReplyKind::End => bail!("the subscription ended"),

@@ -236,6 +236,11 @@ impl RelayConnection {
         self.session.binding()
     }
 
+    /// The command-set version negotiated in the handshake.
+    pub fn version(&self) -> u16 {
+        self.session.version()
+    }
+
     /// A fresh correlation id (never [`CorrId::PUSH`]); its reply will be accepted.
     pub fn next_corr(&mut self) -> CorrId {
         self.next_corr = self.next_corr.wrapping_add(1).max(1);

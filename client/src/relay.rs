@@ -10,7 +10,7 @@ use std::time::Duration;
 use rand_core::OsRng;
 use tidings_protocol::address::RelayAddress;
 use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind, Request};
-use tidings_protocol::ids::{EntityId, RecipientId, SenderId};
+use tidings_protocol::ids::{EntityId, MessageId, RecipientId, SenderId};
 use tidings_protocol::keys::{AuthSecretKey, DhSecretKey};
 use tidings_protocol::reencrypt::DeliveryKey;
 
@@ -39,6 +39,25 @@ pub trait RelayLink {
     fn next_push(&mut self, timeout: Duration) -> impl Future<Output = Result<Option<Reply>>>;
     /// Closes the connection.
     fn close(self) -> impl Future<Output = ()>;
+    /// Whether the session speaks command-set version 2 or later, where the live subscriber
+    /// acks a pushed message without a signature (PROTOCOL.md 9.2).
+    fn session_acks(&self) -> bool {
+        false
+    }
+    /// The `Ack` of a message pushed on this connection's subscription to `entity`:
+    /// unsigned when the session allows it (one signature less per message), else signed.
+    fn push_ack(
+        &mut self,
+        entity: EntityId,
+        id: MessageId,
+        key: &AuthSecretKey,
+    ) -> Result<Request> {
+        if self.session_acks() {
+            Ok(self.unsigned(entity, Command::Ack { id }))
+        } else {
+            self.signed(entity, Command::Ack { id }, key)
+        }
+    }
     /// Sends one request and returns its reply.
     fn request(&mut self, request: Request) -> impl Future<Output = Result<Reply>> {
         async move {
@@ -193,6 +212,10 @@ impl Connector for ReachConnector {
 }
 
 impl RelayLink for RelayConnection {
+    fn session_acks(&self) -> bool {
+        self.version() >= tidings_protocol::noise::SESSION_ACKS_VERSION
+    }
+
     fn signed(
         &mut self,
         entity: EntityId,

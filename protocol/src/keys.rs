@@ -113,6 +113,28 @@ impl AuthPublicKey {
     }
 }
 
+/// Checks several signatures with one batch equation (ed25519-dalek `verify_batch`).
+///
+/// `Ok` means the batch equation holds. Every set of signatures that [`AuthPublicKey`]'s
+/// strict check accepts one by one passes it. It can also pass signatures the strict check
+/// refuses, but only ones made with the secret key (a small-order or non-canonical `R`, or a
+/// signature off by a small-order point under a key with a small-order component): it is
+/// never a way around the key (PROTOCOL.md section 7.3). An `Err` says only that at least one
+/// signature failed; check them one by one to find which.
+pub(crate) fn verify_batch(
+    messages: &[&[u8]],
+    signatures: &[&Signature],
+    keys: &[&AuthPublicKey],
+) -> Result<()> {
+    let signatures: Vec<ed25519_dalek::Signature> = signatures
+        .iter()
+        .map(|s| ed25519_dalek::Signature::from_bytes(&s.0))
+        .collect();
+    let keys: Vec<VerifyingKey> = keys.iter().map(|k| k.0).collect();
+    ed25519_dalek::verify_batch(messages, &signatures, &keys)
+        .map_err(|_| ProtocolError::BadSignature)
+}
+
 /// Whether the `y` coordinate of a compressed Edwards point (the 255 low bits, little-endian)
 /// is below the field prime `p = 2^255 - 19`, i.e. is the one canonical encoding of its value.
 ///

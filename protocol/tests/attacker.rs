@@ -819,3 +819,75 @@ fn hellos_of_the_wrong_length_are_refused() {
         ));
     }
 }
+
+/// PROTOCOL.md 7.3: the signed `Send`s of one block may be checked with one batch equation.
+/// It holds only when every signature is valid for its key, in this session; a forged,
+/// misplaced or missing signature anywhere makes it fail, and then each is checked alone.
+#[test]
+fn a_batch_of_signatures_holds_only_when_every_one_is_valid() {
+    let mut rng = common::rng(19);
+    let binding = SessionBinding::from_bytes([3; 32]);
+    let other_session = SessionBinding::from_bytes([4; 32]);
+    let keys: Vec<AuthSecretKey> = (0..5).map(|_| AuthSecretKey::generate(&mut rng)).collect();
+    let publics: Vec<AuthPublicKey> = keys.iter().map(AuthSecretKey::public).collect();
+    let send = |i: usize, session: &SessionBinding, key: &AuthSecretKey| {
+        Request::signed(
+            session,
+            CorrId::from_bytes([i as u8 + 1; 8]),
+            EntityId::from_bytes([i as u8 + 1; 24]),
+            Command::Send {
+                body: vec![i as u8; 100],
+            },
+            key,
+        )
+        .unwrap()
+    };
+    let good: Vec<Request> = (0..5).map(|i| send(i, &binding, &keys[i])).collect();
+    let batch = |reqs: &[Request], keys: &[AuthPublicKey]| {
+        let items: Vec<(&Request, &AuthPublicKey)> = reqs.iter().zip(keys).collect();
+        Request::verify_batch(&binding, &items)
+    };
+    assert!(batch(&good, &publics).is_ok());
+    for i in 0..5 {
+        // Signed by another key.
+        let mut reqs = good.clone();
+        reqs[i] = send(i, &binding, &keys[(i + 1) % 5]);
+        assert!(batch(&reqs, &publics).is_err(), "wrong key at {i}");
+        assert!(reqs[i].verify(&binding, &publics[i]).is_err());
+        // Signed for another session.
+        let mut reqs = good.clone();
+        reqs[i] = send(i, &other_session, &keys[i]);
+        assert!(batch(&reqs, &publics).is_err(), "other session at {i}");
+        // A changed body under a valid signature.
+        let mut reqs = good.clone();
+        reqs[i].command = Command::Send {
+            body: vec![0xee; 100],
+        };
+        assert!(batch(&reqs, &publics).is_err(), "changed body at {i}");
+        // No signature.
+        let mut reqs = good.clone();
+        reqs[i].signature = None;
+        assert!(batch(&reqs, &publics).is_err(), "missing signature at {i}");
+        // A non-canonical S (S + L): strict verification refuses it, so does the batch.
+        let mut reqs = good.clone();
+        let mut sig = *reqs[i].signature.unwrap().as_bytes();
+        add_group_order(&mut sig[32..]);
+        reqs[i].signature = Some(Signature::from_bytes(sig));
+        assert!(reqs[i].verify(&binding, &publics[i]).is_err());
+        assert!(batch(&reqs, &publics).is_err(), "non-canonical S at {i}");
+    }
+}
+
+/// Adds the group order L to a little-endian 256-bit scalar (S + L < 2^256 for any valid S).
+fn add_group_order(s: &mut [u8]) {
+    const L: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+    let mut carry = 0u16;
+    for (b, l) in s.iter_mut().zip(L) {
+        let sum = u16::from(*b) + u16::from(l) + carry;
+        *b = sum as u8;
+        carry = sum >> 8;
+    }
+}

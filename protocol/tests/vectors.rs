@@ -490,6 +490,11 @@ fn request_cases() -> Vec<(&'static str, Request)> {
             "ping",
             Request::unsigned(corr(11), EntityId::NONE, Command::Ping),
         ),
+        // Command-set version 2 (PROTOCOL.md 9.2): the subscriber's ack, without a signature.
+        (
+            "ack_by_session",
+            Request::unsigned(corr(12), rid, Command::Ack { id: message_id() }),
+        ),
     ]
 }
 

@@ -12,6 +12,19 @@
 //! signature verification against [`AuthPublicKey::dummy`], like a known queue's key, and
 //! every failure is the same `Auth`.
 //!
+//! The signed `Send`s of one block are checked together with one batch equation
+//! ([`Request::verify_batch`]); when it fails, each is checked alone, so every request keeps
+//! its own answer. The batch always includes every signed `Send` of the run, an unknown
+//! queue's against the dummy key, and a run with an unknown queue is then checked one by one
+//! whatever the batch said: the work depends only on whether every signature is valid under
+//! its queue's key, which only that queue's sender can make true, never on whether a queue
+//! exists.
+//!
+//! From command-set version 2 a queue's live subscriber may ack without a signature on the
+//! connection that subscribed (PROTOCOL.md 9.2): that connection proved the recipient key in
+//! this session with its signed `Subscribe`. The check is a lookup in this connection's own
+//! subscriptions, the same for an unknown queue and a queue subscribed elsewhere.
+//!
 //! A connection keeps the last few keys it checked a valid signature under, decoded, so its
 //! next commands for the same queues skip the point decompression. Only a key this
 //! connection has signed with is ever found there (the dummy key never is), so the time
@@ -28,7 +41,7 @@ use tokio::time::Instant;
 use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind, Request, DELIVERY_TAG_LEN};
 use tidings_protocol::ids::{CorrId, EntityId, MessageId, RecipientId, SenderId};
 use tidings_protocol::keys::{AuthPublicKey, DhSecretKey};
-use tidings_protocol::noise::SessionBinding;
+use tidings_protocol::noise::{SessionBinding, SESSION_ACKS_VERSION};
 use tidings_protocol::reencrypt::DeliveryKey;
 use tidings_protocol::ProtocolError;
 
@@ -110,6 +123,10 @@ fn dummy_key() -> StoredKey {
     *DUMMY.get_or_init(|| AuthPublicKey::dummy().into())
 }
 
+/// A `Send`'s queue (`None`: unknown) and the decoded key its signature is checked against,
+/// if it is checked at all (with whether the key was kept, see [`Dispatcher::signing_key`]).
+type Looked = (Option<QueueRecord>, Option<(AuthPublicKey, bool)>);
+
 /// A checked `Send` waiting to be stored with the rest of its block.
 struct PendingSend {
     corr: CorrId,
@@ -137,6 +154,8 @@ pub struct Dispatcher<S> {
     conn: ConnId,
     mailbox: Arc<Mailbox>,
     binding: SessionBinding,
+    /// The session's command-set version.
+    version: u16,
     /// Subscribed queues, each with the message delivered and not yet acked.
     subscriptions: HashMap<RecipientId, Option<MessageId>>,
     queues_created: u32,
@@ -196,12 +215,12 @@ fn push(entity: RecipientId, kind: ReplyKind) -> Reply {
 }
 
 impl<S: Store> Dispatcher<S> {
-    /// State for a new connection whose session has `binding`.
+    /// State for a new connection whose session has `binding` and command-set `version`.
     pub fn new(
         shared: Arc<Shared<S>>,
         conn: ConnId,
         mailbox: Arc<Mailbox>,
-        binding: SessionBinding,
+        (binding, version): (SessionBinding, u16),
         source: SourceKey,
     ) -> Self {
         let bucket = TokenBucket::new(shared.config.rate_per_sec, shared.config.rate_burst);
@@ -212,6 +231,7 @@ impl<S: Store> Dispatcher<S> {
             conn,
             mailbox,
             binding,
+            version,
             subscriptions: HashMap::new(),
             queues_created: 0,
             bucket,
@@ -234,9 +254,10 @@ impl<S: Store> Dispatcher<S> {
     /// Handles the frames of one block in order, appending each reply (and any pushes it
     /// causes) to `out`.
     ///
-    /// Consecutive `Send`s that pass their checks are stored together ([`Store::append_batch`]:
-    /// one flush for all of them) before anything after them is handled, so order is kept
-    /// and every `Ok` still means "durable".
+    /// Consecutive `Send`s are checked together (one batch equation for their signatures)
+    /// and those that pass are stored together ([`Store::append_batch`]: one flush for all of
+    /// them) before anything after them is handled, so order is kept and every `Ok` still
+    /// means "durable".
     pub async fn block(&mut self, frames: &[&[u8]], out: &mut Vec<Reply>) {
         let mut sends = Vec::new();
         // The source's share over all its connections, taken for the whole block at once.
@@ -254,7 +275,7 @@ impl<S: Store> Dispatcher<S> {
                 &mut self.bucket
             };
             if !within_share || !bucket.take(Instant::now()) {
-                self.store_sends(&mut sends, out).await;
+                self.flush_sends(&mut sends, out).await;
                 let (corr, entity) = frame_header(frame);
                 self.error(out, corr, entity, ErrorCode::Busy);
                 continue;
@@ -262,7 +283,7 @@ impl<S: Store> Dispatcher<S> {
             let request = match Request::decode(frame) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.store_sends(&mut sends, out).await;
+                    self.flush_sends(&mut sends, out).await;
                     let (corr, entity) = frame_header(frame);
                     let code = match e {
                         ProtocolError::TooLong {
@@ -277,31 +298,109 @@ impl<S: Store> Dispatcher<S> {
             };
             let (corr, entity) = (request.corr, request.entity);
             if matches!(request.command, Command::Send { .. }) {
-                match self.prepare_send(&request) {
-                    Ok(send) => sends.push(send),
-                    Err(code) => {
-                        self.store_sends(&mut sends, out).await;
-                        self.error(out, corr, entity, code);
-                    }
-                }
+                sends.push(request);
                 continue;
             }
-            self.store_sends(&mut sends, out).await;
+            self.flush_sends(&mut sends, out).await;
             let ping = matches!(request.command, Command::Ping);
             match self.command(request, out).await {
                 Ok(()) => self.worked |= !ping,
                 Err(code) => self.error(out, corr, entity, code),
             }
         }
-        self.store_sends(&mut sends, out).await;
+        self.flush_sends(&mut sends, out).await;
     }
 
-    /// Checks a `Send` and seals its body for the recipient; storing comes later.
-    fn prepare_send(&mut self, req: &Request) -> Result<PendingSend, Refusal> {
+    /// Checks a run of consecutive `Send`s (their signatures together), stores those that
+    /// pass and appends every reply in order.
+    async fn flush_sends(&mut self, run: &mut Vec<Request>, out: &mut Vec<Reply>) {
+        if run.is_empty() {
+            return;
+        }
+        let requests = std::mem::take(run);
+        let checked = self.sender_queues(&requests);
+        let mut pending = Vec::with_capacity(requests.len());
+        for (req, queue) in requests.iter().zip(checked) {
+            match queue.and_then(|q| self.prepare_send(req, q)) {
+                Ok(send) => pending.push(send),
+                Err(code) => {
+                    self.store_sends(&mut pending, out).await;
+                    self.error(out, req.corr, req.entity, code);
+                }
+            }
+        }
+        self.store_sends(&mut pending, out).await;
+    }
+
+    /// The queue each `Send` of a run addresses, if its signature rule holds (see
+    /// [`Dispatcher::sender_queue`]); the signatures are checked together.
+    fn sender_queues(&mut self, run: &[Request]) -> Vec<Result<QueueRecord, Refusal>> {
+        if run.len() < 2 {
+            return run.iter().map(|req| self.sender_queue(req)).collect();
+        }
+        // Look up every queue and decode the key each signature is checked against.
+        let mut found: Vec<Result<Looked, Refusal>> = Vec::with_capacity(run.len());
+        for req in run {
+            let entry = self.lookup_sender(&req.entity).and_then(|queue| {
+                let stored = match (&queue, &req.signature) {
+                    (_, None) => return Ok((queue, None)),
+                    (Some(q), Some(_)) => match q.sender_key {
+                        Some(key) => Some(key),
+                        // Signed but unsecured: refused without a check, as alone.
+                        None => return Ok((queue, None)),
+                    },
+                    (None, Some(_)) => None,
+                };
+                Ok((queue, Some(self.signing_key(stored)?)))
+            });
+            found.push(entry);
+        }
+        let mut batch = Vec::new();
+        let mut all_known = true;
+        for (req, entry) in run.iter().zip(&found) {
+            if let Ok((queue, Some((key, _)))) = entry {
+                all_known &= queue.is_some();
+                batch.push((req, key));
+            }
+        }
+        // The batch is computed whether or not every queue exists; only then is its answer
+        // used (the same work either way, see the module's doc).
+        let batch_ok =
+            batch.len() >= 2 && Request::verify_batch(&self.binding, &batch).is_ok() && all_known;
+        let mut out = Vec::with_capacity(run.len());
+        for (req, entry) in run.iter().zip(found) {
+            let result = entry.and_then(|(queue, key)| match (queue, key) {
+                (None, _) => {
+                    if let (false, Some((key, _))) = (batch_ok, key) {
+                        let _ = req.verify(&self.binding, &key);
+                    }
+                    Err(ErrorCode::Auth)
+                }
+                (Some(q), None) => match (q.sender_key, &req.signature) {
+                    (None, None) => Ok(q),
+                    _ => Err(ErrorCode::Auth),
+                },
+                (Some(q), Some((key, was_kept))) => {
+                    if !batch_ok && req.verify(&self.binding, &key).is_err() {
+                        return Err(ErrorCode::Auth);
+                    }
+                    if !was_kept {
+                        self.keep_key(key);
+                    }
+                    Ok(q)
+                }
+            });
+            out.push(result);
+        }
+        out
+    }
+
+    /// Checks what the sender's queue allows and seals the body for the recipient; storing
+    /// comes later.
+    fn prepare_send(&mut self, req: &Request, queue: QueueRecord) -> Result<PendingSend, Refusal> {
         let Command::Send { body } = &req.command else {
             return Err(ErrorCode::Command);
         };
-        let queue = self.sender_queue(req)?;
         if queue.suspended {
             return Err(ErrorCode::Auth);
         }
@@ -487,8 +586,7 @@ impl<S: Store> Dispatcher<S> {
                 }
             }
             Command::Send { .. } => {
-                let send = self.prepare_send(&req)?;
-                self.store_sends(&mut vec![send], out).await;
+                self.flush_sends(&mut vec![req], out).await;
             }
             Command::Subscribe => {
                 let queue = self.recipient_queue(&req)?;
@@ -506,8 +604,11 @@ impl<S: Store> Dispatcher<S> {
                 self.refresh(q, out);
             }
             Command::Ack { id } => {
-                let queue = self.recipient_queue(&req)?;
-                let q = queue.recipient;
+                let q = if req.signature.is_none() && self.version >= SESSION_ACKS_VERSION {
+                    self.session_subscriber(&req)?
+                } else {
+                    self.recipient_queue(&req)?.recipient
+                };
                 match self.shared.store.delete_message(q, *id).await {
                     Ok(true) => {
                         out.push(reply(ReplyKind::Ok));
@@ -559,6 +660,20 @@ impl<S: Store> Dispatcher<S> {
         Ok(())
     }
 
+    /// The queue an unsigned `Ack` addresses (command-set version 2), if this connection is
+    /// its live subscriber: it proved the recipient key in this session by its signed
+    /// `Subscribe`, and only it can put frames into this session. Anything else is `Auth`,
+    /// after the same in-memory lookups whether the queue exists or not.
+    fn session_subscriber(&self, req: &Request) -> Result<RecipientId, Refusal> {
+        let q = RecipientId::from(req.entity);
+        let subscribed = self.subscriptions.contains_key(&q);
+        if subscribed && self.shared.registry.is_subscriber(&q, self.conn) {
+            Ok(q)
+        } else {
+            Err(ErrorCode::Auth)
+        }
+    }
+
     /// The queue a recipient command addresses, if the request is signed by its recipient
     /// key. Unknown queue and wrong key are the same `Auth`, after the same work.
     fn recipient_queue(&mut self, req: &Request) -> Result<QueueRecord, Refusal> {
@@ -577,27 +692,40 @@ impl<S: Store> Dispatcher<S> {
     /// connection already checked a valid signature under (then it is kept decoded).
     fn check_signature(&mut self, req: &Request, stored: Option<StoredKey>) -> Result<(), Refusal> {
         let known = stored.is_some();
-        let stored = stored.unwrap_or_else(dummy_key);
-        let bytes = stored.to_bytes();
-        let kept = self.keys.iter().find(|k| k.to_bytes() == bytes).copied();
-        // The dummy key is never taken from the kept keys (a client may have made it the key
-        // of its own queue): an unknown queue always costs the decompression.
-        let (key, was_kept) = match kept.filter(|_| known) {
-            Some(key) => (key, true),
-            None => (stored.decode().map_err(|_| ErrorCode::Internal)?, false),
-        };
+        let (key, was_kept) = self.signing_key(stored)?;
         let verified = req.verify(&self.binding, &key).is_ok();
         if !(verified && known) {
             return Err(ErrorCode::Auth);
         }
         if !was_kept {
-            if self.keys.len() >= KEYS_KEPT {
-                self.keys.remove(0);
-            }
-            self.keys.reserve_exact(1);
-            self.keys.push(key);
+            self.keep_key(key);
         }
         Ok(())
+    }
+
+    /// The decoded key a signature is checked against: a queue's (`Some`; taken from the kept
+    /// keys when there, else decompressed) or the dummy key for an unknown queue (`None`;
+    /// always decompressed). The flag says whether it was kept.
+    fn signing_key(&self, stored: Option<StoredKey>) -> Result<(AuthPublicKey, bool), Refusal> {
+        let known = stored.is_some();
+        let stored = stored.unwrap_or_else(dummy_key);
+        let bytes = stored.to_bytes();
+        let kept = self.keys.iter().find(|k| k.to_bytes() == bytes).copied();
+        // The dummy key is never taken from the kept keys (a client may have made it the key
+        // of its own queue): an unknown queue always costs the decompression.
+        Ok(match kept.filter(|_| known) {
+            Some(key) => (key, true),
+            None => (stored.decode().map_err(|_| ErrorCode::Internal)?, false),
+        })
+    }
+
+    /// Keeps a key a valid signature of an existing queue was checked under.
+    fn keep_key(&mut self, key: AuthPublicKey) {
+        if self.keys.len() >= KEYS_KEPT {
+            self.keys.remove(0);
+        }
+        self.keys.reserve_exact(1);
+        self.keys.push(key);
     }
 
     /// The queue a sender id names. A known id costs two reads (the sender index, then the
@@ -758,7 +886,7 @@ mod tests {
                 shared,
                 ConnId(1),
                 Arc::new(Mailbox::default()),
-                SessionBinding::from_bytes([7; 32]),
+                (SessionBinding::from_bytes([7; 32]), 2),
                 SourceKey::V4([127, 0, 0, 1]),
             )
         }

@@ -157,7 +157,7 @@ where
         Arc::clone(&shared),
         conn,
         Arc::clone(&mailbox),
-        session.binding().clone(),
+        (session.binding().clone(), session.version()),
         source,
     );
 

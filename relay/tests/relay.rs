@@ -1370,3 +1370,244 @@ async fn quic_requires_h3() {
 
     w.stop().await;
 }
+
+/// A raw Noise session on HTTP/3 offering `versions`, for tests that look at records.
+struct RawSession {
+    raw: Raw,
+    session: Session,
+    corr: u64,
+}
+
+impl RawSession {
+    async fn open(w: &World, versions: VersionRange) -> Self {
+        let mut raw = Raw::open(w, Binding::Http3).await;
+        let key = w.relay().address().key;
+        let (handshake, first) = ClientHandshake::start(&key, versions, &mut OsRng).unwrap();
+        raw.stream.send(first.as_bytes()).await.unwrap();
+        let reply = raw.record(Duration::from_secs(5)).await;
+        let session = handshake.finish(&reply).unwrap();
+        Self {
+            raw,
+            session,
+            corr: 0,
+        }
+    }
+
+    fn corr(&mut self) -> CorrId {
+        self.corr += 1;
+        CorrId::from_bytes(self.corr.to_be_bytes())
+    }
+
+    fn signed(&mut self, q: &Queue, command: Command) -> Request {
+        let corr = self.corr();
+        Request::signed(self.session.binding(), corr, q.entity(), command, &q.auth).unwrap()
+    }
+
+    fn unsigned_ack(&mut self, q: &Queue, id: MessageId) -> Request {
+        let corr = self.corr();
+        Request::unsigned(corr, q.entity(), Command::Ack { id })
+    }
+
+    /// Sends the requests in one block.
+    async fn send(&mut self, requests: &[Request]) {
+        let mut block = BlockBuilder::new();
+        for r in requests {
+            block.push(&r.encode().unwrap()).unwrap();
+        }
+        let record = self.session.seal(&block.finish()).unwrap().into_bytes();
+        self.raw.stream.send(&record).await.unwrap();
+    }
+
+    /// The frames of the next record.
+    async fn record(&mut self) -> Vec<Reply> {
+        let record = self.raw.record(Duration::from_secs(5)).await;
+        let block = self.session.open(&record).unwrap();
+        let frames = block.frames().unwrap();
+        frames.iter().map(|f| Reply::decode(f).unwrap()).collect()
+    }
+}
+
+/// PROTOCOL.md 9.2 (command-set version 2): the live subscriber acks without a signature,
+/// and the `Ok` of its ack comes in the same record as the next pushed message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_acks_by_its_session_and_the_ok_rides_with_the_next_message() {
+    let w = World::start().await;
+    let mut conn = w.connect().await;
+    let q = Queue::create(&mut conn).await;
+    for text in [b"one".as_slice(), b"two", b"three"] {
+        assert_ok(&q.send(&mut conn, text).await);
+    }
+    let mut sub = RawSession::open(&w, SUPPORTED_VERSIONS).await;
+    assert_eq!(sub.session.version(), 2);
+    let subscribe = sub.signed(&q, Command::Subscribe);
+    sub.send(&[subscribe]).await;
+    let replies = sub.record().await;
+    assert_eq!(replies.len(), 2, "Ok and the first message in one record");
+    assert_ok(&replies[0]);
+    let (id1, body) = pushed_message(&q, Some(replies[1].clone()));
+    assert_eq!(body, b"one");
+
+    let ack = sub.unsigned_ack(&q, id1);
+    let ack_corr = ack.corr;
+    sub.send(&[ack]).await;
+    let replies = sub.record().await;
+    assert_eq!(
+        replies.len(),
+        2,
+        "the ack's Ok and the next message in one record"
+    );
+    assert_eq!(replies[0].corr, ack_corr);
+    assert_ok(&replies[0]);
+    let (id2, body) = pushed_message(&q, Some(replies[1].clone()));
+    assert_eq!(body, b"two");
+
+    // Another connection has no session right to ack, signed or not: Auth, and the message
+    // stays (the same answer as for a queue that does not exist).
+    let stranger = conn.unsigned(q.entity(), Command::Ack { id: id2 });
+    assert_error(&conn.request(stranger).await.unwrap(), ErrorCode::Auth);
+    let nobody = conn.unsigned(
+        EntityId::from_bytes([9; 24]),
+        Command::Ack {
+            id: MessageId::from_bytes([9; 24]),
+        },
+    );
+    assert_error(&conn.request(nobody).await.unwrap(), ErrorCode::Auth);
+    assert_eq!(q.get(&mut conn).await.unwrap().0, id2);
+
+    // Once another connection takes the subscription over, the old one's right ends.
+    assert_ok(&q.cmd(&mut conn, Command::Subscribe).await);
+    let pushed = conn.next_push(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(pushed_message(&q, pushed).0, id2);
+    let end = sub.record().await;
+    assert_eq!(end[0].kind, ReplyKind::End);
+    let late = sub.unsigned_ack(&q, id2);
+    sub.send(&[late]).await;
+    assert_error(&sub.record().await[0], ErrorCode::Auth);
+    // The new subscriber's own session ack works.
+    let ack = conn.unsigned(q.entity(), Command::Ack { id: id2 });
+    assert_ok(&conn.request(ack).await.unwrap());
+    let (_, body) = pushed_message(&q, conn.next_push(Duration::from_secs(5)).await.unwrap());
+    assert_eq!(body, b"three");
+    w.stop().await;
+}
+
+/// A client that speaks only command-set version 1 gets what it always got: an ack needs the
+/// recipient key's signature, even from the subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_session_must_still_sign_its_acks() {
+    let w = World::start().await;
+    let mut conn = w.connect().await;
+    let q = Queue::create(&mut conn).await;
+    assert_ok(&q.send(&mut conn, b"one").await);
+    let mut sub = RawSession::open(&w, VersionRange { min: 1, max: 1 }).await;
+    assert_eq!(sub.session.version(), 1);
+    let subscribe = sub.signed(&q, Command::Subscribe);
+    sub.send(&[subscribe]).await;
+    let replies = sub.record().await;
+    let (id, _) = pushed_message(&q, Some(replies[1].clone()));
+    let unsigned = sub.unsigned_ack(&q, id);
+    sub.send(&[unsigned]).await;
+    assert_error(&sub.record().await[0], ErrorCode::Auth);
+    let signed = sub.signed(&q, Command::Ack { id });
+    sub.send(&[signed]).await;
+    assert_ok(&sub.record().await[0]);
+    w.stop().await;
+}
+
+/// The signed sends of one block are checked together, and each still gets its own answer:
+/// a wrong signature, an unknown queue and an unsecured queue do not spoil the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_of_one_block_are_checked_together_and_answered_one_by_one() {
+    let w = World::start().await;
+    let mut conn = w.connect().await;
+    let mut queues = Vec::new();
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        let q = Queue::create(&mut conn).await;
+        let key = AuthSecretKey::generate(&mut OsRng);
+        let secure = conn
+            .signed(
+                q.sender.into(),
+                Command::Secure {
+                    sender_key: key.public(),
+                },
+                &key,
+            )
+            .unwrap();
+        assert_ok(&conn.request(secure).await.unwrap());
+        queues.push(q);
+        keys.push(key);
+    }
+    let unsecured = Queue::create(&mut conn).await;
+    let mallory = AuthSecretKey::generate(&mut OsRng);
+    let send = |conn: &mut RelayConnection, sender: SenderId, key: &AuthSecretKey, body: &[u8]| {
+        let command = Command::Send {
+            body: body.to_vec(),
+        };
+        conn.signed(sender.into(), command, key).unwrap()
+    };
+    // All valid: accepted by the batch.
+    let requests = (0..3)
+        .map(|i| send(&mut conn, queues[i].sender, &keys[i], b"good"))
+        .collect();
+    for reply in conn.batch(requests).await.unwrap() {
+        assert_ok(&reply);
+    }
+    // One bad signature among good ones of existing queues: the batch fails, each is checked
+    // alone.
+    let requests = vec![
+        send(&mut conn, queues[0].sender, &keys[0], b"x"),
+        send(&mut conn, queues[1].sender, &keys[0], b"y"),
+        send(&mut conn, queues[2].sender, &keys[2], b"z"),
+    ];
+    let kinds: Vec<_> = conn
+        .batch(requests)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ReplyKind::Ok,
+            ReplyKind::Error(ErrorCode::Auth),
+            ReplyKind::Ok
+        ]
+    );
+    // One bad signature among good ones, an unknown queue and an unsecured queue.
+    let requests = vec![
+        send(&mut conn, queues[0].sender, &keys[0], b"a"),
+        send(&mut conn, queues[1].sender, &mallory, b"b"),
+        send(&mut conn, queues[2].sender, &keys[2], b"c"),
+        send(&mut conn, SenderId::from_bytes([7; 24]), &mallory, b"d"),
+        send(&mut conn, unsecured.sender, &mallory, b"e"),
+        send(&mut conn, queues[1].sender, &keys[1], b"f"),
+    ];
+    let replies = conn.batch(requests).await.unwrap();
+    let kinds: Vec<_> = replies.iter().map(|r| r.kind.clone()).collect();
+    let auth = ReplyKind::Error(ErrorCode::Auth);
+    assert_eq!(
+        kinds,
+        vec![
+            ReplyKind::Ok,
+            auth.clone(),
+            ReplyKind::Ok,
+            auth.clone(),
+            auth,
+            ReplyKind::Ok
+        ]
+    );
+    let bodies = |list: &[&[u8]]| list.iter().map(|b| b.to_vec()).collect::<Vec<_>>();
+    assert_eq!(
+        queues[0].drain(&mut conn).await,
+        bodies(&[b"good", b"x", b"a"])
+    );
+    assert_eq!(queues[1].drain(&mut conn).await, bodies(&[b"good", b"f"]));
+    assert_eq!(
+        queues[2].drain(&mut conn).await,
+        bodies(&[b"good", b"z", b"c"])
+    );
+    assert!(unsecured.drain(&mut conn).await.is_empty());
+    w.stop().await;
+}

@@ -160,6 +160,10 @@ for r in cm['requests']:
     # signer rule (8.2)
     rule = {0x01: 'carried', 0x10: 'carried', 0x20: 'nobody', 0x11: 'sender'}.get(cmd[0], 'recipient')
     check('req shape ' + r['name'], (rule != 'nobody' or (sig is None and ent == bytes(24))) and (cmd[0] != 0x01 or ent == bytes(24)))
+    # section 9.2 (version 2): the subscriber's session ack is an Ack without a signature
+    if r['name'] == 'ack_by_session':
+        check('session ack', sig is None and cmd[0] == 0x03 and len(cmd) == 25 and ent != bytes(24))
+check('session ack present', any(r['name'] == 'ack_by_session' for r in cm['requests']))
 def reply_len(b):
     t = b[0]
     fixed = {0x81: 81, 0x82: 1, 0x84: 1, 0x85: 1, 0x86: 2}
@@ -388,14 +392,18 @@ ce, re_ = bytes.fromhex(hs['client_ephemeral_secret_hex']), bytes.fromhex(hs['re
 # client writes msg1
 c = SS(name, pro); c.mix_hash(rpk)
 ce_pub = x25519_pub(ce); c.mix_hash(ce_pub); c.mix_key(x25519(ce, rpk))
-hello = struct.pack('>HH', 1, 1).ljust(HELLO_LEN, b'\0')
+# section 4.5: the offer and the relay's range as the vector gives them (this implementation: 1..=2)
+cmin, cmax = hs['client_offer_min'], hs['client_offer_max']
+smin, smax = hs['relay_supported_min'], hs['relay_supported_max']
+check('versions 1..=2', (cmin, cmax, smin, smax) == (1, 2, 1, 2))
+hello = struct.pack('>HH', cmin, cmax).ljust(HELLO_LEN, b'\0')
 msg1 = ce_pub + c.enc(hello)
 check('msg1', len(msg1) == RECORD_LEN and msg1.hex() == hs['client_hello_record_hex'])
 # relay reads msg1, writes msg2
 r_ = SS(name, pro); r_.mix_hash(rpk)
 r_.mix_hash(msg1[:32]); r_.mix_key(x25519(rsk, msg1[:32])); p1 = r_.dec(msg1[32:])
 mn, mx = struct.unpack('>HH', p1[:4]); check('hello pad', all(x == 0 for x in p1[4:]))
-hi, lo = min(1, mx), max(1, mn); ver = hi if lo <= hi and hi != 0 else 0
+hi, lo = min(smax, mx), max(smin, mn); ver = hi if lo <= hi and hi != 0 else 0
 re_pub = x25519_pub(re_); r_.mix_hash(re_pub); r_.mix_key(x25519(re_, msg1[:32]))
 msg2 = re_pub + r_.enc(struct.pack('>H', ver).ljust(HELLO_LEN, b'\0'))
 check('msg2', len(msg2) == RECORD_LEN and msg2.hex() == hs['relay_hello_record_hex'])

@@ -570,7 +570,7 @@ impl Profile {
                 }
                 crash_point(CrashPoint::BeforeAck);
                 let link = links.get(relay).await?;
-                let req = link.signed(push.entity, Command::Ack { id }, &q.auth())?;
+                let req = link.push_ack(push.entity, id, &q.auth())?;
                 link.request(req).await?;
                 crash_point(CrashPoint::AfterAck);
                 let (_, err) = self.flush_with(links, now(), None).await?;
