@@ -156,9 +156,9 @@ pub struct Args {
     /// With `--files`: the size of the measured file, in MB.
     #[arg(long, default_value_t = 100)]
     pub file_mb: u64,
-    /// With `--files`: the size of the second file, for the memory figures, in MB (a file
-    /// description lists at most 480 MiB).
-    #[arg(long, default_value_t = 400)]
+    /// With `--files`: the size of the second file, for the memory figures, in MB (1 GiB by
+    /// default).
+    #[arg(long, default_value_t = 1074)]
     pub rss_file_mb: u64,
 }
 
