@@ -188,10 +188,16 @@ pub async fn run(args: &Args) -> Result<FilesReport> {
         .prefix("tidings-bench-files-")
         .tempdir()?;
     let config = dir.path().join("relay.toml");
-    // Enough chunk share for both transfers from 127.0.0.1.
+    // Enough chunk share for both transfers from 127.0.0.1, and the per-connection piece
+    // rate and per-address command rate lifted: they are abuse policy (by default 4,000
+    // pieces/s per connection, about 64 MB/s, and 1,000 commands/s per address, about
+    // 16 MB/s of pieces), and this measures what the transfer itself can do.
     std::fs::write(
         &config,
-        "chunk_bytes_per_address_per_hour = 1099511627776\n",
+        "chunk_bytes_per_address_per_hour = 1099511627776\n\
+         chunk_pieces_per_sec = 1000000\n\
+         commands_per_address_per_sec = 1000000\n\
+         command_burst_per_address = 2000000\n",
     )?;
     let mut extra = vec![
         "--config".to_string(),
