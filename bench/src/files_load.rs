@@ -194,10 +194,15 @@ pub async fn run(args: &Args) -> Result<FilesReport> {
     // 16 MB/s of pieces), and this measures what the transfer itself can do.
     std::fs::write(
         &config,
-        "chunk_bytes_per_address_per_hour = 1099511627776\n\
+        format!(
+            "chunk_bytes_per_address_per_hour = 1099511627776\n\
          chunk_pieces_per_sec = 1000000\n\
          commands_per_address_per_sec = 1000000\n\
-         command_burst_per_address = 2000000\n",
+         command_burst_per_address = 2000000\n{}",
+            args.store_cache_bytes
+                .map(|b| format!("store_cache_bytes = {b}\n"))
+                .unwrap_or_default()
+        ),
     )?;
     let mut extra = vec![
         "--config".to_string(),

@@ -160,6 +160,9 @@ pub struct Args {
     /// default).
     #[arg(long, default_value_t = 1074)]
     pub rss_file_mb: u64,
+    /// With `--files`: the relay's `store_cache_bytes` (default: the relay's default).
+    #[arg(long)]
+    pub store_cache_bytes: Option<u64>,
 }
 
 impl Args {
