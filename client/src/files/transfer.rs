@@ -12,6 +12,12 @@
 //! and synced before it counts as done. When every chunk is there, every segment is
 //! decrypted and the digest compared; only then is the file complete. A segment that does not
 //! open (tampered, swapped or cut short) is an error that names the file.
+//!
+//! A file with more chunks than one description lists (over 480 MiB, at most 4 GiB) is
+//! *chained* (PROTOCOL.md 15.9): after its chunks, the upload sends each recipient's chunk
+//! list, encrypted under keys from that recipient's seed, as chunks of its own, and the
+//! descriptions list those. A download of a chained description first fetches and opens the
+//! list, then proceeds as for any file.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
