@@ -657,6 +657,12 @@ fn send_file_of_a_chained_file_fetches_and_saves_through_the_cli() -> Result<()>
         .and_then(|t| t.strip_suffix(')'))
         .ok_or_else(|| anyhow!("no id in {line:?}"))?
         .to_string();
+    let listed = bob.run(&["files", "--json"])?.ok()?;
+    assert!(
+        listed.stdout.contains("\"chained\":true"),
+        "not sent chained: {}",
+        listed.stdout
+    );
     bob.run(&["fetch", &id])?.ok()?;
     let out = world.root().join("saved.mp3");
     bob.run(&["save", &id, &out.to_string_lossy()])?.ok()?;

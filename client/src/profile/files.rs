@@ -50,6 +50,9 @@ pub struct FileInfo {
     pub size: u64,
     /// Whether it is downloaded and checked.
     pub complete: bool,
+    /// Whether it came with a chained description (its chunk list in chunks of its own,
+    /// PROTOCOL.md 15.9).
+    pub chained: bool,
 }
 
 /// The line shown for a file: `[file] sermon-03.mp3 (4.2 MB)` or `[voice 0:42]`.
@@ -114,6 +117,7 @@ impl Profile {
                 line: file_line(&desc),
                 size: desc.size,
                 complete: r.complete,
+                chained: desc.chained.is_some(),
             });
         }
         Ok(out)
