@@ -1,8 +1,10 @@
 //! `--files`: file transfer through a relay's chunk store (issue 17). Uploads and downloads a
 //! `--file-mb` file of random bytes through the real client library, and prints MB/s each
 //! way, the relay's CPU time per MB, and peak RSS of this client process and of the relay
-//! after a second, larger transfer (`--rss-file-mb`). It also measures raw loopback TCP bulk
-//! throughput (one stream, 1 GiB) as the physical limit here.
+//! after a second, larger transfer (`--rss-file-mb`, 1 GiB by default). It also measures raw
+//! loopback bulk throughput over QUIC (quinn with its default transport settings, one stream,
+//! 512 MiB) and TCP (one stream, 1 GiB, the physical limit here), and the ratio of file
+//! throughput to raw QUIC.
 
 use std::time::Instant;
 
@@ -37,6 +39,12 @@ pub struct FilesReport {
     pub client_peak_rss_kib: Option<u64>,
     /// Peak RSS of the relay over the whole run, KiB.
     pub relay_peak_rss_kib: Option<u64>,
+    /// Raw loopback QUIC bulk throughput (quinn, one stream), MB/s.
+    pub quic_loopback_mb_s: f64,
+    /// Upload throughput as a share of raw QUIC (goal 0.5 or more).
+    pub upload_vs_quic: f64,
+    /// Download throughput as a share of raw QUIC (goal 0.5 or more).
+    pub download_vs_quic: f64,
     /// Raw loopback TCP bulk throughput, MB/s.
     pub tcp_loopback_mb_s: f64,
 }
@@ -122,16 +130,79 @@ async fn tcp_loopback_mb_s() -> Result<f64> {
     Ok(got as f64 / 1e6 / t.elapsed().as_secs_f64())
 }
 
+/// Raw QUIC bulk throughput on loopback: a quinn server with a fresh self-signed
+/// certificate, one client, one unidirectional stream of 512 MiB, quinn's default windows.
+async fn quic_loopback_mb_s() -> Result<f64> {
+    const TOTAL: u64 = 512 << 20;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key.into())?;
+    tls.alpn_protocols = vec![tidings_client::transport::ALPN_H3.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let server_config = quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto));
+    let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse()?)?;
+    let addr = server.local_addr()?;
+    let receiver = tokio::spawn(async move {
+        let conn = server
+            .accept()
+            .await
+            .ok_or_else(|| anyhow!("no QUIC connection"))?
+            .await?;
+        let mut stream = conn.accept_uni().await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        while let Some(n) = stream.read(&mut buf).await? {
+            got += n as u64;
+        }
+        Ok::<u64, anyhow::Error>(got)
+    });
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    client.set_default_client_config(tidings_client::transport::quic_client_config()?);
+    let conn = client.connect(addr, "localhost")?.await?;
+    let mut stream = conn.open_uni().await?;
+    let buf = vec![7u8; 1 << 20];
+    let t = Instant::now();
+    let mut sent = 0u64;
+    while sent < TOTAL {
+        stream.write_all(&buf).await?;
+        sent += buf.len() as u64;
+    }
+    stream.finish()?;
+    let got = receiver.await??;
+    let secs = t.elapsed().as_secs_f64();
+    conn.close(0u32.into(), b"done");
+    client.wait_idle().await;
+    if got != TOTAL {
+        return Err(anyhow!("QUIC bulk: {got} of {TOTAL} bytes arrived"));
+    }
+    Ok(got as f64 / 1e6 / secs)
+}
+
 /// Runs the `--files` measurements against a relay started here.
 pub async fn run(args: &Args) -> Result<FilesReport> {
     let dir = tempfile::Builder::new()
         .prefix("tidings-bench-files-")
         .tempdir()?;
     let config = dir.path().join("relay.toml");
-    // Enough chunk share for both transfers from 127.0.0.1.
+    // Enough chunk share for both transfers from 127.0.0.1, and the per-connection piece
+    // rate and per-address command rate lifted: they are abuse policy (by default 4,000
+    // pieces/s per connection, about 64 MB/s, and 1,000 commands/s per address, about
+    // 16 MB/s of pieces), and this measures what the transfer itself can do.
     std::fs::write(
         &config,
-        "chunk_bytes_per_address_per_hour = 1099511627776\n",
+        format!(
+            "chunk_bytes_per_address_per_hour = 1099511627776\n\
+         chunk_pieces_per_sec = 1000000\n\
+         commands_per_address_per_sec = 1000000\n\
+         command_burst_per_address = 2000000\n{}",
+            args.store_cache_bytes
+                .map(|b| format!("store_cache_bytes = {b}\n"))
+                .unwrap_or_default()
+        ),
     )?;
     let mut extra = vec![
         "--config".to_string(),
@@ -149,17 +220,25 @@ pub async fn run(args: &Args) -> Result<FilesReport> {
     let (up, down, cpu_up, cpu_down) = transfer(&address, &watch, dir.path(), mb).await?;
     let _ = transfer(&address, &watch, dir.path(), args.rss_file_mb).await?;
     let me = ProcWatch::new(std::process::id());
+    // Peaks first: the raw bulk tests below have buffers of their own.
+    let client_peak_rss_kib = me.peak_rss_kib();
+    let relay_peak_rss_kib = watch.peak_rss_kib();
+    relay.stop().await;
+    let quic = quic_loopback_mb_s().await?;
+    let (upload_mb_s, download_mb_s) = (mb as f64 / up, mb as f64 / down);
     let report = FilesReport {
         file_mb: mb,
-        upload_mb_s: mb as f64 / up,
-        download_mb_s: mb as f64 / down,
+        upload_mb_s,
+        download_mb_s,
         relay_cpu_ms_per_mb_upload: cpu_up as f64 / 1000.0 / mb as f64,
         relay_cpu_ms_per_mb_download: cpu_down as f64 / 1000.0 / mb as f64,
         rss_file_mb: args.rss_file_mb,
-        client_peak_rss_kib: me.peak_rss_kib(),
-        relay_peak_rss_kib: watch.peak_rss_kib(),
+        client_peak_rss_kib,
+        relay_peak_rss_kib,
+        quic_loopback_mb_s: quic,
+        upload_vs_quic: upload_mb_s / quic,
+        download_vs_quic: download_mb_s / quic,
         tcp_loopback_mb_s: tcp_loopback_mb_s().await?,
     };
-    relay.stop().await;
     Ok(report)
 }

@@ -157,9 +157,9 @@ pub struct Args {
     /// With `--files`: the size of the measured file, in MB.
     #[arg(long, default_value_t = 100)]
     pub file_mb: u64,
-    /// With `--files`: the size of the second file, for the memory figures, in MB (a file
-    /// description lists at most 480 MiB).
-    #[arg(long, default_value_t = 400)]
+    /// With `--files`: the size of the second file, for the memory figures, in MB (1 GiB by
+    /// default).
+    #[arg(long, default_value_t = 1074)]
     pub rss_file_mb: u64,
     /// Measure the cost floor instead (issue 19): the per-message work no design of this
     /// protocol can avoid (Noise records, signature checks, re-encryption, a durable
@@ -179,6 +179,9 @@ pub struct Args {
     /// temporary dir).
     #[arg(long)]
     pub floor_dir: Option<PathBuf>,
+    /// With `--files`: the relay's `store_cache_bytes` (default: the relay's default).
+    #[arg(long)]
+    pub store_cache_bytes: Option<u64>,
 }
 
 impl Args {

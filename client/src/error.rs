@@ -219,8 +219,8 @@ pub enum ClientError {
         /// What failed.
         reason: &'static str,
     },
-    /// The file is larger than one file description can list.
-    #[error("the file is {size} bytes; a file may have at most {max} bytes")]
+    /// The file is larger than a file description may describe (4 GiB).
+    #[error("the file is {size} bytes; a file may have at most {max} bytes (4 GiB): nothing was sent; split it into parts")]
     FileTooLarge {
         /// Its size.
         size: u64,

@@ -1056,7 +1056,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if json {
                     let v = serde_json::json!({
                         "id": f.id, "from": f.from, "line": f.line,
-                        "size": f.size, "complete": f.complete,
+                        "size": f.size, "complete": f.complete, "chained": f.chained,
                     });
                     writeln!(out, "{}", screen::json(&v)?)?;
                 } else {

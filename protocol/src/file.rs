@@ -16,11 +16,27 @@
 //!   relay      bytes16(512) relay address (UTF-8)
 //!   n          u16 (1..=MAX_FILE_CHUNKS)
 //!   n × { size u8, recipient id [24], relay_dh [32] }
+//!   list_len   u32         only with flag bit 1 (chained): bytes of the chunk list
 //! ```
 //!
-//! The chunk sizes must add up to the encrypted size the plaintext size implies
+//! `size` is at most [`MAX_FILE_SIZE`] (4 GiB). Without the chained flag the chunks are the
+//! file's, and their sizes must add up to the encrypted size the plaintext size implies
 //! (`max(1, ceil(size / 65,520)) × 65,536`). The per-chunk keys of the recipient are derived
 //! from `seed` ([`chunk_recipient_keys`]).
+//!
+//! **Chained descriptions** (flag bit 1), for files whose chunks do not fit in one
+//! description (like XFTP's redirects): the listed chunks hold the recipient's *chunk list*
+//! ([`ChunkList`]: the file's chunks), encrypted like a file of `list_len` bytes under the
+//! key and nonce prefix of [`chunk_list_cipher_keys`], and their sizes add up to
+//! `encrypted_len(list_len)`. The keys of list chunk `j` are those of index
+//! [`LIST_CHUNK_INDEX_BASE`] `+ j`. The other fields describe the file itself.
+//!
+//! ```text
+//! ChunkList (at most MAX_CHUNK_LIST_LEN bytes)
+//!   version    u8 = 1
+//!   m          u32 (1..=MAX_LISTED_CHUNKS)
+//!   m × { size u8, recipient id [24], relay_dh [32] }
+//! ```
 
 use hkdf::Hkdf;
 use sha2::Sha256;
@@ -37,6 +53,24 @@ use crate::keys::{AuthSecretKey, DhPublicKey, DhSecretKey};
 pub const FILE_VERSION: u8 = 1;
 /// Flag bit: the file is a voice note.
 pub const FLAG_VOICE: u8 = 0x01;
+/// Flag bit: the listed chunks hold the encrypted [`ChunkList`], not the file.
+pub const FLAG_CHAINED: u8 = 0x02;
+/// The largest file a description may describe: 4 GiB (4,294,967,296 bytes).
+pub const MAX_FILE_SIZE: u64 = 4 << 30;
+/// Most chunks a [`ChunkList`] holds: enough for [`MAX_FILE_SIZE`] (1,024 chunks of 4 MiB
+/// plus the smaller ones of the rest), with room.
+pub const MAX_LISTED_CHUNKS: usize = 1100;
+/// The chunk list's version.
+pub const CHUNK_LIST_VERSION: u8 = 1;
+/// Most bytes of an encoded [`ChunkList`] (62,705: it always fits in one 64 KiB segment).
+pub const MAX_CHUNK_LIST_LEN: usize = 5 + CHUNK_ENTRY_LEN * MAX_LISTED_CHUNKS;
+/// Bytes of one chunk entry (size, recipient id, relay key).
+pub const CHUNK_ENTRY_LEN: usize = 1 + 24 + 32;
+/// The index of the first chunk of a chunk list in [`chunk_recipient_keys`] (list chunk `j`
+/// has index `LIST_CHUNK_INDEX_BASE + j`, apart from the file's chunks `0, 1, ...`).
+pub const LIST_CHUNK_INDEX_BASE: u32 = 0x8000_0000;
+/// HKDF info of the chunk list's key and nonce prefix.
+pub const CHUNK_LIST_INFO: &[u8] = b"tidings chunk list v1";
 /// Most bytes of a file name.
 pub const MAX_NAME_LEN: usize = 255;
 /// Most bytes of a media type.
@@ -86,8 +120,10 @@ pub struct FileDescription {
     pub seed: Zeroizing<[u8; 32]>,
     /// The relay holding the chunks.
     pub relay: RelayAddress,
-    /// The chunks in order.
+    /// The chunks in order: the file's, or with `chained` those of the encrypted chunk list.
     pub chunks: Vec<FileChunk>,
+    /// Set for a chained description: the chunk list's plaintext bytes.
+    pub chained: Option<u32>,
 }
 
 impl std::fmt::Debug for FileDescription {
@@ -95,6 +131,7 @@ impl std::fmt::Debug for FileDescription {
         f.debug_struct("FileDescription")
             .field("size", &self.size)
             .field("chunks", &self.chunks.len())
+            .field("chained", &self.chained)
             .finish_non_exhaustive()
     }
 }
@@ -132,6 +169,97 @@ pub fn chunk_recipient_keys(seed: &[u8; 32], index: u32) -> Result<(AuthSecretKe
     Ok((AuthSecretKey::from_seed(&a), DhSecretKey::from_bytes(&d)))
 }
 
+/// The key and STREAM nonce prefix of a recipient's chunk list: `HKDF-SHA256(salt none,
+/// ikm seed, info = CHUNK_LIST_INFO)`, 51 bytes: key, then prefix.
+pub fn chunk_list_cipher_keys(seed: &[u8; 32]) -> Result<(Zeroizing<[u8; 32]>, [u8; 19])> {
+    let mut okm = Zeroizing::new([0u8; 51]);
+    Hkdf::<Sha256>::new(None, seed)
+        .expand(CHUNK_LIST_INFO, okm.as_mut())
+        .map_err(|_| ProtocolError::BadKey {
+            what: "chunk list seed",
+        })?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    let mut prefix = [0u8; 19];
+    key.copy_from_slice(okm.get(..32).ok_or(ProtocolError::Rng)?);
+    prefix.copy_from_slice(okm.get(32..).ok_or(ProtocolError::Rng)?);
+    Ok((key, prefix))
+}
+
+/// The chunks of a file too large for one description, as a chained description's
+/// encrypted chunk list holds them for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkList(pub Vec<FileChunk>);
+
+impl ChunkList {
+    /// Encodes the list.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let m = self.0.len();
+        if m == 0 || m > MAX_LISTED_CHUNKS {
+            return Err(ProtocolError::BadLength {
+                what: "chunk list count",
+                len: m,
+            });
+        }
+        let mut out = Vec::with_capacity(5 + CHUNK_ENTRY_LEN * m);
+        out.push(CHUNK_LIST_VERSION);
+        out.extend_from_slice(
+            &u32::try_from(m)
+                .map_err(|_| ProtocolError::Rng)?
+                .to_be_bytes(),
+        );
+        for c in &self.0 {
+            put_chunk(&mut out, c);
+        }
+        Ok(out)
+    }
+
+    /// Decodes strictly (at most `limit` bytes, itself capped at [`MAX_CHUNK_LIST_LEN`]):
+    /// unknown version or chunk size, a count of 0 or over [`MAX_LISTED_CHUNKS`], a count
+    /// that does not match the length, and trailing bytes are errors.
+    pub fn decode(bytes: &[u8], limit: usize) -> Result<Self> {
+        let mut r = Reader::new(bytes, "chunk list", limit.min(MAX_CHUNK_LIST_LEN))?;
+        let version = r.u8()?;
+        if version != CHUNK_LIST_VERSION {
+            return Err(ProtocolError::UnknownTag {
+                what: "chunk list version",
+                tag: version,
+            });
+        }
+        let m = usize::try_from(r.u32()?).unwrap_or(usize::MAX);
+        if m == 0 || m > MAX_LISTED_CHUNKS || bytes.len() != 5 + CHUNK_ENTRY_LEN * m {
+            return Err(ProtocolError::BadLength {
+                what: "chunk list count",
+                len: m,
+            });
+        }
+        let mut chunks = Vec::with_capacity(m);
+        for _ in 0..m {
+            chunks.push(read_chunk(&mut r)?);
+        }
+        r.finish("chunk list")?;
+        Ok(Self(chunks))
+    }
+
+    /// Encrypted bytes the listed chunks hold.
+    pub fn total_bytes(&self) -> u64 {
+        self.0.iter().map(|c| u64::from(c.size.bytes())).sum()
+    }
+}
+
+fn put_chunk(out: &mut Vec<u8>, c: &FileChunk) {
+    out.push(c.size.to_u8());
+    out.extend_from_slice(c.id.as_bytes());
+    out.extend_from_slice(c.relay_dh.as_bytes());
+}
+
+fn read_chunk(r: &mut Reader<'_>) -> Result<FileChunk> {
+    Ok(FileChunk {
+        size: ChunkSize::from_u8(r.u8()?)?,
+        id: ChunkRecipientId::from_bytes(r.array()?),
+        relay_dh: DhPublicKey::from_bytes(r.array()?),
+    })
+}
+
 fn short_text(r: &mut Reader<'_>, what: &'static str, max: usize) -> Result<String> {
     let len = usize::from(r.u8()?);
     if len == 0 || len > max {
@@ -164,8 +292,24 @@ fn check(d: &FileDescription) -> Result<()> {
             len: d.chunks.len(),
         });
     }
+    if d.size > MAX_FILE_SIZE {
+        return Err(ProtocolError::BadLength {
+            what: "file size",
+            len: usize::try_from(d.size).unwrap_or(usize::MAX),
+        });
+    }
+    let listed = match d.chained {
+        None => d.size,
+        Some(len) if len >= 1 && len as usize <= MAX_CHUNK_LIST_LEN => u64::from(len),
+        Some(len) => {
+            return Err(ProtocolError::BadLength {
+                what: "chunk list length",
+                len: len as usize,
+            })
+        }
+    };
     let sum: u64 = d.chunks.iter().map(|c| u64::from(c.size.bytes())).sum();
-    if sum != encrypted_len(d.size) {
+    if sum != encrypted_len(listed) {
         return Err(ProtocolError::BadLength {
             what: "file chunk sizes",
             len: usize::try_from(sum).unwrap_or(usize::MAX),
@@ -192,7 +336,11 @@ impl FileDescription {
         check(self)?;
         let mut out = Zeroizing::new(Vec::with_capacity(1100 + 57 * self.chunks.len()));
         out.push(FILE_VERSION);
-        out.push(if self.voice { FLAG_VOICE } else { 0 });
+        let mut flags = if self.voice { FLAG_VOICE } else { 0 };
+        if self.chained.is_some() {
+            flags |= FLAG_CHAINED;
+        }
+        out.push(flags);
         out.extend_from_slice(&self.size.to_be_bytes());
         out.extend_from_slice(&self.duration_secs.to_be_bytes());
         put_short(&mut out, "file name", &self.name, MAX_NAME_LEN)?;
@@ -213,9 +361,10 @@ impl FileDescription {
         })?;
         out.extend_from_slice(&n.to_be_bytes());
         for c in &self.chunks {
-            out.push(c.size.to_u8());
-            out.extend_from_slice(c.id.as_bytes());
-            out.extend_from_slice(c.relay_dh.as_bytes());
+            put_chunk(&mut out, c);
+        }
+        if let Some(len) = self.chained {
+            out.extend_from_slice(&len.to_be_bytes());
         }
         Ok(out)
     }
@@ -232,7 +381,7 @@ impl FileDescription {
             });
         }
         let flags = r.u8()?;
-        if flags & !FLAG_VOICE != 0 {
+        if flags & !(FLAG_VOICE | FLAG_CHAINED) != 0 {
             return Err(ProtocolError::UnknownTag {
                 what: "file flags",
                 tag: flags,
@@ -261,12 +410,13 @@ impl FileDescription {
         }
         let mut chunks = Vec::with_capacity(n);
         for _ in 0..n {
-            chunks.push(FileChunk {
-                size: ChunkSize::from_u8(r.u8()?)?,
-                id: ChunkRecipientId::from_bytes(r.array()?),
-                relay_dh: DhPublicKey::from_bytes(r.array()?),
-            });
+            chunks.push(read_chunk(&mut r)?);
         }
+        let chained = if flags & FLAG_CHAINED != 0 {
+            Some(r.u32()?)
+        } else {
+            None
+        };
         r.finish("file description")?;
         let d = Self {
             voice: flags & FLAG_VOICE != 0,
@@ -280,8 +430,26 @@ impl FileDescription {
             seed,
             relay,
             chunks,
+            chained,
         };
         check(&d)?;
         Ok(d)
+    }
+
+    /// The description of a chained file with its chunk list filled in (decrypted by the
+    /// recipient from the listed chunks): the chunks become the file's. Refused when the
+    /// description is not chained or the list's chunks do not add up to the file's size.
+    /// The result is for downloading; it is not encoded again.
+    pub fn with_chunk_list(&self, list: ChunkList) -> Result<Self> {
+        if self.chained.is_none() || list.total_bytes() != encrypted_len(self.size) {
+            return Err(ProtocolError::BadLength {
+                what: "chunk list sizes",
+                len: list.0.len(),
+            });
+        }
+        let mut out = self.clone();
+        out.chunks = list.0;
+        out.chained = None;
+        Ok(out)
     }
 }

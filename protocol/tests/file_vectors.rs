@@ -1,4 +1,4 @@
-//! Known-answer vectors of files (PROTOCOL.md 15.7 and 15.8): `tests/vectors/files.json`.
+//! Known-answer vectors of files (PROTOCOL.md 15.7 to 15.9, chained descriptions included): `tests/vectors/files.json`.
 //! The file encryption (STREAM over XChaCha20-Poly1305) is computed here from the documented
 //! formula with the AEAD directly; the client's implementation (`client/src/files/crypt.rs`)
 //! is checked against the same file by its own test.
@@ -23,7 +23,9 @@ use sha2::{Digest, Sha256};
 use tidings_protocol::chunk::ChunkSize;
 use tidings_protocol::contact::MAX_PAYLOAD_LEN;
 use tidings_protocol::file::{
-    chunk_recipient_keys, encrypted_len, FileChunk, FileDescription, CHUNK_SEED_INFO,
+    chunk_list_cipher_keys, chunk_recipient_keys, encrypted_len, ChunkList, FileChunk,
+    FileDescription, CHUNK_LIST_INFO, CHUNK_SEED_INFO, LIST_CHUNK_INDEX_BASE, MAX_CHUNK_LIST_LEN,
+    MAX_FILE_SIZE,
 };
 use tidings_protocol::ids::ChunkRecipientId;
 use tidings_protocol::keys::DhPublicKey;
@@ -69,6 +71,15 @@ struct FileVectors {
     chunk0_dh_public_hex: String,
     chunk1_auth_public_hex: String,
     description_hex: String,
+    chunk_list_info_hex: String,
+    chunk_list_hex: String,
+    list_key_hex: String,
+    list_prefix_hex: String,
+    list_aad_hex: String,
+    list_segment_sha256_hex: String,
+    list_chunk0_auth_public_hex: String,
+    list_chunk0_dh_public_hex: String,
+    chained_description_hex: String,
 }
 
 fn plaintext() -> Vec<u8> {
@@ -115,7 +126,21 @@ fn description() -> FileDescription {
                 relay_dh: DhPublicKey::from_bytes(pattern(0xb0 + 0x20 * i)),
             })
             .collect(),
+        chained: None,
     }
+}
+
+/// The same file described by a chained description: its two chunks in a chunk list, the
+/// list in one 64 KiB chunk.
+fn chained() -> FileDescription {
+    let mut d = description();
+    d.chained = Some(ChunkList(d.chunks.clone()).encode().unwrap().len() as u32);
+    d.chunks = vec![FileChunk {
+        size: ChunkSize::K64,
+        id: ChunkRecipientId::from_bytes(pattern(0xd0)),
+        relay_dh: DhPublicKey::from_bytes(pattern(0xe0)),
+    }];
+    d
 }
 
 fn vectors() -> FileVectors {
@@ -145,6 +170,14 @@ fn vectors() -> FileVectors {
     assert_eq!(encrypted_len(d.size), 2 * 65_536);
     let (a0, d0) = chunk_recipient_keys(&d.seed, 0).unwrap();
     let (a1, _) = chunk_recipient_keys(&d.seed, 1).unwrap();
+    let list = ChunkList(d.chunks.clone()).encode().unwrap();
+    let (list_key, list_prefix) = chunk_list_cipher_keys(&d.seed).unwrap();
+    let mut list_aad = b"tidings file v1".to_vec();
+    list_aad.extend_from_slice(&(list.len() as u64).to_be_bytes());
+    let mut list_pt = list.clone();
+    list_pt.resize(SEG_PLAIN, 0);
+    let (list_ct, _) = seal(&list_key, &list_prefix, 0, true, &list_aad, &list_pt);
+    let (la0, ld0) = chunk_recipient_keys(&d.seed, LIST_CHUNK_INDEX_BASE).unwrap();
     FileVectors {
         comment: "PROTOCOL.md 15.7-15.8. Plaintext bytes are i mod 251. Segment i: nonce = prefix \
                   || i u32 BE || last u8; sealed = XChaCha20-Poly1305(key, nonce, aad, plaintext \
@@ -163,6 +196,15 @@ fn vectors() -> FileVectors {
         chunk0_dh_public_hex: h(d0.public().as_bytes()),
         chunk1_auth_public_hex: h(&a1.public().to_bytes()),
         description_hex: h(&d.encode().unwrap()),
+        chunk_list_info_hex: h(CHUNK_LIST_INFO),
+        chunk_list_hex: h(&list),
+        list_key_hex: h(list_key.as_ref()),
+        list_prefix_hex: h(&list_prefix),
+        list_aad_hex: h(&list_aad),
+        list_segment_sha256_hex: h(&Sha256::digest(&list_ct)),
+        list_chunk0_auth_public_hex: h(&la0.public().to_bytes()),
+        list_chunk0_dh_public_hex: h(ld0.public().as_bytes()),
+        chained_description_hex: h(&chained().encode().unwrap()),
     }
 }
 
@@ -188,6 +230,54 @@ fn file_encryption_keys_and_description_match_the_vectors() {
     )
     .unwrap();
     assert_eq!(back, description());
+    let chained_back = FileDescription::decode(
+        &hex::decode(&file.chained_description_hex).unwrap(),
+        MAX_PAYLOAD_LEN,
+    )
+    .unwrap();
+    assert_eq!(chained_back, chained());
+    let list = ChunkList::decode(
+        &hex::decode(&file.chunk_list_hex).unwrap(),
+        MAX_CHUNK_LIST_LEN,
+    )
+    .unwrap();
+    assert_eq!(chained_back.with_chunk_list(list).unwrap(), description());
+}
+
+#[test]
+fn chained_descriptions_and_chunk_lists_refuse_what_does_not_add_up() {
+    // A list whose chunks do not add up to the file's size.
+    let short = ChunkList(description().chunks[..1].to_vec());
+    assert!(chained().with_chunk_list(short).is_err());
+    // A plain description takes no list.
+    assert!(description()
+        .with_chunk_list(ChunkList(description().chunks.clone()))
+        .is_err());
+    // The list length must match the listed chunks.
+    let mut d = chained();
+    d.chained = Some(70_000);
+    assert!(d.encode().is_err());
+    // Over 4 GiB.
+    let mut d = chained();
+    d.size = MAX_FILE_SIZE + 1;
+    assert!(d.encode().is_err());
+    // A list: trailing bytes, a count that lies, an empty list, an unknown version.
+    let list = ChunkList(description().chunks.clone()).encode().unwrap();
+    let mut trailing = list.clone();
+    trailing.push(0);
+    assert!(ChunkList::decode(&trailing, MAX_CHUNK_LIST_LEN).is_err());
+    let mut lying = list.clone();
+    lying[4] = 3;
+    assert!(ChunkList::decode(&lying, MAX_CHUNK_LIST_LEN).is_err());
+    assert!(ChunkList(Vec::new()).encode().is_err());
+    assert!(ChunkList::decode(&[1, 0, 0, 0, 0], MAX_CHUNK_LIST_LEN).is_err());
+    let mut version = list.clone();
+    version[0] = 2;
+    assert!(ChunkList::decode(&version, MAX_CHUNK_LIST_LEN).is_err());
+    assert!(ChunkList::decode(&list, list.len() - 1).is_err());
+    // A chained description cut before its list length.
+    let bytes = chained().encode().unwrap().to_vec();
+    assert!(FileDescription::decode(&bytes[..bytes.len() - 4], MAX_PAYLOAD_LEN).is_err());
 }
 
 #[test]
@@ -199,7 +289,7 @@ fn descriptions_whose_chunks_do_not_add_up_or_that_trail_are_refused() {
     bytes.push(0);
     assert!(FileDescription::decode(&bytes, MAX_PAYLOAD_LEN).is_err());
     let mut bytes = description().encode().unwrap().to_vec();
-    bytes[1] = 0x02;
+    bytes[1] = 0x04;
     assert!(FileDescription::decode(&bytes, MAX_PAYLOAD_LEN).is_err());
     let mut plain = description();
     plain.voice = false;

@@ -894,3 +894,41 @@ fn binding_names_read_back_and_map_to_their_proof_bytes() {
         assert_eq!(bad.parse::<Binding>(), Err(AddressError::UnknownBinding));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Chunk lists of chained file descriptions (PROTOCOL.md 15.9)
+// ---------------------------------------------------------------------------------------
+
+proptest! {
+    /// Any list of 1 to 1,100 chunks round-trips; its encoding is exactly 5 + 57 bytes per
+    /// chunk; one byte more or less never decodes.
+    #[test]
+    fn chunk_lists_round_trip_and_refuse_a_byte_more_or_less(
+        entries in proptest::collection::vec((0u8..4, any::<[u8; 24]>(), any::<[u8; 32]>()), 1..1100),
+    ) {
+        use tidings_protocol::file::{ChunkList, FileChunk, MAX_CHUNK_LIST_LEN};
+        let list = ChunkList(entries.iter().map(|(s, id, dh)| FileChunk {
+            size: ChunkSize::from_u8(*s).unwrap(),
+            id: ChunkRecipientId::from_bytes(*id),
+            relay_dh: DhPublicKey::from_bytes(*dh),
+        }).collect());
+        let bytes = list.encode().unwrap();
+        prop_assert_eq!(bytes.len(), 5 + 57 * entries.len());
+        prop_assert_eq!(&ChunkList::decode(&bytes, MAX_CHUNK_LIST_LEN).unwrap(), &list);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        prop_assert!(ChunkList::decode(&longer, MAX_CHUNK_LIST_LEN).is_err());
+        prop_assert!(ChunkList::decode(&bytes[..bytes.len() - 1], MAX_CHUNK_LIST_LEN).is_err());
+    }
+
+    /// Arbitrary bytes never panic the chunk list decoder, and what decodes is canonical.
+    #[test]
+    fn arbitrary_chunk_lists_decode_canonically_or_not_at_all(
+        bytes in proptest::collection::vec(any::<u8>(), 0..400),
+    ) {
+        use tidings_protocol::file::{ChunkList, MAX_CHUNK_LIST_LEN};
+        if let Ok(list) = ChunkList::decode(&bytes, MAX_CHUNK_LIST_LEN) {
+            prop_assert_eq!(list.encode().unwrap(), bytes);
+        }
+    }
+}

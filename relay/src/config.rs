@@ -40,6 +40,7 @@
 //! # quarter of the free space then), and free space it always leaves on the disk.
 //! # max_store_bytes = 10737418240
 //! min_free_disk_bytes = 67108864                  # 64 MiB
+//! store_cache_bytes = 16777216                    # 16 MiB of the store's page cache
 //! # How often the aggregate counters are logged (never finer than the store's hour by
 //! # default; lower it only to debug).
 //! stats_interval_secs = 3600
@@ -148,6 +149,12 @@ pub struct Config {
     /// still work. 0 turns the check off (a write that finds the disk full is then what
     /// stops growth: see SECURITY.md 3.6). Default 64 MiB (67,108,864).
     pub min_free_disk_bytes: u64,
+    /// Bytes of memory the store's page cache may use (sled's `cache_capacity`; sled's own
+    /// default is 1 GiB). Default 16 MiB (16,777,216): pieces of files and messages are
+    /// read about once each, so a bigger cache mostly holds bytes nobody reads again, and
+    /// the relay stays well under 64 MiB of RSS while moving a 1 GiB file (BENCHMARKS.md
+    /// "Files"). At least 1 MiB.
+    pub store_cache_bytes: u64,
     /// File chunks are deleted this many hours after they were created, downloaded or not.
     /// Default 336 (14 days). XFTP keeps files 48 hours; Tidings' users reach a network
     /// only in patchy windows (a weekly market trip, a phone borrowed on Sundays), so a
@@ -199,6 +206,7 @@ impl Default for Config {
             max_handshakes: 1000,
             max_store_bytes: None,
             min_free_disk_bytes: 64 << 20,
+            store_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             stats_interval_secs: 3600,
             chunk_expiry_hours: DEFAULT_CHUNK_EXPIRY_HOURS,
             chunk_bytes_per_address_per_hour: 1 << 30,
@@ -307,6 +315,11 @@ impl Config {
                     .into(),
             ));
         }
+        if self.store_cache_bytes < 1 << 20 {
+            return Err(RelayError::Config(
+                "store_cache_bytes must be at least 1048576 (1 MiB)".into(),
+            ));
+        }
         if self.max_store_bytes == Some(0) {
             return Err(RelayError::Config(
                 "max_store_bytes must be at least 1 (leave it out for the default)".into(),
@@ -379,6 +392,11 @@ mod tests {
         assert_eq!((c.retry_threshold, c.max_handshakes), (100, 1000));
         assert_eq!(c.max_store_bytes, None);
         assert_eq!(c.min_free_disk_bytes, 64 << 20);
+        assert_eq!(c.store_cache_bytes, 16 << 20);
+        assert_eq!(
+            Config::from_toml("store_cache_bytes = 33554432")?.store_cache_bytes,
+            32 << 20
+        );
         assert_eq!(c.stats_interval(), Duration::from_secs(3600));
         Ok(())
     }
@@ -388,6 +406,7 @@ mod tests {
         assert!(Config::from_toml("retry_threshold = 2000").is_err());
         assert!(Config::from_toml("max_tracked_addresses = 100").is_err());
         assert!(Config::from_toml("max_store_bytes = 0").is_err());
+        assert!(Config::from_toml("store_cache_bytes = 4096").is_err());
         assert!(Config::from_toml("max_connections_per_address = 0").is_err());
         assert!(Config::from_toml("retry_threshold = 0").is_ok());
     }

@@ -80,12 +80,13 @@ impl Relay {
         let identity = identity::load_or_create(&data_dir, tls_name)?;
         let store_dir = data_dir.join(STORE_DIR);
         identity::ensure_dir(&store_dir)?;
-        let store = SledStore::open_with(
+        let store = SledStore::open_with_cache(
             &store_dir,
             StoreLimits {
                 max_bytes: config.max_store_bytes,
                 min_free_disk_bytes: config.min_free_disk_bytes,
             },
+            config.store_cache_bytes,
         )?;
         Self::start_with_store(config, clock, identity, store).await
     }

@@ -343,8 +343,9 @@ a0, d0 = chunk_keys(seed, 0); a1, _ = chunk_keys(seed, 1)
 check('chunk keys from seed', a0.hex() == fv['chunk0_auth_public_hex'] and d0.hex() == fv['chunk0_dh_public_hex'] and a1.hex() == fv['chunk1_auth_public_hex'])
 def decode_description(b):
     """PROTOCOL.md 15.8, strictly."""
-    if b[0] != 1 or b[1] & ~1: raise ValueError('version/flags')
-    voice = bool(b[1] & 1); size, dur = struct.unpack('>QI', b[2:14]); at = 14
+    if b[0] != 1 or b[1] & ~3: raise ValueError('version/flags')
+    voice = bool(b[1] & 1); chained = bool(b[1] & 2); size, dur = struct.unpack('>QI', b[2:14]); at = 14
+    if size > 4 << 30: raise ValueError('size over 4 GiB')
     nl = b[at]; name = b[at + 1:at + 1 + nl].decode(); at += 1 + nl
     ml = b[at]; media = b[at + 1:at + 1 + ml].decode('ascii'); at += 1 + ml
     if not (1 <= nl <= 255 and 1 <= ml <= 127): raise ValueError('lengths')
@@ -353,14 +354,47 @@ def decode_description(b):
     n = struct.unpack('>H', b[at:at + 2])[0]; at += 2
     chunks = [(b[at + 57 * i], b[at + 57 * i + 1:at + 57 * i + 25], b[at + 57 * i + 25:at + 57 * i + 57]) for i in range(n)]
     at += 57 * n
+    list_len = None
+    if chained:
+        list_len = struct.unpack('>I', b[at:at + 4])[0]; at += 4
+        if not 1 <= list_len <= 5 + 57 * 1100: raise ValueError('chunk list length')
     if at != len(b) or not 1 <= n <= 120: raise ValueError('trailing or count')
-    if sum(SIZES[c[0]] for c in chunks) != max(1, -(-size // 65520)) * 65536: raise ValueError('chunk sizes')
+    listed = list_len if chained else size
+    if sum(SIZES[c[0]] for c in chunks) != max(1, -(-listed // 65520)) * 65536: raise ValueError('chunk sizes')
     if not voice and dur: raise ValueError('duration')
-    return dict(voice=voice, size=size, duration=dur, name=name, media=media, digest=digest, key=key, prefix=prefix, seed=sd, relay=relay, chunks=chunks)
+    return dict(voice=voice, size=size, duration=dur, name=name, media=media, digest=digest, key=key, prefix=prefix, seed=sd, relay=relay, chunks=chunks, list_len=list_len)
+def decode_chunk_list(b):
+    """PROTOCOL.md 15.9, strictly."""
+    if len(b) > 5 + 57 * 1100 or len(b) < 5 or b[0] != 1: raise ValueError('chunk list version/length')
+    m = struct.unpack('>I', b[1:5])[0]
+    if not 1 <= m <= 1100 or len(b) != 5 + 57 * m: raise ValueError('chunk list count')
+    return [(b[5 + 57 * i], b[6 + 57 * i:30 + 57 * i], b[30 + 57 * i:62 + 57 * i]) for i in range(m)]
 d = decode_description(bytes.fromhex(fv['description_hex']))
 check('file description', d['voice'] and d['size'] == flen and d['duration'] == 42 and d['name'] == 'sermon-03.mp3'
       and d['media'] == 'audio/mpeg' and d['digest'].hex() == fv['plaintext_sha256_hex'] and d['key'] == fkey
-      and d['prefix'] == fprefix and d['seed'] == seed and parse_address(d['relay']) is not None and len(d['chunks']) == 2)
+      and d['prefix'] == fprefix and d['seed'] == seed and parse_address(d['relay']) is not None and len(d['chunks']) == 2
+      and d['list_len'] is None)
+# 15.9: the chained description of the same file, its chunk list, the list's encryption.
+cd = decode_description(bytes.fromhex(fv['chained_description_hex']))
+clist = bytes.fromhex(fv['chunk_list_hex'])
+check('chunk list info', fv['chunk_list_info_hex'] == b'tidings chunk list v1'.hex())
+lokm = hkdf(seed, b'tidings chunk list v1', 51)
+lkey, lprefix = lokm[:32], lokm[32:]
+laad = b'tidings file v1' + struct.pack('>Q', len(clist))
+lct = xchacha_seal(lkey, lprefix + struct.pack('>I', 0) + b'\x01', laad, clist.ljust(65520, b'\0'))
+check('chunk list keys and encryption', lkey.hex() == fv['list_key_hex'] and lprefix.hex() == fv['list_prefix_hex']
+      and laad.hex() == fv['list_aad_hex'] and hashlib.sha256(lct).hexdigest() == fv['list_segment_sha256_hex'])
+la0, ld0 = chunk_keys(seed, 0x80000000)
+check('chunk list chunk keys', la0.hex() == fv['list_chunk0_auth_public_hex'] and ld0.hex() == fv['list_chunk0_dh_public_hex'])
+listed = decode_chunk_list(clist)
+check('chained description', cd['list_len'] == len(clist) and len(cd['chunks']) == 1 and cd['size'] == flen
+      and cd['key'] == fkey and cd['digest'] == d['digest'] and cd['name'] == d['name'] and listed == d['chunks']
+      and sum(SIZES[c[0]] for c in listed) == max(1, -(-cd['size'] // 65520)) * 65536)
+for wrong in (clist + b'\0', clist[:1] + struct.pack('>I', 3) + clist[5:], b'\x02' + clist[1:], b'\x01\0\0\0\0'):
+    try:
+        decode_chunk_list(wrong); check('chunk list refused', False)
+    except (ValueError, IndexError, struct.error):
+        pass
 
 # ---------- section 4-5: Noise NK ----------
 HASHLEN = 32

@@ -1,8 +1,9 @@
 //! Files through real relay processes over loopback (issue 17): a 50 MB round trip with its
 //! digest, an upload cut off part way and resumed, a relay restarted during a download and
 //! the download resumed, tampered/swapped/truncated files refused naming the file, the
-//! per-address chunk share, one upload to three recipients with unlinkable ids, and a raw
-//! scan of the relay's data dir and the receiver's files for a plaintext marker.
+//! per-address chunk share, one upload to three recipients with unlinkable ids, a file sent
+//! with chained descriptions (its chunk list in chunks of its own), and a raw scan of the
+//! relay's data dir and the receiver's files for a plaintext marker.
 
 // Test code: a failed index is a failed test.
 #![allow(clippy::indexing_slicing)]
@@ -99,6 +100,78 @@ async fn a_50_mb_file_round_trips_with_its_digest_and_no_plaintext_reaches_disk(
     let out = dir.path().join("saved.mp3");
     save_plaintext(&enc, &desc, &out)?;
     assert!(same_file(&src, &out)?, "saved file differs");
+    Ok(())
+}
+
+/// A file with more chunks than a description lists (lowered here to 2, so the test stays
+/// small; the encoding and every step are those of a file over 480 MiB) goes up with a chunk
+/// list per recipient, and each of two recipients gets a small chained description, fetches
+/// and decrypts its list, downloads the file and finds it identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_larger_than_one_description_travels_with_a_chained_description() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let relay = start_relay(dir.path(), &[])?;
+    let src = dir.path().join("bible.mp3");
+    make_file(&src, 5_000_000)?;
+    let mut state = UploadState::new(
+        &src,
+        "bible.mp3",
+        "audio/mpeg",
+        &addr(relay.address())?,
+        2,
+        2,
+    )?;
+    assert!(!state.is_chained(), "5 chunks fit in one description");
+    state.set_max_direct_chunks(2);
+    assert!(state.is_chained());
+    // Cut off after the file's chunks, before the lists: not complete, no description yet.
+    let mut conn = connect(relay.address()).await?;
+    let mut saves = 0;
+    let mut kept = None;
+    let cut = upload(
+        &mut conn,
+        &src,
+        &mut state,
+        |s| {
+            saves += 1;
+            if s.chunks_done().0 == s.chunks_done().1 && kept.is_none() {
+                kept = Some(s.to_bytes()?);
+                return Err(ClientError::ConnectionLost);
+            }
+            Ok(())
+        },
+        |_| {},
+    )
+    .await;
+    conn.close().await;
+    assert!(cut.is_err() && saves > 0);
+    let mut state = UploadState::from_bytes(&kept.ok_or_else(|| anyhow!("never cut"))?)?;
+    assert!(state.descriptions().is_none(), "lists not uploaded yet");
+    upload_all(relay.address(), &src, &mut state).await?;
+    let descs = state
+        .descriptions()
+        .ok_or_else(|| anyhow!("upload not complete"))?;
+    assert_eq!(descs.len(), 2);
+    for (i, desc) in descs.iter().enumerate() {
+        assert!(desc.chained.is_some(), "recipient {i}: not chained");
+        assert_eq!(
+            desc.chunks.len(),
+            1,
+            "the list of 5 chunks fits in one 64 KiB chunk"
+        );
+        // The chained description is what goes end to end: it must survive its encoding.
+        let sent =
+            FileDescription::decode(&desc.encode()?, tidings_protocol::contact::MAX_PAYLOAD_LEN)?;
+        let enc = dir.path().join(format!("received-{i}.enc"));
+        let done = fetch(relay.address(), &sent, &enc).await?;
+        assert!(done.verified && done.done.len() == 5, "{done:?}");
+        let out = dir.path().join(format!("saved-{i}.mp3"));
+        save_plaintext(&enc, &sent, &out)?;
+        assert!(same_file(&src, &out)?, "recipient {i}: saved file differs");
+    }
+    // The recipients' lists name different chunk ids.
+    assert_ne!(descs[0].chunks[0].id, descs[1].chunks[0].id);
+    scan_dir(&dir.path().join("data"), &[MARKER])?;
     Ok(())
 }
 
@@ -551,6 +624,96 @@ fn a_killed_send_file_resumes_without_sending_finished_chunks_again() -> Result<
     let out = world.root().join("out.mp3");
     bob.run(&["save", &id, &out.to_string_lossy()])?.ok()?;
     assert!(same_file(&src, &out)?, "the resumed upload arrives whole");
+    Ok(())
+}
+
+/// The same through the CLI: `send-file` of a file with more chunks than the (test-lowered)
+/// direct limit sends a chained description; `sync`, `fetch` and `save` on the other side
+/// give back the same bytes.
+#[test]
+fn send_file_of_a_chained_file_fetches_and_saves_through_the_cli() -> Result<()> {
+    let world = World::new()?;
+    let alice = world.profile("alice")?;
+    let bob = world.profile("bob")?;
+    tidings_tests::connect(&alice, "bob", &bob, "alice")?;
+    let src = world.root().join("psalms.mp3");
+    make_file(&src, 5_000_000)?;
+    alice
+        .run_with(
+            &["send-file", "bob", &src.to_string_lossy()],
+            &[("TIDINGS_TEST_MAX_DIRECT_CHUNKS", "1")],
+            Duration::from_secs(120),
+        )?
+        .ok()?;
+    let sync = bob.run(&["sync"])?.ok()?;
+    let line = sync
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("alice: [file] psalms.mp3 (5.0 MB)"))
+        .ok_or_else(|| anyhow!("sync shows no file line:\n{}", sync.stdout))?;
+    let id = line
+        .rsplit("(id ")
+        .next()
+        .and_then(|t| t.strip_suffix(')'))
+        .ok_or_else(|| anyhow!("no id in {line:?}"))?
+        .to_string();
+    let listed = bob.run(&["files", "--json"])?.ok()?;
+    assert!(
+        listed.stdout.contains("\"chained\":true"),
+        "not sent chained: {}",
+        listed.stdout
+    );
+    bob.run(&["fetch", &id])?.ok()?;
+    let out = world.root().join("saved.mp3");
+    bob.run(&["save", &id, &out.to_string_lossy()])?.ok()?;
+    assert!(same_file(&src, &out)?);
+    scan_dir(&bob.home, &[MARKER])?;
+    Ok(())
+}
+
+/// Retention covers received files: once a contact's retention has passed, `files` no
+/// longer lists what came from them, and the encrypted bytes are gone from `HOME/files`,
+/// while a newer file stays.
+#[test]
+fn received_files_age_out_with_the_contacts_history() -> Result<()> {
+    let world = World::new()?;
+    let alice = world.profile("alice")?;
+    let bob = world.profile("bob")?;
+    tidings_tests::connect(&alice, "bob", &bob, "alice")?;
+    let old = world.root().join("old-letter.pdf");
+    make_file(&old, 150_000)?;
+    alice
+        .run(&["send-file", "bob", &old.to_string_lossy()])?
+        .ok()?;
+    // Small enough for sync to download it by itself.
+    bob.run(&["sync"])?.ok()?;
+    let files_dir = bob.home.join("files");
+    let first: Vec<_> = std::fs::read_dir(&files_dir)?.collect::<std::io::Result<_>>()?;
+    assert_eq!(first.len(), 1, "the first file was downloaded");
+    std::thread::sleep(Duration::from_secs(8));
+    let new = world.root().join("new-letter.pdf");
+    make_file(&new, 150_000)?;
+    alice
+        .run(&["send-file", "bob", &new.to_string_lossy()])?
+        .ok()?;
+    bob.run(&["sync"])?.ok()?;
+    assert_eq!(std::fs::read_dir(&files_dir)?.count(), 2);
+    bob.run(&["retain", "alice", "6s"])?.ok()?;
+    let files = bob.run(&["files"])?.ok()?;
+    assert!(
+        !files.stdout.contains("old-letter.pdf") && files.stdout.contains("new-letter.pdf"),
+        "{}",
+        files.stdout
+    );
+    assert!(
+        !first[0].path().exists(),
+        "the old file's bytes are still on disk"
+    );
+    assert_eq!(
+        std::fs::read_dir(&files_dir)?.count(),
+        1,
+        "the new file stays"
+    );
     Ok(())
 }
 

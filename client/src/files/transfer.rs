@@ -12,6 +12,12 @@
 //! and synced before it counts as done. When every chunk is there, every segment is
 //! decrypted and the digest compared; only then is the file complete. A segment that does not
 //! open (tampered, swapped or cut short) is an error that names the file.
+//!
+//! A file with more chunks than one description lists (over 480 MiB, at most 4 GiB) is
+//! *chained* (PROTOCOL.md 15.9): after its chunks, the upload sends each recipient's chunk
+//! list, encrypted under keys from that recipient's seed, as chunks of its own, and the
+//! descriptions list those. A download of a chained description first fetches and opens the
+//! list, then proceeds as for any file.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -22,7 +28,10 @@ use sha2::{Digest, Sha256};
 use tidings_protocol::address::RelayAddress;
 use tidings_protocol::chunk::{ChunkKey, ChunkRecipient, ChunkSize, RecipientKeys, PIECE_LEN};
 use tidings_protocol::command::{Command, ErrorCode, ReplyKind};
-use tidings_protocol::file::{chunk_recipient_keys, FileChunk, FileDescription, MAX_FILE_CHUNKS};
+use tidings_protocol::file::{
+    chunk_list_cipher_keys, chunk_recipient_keys, ChunkList, FileChunk, FileDescription,
+    LIST_CHUNK_INDEX_BASE, MAX_CHUNK_LIST_LEN, MAX_FILE_CHUNKS, MAX_FILE_SIZE,
+};
 use tidings_protocol::ids::{ChunkRecipientId, ChunkSenderId, EntityId};
 use tidings_protocol::keys::{AuthSecretKey, DhPublicKey, DhSecretKey};
 use zeroize::Zeroizing;
@@ -38,6 +47,22 @@ const BUSY_TRIES: usize = 40;
 
 /// Requests in flight at once during a transfer (one block each way per request).
 const PIPELINE: usize = 16;
+
+/// The most chunks an upload lists directly in its descriptions; a file with more is sent
+/// with a chained description (PROTOCOL.md 15.9). [`MAX_FILE_CHUNKS`], except that debug
+/// builds (tests) may lower it with `TIDINGS_TEST_MAX_DIRECT_CHUNKS`, so the chained path
+/// runs end to end on a small file. Release builds ignore the variable.
+fn max_direct_chunks() -> usize {
+    #[cfg(debug_assertions)]
+    if let Some(n) = std::env::var("TIDINGS_TEST_MAX_DIRECT_CHUNKS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=MAX_FILE_CHUNKS).contains(n))
+    {
+        return n;
+    }
+    MAX_FILE_CHUNKS
+}
 
 /// Progress of a transfer, for a progress bar or plain lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,10 +125,15 @@ struct ChunkAccess {
     relay_dh: DhPublicKey,
 }
 
-fn accesses(desc: &FileDescription) -> Result<Vec<ChunkAccess>> {
+/// The accesses to the chunks `desc` lists, whose key indexes start at `base` (0 for a
+/// file's chunks, [`LIST_CHUNK_INDEX_BASE`] for a chunk list's).
+fn accesses(desc: &FileDescription, base: u32) -> Result<Vec<ChunkAccess>> {
     let mut out = Vec::with_capacity(desc.chunks.len());
     for (i, c) in desc.chunks.iter().enumerate() {
-        let index = u32::try_from(i).map_err(|_| file_error(&desc.name, "too many chunks"))?;
+        let index = u32::try_from(i)
+            .ok()
+            .and_then(|i| base.checked_add(i))
+            .ok_or_else(|| file_error(&desc.name, "too many chunks"))?;
         let (auth, dh) = chunk_recipient_keys(&desc.seed, index)?;
         out.push(ChunkAccess {
             size: c.size,
@@ -145,6 +175,10 @@ struct SavedUpload {
     seeds: Vec<Vec<u8>>,
     real: usize,
     chunks: Vec<SavedChunk>,
+    #[serde(default)]
+    chained: bool,
+    #[serde(default)]
+    lists: Vec<Vec<SavedChunk>>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -163,10 +197,66 @@ impl Drop for SavedUpload {
         for s in &mut self.seeds {
             s.zeroize();
         }
-        for c in &mut self.chunks {
+        for c in self
+            .chunks
+            .iter_mut()
+            .chain(self.lists.iter_mut().flatten())
+        {
             c.auth_seed.zeroize();
         }
     }
+}
+
+fn save_chunk(c: &UploadChunk) -> SavedChunk {
+    SavedChunk {
+        size: c.size.to_u8(),
+        auth_seed: c.auth.to_seed().to_vec(),
+        sender: c.created.as_ref().map(|(s, _)| s.as_bytes().to_vec()),
+        recipients: c
+            .created
+            .as_ref()
+            .map(|(_, r)| {
+                r.iter()
+                    .map(|r| (r.id.as_bytes().to_vec(), r.relay_dh.as_bytes().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        complete: c.complete,
+    }
+}
+
+fn load_chunk(c: &SavedChunk) -> Result<UploadChunk> {
+    let created = match &c.sender {
+        None => None,
+        Some(sender) => {
+            let mut recipients = Vec::with_capacity(c.recipients.len());
+            for (id, dh) in &c.recipients {
+                recipients.push(ChunkRecipient {
+                    id: ChunkRecipientId::from_bytes(arr(id)?),
+                    relay_dh: DhPublicKey::from_bytes(arr(dh)?),
+                });
+            }
+            Some((ChunkSenderId::from_bytes(arr(sender)?), recipients))
+        }
+    };
+    let seed = Zeroizing::new(arr::<32>(&c.auth_seed)?);
+    Ok(UploadChunk {
+        size: ChunkSize::from_u8(c.size)?,
+        auth: AuthSecretKey::from_seed(&seed),
+        created,
+        complete: c.complete,
+    })
+}
+
+fn new_chunks(plan: Vec<ChunkSize>) -> Vec<UploadChunk> {
+    plan.into_iter()
+        .map(|size| UploadChunk {
+            size,
+            auth: AuthSecretKey::generate(&mut OsRng),
+            created: None,
+            complete: false,
+        })
+        .collect()
 }
 
 fn arr<const N: usize>(v: &[u8]) -> Result<[u8; N]> {
@@ -188,6 +278,11 @@ pub struct UploadState {
     seeds: Vec<Zeroizing<[u8; 32]>>,
     real: usize,
     chunks: Vec<UploadChunk>,
+    /// Whether the file has more chunks than a description lists (PROTOCOL.md 15.9).
+    chained: bool,
+    /// For a chained file, once its chunks are complete: per recipient (real, then dummy)
+    /// the chunks of its encrypted chunk list.
+    lists: Vec<Vec<UploadChunk>>,
 }
 
 impl std::fmt::Debug for UploadState {
@@ -224,22 +319,15 @@ impl UploadState {
         let mut prefix = [0u8; PREFIX_LEN];
         OsRng.fill_bytes(&mut prefix);
         let cipher = FileCipher::new(key.clone(), prefix, size);
-        let plan = plan_chunks(cipher.encrypted_len());
-        if plan.len() > MAX_FILE_CHUNKS {
+        if size > MAX_FILE_SIZE {
             return Err(ClientError::FileTooLarge {
                 size,
-                max: MAX_FILE_CHUNKS as u64 * u64::from(ChunkSize::MAX_BYTES),
+                max: MAX_FILE_SIZE,
             });
         }
-        let chunks = plan
-            .into_iter()
-            .map(|size| UploadChunk {
-                size,
-                auth: AuthSecretKey::generate(&mut OsRng),
-                created: None,
-                complete: false,
-            })
-            .collect();
+        let plan = plan_chunks(cipher.encrypted_len());
+        let chained = plan.len() > max_direct_chunks();
+        let chunks = new_chunks(plan);
         Ok(Self {
             name: name.to_string(),
             media_type: media_type.to_string(),
@@ -252,6 +340,8 @@ impl UploadState {
             seeds: (0..recipients + dummies).map(|_| random32()).collect(),
             real: recipients,
             chunks,
+            chained,
+            lists: Vec::new(),
         })
     }
 
@@ -268,24 +358,12 @@ impl UploadState {
             voice_secs: self.voice_secs,
             seeds: self.seeds.iter().map(|s| s.to_vec()).collect(),
             real: self.real,
-            chunks: self
-                .chunks
+            chunks: self.chunks.iter().map(save_chunk).collect(),
+            chained: self.chained,
+            lists: self
+                .lists
                 .iter()
-                .map(|c| SavedChunk {
-                    size: c.size.to_u8(),
-                    auth_seed: c.auth.to_seed().to_vec(),
-                    sender: c.created.as_ref().map(|(s, _)| s.as_bytes().to_vec()),
-                    recipients: c
-                        .created
-                        .as_ref()
-                        .map(|(_, r)| {
-                            r.iter()
-                                .map(|r| (r.id.as_bytes().to_vec(), r.relay_dh.as_bytes().to_vec()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    complete: c.complete,
-                })
+                .map(|l| l.iter().map(save_chunk).collect())
                 .collect(),
         };
         Ok(Zeroizing::new(
@@ -296,29 +374,16 @@ impl UploadState {
     /// A state kept with [`UploadState::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let saved: SavedUpload = serde_json::from_slice(bytes).map_err(|_| ClientError::Crypto)?;
-        let mut chunks = Vec::with_capacity(saved.chunks.len());
-        for c in &saved.chunks {
-            let created = match &c.sender {
-                None => None,
-                Some(sender) => {
-                    let mut recipients = Vec::with_capacity(c.recipients.len());
-                    for (id, dh) in &c.recipients {
-                        recipients.push(ChunkRecipient {
-                            id: ChunkRecipientId::from_bytes(arr(id)?),
-                            relay_dh: DhPublicKey::from_bytes(arr(dh)?),
-                        });
-                    }
-                    Some((ChunkSenderId::from_bytes(arr(sender)?), recipients))
-                }
-            };
-            let seed = Zeroizing::new(arr::<32>(&c.auth_seed)?);
-            chunks.push(UploadChunk {
-                size: ChunkSize::from_u8(c.size)?,
-                auth: AuthSecretKey::from_seed(&seed),
-                created,
-                complete: c.complete,
-            });
-        }
+        let chunks = saved
+            .chunks
+            .iter()
+            .map(load_chunk)
+            .collect::<Result<Vec<_>>>()?;
+        let lists = saved
+            .lists
+            .iter()
+            .map(|l| l.iter().map(load_chunk).collect::<Result<Vec<_>>>())
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             name: saved.name.clone(),
             media_type: saved.media_type.clone(),
@@ -335,6 +400,8 @@ impl UploadState {
                 .collect::<Result<_>>()?,
             real: saved.real,
             chunks,
+            chained: saved.chained,
+            lists,
         })
     }
 
@@ -343,9 +410,28 @@ impl UploadState {
         self.voice_secs = Some(secs);
     }
 
-    /// Whether every chunk is uploaded and complete on the relay.
+    /// Whether every chunk (and for a chained file every chunk list) is uploaded and
+    /// complete on the relay.
     pub fn is_complete(&self) -> bool {
         self.chunks.iter().all(|c| c.complete)
+            && (!self.chained
+                || (self.lists.len() == self.seeds.len()
+                    && self.lists.iter().flatten().all(|c| c.complete)))
+    }
+
+    /// Sends the file with chained descriptions if it has more than `n` chunks (clamped to
+    /// 1..=[`MAX_FILE_CHUNKS`]; files with more than [`MAX_FILE_CHUNKS`] always are). Only
+    /// before the upload started; later calls change nothing.
+    pub fn set_max_direct_chunks(&mut self, n: usize) {
+        let started = self.chunks.iter().any(|c| c.created.is_some());
+        if !started {
+            self.chained = self.chunks.len() > n.clamp(1, MAX_FILE_CHUNKS);
+        }
+    }
+
+    /// Whether the file is sent with chained descriptions (more chunks than one lists).
+    pub fn is_chained(&self) -> bool {
+        self.chained
     }
 
     /// How many chunks are complete, of how many.
@@ -363,15 +449,20 @@ impl UploadState {
         }
         let mut out = Vec::with_capacity(self.real);
         for r in 0..self.real {
-            let mut chunks = Vec::with_capacity(self.chunks.len());
-            for c in &self.chunks {
-                let (_, answer) = c.created.as_ref()?;
-                let ans = answer.get(r)?;
-                chunks.push(FileChunk {
-                    size: c.size,
-                    id: ans.id,
-                    relay_dh: ans.relay_dh,
-                });
+            let mut chunks = self.file_chunks_of(r)?;
+            let mut chained = None;
+            if self.chained {
+                chained = Some(u32::try_from(ChunkList(chunks).encode().ok()?.len()).ok()?);
+                chunks = Vec::new();
+                for c in self.lists.get(r)? {
+                    let (_, answer) = c.created.as_ref()?;
+                    let ans = answer.first()?;
+                    chunks.push(FileChunk {
+                        size: c.size,
+                        id: ans.id,
+                        relay_dh: ans.relay_dh,
+                    });
+                }
             }
             out.push(FileDescription {
                 voice: self.voice_secs.is_some(),
@@ -385,9 +476,49 @@ impl UploadState {
                 seed: self.seeds.get(r)?.clone(),
                 relay: self.relay.clone(),
                 chunks,
+                chained,
             });
         }
         Some(out)
+    }
+
+    /// The file's chunks as recipient `r` (real or dummy) sees them, once all are created.
+    fn file_chunks_of(&self, r: usize) -> Option<Vec<FileChunk>> {
+        self.chunks
+            .iter()
+            .map(|c| {
+                let (_, answer) = c.created.as_ref()?;
+                let ans = answer.get(r)?;
+                Some(FileChunk {
+                    size: c.size,
+                    id: ans.id,
+                    relay_dh: ans.relay_dh,
+                })
+            })
+            .collect()
+    }
+
+    /// The encrypted chunk list of recipient `r` (deterministic: the same key, nonces and
+    /// bytes on every resume).
+    fn encrypted_list(&self, r: usize) -> Result<Vec<u8>> {
+        let chunks = self.file_chunks_of(r).ok_or(ClientError::Crypto)?;
+        let list = Zeroizing::new(ChunkList(chunks).encode()?);
+        let seed = self.seeds.get(r).ok_or(ClientError::Crypto)?;
+        let (key, prefix) = chunk_list_cipher_keys(seed)?;
+        let cipher = FileCipher::new(key, prefix, list.len() as u64);
+        let mut out = Vec::with_capacity(usize::try_from(cipher.encrypted_len()).unwrap_or(0));
+        for i in 0..cipher.segments() {
+            let from = usize::try_from(i).unwrap_or(usize::MAX) * SEGMENT_PLAIN_LEN;
+            let plain = list
+                .get(from..from + cipher.plain_len(i))
+                .ok_or(ClientError::Crypto)?;
+            out.extend_from_slice(
+                &cipher
+                    .seal_segment(i, plain)
+                    .map_err(|_| ClientError::Crypto)?,
+            );
+        }
+        Ok(out)
     }
 
     /// The keys handed to the relay for chunk `index`, one per recipient.
@@ -439,8 +570,88 @@ fn encrypt_chunk(
     Ok(out)
 }
 
+/// Creates `chunk` on the relay (unless it was) with `keys`, then sends `data` from the
+/// piece the relay reports stored, up to [`PIPELINE`] pieces in flight. `created` is called
+/// with the relay's ids (the caller saves them before anything depends on them), `sent`
+/// with the bytes of the chunk stored so far.
+async fn send_chunk<L: RelayLink>(
+    link: &mut L,
+    chunk: &UploadChunk,
+    keys: Vec<RecipientKeys>,
+    data: &[u8],
+    mut created: impl FnMut(ChunkSenderId, Vec<ChunkRecipient>) -> Result<()>,
+    mut sent: impl FnMut(u32),
+) -> Result<()> {
+    let sender = match &chunk.created {
+        Some((sender, _)) => *sender,
+        None => {
+            let expected = keys.len();
+            let command = Command::ChunkNew {
+                size: chunk.size,
+                sender: chunk.auth.public(),
+                recipients: keys,
+            };
+            let req = link.signed(EntityId::NONE, command, &chunk.auth)?;
+            match link.request(req).await?.kind {
+                ReplyKind::ChunkIds { sender, recipients } if recipients.len() == expected => {
+                    created(sender, recipients)?;
+                    sender
+                }
+                other => return Err(relay_error(other)),
+            }
+        }
+    };
+    let req = link.signed(sender.into(), Command::ChunkStatus, &chunk.auth)?;
+    let mut offset = match link.request(req).await?.kind {
+        ReplyKind::ChunkReceived { received } => received,
+        other => return Err(relay_error(other)),
+    };
+    while offset < chunk.size.bytes() {
+        // Up to PIPELINE pieces in flight; the relay answers each once durable, in order.
+        let mut batch = Vec::with_capacity(PIPELINE);
+        let mut next = offset;
+        while next < chunk.size.bytes() && batch.len() < PIPELINE {
+            let len = chunk.size.piece_len(next).ok_or(ClientError::Crypto)?;
+            let from = next as usize;
+            let piece = data
+                .get(from..from + len)
+                .ok_or(ClientError::Crypto)?
+                .to_vec();
+            let command = Command::ChunkPut {
+                offset: next,
+                piece,
+            };
+            batch.push(link.signed(sender.into(), command, &chunk.auth)?);
+            next += len as u32;
+        }
+        let mut busy = false;
+        for reply in link.batch(batch).await? {
+            match reply.kind {
+                ReplyKind::Ok => {}
+                ReplyKind::Error(ErrorCode::Busy) => busy = true,
+                other => return Err(relay_error(other)),
+            }
+        }
+        if busy {
+            // Over the relay's rate: wait, then continue where the relay says it is.
+            tokio::time::sleep(BUSY_PAUSE).await;
+            let req = link.signed(sender.into(), Command::ChunkStatus, &chunk.auth)?;
+            offset = match link.request(req).await?.kind {
+                ReplyKind::ChunkReceived { received } => received,
+                other => return Err(relay_error(other)),
+            };
+            continue;
+        }
+        offset = next;
+        sent(offset);
+    }
+    Ok(())
+}
+
 /// Uploads (or resumes uploading) the file at `path`. `save` is called whenever the state
 /// changed in a way that must survive a kill (before the next command depends on it).
+/// A chained file's chunk lists go up after its chunks, one per recipient (real and dummy),
+/// each in chunks with that recipient alone.
 pub async fn upload<L: RelayLink>(
     link: &mut L,
     path: &Path,
@@ -467,82 +678,100 @@ pub async fn upload<L: RelayLink>(
             progress(Progress { done: start, total });
             continue;
         }
-        let sender = match &chunk.created {
-            Some((sender, _)) => *sender,
-            None => {
-                let recipients = state.recipient_keys(index)?;
-                let expected = recipients.len();
-                let command = Command::ChunkNew {
-                    size: chunk.size,
-                    sender: chunk.auth.public(),
-                    recipients,
-                };
-                let req = link.signed(EntityId::NONE, command, &chunk.auth)?;
-                match link.request(req).await?.kind {
-                    ReplyKind::ChunkIds { sender, recipients } if recipients.len() == expected => {
-                        if let Some(c) = state.chunks.get_mut(index) {
-                            c.created = Some((sender, recipients));
-                        }
-                        save(state)?;
-                        sender
-                    }
-                    other => return Err(relay_error(other)),
-                }
-            }
-        };
-        let req = link.signed(sender.into(), Command::ChunkStatus, &chunk.auth)?;
-        let mut offset = match link.request(req).await?.kind {
-            ReplyKind::ChunkReceived { received } => received,
-            other => return Err(relay_error(other)),
+        let keys = if chunk.created.is_none() {
+            state.recipient_keys(index)?
+        } else {
+            Vec::new()
         };
         let data = encrypt_chunk(&mut file, path, &cipher, start, chunk.size)?;
-        while offset < chunk.size.bytes() {
-            // Up to PIPELINE pieces in flight; the relay answers each once durable, in order.
-            let mut batch = Vec::with_capacity(PIPELINE);
-            let mut next = offset;
-            while next < chunk.size.bytes() && batch.len() < PIPELINE {
-                let len = chunk.size.piece_len(next).ok_or(ClientError::Crypto)?;
-                let from = next as usize;
-                let piece = data
-                    .get(from..from + len)
-                    .ok_or(ClientError::Crypto)?
-                    .to_vec();
-                let command = Command::ChunkPut {
-                    offset: next,
-                    piece,
-                };
-                batch.push(link.signed(sender.into(), command, &chunk.auth)?);
-                next += len as u32;
-            }
-            let mut busy = false;
-            for reply in link.batch(batch).await? {
-                match reply.kind {
-                    ReplyKind::Ok => {}
-                    ReplyKind::Error(ErrorCode::Busy) => busy = true,
-                    other => return Err(relay_error(other)),
+        send_chunk(
+            link,
+            &chunk,
+            keys,
+            &data,
+            |sender, recipients| {
+                if let Some(c) = state.chunks.get_mut(index) {
+                    c.created = Some((sender, recipients));
                 }
-            }
-            if busy {
-                // Over the relay's rate: wait, then continue where the relay says it is.
-                tokio::time::sleep(BUSY_PAUSE).await;
-                let req = link.signed(sender.into(), Command::ChunkStatus, &chunk.auth)?;
-                offset = match link.request(req).await?.kind {
-                    ReplyKind::ChunkReceived { received } => received,
-                    other => return Err(relay_error(other)),
-                };
-                continue;
-            }
-            offset = next;
-            progress(Progress {
-                done: start + u64::from(offset),
-                total,
-            });
-        }
+                save(state)
+            },
+            |stored| {
+                progress(Progress {
+                    done: start + u64::from(stored),
+                    total,
+                })
+            },
+        )
+        .await?;
         if let Some(c) = state.chunks.get_mut(index) {
             c.complete = true;
         }
         save(state)?;
         start += bytes;
+    }
+    if state.chained {
+        upload_lists(link, state, &mut save).await?;
+    }
+    Ok(())
+}
+
+/// Uploads the chunk list of every recipient of a chained file (after its chunks).
+async fn upload_lists<L: RelayLink>(
+    link: &mut L,
+    state: &mut UploadState,
+    save: &mut impl FnMut(&UploadState) -> Result<()>,
+) -> Result<()> {
+    if state.lists.len() != state.seeds.len() {
+        let mut lists = Vec::with_capacity(state.seeds.len());
+        for r in 0..state.seeds.len() {
+            let len = state.encrypted_list(r)?.len() as u64;
+            lists.push(new_chunks(plan_chunks(len)));
+        }
+        state.lists = lists;
+        save(state)?;
+    }
+    for r in 0..state.seeds.len() {
+        let data = state.encrypted_list(r)?;
+        let seed = state.seeds.get(r).cloned().ok_or(ClientError::Crypto)?;
+        let mut start = 0usize;
+        for j in 0..state.lists.get(r).map_or(0, Vec::len) {
+            let Some(chunk) = state.lists.get(r).and_then(|l| l.get(j)).cloned() else {
+                break;
+            };
+            let len = chunk.size.bytes() as usize;
+            let piece = data.get(start..start + len).ok_or(ClientError::Crypto)?;
+            start += len;
+            if chunk.complete {
+                continue;
+            }
+            let index = u32::try_from(j)
+                .ok()
+                .and_then(|j| LIST_CHUNK_INDEX_BASE.checked_add(j))
+                .ok_or(ClientError::Crypto)?;
+            let (auth, dh) = chunk_recipient_keys(&seed, index)?;
+            let keys = vec![RecipientKeys {
+                auth: auth.public(),
+                dh: dh.public(),
+            }];
+            send_chunk(
+                link,
+                &chunk,
+                keys,
+                piece,
+                |sender, recipients| {
+                    if let Some(c) = state.lists.get_mut(r).and_then(|l| l.get_mut(j)) {
+                        c.created = Some((sender, recipients));
+                    }
+                    save(state)
+                },
+                |_| {},
+            )
+            .await?;
+            if let Some(c) = state.lists.get_mut(r).and_then(|l| l.get_mut(j)) {
+                c.complete = true;
+            }
+            save(state)?;
+        }
     }
     Ok(())
 }
@@ -592,6 +821,39 @@ impl DownloadState {
             verified: false,
         }
     }
+}
+
+/// The description with the file's own chunks: `desc` itself, or for a chained description
+/// the one its chunk list (fetched from the relay and decrypted here) fills in, with the
+/// accesses to the list's chunks (acked with the file's).
+async fn resolve<L: RelayLink>(
+    link: &mut L,
+    desc: &FileDescription,
+) -> Result<(FileDescription, Vec<ChunkAccess>)> {
+    let Some(list_len) = desc.chained else {
+        return Ok((desc.clone(), Vec::new()));
+    };
+    let damaged = || file_error(&desc.name, "its chunk list is damaged");
+    let access = accesses(desc, LIST_CHUNK_INDEX_BASE)?;
+    let (key, prefix) = chunk_list_cipher_keys(&desc.seed)?;
+    let cipher = FileCipher::new(key, prefix, u64::from(list_len));
+    let mut sealed = Vec::new();
+    for a in &access {
+        sealed.extend_from_slice(&fetch_chunk(link, a, &desc.name).await?);
+    }
+    if sealed.len() as u64 != cipher.encrypted_len() {
+        return Err(damaged());
+    }
+    let mut plain = Zeroizing::new(Vec::with_capacity(list_len as usize));
+    for (i, segment) in sealed.chunks(SEGMENT_LEN).enumerate() {
+        let opened = cipher
+            .open_segment(i as u64, segment)
+            .map_err(|e| segment_error(&desc.name, e))?;
+        plain.extend_from_slice(&opened);
+    }
+    let list = ChunkList::decode(&plain, MAX_CHUNK_LIST_LEN).map_err(|_| damaged())?;
+    let resolved = desc.with_chunk_list(list).map_err(|_| damaged())?;
+    Ok((resolved, access))
 }
 
 /// Fetches one chunk's pieces and opens the relay's sealing.
@@ -678,9 +940,15 @@ pub async fn download<L: RelayLink>(
     mut save: impl FnMut(&DownloadState) -> Result<()>,
     mut progress: impl FnMut(Progress),
 ) -> Result<()> {
+    let (resolved, list_access) = resolve(link, desc).await?;
+    if desc.chained.is_some() {
+        // The caller's state counted the list's chunks: count the file's.
+        *state = DownloadState::resume(&resolved, encrypted);
+    }
+    let desc = &resolved;
     let cipher = cipher_of(desc);
     let total = cipher.encrypted_len();
-    let access = accesses(desc)?;
+    let access = accesses(desc, 0)?;
     let planned: u64 = desc.chunks.iter().map(|c| u64::from(c.size.bytes())).sum();
     if planned != total || state.done.len() != desc.chunks.len() {
         return Err(file_error(
@@ -714,7 +982,7 @@ pub async fn download<L: RelayLink>(
     verify(&mut file, encrypted, desc)?;
     state.verified = true;
     save(state)?;
-    for access in &access {
+    for access in access.iter().chain(&list_access) {
         let req = link.signed(access.id.into(), Command::ChunkAck, &access.auth)?;
         // The chunk expires anyway; an ack that fails only leaves it there until then.
         let _ = link.request(req).await;

@@ -50,6 +50,9 @@ pub struct FileInfo {
     pub size: u64,
     /// Whether it is downloaded and checked.
     pub complete: bool,
+    /// Whether it came with a chained description (its chunk list in chunks of its own,
+    /// PROTOCOL.md 15.9).
+    pub chained: bool,
 }
 
 /// The line shown for a file: `[file] sermon-03.mp3 (4.2 MB)` or `[voice 0:42]`.
@@ -114,6 +117,7 @@ impl Profile {
                 line: file_line(&desc),
                 size: desc.size,
                 complete: r.complete,
+                chained: desc.chained.is_some(),
             });
         }
         Ok(out)
@@ -127,6 +131,42 @@ impl Profile {
             .ok_or_else(|| ClientError::UnknownFile(id.to_string()))?;
         let bytes = Zeroizing::new(record.description.clone());
         Ok(FileDescription::decode(&bytes, MAX_PAYLOAD_LEN)?)
+    }
+}
+
+impl Profile {
+    /// Deletes the files received from a contact before that contact's cutoff (`limits`:
+    /// contact id to the oldest time kept, from the retention settings): first the record,
+    /// which holds the file's key, so what a failure leaves behind is ciphertext nobody can
+    /// open; then the encrypted bytes under `HOME/files` (whole or partial).
+    pub(super) fn age_out_files(
+        &mut self,
+        limits: &std::collections::HashMap<[u8; 16], u64>,
+    ) -> Result<()> {
+        let old: Vec<String> = self
+            .store
+            .values_json::<FileRecord>(Tree::Files)?
+            .iter()
+            .filter(|r| limits.get(&r.contact).is_some_and(|cutoff| r.at < *cutoff))
+            .map(|r| r.id.clone())
+            .collect();
+        if old.is_empty() {
+            return Ok(());
+        }
+        let mut b = Batch::new();
+        for id in &old {
+            b.remove(Tree::Files, &file_key(id));
+        }
+        self.store.apply(b)?;
+        for id in &old {
+            let blob = blob_path(self.store.home(), id);
+            match std::fs::remove_file(&blob) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ClientError::storage(&blob, e)),
+            }
+        }
+        Ok(())
     }
 }
 

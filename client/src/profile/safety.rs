@@ -244,7 +244,9 @@ impl Profile {
         self.apply_retention(now)
     }
 
-    /// Deletes history older than each contact's retention. Called at every unlock.
+    /// Deletes history older than each contact's retention, and the files received from
+    /// the contact before then (their descriptions, which hold the keys, and their
+    /// encrypted bytes under `HOME/files`). Called at every unlock.
     pub fn apply_retention(&mut self, now: u64) -> Result<()> {
         let limits: HashMap<[u8; 16], u64> = self
             .contacts_raw()?
@@ -261,6 +263,8 @@ impl Profile {
             }
         }
         self.store.apply(b)?;
+        // Received files age out with the messages they came in.
+        self.age_out_files(&limits)?;
         // The ids kept to drop replays go with the history, or they would still count the
         // messages. (Entries from before they recorded contact and time count for nobody and
         // go too; a replay of such an old message would also fail to decrypt.)

@@ -7,8 +7,9 @@
 //! for a recipient only when downloaded, with a fresh nonce each time.
 //!
 //! The sled backend shares the queues' tree, writer thread, group commit and byte budget:
-//! a piece is answered only once flushed, and chunk bytes count against `max_store_bytes`
-//! like messages. Layout (integers big-endian):
+//! a piece that completes its chunk is answered only once flushed (with every piece before
+//! it), other pieces once written, and chunk bytes count against `max_store_bytes` like
+//! messages. Layout (integers big-endian):
 //!
 //! ```text
 //! 'c' sender[24]              -> chunk record
@@ -106,7 +107,11 @@ pub trait ChunkStore: Send + Sync + 'static {
     fn chunk_recipient(&self, id: &ChunkRecipientId) -> Result<Option<ChunkRecipientRecord>>;
 
     /// Stores the piece at `offset`: only the next piece (at `received`), of exactly the
-    /// length a piece there has.
+    /// length a piece there has. Unlike every other mutation, a piece that leaves its chunk
+    /// incomplete may resolve before it is durable (the sled store answers it once written,
+    /// so an upload costs one flush per chunk); the piece that completes the chunk resolves
+    /// only once the whole chunk is durable, and a relay that crashes in between reports
+    /// what survived in `received` (`ChunkStatus`).
     fn put_piece(
         &self,
         sender: ChunkSenderId,
@@ -331,13 +336,32 @@ impl ChunkStore for SledStore {
 impl Writer<'_> {
     pub(super) fn apply_chunk(&mut self, op: ChunkOp) -> super::Completion {
         use super::complete;
+        let early = matches!(op, ChunkOp::Put(..));
+        if !early {
+            self.needs_flush = true;
+        }
         match op {
             ChunkOp::Create(both, done) => {
                 let (record, recipients) = *both;
                 complete(done, self.chunk_create(&record, &recipients))
             }
             ChunkOp::Put(sender, offset, piece, done) => {
-                complete(done, self.chunk_put(&sender, offset, &piece))
+                let result = self.chunk_put(&sender, offset, &piece);
+                match result {
+                    // A piece that leaves its chunk incomplete is answered once written,
+                    // without waiting for a flush: the uploader learns what survived a
+                    // crash from `ChunkStatus`, and only the piece that completes the chunk
+                    // (answered once flushed, with everything before it) makes the chunk
+                    // count as uploaded. One flush per chunk instead of one per piece.
+                    Ok((outcome @ PutOutcome::Stored { .. }, false)) => {
+                        let _ = done.send(Ok(outcome));
+                        Box::new(|_| {})
+                    }
+                    other => {
+                        self.needs_flush = true;
+                        complete(done, other.map(|(outcome, _)| outcome))
+                    }
+                }
             }
             ChunkOp::Delete(sender, done) => complete(done, self.chunk_delete(&sender)),
             ChunkOp::Ack(id, done) => complete(done, self.chunk_ack(&id)),
@@ -381,30 +405,31 @@ impl Writer<'_> {
         Ok(true)
     }
 
+    /// Stores a piece; the flag says whether the chunk is complete now.
     fn chunk_put(
         &mut self,
         sender: &ChunkSenderId,
         offset: u32,
         piece: &[u8],
-    ) -> Result<PutOutcome> {
+    ) -> Result<(PutOutcome, bool)> {
         let tree = self.tree;
         let Some(mut record) = read_chunk(tree, sender)? else {
-            return Ok(PutOutcome::Refused);
+            return Ok((PutOutcome::Refused, false));
         };
         if record.size.piece_len(offset) != Some(piece.len()) {
-            return Ok(PutOutcome::Refused);
+            return Ok((PutOutcome::Refused, false));
         }
         let len = u32::try_from(piece.len()).map_err(corrupt)?;
         if offset.saturating_add(len) <= record.received {
-            return Ok(PutOutcome::AlreadyStored);
+            return Ok((PutOutcome::AlreadyStored, record.is_complete()));
         }
         if offset != record.received {
-            return Ok(PutOutcome::Refused);
+            return Ok((PutOutcome::Refused, false));
         }
         let pk = piece_key(sender, offset);
         let size = entry_len(&pk, piece);
         if !self.make_room(size) {
-            return Ok(PutOutcome::StoreFull);
+            return Ok((PutOutcome::StoreFull, false));
         }
         // The piece first: a relay that dies before the record counts it leaves a piece the
         // next upload of the same offset overwrites.
@@ -415,9 +440,12 @@ impl Writer<'_> {
         if let Some(old) = old {
             self.sub_bytes(entry_len(&pk, &old));
         }
-        Ok(PutOutcome::Stored {
-            received: record.received,
-        })
+        Ok((
+            PutOutcome::Stored {
+                received: record.received,
+            },
+            record.is_complete(),
+        ))
     }
 
     fn chunk_delete(&mut self, sender: &ChunkSenderId) -> Result<bool> {
