@@ -277,7 +277,7 @@ impl<S: Store> Dispatcher<S> {
             };
             let (corr, entity) = (request.corr, request.entity);
             if matches!(request.command, Command::Send { .. }) {
-                match self.prepare_send(&request) {
+                match self.prepare_send(&request).await {
                     Ok(send) => sends.push(send),
                     Err(code) => {
                         self.store_sends(&mut sends, out).await;
@@ -297,11 +297,11 @@ impl<S: Store> Dispatcher<S> {
     }
 
     /// Checks a `Send` and seals its body for the recipient; storing comes later.
-    fn prepare_send(&mut self, req: &Request) -> Result<PendingSend, Refusal> {
+    async fn prepare_send(&mut self, req: &Request) -> Result<PendingSend, Refusal> {
         let Command::Send { body } = &req.command else {
             return Err(ErrorCode::Command);
         };
-        let queue = self.sender_queue(req)?;
+        let queue = self.sender_queue(req).await?;
         if queue.suspended {
             return Err(ErrorCode::Auth);
         }
@@ -369,7 +369,7 @@ impl<S: Store> Dispatcher<S> {
                         kind: ReplyKind::Ok,
                     });
                     self.shared.registry.notify_changed(&recipient, self.conn);
-                    self.refresh(recipient, out);
+                    self.refresh(recipient, out).await;
                 }
                 Ok(AppendOutcome::QueueFull) => self.error(out, corr, entity, ErrorCode::Quota),
                 Ok(AppendOutcome::StoreFull) => {
@@ -384,7 +384,7 @@ impl<S: Store> Dispatcher<S> {
                     // pushed (and fills the quota). Found by the model (model/, issue 21).
                     // Where nothing was applied, the refresh finds nothing new.
                     self.shared.registry.notify_changed(&recipient, self.conn);
-                    self.refresh(recipient, out);
+                    self.refresh(recipient, out).await;
                 }
             }
         }
@@ -471,7 +471,7 @@ impl<S: Store> Dispatcher<S> {
                 // `relay_dh` is dropped (and zeroized) here: only the derived key is kept.
             }
             Command::Secure { sender_key } => {
-                let queue = self.lookup_sender(&req.entity)?;
+                let queue = self.lookup_sender(&req.entity).await?;
                 req.verify(&self.binding, sender_key)
                     .map_err(|_| ErrorCode::Auth)?;
                 // Equal work for existing and unknown queues: an unknown sender id goes
@@ -487,11 +487,11 @@ impl<S: Store> Dispatcher<S> {
                 }
             }
             Command::Send { .. } => {
-                let send = self.prepare_send(&req)?;
+                let send = self.prepare_send(&req).await?;
                 self.store_sends(&mut vec![send], out).await;
             }
             Command::Subscribe => {
-                let queue = self.recipient_queue(&req)?;
+                let queue = self.recipient_queue(&req).await?;
                 let q = queue.recipient;
                 if !self.subscriptions.contains_key(&q)
                     && self.subscriptions.len()
@@ -503,30 +503,30 @@ impl<S: Store> Dispatcher<S> {
                 // (Re)subscribing delivers the oldest pending message again.
                 self.subscriptions.insert(q, None);
                 out.push(reply(ReplyKind::Ok));
-                self.refresh(q, out);
+                self.refresh(q, out).await;
             }
             Command::Ack { id } => {
-                let queue = self.recipient_queue(&req)?;
+                let queue = self.recipient_queue(&req).await?;
                 let q = queue.recipient;
                 match self.shared.store.delete_message(q, *id).await {
                     Ok(true) => {
                         out.push(reply(ReplyKind::Ok));
                         self.shared.registry.notify_changed(&q, self.conn);
-                        self.refresh(q, out);
+                        self.refresh(q, out).await;
                     }
                     Ok(false) => return Err(ErrorCode::NoMessage),
                     Err(e) => {
                         // A failed flush leaves the delete applied: the next message must
                         // still be pushed (see `store_sends`).
                         self.shared.registry.notify_changed(&q, self.conn);
-                        self.refresh(q, out);
+                        self.refresh(q, out).await;
                         return Err(store_error(&e));
                     }
                 }
             }
             Command::Get => {
-                let queue = self.recipient_queue(&req)?;
-                match self.shared.store.oldest(&queue.recipient) {
+                let queue = self.recipient_queue(&req).await?;
+                match self.shared.store.oldest(&queue.recipient).await {
                     Ok(Some(m)) => out.push(reply(ReplyKind::Message {
                         id: m.id,
                         body: m.body,
@@ -536,7 +536,7 @@ impl<S: Store> Dispatcher<S> {
                 }
             }
             Command::Delete => {
-                let queue = self.recipient_queue(&req)?;
+                let queue = self.recipient_queue(&req).await?;
                 let q = queue.recipient;
                 match self.shared.store.delete_queue(q).await {
                     Ok(_) => {}
@@ -549,7 +549,7 @@ impl<S: Store> Dispatcher<S> {
                 }
             }
             Command::Suspend => {
-                let queue = self.recipient_queue(&req)?;
+                let queue = self.recipient_queue(&req).await?;
                 match self.shared.store.suspend_queue(queue.recipient).await {
                     Ok(_) => out.push(reply(ReplyKind::Ok)),
                     Err(e) => return Err(store_error(&e)),
@@ -561,11 +561,12 @@ impl<S: Store> Dispatcher<S> {
 
     /// The queue a recipient command addresses, if the request is signed by its recipient
     /// key. Unknown queue and wrong key are the same `Auth`, after the same work.
-    fn recipient_queue(&mut self, req: &Request) -> Result<QueueRecord, Refusal> {
+    async fn recipient_queue(&mut self, req: &Request) -> Result<QueueRecord, Refusal> {
         let queue = self
             .shared
             .store
             .queue(&RecipientId::from(req.entity))
+            .await
             .map_err(|e| store_error(&e))?;
         self.check_signature(req, queue.as_ref().map(|q| q.recipient_key))?;
         queue.ok_or(ErrorCode::Auth)
@@ -603,21 +604,22 @@ impl<S: Store> Dispatcher<S> {
     /// The queue a sender id names. A known id costs two reads (the sender index, then the
     /// queue record); for an unknown one a second read (of a random recipient id, which names
     /// no queue) is spent too.
-    fn lookup_sender(&self, entity: &EntityId) -> Result<Option<QueueRecord>, Refusal> {
+    async fn lookup_sender(&self, entity: &EntityId) -> Result<Option<QueueRecord>, Refusal> {
         let store = &self.shared.store;
         let queue = store
             .queue_by_sender(&SenderId::from(*entity))
+            .await
             .map_err(|e| store_error(&e))?;
         if queue.is_none() {
-            let _ = store.queue(&RecipientId::random(&mut OsRng));
+            let _ = store.queue(&RecipientId::random(&mut OsRng)).await;
         }
         Ok(queue)
     }
 
     /// The queue a `Send` addresses, if the signature rule holds: signed by the sender key
     /// when the queue is secured, unsigned when it is not.
-    fn sender_queue(&mut self, req: &Request) -> Result<QueueRecord, Refusal> {
-        let queue = self.lookup_sender(&req.entity)?;
+    async fn sender_queue(&mut self, req: &Request) -> Result<QueueRecord, Refusal> {
+        let queue = self.lookup_sender(&req.entity).await?;
         match queue {
             None => {
                 if req.signature.is_some() {
@@ -639,7 +641,7 @@ impl<S: Store> Dispatcher<S> {
     /// Pushes the oldest message of a subscribed queue unless it is already delivered and
     /// unacked. The delivered message is always the oldest (new ones go at the end), so when
     /// the oldest is not the one delivered, that one was acked or expired.
-    fn refresh(&mut self, queue: RecipientId, out: &mut Vec<Reply>) {
+    async fn refresh(&mut self, queue: RecipientId, out: &mut Vec<Reply>) {
         let Some(outstanding) = self.subscriptions.get(&queue).copied() else {
             return;
         };
@@ -647,7 +649,7 @@ impl<S: Store> Dispatcher<S> {
             // Taken over elsewhere: the End in the mailbox will tell the client.
             return;
         }
-        match self.shared.store.oldest(&queue) {
+        match self.shared.store.oldest(&queue).await {
             Ok(Some(m)) => {
                 if outstanding != Some(m.id) {
                     self.subscriptions.insert(queue, Some(m.id));
@@ -671,7 +673,7 @@ impl<S: Store> Dispatcher<S> {
 
     /// Acts on events other connections posted: ended subscriptions become `End` pushes,
     /// changed queues get their next message pushed.
-    pub fn events(&mut self, out: &mut Vec<Reply>) {
+    pub async fn events(&mut self, out: &mut Vec<Reply>) {
         let taken = self.mailbox.take(EVENTS_PER_TURN);
         for queue in taken.ended {
             if self.subscriptions.contains_key(&queue)
@@ -682,7 +684,7 @@ impl<S: Store> Dispatcher<S> {
             }
         }
         for queue in taken.new_message {
-            self.refresh(queue, out);
+            self.refresh(queue, out).await;
         }
     }
 
@@ -807,7 +809,7 @@ mod tests {
 
             // Wrong key: refused, nothing kept.
             assert!(matches!(
-                d.recipient_queue(&get(&d, q, &other)?),
+                d.recipient_queue(&get(&d, q, &other)?).await,
                 Err(ErrorCode::Auth)
             ));
             assert!(d.keys.is_empty());
@@ -817,18 +819,18 @@ mod tests {
             assert_eq!(dummy.public(), AuthPublicKey::dummy());
             let unknown = RecipientId::random(&mut OsRng);
             assert!(matches!(
-                d.recipient_queue(&get(&d, unknown, &dummy)?),
+                d.recipient_queue(&get(&d, unknown, &dummy)?).await,
                 Err(ErrorCode::Auth)
             ));
             assert!(d.keys.is_empty());
             // The owner: accepted and kept; accepted again from the kept key.
-            assert!(d.recipient_queue(&get(&d, q, &owner)?).is_ok());
+            assert!(d.recipient_queue(&get(&d, q, &owner)?).await.is_ok());
             assert_eq!(d.keys, vec![owner.public()]);
-            assert!(d.recipient_queue(&get(&d, q, &owner)?).is_ok());
+            assert!(d.recipient_queue(&get(&d, q, &owner)?).await.is_ok());
             assert_eq!(d.keys.len(), 1);
             // A kept key does not let a wrong signature through.
             assert!(matches!(
-                d.recipient_queue(&get(&d, q, &other)?),
+                d.recipient_queue(&get(&d, q, &other)?).await,
                 Err(ErrorCode::Auth)
             ));
             Ok(())
@@ -839,11 +841,11 @@ mod tests {
             let mut d = dispatcher();
             let dummy = AuthSecretKey::from_seed(&[0x5a; 32]);
             let q = queue_with(&d, &dummy).await?;
-            assert!(d.recipient_queue(&get(&d, q, &dummy)?).is_ok());
+            assert!(d.recipient_queue(&get(&d, q, &dummy)?).await.is_ok());
             assert_eq!(d.keys, vec![AuthPublicKey::dummy()]);
             let unknown = RecipientId::random(&mut OsRng);
             assert!(matches!(
-                d.recipient_queue(&get(&d, unknown, &dummy)?),
+                d.recipient_queue(&get(&d, unknown, &dummy)?).await,
                 Err(ErrorCode::Auth)
             ));
             Ok(())
@@ -855,7 +857,7 @@ mod tests {
             for _ in 0..KEYS_KEPT + 3 {
                 let key = AuthSecretKey::generate(&mut OsRng);
                 let q = queue_with(&d, &key).await?;
-                assert!(d.recipient_queue(&get(&d, q, &key)?).is_ok());
+                assert!(d.recipient_queue(&get(&d, q, &key)?).await.is_ok());
                 assert_eq!(d.keys.last(), Some(&key.public()));
             }
             assert_eq!(d.keys.len(), KEYS_KEPT);

@@ -184,10 +184,16 @@ pub trait Store: ChunkStore + Send + Sync + 'static {
     fn create_queue(&self, record: QueueRecord) -> impl Future<Output = Result<bool>> + Send;
 
     /// The queue with this recipient id.
-    fn queue(&self, recipient: &RecipientId) -> Result<Option<QueueRecord>>;
+    fn queue(
+        &self,
+        recipient: &RecipientId,
+    ) -> impl Future<Output = Result<Option<QueueRecord>>> + Send;
 
     /// The queue with this sender id.
-    fn queue_by_sender(&self, sender: &SenderId) -> Result<Option<QueueRecord>>;
+    fn queue_by_sender(
+        &self,
+        sender: &SenderId,
+    ) -> impl Future<Output = Result<Option<QueueRecord>>> + Send;
 
     /// Deletes a queue and all its messages. Resolves to whether it existed.
     fn delete_queue(&self, recipient: RecipientId) -> impl Future<Output = Result<bool>> + Send;
@@ -220,7 +226,10 @@ pub trait Store: ChunkStore + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<AppendOutcome>>> + Send;
 
     /// The oldest message of a queue.
-    fn oldest(&self, recipient: &RecipientId) -> Result<Option<StoredMessage>>;
+    fn oldest(
+        &self,
+        recipient: &RecipientId,
+    ) -> impl Future<Output = Result<Option<StoredMessage>>> + Send;
 
     /// Deletes the message `id` from a queue. Resolves to whether it was there.
     fn delete_message(
@@ -230,7 +239,7 @@ pub trait Store: ChunkStore + Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool>> + Send;
 
     /// How many messages a queue holds.
-    fn pending(&self, recipient: &RecipientId) -> Result<usize>;
+    fn pending(&self, recipient: &RecipientId) -> impl Future<Output = Result<usize>> + Send;
 
     /// How many queues the store holds (kept in memory; cheap).
     fn queue_count(&self) -> usize;
@@ -511,18 +520,27 @@ impl Store for SledStore {
         self.submit(move |done| Op::Create(Box::new(record), done))
     }
 
-    fn queue(&self, recipient: &RecipientId) -> Result<Option<QueueRecord>> {
-        read_queue(&self.tree, recipient)
+    fn queue(
+        &self,
+        recipient: &RecipientId,
+    ) -> impl Future<Output = Result<Option<QueueRecord>>> + Send {
+        std::future::ready(read_queue(&self.tree, recipient))
     }
 
-    fn queue_by_sender(&self, sender: &SenderId) -> Result<Option<QueueRecord>> {
-        match self.tree.get(sender_key(sender))? {
-            None => Ok(None),
-            Some(v) => {
-                let recipient = RecipientId::from_slice(&v).map_err(|_| RelayError::Corrupt {
-                    what: "sender index",
-                })?;
-                read_queue(&self.tree, &recipient)
+    fn queue_by_sender(
+        &self,
+        sender: &SenderId,
+    ) -> impl Future<Output = Result<Option<QueueRecord>>> + Send {
+        async move {
+            match self.tree.get(sender_key(sender))? {
+                None => Ok(None),
+                Some(v) => {
+                    let recipient =
+                        RecipientId::from_slice(&v).map_err(|_| RelayError::Corrupt {
+                            what: "sender index",
+                        })?;
+                    read_queue(&self.tree, &recipient)
+                }
             }
         }
     }
@@ -560,12 +578,17 @@ impl Store for SledStore {
         self.submit(move |done| Op::AppendBatch(messages, max_pending, done))
     }
 
-    fn oldest(&self, recipient: &RecipientId) -> Result<Option<StoredMessage>> {
-        match self.tree.scan_prefix(message_prefix(recipient)).next() {
-            None => Ok(None),
-            Some(entry) => {
-                let (_, value) = entry?;
-                Ok(Some(decode_message(&value)?))
+    fn oldest(
+        &self,
+        recipient: &RecipientId,
+    ) -> impl Future<Output = Result<Option<StoredMessage>>> + Send {
+        async move {
+            match self.tree.scan_prefix(message_prefix(recipient)).next() {
+                None => Ok(None),
+                Some(entry) => {
+                    let (_, value) = entry?;
+                    Ok(Some(decode_message(&value)?))
+                }
             }
         }
     }
@@ -596,13 +619,15 @@ impl Store for SledStore {
         self.gauges.bytes.load(Ordering::Relaxed)
     }
 
-    fn pending(&self, recipient: &RecipientId) -> Result<usize> {
-        let mut n = 0usize;
-        for entry in self.tree.scan_prefix(message_prefix(recipient)) {
-            entry?;
-            n += 1;
+    fn pending(&self, recipient: &RecipientId) -> impl Future<Output = Result<usize>> + Send {
+        async move {
+            let mut n = 0usize;
+            for entry in self.tree.scan_prefix(message_prefix(recipient)) {
+                entry?;
+                n += 1;
+            }
+            Ok(n)
         }
-        Ok(n)
     }
 
     fn expire_before(&self, cutoff: Hour) -> impl Future<Output = Result<usize>> + Send {
@@ -1335,12 +1360,12 @@ mod tests {
         assert_eq!(expiry_entries(&store), 2);
         // The left-over entry goes; the message stays.
         assert_eq!(store.expire_before(Hour(11)).await?, 1);
-        assert_eq!(store.oldest(&q.recipient)?, Some(m));
-        assert_eq!(store.pending(&q.recipient)?, 1);
+        assert_eq!(store.oldest(&q.recipient).await?, Some(m));
+        assert_eq!(store.pending(&q.recipient).await?, 1);
         assert_eq!(expiry_entries(&store), 1);
         // Its own hour's sweep takes it.
         assert_eq!(store.expire_before(Hour(21)).await?, 1);
-        assert_eq!(store.oldest(&q.recipient)?, None);
+        assert_eq!(store.oldest(&q.recipient).await?, None);
         assert_eq!(expiry_entries(&store), 0);
         Ok(())
     }
@@ -1355,8 +1380,8 @@ mod tests {
         store
             .tree
             .insert(sender_key(&q.sender), q.recipient.as_bytes().as_slice())?;
-        assert!(store.queue_by_sender(&q.sender)?.is_none());
-        assert!(store.queue(&q.recipient)?.is_none());
+        assert!(store.queue_by_sender(&q.sender).await?.is_none());
+        assert!(store.queue(&q.recipient).await?.is_none());
         Ok(())
     }
 
@@ -1389,7 +1414,7 @@ mod tests {
             );
         }
         let store = SledStore::open(dir.path())?;
-        assert_eq!(store.oldest(&q.recipient)?, Some(m));
+        assert_eq!(store.oldest(&q.recipient).await?, Some(m));
         assert_eq!(store.queue_count(), 1);
         Ok(())
     }
