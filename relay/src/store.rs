@@ -21,7 +21,8 @@
 //! File chunks live in the same tree, written by the same writer under the same budget
 //! ([`chunks`], trait [`ChunkStore`], a supertrait of [`Store`]).
 //!
-//! Backends: [`SledStore`] (the default, on disk) and [`MemoryStore`] (tests).
+//! Backends: [`SledStore`] (the default, on disk), [`PostgresStore`] (a PostgreSQL database that
+//! several relay processes may share) and [`MemoryStore`] (tests).
 //!
 //! Every mutation is asynchronous and resolves only once it is durable. [`SledStore`] runs all
 //! writes on one writer thread that takes every operation waiting in its channel, applies
@@ -70,8 +71,19 @@ use crate::error::{RelayError, Result};
 
 pub mod chunks;
 pub mod memory;
+pub mod postgres;
 pub use chunks::{ChunkRecipientRecord, ChunkRecord, ChunkStore, PutOutcome};
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
+
+/// A change another relay process made to a store they share ([`Store::watch_others`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForeignChange {
+    /// A message was stored in this queue.
+    Queue(RecipientId),
+    /// Announcements may have been missed: any queue may have changed.
+    All,
+}
 
 /// Hours since the Unix epoch, rounded down: the only time the store keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -262,6 +274,13 @@ pub trait Store: ChunkStore + Send + Sync + 'static {
     /// Cheap.
     fn stored_bytes(&self) -> u64 {
         0
+    }
+
+    /// For a store that several relay processes share: starts watching the messages the
+    /// others store, and hands them over (the relay wakes those queues' subscribers). `None`
+    /// (the default) for a store one process owns.
+    fn watch_others(&self) -> Option<mpsc::Receiver<ForeignChange>> {
+        None
     }
 }
 

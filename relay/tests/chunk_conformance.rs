@@ -13,9 +13,10 @@ use rand_core::OsRng;
 use tidings_protocol::chunk::{ChunkKey, ChunkSize, PIECE_LEN};
 use tidings_protocol::ids::{ChunkRecipientId, ChunkSenderId};
 use tidings_protocol::keys::{AuthSecretKey, SymmetricKey};
+use tidings_relay::store::postgres::TestDatabase;
 use tidings_relay::store::{
-    ChunkRecipientRecord, ChunkRecord, ChunkStore, Hour, MemoryStore, PutOutcome, SledStore, Store,
-    StoreLimits,
+    ChunkRecipientRecord, ChunkRecord, ChunkStore, Hour, MemoryStore, PostgresStore, PutOutcome,
+    SledStore, Store, StoreLimits,
 };
 
 fn new_chunk(
@@ -361,4 +362,29 @@ async fn sled_reopen_keeps_pieces_and_resumes() {
             .unwrap(),
         PutOutcome::Stored { received: 2 * next }
     );
+}
+
+// PostgreSQL: the same checks, each in a fresh database on the server that
+// TIDINGS_TEST_POSTGRES names (SKIPPED, loudly, when it is not set).
+
+macro_rules! postgres_tests {
+    ($($name:ident => $check:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some(db) = TestDatabase::create(stringify!($name)).await else {
+                return;
+            };
+            let store = PostgresStore::open(&db.url).await.unwrap();
+            $check(&store).await;
+            drop(store);
+            db.drop_now().await.unwrap();
+        }
+    )*};
+}
+
+postgres_tests! {
+    postgres_chunk_lifecycle => chunk_lifecycle,
+    postgres_pieces_in_order => pieces_in_order,
+    postgres_acks_delete_with_the_last_recipient => acks_delete_with_the_last_recipient,
+    postgres_chunk_expiry => chunk_expiry,
 }

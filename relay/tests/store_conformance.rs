@@ -17,8 +17,10 @@ use rand_core::OsRng;
 use tidings_protocol::ids::{MessageId, RecipientId, SenderId};
 use tidings_protocol::keys::{AuthSecretKey, SymmetricKey};
 use tidings_protocol::reencrypt::DeliveryKey;
+use tidings_relay::store::postgres::TestDatabase;
 use tidings_relay::store::{
-    AppendOutcome, Hour, MemoryStore, QueueRecord, SecureOutcome, SledStore, Store, StoredMessage,
+    AppendOutcome, Hour, MemoryStore, PostgresStore, QueueRecord, SecureOutcome, SledStore, Store,
+    StoredMessage,
 };
 
 fn new_queue() -> QueueRecord {
@@ -577,4 +579,140 @@ async fn memory_append_batch_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_concurrent_appends() {
     concurrent_appends(std::sync::Arc::new(MemoryStore::new())).await;
+}
+
+// PostgreSQL: the same checks, each in a fresh database on the server that
+// TIDINGS_TEST_POSTGRES names (SKIPPED, loudly, when it is not set).
+
+macro_rules! postgres_tests {
+    ($($name:ident => $check:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some(db) = TestDatabase::create(stringify!($name)).await else {
+                return;
+            };
+            let store = PostgresStore::open(&db.url).await.unwrap();
+            $check(&store).await;
+            drop(store);
+            db.drop_now().await.unwrap();
+        }
+    )*};
+}
+
+postgres_tests! {
+    postgres_queue_lifecycle => queue_lifecycle,
+    postgres_secure_only_once => secure_only_once,
+    postgres_append_order_and_ack => append_order_and_ack,
+    postgres_quota_and_refusals => quota_and_refusals,
+    postgres_delete_queue_deletes_messages => delete_queue_deletes_messages,
+    postgres_queue_count_follows_create_and_delete => queue_count_follows_create_and_delete,
+    postgres_quota_follows_acks_expiry_and_delete => quota_follows_acks_expiry_and_delete,
+    postgres_expiry_sweep => expiry_sweep,
+    postgres_append_batch_in_order => append_batch_in_order,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_appends() {
+    let Some(db) = TestDatabase::create("postgres_concurrent_appends").await else {
+        return;
+    };
+    let store = PostgresStore::open(&db.url).await.unwrap();
+    concurrent_appends(std::sync::Arc::new(store)).await;
+    db.drop_now().await.unwrap();
+}
+
+/// What resolved is there for a second store on the same database (another process, or
+/// the same relay restarted), and the schema is found in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reopen_keeps_data() {
+    let Some(db) = TestDatabase::create("postgres_reopen_keeps_data").await else {
+        return;
+    };
+    let q = new_queue();
+    let key = AuthSecretKey::generate(&mut OsRng).public();
+    let m = message(42, b"durable");
+    {
+        let store = PostgresStore::open(&db.url).await.unwrap();
+        store.create_queue(q.clone()).await.unwrap();
+        store.secure_queue(q.recipient, key).await.unwrap();
+        store.append(q.recipient, m.clone(), 10).await.unwrap();
+    }
+    let store = PostgresStore::open(&db.url).await.unwrap();
+    assert_eq!(store.queue_count(), 1, "queues are counted again on open");
+    let got = store
+        .queue_by_sender(&q.sender)
+        .await
+        .unwrap()
+        .expect("queue kept");
+    assert_eq!(got.sender_key, Some(key.into()));
+    assert_eq!(store.oldest(&q.recipient).await.unwrap(), Some(m.clone()));
+    let next = message(43, b"next");
+    store.append(q.recipient, next.clone(), 10).await.unwrap();
+    store.delete_message(q.recipient, m.id).await.unwrap();
+    assert_eq!(store.oldest(&q.recipient).await.unwrap(), Some(next));
+    drop(store);
+    db.drop_now().await.unwrap();
+}
+
+/// Two stores on one database (two relay processes): appends from both to one queue keep
+/// the quota and come out in commit order, and each sees the other's writes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_processes_share_queues() {
+    let Some(db) = TestDatabase::create("postgres_two_processes_share_queues").await else {
+        return;
+    };
+    let a = std::sync::Arc::new(PostgresStore::open(&db.url).await.unwrap());
+    let b = std::sync::Arc::new(PostgresStore::open(&db.url).await.unwrap());
+    let q = new_queue();
+    assert!(a.create_queue(q.clone()).await.unwrap());
+    assert!(
+        !b.create_queue(q.clone()).await.unwrap(),
+        "the ids are taken"
+    );
+    assert!(b.queue(&q.recipient).await.unwrap().is_some());
+    let tasks: Vec<_> = (0..40u8)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let recipient = q.recipient;
+            tokio::spawn(async move { store.append(recipient, message(1, &[i]), 25).await })
+        })
+        .collect();
+    let mut stored = 0;
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            AppendOutcome::Stored => stored += 1,
+            AppendOutcome::QueueFull => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(stored, 25, "the quota holds across processes");
+    assert_eq!(a.pending(&q.recipient).await.unwrap(), 25);
+    while let Some(m) = b.oldest(&q.recipient).await.unwrap() {
+        assert!(a.delete_message(q.recipient, m.id).await.unwrap());
+    }
+    assert_eq!(b.pending(&q.recipient).await.unwrap(), 0);
+    drop((a, b));
+    db.drop_now().await.unwrap();
+}
+
+/// A schema newer than the relay's is refused with a message that says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_newer_schema() {
+    let Some(db) = TestDatabase::create("postgres_refuses_a_newer_schema").await else {
+        return;
+    };
+    drop(PostgresStore::open(&db.url).await.unwrap());
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute("UPDATE tidings_schema SET version = 99")
+        .await
+        .unwrap();
+    drop(client);
+    driver.await.unwrap().unwrap();
+    let err = PostgresStore::open(&db.url).await.unwrap_err().to_string();
+    assert!(err.contains("version 99") && err.contains("newer"), "{err}");
+    db.drop_now().await.unwrap();
 }
