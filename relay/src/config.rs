@@ -40,6 +40,9 @@
 //! # quarter of the free space then), and free space it always leaves on the disk.
 //! # max_store_bytes = 10737418240
 //! min_free_disk_bytes = 67108864                  # 64 MiB
+//! # Where queues, messages and chunks live: "sled" (in the data directory) or a PostgreSQL
+//! # URL that several relay processes may share (README, "A relay on PostgreSQL").
+//! store = "sled"
 //! # How often the aggregate counters are logged (never finer than the store's hour by
 //! # default; lower it only to debug).
 //! stats_interval_secs = 3600
@@ -58,6 +61,45 @@ pub const DEFAULT_EXPIRY_DAYS: u32 = 60;
 
 /// The default file chunk expiry, in hours (see [`Config::chunk_expiry_hours`]).
 pub const DEFAULT_CHUNK_EXPIRY_HOURS: u32 = 14 * 24;
+
+/// Where the relay keeps its queues ([`Config::store`]): `sled` or a PostgreSQL URL. Its
+/// `Debug` hides the URL, which may hold a password.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct StoreUrl(String);
+
+impl Default for StoreUrl {
+    fn default() -> Self {
+        Self("sled".into())
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_sled() {
+            f.write_str("StoreUrl(sled)")
+        } else {
+            f.write_str("StoreUrl([redacted])")
+        }
+    }
+}
+
+impl StoreUrl {
+    /// From a flag or a file: `sled` or a PostgreSQL URL (checked by [`Config::validate`]).
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// Whether this is the sled store.
+    pub fn is_sled(&self) -> bool {
+        self.0 == "sled"
+    }
+
+    /// The PostgreSQL URL, if this is one.
+    pub fn postgres(&self) -> Option<&str> {
+        crate::store::postgres::is_postgres_url(&self.0).then_some(self.0.as_str())
+    }
+}
 
 /// Every setting of a relay.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -148,6 +190,10 @@ pub struct Config {
     /// still work. 0 turns the check off (a write that finds the disk full is then what
     /// stops growth: see SECURITY.md 3.6). Default 64 MiB (67,108,864).
     pub min_free_disk_bytes: u64,
+    /// Where queues, messages and chunks live: `sled` (the default: a sled database in the
+    /// data directory) or a PostgreSQL URL (`postgres://user:password@host:port/dbname`),
+    /// which several relay processes with the same relay key may share.
+    pub store: StoreUrl,
     /// File chunks are deleted this many hours after they were created, downloaded or not.
     /// Default 336 (14 days). XFTP keeps files 48 hours; Tidings' users reach a network
     /// only in patchy windows (a weekly market trip, a phone borrowed on Sundays), so a
@@ -199,6 +245,7 @@ impl Default for Config {
             max_handshakes: 1000,
             max_store_bytes: None,
             min_free_disk_bytes: 64 << 20,
+            store: StoreUrl::default(),
             stats_interval_secs: 3600,
             chunk_expiry_hours: DEFAULT_CHUNK_EXPIRY_HOURS,
             chunk_bytes_per_address_per_hour: 1 << 30,
@@ -305,6 +352,18 @@ impl Config {
                 "tls_cert and tls_key go together: give both (or neither, for the self-signed \
                  certificate)"
                     .into(),
+            ));
+        }
+        if self.store.postgres().is_some() && self.max_store_bytes.is_some() {
+            return Err(RelayError::Config(
+                "max_store_bytes is the sled store's budget; on PostgreSQL limit the database's \
+                 disk instead (leave max_store_bytes out)"
+                    .into(),
+            ));
+        }
+        if !self.store.is_sled() && self.store.postgres().is_none() {
+            return Err(RelayError::Config(
+                "store must be \"sled\" or a PostgreSQL URL starting with postgres://".into(),
             ));
         }
         if self.max_store_bytes == Some(0) {

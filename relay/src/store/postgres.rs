@@ -1059,7 +1059,7 @@ impl ChunkStore for PostgresStore {
 pub struct TestDatabase {
     admin: tokio_postgres::Config,
     name: String,
-    /// The key=value connection string of the new database.
+    /// The `postgres://` URL of the new database.
     pub url: String,
 }
 
@@ -1120,31 +1120,34 @@ async fn admin_execute(admin: &tokio_postgres::Config, sql: &str) -> Result<()> 
     result
 }
 
-/// A key=value connection string for `config` (host, port, user, password, dbname).
+/// A `postgres://` URL for `config` (user, password, first host and port, dbname), for tests
+/// (no percent-encoding: the test server's names are plain).
 fn config_url(config: &tokio_postgres::Config) -> String {
-    let mut parts = Vec::new();
-    for host in config.get_hosts() {
-        match host {
-            tokio_postgres::config::Host::Tcp(h) => parts.push(format!("host={h}")),
-            #[cfg(unix)]
-            tokio_postgres::config::Host::Unix(p) => {
-                parts.push(format!("host={}", p.display()));
-            }
+    let mut url = String::from("postgres://");
+    if let Some(user) = config.get_user() {
+        url.push_str(user);
+        if let Some(password) = config.get_password() {
+            url.push(':');
+            url.push_str(&String::from_utf8_lossy(password));
         }
+        url.push('@');
+    }
+    let mut socket_dir = None;
+    match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => url.push_str(h),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => socket_dir = Some(p.display().to_string()),
+        None => {}
     }
     if let Some(port) = config.get_ports().first() {
-        parts.push(format!("port={port}"));
+        url.push_str(&format!(":{port}"));
     }
-    if let Some(user) = config.get_user() {
-        parts.push(format!("user={user}"));
+    url.push('/');
+    url.push_str(config.get_dbname().unwrap_or("postgres"));
+    if let Some(dir) = socket_dir {
+        url.push_str(&format!("?host={dir}"));
     }
-    if let Some(password) = config.get_password() {
-        parts.push(format!("password={}", String::from_utf8_lossy(password)));
-    }
-    if let Some(db) = config.get_dbname() {
-        parts.push(format!("dbname={db}"));
-    }
-    parts.join(" ")
+    url
 }
 
 /// Whether a PostgreSQL backend was asked for: `--store` starts with `postgres://` or
