@@ -546,20 +546,14 @@ impl Store for SledStore {
         std::future::ready(read_queue(&self.tree, recipient))
     }
 
-    fn queue_by_sender(
-        &self,
-        sender: &SenderId,
-    ) -> impl Future<Output = Result<Option<QueueRecord>>> + Send {
-        async move {
-            match self.tree.get(sender_key(sender))? {
-                None => Ok(None),
-                Some(v) => {
-                    let recipient =
-                        RecipientId::from_slice(&v).map_err(|_| RelayError::Corrupt {
-                            what: "sender index",
-                        })?;
-                    read_queue(&self.tree, &recipient)
-                }
+    async fn queue_by_sender(&self, sender: &SenderId) -> Result<Option<QueueRecord>> {
+        match self.tree.get(sender_key(sender))? {
+            None => Ok(None),
+            Some(v) => {
+                let recipient = RecipientId::from_slice(&v).map_err(|_| RelayError::Corrupt {
+                    what: "sender index",
+                })?;
+                read_queue(&self.tree, &recipient)
             }
         }
     }
@@ -597,17 +591,12 @@ impl Store for SledStore {
         self.submit(move |done| Op::AppendBatch(messages, max_pending, done))
     }
 
-    fn oldest(
-        &self,
-        recipient: &RecipientId,
-    ) -> impl Future<Output = Result<Option<StoredMessage>>> + Send {
-        async move {
-            match self.tree.scan_prefix(message_prefix(recipient)).next() {
-                None => Ok(None),
-                Some(entry) => {
-                    let (_, value) = entry?;
-                    Ok(Some(decode_message(&value)?))
-                }
+    async fn oldest(&self, recipient: &RecipientId) -> Result<Option<StoredMessage>> {
+        match self.tree.scan_prefix(message_prefix(recipient)).next() {
+            None => Ok(None),
+            Some(entry) => {
+                let (_, value) = entry?;
+                Ok(Some(decode_message(&value)?))
             }
         }
     }
@@ -638,15 +627,13 @@ impl Store for SledStore {
         self.gauges.bytes.load(Ordering::Relaxed)
     }
 
-    fn pending(&self, recipient: &RecipientId) -> impl Future<Output = Result<usize>> + Send {
-        async move {
-            let mut n = 0usize;
-            for entry in self.tree.scan_prefix(message_prefix(recipient)) {
-                entry?;
-                n += 1;
-            }
-            Ok(n)
+    async fn pending(&self, recipient: &RecipientId) -> Result<usize> {
+        let mut n = 0usize;
+        for entry in self.tree.scan_prefix(message_prefix(recipient)) {
+            entry?;
+            n += 1;
         }
+        Ok(n)
     }
 
     fn expire_before(&self, cutoff: Hour) -> impl Future<Output = Result<usize>> + Send {

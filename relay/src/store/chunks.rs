@@ -285,20 +285,15 @@ impl ChunkStore for SledStore {
         std::future::ready(read_chunk(&self.tree, sender))
     }
 
-    fn chunk_recipient(
-        &self,
-        id: &ChunkRecipientId,
-    ) -> impl Future<Output = Result<Option<ChunkRecipientRecord>>> + Send {
-        async move {
-            let Some(v) = self.tree.get(recipient_key(id))? else {
-                return Ok(None);
-            };
-            let record = decode_recipient(id, &v)?;
-            // A recipient whose chunk is gone (deleted half way by a relay that died) is unknown.
-            match read_chunk(&self.tree, &record.sender)? {
-                Some(c) if c.recipients.iter().any(|r| r.ct_eq(id)) => Ok(Some(record)),
-                _ => Ok(None),
-            }
+    async fn chunk_recipient(&self, id: &ChunkRecipientId) -> Result<Option<ChunkRecipientRecord>> {
+        let Some(v) = self.tree.get(recipient_key(id))? else {
+            return Ok(None);
+        };
+        let record = decode_recipient(id, &v)?;
+        // A recipient whose chunk is gone (deleted half way by a relay that died) is unknown.
+        match read_chunk(&self.tree, &record.sender)? {
+            Some(c) if c.recipients.iter().any(|r| r.ct_eq(id)) => Ok(Some(record)),
+            _ => Ok(None),
         }
     }
 
@@ -311,17 +306,11 @@ impl ChunkStore for SledStore {
         self.submit(move |done| Op::Chunk(ChunkOp::Put(sender, offset, piece, done)))
     }
 
-    fn piece(
-        &self,
-        sender: &ChunkSenderId,
-        offset: u32,
-    ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send {
-        async move {
-            Ok(self
-                .tree
-                .get(piece_key(sender, offset))?
-                .map(|v| v.to_vec()))
-        }
+    async fn piece(&self, sender: &ChunkSenderId, offset: u32) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tree
+            .get(piece_key(sender, offset))?
+            .map(|v| v.to_vec()))
     }
 
     fn delete_chunk(&self, sender: ChunkSenderId) -> impl Future<Output = Result<bool>> + Send {

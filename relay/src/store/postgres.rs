@@ -59,7 +59,7 @@ pub const SCHEMA_VERSION: i32 = 1;
 const CHANNEL: &str = "tidings_push";
 
 /// The advisory lock key that serialises migrations (any constant; "tidings" in ASCII).
-const MIGRATION_LOCK: i64 = 0x7469_6469_6e67_73;
+const MIGRATION_LOCK: i64 = 0x0074_6964_696e_6773;
 
 /// Connections per process.
 const POOL_SIZE: usize = 16;
@@ -442,37 +442,35 @@ impl PostgresStore {
 }
 
 impl Store for PostgresStore {
-    fn create_queue(&self, record: QueueRecord) -> impl Future<Output = Result<bool>> + Send {
-        async move {
-            let what = "creating a queue";
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(
-                    "INSERT INTO queues (recipient, sender, recipient_key, delivery_key, \
-                     sender_key, suspended) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                )
-                .await
-                .map_err(pg(what))?;
-            let sender_key = record.sender_key.map(|k| k.to_bytes().to_vec());
-            let n = client
-                .execute(
-                    &statement,
-                    &[
-                        &record.recipient.as_bytes().as_slice(),
-                        &record.sender.as_bytes().as_slice(),
-                        &record.recipient_key.to_bytes().as_slice(),
-                        &record.delivery_key.key().as_bytes().as_slice(),
-                        &sender_key,
-                        &record.suspended,
-                    ],
-                )
-                .await
-                .map_err(pg(what))?;
-            if n == 1 {
-                self.queues.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(n == 1)
+    async fn create_queue(&self, record: QueueRecord) -> Result<bool> {
+        let what = "creating a queue";
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO queues (recipient, sender, recipient_key, delivery_key, \
+                 sender_key, suspended) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .await
+            .map_err(pg(what))?;
+        let sender_key = record.sender_key.map(|k| k.to_bytes().to_vec());
+        let n = client
+            .execute(
+                &statement,
+                &[
+                    &record.recipient.as_bytes().as_slice(),
+                    &record.sender.as_bytes().as_slice(),
+                    &record.recipient_key.to_bytes().as_slice(),
+                    &record.delivery_key.key().as_bytes().as_slice(),
+                    &sender_key,
+                    &record.suspended,
+                ],
+            )
+            .await
+            .map_err(pg(what))?;
+        if n == 1 {
+            self.queues.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(n == 1)
     }
 
     fn queue(
@@ -489,82 +487,74 @@ impl Store for PostgresStore {
         self.read_queue("sender", sender.as_bytes())
     }
 
-    fn delete_queue(&self, recipient: RecipientId) -> impl Future<Output = Result<bool>> + Send {
-        async move {
-            let client = self.client().await?;
-            let n = client
-                .execute(
-                    "DELETE FROM queues WHERE recipient = $1",
-                    &[&recipient.as_bytes().as_slice()],
-                )
-                .await
-                .map_err(pg("deleting a queue"))?;
-            if n == 1 {
-                let _ = self
-                    .queues
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                        Some(n.saturating_sub(1))
-                    });
-            }
-            Ok(n == 1)
+    async fn delete_queue(&self, recipient: RecipientId) -> Result<bool> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "DELETE FROM queues WHERE recipient = $1",
+                &[&recipient.as_bytes().as_slice()],
+            )
+            .await
+            .map_err(pg("deleting a queue"))?;
+        if n == 1 {
+            let _ = self
+                .queues
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(1))
+                });
         }
+        Ok(n == 1)
     }
 
-    fn suspend_queue(&self, recipient: RecipientId) -> impl Future<Output = Result<bool>> + Send {
-        async move {
-            let client = self.client().await?;
-            let n = client
-                .execute(
-                    "UPDATE queues SET suspended = true WHERE recipient = $1",
-                    &[&recipient.as_bytes().as_slice()],
-                )
-                .await
-                .map_err(pg("suspending a queue"))?;
-            Ok(n == 1)
-        }
+    async fn suspend_queue(&self, recipient: RecipientId) -> Result<bool> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE queues SET suspended = true WHERE recipient = $1",
+                &[&recipient.as_bytes().as_slice()],
+            )
+            .await
+            .map_err(pg("suspending a queue"))?;
+        Ok(n == 1)
     }
 
-    fn secure_queue(
+    async fn secure_queue(
         &self,
         recipient: RecipientId,
         sender_key: AuthPublicKey,
-    ) -> impl Future<Output = Result<SecureOutcome>> + Send {
-        async move {
-            let client = self.client().await?;
-            let n = client
-                .execute(
-                    "UPDATE queues SET sender_key = $2 WHERE recipient = $1 \
-                     AND sender_key IS NULL AND NOT suspended",
-                    &[
-                        &recipient.as_bytes().as_slice(),
-                        &sender_key.to_bytes().as_slice(),
-                    ],
-                )
-                .await
-                .map_err(pg("securing a queue"))?;
-            Ok(if n == 1 {
-                SecureOutcome::Secured
-            } else {
-                SecureOutcome::Refused
-            })
-        }
+    ) -> Result<SecureOutcome> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE queues SET sender_key = $2 WHERE recipient = $1 \
+                 AND sender_key IS NULL AND NOT suspended",
+                &[
+                    &recipient.as_bytes().as_slice(),
+                    &sender_key.to_bytes().as_slice(),
+                ],
+            )
+            .await
+            .map_err(pg("securing a queue"))?;
+        Ok(if n == 1 {
+            SecureOutcome::Secured
+        } else {
+            SecureOutcome::Refused
+        })
     }
 
-    fn append(
+    async fn append(
         &self,
         recipient: RecipientId,
         message: StoredMessage,
         max_pending: usize,
-    ) -> impl Future<Output = Result<AppendOutcome>> + Send {
-        async move {
-            let outcomes = self
-                .append_all(vec![(recipient, message)], max_pending)
-                .await?;
-            outcomes
-                .first()
-                .copied()
-                .ok_or(RelayError::Corrupt { what: "append" })
-        }
+    ) -> Result<AppendOutcome> {
+        let outcomes = self
+            .append_all(vec![(recipient, message)], max_pending)
+            .await?;
+        outcomes
+            .first()
+            .copied()
+            .ok_or(RelayError::Corrupt { what: "append" })
     }
 
     fn append_batch(
@@ -575,90 +565,75 @@ impl Store for PostgresStore {
         self.append_all(messages, max_pending)
     }
 
-    fn oldest(
-        &self,
-        recipient: &RecipientId,
-    ) -> impl Future<Output = Result<Option<StoredMessage>>> + Send {
-        async move {
-            let what = "reading a message";
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(
-                    "SELECT m.id, m.hour, m.body FROM messages m JOIN queues q ON q.id = m.queue \
-                     WHERE q.recipient = $1 ORDER BY m.seq LIMIT 1",
-                )
-                .await
-                .map_err(pg(what))?;
-            let row = client
-                .query_opt(&statement, &[&recipient.as_bytes().as_slice()])
-                .await
-                .map_err(pg(what))?;
-            row.as_ref().map(message_of).transpose()
-        }
+    async fn oldest(&self, recipient: &RecipientId) -> Result<Option<StoredMessage>> {
+        let what = "reading a message";
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT m.id, m.hour, m.body FROM messages m JOIN queues q ON q.id = m.queue \
+                 WHERE q.recipient = $1 ORDER BY m.seq LIMIT 1",
+            )
+            .await
+            .map_err(pg(what))?;
+        let row = client
+            .query_opt(&statement, &[&recipient.as_bytes().as_slice()])
+            .await
+            .map_err(pg(what))?;
+        row.as_ref().map(message_of).transpose()
     }
 
-    fn delete_message(
-        &self,
-        recipient: RecipientId,
-        id: MessageId,
-    ) -> impl Future<Output = Result<bool>> + Send {
-        async move {
-            let what = "deleting a message";
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(
-                    "DELETE FROM messages m USING queues q WHERE q.id = m.queue \
-                     AND q.recipient = $1 AND m.id = $2",
-                )
-                .await
-                .map_err(pg(what))?;
-            let n = client
-                .execute(
-                    &statement,
-                    &[&recipient.as_bytes().as_slice(), &id.as_bytes().as_slice()],
-                )
-                .await
-                .map_err(pg(what))?;
-            Ok(n > 0)
-        }
+    async fn delete_message(&self, recipient: RecipientId, id: MessageId) -> Result<bool> {
+        let what = "deleting a message";
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "DELETE FROM messages m USING queues q WHERE q.id = m.queue \
+                 AND q.recipient = $1 AND m.id = $2",
+            )
+            .await
+            .map_err(pg(what))?;
+        let n = client
+            .execute(
+                &statement,
+                &[&recipient.as_bytes().as_slice(), &id.as_bytes().as_slice()],
+            )
+            .await
+            .map_err(pg(what))?;
+        Ok(n > 0)
     }
 
-    fn pending(&self, recipient: &RecipientId) -> impl Future<Output = Result<usize>> + Send {
-        async move {
-            let what = "counting messages";
-            let client = self.client().await?;
-            let row = client
-                .query_one(
-                    "SELECT count(*) FROM messages m JOIN queues q ON q.id = m.queue \
-                     WHERE q.recipient = $1",
-                    &[&recipient.as_bytes().as_slice()],
-                )
-                .await
-                .map_err(pg(what))?;
-            let n: i64 = row.try_get(0).map_err(pg(what))?;
-            Ok(usize::try_from(n).unwrap_or(usize::MAX))
-        }
+    async fn pending(&self, recipient: &RecipientId) -> Result<usize> {
+        let what = "counting messages";
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM messages m JOIN queues q ON q.id = m.queue \
+                 WHERE q.recipient = $1",
+                &[&recipient.as_bytes().as_slice()],
+            )
+            .await
+            .map_err(pg(what))?;
+        let n: i64 = row.try_get(0).map_err(pg(what))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     fn queue_count(&self) -> usize {
         self.queues.load(Ordering::Relaxed)
     }
 
-    fn expire_before(&self, cutoff: Hour) -> impl Future<Output = Result<usize>> + Send {
-        async move {
-            let client = self.client().await?;
-            let n = client
-                .execute(
-                    "DELETE FROM messages WHERE hour < $1",
-                    &[&hour_sql(cutoff)?],
-                )
-                .await
-                .map_err(pg("expiring messages"))?;
-            drop(client);
-            // Other processes create and delete queues too: count again once per sweep.
-            self.count_queues().await?;
-            Ok(usize::try_from(n).unwrap_or(usize::MAX))
-        }
+    async fn expire_before(&self, cutoff: Hour) -> Result<usize> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "DELETE FROM messages WHERE hour < $1",
+                &[&hour_sql(cutoff)?],
+            )
+            .await
+            .map_err(pg("expiring messages"))?;
+        drop(client);
+        // Other processes create and delete queues too: count again once per sweep.
+        self.count_queues().await?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     fn flush(&self) -> impl Future<Output = Result<()>> + Send {
@@ -837,219 +812,193 @@ async fn read_chunk<C: deadpool_postgres::GenericClient>(
 }
 
 impl ChunkStore for PostgresStore {
-    fn create_chunk(
+    async fn create_chunk(
         &self,
         record: ChunkRecord,
         recipients: Vec<ChunkRecipientRecord>,
-    ) -> impl Future<Output = Result<bool>> + Send {
-        async move {
-            let what = "creating a chunk";
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg(what))?;
+    ) -> Result<bool> {
+        let what = "creating a chunk";
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg(what))?;
+        let n = tx
+            .execute(
+                "INSERT INTO chunks (sender, size, hour, sender_key, received) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[
+                    &record.sender.as_bytes().as_slice(),
+                    &i16::from(record.size.to_u8()),
+                    &hour_sql(record.hour)?,
+                    &record.sender_key.to_bytes().as_slice(),
+                    &i32::try_from(record.received).map_err(|_| corrupt("chunk")())?,
+                ],
+            )
+            .await
+            .map_err(pg(what))?;
+        if n != 1 {
+            return Ok(false);
+        }
+        for (position, r) in recipients.iter().enumerate() {
             let n = tx
                 .execute(
-                    "INSERT INTO chunks (sender, size, hour, sender_key, received) \
+                    "INSERT INTO chunk_recipients (id, sender, position, key, chunk_key) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
                     &[
+                        &r.id.as_bytes().as_slice(),
                         &record.sender.as_bytes().as_slice(),
-                        &i16::from(record.size.to_u8()),
-                        &hour_sql(record.hour)?,
-                        &record.sender_key.to_bytes().as_slice(),
-                        &i32::try_from(record.received).map_err(|_| corrupt("chunk")())?,
+                        &i16::try_from(position).map_err(|_| corrupt("chunk")())?,
+                        &r.key.to_bytes().as_slice(),
+                        &r.chunk_key.key().as_bytes().as_slice(),
                     ],
                 )
                 .await
                 .map_err(pg(what))?;
             if n != 1 {
+                // An id in use: nothing of this chunk is kept (the transaction is rolled
+                // back when dropped).
                 return Ok(false);
             }
-            for (position, r) in recipients.iter().enumerate() {
-                let n = tx
-                    .execute(
-                        "INSERT INTO chunk_recipients (id, sender, position, key, chunk_key) \
-                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                        &[
-                            &r.id.as_bytes().as_slice(),
-                            &record.sender.as_bytes().as_slice(),
-                            &i16::try_from(position).map_err(|_| corrupt("chunk")())?,
-                            &r.key.to_bytes().as_slice(),
-                            &r.chunk_key.key().as_bytes().as_slice(),
-                        ],
-                    )
-                    .await
-                    .map_err(pg(what))?;
-                if n != 1 {
-                    // An id in use: nothing of this chunk is kept (the transaction is rolled
-                    // back when dropped).
-                    return Ok(false);
-                }
-            }
-            tx.commit().await.map_err(pg(what))?;
-            Ok(true)
         }
+        tx.commit().await.map_err(pg(what))?;
+        Ok(true)
     }
 
-    fn chunk(
-        &self,
-        sender: &ChunkSenderId,
-    ) -> impl Future<Output = Result<Option<ChunkRecord>>> + Send {
-        async move {
-            let client = self.client().await?;
-            read_chunk(&client, sender.as_bytes(), false).await
-        }
+    async fn chunk(&self, sender: &ChunkSenderId) -> Result<Option<ChunkRecord>> {
+        let client = self.client().await?;
+        read_chunk(&client, sender.as_bytes(), false).await
     }
 
-    fn chunk_recipient(
-        &self,
-        id: &ChunkRecipientId,
-    ) -> impl Future<Output = Result<Option<ChunkRecipientRecord>>> + Send {
-        async move {
-            let what = "reading a chunk recipient";
-            let client = self.client().await?;
-            let Some(row) = client
-                .query_opt(
-                    "SELECT sender, key, chunk_key FROM chunk_recipients WHERE id = $1",
-                    &[&id.as_bytes().as_slice()],
-                )
-                .await
-                .map_err(pg(what))?
-            else {
-                return Ok(None);
-            };
-            let sender: &[u8] = row.try_get(0).map_err(pg(what))?;
-            let key: &[u8] = row.try_get(1).map_err(pg(what))?;
-            let chunk_key: &[u8] = row.try_get(2).map_err(pg(what))?;
-            Ok(Some(ChunkRecipientRecord {
-                id: *id,
-                sender: ChunkSenderId::from_slice(sender).map_err(|_| corrupt("chunk")())?,
-                key: key_of(key, "chunk recipient")?,
-                chunk_key: ChunkKey::from_key(symmetric_of(chunk_key, "chunk recipient")?),
-            }))
-        }
+    async fn chunk_recipient(&self, id: &ChunkRecipientId) -> Result<Option<ChunkRecipientRecord>> {
+        let what = "reading a chunk recipient";
+        let client = self.client().await?;
+        let Some(row) = client
+            .query_opt(
+                "SELECT sender, key, chunk_key FROM chunk_recipients WHERE id = $1",
+                &[&id.as_bytes().as_slice()],
+            )
+            .await
+            .map_err(pg(what))?
+        else {
+            return Ok(None);
+        };
+        let sender: &[u8] = row.try_get(0).map_err(pg(what))?;
+        let key: &[u8] = row.try_get(1).map_err(pg(what))?;
+        let chunk_key: &[u8] = row.try_get(2).map_err(pg(what))?;
+        Ok(Some(ChunkRecipientRecord {
+            id: *id,
+            sender: ChunkSenderId::from_slice(sender).map_err(|_| corrupt("chunk")())?,
+            key: key_of(key, "chunk recipient")?,
+            chunk_key: ChunkKey::from_key(symmetric_of(chunk_key, "chunk recipient")?),
+        }))
     }
 
-    fn put_piece(
+    async fn put_piece(
         &self,
         sender: ChunkSenderId,
         offset: u32,
         piece: Vec<u8>,
-    ) -> impl Future<Output = Result<PutOutcome>> + Send {
-        async move {
-            let what = "storing a piece";
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg(what))?;
-            let Some(record) = read_chunk(&tx, sender.as_bytes(), true).await? else {
-                return Ok(PutOutcome::Refused);
-            };
-            if record.size.piece_len(offset) != Some(piece.len()) {
-                return Ok(PutOutcome::Refused);
-            }
-            let len = u32::try_from(piece.len()).map_err(|_| corrupt("piece")())?;
-            if offset.saturating_add(len) <= record.received {
-                return Ok(PutOutcome::AlreadyStored);
-            }
-            if offset != record.received {
-                return Ok(PutOutcome::Refused);
-            }
-            let index = i32::try_from(offset / PIECE_LEN as u32).map_err(|_| corrupt("piece")())?;
-            let received = offset.saturating_add(len);
-            tx.execute(
-                "INSERT INTO pieces (sender, index, body) VALUES ($1, $2, $3) \
-                 ON CONFLICT (sender, index) DO UPDATE SET body = EXCLUDED.body",
-                &[&sender.as_bytes().as_slice(), &index, &piece],
+    ) -> Result<PutOutcome> {
+        let what = "storing a piece";
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg(what))?;
+        let Some(record) = read_chunk(&tx, sender.as_bytes(), true).await? else {
+            return Ok(PutOutcome::Refused);
+        };
+        if record.size.piece_len(offset) != Some(piece.len()) {
+            return Ok(PutOutcome::Refused);
+        }
+        let len = u32::try_from(piece.len()).map_err(|_| corrupt("piece")())?;
+        if offset.saturating_add(len) <= record.received {
+            return Ok(PutOutcome::AlreadyStored);
+        }
+        if offset != record.received {
+            return Ok(PutOutcome::Refused);
+        }
+        let index = i32::try_from(offset / PIECE_LEN as u32).map_err(|_| corrupt("piece")())?;
+        let received = offset.saturating_add(len);
+        tx.execute(
+            "INSERT INTO pieces (sender, index, body) VALUES ($1, $2, $3) \
+             ON CONFLICT (sender, index) DO UPDATE SET body = EXCLUDED.body",
+            &[&sender.as_bytes().as_slice(), &index, &piece],
+        )
+        .await
+        .map_err(pg(what))?;
+        tx.execute(
+            "UPDATE chunks SET received = $2 WHERE sender = $1",
+            &[
+                &sender.as_bytes().as_slice(),
+                &i32::try_from(received).map_err(|_| corrupt("piece")())?,
+            ],
+        )
+        .await
+        .map_err(pg(what))?;
+        match tx.commit().await.map_err(pg(what)) {
+            Ok(()) => Ok(PutOutcome::Stored { received }),
+            Err(RelayError::StoreFull) => Ok(PutOutcome::StoreFull),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn piece(&self, sender: &ChunkSenderId, offset: u32) -> Result<Option<Vec<u8>>> {
+        let what = "reading a piece";
+        let index = i32::try_from(offset / PIECE_LEN as u32).map_err(|_| corrupt("piece")())?;
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT body FROM pieces WHERE sender = $1 AND index = $2",
+                &[&sender.as_bytes().as_slice(), &index],
             )
             .await
             .map_err(pg(what))?;
-            tx.execute(
-                "UPDATE chunks SET received = $2 WHERE sender = $1",
-                &[
-                    &sender.as_bytes().as_slice(),
-                    &i32::try_from(received).map_err(|_| corrupt("piece")())?,
-                ],
+        row.map(|r| r.try_get::<_, Vec<u8>>(0).map_err(pg(what)))
+            .transpose()
+    }
+
+    async fn delete_chunk(&self, sender: ChunkSenderId) -> Result<bool> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "DELETE FROM chunks WHERE sender = $1",
+                &[&sender.as_bytes().as_slice()],
             )
             .await
-            .map_err(pg(what))?;
-            match tx.commit().await.map_err(pg(what)) {
-                Ok(()) => Ok(PutOutcome::Stored { received }),
-                Err(RelayError::StoreFull) => Ok(PutOutcome::StoreFull),
-                Err(e) => Err(e),
-            }
-        }
+            .map_err(pg("deleting a chunk"))?;
+        Ok(n == 1)
     }
 
-    fn piece(
-        &self,
-        sender: &ChunkSenderId,
-        offset: u32,
-    ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send {
-        async move {
-            let what = "reading a piece";
-            let index = i32::try_from(offset / PIECE_LEN as u32).map_err(|_| corrupt("piece")())?;
-            let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    "SELECT body FROM pieces WHERE sender = $1 AND index = $2",
-                    &[&sender.as_bytes().as_slice(), &index],
-                )
-                .await
-                .map_err(pg(what))?;
-            row.map(|r| r.try_get::<_, Vec<u8>>(0).map_err(pg(what)))
-                .transpose()
-        }
-    }
-
-    fn delete_chunk(&self, sender: ChunkSenderId) -> impl Future<Output = Result<bool>> + Send {
-        async move {
-            let client = self.client().await?;
-            let n = client
-                .execute(
-                    "DELETE FROM chunks WHERE sender = $1",
-                    &[&sender.as_bytes().as_slice()],
-                )
-                .await
-                .map_err(pg("deleting a chunk"))?;
-            Ok(n == 1)
-        }
-    }
-
-    fn ack_chunk(&self, recipient: ChunkRecipientId) -> impl Future<Output = Result<bool>> + Send {
-        async move {
-            let what = "acknowledging a chunk";
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(pg(what))?;
-            let Some(row) = tx
-                .query_opt(
-                    "DELETE FROM chunk_recipients WHERE id = $1 RETURNING sender",
-                    &[&recipient.as_bytes().as_slice()],
-                )
-                .await
-                .map_err(pg(what))?
-            else {
-                return Ok(false);
-            };
-            let sender: Vec<u8> = row.try_get(0).map_err(pg(what))?;
-            // The chunk goes with its last recipient.
-            tx.execute(
-                "DELETE FROM chunks c WHERE c.sender = $1 AND NOT EXISTS \
-                 (SELECT 1 FROM chunk_recipients r WHERE r.sender = c.sender)",
-                &[&sender],
+    async fn ack_chunk(&self, recipient: ChunkRecipientId) -> Result<bool> {
+        let what = "acknowledging a chunk";
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg(what))?;
+        let Some(row) = tx
+            .query_opt(
+                "DELETE FROM chunk_recipients WHERE id = $1 RETURNING sender",
+                &[&recipient.as_bytes().as_slice()],
             )
             .await
-            .map_err(pg(what))?;
-            tx.commit().await.map_err(pg(what))?;
-            Ok(true)
-        }
+            .map_err(pg(what))?
+        else {
+            return Ok(false);
+        };
+        let sender: Vec<u8> = row.try_get(0).map_err(pg(what))?;
+        // The chunk goes with its last recipient.
+        tx.execute(
+            "DELETE FROM chunks c WHERE c.sender = $1 AND NOT EXISTS \
+             (SELECT 1 FROM chunk_recipients r WHERE r.sender = c.sender)",
+            &[&sender],
+        )
+        .await
+        .map_err(pg(what))?;
+        tx.commit().await.map_err(pg(what))?;
+        Ok(true)
     }
 
-    fn expire_chunks_before(&self, cutoff: Hour) -> impl Future<Output = Result<usize>> + Send {
-        async move {
-            let client = self.client().await?;
-            let n = client
-                .execute("DELETE FROM chunks WHERE hour < $1", &[&hour_sql(cutoff)?])
-                .await
-                .map_err(pg("expiring chunks"))?;
-            Ok(usize::try_from(n).unwrap_or(usize::MAX))
-        }
+    async fn expire_chunks_before(&self, cutoff: Hour) -> Result<usize> {
+        let client = self.client().await?;
+        let n = client
+            .execute("DELETE FROM chunks WHERE hour < $1", &[&hour_sql(cutoff)?])
+            .await
+            .map_err(pg("expiring chunks"))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 }
 
