@@ -131,7 +131,7 @@ impl Relay {
             shares,
         });
         if let Some(changes) = shared.store.watch_others() {
-            tokio::spawn(wake_for_others(Arc::clone(&shared), changes));
+            tokio::spawn(wake_for_others(Arc::downgrade(&shared), changes));
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (sweeps, sweep_rx) = mpsc::channel(4);
@@ -203,14 +203,18 @@ pub async fn run(
 }
 
 /// Wakes the subscribers (on this process) of the queues where other relay processes that
-/// share the store stored messages. Ends when the store stops watching.
+/// share the store stored messages. Ends when the store stops watching or the relay stopped
+/// (it holds the relay's state weakly, so that stopping still drops and closes the store).
 async fn wake_for_others<S: Store>(
-    shared: Arc<Shared<S>>,
+    shared: std::sync::Weak<Shared<S>>,
     mut changes: mpsc::Receiver<ForeignChange>,
 ) {
     // No connection has this id: every subscriber of the queue is told.
     let elsewhere = ConnId(u64::MAX);
     while let Some(change) = changes.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
         match change {
             ForeignChange::Queue(queue) => shared.registry.notify_changed(&queue, elsewhere),
             ForeignChange::All => shared.registry.notify_all_changed(),

@@ -6,14 +6,15 @@
 //!
 //! Durability is the commit: an operation resolves `Ok` only once its transaction committed,
 //! and every connection runs with `synchronous_commit = on`, so a commit is on the server's
-//! disk (its WAL flushed) before it is answered. A commit whose answer is lost (the server or
+//! disk (its WAL flushed, with the server's default `fsync = on`) before it is answered. A commit whose answer is lost (the server or
 //! the network died) resolves as an error: the client is never told `Ok` for it.
 //!
 //! The same data minimisation as [`super::SledStore`]: per queue the ids and keys of a
 //! [`QueueRecord`]; per message its id, its hour and its body already re-encrypted for the
 //! recipient; per chunk what [`super::ChunkStore`] needs. No addresses, no finer time. The
 //! rows carry a row number (`queues.id`, `messages.seq`), which orders them and tells which
-//! rows were written after which, as sled's keys do.
+//! rows were written after which, across all queues (sled's keys order messages within a
+//! queue only).
 //!
 //! A stored message is announced to the other processes with `NOTIFY tidings_push` in the
 //! transaction that stores it (PostgreSQL delivers it at commit, and only then). The payload
@@ -70,6 +71,13 @@ const ROW_CACHE: usize = 65_536;
 /// Announcements from other processes that may wait for the relay before it is told to
 /// look at every queue instead.
 const CHANGES_QUEUE: usize = 4096;
+
+/// How long an operation waits for a free connection before it fails (the client is told
+/// `Internal` and may retry), so that a stalled database does not hold commands for ever.
+const POOL_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a connection attempt may take, unless the URL says (`connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the listener waits before connecting again after losing its connection.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
@@ -232,6 +240,9 @@ impl PostgresStore {
         // Durability is the commit, whatever the server's default.
         config.options("-c synchronous_commit=on");
         config.application_name("tidings-relay");
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -242,6 +253,8 @@ impl PostgresStore {
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| RelayError::Postgres {
                 what: "building the connection pool",
@@ -1022,7 +1035,9 @@ impl TestDatabase {
     pub async fn create(test: &str) -> Option<Self> {
         let Some(admin) = std::env::var(Self::ENV).ok().filter(|u| !u.is_empty()) else {
             eprintln!(
-                "SKIPPED {test}: set {} to a PostgreSQL URL (bash .ci/run starts a cluster)",
+                "\n!!!!!!!! SKIPPED {test}: {} is not set. The PostgreSQL store's tests need a \
+                 PostgreSQL URL whose user may create databases; .ci/run starts a throwaway \
+                 cluster (.ci/postgres.sh). !!!!!!!!\n",
                 Self::ENV
             );
             return None;
