@@ -451,6 +451,22 @@ mod tests {
         assert!(Config::from_toml("retry_threshold = 0").is_ok());
     }
 
+    /// The store is sled or a PostgreSQL URL; the URL (which may hold a password) never shows
+    /// in `Debug`; the sled byte budget is refused with PostgreSQL.
+    #[test]
+    fn the_store_is_sled_or_postgres_and_its_url_is_not_printed() -> Result<()> {
+        assert!(Config::default().store.is_sled());
+        let c = Config::from_toml("store = \"postgres://relay:hunter2@db.internal/tidings\"")?;
+        assert_eq!(
+            c.store.postgres(),
+            Some("postgres://relay:hunter2@db.internal/tidings")
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(Config::from_toml("store = \"mysql://x\"").is_err());
+        assert!(Config::from_toml("store = \"postgres://x/y\"\nmax_store_bytes = 100").is_err());
+        Ok(())
+    }
+
     #[test]
     fn file_values_are_read_and_unknown_keys_refused() -> Result<()> {
         let c = Config::from_toml("listen = \"127.0.0.1:9000\"\nmax_pending = 5\n")?;
