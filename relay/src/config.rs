@@ -41,6 +41,9 @@
 //! # max_store_bytes = 10737418240
 //! min_free_disk_bytes = 67108864                  # 64 MiB
 //! store_cache_bytes = 16777216                    # 16 MiB of the store's page cache
+//! # Where queues, messages and chunks live: "sled" (in the data directory) or a PostgreSQL
+//! # URL that several relay processes may share (README, "A relay on PostgreSQL").
+//! store = "sled"
 //! # How often the aggregate counters are logged (never finer than the store's hour by
 //! # default; lower it only to debug).
 //! stats_interval_secs = 3600
@@ -59,6 +62,45 @@ pub const DEFAULT_EXPIRY_DAYS: u32 = 60;
 
 /// The default file chunk expiry, in hours (see [`Config::chunk_expiry_hours`]).
 pub const DEFAULT_CHUNK_EXPIRY_HOURS: u32 = 14 * 24;
+
+/// Where the relay keeps its queues ([`Config::store`]): `sled` or a PostgreSQL URL. Its
+/// `Debug` hides the URL, which may hold a password.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct StoreUrl(String);
+
+impl Default for StoreUrl {
+    fn default() -> Self {
+        Self("sled".into())
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_sled() {
+            f.write_str("StoreUrl(sled)")
+        } else {
+            f.write_str("StoreUrl([redacted])")
+        }
+    }
+}
+
+impl StoreUrl {
+    /// From a flag or a file: `sled` or a PostgreSQL URL (checked by [`Config::validate`]).
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// Whether this is the sled store.
+    pub fn is_sled(&self) -> bool {
+        self.0 == "sled"
+    }
+
+    /// The PostgreSQL URL, if this is one.
+    pub fn postgres(&self) -> Option<&str> {
+        crate::store::postgres::is_postgres_url(&self.0).then_some(self.0.as_str())
+    }
+}
 
 /// Every setting of a relay.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -151,10 +193,13 @@ pub struct Config {
     pub min_free_disk_bytes: u64,
     /// Bytes of memory the store's page cache may use (sled's `cache_capacity`; sled's own
     /// default is 1 GiB). Default 16 MiB (16,777,216): pieces of files and messages are
-    /// read about once each, so a bigger cache mostly holds bytes nobody reads again, and
-    /// the relay stays well under 64 MiB of RSS while moving a 1 GiB file (BENCHMARKS.md
-    /// "Files"). At least 1 MiB.
+    /// read about once each, so a bigger cache mostly holds bytes nobody reads again
+    /// (BENCHMARKS.md "Files"). At least 1 MiB. Not used by the PostgreSQL store.
     pub store_cache_bytes: u64,
+    /// Where queues, messages and chunks live: `sled` (the default: a sled database in the
+    /// data directory) or a PostgreSQL URL (`postgres://user:password@host:port/dbname`),
+    /// which several relay processes with the same relay key may share.
+    pub store: StoreUrl,
     /// File chunks are deleted this many hours after they were created, downloaded or not.
     /// Default 336 (14 days). XFTP keeps files 48 hours; Tidings' users reach a network
     /// only in patchy windows (a weekly market trip, a phone borrowed on Sundays), so a
@@ -207,6 +252,7 @@ impl Default for Config {
             max_store_bytes: None,
             min_free_disk_bytes: 64 << 20,
             store_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
+            store: StoreUrl::default(),
             stats_interval_secs: 3600,
             chunk_expiry_hours: DEFAULT_CHUNK_EXPIRY_HOURS,
             chunk_bytes_per_address_per_hour: 1 << 30,
@@ -320,6 +366,18 @@ impl Config {
                 "store_cache_bytes must be at least 1048576 (1 MiB)".into(),
             ));
         }
+        if self.store.postgres().is_some() && self.max_store_bytes.is_some() {
+            return Err(RelayError::Config(
+                "max_store_bytes is the sled store's budget; on PostgreSQL limit the database's \
+                 disk instead (leave max_store_bytes out)"
+                    .into(),
+            ));
+        }
+        if !self.store.is_sled() && self.store.postgres().is_none() {
+            return Err(RelayError::Config(
+                "store must be \"sled\" or a PostgreSQL URL starting with postgres://".into(),
+            ));
+        }
         if self.max_store_bytes == Some(0) {
             return Err(RelayError::Config(
                 "max_store_bytes must be at least 1 (leave it out for the default)".into(),
@@ -409,6 +467,22 @@ mod tests {
         assert!(Config::from_toml("store_cache_bytes = 4096").is_err());
         assert!(Config::from_toml("max_connections_per_address = 0").is_err());
         assert!(Config::from_toml("retry_threshold = 0").is_ok());
+    }
+
+    /// The store is sled or a PostgreSQL URL; the URL (which may hold a password) never shows
+    /// in `Debug`; the sled byte budget is refused with PostgreSQL.
+    #[test]
+    fn the_store_is_sled_or_postgres_and_its_url_is_not_printed() -> Result<()> {
+        assert!(Config::default().store.is_sled());
+        let c = Config::from_toml("store = \"postgres://relay:hunter2@db.internal/tidings\"")?;
+        assert_eq!(
+            c.store.postgres(),
+            Some("postgres://relay:hunter2@db.internal/tidings")
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(Config::from_toml("store = \"mysql://x\"").is_err());
+        assert!(Config::from_toml("store = \"postgres://x/y\"\nmax_store_bytes = 100").is_err());
+        Ok(())
     }
 
     #[test]

@@ -318,7 +318,7 @@ impl<S: Store> Dispatcher<S> {
             return;
         }
         let requests = std::mem::take(run);
-        let checked = self.sender_queues(&requests);
+        let checked = self.sender_queues(&requests).await;
         let mut pending = Vec::with_capacity(requests.len());
         for (req, queue) in requests.iter().zip(checked) {
             match queue.and_then(|q| self.prepare_send(req, q)) {
@@ -334,14 +334,19 @@ impl<S: Store> Dispatcher<S> {
 
     /// The queue each `Send` of a run addresses, if its signature rule holds (see
     /// [`Dispatcher::sender_queue`]); the signatures are checked together.
-    fn sender_queues(&mut self, run: &[Request]) -> Vec<Result<QueueRecord, Refusal>> {
+    async fn sender_queues(&mut self, run: &[Request]) -> Vec<Result<QueueRecord, Refusal>> {
         if run.len() < 2 {
-            return run.iter().map(|req| self.sender_queue(req)).collect();
+            let mut out = Vec::with_capacity(run.len());
+            for req in run {
+                out.push(self.sender_queue(req).await);
+            }
+            return out;
         }
         // Look up every queue and decode the key each signature is checked against.
         let mut found: Vec<Result<Looked, Refusal>> = Vec::with_capacity(run.len());
         for req in run {
-            let entry = self.lookup_sender(&req.entity).and_then(|queue| {
+            let looked = self.lookup_sender(&req.entity).await;
+            let entry = looked.and_then(|queue| {
                 let stored = match (&queue, &req.signature) {
                     (_, None) => return Ok((queue, None)),
                     (Some(q), Some(_)) => match q.sender_key {
@@ -468,7 +473,7 @@ impl<S: Store> Dispatcher<S> {
                         kind: ReplyKind::Ok,
                     });
                     self.shared.registry.notify_changed(&recipient, self.conn);
-                    self.refresh(recipient, out);
+                    self.refresh(recipient, out).await;
                 }
                 Ok(AppendOutcome::QueueFull) => self.error(out, corr, entity, ErrorCode::Quota),
                 Ok(AppendOutcome::StoreFull) => {
@@ -483,7 +488,7 @@ impl<S: Store> Dispatcher<S> {
                     // pushed (and fills the quota). Found by the model (model/, issue 21).
                     // Where nothing was applied, the refresh finds nothing new.
                     self.shared.registry.notify_changed(&recipient, self.conn);
-                    self.refresh(recipient, out);
+                    self.refresh(recipient, out).await;
                 }
             }
         }
@@ -570,7 +575,7 @@ impl<S: Store> Dispatcher<S> {
                 // `relay_dh` is dropped (and zeroized) here: only the derived key is kept.
             }
             Command::Secure { sender_key } => {
-                let queue = self.lookup_sender(&req.entity)?;
+                let queue = self.lookup_sender(&req.entity).await?;
                 req.verify(&self.binding, sender_key)
                     .map_err(|_| ErrorCode::Auth)?;
                 // Equal work for existing and unknown queues: an unknown sender id goes
@@ -589,7 +594,7 @@ impl<S: Store> Dispatcher<S> {
                 self.flush_sends(&mut vec![req], out).await;
             }
             Command::Subscribe => {
-                let queue = self.recipient_queue(&req)?;
+                let queue = self.recipient_queue(&req).await?;
                 let q = queue.recipient;
                 if !self.subscriptions.contains_key(&q)
                     && self.subscriptions.len()
@@ -601,33 +606,33 @@ impl<S: Store> Dispatcher<S> {
                 // (Re)subscribing delivers the oldest pending message again.
                 self.subscriptions.insert(q, None);
                 out.push(reply(ReplyKind::Ok));
-                self.refresh(q, out);
+                self.refresh(q, out).await;
             }
             Command::Ack { id } => {
                 let q = if req.signature.is_none() && self.version >= SESSION_ACKS_VERSION {
                     self.session_subscriber(&req)?
                 } else {
-                    self.recipient_queue(&req)?.recipient
+                    self.recipient_queue(&req).await?.recipient
                 };
                 match self.shared.store.delete_message(q, *id).await {
                     Ok(true) => {
                         out.push(reply(ReplyKind::Ok));
                         self.shared.registry.notify_changed(&q, self.conn);
-                        self.refresh(q, out);
+                        self.refresh(q, out).await;
                     }
                     Ok(false) => return Err(ErrorCode::NoMessage),
                     Err(e) => {
                         // A failed flush leaves the delete applied: the next message must
                         // still be pushed (see `store_sends`).
                         self.shared.registry.notify_changed(&q, self.conn);
-                        self.refresh(q, out);
+                        self.refresh(q, out).await;
                         return Err(store_error(&e));
                     }
                 }
             }
             Command::Get => {
-                let queue = self.recipient_queue(&req)?;
-                match self.shared.store.oldest(&queue.recipient) {
+                let queue = self.recipient_queue(&req).await?;
+                match self.shared.store.oldest(&queue.recipient).await {
                     Ok(Some(m)) => out.push(reply(ReplyKind::Message {
                         id: m.id,
                         body: m.body,
@@ -637,7 +642,7 @@ impl<S: Store> Dispatcher<S> {
                 }
             }
             Command::Delete => {
-                let queue = self.recipient_queue(&req)?;
+                let queue = self.recipient_queue(&req).await?;
                 let q = queue.recipient;
                 match self.shared.store.delete_queue(q).await {
                     Ok(_) => {}
@@ -650,7 +655,7 @@ impl<S: Store> Dispatcher<S> {
                 }
             }
             Command::Suspend => {
-                let queue = self.recipient_queue(&req)?;
+                let queue = self.recipient_queue(&req).await?;
                 match self.shared.store.suspend_queue(queue.recipient).await {
                     Ok(_) => out.push(reply(ReplyKind::Ok)),
                     Err(e) => return Err(store_error(&e)),
@@ -676,11 +681,12 @@ impl<S: Store> Dispatcher<S> {
 
     /// The queue a recipient command addresses, if the request is signed by its recipient
     /// key. Unknown queue and wrong key are the same `Auth`, after the same work.
-    fn recipient_queue(&mut self, req: &Request) -> Result<QueueRecord, Refusal> {
+    async fn recipient_queue(&mut self, req: &Request) -> Result<QueueRecord, Refusal> {
         let queue = self
             .shared
             .store
             .queue(&RecipientId::from(req.entity))
+            .await
             .map_err(|e| store_error(&e))?;
         self.check_signature(req, queue.as_ref().map(|q| q.recipient_key))?;
         queue.ok_or(ErrorCode::Auth)
@@ -731,21 +737,22 @@ impl<S: Store> Dispatcher<S> {
     /// The queue a sender id names. A known id costs two reads (the sender index, then the
     /// queue record); for an unknown one a second read (of a random recipient id, which names
     /// no queue) is spent too.
-    fn lookup_sender(&self, entity: &EntityId) -> Result<Option<QueueRecord>, Refusal> {
+    async fn lookup_sender(&self, entity: &EntityId) -> Result<Option<QueueRecord>, Refusal> {
         let store = &self.shared.store;
         let queue = store
             .queue_by_sender(&SenderId::from(*entity))
+            .await
             .map_err(|e| store_error(&e))?;
         if queue.is_none() {
-            let _ = store.queue(&RecipientId::random(&mut OsRng));
+            let _ = store.queue(&RecipientId::random(&mut OsRng)).await;
         }
         Ok(queue)
     }
 
     /// The queue a `Send` addresses, if the signature rule holds: signed by the sender key
     /// when the queue is secured, unsigned when it is not.
-    fn sender_queue(&mut self, req: &Request) -> Result<QueueRecord, Refusal> {
-        let queue = self.lookup_sender(&req.entity)?;
+    async fn sender_queue(&mut self, req: &Request) -> Result<QueueRecord, Refusal> {
+        let queue = self.lookup_sender(&req.entity).await?;
         match queue {
             None => {
                 if req.signature.is_some() {
@@ -767,7 +774,7 @@ impl<S: Store> Dispatcher<S> {
     /// Pushes the oldest message of a subscribed queue unless it is already delivered and
     /// unacked. The delivered message is always the oldest (new ones go at the end), so when
     /// the oldest is not the one delivered, that one was acked or expired.
-    fn refresh(&mut self, queue: RecipientId, out: &mut Vec<Reply>) {
+    async fn refresh(&mut self, queue: RecipientId, out: &mut Vec<Reply>) {
         let Some(outstanding) = self.subscriptions.get(&queue).copied() else {
             return;
         };
@@ -775,7 +782,7 @@ impl<S: Store> Dispatcher<S> {
             // Taken over elsewhere: the End in the mailbox will tell the client.
             return;
         }
-        match self.shared.store.oldest(&queue) {
+        match self.shared.store.oldest(&queue).await {
             Ok(Some(m)) => {
                 if outstanding != Some(m.id) {
                     self.subscriptions.insert(queue, Some(m.id));
@@ -799,7 +806,7 @@ impl<S: Store> Dispatcher<S> {
 
     /// Acts on events other connections posted: ended subscriptions become `End` pushes,
     /// changed queues get their next message pushed.
-    pub fn events(&mut self, out: &mut Vec<Reply>) {
+    pub async fn events(&mut self, out: &mut Vec<Reply>) {
         let taken = self.mailbox.take(EVENTS_PER_TURN);
         for queue in taken.ended {
             if self.subscriptions.contains_key(&queue)
@@ -810,7 +817,7 @@ impl<S: Store> Dispatcher<S> {
             }
         }
         for queue in taken.new_message {
-            self.refresh(queue, out);
+            self.refresh(queue, out).await;
         }
     }
 
@@ -935,7 +942,7 @@ mod tests {
 
             // Wrong key: refused, nothing kept.
             assert!(matches!(
-                d.recipient_queue(&get(&d, q, &other)?),
+                d.recipient_queue(&get(&d, q, &other)?).await,
                 Err(ErrorCode::Auth)
             ));
             assert!(d.keys.is_empty());
@@ -945,18 +952,18 @@ mod tests {
             assert_eq!(dummy.public(), AuthPublicKey::dummy());
             let unknown = RecipientId::random(&mut OsRng);
             assert!(matches!(
-                d.recipient_queue(&get(&d, unknown, &dummy)?),
+                d.recipient_queue(&get(&d, unknown, &dummy)?).await,
                 Err(ErrorCode::Auth)
             ));
             assert!(d.keys.is_empty());
             // The owner: accepted and kept; accepted again from the kept key.
-            assert!(d.recipient_queue(&get(&d, q, &owner)?).is_ok());
+            assert!(d.recipient_queue(&get(&d, q, &owner)?).await.is_ok());
             assert_eq!(d.keys, vec![owner.public()]);
-            assert!(d.recipient_queue(&get(&d, q, &owner)?).is_ok());
+            assert!(d.recipient_queue(&get(&d, q, &owner)?).await.is_ok());
             assert_eq!(d.keys.len(), 1);
             // A kept key does not let a wrong signature through.
             assert!(matches!(
-                d.recipient_queue(&get(&d, q, &other)?),
+                d.recipient_queue(&get(&d, q, &other)?).await,
                 Err(ErrorCode::Auth)
             ));
             Ok(())
@@ -967,11 +974,11 @@ mod tests {
             let mut d = dispatcher();
             let dummy = AuthSecretKey::from_seed(&[0x5a; 32]);
             let q = queue_with(&d, &dummy).await?;
-            assert!(d.recipient_queue(&get(&d, q, &dummy)?).is_ok());
+            assert!(d.recipient_queue(&get(&d, q, &dummy)?).await.is_ok());
             assert_eq!(d.keys, vec![AuthPublicKey::dummy()]);
             let unknown = RecipientId::random(&mut OsRng);
             assert!(matches!(
-                d.recipient_queue(&get(&d, unknown, &dummy)?),
+                d.recipient_queue(&get(&d, unknown, &dummy)?).await,
                 Err(ErrorCode::Auth)
             ));
             Ok(())
@@ -983,7 +990,7 @@ mod tests {
             for _ in 0..KEYS_KEPT + 3 {
                 let key = AuthSecretKey::generate(&mut OsRng);
                 let q = queue_with(&d, &key).await?;
-                assert!(d.recipient_queue(&get(&d, q, &key)?).is_ok());
+                assert!(d.recipient_queue(&get(&d, q, &key)?).await.is_ok());
                 assert_eq!(d.keys.last(), Some(&key.public()));
             }
             assert_eq!(d.keys.len(), KEYS_KEPT);

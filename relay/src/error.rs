@@ -18,6 +18,15 @@ pub enum RelayError {
         /// Which kind of record.
         what: &'static str,
     },
+    /// A PostgreSQL call failed (`reason`: the SQLSTATE code or the client library's message,
+    /// never a stored value).
+    #[error("PostgreSQL: {what} failed: {reason}")]
+    Postgres {
+        /// What the relay was doing.
+        what: &'static str,
+        /// Why it failed.
+        reason: String,
+    },
     /// The store's writer thread has stopped; nothing more can be written.
     #[error("the store is closed")]
     StoreClosed,

@@ -52,6 +52,17 @@ struct Cli {
     /// Host name or IP written into the relay address [default: the listen IP].
     #[arg(long, global = true, value_name = "HOST")]
     public_host: Option<String>,
+    /// Where queues and messages live: `sled` (in the data directory) or a PostgreSQL URL,
+    /// postgres://user:password@host:port/dbname, that several relay processes may share
+    /// [default: sled]. Better given in the environment or the config file than as a flag
+    /// (other users can read a process's flags).
+    #[arg(
+        long,
+        value_name = "sled|URL",
+        env = "TIDINGS_RELAY_STORE",
+        hide_env_values = true
+    )]
+    store: Option<String>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -75,6 +86,9 @@ fn config(cli: &Cli) -> Result<Config> {
     }
     if let Some(host) = &cli.public_host {
         config.public_host = Some(host.clone());
+    }
+    if let Some(store) = &cli.store {
+        config.store = tidings_relay::config::StoreUrl::new(store.clone());
     }
     if let Some(site) = &cli.site {
         config.site_dir = Some(site.clone());

@@ -47,7 +47,7 @@ use crate::identity::{self, Identity, STORE_DIR};
 use crate::registry::{ConnId, Registry};
 use crate::session::{self, End};
 use crate::stats::Stats;
-use crate::store::{SledStore, Store, StoreLimits};
+use crate::store::{ForeignChange, PostgresStore, SledStore, Store, StoreLimits};
 use crate::transport::http::{serve_h3, Gate, HttpConnection, TcpTunnel};
 use crate::transport::tunnel::{FINISH_WAIT, H3_NO_ERROR};
 use crate::transport::website::Website;
@@ -72,12 +72,17 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts a relay with its data in `config.data_dir()` and the sled store.
+    /// Starts a relay with its keys in `config.data_dir()` and the store `config.store` names
+    /// (sled in the data directory, or PostgreSQL).
     pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Self> {
         config.validate()?;
         let data_dir = config.data_dir()?;
         let tls_name = config.public_host.as_deref().unwrap_or("localhost");
         let identity = identity::load_or_create(&data_dir, tls_name)?;
+        if let Some(url) = config.store.postgres() {
+            let store = PostgresStore::open(url).await?;
+            return Self::start_with_store(config, clock, identity, store).await;
+        }
         let store_dir = data_dir.join(STORE_DIR);
         identity::ensure_dir(&store_dir)?;
         let store = SledStore::open_with_cache(
@@ -126,6 +131,9 @@ impl Relay {
             stats: Arc::clone(&stats),
             shares,
         });
+        if let Some(changes) = shared.store.watch_others() {
+            tokio::spawn(wake_for_others(Arc::downgrade(&shared), changes));
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (sweeps, sweep_rx) = mpsc::channel(4);
         let main = tokio::spawn(supervise(
@@ -193,6 +201,26 @@ pub async fn run(
     shutdown.await;
     tracing::info!("shutting down");
     relay.shutdown().await
+}
+
+/// Wakes the subscribers (on this process) of the queues where other relay processes that
+/// share the store stored messages. Ends when the store stops watching or the relay stopped
+/// (it holds the relay's state weakly, so that stopping still drops and closes the store).
+async fn wake_for_others<S: Store>(
+    shared: std::sync::Weak<Shared<S>>,
+    mut changes: mpsc::Receiver<ForeignChange>,
+) {
+    // No connection has this id: every subscriber of the queue is told.
+    let elsewhere = ConnId(u64::MAX);
+    while let Some(change) = changes.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match change {
+            ForeignChange::Queue(queue) => shared.registry.notify_changed(&queue, elsewhere),
+            ForeignChange::All => shared.registry.notify_all_changed(),
+        }
+    }
 }
 
 async fn supervise<S: Store>(

@@ -221,7 +221,7 @@ where
             () = tokio::time::sleep_until(deadline) => break End::Idle,
         }
         // Whatever woke us, act on posted events too: a wake-up can never be lost.
-        dispatcher.events(&mut out);
+        dispatcher.events(&mut out).await;
         if let Err(end) = send(
             &mut session,
             &mut writer,

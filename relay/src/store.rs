@@ -21,7 +21,8 @@
 //! File chunks live in the same tree, written by the same writer under the same budget
 //! ([`chunks`], trait [`ChunkStore`], a supertrait of [`Store`]).
 //!
-//! Backends: [`SledStore`] (the default, on disk) and [`MemoryStore`] (tests).
+//! Backends: [`SledStore`] (the default, on disk), [`PostgresStore`] (a PostgreSQL database that
+//! several relay processes may share) and [`MemoryStore`] (tests).
 //!
 //! Every mutation is asynchronous and resolves only once it is durable. [`SledStore`] runs all
 //! writes on one writer thread that takes every operation waiting in its channel, applies
@@ -70,8 +71,19 @@ use crate::error::{RelayError, Result};
 
 pub mod chunks;
 pub mod memory;
+pub mod postgres;
 pub use chunks::{ChunkRecipientRecord, ChunkRecord, ChunkStore, PutOutcome};
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
+
+/// A change another relay process made to a store they share ([`Store::watch_others`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForeignChange {
+    /// A message was stored in this queue.
+    Queue(RecipientId),
+    /// Announcements may have been missed: any queue may have changed.
+    All,
+}
 
 /// Hours since the Unix epoch, rounded down: the only time the store keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -184,10 +196,16 @@ pub trait Store: ChunkStore + Send + Sync + 'static {
     fn create_queue(&self, record: QueueRecord) -> impl Future<Output = Result<bool>> + Send;
 
     /// The queue with this recipient id.
-    fn queue(&self, recipient: &RecipientId) -> Result<Option<QueueRecord>>;
+    fn queue(
+        &self,
+        recipient: &RecipientId,
+    ) -> impl Future<Output = Result<Option<QueueRecord>>> + Send;
 
     /// The queue with this sender id.
-    fn queue_by_sender(&self, sender: &SenderId) -> Result<Option<QueueRecord>>;
+    fn queue_by_sender(
+        &self,
+        sender: &SenderId,
+    ) -> impl Future<Output = Result<Option<QueueRecord>>> + Send;
 
     /// Deletes a queue and all its messages. Resolves to whether it existed.
     fn delete_queue(&self, recipient: RecipientId) -> impl Future<Output = Result<bool>> + Send;
@@ -220,7 +238,10 @@ pub trait Store: ChunkStore + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<AppendOutcome>>> + Send;
 
     /// The oldest message of a queue.
-    fn oldest(&self, recipient: &RecipientId) -> Result<Option<StoredMessage>>;
+    fn oldest(
+        &self,
+        recipient: &RecipientId,
+    ) -> impl Future<Output = Result<Option<StoredMessage>>> + Send;
 
     /// Deletes the message `id` from a queue. Resolves to whether it was there.
     fn delete_message(
@@ -230,7 +251,7 @@ pub trait Store: ChunkStore + Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool>> + Send;
 
     /// How many messages a queue holds.
-    fn pending(&self, recipient: &RecipientId) -> Result<usize>;
+    fn pending(&self, recipient: &RecipientId) -> impl Future<Output = Result<usize>> + Send;
 
     /// How many queues the store holds (kept in memory; cheap).
     fn queue_count(&self) -> usize;
@@ -253,6 +274,13 @@ pub trait Store: ChunkStore + Send + Sync + 'static {
     /// Cheap.
     fn stored_bytes(&self) -> u64 {
         0
+    }
+
+    /// For a store that several relay processes share: starts watching the messages the
+    /// others store, and hands them over (the relay wakes those queues' subscribers). `None`
+    /// (the default) for a store one process owns.
+    fn watch_others(&self) -> Option<mpsc::Receiver<ForeignChange>> {
+        None
     }
 }
 
@@ -526,11 +554,14 @@ impl Store for SledStore {
         self.submit(move |done| Op::Create(Box::new(record), done))
     }
 
-    fn queue(&self, recipient: &RecipientId) -> Result<Option<QueueRecord>> {
-        read_queue(&self.tree, recipient)
+    fn queue(
+        &self,
+        recipient: &RecipientId,
+    ) -> impl Future<Output = Result<Option<QueueRecord>>> + Send {
+        std::future::ready(read_queue(&self.tree, recipient))
     }
 
-    fn queue_by_sender(&self, sender: &SenderId) -> Result<Option<QueueRecord>> {
+    async fn queue_by_sender(&self, sender: &SenderId) -> Result<Option<QueueRecord>> {
         match self.tree.get(sender_key(sender))? {
             None => Ok(None),
             Some(v) => {
@@ -575,7 +606,7 @@ impl Store for SledStore {
         self.submit(move |done| Op::AppendBatch(messages, max_pending, done))
     }
 
-    fn oldest(&self, recipient: &RecipientId) -> Result<Option<StoredMessage>> {
+    async fn oldest(&self, recipient: &RecipientId) -> Result<Option<StoredMessage>> {
         match self.tree.scan_prefix(message_prefix(recipient)).next() {
             None => Ok(None),
             Some(entry) => {
@@ -611,7 +642,7 @@ impl Store for SledStore {
         self.gauges.bytes.load(Ordering::Relaxed)
     }
 
-    fn pending(&self, recipient: &RecipientId) -> Result<usize> {
+    async fn pending(&self, recipient: &RecipientId) -> Result<usize> {
         let mut n = 0usize;
         for entry in self.tree.scan_prefix(message_prefix(recipient)) {
             entry?;
@@ -1363,12 +1394,12 @@ mod tests {
         assert_eq!(expiry_entries(&store), 2);
         // The left-over entry goes; the message stays.
         assert_eq!(store.expire_before(Hour(11)).await?, 1);
-        assert_eq!(store.oldest(&q.recipient)?, Some(m));
-        assert_eq!(store.pending(&q.recipient)?, 1);
+        assert_eq!(store.oldest(&q.recipient).await?, Some(m));
+        assert_eq!(store.pending(&q.recipient).await?, 1);
         assert_eq!(expiry_entries(&store), 1);
         // Its own hour's sweep takes it.
         assert_eq!(store.expire_before(Hour(21)).await?, 1);
-        assert_eq!(store.oldest(&q.recipient)?, None);
+        assert_eq!(store.oldest(&q.recipient).await?, None);
         assert_eq!(expiry_entries(&store), 0);
         Ok(())
     }
@@ -1383,8 +1414,8 @@ mod tests {
         store
             .tree
             .insert(sender_key(&q.sender), q.recipient.as_bytes().as_slice())?;
-        assert!(store.queue_by_sender(&q.sender)?.is_none());
-        assert!(store.queue(&q.recipient)?.is_none());
+        assert!(store.queue_by_sender(&q.sender).await?.is_none());
+        assert!(store.queue(&q.recipient).await?.is_none());
         Ok(())
     }
 
@@ -1417,7 +1448,7 @@ mod tests {
             );
         }
         let store = SledStore::open(dir.path())?;
-        assert_eq!(store.oldest(&q.recipient)?, Some(m));
+        assert_eq!(store.oldest(&q.recipient).await?, Some(m));
         assert_eq!(store.queue_count(), 1);
         Ok(())
     }

@@ -13,9 +13,10 @@ use rand_core::OsRng;
 use tidings_protocol::chunk::{ChunkKey, ChunkSize, PIECE_LEN};
 use tidings_protocol::ids::{ChunkRecipientId, ChunkSenderId};
 use tidings_protocol::keys::{AuthSecretKey, SymmetricKey};
+use tidings_relay::store::postgres::TestDatabase;
 use tidings_relay::store::{
-    ChunkRecipientRecord, ChunkRecord, ChunkStore, Hour, MemoryStore, PutOutcome, SledStore, Store,
-    StoreLimits,
+    ChunkRecipientRecord, ChunkRecord, ChunkStore, Hour, MemoryStore, PostgresStore, PutOutcome,
+    SledStore, Store, StoreLimits,
 };
 
 fn new_chunk(
@@ -65,9 +66,12 @@ pub async fn chunk_lifecycle(store: &impl ChunkStore) {
         .create_chunk(record.clone(), recipients.clone())
         .await
         .unwrap());
-    assert_eq!(store.chunk(&record.sender).unwrap(), Some(record.clone()));
+    assert_eq!(
+        store.chunk(&record.sender).await.unwrap(),
+        Some(record.clone())
+    );
     for r in &recipients {
-        let got = store.chunk_recipient(&r.id).unwrap().unwrap();
+        let got = store.chunk_recipient(&r.id).await.unwrap().unwrap();
         assert_eq!(got.sender, record.sender);
         assert_eq!(got.key, r.key);
         assert_eq!(got.chunk_key.key().as_bytes(), r.chunk_key.key().as_bytes());
@@ -80,14 +84,14 @@ pub async fn chunk_lifecycle(store: &impl ChunkStore) {
         .create_chunk(other.clone(), vec![recipients[0].clone()])
         .await
         .unwrap());
-    assert_eq!(store.chunk(&other.sender).unwrap(), None);
+    assert_eq!(store.chunk(&other.sender).await.unwrap(), None);
 
     upload_all(store, &record, 7).await;
     assert!(store.delete_chunk(record.sender).await.unwrap());
-    assert_eq!(store.chunk(&record.sender).unwrap(), None);
-    assert_eq!(store.piece(&record.sender, 0).unwrap(), None);
+    assert_eq!(store.chunk(&record.sender).await.unwrap(), None);
+    assert_eq!(store.piece(&record.sender, 0).await.unwrap(), None);
     for r in &recipients {
-        assert!(store.chunk_recipient(&r.id).unwrap().is_none());
+        assert!(store.chunk_recipient(&r.id).await.unwrap().is_none());
     }
     assert!(!store.delete_chunk(record.sender).await.unwrap());
 }
@@ -147,11 +151,11 @@ pub async fn pieces_in_order(store: &impl ChunkStore) {
     );
     // The repeat did not overwrite.
     assert_eq!(
-        store.piece(&record.sender, 0).unwrap(),
+        store.piece(&record.sender, 0).await.unwrap(),
         Some(piece(size, 0, 1))
     );
     assert_eq!(
-        store.chunk(&record.sender).unwrap().unwrap().received,
+        store.chunk(&record.sender).await.unwrap().unwrap().received,
         second
     );
     for i in 1..size.pieces() {
@@ -161,11 +165,16 @@ pub async fn pieces_in_order(store: &impl ChunkStore) {
             .await
             .unwrap();
     }
-    let done = store.chunk(&record.sender).unwrap().unwrap();
+    let done = store.chunk(&record.sender).await.unwrap().unwrap();
     assert!(done.is_complete());
     let last = (size.pieces() - 1) * PIECE_LEN as u32;
     assert_eq!(
-        store.piece(&record.sender, last).unwrap().unwrap().len(),
+        store
+            .piece(&record.sender, last)
+            .await
+            .unwrap()
+            .unwrap()
+            .len(),
         size.bytes() as usize - last as usize
     );
 }
@@ -180,11 +189,20 @@ pub async fn acks_delete_with_the_last_recipient(store: &impl ChunkStore) {
     upload_all(store, &record, 3).await;
     assert!(store.ack_chunk(recipients[0].id).await.unwrap());
     assert!(!store.ack_chunk(recipients[0].id).await.unwrap());
-    assert!(store.chunk_recipient(&recipients[0].id).unwrap().is_none());
-    assert!(store.chunk_recipient(&recipients[1].id).unwrap().is_some());
+    assert!(store
+        .chunk_recipient(&recipients[0].id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .chunk_recipient(&recipients[1].id)
+        .await
+        .unwrap()
+        .is_some());
     assert_eq!(
         store
             .chunk(&record.sender)
+            .await
             .unwrap()
             .unwrap()
             .recipients
@@ -192,10 +210,10 @@ pub async fn acks_delete_with_the_last_recipient(store: &impl ChunkStore) {
         2
     );
     assert!(store.ack_chunk(recipients[1].id).await.unwrap());
-    assert!(store.piece(&record.sender, 0).unwrap().is_some());
+    assert!(store.piece(&record.sender, 0).await.unwrap().is_some());
     assert!(store.ack_chunk(recipients[2].id).await.unwrap());
-    assert_eq!(store.chunk(&record.sender).unwrap(), None);
-    assert_eq!(store.piece(&record.sender, 0).unwrap(), None);
+    assert_eq!(store.chunk(&record.sender).await.unwrap(), None);
+    assert_eq!(store.piece(&record.sender, 0).await.unwrap(), None);
     assert!(!store
         .ack_chunk(ChunkRecipientId::random(&mut OsRng))
         .await
@@ -217,11 +235,11 @@ pub async fn chunk_expiry(store: &impl ChunkStore) {
     upload_all(store, &old, 1).await;
     assert_eq!(store.expire_chunks_before(Hour(100)).await.unwrap(), 0);
     assert_eq!(store.expire_chunks_before(Hour(150)).await.unwrap(), 1);
-    assert_eq!(store.chunk(&old.sender).unwrap(), None);
-    assert_eq!(store.piece(&old.sender, 0).unwrap(), None);
-    assert!(store.chunk_recipient(&old_r[0].id).unwrap().is_none());
-    assert!(store.chunk(&new.sender).unwrap().is_some());
-    assert!(store.chunk_recipient(&new_r[1].id).unwrap().is_some());
+    assert_eq!(store.chunk(&old.sender).await.unwrap(), None);
+    assert_eq!(store.piece(&old.sender, 0).await.unwrap(), None);
+    assert!(store.chunk_recipient(&old_r[0].id).await.unwrap().is_none());
+    assert!(store.chunk(&new.sender).await.unwrap().is_some());
+    assert!(store.chunk_recipient(&new_r[1].id).await.unwrap().is_some());
 }
 
 fn sled_temp() -> (tempfile::TempDir, SledStore) {
@@ -329,9 +347,13 @@ async fn sled_reopen_keeps_pieces_and_resumes() {
             .unwrap();
     }
     let store = SledStore::open(dir.path()).unwrap();
-    let back = store.chunk(&record.sender).unwrap().unwrap();
+    let back = store.chunk(&record.sender).await.unwrap().unwrap();
     assert_eq!(back.received, PIECE_LEN as u32);
-    assert!(store.chunk_recipient(&recipients[1].id).unwrap().is_some());
+    assert!(store
+        .chunk_recipient(&recipients[1].id)
+        .await
+        .unwrap()
+        .is_some());
     let next = PIECE_LEN as u32;
     assert_eq!(
         store
@@ -340,4 +362,29 @@ async fn sled_reopen_keeps_pieces_and_resumes() {
             .unwrap(),
         PutOutcome::Stored { received: 2 * next }
     );
+}
+
+// PostgreSQL: the same checks, each in a fresh database on the server that
+// TIDINGS_TEST_POSTGRES names (SKIPPED, loudly, when it is not set).
+
+macro_rules! postgres_tests {
+    ($($name:ident => $check:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some(db) = TestDatabase::create(stringify!($name)).await else {
+                return;
+            };
+            let store = PostgresStore::open(&db.url).await.unwrap();
+            $check(&store).await;
+            drop(store);
+            db.drop_now().await.unwrap();
+        }
+    )*};
+}
+
+postgres_tests! {
+    postgres_chunk_lifecycle => chunk_lifecycle,
+    postgres_pieces_in_order => pieces_in_order,
+    postgres_acks_delete_with_the_last_recipient => acks_delete_with_the_last_recipient,
+    postgres_chunk_expiry => chunk_expiry,
 }

@@ -67,11 +67,14 @@ impl Store for FlakyStore {
     ) -> impl Future<Output = tidings_relay::Result<bool>> + Send {
         self.inner.create_queue(record)
     }
-    fn queue(&self, recipient: &RecipientId) -> tidings_relay::Result<Option<QueueRecord>> {
-        self.inner.queue(recipient)
+    async fn queue(&self, recipient: &RecipientId) -> tidings_relay::Result<Option<QueueRecord>> {
+        self.inner.queue(recipient).await
     }
-    fn queue_by_sender(&self, sender: &SenderId) -> tidings_relay::Result<Option<QueueRecord>> {
-        self.inner.queue_by_sender(sender)
+    async fn queue_by_sender(
+        &self,
+        sender: &SenderId,
+    ) -> tidings_relay::Result<Option<QueueRecord>> {
+        self.inner.queue_by_sender(sender).await
     }
     fn delete_queue(
         &self,
@@ -109,8 +112,11 @@ impl Store for FlakyStore {
         let result = self.inner.append_batch(messages, max_pending).await;
         self.answer(result)
     }
-    fn oldest(&self, recipient: &RecipientId) -> tidings_relay::Result<Option<StoredMessage>> {
-        self.inner.oldest(recipient)
+    async fn oldest(
+        &self,
+        recipient: &RecipientId,
+    ) -> tidings_relay::Result<Option<StoredMessage>> {
+        self.inner.oldest(recipient).await
     }
     async fn delete_message(
         &self,
@@ -120,8 +126,8 @@ impl Store for FlakyStore {
         let result = self.inner.delete_message(recipient, id).await;
         self.answer(result)
     }
-    fn pending(&self, recipient: &RecipientId) -> tidings_relay::Result<usize> {
-        self.inner.pending(recipient)
+    async fn pending(&self, recipient: &RecipientId) -> tidings_relay::Result<usize> {
+        self.inner.pending(recipient).await
     }
     fn queue_count(&self) -> usize {
         self.inner.queue_count()
@@ -143,14 +149,14 @@ impl ChunkStore for FlakyStore {
     ) -> impl Future<Output = tidings_relay::Result<bool>> + Send {
         self.inner.create_chunk(record, recipients)
     }
-    fn chunk(&self, sender: &ChunkSenderId) -> tidings_relay::Result<Option<ChunkRecord>> {
-        self.inner.chunk(sender)
+    async fn chunk(&self, sender: &ChunkSenderId) -> tidings_relay::Result<Option<ChunkRecord>> {
+        self.inner.chunk(sender).await
     }
-    fn chunk_recipient(
+    async fn chunk_recipient(
         &self,
         id: &ChunkRecipientId,
     ) -> tidings_relay::Result<Option<ChunkRecipientRecord>> {
-        self.inner.chunk_recipient(id)
+        self.inner.chunk_recipient(id).await
     }
     fn put_piece(
         &self,
@@ -160,8 +166,12 @@ impl ChunkStore for FlakyStore {
     ) -> impl Future<Output = tidings_relay::Result<PutOutcome>> + Send {
         self.inner.put_piece(sender, offset, piece)
     }
-    fn piece(&self, sender: &ChunkSenderId, offset: u32) -> tidings_relay::Result<Option<Vec<u8>>> {
-        self.inner.piece(sender, offset)
+    async fn piece(
+        &self,
+        sender: &ChunkSenderId,
+        offset: u32,
+    ) -> tidings_relay::Result<Option<Vec<u8>>> {
+        self.inner.piece(sender, offset).await
     }
     fn delete_chunk(
         &self,

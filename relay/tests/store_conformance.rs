@@ -17,8 +17,10 @@ use rand_core::OsRng;
 use tidings_protocol::ids::{MessageId, RecipientId, SenderId};
 use tidings_protocol::keys::{AuthSecretKey, SymmetricKey};
 use tidings_protocol::reencrypt::DeliveryKey;
+use tidings_relay::store::postgres::TestDatabase;
 use tidings_relay::store::{
-    AppendOutcome, Hour, MemoryStore, QueueRecord, SecureOutcome, SledStore, Store, StoredMessage,
+    AppendOutcome, Hour, MemoryStore, PostgresStore, QueueRecord, SecureOutcome, SledStore, Store,
+    StoredMessage,
 };
 
 fn new_queue() -> QueueRecord {
@@ -44,7 +46,7 @@ fn message(hour: u32, body: &[u8]) -> StoredMessage {
 pub async fn queue_lifecycle(store: &impl Store) {
     let q = new_queue();
     assert!(store.create_queue(q.clone()).await.unwrap());
-    let got = store.queue(&q.recipient).unwrap().expect("stored");
+    let got = store.queue(&q.recipient).await.unwrap().expect("stored");
     assert_eq!(got.sender, q.sender);
     assert_eq!(got.recipient_key, q.recipient_key);
     assert_eq!(
@@ -53,7 +55,11 @@ pub async fn queue_lifecycle(store: &impl Store) {
     );
     assert!(got.sender_key.is_none());
     assert!(!got.suspended);
-    let by_sender = store.queue_by_sender(&q.sender).unwrap().expect("indexed");
+    let by_sender = store
+        .queue_by_sender(&q.sender)
+        .await
+        .unwrap()
+        .expect("indexed");
     assert_eq!(by_sender.recipient, q.recipient);
 
     // The same ids again: refused, the original untouched.
@@ -64,16 +70,21 @@ pub async fn queue_lifecycle(store: &impl Store) {
     dup.sender = q.sender;
     assert!(!store.create_queue(dup).await.unwrap());
     assert_eq!(
-        store.queue(&q.recipient).unwrap().unwrap().recipient_key,
+        store
+            .queue(&q.recipient)
+            .await
+            .unwrap()
+            .unwrap()
+            .recipient_key,
         q.recipient_key
     );
 
     assert!(store.suspend_queue(q.recipient).await.unwrap());
-    assert!(store.queue(&q.recipient).unwrap().unwrap().suspended);
+    assert!(store.queue(&q.recipient).await.unwrap().unwrap().suspended);
 
     assert!(store.delete_queue(q.recipient).await.unwrap());
-    assert!(store.queue(&q.recipient).unwrap().is_none());
-    assert!(store.queue_by_sender(&q.sender).unwrap().is_none());
+    assert!(store.queue(&q.recipient).await.unwrap().is_none());
+    assert!(store.queue_by_sender(&q.sender).await.unwrap().is_none());
     assert!(!store.delete_queue(q.recipient).await.unwrap());
     assert!(!store.suspend_queue(q.recipient).await.unwrap());
 }
@@ -93,7 +104,7 @@ pub async fn secure_only_once(store: &impl Store) {
         SecureOutcome::Refused
     );
     assert_eq!(
-        store.queue(&q.recipient).unwrap().unwrap().sender_key,
+        store.queue(&q.recipient).await.unwrap().unwrap().sender_key,
         Some(first.into())
     );
 
@@ -131,17 +142,17 @@ pub async fn append_order_and_ack(store: &impl Store) {
         .append(other.recipient, lone.clone(), 128)
         .await
         .unwrap();
-    assert_eq!(store.pending(&q.recipient).unwrap(), 5);
+    assert_eq!(store.pending(&q.recipient).await.unwrap(), 5);
     for m in &msgs {
-        assert_eq!(store.oldest(&q.recipient).unwrap().as_ref(), Some(m));
+        assert_eq!(store.oldest(&q.recipient).await.unwrap().as_ref(), Some(m));
         assert!(store.delete_message(q.recipient, m.id).await.unwrap());
         assert!(!store.delete_message(q.recipient, m.id).await.unwrap());
     }
-    assert_eq!(store.oldest(&q.recipient).unwrap(), None);
-    assert_eq!(store.pending(&q.recipient).unwrap(), 0);
+    assert_eq!(store.oldest(&q.recipient).await.unwrap(), None);
+    assert_eq!(store.pending(&q.recipient).await.unwrap(), 0);
     // An id of another queue's message does not delete it.
     assert!(!store.delete_message(q.recipient, lone.id).await.unwrap());
-    assert_eq!(store.oldest(&other.recipient).unwrap(), Some(lone));
+    assert_eq!(store.oldest(&other.recipient).await.unwrap(), Some(lone));
 
     // Acking a message in the middle keeps the order of the rest.
     let a = message(100, b"a");
@@ -151,9 +162,9 @@ pub async fn append_order_and_ack(store: &impl Store) {
         store.append(q.recipient, m.clone(), 128).await.unwrap();
     }
     assert!(store.delete_message(q.recipient, b.id).await.unwrap());
-    assert_eq!(store.oldest(&q.recipient).unwrap(), Some(a.clone()));
+    assert_eq!(store.oldest(&q.recipient).await.unwrap(), Some(a.clone()));
     store.delete_message(q.recipient, a.id).await.unwrap();
-    assert_eq!(store.oldest(&q.recipient).unwrap(), Some(c));
+    assert_eq!(store.oldest(&q.recipient).await.unwrap(), Some(c));
 }
 
 /// The quota refuses the message over the limit, and recovers after an ack. Missing and
@@ -177,7 +188,7 @@ pub async fn quota_and_refusals(store: &impl Store) {
             .unwrap(),
         AppendOutcome::QueueFull
     );
-    assert_eq!(store.pending(&q.recipient).unwrap(), 3);
+    assert_eq!(store.pending(&q.recipient).await.unwrap(), 3);
     assert!(store
         .delete_message(q.recipient, first.unwrap())
         .await
@@ -210,7 +221,7 @@ pub async fn quota_and_refusals(store: &impl Store) {
         AppendOutcome::Refused
     );
     // A suspended queue is still readable.
-    assert!(store.oldest(&q.recipient).unwrap().is_some());
+    assert!(store.oldest(&q.recipient).await.unwrap().is_some());
 }
 
 /// Deleting a queue deletes its messages; a new queue never sees them.
@@ -226,8 +237,8 @@ pub async fn delete_queue_deletes_messages(store: &impl Store) {
         .await
         .unwrap();
     assert!(store.delete_queue(q.recipient).await.unwrap());
-    assert_eq!(store.pending(&q.recipient).unwrap(), 0);
-    assert_eq!(store.oldest(&q.recipient).unwrap(), None);
+    assert_eq!(store.pending(&q.recipient).await.unwrap(), 0);
+    assert_eq!(store.oldest(&q.recipient).await.unwrap(), None);
     // Expiry of those hours finds nothing left behind.
     assert_eq!(store.expire_before(Hour(6)).await.unwrap(), 0);
 }
@@ -244,8 +255,8 @@ pub async fn expiry_sweep(store: &impl Store) {
     }
     assert_eq!(store.expire_before(Hour(1_000)).await.unwrap(), 0);
     assert_eq!(store.expire_before(Hour(1_010)).await.unwrap(), 2);
-    assert_eq!(store.oldest(&q.recipient).unwrap(), Some(new.clone()));
-    assert_eq!(store.pending(&q.recipient).unwrap(), 1);
+    assert_eq!(store.oldest(&q.recipient).await.unwrap(), Some(new.clone()));
+    assert_eq!(store.pending(&q.recipient).await.unwrap(), 1);
     // Acked messages are gone from the index too.
     assert!(store.delete_message(q.recipient, new.id).await.unwrap());
     assert_eq!(store.expire_before(Hour(u32::MAX)).await.unwrap(), 0);
@@ -259,7 +270,7 @@ pub async fn expiry_sweep(store: &impl Store) {
             .unwrap();
     }
     assert_eq!(store.expire_before(Hour(3)).await.unwrap(), 1500);
-    assert_eq!(store.pending(&many.recipient).unwrap(), 0);
+    assert_eq!(store.pending(&many.recipient).await.unwrap(), 0);
 }
 
 /// The store counts its queues through creation, refusal and deletion.
@@ -298,18 +309,18 @@ pub async fn quota_follows_acks_expiry_and_delete(store: &impl Store) {
     let (outcome, fifth) = append(30, b"5").await;
     assert_eq!(outcome, AppendOutcome::Stored);
     assert_eq!(append(30, b"full").await.0, AppendOutcome::QueueFull);
-    assert_eq!(store.pending(&q.recipient).unwrap(), 3);
+    assert_eq!(store.pending(&q.recipient).await.unwrap(), 3);
     // Order holds across all of it: the newest is last.
     for _ in 0..2 {
-        let oldest = store.oldest(&q.recipient).unwrap().unwrap();
+        let oldest = store.oldest(&q.recipient).await.unwrap().unwrap();
         assert_ne!(oldest, fifth);
         store.delete_message(q.recipient, oldest.id).await.unwrap();
     }
-    assert_eq!(store.oldest(&q.recipient).unwrap(), Some(fifth));
+    assert_eq!(store.oldest(&q.recipient).await.unwrap(), Some(fifth));
     // A deleted queue made again with the same ids starts empty.
     assert!(store.delete_queue(q.recipient).await.unwrap());
     assert!(store.create_queue(q.clone()).await.unwrap());
-    assert_eq!(store.pending(&q.recipient).unwrap(), 0);
+    assert_eq!(store.pending(&q.recipient).await.unwrap(), 0);
     for body in [b"a", b"b", b"c"] {
         assert_eq!(append(40, body).await.0, AppendOutcome::Stored);
     }
@@ -339,7 +350,7 @@ pub async fn concurrent_appends<S: Store>(store: std::sync::Arc<S>) {
         t.await.unwrap();
     }
     let mut seen = Vec::new();
-    while let Some(m) = store.oldest(&q.recipient).unwrap() {
+    while let Some(m) = store.oldest(&q.recipient).await.unwrap() {
         seen.push((m.body[0], m.body[1]));
         store.delete_message(q.recipient, m.id).await.unwrap();
     }
@@ -383,11 +394,11 @@ pub async fn append_batch_in_order(store: &impl Store) {
             AppendOutcome::QueueFull,
         ]
     );
-    assert_eq!(store.oldest(&q.recipient).unwrap(), Some(a.clone()));
+    assert_eq!(store.oldest(&q.recipient).await.unwrap(), Some(a.clone()));
     store.delete_message(q.recipient, a.id).await.unwrap();
-    assert_eq!(store.oldest(&q.recipient).unwrap(), Some(b));
-    assert_eq!(store.pending(&q.recipient).unwrap(), 1);
-    assert_eq!(store.oldest(&other.recipient).unwrap(), Some(x));
+    assert_eq!(store.oldest(&q.recipient).await.unwrap(), Some(b));
+    assert_eq!(store.pending(&q.recipient).await.unwrap(), 1);
+    assert_eq!(store.oldest(&other.recipient).await.unwrap(), Some(x));
     assert!(store.append_batch(Vec::new(), 2).await.unwrap().is_empty());
 }
 
@@ -407,15 +418,16 @@ pub async fn reopen_keeps_data<S: Store>(open: impl Fn(&Path) -> S) {
     assert_eq!(store.queue_count(), 1, "queues are counted again on open");
     let got = store
         .queue_by_sender(&q.sender)
+        .await
         .unwrap()
         .expect("queue kept");
     assert_eq!(got.sender_key, Some(key.into()));
-    assert_eq!(store.oldest(&q.recipient).unwrap(), Some(m.clone()));
+    assert_eq!(store.oldest(&q.recipient).await.unwrap(), Some(m.clone()));
     // The sequence continues after the reopen.
     let next = message(43, b"next");
     store.append(q.recipient, next.clone(), 10).await.unwrap();
     store.delete_message(q.recipient, m.id).await.unwrap();
-    assert_eq!(store.oldest(&q.recipient).unwrap(), Some(next));
+    assert_eq!(store.oldest(&q.recipient).await.unwrap(), Some(next));
     store.flush().await.unwrap();
 }
 
@@ -511,7 +523,7 @@ async fn sled_concurrent_appends_share_flushes() {
         flushes < 64,
         "64 concurrent appends took {flushes} flushes: no group commit"
     );
-    assert_eq!(store.pending(&q.recipient).unwrap(), 64);
+    assert_eq!(store.pending(&q.recipient).await.unwrap(), 64);
 }
 
 #[tokio::test]
@@ -567,4 +579,140 @@ async fn memory_append_batch_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_concurrent_appends() {
     concurrent_appends(std::sync::Arc::new(MemoryStore::new())).await;
+}
+
+// PostgreSQL: the same checks, each in a fresh database on the server that
+// TIDINGS_TEST_POSTGRES names (SKIPPED, loudly, when it is not set).
+
+macro_rules! postgres_tests {
+    ($($name:ident => $check:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some(db) = TestDatabase::create(stringify!($name)).await else {
+                return;
+            };
+            let store = PostgresStore::open(&db.url).await.unwrap();
+            $check(&store).await;
+            drop(store);
+            db.drop_now().await.unwrap();
+        }
+    )*};
+}
+
+postgres_tests! {
+    postgres_queue_lifecycle => queue_lifecycle,
+    postgres_secure_only_once => secure_only_once,
+    postgres_append_order_and_ack => append_order_and_ack,
+    postgres_quota_and_refusals => quota_and_refusals,
+    postgres_delete_queue_deletes_messages => delete_queue_deletes_messages,
+    postgres_queue_count_follows_create_and_delete => queue_count_follows_create_and_delete,
+    postgres_quota_follows_acks_expiry_and_delete => quota_follows_acks_expiry_and_delete,
+    postgres_expiry_sweep => expiry_sweep,
+    postgres_append_batch_in_order => append_batch_in_order,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_appends() {
+    let Some(db) = TestDatabase::create("postgres_concurrent_appends").await else {
+        return;
+    };
+    let store = PostgresStore::open(&db.url).await.unwrap();
+    concurrent_appends(std::sync::Arc::new(store)).await;
+    db.drop_now().await.unwrap();
+}
+
+/// What resolved is there for a second store on the same database (another process, or
+/// the same relay restarted), and the schema is found in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reopen_keeps_data() {
+    let Some(db) = TestDatabase::create("postgres_reopen_keeps_data").await else {
+        return;
+    };
+    let q = new_queue();
+    let key = AuthSecretKey::generate(&mut OsRng).public();
+    let m = message(42, b"durable");
+    {
+        let store = PostgresStore::open(&db.url).await.unwrap();
+        store.create_queue(q.clone()).await.unwrap();
+        store.secure_queue(q.recipient, key).await.unwrap();
+        store.append(q.recipient, m.clone(), 10).await.unwrap();
+    }
+    let store = PostgresStore::open(&db.url).await.unwrap();
+    assert_eq!(store.queue_count(), 1, "queues are counted again on open");
+    let got = store
+        .queue_by_sender(&q.sender)
+        .await
+        .unwrap()
+        .expect("queue kept");
+    assert_eq!(got.sender_key, Some(key.into()));
+    assert_eq!(store.oldest(&q.recipient).await.unwrap(), Some(m.clone()));
+    let next = message(43, b"next");
+    store.append(q.recipient, next.clone(), 10).await.unwrap();
+    store.delete_message(q.recipient, m.id).await.unwrap();
+    assert_eq!(store.oldest(&q.recipient).await.unwrap(), Some(next));
+    drop(store);
+    db.drop_now().await.unwrap();
+}
+
+/// Two stores on one database (two relay processes): appends from both to one queue keep
+/// the quota and come out in commit order, and each sees the other's writes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_processes_share_queues() {
+    let Some(db) = TestDatabase::create("postgres_two_processes_share_queues").await else {
+        return;
+    };
+    let a = std::sync::Arc::new(PostgresStore::open(&db.url).await.unwrap());
+    let b = std::sync::Arc::new(PostgresStore::open(&db.url).await.unwrap());
+    let q = new_queue();
+    assert!(a.create_queue(q.clone()).await.unwrap());
+    assert!(
+        !b.create_queue(q.clone()).await.unwrap(),
+        "the ids are taken"
+    );
+    assert!(b.queue(&q.recipient).await.unwrap().is_some());
+    let tasks: Vec<_> = (0..40u8)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let recipient = q.recipient;
+            tokio::spawn(async move { store.append(recipient, message(1, &[i]), 25).await })
+        })
+        .collect();
+    let mut stored = 0;
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            AppendOutcome::Stored => stored += 1,
+            AppendOutcome::QueueFull => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(stored, 25, "the quota holds across processes");
+    assert_eq!(a.pending(&q.recipient).await.unwrap(), 25);
+    while let Some(m) = b.oldest(&q.recipient).await.unwrap() {
+        assert!(a.delete_message(q.recipient, m.id).await.unwrap());
+    }
+    assert_eq!(b.pending(&q.recipient).await.unwrap(), 0);
+    drop((a, b));
+    db.drop_now().await.unwrap();
+}
+
+/// A schema newer than the relay's is refused with a message that says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_newer_schema() {
+    let Some(db) = TestDatabase::create("postgres_refuses_a_newer_schema").await else {
+        return;
+    };
+    drop(PostgresStore::open(&db.url).await.unwrap());
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute("UPDATE tidings_schema SET version = 99")
+        .await
+        .unwrap();
+    drop(client);
+    driver.await.unwrap().unwrap();
+    let err = PostgresStore::open(&db.url).await.unwrap_err().to_string();
+    assert!(err.contains("version 99") && err.contains("newer"), "{err}");
+    db.drop_now().await.unwrap();
 }

@@ -26,12 +26,13 @@ impl<S: Store> Dispatcher<S> {
     }
 
     /// The live chunk a sender id names, if the request is signed by its sender key.
-    fn sender_chunk(&mut self, req: &Request) -> Result<ChunkRecord, Refusal> {
+    async fn sender_chunk(&mut self, req: &Request) -> Result<ChunkRecord, Refusal> {
         let cutoff = self.chunk_cutoff();
         let chunk = self
             .shared
             .store
             .chunk(&ChunkSenderId::from(req.entity))
+            .await
             .map_err(|e| store_error(&e))?
             .filter(|c| c.hour >= cutoff);
         self.check_signature(req, chunk.as_ref().map(|c| c.sender_key))?;
@@ -40,7 +41,7 @@ impl<S: Store> Dispatcher<S> {
 
     /// The recipient record and live chunk a chunk recipient id names, if the request is
     /// signed by that recipient's key.
-    fn recipient_chunk(
+    async fn recipient_chunk(
         &mut self,
         req: &Request,
     ) -> Result<(ChunkRecipientRecord, ChunkRecord), Refusal> {
@@ -48,16 +49,18 @@ impl<S: Store> Dispatcher<S> {
         let store = &self.shared.store;
         let recipient = store
             .chunk_recipient(&ChunkRecipientId::from(req.entity))
+            .await
             .map_err(|e| store_error(&e))?;
         let found = match recipient {
             Some(r) => store
                 .chunk(&r.sender)
+                .await
                 .map_err(|e| store_error(&e))?
                 .filter(|c| c.hour >= cutoff)
                 .map(|c| (r, c)),
             None => {
                 // The same two reads as for a known id.
-                let _ = store.chunk(&ChunkSenderId::random(&mut OsRng));
+                let _ = store.chunk(&ChunkSenderId::random(&mut OsRng)).await;
                 None
             }
         };
@@ -147,7 +150,7 @@ impl<S: Store> Dispatcher<S> {
                 }));
             }
             Command::ChunkPut { offset, piece } => {
-                let chunk = self.sender_chunk(req)?;
+                let chunk = self.sender_chunk(req).await?;
                 let outcome = self
                     .shared
                     .store
@@ -166,13 +169,13 @@ impl<S: Store> Dispatcher<S> {
                 }
             }
             Command::ChunkStatus => {
-                let chunk = self.sender_chunk(req)?;
+                let chunk = self.sender_chunk(req).await?;
                 out.push(reply(ReplyKind::ChunkReceived {
                     received: chunk.received,
                 }));
             }
             Command::ChunkDelete => {
-                let chunk = self.sender_chunk(req)?;
+                let chunk = self.sender_chunk(req).await?;
                 self.shared
                     .store
                     .delete_chunk(chunk.sender)
@@ -181,7 +184,7 @@ impl<S: Store> Dispatcher<S> {
                 out.push(reply(ReplyKind::Ok));
             }
             Command::ChunkGet { offset } => {
-                let (recipient, chunk) = self.recipient_chunk(req)?;
+                let (recipient, chunk) = self.recipient_chunk(req).await?;
                 if !chunk.is_complete() {
                     return Err(ErrorCode::NoMessage);
                 }
@@ -192,6 +195,7 @@ impl<S: Store> Dispatcher<S> {
                     .shared
                     .store
                     .piece(&chunk.sender, *offset)
+                    .await
                     .map_err(|e| store_error(&e))?
                     .ok_or(ErrorCode::Internal)?;
                 let nonce = PieceNonce::random(&mut OsRng);
@@ -206,7 +210,7 @@ impl<S: Store> Dispatcher<S> {
                 }));
             }
             Command::ChunkAck => {
-                let (recipient, _) = self.recipient_chunk(req)?;
+                let (recipient, _) = self.recipient_chunk(req).await?;
                 match self.shared.store.ack_chunk(recipient.id).await {
                     Ok(true) => out.push(reply(ReplyKind::Ok)),
                     Ok(false) => return Err(ErrorCode::Auth),

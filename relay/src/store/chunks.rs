@@ -101,10 +101,16 @@ pub trait ChunkStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool>> + Send;
 
     /// The chunk with this sender id.
-    fn chunk(&self, sender: &ChunkSenderId) -> Result<Option<ChunkRecord>>;
+    fn chunk(
+        &self,
+        sender: &ChunkSenderId,
+    ) -> impl Future<Output = Result<Option<ChunkRecord>>> + Send;
 
     /// The recipient record with this id, if its chunk still exists.
-    fn chunk_recipient(&self, id: &ChunkRecipientId) -> Result<Option<ChunkRecipientRecord>>;
+    fn chunk_recipient(
+        &self,
+        id: &ChunkRecipientId,
+    ) -> impl Future<Output = Result<Option<ChunkRecipientRecord>>> + Send;
 
     /// Stores the piece at `offset`: only the next piece (at `received`), of exactly the
     /// length a piece there has. Unlike every other mutation, a piece that leaves its chunk
@@ -120,7 +126,11 @@ pub trait ChunkStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<PutOutcome>> + Send;
 
     /// The stored piece at `offset`.
-    fn piece(&self, sender: &ChunkSenderId, offset: u32) -> Result<Option<Vec<u8>>>;
+    fn piece(
+        &self,
+        sender: &ChunkSenderId,
+        offset: u32,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
 
     /// Deletes a chunk, its pieces and every recipient of it. `false` if there was none.
     fn delete_chunk(&self, sender: ChunkSenderId) -> impl Future<Output = Result<bool>> + Send;
@@ -273,11 +283,14 @@ impl ChunkStore for SledStore {
         self.submit(move |done| Op::Chunk(ChunkOp::Create(Box::new((record, recipients)), done)))
     }
 
-    fn chunk(&self, sender: &ChunkSenderId) -> Result<Option<ChunkRecord>> {
-        read_chunk(&self.tree, sender)
+    fn chunk(
+        &self,
+        sender: &ChunkSenderId,
+    ) -> impl Future<Output = Result<Option<ChunkRecord>>> + Send {
+        std::future::ready(read_chunk(&self.tree, sender))
     }
 
-    fn chunk_recipient(&self, id: &ChunkRecipientId) -> Result<Option<ChunkRecipientRecord>> {
+    async fn chunk_recipient(&self, id: &ChunkRecipientId) -> Result<Option<ChunkRecipientRecord>> {
         let Some(v) = self.tree.get(recipient_key(id))? else {
             return Ok(None);
         };
@@ -298,7 +311,7 @@ impl ChunkStore for SledStore {
         self.submit(move |done| Op::Chunk(ChunkOp::Put(sender, offset, piece, done)))
     }
 
-    fn piece(&self, sender: &ChunkSenderId, offset: u32) -> Result<Option<Vec<u8>>> {
+    async fn piece(&self, sender: &ChunkSenderId, offset: u32) -> Result<Option<Vec<u8>>> {
         Ok(self
             .tree
             .get(piece_key(sender, offset))?

@@ -102,13 +102,23 @@ impl Store for MemoryStore {
         self.state().queues.len()
     }
 
-    fn queue(&self, recipient: &RecipientId) -> Result<Option<QueueRecord>> {
-        Ok(self.state().queues.get(recipient).cloned())
+    fn queue(
+        &self,
+        recipient: &RecipientId,
+    ) -> impl Future<Output = Result<Option<QueueRecord>>> + Send {
+        ready(Ok(self.state().queues.get(recipient).cloned()))
     }
 
-    fn queue_by_sender(&self, sender: &SenderId) -> Result<Option<QueueRecord>> {
+    fn queue_by_sender(
+        &self,
+        sender: &SenderId,
+    ) -> impl Future<Output = Result<Option<QueueRecord>>> + Send {
         let s = self.state();
-        Ok(s.senders.get(sender).and_then(|r| s.queues.get(r)).cloned())
+        ready(Ok(s
+            .senders
+            .get(sender)
+            .and_then(|r| s.queues.get(r))
+            .cloned()))
     }
 
     fn delete_queue(&self, recipient: RecipientId) -> impl Future<Output = Result<bool>> + Send {
@@ -180,13 +190,16 @@ impl Store for MemoryStore {
         ready(Ok(outcomes))
     }
 
-    fn oldest(&self, recipient: &RecipientId) -> Result<Option<StoredMessage>> {
-        Ok(self
+    fn oldest(
+        &self,
+        recipient: &RecipientId,
+    ) -> impl Future<Output = Result<Option<StoredMessage>>> + Send {
+        ready(Ok(self
             .state()
             .messages
             .get(recipient)
             .and_then(|l| l.front())
-            .cloned())
+            .cloned()))
     }
 
     fn delete_message(
@@ -205,12 +218,12 @@ impl Store for MemoryStore {
         ready(Ok(found))
     }
 
-    fn pending(&self, recipient: &RecipientId) -> Result<usize> {
-        Ok(self
+    fn pending(&self, recipient: &RecipientId) -> impl Future<Output = Result<usize>> + Send {
+        ready(Ok(self
             .state()
             .messages
             .get(recipient)
-            .map_or(0, VecDeque::len))
+            .map_or(0, VecDeque::len)))
     }
 
     fn expire_before(&self, cutoff: Hour) -> impl Future<Output = Result<usize>> + Send {
@@ -249,12 +262,18 @@ impl ChunkStore for MemoryStore {
         ready(Ok(!taken))
     }
 
-    fn chunk(&self, sender: &ChunkSenderId) -> Result<Option<ChunkRecord>> {
-        Ok(self.state().chunks.get(sender).cloned())
+    fn chunk(
+        &self,
+        sender: &ChunkSenderId,
+    ) -> impl Future<Output = Result<Option<ChunkRecord>>> + Send {
+        ready(Ok(self.state().chunks.get(sender).cloned()))
     }
 
-    fn chunk_recipient(&self, id: &ChunkRecipientId) -> Result<Option<ChunkRecipientRecord>> {
-        Ok(self.state().chunk_recipients.get(id).cloned())
+    fn chunk_recipient(
+        &self,
+        id: &ChunkRecipientId,
+    ) -> impl Future<Output = Result<Option<ChunkRecipientRecord>>> + Send {
+        ready(Ok(self.state().chunk_recipients.get(id).cloned()))
     }
 
     fn put_piece(
@@ -285,8 +304,12 @@ impl ChunkStore for MemoryStore {
         ready(Ok(outcome))
     }
 
-    fn piece(&self, sender: &ChunkSenderId, offset: u32) -> Result<Option<Vec<u8>>> {
-        Ok(self.state().pieces.get(&(*sender, offset)).cloned())
+    fn piece(
+        &self,
+        sender: &ChunkSenderId,
+        offset: u32,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send {
+        ready(Ok(self.state().pieces.get(&(*sender, offset)).cloned()))
     }
 
     fn delete_chunk(&self, sender: ChunkSenderId) -> impl Future<Output = Result<bool>> + Send {

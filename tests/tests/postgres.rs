@@ -1,0 +1,190 @@
+//! Several relay processes on one PostgreSQL database (issue 19.5), each on its own port with
+//! the same relay key (one data directory): a message sent through one is pushed by the other
+//! to its subscriber (LISTEN/NOTIFY), and a SIGKILL of one under load loses no acknowledged
+//! message while the other keeps serving.
+//!
+//! Each test runs in a fresh database on the server that `TIDINGS_TEST_POSTGRES` names
+//! (`bash .ci/run` starts one), and says SKIPPED when it is not set.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use tidings_client::transport::Binding;
+use tidings_protocol::command::{Command, ReplyKind};
+use tidings_relay::store::postgres::TestDatabase;
+use tidings_tests::proto::{connect_over, expect_ok, TestQueue, TestSender};
+use tidings_tests::RelayProcess;
+
+const SENDERS: usize = 12;
+const PER_SENDER: usize = 200;
+/// Kill one relay once this many sends were acknowledged (or after `KILL_AFTER`).
+const KILL_AT_OKS: usize = 800;
+const KILL_AFTER: Duration = Duration::from_secs(25);
+
+fn body(sender: usize, seq: usize) -> Vec<u8> {
+    format!("sender {sender:02} message {seq:05}").into_bytes()
+}
+
+/// Two relay processes on the database `url`, sharing one data directory (one relay key).
+fn two_relays(dir: &std::path::Path, url: &str) -> Result<(RelayProcess, RelayProcess)> {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    let args = ["--store", url];
+    // The first creates the relay key; the second, started after, reads it.
+    let a = RelayProcess::start(&data, &dir.join("relay-a.log"), &args)?;
+    let b = RelayProcess::start(&data, &dir.join("relay-b.log"), &args)?;
+    Ok((a, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_through_one_relay_process_is_pushed_by_the_other() -> Result<()> {
+    let Some(db) =
+        TestDatabase::create("a_message_sent_through_one_relay_process_is_pushed_by_the_other")
+            .await
+    else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let (mut a, mut b) = two_relays(dir.path(), &db.url)?;
+
+    let mut recipient = connect_over(b.address(), Binding::Http3).await?;
+    let queue = TestQueue::create(&mut recipient).await?;
+    expect_ok(queue.command(&mut recipient, Command::Subscribe).await?)?;
+
+    let mut sender = connect_over(a.address(), Binding::Http3).await?;
+    let to = TestSender::unsecured(queue.sender);
+    for i in 0..3u8 {
+        let text = format!("across processes {i}");
+        expect_ok(to.send(&mut sender, text.as_bytes()).await?)?;
+        let Some(push) = recipient.next_push(Duration::from_secs(10)).await? else {
+            bail!("no push within 10 s from the other relay process");
+        };
+        let ReplyKind::Message { id, body } = push.kind else {
+            bail!("pushed {:?}", push.kind);
+        };
+        assert_eq!(queue.open(&id, &body)?, text.as_bytes());
+        expect_ok(queue.command(&mut recipient, Command::Ack { id }).await?)?;
+    }
+    recipient.close().await;
+    sender.close().await;
+    a.terminate()?;
+    b.terminate()?;
+    db.drop_now().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_one_of_two_relay_processes_loses_no_acknowledged_message() -> Result<()> {
+    let Some(db) =
+        TestDatabase::create("sigkill_of_one_of_two_relay_processes_loses_no_acknowledged_message")
+            .await
+    else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let (mut a, mut b) = two_relays(dir.path(), &db.url)?;
+    let (addr_a, addr_b) = (a.address().to_string(), b.address().to_string());
+
+    let mut owner = connect_over(&addr_b, Binding::Http3).await?;
+    let mut queues = Vec::new();
+    for _ in 0..SENDERS {
+        queues.push(TestQueue::create(&mut owner).await?);
+    }
+
+    // Half the senders go through the relay that will be killed, half through the other.
+    let oks = Arc::new(AtomicUsize::new(0));
+    let acknowledged: Arc<Mutex<BTreeSet<Vec<u8>>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (s, queue) in queues.iter().enumerate() {
+        let address = if s % 2 == 0 {
+            addr_a.clone()
+        } else {
+            addr_b.clone()
+        };
+        let (oks, acknowledged, stop) = (oks.clone(), acknowledged.clone(), stop.clone());
+        let sender_id = queue.sender;
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut conn) = connect_over(&address, Binding::Http3).await else {
+                return;
+            };
+            let sender = TestSender::unsecured(sender_id);
+            for seq in 0..PER_SENDER {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let b = body(s, seq);
+                match sender.send(&mut conn, &b).await {
+                    Ok(reply) if reply.kind == ReplyKind::Ok => {
+                        if let Ok(mut set) = acknowledged.lock() {
+                            set.insert(b);
+                        }
+                        oks.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    while oks.load(Ordering::SeqCst) < KILL_AT_OKS && started.elapsed() < KILL_AFTER {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.kill9()?;
+    // The other keeps serving: its senders go on; wait until they are done.
+    let at_kill = oks.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !tasks.iter().all(|t| t.is_finished()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in &tasks {
+        t.abort();
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let acknowledged = acknowledged.lock().map(|s| s.clone()).unwrap_or_default();
+    assert!(
+        acknowledged.len() >= 100,
+        "the load ran before the kill ({} OKs)",
+        acknowledged.len()
+    );
+    assert!(
+        acknowledged.len() > at_kill,
+        "the surviving relay process acknowledged nothing after the kill"
+    );
+
+    // Everything acknowledged by either process is delivered by the survivor, once.
+    let mut delivered: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    for queue in &queues {
+        for b in queue.drain(&mut owner).await? {
+            *delivered.entry(b).or_default() += 1;
+        }
+    }
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|b| !delivered.contains_key(*b))
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged messages lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+    let twice: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "{} messages delivered twice", twice.len());
+    eprintln!(
+        "acknowledged: {} ({at_kill} before the SIGKILL), delivered by the survivor: {}",
+        acknowledged.len(),
+        delivered.len()
+    );
+    owner.close().await;
+    b.terminate()?;
+    db.drop_now().await?;
+    Ok(())
+}
