@@ -41,14 +41,33 @@
 //! some of its messages while being deleted (its owner deletes it again). Everything an
 //! operation that was answered wrote is durable, as before.
 //!
+//! Message bodies are not in sled: they live in the relay's own message log ([`log`]):
+//! append-only segment files, each sealed under its own random key, synced (`fdatasync`)
+//! once per group *before* sled's flush, and forgotten (key destroyed, file deleted) once
+//! nothing in them is pending. sled keeps the queues and each queue's index, which says
+//! where each message's record is. The writer appends a message's record to the log before
+//! it writes the index entry that points at it; a relay killed in between leaves a record
+//! no index points at, which the log forgets. At open, index entries that point at a
+//! record the log does not hold whole (a torn tail cut after a power loss; never an
+//! acknowledged message) are dropped.
+//!
 //! Layout of the single sled tree (all integers big-endian, so key order is numeric order):
 //!
 //! ```text
 //! 'q' recipient[24]                   -> queue record
 //! 's' sender[24]                      -> recipient[24]
-//! 'm' recipient[24] seq u64           -> message record
+//! 'm' recipient[24] seq u64           -> index entry: version 2 | id[24] | hour u32
+//!                                        | segment u64 | offset u64 | record length u32
 //! 'x' hour u32 recipient[24] seq u64  -> empty (expiry index)
 //! ```
+//!
+//! A record in the log holds `version 1 | recipient[24] | seq u64 | id[24] | hour u32 |
+//! body`, so that compaction can find the index entry of each record it copies.
+//!
+//! Data directories made before the log (version 1 `'m'` records holding the body) are
+//! migrated when the store opens: each body is appended to the log and its record replaced
+//! by an index entry, in groups that are synced and flushed; a relay killed during the
+//! migration resumes it at the next start.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -60,7 +79,9 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
-use tidings_protocol::codec::{put_bytes_u16, Reader};
+#[cfg(test)]
+use tidings_protocol::codec::put_bytes_u16;
+use tidings_protocol::codec::Reader;
 use tidings_protocol::command::MAX_DELIVERED_LEN;
 use tidings_protocol::ids::{MessageId, RecipientId, SenderId};
 use tidings_protocol::keys::{AuthPublicKey, SymmetricKey};
@@ -69,6 +90,7 @@ use tidings_protocol::reencrypt::DeliveryKey;
 use crate::error::{RelayError, Result};
 
 pub mod chunks;
+mod log;
 pub mod memory;
 pub use chunks::{ChunkRecipientRecord, ChunkRecord, ChunkStore, PutOutcome};
 pub use memory::MemoryStore;
@@ -346,6 +368,18 @@ const TAG_SENDER: u8 = b's';
 const TAG_MESSAGE: u8 = b'm';
 const TAG_EXPIRY: u8 = b'x';
 const RECORD_VERSION: u8 = 1;
+/// The version of a message's index entry ('m' value); version 1 was a whole message.
+const INDEX_VERSION: u8 = 2;
+/// The version of a message's record in the log.
+const LOGGED_VERSION: u8 = 1;
+/// Bytes of an index entry.
+const INDEX_LEN: usize = 1 + MessageId::LEN + 4 + 8 + 8 + 4;
+/// Bytes of a logged message before its body.
+const LOGGED_HEAD: usize = 1 + RecipientId::LEN + 8 + MessageId::LEN + 4;
+/// The longest record in the log: record header, logged message, AEAD tag.
+const MAX_RECORD: u32 = (8 + LOGGED_HEAD + MAX_DELIVERED_LEN + 16) as u32;
+/// Messages migrated per synced group when an old data directory is opened.
+const MIGRATE_GROUP: usize = 1024;
 
 type Done<T> = oneshot::Sender<Result<T>>;
 
@@ -364,6 +398,8 @@ enum Op {
     Ack(RecipientId, MessageId, Done<bool>),
     Expire(Hour, Done<usize>),
     Flush(Done<()>),
+    /// Compacts every sealed log segment holding any dead record (see [`SledStore::compact`]).
+    Compact(Done<usize>),
     /// A file chunk write (`chunks.rs`).
     Chunk(chunks::ChunkOp),
     /// Finish what came before, flush, and stop (sent when the store is dropped).
@@ -398,6 +434,7 @@ struct Budget {
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
+    segments: Arc<log::Segments>,
     ops: Option<mpsc::Sender<Op>>,
     writer: Option<JoinHandle<()>>,
     gauges: Arc<Gauges>,
@@ -419,17 +456,53 @@ impl SledStore {
 
     /// Opens (or creates) the database in `path` with these limits and starts its writer.
     pub fn open_with(path: &Path, limits: StoreLimits) -> Result<Self> {
+        Self::open_inner(path, limits, log::SEGMENT_SIZE)
+    }
+
+    fn open_inner(path: &Path, limits: StoreLimits, segment_size: u64) -> Result<Self> {
         let db = open_db(path)?;
         let tree = db.open_tree("relay v1")?;
+        let mut message_log = log::LogWriter::open(path, segment_size, MAX_RECORD)?;
+        migrate(&db, &tree, &mut message_log)?;
         let mut queues = 0usize;
         let mut bytes = 0u64;
+        let mut dangling = Vec::new();
         for entry in tree.iter() {
             let (key, value) = entry?;
-            if key.first() == Some(&TAG_QUEUE) {
-                queues += 1;
+            match key.first() {
+                Some(&TAG_QUEUE) => queues += 1,
+                Some(&TAG_MESSAGE) => {
+                    let index = decode_index(&value)?;
+                    if !message_log.note_live(index.loc) {
+                        dangling.push((key, index));
+                        continue;
+                    }
+                    bytes = bytes.saturating_add(u64::from(index.loc.len));
+                }
+                _ => {}
             }
             bytes = bytes.saturating_add(entry_len(&key, &value));
         }
+        if !dangling.is_empty() {
+            tracing::warn!(
+                "message log: dropped {} index entries whose records were lost in a crash \
+                 (never acknowledged)",
+                dangling.len()
+            );
+            for (key, index) in dangling {
+                let seq = seq_of(&key)?;
+                let recipient = recipient_of(&key)?;
+                tree.remove(&key)?;
+                let ek = expiry_key(index.hour, &recipient, seq);
+                if tree.remove(&ek)?.is_some() {
+                    bytes = bytes.saturating_sub(entry_len(&ek, &[]));
+                }
+            }
+        }
+        message_log.finish_open();
+        db.flush()?;
+        message_log.forget_doomed()?;
+        let segments = message_log.shared();
         let max_bytes = match limits.max_bytes {
             Some(max) => max,
             // Where the free space cannot be read, only the disk itself is the limit.
@@ -451,11 +524,21 @@ impl SledStore {
         let writer_gauges = Arc::clone(&gauges);
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(writer_db, writer_tree, rx, &writer_gauges, &budget))
+            .spawn(move || {
+                writer_loop(
+                    writer_db,
+                    writer_tree,
+                    message_log,
+                    rx,
+                    &writer_gauges,
+                    &budget,
+                );
+            })
             .map_err(RelayError::io("starting the store writer thread"))?;
         Ok(Self {
             db,
             tree,
+            segments,
             ops: Some(tx),
             writer: Some(writer),
             gauges,
@@ -472,6 +555,15 @@ impl SledStore {
     /// The byte budget in force (the configured one, or the one computed at open).
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
+    }
+
+    /// Compacts the message log now: seals the active segment, copies the live records of
+    /// every segment that holds any acked or expired one, and forgets those segments (their
+    /// keys destroyed, their files deleted). Resolves to how many segments were forgotten.
+    /// The writer compacts sparse segments (less than a quarter live) on its own; this is
+    /// for an operator who wants delivered messages gone from the disk at once, and tests.
+    pub fn compact(&self) -> impl Future<Output = Result<usize>> + Send + 'static {
+        self.submit(Op::Compact)
     }
 
     fn submit<T: Send + 'static>(
@@ -561,13 +653,30 @@ impl Store for SledStore {
     }
 
     fn oldest(&self, recipient: &RecipientId) -> Result<Option<StoredMessage>> {
-        match self.tree.scan_prefix(message_prefix(recipient)).next() {
-            None => Ok(None),
-            Some(entry) => {
-                let (_, value) = entry?;
-                Ok(Some(decode_message(&value)?))
+        // A record's segment may be forgotten between reading the index and reading the log
+        // (the message was acked, or its record moved by compaction): read the index again.
+        for _ in 0..8 {
+            let Some(entry) = self.tree.scan_prefix(message_prefix(recipient)).next() else {
+                return Ok(None);
+            };
+            let (key, value) = entry?;
+            let index = decode_index(&value)?;
+            if let Some(plain) = self.segments.read(index.loc)? {
+                let logged = decode_logged(&plain)?;
+                if logged.recipient != *recipient
+                    || logged.seq != seq_of(&key)?
+                    || !logged.message.id.ct_eq(&index.id)
+                {
+                    return Err(RelayError::Corrupt {
+                        what: "message log",
+                    });
+                }
+                return Ok(Some(logged.message));
             }
         }
+        Err(RelayError::Corrupt {
+            what: "message index",
+        })
     }
 
     fn delete_message(
@@ -724,6 +833,7 @@ impl Counts {
 /// The writer thread's state.
 struct Writer<'a> {
     tree: &'a sled::Tree,
+    log: log::LogWriter,
     counts: Counts,
     gauges: &'a Gauges,
     budget: &'a Budget,
@@ -807,9 +917,9 @@ impl Writer<'_> {
     }
 }
 
-/// The stored size of the largest message (key, record and expiry entry).
+/// The stored size of the largest message (index key and entry, expiry entry, log record).
 const ONE_MESSAGE: u64 =
-    (1 + 24 + 8) + (1 + 24 + 4 + 2 + MAX_DELIVERED_LEN as u64) + (1 + 4 + 24 + 8);
+    (1 + 24 + 8) + INDEX_LEN as u64 + (1 + 4 + 24 + 8) + MAX_RECORD as u64;
 
 /// Bytes an entry counts for.
 fn entry_len(key: &[u8], value: &[u8]) -> u64 {
@@ -819,12 +929,14 @@ fn entry_len(key: &[u8], value: &[u8]) -> u64 {
 fn writer_loop(
     db: sled::Db,
     tree: sled::Tree,
+    message_log: log::LogWriter,
     mut rx: mpsc::Receiver<Op>,
     gauges: &Gauges,
     budget: &Budget,
 ) {
     let mut w = Writer {
         tree: &tree,
+        log: message_log,
         counts: Counts::default(),
         gauges,
         budget,
@@ -851,12 +963,34 @@ fn writer_loop(
                 next = rx.try_recv().ok();
             }
         }
-        let flushed = match db.flush() {
-            Ok(_) => Flushed::Durable,
-            Err(e) if sled_disk_full(&e) => Flushed::DiskFull,
+        // One sparse segment per group, so that compaction's work and extra disk stay small.
+        if let Some(segment) = w.log.sparse_segment() {
+            if let Err(e) = w.compact_segment(segment) {
+                tracing::warn!("message log: compaction failed: {e}");
+            }
+        }
+        // The log first: an index entry sled makes durable must find its record on disk.
+        let flushed = match w.log.sync() {
+            Err(RelayError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                Flushed::DiskFull
+            }
             Err(_) => Flushed::Failed,
+            Ok(()) => match db.flush() {
+                Ok(_) => Flushed::Durable,
+                Err(e) if sled_disk_full(&e) => Flushed::DiskFull,
+                Err(_) => Flushed::Failed,
+            },
         };
         gauges.flushes.fetch_add(1, Ordering::Relaxed);
+        // Only now that no durable index entry points into them: forget emptied segments
+        // (before answering, so that an answered ack or compaction has forgotten them).
+        if flushed == Flushed::Durable {
+            if let Err(e) = w.log.forget_doomed() {
+                tracing::warn!("message log: forgetting a segment failed: {e}");
+            }
+        }
         w.end_group(flushed);
         for done in group {
             done(flushed);
@@ -864,7 +998,9 @@ fn writer_loop(
     }
     // Anything still queued after `Stop` is refused (its waiters see `StoreClosed`).
     rx.close();
-    let _ = db.flush();
+    if w.log.sync().is_ok() && db.flush().is_ok() {
+        let _ = w.log.forget_doomed();
+    }
 }
 
 impl Writer<'_> {
@@ -898,6 +1034,7 @@ impl Writer<'_> {
             Op::Ack(id, msg, done) => complete(done, self.ack(&id, &msg)),
             Op::Expire(cutoff, done) => complete(done, self.expire(cutoff)),
             Op::Flush(done) => complete(done, Ok(())),
+            Op::Compact(done) => complete(done, self.compact_all()),
             Op::Chunk(op) => self.apply_chunk(op),
             Op::Stop => Box::new(|_| {}),
         }
@@ -935,15 +1072,15 @@ impl Writer<'_> {
         let mut messages = Vec::new();
         for entry in tree.scan_prefix(message_prefix(recipient)) {
             let (key, value) = entry?;
-            let (_, hour) = message_header(&value)?;
-            messages.push((key, hour, entry_len(&[], &value)));
+            messages.push((key, decode_index(&value)?));
         }
-        for (key, hour, value_len) in messages {
+        for (key, index) in messages {
             let seq = seq_of(&key)?;
-            let ek = expiry_key(hour, recipient, seq);
+            let ek = expiry_key(index.hour, recipient, seq);
             tree.remove(&key)?;
             tree.remove(&ek)?;
-            self.sub_bytes(entry_len(&key, &ek).saturating_add(value_len));
+            self.log.release(index.loc);
+            self.sub_bytes(index_bytes(&key, &ek, &index));
         }
         let sk = sender_key(&record.sender);
         let qk = queue_key(recipient);
@@ -1000,20 +1137,40 @@ impl Writer<'_> {
         let next_seq = seq.checked_add(1).ok_or(RelayError::Corrupt {
             what: "message sequence",
         })?;
-        let body = encode_message(message)?;
+        let logged = encode_logged(recipient, seq, message)?;
         let ek = expiry_key(message.hour, recipient, seq);
         let mk = message_key(recipient, seq);
-        let size = entry_len(&mk, &body).saturating_add(entry_len(&ek, &[]));
+        let record_len = u64::try_from(logged.len() + 24).unwrap_or(u64::MAX);
+        let size = entry_len(&mk, &[0; INDEX_LEN])
+            .saturating_add(entry_len(&ek, &[]))
+            .saturating_add(record_len);
         if !self.make_room(size) {
             return Ok(AppendOutcome::StoreFull);
         }
-        // The expiry entry first: a relay that dies between the two writes (before the flush,
-        // so the send was not answered) leaves an entry without its message, which the expiry
-        // sweep drops (it checks the message's hour before deleting anything).
+        // The body goes to the log first, then the expiry entry, then the index entry: a
+        // relay that dies in between (before the group's sync and flush, so the send was not
+        // answered) leaves a record nothing points at, which the log forgets, or an expiry
+        // entry without its message, which the expiry sweep drops (it checks the message's
+        // hour before deleting anything).
+        let loc = match self.log.append(&logged) {
+            Ok(loc) => loc,
+            Err(RelayError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                return Ok(AppendOutcome::StoreFull)
+            }
+            Err(e) => return Err(e),
+        };
+        let index = IndexEntry {
+            id: message.id,
+            hour: message.hour,
+            loc,
+        };
         let written = tree
             .insert(ek, Vec::new())
-            .and_then(|_| tree.insert(mk, body));
+            .and_then(|_| tree.insert(mk, encode_index(&index).as_slice()));
         if let Err(e) = written {
+            self.log.release(loc);
             self.counts.forget(recipient);
             return Err(e.into());
         }
@@ -1032,17 +1189,18 @@ impl Writer<'_> {
         let tree = self.tree;
         for entry in tree.scan_prefix(message_prefix(recipient)) {
             let (key, value) = entry?;
-            let (message_id, hour) = message_header(&value)?;
-            if message_id.ct_eq(id) {
+            let index = decode_index(&value)?;
+            if index.id.ct_eq(id) {
                 let seq = seq_of(&key)?;
-                let ek = expiry_key(hour, recipient, seq);
+                let ek = expiry_key(index.hour, recipient, seq);
                 // The message first, then its expiry entry (see `append`).
                 let removed = tree.remove(&key).and_then(|_| tree.remove(&ek));
                 if let Err(e) = removed {
                     self.counts.forget(recipient);
                     return Err(e.into());
                 }
-                self.sub_bytes(entry_len(&key, &value).saturating_add(entry_len(&ek, &[])));
+                self.log.release(index.loc);
+                self.sub_bytes(index_bytes(&key, &ek, &index));
                 self.counts.removed_one(recipient);
                 return Ok(true);
             }
@@ -1084,9 +1242,13 @@ impl Writer<'_> {
             // Only the message this entry was written for: an entry left behind by a relay
             // that died mid-write may share its sequence number with a newer message.
             if let Some(value) = tree.get(&mk)? {
-                if message_header(&value)?.1 == hour {
+                let index = decode_index(&value)?;
+                if index.hour == hour {
                     tree.remove(&mk)?;
-                    self.sub_bytes(entry_len(&mk, &value));
+                    self.log.release(index.loc);
+                    self.sub_bytes(
+                        entry_len(&mk, &value).saturating_add(u64::from(index.loc.len)),
+                    );
                 }
             }
             tree.remove(&key)?;
@@ -1094,6 +1256,95 @@ impl Writer<'_> {
         }
         Ok(n)
     }
+}
+
+impl Writer<'_> {
+    /// Copies the live records of a sealed segment to the active one and points their index
+    /// entries there; the segment, now empty, is forgotten after the group's flush.
+    fn compact_segment(&mut self, segment: u64) -> Result<()> {
+        let tree = self.tree;
+        for (loc, plain) in self.log.records(segment)? {
+            let logged = decode_logged(&plain)?;
+            let mk = message_key(&logged.recipient, logged.seq);
+            let Some(value) = tree.get(&mk)? else {
+                continue;
+            };
+            let index = decode_index(&value)?;
+            if index.loc != loc {
+                continue;
+            }
+            let new_loc = self.log.append(&plain)?;
+            let moved = IndexEntry {
+                loc: new_loc,
+                ..index
+            };
+            if let Err(e) = tree.insert(mk, encode_index(&moved).as_slice()) {
+                self.log.release(new_loc);
+                return Err(e.into());
+            }
+            self.log.release(loc);
+            // Same lengths: nothing to count.
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment and compacts every segment with a dead record.
+    fn compact_all(&mut self) -> Result<usize> {
+        self.log.seal_active()?;
+        let segments = self.log.segments_with_dead_records();
+        for segment in &segments {
+            self.compact_segment(*segment)?;
+        }
+        Ok(segments.len())
+    }
+}
+
+/// Migrates a data directory made before the message log: every version 1 message record
+/// (body in sled) is appended to the log and replaced by an index entry, in groups synced
+/// and flushed, so that a relay killed half way resumes at the next start.
+fn migrate(db: &sled::Db, tree: &sled::Tree, message_log: &mut log::LogWriter) -> Result<()> {
+    let mut migrated = 0usize;
+    loop {
+        let mut group = Vec::new();
+        for entry in tree.scan_prefix([TAG_MESSAGE]) {
+            let (key, value) = entry?;
+            if value.first() == Some(&RECORD_VERSION) {
+                group.push((key, value));
+                if group.len() >= MIGRATE_GROUP {
+                    break;
+                }
+            }
+        }
+        if group.is_empty() {
+            break;
+        }
+        if migrated == 0 {
+            tracing::info!(
+                "migrating stored messages from sled to the message log (once; a relay \
+                 stopped now resumes at its next start)"
+            );
+        }
+        for (key, value) in &group {
+            let message = decode_message(value)?;
+            let recipient = recipient_of(key)?;
+            let seq = seq_of(key)?;
+            let loc = message_log.append(&encode_logged(&recipient, seq, &message)?)?;
+            let index = IndexEntry {
+                id: message.id,
+                hour: message.hour,
+                loc,
+            };
+            tree.insert(key, encode_index(&index).as_slice())?;
+        }
+        message_log.sync()?;
+        db.flush()?;
+        migrated += group.len();
+    }
+    if migrated > 0 {
+        message_log.seal_active()?;
+        tracing::info!("migrated {migrated} stored messages to the message log");
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1133,6 +1384,15 @@ fn expiry_key(hour: Hour, recipient: &RecipientId, seq: u64) -> Vec<u8> {
     k.extend_from_slice(recipient.as_bytes());
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// The recipient id in a message key.
+fn recipient_of(key: &[u8]) -> Result<RecipientId> {
+    key.get(1..1 + RecipientId::LEN)
+        .and_then(|r| RecipientId::from_slice(r).ok())
+        .ok_or(RelayError::Corrupt {
+            what: "message key",
+        })
 }
 
 /// The sequence number at the end of a message key.
@@ -1208,7 +1468,114 @@ fn decode_queue(recipient: &RecipientId, bytes: &[u8]) -> Result<QueueRecord> {
     })
 }
 
+/// Where a message's record is, with what an ack and the expiry sweep need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IndexEntry {
+    id: MessageId,
+    hour: Hour,
+    loc: log::Location,
+}
+
+/// Bytes a message counts for: its index entry, its expiry entry and its log record.
+fn index_bytes(key: &[u8], expiry: &[u8], index: &IndexEntry) -> u64 {
+    entry_len(key, &[0; INDEX_LEN])
+        .saturating_add(entry_len(expiry, &[]))
+        .saturating_add(u64::from(index.loc.len))
+}
+
+/// `version 2 | id[24] | hour u32 | segment u64 | offset u64 | len u32`
+fn encode_index(index: &IndexEntry) -> [u8; INDEX_LEN] {
+    let mut v = [0u8; INDEX_LEN];
+    let mut w = &mut v[..];
+    for part in [
+        &[INDEX_VERSION][..],
+        index.id.as_bytes(),
+        &index.hour.0.to_be_bytes(),
+        &index.loc.segment.to_be_bytes(),
+        &index.loc.offset.to_be_bytes(),
+        &index.loc.len.to_be_bytes(),
+    ] {
+        let (head, tail) = w.split_at_mut(part.len());
+        head.copy_from_slice(part);
+        w = tail;
+    }
+    v
+}
+
+fn corrupt_index<E>(_: E) -> RelayError {
+    RelayError::Corrupt {
+        what: "message index",
+    }
+}
+
+fn decode_index(bytes: &[u8]) -> Result<IndexEntry> {
+    let mut r = Reader::new(bytes, "message index", INDEX_LEN).map_err(corrupt_index)?;
+    if r.u8().map_err(corrupt_index)? != INDEX_VERSION {
+        return Err(corrupt_index(()));
+    }
+    let id = MessageId::from_bytes(r.array().map_err(corrupt_index)?);
+    let hour = Hour(r.u32().map_err(corrupt_index)?);
+    let segment = r.u64().map_err(corrupt_index)?;
+    let offset = r.u64().map_err(corrupt_index)?;
+    let len = r.u32().map_err(corrupt_index)?;
+    r.finish("message index").map_err(corrupt_index)?;
+    Ok(IndexEntry {
+        id,
+        hour,
+        loc: log::Location {
+            segment,
+            offset,
+            len,
+        },
+    })
+}
+
+/// A message as its log record holds it.
+#[derive(Debug)]
+struct Logged {
+    recipient: RecipientId,
+    seq: u64,
+    message: StoredMessage,
+}
+
+/// `version 1 | recipient[24] | seq u64 | id[24] | hour u32 | body`
+fn encode_logged(recipient: &RecipientId, seq: u64, message: &StoredMessage) -> Result<Vec<u8>> {
+    if message.body.len() > MAX_DELIVERED_LEN {
+        return Err(RelayError::Corrupt {
+            what: "message body",
+        });
+    }
+    let mut v = Vec::with_capacity(LOGGED_HEAD + message.body.len());
+    v.push(LOGGED_VERSION);
+    v.extend_from_slice(recipient.as_bytes());
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(message.id.as_bytes());
+    v.extend_from_slice(&message.hour.0.to_be_bytes());
+    v.extend_from_slice(&message.body);
+    Ok(v)
+}
+
+fn decode_logged(bytes: &[u8]) -> Result<Logged> {
+    let mut r = Reader::new(bytes, "logged message", LOGGED_HEAD + MAX_DELIVERED_LEN)
+        .map_err(corrupt_message)?;
+    if r.u8().map_err(corrupt_message)? != LOGGED_VERSION {
+        return Err(corrupt_message(()));
+    }
+    let recipient = RecipientId::from_bytes(r.array().map_err(corrupt_message)?);
+    let seq = r.u64().map_err(corrupt_message)?;
+    let id = MessageId::from_bytes(r.array().map_err(corrupt_message)?);
+    let hour = Hour(r.u32().map_err(corrupt_message)?);
+    let body = r.rest().to_vec();
+    Ok(Logged {
+        recipient,
+        seq,
+        message: StoredMessage { id, hour, body },
+    })
+}
+
+/// Version 1 message records (before the message log; kept to migrate them):
 /// `version u8 | id[24] | hour u32 | body (u16 len + bytes)`
+#[cfg(test)]
 fn encode_message(message: &StoredMessage) -> Result<Vec<u8>> {
     let mut v = Vec::with_capacity(1 + 24 + 4 + 2 + message.body.len());
     v.push(RECORD_VERSION);
@@ -1222,7 +1589,8 @@ fn corrupt_message<E>(_: E) -> RelayError {
     RelayError::Corrupt { what: "message" }
 }
 
-/// The id and hour of a stored message, without copying its body.
+/// The id and hour of a version 1 message record, without copying its body.
+#[cfg(test)]
 fn message_header(bytes: &[u8]) -> Result<(MessageId, Hour)> {
     let head = bytes
         .get(..1 + MessageId::LEN + 4)
