@@ -26,22 +26,25 @@
 //!   gone. A slot is destroyed by overwriting it with zeros in place and syncing.
 //! - **Forgetting.** Once every record of a sealed segment is acked, expired or moved, the
 //!   writer (after the group's sled flush, so the index no longer points there) destroys the
-//!   segment's key, syncs the key file, then deletes the file. A sealed segment less than a
-//!   quarter live is *compacted*: its live records are copied (re-sealed under the active
-//!   segment's key) and it is forgotten as above. Compaction handles one segment per group
-//!   and its extra disk is at most the live quarter of one segment (4 MiB at the default
-//!   size) until the old file goes; in all, the log holds at most four times its live bytes
-//!   plus two segments.
+//!   segment's key, syncs the key file, then deletes the file. A sealed segment that has
+//!   been at most a quarter live for a minute ([`Tuning`]) is *compacted*: its live records
+//!   are copied (re-sealed under the active segment's key) and it is forgotten as above.
+//!   Compaction handles one segment per writer group and its extra disk is at most the live
+//!   quarter of one segment (4 MiB at the default size) until the old file goes; in all,
+//!   the log holds at most four times its live bytes, plus the active segment and the
+//!   segments that became sparse in the last minute. [`super::SledStore::compact`] compacts
+//!   every segment holding a dead record at once.
 //!
 //! What is *not* destroyed: copies the filesystem or the storage device makes on its own
 //! (journals of copy-on-write filesystems, flash wear levelling), as for the client's key
 //! file (SECURITY.md 6.4).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
@@ -187,8 +190,14 @@ fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()
 /// Checks and opens one whole record (`buf` is exactly `loc.len` bytes).
 fn open_record(key: &SegmentKey, loc: Location, buf: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     let (head, ciphertext) = buf.split_at_checked(RECORD_HEAD).ok_or_else(corrupt)?;
-    let len: [u8; 4] = head.get(..4).and_then(|h| h.try_into().ok()).ok_or_else(corrupt)?;
-    let crc: [u8; 4] = head.get(4..).and_then(|h| h.try_into().ok()).ok_or_else(corrupt)?;
+    let len: [u8; 4] = head
+        .get(..4)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(corrupt)?;
+    let crc: [u8; 4] = head
+        .get(4..)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(corrupt)?;
     if u32::from_be_bytes(len) as usize != ciphertext.len()
         || u32::from_be_bytes(crc) != crc_of(&len, ciphertext)
     {
@@ -357,9 +366,29 @@ pub(super) struct LogWriter {
     stats: HashMap<u64, SegmentStats>,
     /// Segments with nothing live, to forget after the next successful flush.
     doomed: BTreeSet<u64>,
-    /// Sealed segments less than a quarter live, to compact.
-    sparse: BTreeSet<u64>,
+    /// Sealed segments at most a quarter live, to compact, with when they became so.
+    sparse: BTreeMap<u64, Instant>,
     max_segment: u64,
+    compact_after: Duration,
+}
+
+/// How the log sizes and compacts its segments.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tuning {
+    /// Size past which the active segment is sealed.
+    pub(super) segment_size: u64,
+    /// How long a segment stays at most a quarter live before it is compacted. Messages are
+    /// mostly taken in order, so a segment that drains usually empties soon after; waiting
+    /// spares copying its last quarter.
+    pub(super) compact_after: Duration,
+}
+
+impl Tuning {
+    /// The relay's: 16 MiB segments, compacted after a minute at most a quarter live.
+    pub(super) const DEFAULT: Self = Self {
+        segment_size: SEGMENT_SIZE,
+        compact_after: Duration::from_secs(60),
+    };
 }
 
 impl LogWriter {
@@ -367,7 +396,7 @@ impl LogWriter {
     /// keys without a segment, and cuts the newest segment after its last whole record.
     /// Every segment counts as empty until [`LogWriter::note_live`] says otherwise;
     /// [`LogWriter::finish_open`] then dooms the empty ones.
-    pub(super) fn open(store_dir: &Path, max_segment: u64, max_record: u32) -> Result<Self> {
+    pub(super) fn open(store_dir: &Path, tuning: Tuning, max_record: u32) -> Result<Self> {
         let dir = store_dir.join(LOG_DIR);
         std::fs::create_dir_all(&dir).map_err(RelayError::io("creating the message log"))?;
         let (mut keys, found_keys) = KeyFile::open(&dir)?;
@@ -439,8 +468,9 @@ impl LogWriter {
             next_id,
             stats,
             doomed: BTreeSet::new(),
-            sparse: BTreeSet::new(),
-            max_segment: max_segment.max(HEADER_LEN + u64::from(max_record)),
+            sparse: BTreeMap::new(),
+            max_segment: tuning.segment_size.max(HEADER_LEN + u64::from(max_record)),
+            compact_after: tuning.compact_after,
         })
     }
 
@@ -453,8 +483,9 @@ impl LogWriter {
     /// holds it whole); the caller drops the entry if not.
     pub(super) fn note_live(&mut self, loc: Location) -> bool {
         match self.stats.get_mut(&loc.segment) {
-            Some(s) if loc.offset >= HEADER_LEN
-                && loc.offset.saturating_add(u64::from(loc.len)) <= s.size =>
+            Some(s)
+                if loc.offset >= HEADER_LEN
+                    && loc.offset.saturating_add(u64::from(loc.len)) <= s.size =>
             {
                 s.live += 1;
                 s.live_bytes += u64::from(loc.len);
@@ -505,7 +536,9 @@ impl LogWriter {
                 },
             )
             .map_err(|_| corrupt())?;
-        let ct_len = u32::try_from(ciphertext.len()).map_err(|_| corrupt())?.to_be_bytes();
+        let ct_len = u32::try_from(ciphertext.len())
+            .map_err(|_| corrupt())?
+            .to_be_bytes();
         let mut record = Vec::with_capacity(record_len);
         record.extend_from_slice(&ct_len);
         record.extend_from_slice(&crc_of(&ct_len, &ciphertext).to_be_bytes());
@@ -575,9 +608,16 @@ impl LogWriter {
         Ok(doomed.len())
     }
 
-    /// A sealed segment to compact, if any is less than a quarter live.
+    /// A sealed segment to compact, if any is at most a quarter live.
     pub(super) fn sparse_segment(&mut self) -> Option<u64> {
-        self.sparse.pop_first()
+        let now = Instant::now();
+        let ready = self
+            .sparse
+            .iter()
+            .find(|(_, since)| now.saturating_duration_since(**since) >= self.compact_after)
+            .map(|(id, _)| *id)?;
+        self.sparse.remove(&ready);
+        Some(ready)
     }
 
     /// Sealed segments holding any dead bytes (for a full compaction).
@@ -666,7 +706,7 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Dooms a sealed segment with nothing live; marks one less than a quarter live sparse.
+    /// Dooms a sealed segment with nothing live; marks one at most a quarter live sparse.
     fn check(&mut self, id: u64) {
         if self.active.as_ref().map(|a| a.id) == Some(id) {
             return;
@@ -675,8 +715,8 @@ impl LogWriter {
         if s.live == 0 {
             self.sparse.remove(&id);
             self.doomed.insert(id);
-        } else if s.live_bytes.saturating_mul(4) < s.size.saturating_sub(HEADER_LEN) {
-            self.sparse.insert(id);
+        } else if s.live_bytes.saturating_mul(4) <= s.size.saturating_sub(HEADER_LEN) {
+            self.sparse.entry(id).or_insert_with(Instant::now);
         }
     }
 }
