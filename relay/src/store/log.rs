@@ -277,12 +277,13 @@ impl KeyFile {
                 self.end - 1
             }
         };
-        let mut slot = Zeroizing::new([0u8; SLOT_LEN]);
-        slot[..8].copy_from_slice(&segment.to_be_bytes());
-        slot[8..40].copy_from_slice(key.0.as_slice());
-        let crc = crc32fast::hash(&slot[..40]);
-        slot[40..44].copy_from_slice(&crc.to_be_bytes());
-        self.write_slot(index, slot.as_slice())?;
+        let mut slot = Zeroizing::new(Vec::with_capacity(SLOT_LEN));
+        slot.extend_from_slice(&segment.to_be_bytes());
+        slot.extend_from_slice(key.0.as_slice());
+        let crc = crc32fast::hash(&slot);
+        slot.extend_from_slice(&crc.to_be_bytes());
+        slot.resize(SLOT_LEN, 0);
+        self.write_slot(index, &slot)?;
         self.file
             .sync_data()
             .map_err(RelayError::io("syncing the message log's key file"))?;
