@@ -25,27 +25,13 @@ use tracing_subscriber::Layer;
 
 use tidings_relay::{identity, Config, SystemClock};
 
-/// The relay's allocator: jemalloc, which hands freed memory back to the system (with
-/// [`return_freed_memory`]'s background threads, within about ten seconds of going idle);
-/// glibc's malloc kept the relay near its peak after a burst of clients.
+/// The relay's allocator: jemalloc, built with its background threads on (the
+/// `background_threads` feature), which purge freed pages on time (default decay: 10 s) even
+/// when the relay allocates nothing more, so memory freed after a burst of clients goes back
+/// to the system. glibc's malloc kept the relay near its peak.
 #[cfg(unix)]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// Starts jemalloc's background threads, which purge freed pages on time (default decay:
-/// 10 s) even when the relay makes no further allocation. Without them memory is returned
-/// only as a side effect of later allocations.
-#[cfg(unix)]
-fn return_freed_memory() {
-    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
-        tracing::warn!(
-            "allocator: background purging not started ({e}); freed memory is returned later"
-        );
-    }
-}
-
-#[cfg(not(unix))]
-fn return_freed_memory() {}
 
 /// Tidings store-and-forward relay.
 #[derive(Debug, Parser)]
@@ -170,7 +156,6 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging();
     no_core_dumps();
-    return_freed_memory();
     let config = config(&cli)?;
     let data_dir = config.data_dir()?;
     match cli.command {
