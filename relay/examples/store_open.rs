@@ -46,7 +46,11 @@ async fn main() -> anyhow::Result<()> {
     let messages: usize = args.next().ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
     let body_len: usize = args.next().ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
     let dir = base.join("store");
-    anyhow::ensure!(!dir.exists(), "{} exists; give a fresh directory", dir.display());
+    anyhow::ensure!(
+        !dir.exists(),
+        "{} exists; give a fresh directory",
+        dir.display()
+    );
     std::fs::create_dir_all(&dir)?;
     let mut queues = Vec::with_capacity(QUEUES);
     {
@@ -71,9 +75,10 @@ async fn main() -> anyhow::Result<()> {
             let n = BATCH.min(messages - sent);
             let batch = (sent..sent + n)
                 .map(|i| {
-                    let q = queues.get(i % QUEUES).copied().unwrap_or_else(|| {
-                        RecipientId::from_bytes([0; RecipientId::LEN])
-                    });
+                    let q = queues
+                        .get(i % QUEUES)
+                        .copied()
+                        .unwrap_or_else(|| RecipientId::from_bytes([0; RecipientId::LEN]));
                     let m = StoredMessage {
                         id: MessageId::random(&mut OsRng),
                         hour: Hour(500_000),
@@ -102,8 +107,14 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let store = SledStore::open(&dir)?;
     let open_s = started.elapsed().as_secs_f64();
-    let first = queues.first().copied().ok_or_else(|| anyhow::anyhow!("no queue"))?;
-    anyhow::ensure!(store.oldest(&first)?.is_some(), "a stored message is missing");
+    let first = queues
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("no queue"))?;
+    anyhow::ensure!(
+        store.oldest(&first)?.is_some(),
+        "a stored message is missing"
+    );
     println!("open s: {open_s:.3}");
     println!(
         "open s per million messages: {:.3}",

@@ -465,6 +465,7 @@ impl SledStore {
         let tree = db.open_tree("relay v1")?;
         let mut message_log = log::LogWriter::open(path, tuning, MAX_RECORD)?;
         migrate(&db, &tree, &mut message_log)?;
+        message_log.reset_live();
         let mut queues = 0usize;
         let mut bytes = 0u64;
         let mut dangling = Vec::new();
@@ -1994,6 +1995,13 @@ mod tests {
         assert_eq!(store.stored_bytes(), counted);
         assert_eq!(store.pending(&q.recipient)?, 1_000);
         assert_eq!(store.oldest(&q.recipient)?.as_ref(), messages.get(1_000));
+        // The migrated segment is counted right: compaction forgets it for a new one.
+        let keys = segment_keys(dir.path())?;
+        assert_eq!(store.compact().await?, 1);
+        let after = segment_keys(dir.path())?;
+        assert!(keys.iter().all(|k| !after.contains(k)));
+        assert_eq!(store.oldest(&q.recipient)?.as_ref(), messages.get(1_000));
+        assert_eq!(store.pending(&q.recipient)?, 1_000);
         Ok(())
     }
 

@@ -496,6 +496,15 @@ impl LogWriter {
         }
     }
 
+    /// At open, before the index is read: counts every segment as empty again (the migration
+    /// appended records, counting them live; the index read counts them once more).
+    pub(super) fn reset_live(&mut self) {
+        for s in self.stats.values_mut() {
+            s.live = 0;
+            s.live_bytes = 0;
+        }
+    }
+
     /// At open, after every [`LogWriter::note_live`]: dooms empty segments, marks sparse ones.
     pub(super) fn finish_open(&mut self) {
         let ids: Vec<u64> = self.stats.keys().copied().collect();
