@@ -1989,19 +1989,19 @@ mod tests {
         }
         assert_eq!(store.expire_before(Hour(4)).await?, 997);
         assert_eq!(store.oldest(&q.recipient)?.as_ref(), messages.get(1_000));
+        // The migrated records are counted once: compaction finds the acked and expired
+        // ones dead, and forgets the migrated segment for a new one.
+        let keys = segment_keys(dir.path())?;
+        assert_eq!(store.compact().await?, 1);
+        let after = segment_keys(dir.path())?;
+        assert!(keys.iter().all(|k| !after.contains(k)));
+        assert_eq!(store.oldest(&q.recipient)?.as_ref(), messages.get(1_000));
         let counted = store.stored_bytes();
         drop(store);
         let store = SledStore::open(dir.path())?;
         assert_eq!(store.stored_bytes(), counted);
         assert_eq!(store.pending(&q.recipient)?, 1_000);
         assert_eq!(store.oldest(&q.recipient)?.as_ref(), messages.get(1_000));
-        // The migrated segment is counted right: compaction forgets it for a new one.
-        let keys = segment_keys(dir.path())?;
-        assert_eq!(store.compact().await?, 1);
-        let after = segment_keys(dir.path())?;
-        assert!(keys.iter().all(|k| !after.contains(k)));
-        assert_eq!(store.oldest(&q.recipient)?.as_ref(), messages.get(1_000));
-        assert_eq!(store.pending(&q.recipient)?, 1_000);
         Ok(())
     }
 
