@@ -1652,6 +1652,40 @@ mod tests {
             let _ = message_header(&bytes);
             let _ = decode_queue(&RecipientId::from_bytes([1; 24]), &bytes);
             let _ = seq_of(&bytes);
+            let _ = decode_index(&bytes);
+            let _ = decode_logged(&bytes);
+        }
+
+        #[test]
+        fn index_entries_and_logged_messages_round_trip(
+            id in any::<[u8; 24]>(),
+            recipient in any::<[u8; 24]>(),
+            hour in any::<u32>(),
+            seq in any::<u64>(),
+            segment in any::<u64>(),
+            offset in any::<u64>(),
+            len in any::<u32>(),
+            body in proptest::collection::vec(any::<u8>(), 0..2000),
+        ) {
+            let index = IndexEntry {
+                id: MessageId::from_bytes(id),
+                hour: Hour(hour),
+                loc: log::Location { segment, offset, len },
+            };
+            let bytes = encode_index(&index);
+            prop_assert_eq!(decode_index(&bytes)?, index);
+            let mut longer = bytes.to_vec();
+            longer.push(0);
+            prop_assert!(decode_index(&longer).is_err());
+            prop_assert!(decode_index(bytes.get(..INDEX_LEN - 1).unwrap_or_default()).is_err());
+            // A version 1 message record is not an index entry.
+            let m = StoredMessage { id: MessageId::from_bytes(id), hour: Hour(hour), body };
+            prop_assert!(decode_index(&encode_message(&m)?).is_err());
+            let recipient = RecipientId::from_bytes(recipient);
+            let logged = decode_logged(&encode_logged(&recipient, seq, &m)?)?;
+            prop_assert_eq!(logged.recipient, recipient);
+            prop_assert_eq!(logged.seq, seq);
+            prop_assert_eq!(logged.message, m);
         }
     }
 
