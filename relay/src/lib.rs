@@ -27,7 +27,9 @@
 //! - [`registry`]: which connection is the one live subscriber of each queue, and the bounded
 //!   mailboxes through which connections wake each other.
 //! - [`store`]: the [`store::Store`] trait and [`store::SledStore`], which answers a write only
-//!   once it is durable, grouping concurrent writes under one flush (plus
+//!   once it is durable, grouping concurrent writes under one flush, with queues and their
+//!   index in sled and message bodies in its own encrypted message log, forgotten segment by
+//!   segment once delivered (plus
 //!   [`store::MemoryStore`] for tests). `tests/store_conformance.rs` is the suite every
 //!   backend must pass.
 //! - [`fair`]: each source address's fair share (connections, handshakes in progress, new
