@@ -377,20 +377,40 @@ pub const DEFAULT_CACHE_BYTES: u64 = 16 << 20;
 
 /// Opens the sled database in `path` with a page cache of `cache_bytes`: new ones with
 /// [`SEGMENT_SIZE`], existing ones with the segment size they were created with.
+///
+/// A database this process closed a moment ago may still be locked while sled's background
+/// I/O threads let go of it; such an open is retried for up to [`LOCK_WAIT`]. Another
+/// process's lock is reported once that time is up.
 fn open_db(path: &Path, cache_bytes: u64) -> Result<sled::Db> {
-    match sled::Config::new()
-        .path(path)
-        .cache_capacity(cache_bytes)
-        .segment_size(SEGMENT_SIZE)
-        .open()
-    {
-        Err(sled::Error::Unsupported(_)) => Ok(sled::Config::new()
+    let open = |segment_size| {
+        sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
-            .segment_size(OLD_SEGMENT_SIZE)
-            .open()?),
-        other => Ok(other?),
+            .segment_size(segment_size)
+            .open()
+    };
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = match open(SEGMENT_SIZE) {
+            Err(sled::Error::Unsupported(_)) => open(OLD_SEGMENT_SIZE),
+            other => other,
+        };
+        match opened {
+            Err(e) if is_locked(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
     }
+}
+
+/// How long opening a locked database is retried (see [`open_db`]).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether sled refused to open because the database's lock file is held.
+fn is_locked(e: &sled::Error) -> bool {
+    // sled reports it as a plain I/O error with this text (sled 0.34, `Config::open`).
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 /// Most messages one expiry operation deletes; the sweep repeats until less are left.
