@@ -297,8 +297,11 @@ mod tests {
         let f = run(20, 4, 4, dir.path())?;
         let parts = f.noise_us + f.signature_us + f.reencrypt_us + f.append_us;
         assert!((f.sum_us - parts).abs() < 0.05, "{f:?}");
-        assert!(f.noise_us > 0.0 && f.signature_us > 0.0 && f.reencrypt_us > 0.0);
-        assert!(f.append_us > 0.0);
+        // CPU time is read from a clock that may advance in ticks, so a short run may
+        // measure a part as zero; never as negative or as anything but a number.
+        for part in [f.noise_us, f.signature_us, f.reencrypt_us, f.append_us] {
+            assert!(part.is_finite() && part >= 0.0, "{f:?}");
+        }
         let text = describe(&f);
         assert!(text.contains("sum"), "{text}");
         Ok(())
