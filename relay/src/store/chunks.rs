@@ -6,15 +6,16 @@
 //! a [`ChunkRecipientRecord`] (its chunk, its key, its re-encryption key). Pieces are sealed
 //! for a recipient only when downloaded, with a fresh nonce each time.
 //!
-//! The sled backend shares the queues' tree, writer thread, group commit and byte budget:
-//! a piece that completes its chunk is answered only once flushed (with every piece before
-//! it), other pieces once written, and chunk bytes count against `max_store_bytes` like
+//! The sled backend shares the queues' tree, writer thread, group commit and byte budget;
+//! the piece bytes themselves go to one encrypted file per chunk (`pieces.rs`). A piece that
+//! completes its chunk is answered only once the file is synced and the records flushed,
+//! other pieces once written, and chunk file bytes count against `max_store_bytes` like
 //! messages. Layout (integers big-endian):
 //!
 //! ```text
 //! 'c' sender[24]              -> chunk record
 //! 'r' recipient[24]           -> chunk recipient record
-//! 'p' sender[24] piece u16    -> piece bytes
+//! 'f' sender[24]              -> the chunk file's random name and key (pieces.rs)
 //! 'y' hour u32 sender[24]     -> empty (chunk expiry index, by creation hour)
 //! ```
 //!
@@ -22,7 +23,8 @@
 //! flush, so nothing was answered) leaves only what reads as absent or is swept: the expiry
 //! entry is written first and removed last; recipient records are written before the chunk
 //! record and removed after it (a recipient record whose chunk is gone reads as unknown);
-//! a piece is written before the record that counts it.
+//! a piece is written to its file before the record that counts it; the file entry is written
+//! before the chunk record and removed right after it, and the file unlinked once flushed.
 
 use std::future::Future;
 
