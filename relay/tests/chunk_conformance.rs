@@ -369,7 +369,10 @@ async fn sled_chunk_bytes_are_in_an_encrypted_randomly_named_file_removed_with_t
     let marker = b"TIDINGS-PIECE-MARKER-1234567890";
     let mut first = piece(ChunkSize::K64, 0, 9);
     first[..marker.len()].copy_from_slice(marker);
-    store.put_piece(record.sender, 0, first.clone()).await.unwrap();
+    store
+        .put_piece(record.sender, 0, first.clone())
+        .await
+        .unwrap();
     for i in 1..record.size.pieces() {
         let offset = i * PIECE_LEN as u32;
         store
@@ -389,10 +392,19 @@ async fn sled_chunk_bytes_are_in_an_encrypted_randomly_named_file_removed_with_t
         .collect();
     assert!(!hex_id.contains(&name) && !name.contains(&hex_id[..16]));
     let bytes = std::fs::read(&files[0]).unwrap();
-    assert!(!contains(&bytes, marker), "the marker is on disk in the clear");
-    assert!(!contains(&bytes, &[9u8; 64]), "piece bytes are on disk in the clear");
+    assert!(
+        !contains(&bytes, marker),
+        "the marker is on disk in the clear"
+    );
+    assert!(
+        !contains(&bytes, &[9u8; 64]),
+        "piece bytes are on disk in the clear"
+    );
     assert!(store.ack_chunk(recipients[0].id).await.unwrap());
-    assert!(chunk_files(dir.path()).is_empty(), "the file outlived its chunk");
+    assert!(
+        chunk_files(dir.path()).is_empty(),
+        "the file outlived its chunk"
+    );
     assert_eq!(store.piece(&record.sender, 0).unwrap(), None);
 }
 
@@ -429,7 +441,10 @@ async fn sled_open_removes_orphan_files_and_cuts_back_a_short_chunk() {
     let back = store.chunk(&record.sender).unwrap().unwrap();
     assert_eq!(back.received, 2 * PIECE_LEN as u32);
     assert!(store.piece(&record.sender, 0).unwrap().is_some());
-    assert_eq!(store.piece(&record.sender, 2 * PIECE_LEN as u32).unwrap(), None);
+    assert_eq!(
+        store.piece(&record.sender, 2 * PIECE_LEN as u32).unwrap(),
+        None
+    );
     let next = 2 * PIECE_LEN as u32;
     assert_eq!(
         store

@@ -440,7 +440,9 @@ impl Writer<'_> {
         let dir = self.chunk_dir;
         let grown = match file.write_piece(dir, offset, piece) {
             Ok(grown) => grown,
-            Err(RelayError::Io { source, .. }) if source.kind() == std::io::ErrorKind::StorageFull => {
+            Err(RelayError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::StorageFull =>
+            {
                 return Ok((PutOutcome::StoreFull, false));
             }
             Err(e) => return Err(e),

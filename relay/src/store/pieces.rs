@@ -165,7 +165,12 @@ impl PieceFile {
     }
 
     /// The piece of `len` bytes at `offset`; `None` if the file ends before it.
-    pub(super) fn read_piece(&self, dir: &Path, offset: u32, len: usize) -> Result<Option<Vec<u8>>> {
+    pub(super) fn read_piece(
+        &self,
+        dir: &Path,
+        offset: u32,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>> {
         let index = offset / PIECE_LEN as u32;
         let mut file = match File::open(self.path(dir)) {
             Ok(f) => f,
