@@ -72,7 +72,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -93,6 +93,7 @@ use crate::error::{RelayError, Result};
 pub mod chunks;
 mod log;
 pub mod memory;
+mod pieces;
 pub mod postgres;
 pub use chunks::{ChunkRecipientRecord, ChunkRecord, ChunkStore, PutOutcome};
 pub use memory::MemoryStore;
@@ -496,6 +497,8 @@ pub struct SledStore {
     writer: Option<JoinHandle<()>>,
     gauges: Arc<Gauges>,
     max_bytes: u64,
+    /// Where chunk files live (`pieces.rs`).
+    chunk_dir: PathBuf,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -531,11 +534,12 @@ impl SledStore {
     ) -> Result<Self> {
         let db = open_db(path, cache_bytes)?;
         let tree = db.open_tree("relay v1")?;
+        let chunk_dir = pieces::chunk_dir(path);
         let mut message_log = log::LogWriter::open(path, tuning, MAX_RECORD)?;
         migrate(&db, &tree, &mut message_log)?;
         message_log.reset_live();
         let mut queues = 0usize;
-        let mut bytes = 0u64;
+        let mut bytes = pieces::recover(&tree, &chunk_dir)?;
         let mut dangling = Vec::new();
         for entry in tree.iter() {
             let (key, value) = entry?;
@@ -592,6 +596,7 @@ impl SledStore {
         let writer_tree = tree.clone();
         let writer_db = db.clone();
         let writer_gauges = Arc::clone(&gauges);
+        let writer_chunk_dir = chunk_dir.clone();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
@@ -600,8 +605,8 @@ impl SledStore {
                     writer_tree,
                     message_log,
                     rx,
-                    &writer_gauges,
-                    &budget,
+                    (&writer_gauges, &budget),
+                    &writer_chunk_dir,
                 );
             })
             .map_err(RelayError::io("starting the store writer thread"))?;
@@ -613,6 +618,7 @@ impl SledStore {
             writer: Some(writer),
             gauges,
             max_bytes,
+            chunk_dir,
         })
     }
 
@@ -919,6 +925,10 @@ struct Writer<'a> {
     /// a file piece that does not complete its chunk (`chunks.rs`): a group of only those is
     /// not flushed, so an upload costs one flush per chunk, not one per 16 KB piece.
     needs_flush: bool,
+    /// Where chunk files live.
+    chunk_dir: &'a Path,
+    /// Chunk files to remove once this group's removals are flushed.
+    unlinks: Vec<PathBuf>,
 }
 
 impl Writer<'_> {
@@ -1007,8 +1017,8 @@ fn writer_loop(
     tree: sled::Tree,
     message_log: log::LogWriter,
     mut rx: mpsc::Receiver<Op>,
-    gauges: &Gauges,
-    budget: &Budget,
+    (gauges, budget): (&Gauges, &Budget),
+    chunk_dir: &Path,
 ) {
     let mut w = Writer {
         tree: &tree,
@@ -1019,6 +1029,8 @@ fn writer_loop(
         room: None,
         low_disk: false,
         needs_flush: false,
+        chunk_dir,
+        unlinks: Vec::new(),
     };
     w.end_group(Flushed::Durable);
     let mut stop = false;
@@ -1076,6 +1088,13 @@ fn writer_loop(
             }
         }
         w.end_group(flushed);
+        // A removed chunk's file goes once its key's removal is durable; otherwise it
+        // stays, and the next start removes it if no entry names it.
+        for path in std::mem::take(&mut w.unlinks) {
+            if flushed == Flushed::Durable {
+                pieces::remove_file(&path);
+            }
+        }
         for done in group {
             done(flushed);
         }

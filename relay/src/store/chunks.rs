@@ -6,15 +6,16 @@
 //! a [`ChunkRecipientRecord`] (its chunk, its key, its re-encryption key). Pieces are sealed
 //! for a recipient only when downloaded, with a fresh nonce each time.
 //!
-//! The sled backend shares the queues' tree, writer thread, group commit and byte budget:
-//! a piece that completes its chunk is answered only once flushed (with every piece before
-//! it), other pieces once written, and chunk bytes count against `max_store_bytes` like
+//! The sled backend shares the queues' tree, writer thread, group commit and byte budget;
+//! the piece bytes themselves go to one encrypted file per chunk (`pieces.rs`). A piece that
+//! completes its chunk is answered only once the file is synced and the records flushed,
+//! other pieces once written, and chunk file bytes count against `max_store_bytes` like
 //! messages. Layout (integers big-endian):
 //!
 //! ```text
 //! 'c' sender[24]              -> chunk record
 //! 'r' recipient[24]           -> chunk recipient record
-//! 'p' sender[24] piece u16    -> piece bytes
+//! 'f' sender[24]              -> the chunk file's random name and key (pieces.rs)
 //! 'y' hour u32 sender[24]     -> empty (chunk expiry index, by creation hour)
 //! ```
 //!
@@ -22,16 +23,18 @@
 //! flush, so nothing was answered) leaves only what reads as absent or is swept: the expiry
 //! entry is written first and removed last; recipient records are written before the chunk
 //! record and removed after it (a recipient record whose chunk is gone reads as unknown);
-//! a piece is written before the record that counts it.
+//! a piece is written to its file before the record that counts it; the file entry is written
+//! before the chunk record and removed right after it, and the file unlinked once flushed.
 
 use std::future::Future;
 
-use tidings_protocol::chunk::{ChunkKey, ChunkSize, PIECE_LEN};
+use tidings_protocol::chunk::{ChunkKey, ChunkSize};
 use tidings_protocol::codec::Reader;
 use tidings_protocol::ids::{ChunkRecipientId, ChunkSenderId};
 use tidings_protocol::keys::SymmetricKey;
 use zeroize::Zeroizing;
 
+use super::pieces::{file_key, slot_len, PieceFile};
 use super::{entry_len, Done, Hour, Op, SledStore, StoredKey, Writer, EXPIRE_CHUNK};
 use crate::error::{RelayError, Result};
 
@@ -153,11 +156,10 @@ pub(super) enum ChunkOp {
 
 const TAG_CHUNK: u8 = b'c';
 const TAG_CHUNK_RECIPIENT: u8 = b'r';
-const TAG_PIECE: u8 = b'p';
 const TAG_CHUNK_EXPIRY: u8 = b'y';
 const CHUNK_VERSION: u8 = 1;
 
-fn chunk_key(sender: &ChunkSenderId) -> Vec<u8> {
+pub(super) fn chunk_key(sender: &ChunkSenderId) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + ChunkSenderId::LEN);
     k.push(TAG_CHUNK);
     k.extend_from_slice(sender.as_bytes());
@@ -168,19 +170,6 @@ fn recipient_key(id: &ChunkRecipientId) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + ChunkRecipientId::LEN);
     k.push(TAG_CHUNK_RECIPIENT);
     k.extend_from_slice(id.as_bytes());
-    k
-}
-
-/// The piece's index: offsets are multiples of the piece length below 4 MiB (263 pieces).
-fn piece_index(offset: u32) -> u16 {
-    u16::try_from(offset / PIECE_LEN as u32).unwrap_or(u16::MAX)
-}
-
-fn piece_key(sender: &ChunkSenderId, offset: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + ChunkSenderId::LEN + 2);
-    k.push(TAG_PIECE);
-    k.extend_from_slice(sender.as_bytes());
-    k.extend_from_slice(&piece_index(offset).to_be_bytes());
     k
 }
 
@@ -197,7 +186,7 @@ fn corrupt<E>(_: E) -> RelayError {
 }
 
 /// `version u8 | size u8 | hour u32 | sender key[32] | received u32 | n u8 | n × id[24]`
-fn encode_chunk(c: &ChunkRecord) -> Result<Vec<u8>> {
+pub(super) fn encode_chunk(c: &ChunkRecord) -> Result<Vec<u8>> {
     let n = u8::try_from(c.recipients.len()).map_err(corrupt)?;
     let mut v = Vec::with_capacity(1 + 1 + 4 + 32 + 4 + 1 + 24 * c.recipients.len());
     v.push(CHUNK_VERSION);
@@ -312,10 +301,17 @@ impl ChunkStore for SledStore {
     }
 
     async fn piece(&self, sender: &ChunkSenderId, offset: u32) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .tree
-            .get(piece_key(sender, offset))?
-            .map(|v| v.to_vec()))
+        let Some(record) = read_chunk(&self.tree, sender)? else {
+            return Ok(None);
+        };
+        let Some(len) = record.size.piece_len(offset) else {
+            return Ok(None);
+        };
+        let stored = u64::from(offset).saturating_add(len as u64) <= u64::from(record.received);
+        let Some(entry) = self.tree.get(file_key(sender))?.filter(|_| stored) else {
+            return Ok(None);
+        };
+        PieceFile::decode(&entry)?.read_piece(&self.chunk_dir, offset, len)
     }
 
     fn delete_chunk(&self, sender: ChunkSenderId) -> impl Future<Output = Result<bool>> + Send {
@@ -402,7 +398,12 @@ impl Writer<'_> {
         }
         let value = encode_chunk(record)?;
         let ek = chunk_expiry_key(record.hour, &record.sender);
-        let mut size = entry_len(&ck, &value).saturating_add(entry_len(&ek, &[]));
+        // The file's name and key; the file itself is made by the first piece.
+        let fk = file_key(&record.sender);
+        let file = PieceFile::random().encode();
+        let mut size = entry_len(&ck, &value)
+            .saturating_add(entry_len(&ek, &[]))
+            .saturating_add(entry_len(&fk, &file));
         for (k, v) in &entries {
             size = size.saturating_add(entry_len(k, v));
         }
@@ -410,6 +411,7 @@ impl Writer<'_> {
             return Err(RelayError::StoreFull);
         }
         tree.insert(ek, Vec::new())?;
+        tree.insert(fk, file.as_slice())?;
         for (k, v) in entries {
             tree.insert(k, v.as_slice())?;
         }
@@ -439,20 +441,33 @@ impl Writer<'_> {
         if offset != record.received {
             return Ok((PutOutcome::Refused, false));
         }
-        let pk = piece_key(sender, offset);
-        let size = entry_len(&pk, piece);
-        if !self.make_room(size) {
+        let Some(entry) = tree.get(file_key(sender))? else {
+            return Err(corrupt(()));
+        };
+        let file = PieceFile::decode(&entry)?;
+        if !self.make_room(slot_len(piece.len())) {
             return Ok((PutOutcome::StoreFull, false));
         }
         // The piece first: a relay that dies before the record counts it leaves a piece the
-        // next upload of the same offset overwrites.
-        let old = tree.insert(&pk, piece)?;
+        // next upload of the same offset overwrites (or one `recover` cuts off).
+        let dir = self.chunk_dir;
+        let grown = match file.write_piece(dir, offset, piece) {
+            Ok(grown) => grown,
+            Err(RelayError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                return Ok((PutOutcome::StoreFull, false));
+            }
+            Err(e) => return Err(e),
+        };
+        self.add_bytes(grown);
         record.received = offset.saturating_add(len);
-        tree.insert(chunk_key(sender), encode_chunk(&record)?)?;
-        self.add_bytes(size);
-        if let Some(old) = old {
-            self.sub_bytes(entry_len(&pk, &old));
+        if record.is_complete() {
+            // PROTOCOL.md 15.4: the whole chunk is on disk before its last piece's answer
+            // (which also waits for the group's flush of this record).
+            file.sync(dir)?;
         }
+        tree.insert(chunk_key(sender), encode_chunk(&record)?)?;
         Ok((
             PutOutcome::Stored {
                 received: record.received,
@@ -478,16 +493,14 @@ impl Writer<'_> {
         if let Some(old) = tree.remove(&ck)? {
             self.sub_bytes(entry_len(&ck, &old));
         }
-        let mut prefix = vec![TAG_PIECE];
-        prefix.extend_from_slice(record.sender.as_bytes());
-        let mut pieces = Vec::new();
-        for entry in tree.scan_prefix(&prefix) {
-            let (k, v) = entry?;
-            pieces.push((k, entry_len(&[], &v)));
-        }
-        for (k, value_len) in pieces {
-            tree.remove(&k)?;
-            self.sub_bytes(entry_len(&k, &[]).saturating_add(value_len));
+        // The key next; the file is unlinked once this removal is flushed (a relay that
+        // dies before leaves a file no entry names, removed at the next start).
+        let fk = file_key(&record.sender);
+        if let Some(old) = tree.remove(&fk)? {
+            self.sub_bytes(entry_len(&fk, &old));
+            let path = PieceFile::decode(&old)?.path(self.chunk_dir);
+            self.sub_bytes(std::fs::metadata(&path).map_or(0, |m| m.len()));
+            self.unlinks.push(path);
         }
         for id in &record.recipients {
             let rk = recipient_key(id);
