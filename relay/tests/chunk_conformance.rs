@@ -506,3 +506,87 @@ async fn sled_open_removes_orphan_files_and_cuts_back_a_short_chunk() {
         }
     );
 }
+
+/// A data directory from before the chunk files (pieces kept in sled as
+/// `'p' sender[24] index u16`) is migrated at open: the pieces move into an encrypted chunk
+/// file, sled keeps none of them, and the upload resumes where it stood.
+#[tokio::test]
+async fn sled_pieces_from_before_the_chunk_files_are_moved_into_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (record, recipients) = new_chunk(ChunkSize::K64, 10, 1);
+    let uploaded = 2u32;
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        assert!(store
+            .create_chunk(record.clone(), recipients.clone())
+            .await
+            .unwrap());
+        for i in 0..uploaded {
+            let offset = i * PIECE_LEN as u32;
+            store
+                .put_piece(record.sender, offset, piece(record.size, offset, 7))
+                .await
+                .unwrap();
+        }
+    }
+    // Rewrite the directory the way the relay before the chunk files left it.
+    {
+        let db = open_raw_sled(dir.path());
+        let tree = db.open_tree("relay v1").unwrap();
+        let mut file_key = vec![b'f'];
+        file_key.extend_from_slice(record.sender.as_bytes());
+        assert!(tree.remove(&file_key).unwrap().is_some());
+        for i in 0..uploaded {
+            let mut key = vec![b'p'];
+            key.extend_from_slice(record.sender.as_bytes());
+            key.extend_from_slice(&u16::try_from(i).unwrap().to_be_bytes());
+            let offset = i * PIECE_LEN as u32;
+            tree.insert(key, piece(record.size, offset, 7)).unwrap();
+        }
+        db.flush().unwrap();
+        for file in chunk_files(dir.path()) {
+            std::fs::remove_file(file).unwrap();
+        }
+    }
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        for i in 0..uploaded {
+            let offset = i * PIECE_LEN as u32;
+            assert_eq!(
+                store.piece(&record.sender, offset).await.unwrap(),
+                Some(piece(record.size, offset, 7)),
+                "piece {i} after the migration"
+            );
+        }
+        assert_eq!(chunk_files(dir.path()).len(), 1, "one file for the chunk");
+        let next = uploaded * PIECE_LEN as u32;
+        assert_eq!(
+            store
+                .put_piece(record.sender, next, piece(record.size, next, 7))
+                .await
+                .unwrap(),
+            PutOutcome::Stored {
+                received: next + PIECE_LEN as u32
+            }
+        );
+    }
+    let db = open_raw_sled(dir.path());
+    let tree = db.open_tree("relay v1").unwrap();
+    assert_eq!(
+        tree.scan_prefix([b'p']).count(),
+        0,
+        "sled still holds pieces"
+    );
+}
+
+/// The store's sled database, opened directly (as the relay creates it: 2 MiB segments),
+/// retried while the store just closed still holds its lock.
+fn open_raw_sled(dir: &std::path::Path) -> sled::Db {
+    for _ in 0..150 {
+        match sled::Config::new().path(dir).segment_size(2 << 20).open() {
+            Ok(db) => return db,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    panic!("the store's sled database did not open");
+}

@@ -21,6 +21,10 @@
 //! creating a file and flushing its entry, or between a flushed removal and the unlink);
 //! entries whose chunk is gone are removed with their file; an incomplete chunk's
 //! `received` is cut back to the pieces that open, so the uploader resumes from there.
+//!
+//! Data directories from before the chunk files kept each piece in sled (`'p' sender[24]
+//! index u16 -> piece`); [`recover`] moves such pieces into chunk files first
+//! ([`migrate_sled_pieces`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
@@ -242,6 +246,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// the files take, for the byte budget.
 pub(super) fn recover(tree: &sled::Tree, dir: &Path) -> Result<u64> {
     std::fs::create_dir_all(dir).map_err(RelayError::io("creating the chunk directory"))?;
+    migrate_sled_pieces(tree, dir)?;
     let mut named = std::collections::HashSet::new();
     let mut bytes = 0u64;
     let mut stale = Vec::new();
@@ -297,4 +302,74 @@ pub(super) fn recover(tree: &sled::Tree, dir: &Path) -> Result<u64> {
         }
     }
     Ok(bytes)
+}
+
+/// The sled tag of a piece stored in sled itself, before the chunk files.
+pub(super) const TAG_SLED_PIECE: u8 = b'p';
+
+/// Moves pieces kept in sled by earlier relays (`'p' sender[24] index u16`) into their
+/// chunk's file, chunk by chunk: the file entry first (reused if a killed migration left
+/// one), then the pieces, then `sync_data`, a flush, and only then the sled pieces' removal.
+/// A relay killed part way repeats the chunk at its next start; a piece is only ever
+/// rewritten at its own slot. Pieces of a chunk that no longer exists are dropped.
+pub(super) fn migrate_sled_pieces(tree: &sled::Tree, dir: &Path) -> Result<usize> {
+    let mut moved = 0usize;
+    loop {
+        // The first chunk that still has pieces in sled.
+        let Some(first) = tree.scan_prefix([TAG_SLED_PIECE]).keys().next() else {
+            break;
+        };
+        let first = first?;
+        let prefix = first
+            .get(..1 + ChunkSenderId::LEN)
+            .ok_or(RelayError::Corrupt {
+                what: "sled piece entry",
+            })?
+            .to_vec();
+        let sender = prefix
+            .get(1..)
+            .and_then(|s| ChunkSenderId::from_slice(s).ok())
+            .ok_or(RelayError::Corrupt {
+                what: "sled piece entry",
+            })?;
+        let mut keys = Vec::new();
+        if super::chunks::read_chunk(tree, &sender)?.is_some() {
+            let file = match tree.get(file_key(&sender))? {
+                Some(entry) => PieceFile::decode(&entry)?,
+                None => {
+                    let file = PieceFile::random();
+                    tree.insert(file_key(&sender), file.encode().as_slice())?;
+                    file
+                }
+            };
+            for entry in tree.scan_prefix(&prefix) {
+                let (key, piece) = entry?;
+                let index = key
+                    .get(1 + ChunkSenderId::LEN..)
+                    .and_then(|i| <[u8; 2]>::try_from(i).ok())
+                    .map(u16::from_be_bytes)
+                    .ok_or(RelayError::Corrupt {
+                        what: "sled piece entry",
+                    })?;
+                let offset = u32::from(index).saturating_mul(PIECE_LEN as u32);
+                file.write_piece(dir, offset, &piece)?;
+                keys.push(key);
+            }
+            file.sync(dir)?;
+        } else {
+            for key in tree.scan_prefix(&prefix).keys() {
+                keys.push(key?);
+            }
+        }
+        tree.flush()?;
+        for key in keys {
+            tree.remove(key)?;
+            moved += 1;
+        }
+        tree.flush()?;
+    }
+    if moved > 0 {
+        tracing::info!("chunk files: moved {moved} pieces out of sled");
+    }
+    Ok(moved)
 }
