@@ -805,7 +805,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if offline {
                 eprintln!("profile created (the relay was not checked)");
             } else {
-                eprintln!("profile created; the relay proved it is the one in your address");
+                eprintln!("profile created; the relay proved it is the relay you were given");
             }
         }
         Cmd::Invite {

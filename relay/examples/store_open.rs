@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let usage = "usage: store_open DIR MESSAGES BODY_BYTES";
     let base = std::path::PathBuf::from(args.next().ok_or_else(|| anyhow::anyhow!(usage))?);
     let messages: usize = args.next().ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
-    let body_len: usize = args.next().ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
+    let size: usize = args.next().ok_or_else(|| anyhow::anyhow!(usage))?.parse()?;
     let dir = base.join("store");
     anyhow::ensure!(
         !dir.exists(),
@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
             queues.push(q.recipient);
         }
         let before = dir_bytes(&dir)?;
-        let body = vec![0x5a; body_len];
+        let filler = vec![0x5a; size];
         let started = Instant::now();
         let mut sent = 0usize;
         while sent < messages {
@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
                     let m = StoredMessage {
                         id: MessageId::random(&mut OsRng),
                         hour: Hour(500_000),
-                        body: body.clone(),
+                        body: filler.clone(),
                     };
                     (q, m)
                 })
@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         let elapsed = started.elapsed().as_secs_f64();
         store.flush().await?;
         let after = dir_bytes(&dir)?;
-        println!("messages stored: {messages} of {body_len} bytes");
+        println!("messages stored: {messages} of {size} bytes");
         println!("fill messages/s: {:.0}", messages as f64 / elapsed);
         println!(
             "disk bytes per stored message: {:.0}",

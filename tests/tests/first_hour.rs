@@ -45,7 +45,7 @@ fn init_checks_the_relay_and_says_what_is_wrong() -> Result<()> {
     let out = good.run(&["init", "--relay", w.relay.address()])?.ok()?;
     ensure!(
         out.stderr
-            .contains("the relay proved it is the one in your address"),
+            .contains("the relay proved it is the relay you were given"),
         "{}",
         out.stderr
     );
