@@ -313,26 +313,35 @@ pub(super) const TAG_SLED_PIECE: u8 = b'p';
 /// A relay killed part way repeats the chunk at its next start; a piece is only ever
 /// rewritten at its own slot. Pieces of a chunk that no longer exists are dropped.
 pub(super) fn migrate_sled_pieces(tree: &sled::Tree, dir: &Path) -> Result<usize> {
+    // Only keys of a piece's exact shape are pieces; anything else under the tag is left.
+    const KEY_LEN: usize = 1 + ChunkSenderId::LEN + 2;
+    let mut senders = std::collections::BTreeSet::new();
+    for key in tree.scan_prefix([TAG_SLED_PIECE]).keys() {
+        let key = key?;
+        if key.len() == KEY_LEN {
+            if let Some(sender) = key.get(1..1 + ChunkSenderId::LEN) {
+                senders.insert(sender.to_vec());
+            }
+        }
+    }
     let mut moved = 0usize;
-    loop {
-        // The first chunk that still has pieces in sled.
-        let Some(first) = tree.scan_prefix([TAG_SLED_PIECE]).keys().next() else {
-            break;
-        };
-        let first = first?;
-        let prefix = first
-            .get(..1 + ChunkSenderId::LEN)
-            .ok_or(RelayError::Corrupt {
-                what: "sled piece entry",
-            })?
-            .to_vec();
-        let sender = prefix
-            .get(1..)
-            .and_then(|s| ChunkSenderId::from_slice(s).ok())
-            .ok_or(RelayError::Corrupt {
-                what: "sled piece entry",
-            })?;
-        let mut keys = Vec::new();
+    for raw in senders {
+        let sender = ChunkSenderId::from_slice(&raw).map_err(|_| RelayError::Corrupt {
+            what: "sled piece entry",
+        })?;
+        let mut prefix = vec![TAG_SLED_PIECE];
+        prefix.extend_from_slice(&raw);
+        let mut pieces = Vec::new();
+        for entry in tree.scan_prefix(&prefix) {
+            let (key, piece) = entry?;
+            let index = key
+                .get(1 + ChunkSenderId::LEN..)
+                .and_then(|i| <[u8; 2]>::try_from(i).ok())
+                .map(u16::from_be_bytes);
+            if let Some(index) = index {
+                pieces.push((key, index, piece));
+            }
+        }
         if super::chunks::read_chunk(tree, &sender)?.is_some() {
             let file = match tree.get(file_key(&sender))? {
                 Some(entry) => PieceFile::decode(&entry)?,
@@ -342,27 +351,15 @@ pub(super) fn migrate_sled_pieces(tree: &sled::Tree, dir: &Path) -> Result<usize
                     file
                 }
             };
-            for entry in tree.scan_prefix(&prefix) {
-                let (key, piece) = entry?;
-                let index = key
-                    .get(1 + ChunkSenderId::LEN..)
-                    .and_then(|i| <[u8; 2]>::try_from(i).ok())
-                    .map(u16::from_be_bytes)
-                    .ok_or(RelayError::Corrupt {
-                        what: "sled piece entry",
-                    })?;
-                let offset = u32::from(index).saturating_mul(PIECE_LEN as u32);
-                file.write_piece(dir, offset, &piece)?;
-                keys.push(key);
+            for (_, index, piece) in &pieces {
+                let offset = u32::from(*index).saturating_mul(PIECE_LEN as u32);
+                file.write_piece(dir, offset, piece)?;
             }
             file.sync(dir)?;
-        } else {
-            for key in tree.scan_prefix(&prefix).keys() {
-                keys.push(key?);
-            }
         }
+        // The file entry and the bytes are durable before the sled pieces go.
         tree.flush()?;
-        for key in keys {
+        for (key, _, _) in pieces {
             tree.remove(key)?;
             moved += 1;
         }
