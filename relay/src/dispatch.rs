@@ -141,7 +141,7 @@ type Refusal = ErrorCode;
 /// The wire error for a store failure: `Quota` when the store or the disk is full (the
 /// client may retry later, like a full queue), `Internal` otherwise.
 fn store_error(e: &RelayError) -> Refusal {
-    if is_disk_full(e) {
+    if is_disk_full(e) || matches!(e, RelayError::QueueLimit) {
         ErrorCode::Quota
     } else {
         ErrorCode::Internal
@@ -603,6 +603,11 @@ impl<S: Store> Dispatcher<S> {
                     return Err(ErrorCode::Busy);
                 }
                 self.shared.registry.subscribe(q, self.conn, &self.mailbox);
+                if let Err(e) = self.shared.store.announce_subscription(&q).await {
+                    // The subscription holds here; a previous subscriber on another process
+                    // keeps its pushes until it next acts (nothing is lost or shown twice).
+                    tracing::warn!(error = %e, "could not tell the other relay processes of a subscription");
+                }
                 // (Re)subscribing delivers the oldest pending message again.
                 self.subscriptions.insert(q, None);
                 out.push(reply(ReplyKind::Ok));

@@ -34,6 +34,10 @@ pub enum RelayError {
     /// written. Clients are told `Quota`.
     #[error("the store is full (byte budget or disk space); nothing was written")]
     StoreFull,
+    /// The relay holds as many queues as `max_queues` allows (counted for all the relay
+    /// processes that share a store); nothing was written. Clients are told `Quota`.
+    #[error("the relay holds as many queues as max_queues allows; nothing was written")]
+    QueueLimit,
     /// Writes were applied but could not be made durable (the flush failed).
     #[error("the store could not make writes durable")]
     NotDurable,

@@ -80,7 +80,9 @@ impl Relay {
         let tls_name = config.public_host.as_deref().unwrap_or("localhost");
         let identity = identity::load_or_create(&data_dir, tls_name)?;
         if let Some(url) = config.store.postgres() {
-            let store = PostgresStore::open(url).await?;
+            let store = PostgresStore::open(url)
+                .await?
+                .with_max_queues(config.max_queues);
             return Self::start_with_store(config, clock, identity, store).await;
         }
         let store_dir = data_dir.join(STORE_DIR);
@@ -204,7 +206,8 @@ pub async fn run(
 }
 
 /// Wakes the subscribers (on this process) of the queues where other relay processes that
-/// share the store stored messages. Ends when the store stops watching or the relay stopped
+/// share the store stored messages, and ends the subscriptions here of queues that a client
+/// subscribed to through another process (they are sent `End`). Ends when the store stops watching or the relay stopped
 /// (it holds the relay's state weakly, so that stopping still drops and closes the store).
 async fn wake_for_others<S: Store>(
     shared: std::sync::Weak<Shared<S>>,
@@ -219,6 +222,9 @@ async fn wake_for_others<S: Store>(
         match change {
             ForeignChange::Queue(queue) => shared.registry.notify_changed(&queue, elsewhere),
             ForeignChange::All => shared.registry.notify_all_changed(),
+            ForeignChange::Subscribed(queue) => {
+                shared.registry.end(&queue, elsewhere);
+            }
         }
     }
 }

@@ -104,6 +104,9 @@ pub use postgres::PostgresStore;
 pub enum ForeignChange {
     /// A message was stored in this queue.
     Queue(RecipientId),
+    /// A client subscribed to this queue through another process: a subscriber of it here
+    /// is sent `End`, as it would be if both were connected to one process.
+    Subscribed(RecipientId),
     /// Announcements may have been missed: any queue may have changed.
     All,
 }
@@ -304,6 +307,18 @@ pub trait Store: ChunkStore + Send + Sync + 'static {
     /// (the default) for a store one process owns.
     fn watch_others(&self) -> Option<mpsc::Receiver<ForeignChange>> {
         None
+    }
+
+    /// For a store that several relay processes share: tells the others that a client
+    /// subscribed to `recipient` through this process, so that a previous subscriber
+    /// connected to another process is sent `End` ([`ForeignChange::Subscribed`]). Nothing
+    /// (the default) for a store one process owns.
+    fn announce_subscription(
+        &self,
+        recipient: &RecipientId,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = recipient;
+        std::future::ready(Ok(()))
     }
 }
 

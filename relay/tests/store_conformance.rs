@@ -716,3 +716,109 @@ async fn postgres_refuses_a_newer_schema() {
     assert!(err.contains("version 99") && err.contains("newer"), "{err}");
     db.drop_now().await.unwrap();
 }
+
+/// `max_queues` holds for all processes together: the count is one row that each create and
+/// delete updates in its own transaction, so creates racing on two processes cannot pass it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_max_queues_holds_across_processes() {
+    let Some(db) = TestDatabase::create("postgres_max_queues_holds_across_processes").await else {
+        return;
+    };
+    let a = std::sync::Arc::new(
+        PostgresStore::open(&db.url)
+            .await
+            .unwrap()
+            .with_max_queues(5),
+    );
+    let b = std::sync::Arc::new(
+        PostgresStore::open(&db.url)
+            .await
+            .unwrap()
+            .with_max_queues(5),
+    );
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                let q = new_queue();
+                (store.create_queue(q.clone()).await, q)
+            })
+        })
+        .collect();
+    let (mut created, mut refused) = (Vec::new(), 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (Ok(true), q) => created.push(q),
+            (Err(tidings_relay::RelayError::QueueLimit), q) => {
+                refused += 1;
+                assert!(
+                    a.queue(&q.recipient).await.unwrap().is_none(),
+                    "nothing kept"
+                );
+            }
+            (other, _) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        (created.len(), refused),
+        (5, 7),
+        "exactly max_queues were created"
+    );
+    assert_eq!(
+        a.queue_count().max(b.queue_count()),
+        5,
+        "the process that created the last queue knows the total"
+    );
+    // A delete on one process makes room for a create on the other.
+    assert!(a.delete_queue(created[0].recipient).await.unwrap());
+    assert!(b.create_queue(new_queue()).await.unwrap());
+    assert!(matches!(
+        a.create_queue(new_queue()).await,
+        Err(tidings_relay::RelayError::QueueLimit)
+    ));
+    // Deleting a queue that is gone changes nothing.
+    assert!(!b.delete_queue(created[0].recipient).await.unwrap());
+    drop((a, b));
+    let store = PostgresStore::open(&db.url).await.unwrap();
+    assert_eq!(store.queue_count(), 5, "the count is read at open");
+    drop(store);
+    db.drop_now().await.unwrap();
+}
+
+/// A database written by a relay of schema version 1 (no count row) is migrated at open: the
+/// count starts at the queues it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_1_is_migrated_with_its_queue_count() {
+    let Some(db) = TestDatabase::create("postgres_schema_1_is_migrated_with_its_queue_count").await
+    else {
+        return;
+    };
+    let store = PostgresStore::open(&db.url).await.unwrap();
+    for _ in 0..3 {
+        assert!(store.create_queue(new_queue()).await.unwrap());
+    }
+    drop(store);
+    // Back to what a version-1 relay left: no count table, version 1.
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute("DROP TABLE queue_count; UPDATE tidings_schema SET version = 1")
+        .await
+        .unwrap();
+    drop(client);
+    driver.await.unwrap().unwrap();
+    let store = PostgresStore::open(&db.url)
+        .await
+        .unwrap()
+        .with_max_queues(4);
+    assert_eq!(store.queue_count(), 3);
+    assert!(store.create_queue(new_queue()).await.unwrap());
+    assert!(matches!(
+        store.create_queue(new_queue()).await,
+        Err(tidings_relay::RelayError::QueueLimit)
+    ));
+    drop(store);
+    db.drop_now().await.unwrap();
+}

@@ -76,6 +76,61 @@ async fn a_message_sent_through_one_relay_process_is_pushed_by_the_other() -> Re
     Ok(())
 }
 
+/// A subscriber that moves to another relay process ends its old subscription there, as it
+/// would on one process: the old connection is sent `End`, and only the new one gets pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_moves_to_the_other_process_ends_the_old_subscription() -> Result<()> {
+    let Some(db) = TestDatabase::create(
+        "a_subscriber_that_moves_to_the_other_process_ends_the_old_subscription",
+    )
+    .await
+    else {
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let (mut a, mut b) = two_relays(dir.path(), &db.url)?;
+
+    let mut old = connect_over(a.address(), Binding::Http3).await?;
+    let queue = TestQueue::create(&mut old).await?;
+    expect_ok(queue.command(&mut old, Command::Subscribe).await?)?;
+    let mut new = connect_over(b.address(), Binding::Http3).await?;
+    expect_ok(queue.command(&mut new, Command::Subscribe).await?)?;
+
+    let Some(end) = old.next_push(Duration::from_secs(10)).await? else {
+        bail!("the old subscriber on the other process was not sent End within 10 s");
+    };
+    assert!(
+        matches!(end.kind, ReplyKind::End),
+        "expected End, got {:?}",
+        end.kind
+    );
+
+    let mut sender = connect_over(a.address(), Binding::Http3).await?;
+    expect_ok(
+        TestSender::unsecured(queue.sender)
+            .send(&mut sender, b"after the move")
+            .await?,
+    )?;
+    let Some(push) = new.next_push(Duration::from_secs(10)).await? else {
+        bail!("the new subscriber got no push");
+    };
+    let ReplyKind::Message { id, body } = push.kind else {
+        bail!("pushed {:?}", push.kind);
+    };
+    assert_eq!(queue.open(&id, &body)?, b"after the move");
+    assert!(
+        old.next_push(Duration::from_secs(2)).await?.is_none(),
+        "the old subscriber got a push after End"
+    );
+    old.close().await;
+    new.close().await;
+    sender.close().await;
+    a.terminate()?;
+    b.terminate()?;
+    db.drop_now().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_one_of_two_relay_processes_loses_no_acknowledged_message() -> Result<()> {
     let Some(db) =

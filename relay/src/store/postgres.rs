@@ -20,7 +20,15 @@
 //! transaction that stores it (PostgreSQL delivers it at commit, and only then). The payload
 //! is `process nonce (16 hex digits) ‖ queue row id (hex)`: no recipient id travels, and a
 //! process skips its own announcements. [`Store::watch_others`] hands them to the relay,
-//! which wakes the subscriber of that queue if it is connected here.
+//! which wakes the subscriber of that queue if it is connected here. A subscription is
+//! announced the same way on `tidings_subscribe` ([`Store::announce_subscription`]): the
+//! process holding the queue's previous subscriber sends it `End`, as one process would.
+//! Announcements missed while a listener reconnects are covered for messages (every queue is
+//! looked at again) but not for subscriptions: a subscriber replaced meanwhile keeps its
+//! connection until it next subscribes or the connection ends.
+//!
+//! The number of queues is one row (`queue_count`) that the transaction creating or deleting
+//! a queue updates, so `max_queues` holds for all processes together.
 //!
 //! The schema is created at start and versioned (table `tidings_schema`); the migrations run
 //! under an advisory lock, so processes that start together do not race. A database whose
@@ -54,10 +62,14 @@ use super::{
 use crate::error::{RelayError, Result};
 
 /// The schema version this relay writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
-/// The channel of `NOTIFY`/`LISTEN`.
+/// The channel of `NOTIFY`/`LISTEN` on which a process announces a stored message.
 const CHANNEL: &str = "tidings_push";
+
+/// The channel on which a process announces that a client subscribed to a queue through it,
+/// so that the process holding the queue's previous subscriber ends that subscription.
+const SUBSCRIBE_CHANNEL: &str = "tidings_subscribe";
 
 /// The advisory lock key that serialises migrations (any constant; "tidings" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0074_6964_696e_6773;
@@ -83,7 +95,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
 /// Migration `n` takes the schema from version `n` to `n + 1`.
-const MIGRATIONS: [&str; 1] = [
+const MIGRATIONS: [&str; 2] = [
     // 0 -> 1
     "CREATE TABLE queues (
         id            bigserial PRIMARY KEY,
@@ -126,6 +138,14 @@ const MIGRATIONS: [&str; 1] = [
         body   bytea   NOT NULL,
         PRIMARY KEY (sender, index)
     );",
+    // 1 -> 2: the number of queues, kept in one row that every process updates in the
+    // transaction that creates or deletes a queue, so that `max_queues` holds for all
+    // processes together (a count(*) per `New` would read every queue row).
+    "CREATE TABLE queue_count (
+        one boolean PRIMARY KEY DEFAULT true CHECK (one),
+        n   bigint  NOT NULL CHECK (n >= 0)
+    );
+    INSERT INTO queue_count (n) SELECT count(*) FROM queues;",
 ];
 
 /// The error for a failed PostgreSQL call. A database error keeps only its SQLSTATE code (its
@@ -207,6 +227,8 @@ pub struct PostgresStore {
     /// Names this process in its announcements, so that it skips its own.
     nonce: u64,
     queues: Arc<AtomicUsize>,
+    /// `max_queues`, enforced in the transaction that creates a queue (so for all processes).
+    max_queues: i64,
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -265,11 +287,25 @@ impl PostgresStore {
             config,
             nonce: OsRng.next_u64(),
             queues: Arc::new(AtomicUsize::new(0)),
+            max_queues: i64::MAX,
             listener: Mutex::new(None),
         };
         store.migrate().await?;
         store.count_queues().await?;
         Ok(store)
+    }
+
+    /// Refuses a new queue ([`RelayError::QueueLimit`]) once the database holds `max` queues,
+    /// whichever process created them (the relay's `max_queues`).
+    #[must_use]
+    pub fn with_max_queues(mut self, max: usize) -> Self {
+        self.max_queues = i64::try_from(max).unwrap_or(i64::MAX);
+        self
+    }
+
+    fn set_queue_count(&self, n: i64) {
+        self.queues
+            .store(usize::try_from(n).unwrap_or(0), Ordering::Relaxed);
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -321,15 +357,15 @@ impl PostgresStore {
         tx.commit().await.map_err(pg("migrating"))
     }
 
+    /// Reads the number of queues of all processes (one row, kept by every create and delete).
     async fn count_queues(&self) -> Result<()> {
         let client = self.client().await?;
         let row = client
-            .query_one("SELECT count(*) FROM queues", &[])
+            .query_one("SELECT n FROM queue_count", &[])
             .await
             .map_err(pg("counting queues"))?;
         let n: i64 = row.try_get(0).map_err(pg("counting queues"))?;
-        self.queues
-            .store(usize::try_from(n).unwrap_or(usize::MAX), Ordering::Relaxed);
+        self.set_queue_count(n);
         Ok(())
     }
 
@@ -457,8 +493,9 @@ impl PostgresStore {
 impl Store for PostgresStore {
     async fn create_queue(&self, record: QueueRecord) -> Result<bool> {
         let what = "creating a queue";
-        let client = self.client().await?;
-        let statement = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg(what))?;
+        let insert = tx
             .prepare_cached(
                 "INSERT INTO queues (recipient, sender, recipient_key, delivery_key, \
                  sender_key, suspended) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
@@ -466,9 +503,9 @@ impl Store for PostgresStore {
             .await
             .map_err(pg(what))?;
         let sender_key = record.sender_key.map(|k| k.to_bytes().to_vec());
-        let n = client
+        let n = tx
             .execute(
-                &statement,
+                &insert,
                 &[
                     &record.recipient.as_bytes().as_slice(),
                     &record.sender.as_bytes().as_slice(),
@@ -480,10 +517,27 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(pg(what))?;
-        if n == 1 {
-            self.queues.fetch_add(1, Ordering::Relaxed);
+        if n != 1 {
+            // An id in use: nothing was written (the transaction rolls back on drop).
+            return Ok(false);
         }
-        Ok(n == 1)
+        // The count row is locked by this update until the commit, so concurrent creates on
+        // every process take their turn and the limit holds exactly.
+        let count = tx
+            .prepare_cached("UPDATE queue_count SET n = n + 1 WHERE n < $1 RETURNING n")
+            .await
+            .map_err(pg(what))?;
+        let Some(row) = tx
+            .query_opt(&count, &[&self.max_queues])
+            .await
+            .map_err(pg(what))?
+        else {
+            return Err(RelayError::QueueLimit);
+        };
+        let total: i64 = row.try_get(0).map_err(pg(what))?;
+        tx.commit().await.map_err(pg(what))?;
+        self.set_queue_count(total);
+        Ok(true)
     }
 
     fn queue(
@@ -501,22 +555,30 @@ impl Store for PostgresStore {
     }
 
     async fn delete_queue(&self, recipient: RecipientId) -> Result<bool> {
-        let client = self.client().await?;
-        let n = client
+        let what = "deleting a queue";
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg(what))?;
+        let n = tx
             .execute(
                 "DELETE FROM queues WHERE recipient = $1",
                 &[&recipient.as_bytes().as_slice()],
             )
             .await
-            .map_err(pg("deleting a queue"))?;
-        if n == 1 {
-            let _ = self
-                .queues
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    Some(n.saturating_sub(1))
-                });
+            .map_err(pg(what))?;
+        if n != 1 {
+            return Ok(false);
         }
-        Ok(n == 1)
+        let row = tx
+            .query_one(
+                "UPDATE queue_count SET n = greatest(n - 1, 0) RETURNING n",
+                &[],
+            )
+            .await
+            .map_err(pg(what))?;
+        let total: i64 = row.try_get(0).map_err(pg(what))?;
+        tx.commit().await.map_err(pg(what))?;
+        self.set_queue_count(total);
+        Ok(true)
     }
 
     async fn suspend_queue(&self, recipient: RecipientId) -> Result<bool> {
@@ -631,6 +693,7 @@ impl Store for PostgresStore {
     }
 
     fn queue_count(&self) -> usize {
+        // As of this process's last create, delete or sweep; `create_queue` enforces the limit.
         self.queues.load(Ordering::Relaxed)
     }
 
@@ -644,7 +707,8 @@ impl Store for PostgresStore {
             .await
             .map_err(pg("expiring messages"))?;
         drop(client);
-        // Other processes create and delete queues too: count again once per sweep.
+        // Other processes create and delete queues too: refresh the gauge once per sweep (the
+        // limit itself is enforced where a queue is created).
         self.count_queues().await?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
@@ -652,6 +716,29 @@ impl Store for PostgresStore {
     fn flush(&self) -> impl Future<Output = Result<()>> + Send {
         // Every operation resolved after its commit.
         std::future::ready(Ok(()))
+    }
+
+    async fn announce_subscription(&self, recipient: &RecipientId) -> Result<()> {
+        let what = "announcing a subscription";
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT pg_notify($1, $2 || to_hex(id)) FROM queues WHERE recipient = $3",
+            )
+            .await
+            .map_err(pg(what))?;
+        client
+            .execute(
+                &statement,
+                &[
+                    &SUBSCRIBE_CHANNEL,
+                    &format!("{:016x}", self.nonce),
+                    &recipient.as_bytes().as_slice(),
+                ],
+            )
+            .await
+            .map_err(pg(what))?;
+        Ok(())
     }
 
     fn watch_others(&self) -> Option<mpsc::Receiver<ForeignChange>> {
@@ -696,7 +783,7 @@ async fn listen(
         };
         let mut messages =
             futures_util::stream::poll_fn(move |cx| connection.poll_message(cx)).fuse();
-        let listen_sql = format!("LISTEN {CHANNEL}");
+        let listen_sql = format!("LISTEN {CHANNEL}; LISTEN {SUBSCRIBE_CHANNEL}");
         // Drive the connection until the LISTEN is answered.
         let ok = {
             let listening = client.batch_execute(&listen_sql);
@@ -744,6 +831,19 @@ async fn listen(
                 rows.clear();
             }
             rows.insert(row, recipient);
+            if n.channel() == SUBSCRIBE_CHANNEL {
+                // Not dropped when the relay is behind: a lost one would leave two
+                // subscribers of one queue. The listener waits instead (PostgreSQL keeps the
+                // notifications meanwhile).
+                if changes
+                    .send(ForeignChange::Subscribed(recipient))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
             match changes.try_send(ForeignChange::Queue(recipient)) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
