@@ -28,12 +28,34 @@ pg_start() {
     chown "$user" "$PG_DIR"
     PG_AS=(runuser -u "$user" --)
   fi
+  # TLS (issue 19.5, store_ca): a throwaway CA and a server certificate for 127.0.0.1, so the
+  # tests can check verified TLS to the database. Without openssl the TLS test says SKIPPED.
+  local tls_opts=""
+  unset TIDINGS_TEST_POSTGRES_CA
+  if command -v openssl >/dev/null 2>&1; then
+    mkdir "$PG_DIR/tls"
+    (
+      cd "$PG_DIR/tls" &&
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=tidings test database CA" -keyout ca.key -out ca.pem \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" &&
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -subj "/CN=localhost" -keyout server.key -out server.csr &&
+      printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >server.ext &&
+      openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+        -extfile server.ext -out server.pem
+    ) >"$PG_DIR/tls.log" 2>&1 || { cat "$PG_DIR/tls.log"; return 1; }
+    chmod 600 "$PG_DIR/tls/server.key"
+    [ "$(id -u)" = 0 ] && chown -R "$user" "$PG_DIR/tls"
+    tls_opts="-c ssl=on -c ssl_cert_file=$PG_DIR/tls/server.pem -c ssl_key_file=$PG_DIR/tls/server.key"
+    export TIDINGS_TEST_POSTGRES_CA="$PG_DIR/tls/ca.pem"
+  fi
   local port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   "${PG_AS[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U tidings --auth=trust -E UTF8 >"$PG_DIR/initdb.log" 2>&1 \
     || { cat "$PG_DIR/initdb.log"; return 1; }
   "${PG_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c max_connections=400 -c fsync=on -c synchronous_commit=on" \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_DIR -c max_connections=400 -c fsync=on -c synchronous_commit=on $tls_opts" \
     start >/dev/null || { cat "$PG_DIR/server.log"; return 1; }
   export TIDINGS_TEST_POSTGRES="postgres://tidings@127.0.0.1:$port/postgres"
   echo "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (data in $PG_DIR)"

@@ -44,6 +44,9 @@
 //! # Where queues, messages and chunks live: "sled" (in the data directory) or a PostgreSQL
 //! # URL that several relay processes may share (README, "A relay on PostgreSQL").
 //! store = "sled"
+//! # With PostgreSQL on another machine: the PEM file of the CA that signed the database
+//! # server's certificate; connections are then verified TLS, never plain.
+//! # store_ca = "/etc/tidings-relay/db-ca.pem"
 //! # How often the aggregate counters are logged (never finer than the store's hour by
 //! # default; lower it only to debug).
 //! stats_interval_secs = 3600
@@ -200,6 +203,12 @@ pub struct Config {
     /// data directory) or a PostgreSQL URL (`postgres://user:password@host:port/dbname`),
     /// which several relay processes with the same relay key may share.
     pub store: StoreUrl,
+    /// With a PostgreSQL store: the PEM file of the certificate authority that signed the
+    /// database server's certificate. Set, every connection to the database is TLS and the
+    /// server's certificate must chain to it and name the URL's host; unset, connections are
+    /// plain (keep the database on this machine or a private network), and a URL asking for
+    /// `sslmode=require` is refused. Default: unset.
+    pub store_ca: Option<PathBuf>,
     /// File chunks are deleted this many hours after they were created, downloaded or not.
     /// Default 336 (14 days). XFTP keeps files 48 hours; Tidings' users reach a network
     /// only in patchy windows (a weekly market trip, a phone borrowed on Sundays), so a
@@ -253,6 +262,7 @@ impl Default for Config {
             min_free_disk_bytes: 64 << 20,
             store_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             store: StoreUrl::default(),
+            store_ca: None,
             stats_interval_secs: 3600,
             chunk_expiry_hours: DEFAULT_CHUNK_EXPIRY_HOURS,
             chunk_bytes_per_address_per_hour: 1 << 30,
@@ -378,6 +388,13 @@ impl Config {
                 "store must be \"sled\" or a PostgreSQL URL starting with postgres://".into(),
             ));
         }
+        if self.store_ca.is_some() && self.store.postgres().is_none() {
+            return Err(RelayError::Config(
+                "store_ca is the CA of a PostgreSQL server; the sled store has no connection \
+                 to verify (leave store_ca out, or set store to a postgres:// URL)"
+                    .into(),
+            ));
+        }
         if self.max_store_bytes == Some(0) {
             return Err(RelayError::Config(
                 "max_store_bytes must be at least 1 (leave it out for the default)".into(),
@@ -482,6 +499,18 @@ mod tests {
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(Config::from_toml("store = \"mysql://x\"").is_err());
         assert!(Config::from_toml("store = \"postgres://x/y\"\nmax_store_bytes = 100").is_err());
+        // A CA for the database only goes with a database.
+        let ca = "store_ca = \"/etc/tidings-relay/db-ca.pem\"";
+        let sled = Config::from_toml(ca).map(|_| ()).map_err(|e| e.to_string());
+        assert!(
+            matches!(&sled, Err(e) if e.contains("store_ca")),
+            "{sled:?}"
+        );
+        let c = Config::from_toml(&format!("store = \"postgres://x/y\"\n{ca}"))?;
+        assert_eq!(
+            c.store_ca.as_deref(),
+            Some(std::path::Path::new("/etc/tidings-relay/db-ca.pem"))
+        );
         Ok(())
     }
 

@@ -71,6 +71,10 @@ struct Cli {
         hide_env_values = true
     )]
     store: Option<String>,
+    /// With a PostgreSQL store: the PEM file of the CA that signed the database server's
+    /// certificate; connections are then verified TLS (never plain).
+    #[arg(long, value_name = "PEM", env = "TIDINGS_RELAY_STORE_CA")]
+    store_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -97,6 +101,9 @@ fn config(cli: &Cli) -> Result<Config> {
     }
     if let Some(store) = &cli.store {
         config.store = tidings_relay::config::StoreUrl::new(store.clone());
+    }
+    if let Some(ca) = &cli.store_ca {
+        config.store_ca = Some(ca.clone());
     }
     if let Some(site) = &cli.site {
         config.site_dir = Some(site.clone());

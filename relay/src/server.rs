@@ -80,9 +80,11 @@ impl Relay {
         let tls_name = config.public_host.as_deref().unwrap_or("localhost");
         let identity = identity::load_or_create(&data_dir, tls_name)?;
         if let Some(url) = config.store.postgres() {
-            let store = PostgresStore::open(url)
-                .await?
-                .with_max_queues(config.max_queues);
+            let store = match &config.store_ca {
+                Some(ca) => PostgresStore::open_tls(url, ca).await?,
+                None => PostgresStore::open(url).await?,
+            }
+            .with_max_queues(config.max_queues);
             return Self::start_with_store(config, clock, identity, store).await;
         }
         let store_dir = data_dir.join(STORE_DIR);

@@ -822,3 +822,91 @@ async fn postgres_schema_1_is_migrated_with_its_queue_count() {
     drop(store);
     db.drop_now().await.unwrap();
 }
+
+/// With `store_ca` every connection to the database is TLS, verified against that CA: the
+/// server sees only TLS connections from the relay (the pool's and the listener's), a CA that
+/// did not sign the server's certificate connects nothing, and a URL that asks for TLS
+/// without a CA is refused rather than connected unverified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tls_is_verified_and_never_plain() {
+    let Some(ca) = std::env::var_os("TIDINGS_TEST_POSTGRES_CA").filter(|v| !v.is_empty()) else {
+        eprintln!(
+            "\n!!!!!!!! SKIPPED postgres_tls_is_verified_and_never_plain: \
+             TIDINGS_TEST_POSTGRES_CA is not set (.ci/postgres.sh sets it when openssl is \
+             installed). !!!!!!!!\n"
+        );
+        return;
+    };
+    let Some(db) = TestDatabase::create("postgres_tls_is_verified_and_never_plain").await else {
+        return;
+    };
+    let store = PostgresStore::open_tls(&db.url, Path::new(&ca))
+        .await
+        .unwrap();
+    assert!(store.create_queue(new_queue()).await.unwrap());
+    let _watch = store.watch_others();
+
+    let (admin, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let dbname = db.url.rsplit('/').next().unwrap_or_default().to_string();
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        let rows = admin
+            .query(
+                "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+                 WHERE a.datname = $1 AND a.application_name = 'tidings-relay'",
+                &[&dbname],
+            )
+            .await
+            .unwrap();
+        seen = rows.iter().map(|r| r.get::<_, bool>(0)).collect();
+        if seen.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.len() >= 2,
+        "the pool's and the listener's connections: {seen:?}"
+    );
+    assert!(seen.iter().all(|tls| *tls), "a plain connection: {seen:?}");
+    drop(admin);
+    driver.await.unwrap().unwrap();
+    drop(store);
+
+    // A CA that did not sign the server's certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let other_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, other.cert.pem()).unwrap();
+    let err = PostgresStore::open_tls(&db.url, &other_ca)
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("PostgreSQL"), "{err}");
+
+    // TLS asked for in the URL, no CA given.
+    let err = PostgresStore::open(&format!("{}?sslmode=require", db.url))
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("store_ca") && err.contains("sslmode=require"),
+        "{err}"
+    );
+
+    // A CA file without a certificate.
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let err = PostgresStore::open_tls(&db.url, &empty)
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("empty.pem") && err.contains("no certificate"),
+        "{err}"
+    );
+    db.drop_now().await.unwrap();
+}

@@ -34,8 +34,13 @@
 //! under an advisory lock, so processes that start together do not race. A database whose
 //! schema is newer than this relay's is refused.
 //!
-//! Connections go to the server without TLS: run the database on the same machine (a Unix
-//! socket: `postgres:///tidings?host=/run/postgresql`) or on a private network (README).
+//! Connections to the server are TLS 1.2/1.3 (rustls) when the relay is given the PEM file of
+//! the certificate authority that signed the server's certificate ([`PostgresStore::open_tls`],
+//! the relay's `store_ca`): the server's name (the URL's host) and chain are verified, and
+//! nothing is sent before. Without it they are plain: run the database on the same machine (a
+//! Unix socket: `postgres:///tidings?host=/run/postgresql`) or on a private network (README).
+//! A URL that asks for TLS (`sslmode=require`) without a CA file is refused rather than
+//! connected without verification.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -47,7 +52,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::StreamExt;
 use rand_core::{OsRng, RngCore};
 use tokio::sync::mpsc;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::{AsyncMessage, NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use zeroize::Zeroizing;
 
 use tidings_protocol::chunk::{ChunkKey, ChunkSize, PIECE_LEN};
@@ -224,6 +231,8 @@ fn message_of(row: &Row) -> Result<StoredMessage> {
 pub struct PostgresStore {
     pool: Pool,
     config: tokio_postgres::Config,
+    /// TLS to the server, verified against the operator's CA (`None`: plain).
+    tls: Option<MakeRustlsConnect>,
     /// Names this process in its announcements, so that it skips its own.
     nonce: u64,
     queues: Arc<AtomicUsize>,
@@ -252,7 +261,27 @@ impl Drop for PostgresStore {
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/dbname` or the
     /// key=value form), creates or migrates the schema, and counts the queues.
+    ///
+    /// # Errors
+    /// [`RelayError::Config`] when the URL does not parse or asks for TLS (`sslmode=require`:
+    /// use [`PostgresStore::open_tls`]); [`RelayError::Postgres`] when the server cannot be
+    /// reached or the schema cannot be brought up to date.
     pub async fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, None).await
+    }
+
+    /// Like [`PostgresStore::open`], over TLS: the server's certificate must chain to a
+    /// certificate in the PEM file `ca` and name the URL's host.
+    ///
+    /// # Errors
+    /// As [`PostgresStore::open`]; and [`RelayError::Config`] naming `ca` when it holds no
+    /// certificate, and [`RelayError::Postgres`] when the server does not offer TLS or its
+    /// certificate does not verify.
+    pub async fn open_tls(url: &str, ca: &std::path::Path) -> Result<Self> {
+        Self::open_with(url, Some(tls_connector(ca)?)).await
+    }
+
+    async fn open_with(url: &str, tls: Option<MakeRustlsConnect>) -> Result<Self> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|_| {
             RelayError::Config(
                 "the PostgreSQL URL does not parse (expected postgres://user:password@host:port/dbname)"
@@ -265,13 +294,30 @@ impl PostgresStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let recycling = || ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(tls) => {
+                // Verified TLS or no connection: never fall back to plain text.
+                config.ssl_mode(SslMode::Require);
+                Manager::from_config(config.clone(), tls.clone(), recycling())
+            }
+            None if config.get_ssl_mode() == SslMode::Require => {
+                return Err(RelayError::Config(
+                    "the PostgreSQL URL asks for TLS (sslmode=require) but no certificate \
+                     authority is given to verify the server: set store_ca (--store-ca) to the \
+                     PEM file of the CA that signed the database server's certificate"
+                        .into(),
+                ));
+            }
+            None => {
+                // `prefer` (the default) would try TLS with no way to verify it: plain, as
+                // the documentation says, unless a CA file is given.
+                config.ssl_mode(SslMode::Disable);
+                Manager::from_config(config.clone(), NoTls, recycling())
+            }
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -285,6 +331,7 @@ impl PostgresStore {
         let store = Self {
             pool,
             config,
+            tls,
             nonce: OsRng.next_u64(),
             queues: Arc::new(AtomicUsize::new(0)),
             max_queues: i64::MAX,
@@ -743,12 +790,11 @@ impl Store for PostgresStore {
 
     fn watch_others(&self) -> Option<mpsc::Receiver<ForeignChange>> {
         let (tx, rx) = mpsc::channel(CHANGES_QUEUE);
-        let task = tokio::spawn(listen(
-            self.config.clone(),
-            self.pool.clone(),
-            self.nonce,
-            tx,
-        ));
+        let (config, pool, nonce) = (self.config.clone(), self.pool.clone(), self.nonce);
+        let task = match &self.tls {
+            Some(tls) => tokio::spawn(listen(config, tls.clone(), pool, nonce, tx)),
+            None => tokio::spawn(listen(config, NoTls, pool, nonce, tx)),
+        };
         let mut listener = self
             .listener
             .lock()
@@ -763,17 +809,23 @@ impl Store for PostgresStore {
 /// Listens for other processes' announcements and hands them to `changes`, connecting again
 /// whenever the connection is lost (then every queue is reported changed, since
 /// announcements were missed). Ends when the receiver is dropped.
-async fn listen(
+async fn listen<T>(
     config: tokio_postgres::Config,
+    tls: T,
     pool: Pool,
     nonce: u64,
     changes: mpsc::Sender<ForeignChange>,
-) {
+) where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone,
+    T::Stream: Send,
+    T::TlsConnect: Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
     let own = format!("{nonce:016x}");
     let mut rows: HashMap<i64, RecipientId> = HashMap::new();
     let mut first = true;
     while !changes.is_closed() {
-        let (client, mut connection) = match config.connect(NoTls).await {
+        let (client, mut connection) = match config.connect(tls.clone()).await {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(error = %pg("listening for other relay processes")(e), "retrying");
@@ -859,6 +911,33 @@ async fn listen(
         );
         tokio::time::sleep(LISTEN_RETRY).await;
     }
+}
+
+/// A TLS connector that trusts only the certificates in the PEM file `ca`.
+fn tls_connector(ca: &std::path::Path) -> Result<MakeRustlsConnect> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let bad = |why: String| {
+        RelayError::Config(format!(
+            "store_ca {}: {why}; give the PEM file of the certificate authority that signed \
+             the database server's certificate",
+            ca.display()
+        ))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))? {
+        let cert = cert.map_err(|e| bad(e.to_string()))?;
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("it holds no certificate".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| RelayError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 /// The recipient id of the queue in row `row` (`None` if it is gone or the lookup failed).
