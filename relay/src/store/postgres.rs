@@ -27,6 +27,12 @@
 //! looked at again) but not for subscriptions: a subscriber replaced meanwhile keeps its
 //! connection until it next subscribes or the connection ends.
 //!
+//! Transactions run at PostgreSQL's default isolation (read committed), where no
+//! serialization failure arises, and take their row locks in one order (queues by row number,
+//! then the count row below), so they do not deadlock one another. Should the server still
+//! abort one (SQLSTATE 40001 or 40P01), nothing of it is kept and the client is told
+//! `Internal`, which it retries.
+//!
 //! The number of queues is one row (`queue_count`) that the transaction creating or deleting
 //! a queue updates, so `max_queues` holds for all processes together.
 //!
