@@ -602,12 +602,14 @@ impl<S: Store> Dispatcher<S> {
                 {
                     return Err(ErrorCode::Busy);
                 }
-                self.shared.registry.subscribe(q, self.conn, &self.mailbox);
+                // Announced first (shared stores), so that a late announcement of an older
+                // subscription on another process cannot end this one.
                 if let Err(e) = self.shared.store.announce_subscription(&q).await {
                     // The subscription holds here; a previous subscriber on another process
-                    // keeps its pushes until it next acts (nothing is lost or shown twice).
+                    // keeps its pushes until it subscribes again or disconnects.
                     tracing::warn!(error = %e, "could not tell the other relay processes of a subscription");
                 }
+                self.shared.registry.subscribe(q, self.conn, &self.mailbox);
                 // (Re)subscribing delivers the oldest pending message again.
                 self.subscriptions.insert(q, None);
                 out.push(reply(ReplyKind::Ok));

@@ -804,7 +804,10 @@ async fn postgres_schema_1_is_migrated_with_its_queue_count() {
         .unwrap();
     let driver = tokio::spawn(connection);
     client
-        .batch_execute("DROP TABLE queue_count; UPDATE tidings_schema SET version = 1")
+        .batch_execute(
+            "DROP TABLE queue_count; DROP SEQUENCE subscriptions; \
+             UPDATE tidings_schema SET version = 1",
+        )
         .await
         .unwrap();
     drop(client);
@@ -908,5 +911,38 @@ async fn postgres_tls_is_verified_and_never_plain() {
         err.contains("empty.pem") && err.contains("no certificate"),
         "{err}"
     );
+    db.drop_now().await.unwrap();
+}
+
+/// A subscription announced through one process ends the older one on another, and a late
+/// announcement of an older subscription ends nothing where a newer one was taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_subscriptions_are_ordered_across_processes() {
+    use tidings_relay::store::ForeignChange;
+    let Some(db) =
+        TestDatabase::create("postgres_subscriptions_are_ordered_across_processes").await
+    else {
+        return;
+    };
+    let a = PostgresStore::open(&db.url).await.unwrap();
+    let b = PostgresStore::open(&db.url).await.unwrap();
+    let q = new_queue();
+    assert!(a.create_queue(q.clone()).await.unwrap());
+    // Older on a, newer on b, both before b's relay handles any announcement.
+    a.announce_subscription(&q.recipient).await.unwrap();
+    b.announce_subscription(&q.recipient).await.unwrap();
+    let mut changes = b.watch_others().expect("a shared store watches");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        changes.try_recv().is_err(),
+        "the older subscription on a ended the newer one on b"
+    );
+    // A newer one on a ends b's.
+    a.announce_subscription(&q.recipient).await.unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), changes.recv())
+        .await
+        .expect("announced within 10 s");
+    assert_eq!(got, Some(ForeignChange::Subscribed(q.recipient)));
+    drop((a, b));
     db.drop_now().await.unwrap();
 }

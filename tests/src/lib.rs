@@ -24,6 +24,7 @@ pub mod capture;
 pub mod censor;
 pub mod examiner;
 pub mod hostile_relay;
+pub mod load;
 pub mod proto;
 pub mod socks;
 pub mod world;

@@ -3,16 +3,14 @@
 //! in the middle of `sync` (at its crash points: after storing and before acking, and right
 //! after the ack; and at arbitrary moments) loses nothing and shows nothing twice.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use tidings_client::transport::Binding;
-use tidings_protocol::command::ReplyKind;
-use tidings_tests::proto::{connect_over, TestQueue, TestSender};
+use tidings_tests::load::{audit, AckedLoad};
+use tidings_tests::proto::{connect_over, TestQueue};
 use tidings_tests::{Profile, RelayProcess};
 
 const SENDERS: usize = 20;
@@ -20,10 +18,6 @@ const PER_SENDER: usize = 200;
 /// Kill the relay once this many sends were acknowledged (or after `KILL_AFTER`).
 const KILL_AT_OKS: usize = 2_500;
 const KILL_AFTER: Duration = Duration::from_secs(25);
-
-fn body(sender: usize, seq: usize) -> Vec<u8> {
-    format!("sender {sender:02} message {seq:05}").into_bytes()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_message_survives_sigkill_of_the_relay_over_http3() -> Result<()> {
@@ -50,55 +44,11 @@ async fn sigkill_of_the_relay(binding: Binding) -> Result<()> {
     }
     owner.close().await;
 
-    let oks = Arc::new(AtomicUsize::new(0));
-    let acknowledged: Arc<Mutex<BTreeSet<Vec<u8>>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for (s, queue) in queues.iter().enumerate() {
-        let (address, oks, acknowledged, stop) = (
-            address.clone(),
-            oks.clone(),
-            acknowledged.clone(),
-            stop.clone(),
-        );
-        let sender_id = queue.sender;
-        tasks.push(tokio::spawn(async move {
-            let Ok(mut conn) = connect_over(&address, binding).await else {
-                return;
-            };
-            let sender = TestSender::unsecured(sender_id);
-            for seq in 0..PER_SENDER {
-                if stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                let b = body(s, seq);
-                match sender.send(&mut conn, &b).await {
-                    Ok(reply) if reply.kind == ReplyKind::Ok => {
-                        // Record before counting, so the killer never races past a record.
-                        if let Ok(mut set) = acknowledged.lock() {
-                            set.insert(b);
-                        }
-                        oks.fetch_add(1, Ordering::SeqCst);
-                    }
-                    _ => return,
-                }
-            }
-        }));
-    }
-
-    let started = Instant::now();
-    while oks.load(Ordering::SeqCst) < KILL_AT_OKS && started.elapsed() < KILL_AFTER {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let senders = queues.iter().map(|q| (address.clone(), q.sender)).collect();
+    let load = AckedLoad::start(senders, binding, PER_SENDER);
+    load.wait_for_oks(KILL_AT_OKS, KILL_AFTER).await;
     relay.kill9()?;
-    stop.store(true, Ordering::SeqCst);
-    for t in &tasks {
-        t.abort();
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let acknowledged = acknowledged.lock().map(|s| s.clone()).unwrap_or_default();
+    let acknowledged = load.stop().await;
     assert!(
         acknowledged.len() >= 100,
         "the load ran before the kill ({} OKs)",
@@ -107,29 +57,11 @@ async fn sigkill_of_the_relay(binding: Binding) -> Result<()> {
 
     relay.restart()?;
     let mut reader = connect_over(relay.address(), binding).await?;
-    let mut delivered: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
-    for queue in &queues {
-        for b in queue.drain(&mut reader).await? {
-            *delivered.entry(b).or_default() += 1;
-        }
-    }
-    let lost: Vec<_> = acknowledged
-        .iter()
-        .filter(|b| !delivered.contains_key(*b))
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged messages lost, e.g. {:?}",
-        lost.len(),
-        lost.first()
-    );
-    let twice: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "{} messages delivered twice", twice.len());
+    let delivered = audit(&queues, &mut reader, &acknowledged).await?;
     eprintln!(
         "acknowledged before SIGKILL: {}, delivered after restart: {}",
         acknowledged.len(),
-        delivered.len()
+        delivered
     );
     Ok(())
 }

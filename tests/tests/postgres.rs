@@ -6,15 +6,13 @@
 //! Each test runs in a fresh database on the server that `TIDINGS_TEST_POSTGRES` names
 //! (`bash .ci/run` starts one), and says SKIPPED when it is not set.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use tidings_client::transport::Binding;
 use tidings_protocol::command::{Command, ReplyKind};
 use tidings_relay::store::postgres::TestDatabase;
+use tidings_tests::load::{audit, AckedLoad};
 use tidings_tests::proto::{connect_over, expect_ok, TestQueue, TestSender};
 use tidings_tests::RelayProcess;
 
@@ -23,10 +21,6 @@ const PER_SENDER: usize = 200;
 /// Kill one relay once this many sends were acknowledged (or after `KILL_AFTER`).
 const KILL_AT_OKS: usize = 800;
 const KILL_AFTER: Duration = Duration::from_secs(25);
-
-fn body(sender: usize, seq: usize) -> Vec<u8> {
-    format!("sender {sender:02} message {seq:05}").into_bytes()
-}
 
 /// Two relay processes on the database `url`, sharing one data directory (one relay key).
 fn two_relays(dir: &std::path::Path, url: &str) -> Result<(RelayProcess, RelayProcess)> {
@@ -150,59 +144,21 @@ async fn sigkill_of_one_of_two_relay_processes_loses_no_acknowledged_message() -
     }
 
     // Half the senders go through the relay that will be killed, half through the other.
-    let oks = Arc::new(AtomicUsize::new(0));
-    let acknowledged: Arc<Mutex<BTreeSet<Vec<u8>>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for (s, queue) in queues.iter().enumerate() {
-        let address = if s % 2 == 0 {
-            addr_a.clone()
-        } else {
-            addr_b.clone()
-        };
-        let (oks, acknowledged, stop) = (oks.clone(), acknowledged.clone(), stop.clone());
-        let sender_id = queue.sender;
-        tasks.push(tokio::spawn(async move {
-            let Ok(mut conn) = connect_over(&address, Binding::Http3).await else {
-                return;
-            };
-            let sender = TestSender::unsecured(sender_id);
-            for seq in 0..PER_SENDER {
-                if stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                let b = body(s, seq);
-                match sender.send(&mut conn, &b).await {
-                    Ok(reply) if reply.kind == ReplyKind::Ok => {
-                        if let Ok(mut set) = acknowledged.lock() {
-                            set.insert(b);
-                        }
-                        oks.fetch_add(1, Ordering::SeqCst);
-                    }
-                    _ => return,
-                }
-            }
-        }));
-    }
-    let started = Instant::now();
-    while oks.load(Ordering::SeqCst) < KILL_AT_OKS && started.elapsed() < KILL_AFTER {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let senders = queues
+        .iter()
+        .enumerate()
+        .map(|(s, q)| {
+            let address = if s % 2 == 0 { &addr_a } else { &addr_b };
+            (address.clone(), q.sender)
+        })
+        .collect();
+    let load = AckedLoad::start(senders, Binding::Http3, PER_SENDER);
+    load.wait_for_oks(KILL_AT_OKS, KILL_AFTER).await;
     a.kill9()?;
     // The other keeps serving: its senders go on; wait until they are done.
-    let at_kill = oks.load(Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !tasks.iter().all(|t| t.is_finished()) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.store(true, Ordering::SeqCst);
-    for t in &tasks {
-        t.abort();
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let acknowledged = acknowledged.lock().map(|s| s.clone()).unwrap_or_default();
+    let at_kill = load.oks();
+    load.wait_for_senders(Duration::from_secs(60)).await;
+    let acknowledged = load.stop().await;
     assert!(
         acknowledged.len() >= 100,
         "the load ran before the kill ({} OKs)",
@@ -214,29 +170,11 @@ async fn sigkill_of_one_of_two_relay_processes_loses_no_acknowledged_message() -
     );
 
     // Everything acknowledged by either process is delivered by the survivor, once.
-    let mut delivered: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
-    for queue in &queues {
-        for b in queue.drain(&mut owner).await? {
-            *delivered.entry(b).or_default() += 1;
-        }
-    }
-    let lost: Vec<_> = acknowledged
-        .iter()
-        .filter(|b| !delivered.contains_key(*b))
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged messages lost, e.g. {:?}",
-        lost.len(),
-        lost.first()
-    );
-    let twice: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "{} messages delivered twice", twice.len());
+    let delivered = audit(&queues, &mut owner, &acknowledged).await?;
     eprintln!(
         "acknowledged: {} ({at_kill} before the SIGKILL), delivered by the survivor: {}",
         acknowledged.len(),
-        delivered.len()
+        delivered
     );
     owner.close().await;
     b.terminate()?;

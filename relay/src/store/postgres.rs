@@ -21,11 +21,14 @@
 //! is `process nonce (16 hex digits) ‖ queue row id (hex)`: no recipient id travels, and a
 //! process skips its own announcements. [`Store::watch_others`] hands them to the relay,
 //! which wakes the subscriber of that queue if it is connected here. A subscription is
-//! announced the same way on `tidings_subscribe` ([`Store::announce_subscription`]): the
-//! process holding the queue's previous subscriber sends it `End`, as one process would.
+//! announced the same way on `tidings_subscribe` ([`Store::announce_subscription`]), with a
+//! number from the sequence `subscriptions` (`nonce ‖ row id ‖ "." ‖ number`, hex): the
+//! process holding the queue's previous subscriber sends it `End`, as one process would,
+//! unless it has itself announced a later subscription of that queue (announcements arrive
+//! in commit order, but may be handled after the relay took a newer subscription).
 //! Announcements missed while a listener reconnects are covered for messages (every queue is
 //! looked at again) but not for subscriptions: a subscriber replaced meanwhile keeps its
-//! connection until it next subscribes or the connection ends.
+//! pushes until it subscribes again or its connection ends.
 //!
 //! Transactions run at PostgreSQL's default isolation (read committed), where no
 //! serialization failure arises, and take their row locks in one order (queues by row number,
@@ -153,12 +156,14 @@ const MIGRATIONS: [&str; 2] = [
     );",
     // 1 -> 2: the number of queues, kept in one row that every process updates in the
     // transaction that creates or deletes a queue, so that `max_queues` holds for all
-    // processes together (a count(*) per `New` would read every queue row).
+    // processes together (a count(*) per `New` would read every queue row); and the sequence
+    // that orders subscriptions across processes.
     "CREATE TABLE queue_count (
         one boolean PRIMARY KEY DEFAULT true CHECK (one),
         n   bigint  NOT NULL CHECK (n >= 0)
     );
-    INSERT INTO queue_count (n) SELECT count(*) FROM queues;",
+    INSERT INTO queue_count (n) SELECT count(*) FROM queues;
+    CREATE SEQUENCE subscriptions;",
 ];
 
 /// The error for a failed PostgreSQL call. A database error keeps only its SQLSTATE code (its
@@ -175,6 +180,11 @@ fn pg(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> RelayError {
             reason: e.to_string(),
         },
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every update is one insert or a clear: a poisoned map is still consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn corrupt(what: &'static str) -> impl Fn() -> RelayError {
@@ -245,6 +255,11 @@ pub struct PostgresStore {
     /// `max_queues`, enforced in the transaction that creates a queue (so for all processes).
     max_queues: i64,
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The sequence number of the latest subscription announced from here, by queue: an
+    /// older announcement from another process, delivered late, ends nothing here.
+    subscribed_here: Arc<Mutex<HashMap<RecipientId, i64>>>,
+    /// The listening connection set up at open, until [`Store::watch_others`] takes it.
+    first_listener: Mutex<Option<(tokio_postgres::Client, Notifications)>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -342,9 +357,27 @@ impl PostgresStore {
             queues: Arc::new(AtomicUsize::new(0)),
             max_queues: i64::MAX,
             listener: Mutex::new(None),
+            subscribed_here: Arc::default(),
+            first_listener: Mutex::new(None),
         };
         store.migrate().await?;
         store.count_queues().await?;
+        // Listening before the relay serves anyone: a subscription or a message announced by
+        // another process from then on reaches this one.
+        let first = match &store.tls {
+            Some(tls) => listening(&store.config, tls.clone()).await,
+            None => listening(&store.config, NoTls).await,
+        };
+        let Some(first) = first else {
+            return Err(RelayError::Postgres {
+                what: "listening for other relay processes",
+                reason: "the LISTEN connection failed (the warning before says why)".into(),
+            });
+        };
+        *store
+            .first_listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(first);
         Ok(store)
     }
 
@@ -776,12 +809,13 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
-                "SELECT pg_notify($1, $2 || to_hex(id)) FROM queues WHERE recipient = $3",
+                "SELECT s FROM queues q, nextval('subscriptions') s, \
+                 pg_notify($1, $2 || to_hex(q.id) || '.' || to_hex(s)) WHERE q.recipient = $3",
             )
             .await
             .map_err(pg(what))?;
-        client
-            .execute(
+        let row = client
+            .query_opt(
                 &statement,
                 &[
                     &SUBSCRIBE_CHANNEL,
@@ -791,15 +825,29 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(pg(what))?;
+        if let Some(row) = row {
+            let seq: i64 = row.try_get(0).map_err(pg(what))?;
+            let mut latest = lock(&self.subscribed_here);
+            if latest.len() >= ROW_CACHE {
+                latest.clear();
+            }
+            latest.insert(*recipient, seq);
+        }
         Ok(())
     }
 
     fn watch_others(&self) -> Option<mpsc::Receiver<ForeignChange>> {
         let (tx, rx) = mpsc::channel(CHANGES_QUEUE);
         let (config, pool, nonce) = (self.config.clone(), self.pool.clone(), self.nonce);
+        let here = Arc::clone(&self.subscribed_here);
+        let first = self
+            .first_listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         let task = match &self.tls {
-            Some(tls) => tokio::spawn(listen(config, tls.clone(), pool, nonce, tx)),
-            None => tokio::spawn(listen(config, NoTls, pool, nonce, tx)),
+            Some(tls) => tokio::spawn(listen(config, tls.clone(), pool, nonce, tx, first, here)),
+            None => tokio::spawn(listen(config, NoTls, pool, nonce, tx, first, here)),
         };
         let mut listener = self
             .listener
@@ -812,55 +860,86 @@ impl Store for PostgresStore {
     }
 }
 
-/// Listens for other processes' announcements and hands them to `changes`, connecting again
-/// whenever the connection is lost (then every queue is reported changed, since
-/// announcements were missed). Ends when the receiver is dropped.
+/// The notifications of a listening connection.
+type Notifications = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<Item = std::result::Result<AsyncMessage, tokio_postgres::Error>>
+            + Send,
+    >,
+>;
+
+/// A connection that `LISTEN`s on both channels: its client (which must be kept, or the
+/// connection closes) and its notifications. `None` when it could not be set up.
+async fn listening<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+) -> Option<(tokio_postgres::Client, Notifications)>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
+    let (client, mut connection) = match config.connect(tls).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::warn!(error = %pg("listening for other relay processes")(e), "no LISTEN connection");
+            return None;
+        }
+    };
+    let mut messages: Notifications =
+        Box::pin(futures_util::stream::poll_fn(move |cx| connection.poll_message(cx)).fuse());
+    let listen_sql = format!("LISTEN {CHANNEL}; LISTEN {SUBSCRIBE_CHANNEL}");
+    // Drive the connection until the LISTEN is answered.
+    let ok = {
+        let listening = client.batch_execute(&listen_sql);
+        tokio::pin!(listening);
+        loop {
+            tokio::select! {
+                r = &mut listening => break r.is_ok(),
+                m = messages.next() => if m.is_none() { break false },
+            }
+        }
+    };
+    ok.then_some((client, messages))
+}
+
+/// Listens for other processes' announcements and hands them to `changes`, on `first` (set
+/// up when the store opened, so that nothing announced after the relay started serving is
+/// missed) and then on new connections whenever one is lost (then every queue is reported
+/// changed, since announcements were missed). Ends when the receiver is dropped.
 async fn listen<T>(
     config: tokio_postgres::Config,
     tls: T,
     pool: Pool,
     nonce: u64,
     changes: mpsc::Sender<ForeignChange>,
+    mut first: Option<(tokio_postgres::Client, Notifications)>,
+    subscribed_here: Arc<Mutex<HashMap<RecipientId, i64>>>,
 ) where
     T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone,
-    T::Stream: Send,
+    T::Stream: Send + 'static,
     T::TlsConnect: Send,
     <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
 {
     let own = format!("{nonce:016x}");
     let mut rows: HashMap<i64, RecipientId> = HashMap::new();
-    let mut first = true;
+    let mut reconnected = first.is_none();
     while !changes.is_closed() {
-        let (client, mut connection) = match config.connect(tls.clone()).await {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!(error = %pg("listening for other relay processes")(e), "retrying");
-                tokio::time::sleep(LISTEN_RETRY).await;
-                continue;
-            }
-        };
-        let mut messages =
-            futures_util::stream::poll_fn(move |cx| connection.poll_message(cx)).fuse();
-        let listen_sql = format!("LISTEN {CHANNEL}; LISTEN {SUBSCRIBE_CHANNEL}");
-        // Drive the connection until the LISTEN is answered.
-        let ok = {
-            let listening = client.batch_execute(&listen_sql);
-            tokio::pin!(listening);
-            loop {
-                tokio::select! {
-                    r = &mut listening => break r.is_ok(),
-                    m = messages.next() => if m.is_none() { break false },
+        let (client, mut messages) = match first.take() {
+            Some(pair) => pair,
+            None => match listening(&config, tls.clone()).await {
+                Some(pair) => pair,
+                None => {
+                    tokio::time::sleep(LISTEN_RETRY).await;
+                    continue;
                 }
-            }
+            },
         };
-        if !ok {
-            tokio::time::sleep(LISTEN_RETRY).await;
-            continue;
-        }
-        if !first && changes.try_send(ForeignChange::All).is_err() && changes.is_closed() {
+        if reconnected && changes.try_send(ForeignChange::All).is_err() && changes.is_closed() {
             return;
         }
-        first = false;
+        reconnected = true;
         while let Some(message) = messages.next().await {
             let Ok(AsyncMessage::Notification(n)) = message else {
                 if message.is_err() {
@@ -869,12 +948,17 @@ async fn listen<T>(
                 continue;
             };
             let payload = n.payload();
-            let (Some(from), Some(row)) = (payload.get(..16), payload.get(16..)) else {
+            let (Some(from), Some(rest)) = (payload.get(..16), payload.get(16..)) else {
                 continue;
             };
             if from == own {
                 continue;
             }
+            // `row` on tidings_push; `row.seq` on tidings_subscribe.
+            let (row, seq) = match rest.split_once('.') {
+                Some((row, seq)) => (row, i64::from_str_radix(seq, 16).ok()),
+                None => (rest, None),
+            };
             let Ok(row) = i64::from_str_radix(row, 16) else {
                 continue;
             };
@@ -890,6 +974,16 @@ async fn listen<T>(
             }
             rows.insert(row, recipient);
             if n.channel() == SUBSCRIBE_CHANNEL {
+                let Some(seq) = seq else {
+                    continue;
+                };
+                let newer_here = lock(&subscribed_here)
+                    .get(&recipient)
+                    .is_some_and(|here| *here > seq);
+                if newer_here {
+                    // A late announcement of a subscription this process has since replaced.
+                    continue;
+                }
                 // Not dropped when the relay is behind: a lost one would leave two
                 // subscribers of one queue. The listener waits instead (PostgreSQL keeps the
                 // notifications meanwhile).
