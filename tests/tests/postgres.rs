@@ -22,27 +22,55 @@ const PER_SENDER: usize = 200;
 const KILL_AT_OKS: usize = 800;
 const KILL_AFTER: Duration = Duration::from_secs(25);
 
-/// Two relay processes on the database `url`, sharing one data directory (one relay key).
-fn two_relays(dir: &std::path::Path, url: &str) -> Result<(RelayProcess, RelayProcess)> {
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data)?;
-    let args = ["--store", url];
-    // The first creates the relay key; the second, started after, reads it.
-    let a = RelayProcess::start(&data, &dir.join("relay-a.log"), &args)?;
-    let b = RelayProcess::start(&data, &dir.join("relay-b.log"), &args)?;
-    Ok((a, b))
+/// A fresh database and two relay processes on it, sharing one data directory (one relay
+/// key), each on its own loopback port.
+struct TwoRelays {
+    db: TestDatabase,
+    _dir: tempfile::TempDir,
+    a: RelayProcess,
+    b: RelayProcess,
+}
+
+impl TwoRelays {
+    /// `None` (the test says SKIPPED) when no PostgreSQL server is given.
+    async fn start(test: &str) -> Result<Option<Self>> {
+        let Some(db) = TestDatabase::create(test).await else {
+            return Ok(None);
+        };
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data)?;
+        let args = ["--store", db.url.as_str()];
+        // The first creates the relay key; the second, started after, reads it.
+        let a = RelayProcess::start(&data, &dir.path().join("relay-a.log"), &args)?;
+        let b = RelayProcess::start(&data, &dir.path().join("relay-b.log"), &args)?;
+        Ok(Some(Self {
+            db,
+            _dir: dir,
+            a,
+            b,
+        }))
+    }
+
+    /// Stops the processes still running and drops the database.
+    async fn finish(mut self) -> Result<()> {
+        for relay in [&mut self.a, &mut self.b] {
+            if relay.pid().is_some() {
+                relay.terminate()?;
+            }
+        }
+        Ok(self.db.drop_now().await?)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_sent_through_one_relay_process_is_pushed_by_the_other() -> Result<()> {
-    let Some(db) =
-        TestDatabase::create("a_message_sent_through_one_relay_process_is_pushed_by_the_other")
-            .await
+    let Some(mut relays) =
+        TwoRelays::start("a_message_sent_through_one_relay_process_is_pushed_by_the_other").await?
     else {
         return Ok(());
     };
-    let dir = tempfile::tempdir()?;
-    let (mut a, mut b) = two_relays(dir.path(), &db.url)?;
+    let (a, b) = (&mut relays.a, &mut relays.b);
 
     let mut recipient = connect_over(b.address(), Binding::Http3).await?;
     let queue = TestQueue::create(&mut recipient).await?;
@@ -64,25 +92,20 @@ async fn a_message_sent_through_one_relay_process_is_pushed_by_the_other() -> Re
     }
     recipient.close().await;
     sender.close().await;
-    a.terminate()?;
-    b.terminate()?;
-    db.drop_now().await?;
-    Ok(())
+    relays.finish().await
 }
 
 /// A subscriber that moves to another relay process ends its old subscription there, as it
 /// would on one process: the old connection is sent `End`, and only the new one gets pushes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_moves_to_the_other_process_ends_the_old_subscription() -> Result<()> {
-    let Some(db) = TestDatabase::create(
-        "a_subscriber_that_moves_to_the_other_process_ends_the_old_subscription",
-    )
-    .await
+    let Some(mut relays) =
+        TwoRelays::start("a_subscriber_that_moves_to_the_other_process_ends_the_old_subscription")
+            .await?
     else {
         return Ok(());
     };
-    let dir = tempfile::tempdir()?;
-    let (mut a, mut b) = two_relays(dir.path(), &db.url)?;
+    let (a, b) = (&mut relays.a, &mut relays.b);
 
     let mut old = connect_over(a.address(), Binding::Http3).await?;
     let queue = TestQueue::create(&mut old).await?;
@@ -119,22 +142,18 @@ async fn a_subscriber_that_moves_to_the_other_process_ends_the_old_subscription(
     old.close().await;
     new.close().await;
     sender.close().await;
-    a.terminate()?;
-    b.terminate()?;
-    db.drop_now().await?;
-    Ok(())
+    relays.finish().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_one_of_two_relay_processes_loses_no_acknowledged_message() -> Result<()> {
-    let Some(db) =
-        TestDatabase::create("sigkill_of_one_of_two_relay_processes_loses_no_acknowledged_message")
-            .await
+    let Some(mut relays) =
+        TwoRelays::start("sigkill_of_one_of_two_relay_processes_loses_no_acknowledged_message")
+            .await?
     else {
         return Ok(());
     };
-    let dir = tempfile::tempdir()?;
-    let (mut a, mut b) = two_relays(dir.path(), &db.url)?;
+    let (a, b) = (&mut relays.a, &mut relays.b);
     let (addr_a, addr_b) = (a.address().to_string(), b.address().to_string());
 
     let mut owner = connect_over(&addr_b, Binding::Http3).await?;
@@ -177,7 +196,5 @@ async fn sigkill_of_one_of_two_relay_processes_loses_no_acknowledged_message() -
         delivered
     );
     owner.close().await;
-    b.terminate()?;
-    db.drop_now().await?;
-    Ok(())
+    relays.finish().await
 }
