@@ -499,10 +499,12 @@ impl FileDescription {
         out.extend_from_slice(&self.prefix);
         out.extend_from_slice(self.seed.as_ref());
         if self.version != FILE_VERSION_ONE_RELAY {
-            out.push(u8::try_from(self.relays.len()).map_err(|_| ProtocolError::BadLength {
-                what: "file relay count",
-                len: self.relays.len(),
-            })?);
+            out.push(
+                u8::try_from(self.relays.len()).map_err(|_| ProtocolError::BadLength {
+                    what: "file relay count",
+                    len: self.relays.len(),
+                })?,
+            );
         }
         for relay in &self.relays {
             put_bytes_u16(

@@ -27,9 +27,9 @@ use tidings_protocol::file::{
     FileDescription, CHUNK_LIST_INFO, CHUNK_SEED_INFO, FILE_VERSION, FILE_VERSION_ONE_RELAY,
     LIST_CHUNK_INDEX_BASE, MAX_CHUNK_LIST_LEN, MAX_FILE_RELAYS, MAX_FILE_SIZE,
 };
-use tidings_protocol::ProtocolError;
 use tidings_protocol::ids::ChunkRecipientId;
 use tidings_protocol::keys::DhPublicKey;
+use tidings_protocol::ProtocolError;
 use zeroize::Zeroizing;
 
 fn pattern<const N: usize>(start: u8) -> [u8; N] {
@@ -219,7 +219,9 @@ fn vectors() -> FileVectors {
     assert_eq!(encrypted_len(d.size), 2 * 65_536);
     let (a0, d0) = chunk_recipient_keys(&d.seed, 0).unwrap();
     let (a1, _) = chunk_recipient_keys(&d.seed, 1).unwrap();
-    let list = ChunkList::new(d.version, d.chunks.clone()).encode().unwrap();
+    let list = ChunkList::new(d.version, d.chunks.clone())
+        .encode()
+        .unwrap();
     let (list_key, list_prefix) = chunk_list_cipher_keys(&d.seed).unwrap();
     let mut list_aad = b"tidings file v1".to_vec();
     list_aad.extend_from_slice(&(list.len() as u64).to_be_bytes());
@@ -228,7 +230,9 @@ fn vectors() -> FileVectors {
     let (list_ct, _) = seal(&list_key, &list_prefix, 0, true, &list_aad, &list_pt);
     let (la0, ld0) = chunk_recipient_keys(&d.seed, LIST_CHUNK_INDEX_BASE).unwrap();
     let d2 = description_v2();
-    let list_v2 = ChunkList::new(d2.version, d2.chunks.clone()).encode().unwrap();
+    let list_v2 = ChunkList::new(d2.version, d2.chunks.clone())
+        .encode()
+        .unwrap();
     let mut list_v2_aad = b"tidings file v1".to_vec();
     list_v2_aad.extend_from_slice(&(list_v2.len() as u64).to_be_bytes());
     let mut list_v2_pt = list_v2.clone();
@@ -334,14 +338,20 @@ fn file_encryption_keys_and_description_match_the_vectors() {
 fn version_2_refuses_bad_relay_lists_and_indexes_with_typed_errors() {
     let relay = |k: u8| -> tidings_protocol::address::RelayAddress {
         let key = base64_key(k);
-        format!("tidings://{key}@r{k}.example.org:443").parse().unwrap()
+        format!("tidings://{key}@r{k}.example.org:443")
+            .parse()
+            .unwrap()
     };
     // A chunk's relay index past the list.
     let mut d = description_v2();
     d.chunks[1].relay = 2;
     assert!(matches!(
         d.encode(),
-        Err(ProtocolError::BadIndex { index: 2, count: 2, .. })
+        Err(ProtocolError::BadIndex {
+            index: 2,
+            count: 2,
+            ..
+        })
     ));
     let mut bytes = description_v2().encode().unwrap().to_vec();
     let at = bytes.len() - 2 * 58;
@@ -349,7 +359,11 @@ fn version_2_refuses_bad_relay_lists_and_indexes_with_typed_errors() {
     bytes[at] = 2;
     assert!(matches!(
         FileDescription::decode(&bytes, MAX_PAYLOAD_LEN),
-        Err(ProtocolError::BadIndex { index: 2, count: 2, .. })
+        Err(ProtocolError::BadIndex {
+            index: 2,
+            count: 2,
+            ..
+        })
     ));
     // Two relays with one key (even at other hosts).
     let mut d = description_v2();
@@ -358,10 +372,7 @@ fn version_2_refuses_bad_relay_lists_and_indexes_with_typed_errors() {
         "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE"
     );
     d.relays.push(same_key.parse().unwrap());
-    assert!(matches!(
-        d.encode(),
-        Err(ProtocolError::Duplicate { .. })
-    ));
+    assert!(matches!(d.encode(), Err(ProtocolError::Duplicate { .. })));
     // No relay, or more than 8.
     let mut d = description_v2();
     d.relays.clear();
@@ -414,17 +425,18 @@ fn version_2_refuses_bad_relay_lists_and_indexes_with_typed_errors() {
                 .unwrap()
         })
         .collect();
-    assert!(matches!(
-        big.encode(),
-        Err(ProtocolError::TooLong { .. })
-    ));
+    assert!(matches!(big.encode(), Err(ProtocolError::TooLong { .. })));
     // A version 2 list: index past the description's relays, version mismatch.
     let list = ChunkList::new(FILE_VERSION, description_v2().chunks.clone())
         .encode()
         .unwrap();
     assert!(matches!(
         ChunkList::decode(&list, MAX_CHUNK_LIST_LEN, 1),
-        Err(ProtocolError::BadIndex { index: 1, count: 1, .. })
+        Err(ProtocolError::BadIndex {
+            index: 1,
+            count: 1,
+            ..
+        })
     ));
     assert!(ChunkList::decode(&list, MAX_CHUNK_LIST_LEN, 2).is_ok());
     let v1_list = ChunkList::new(FILE_VERSION_ONE_RELAY, description().chunks.clone());
