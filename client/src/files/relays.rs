@@ -175,9 +175,11 @@ mod tests {
                 .collect();
             assert!(counts.iter().all(|c| *c == 2 || *c == 3), "{counts:?}");
             for w in s.windows(2) {
-                assert_eq!((w[0] + 1) % 3, w[1]);
+                if let [a, b] = w {
+                    assert_eq!((a + 1) % 3, *b);
+                }
             }
-            starts.insert(s[0]);
+            starts.extend(s.first().copied());
         }
         assert_eq!(starts.len(), 3, "the start is random");
         assert_eq!(spread(4, 1), vec![0, 0, 0, 0]);
