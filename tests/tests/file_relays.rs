@@ -481,3 +481,41 @@ fn file_relays_are_added_listed_and_removed_and_send_file_spreads_over_them() ->
     scan_dir(&other_dir, &[MARKER])?;
     Ok(())
 }
+
+/// A chained file (its chunk list in chunks of its own, lowered here to more than 2
+/// chunks) spread over two relays: version 2 lists carry relay indexes, the list chunks are
+/// on a relay too, and two recipients each fetch and decrypt the whole file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chained_file_spreads_its_chunks_and_lists_over_two_relays() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let a = start_relay(&dir.path().join("a"))?;
+    let b = start_relay(&dir.path().join("b"))?;
+    let src = dir.path().join("bible.mp3");
+    make_file(&src, 6_000_000)?;
+    let relays = vec![addr(a.address())?, addr(b.address())?];
+    let mut state = UploadState::new_spread(&src, "bible.mp3", "audio/mpeg", &relays, 2, 2)?;
+    state.set_max_direct_chunks(2);
+    assert!(state.is_chained());
+    let net = tidings_client::relay::QuicConnector;
+    let mut links = RelayPool::new(&net, state.relays().to_vec());
+    let run = upload_via(&mut links, &src, &mut state, |_| Ok(()), |_| {}).await;
+    links.close().await;
+    run?;
+    let descs = state.descriptions().ok_or_else(|| anyhow!("incomplete"))?;
+    assert_eq!(descs.len(), 2);
+    for (i, desc) in descs.iter().enumerate() {
+        assert_eq!(desc.version, 2);
+        assert!(desc.chained.is_some());
+        let back = FileDescription::decode(&desc.encode()?, MAX_PAYLOAD_LEN)?;
+        let enc = dir.path().join(format!("bible{i}.enc"));
+        let mut links = RelayPool::new(&net, back.relays.clone());
+        let mut dl = DownloadState::new(&back);
+        let run = download_via(&mut links, &back, &enc, &mut dl, |_| Ok(()), |_| {}).await;
+        links.close().await;
+        run?;
+        let out = dir.path().join(format!("bible{i}.out"));
+        save_plaintext(&enc, &back, &out)?;
+        assert!(same_file(&src, &out)?);
+    }
+    Ok(())
+}
