@@ -236,6 +236,19 @@ pub enum ClientError {
     /// The file being uploaded changed since its upload started.
     #[error("the file {0:?} changed since its upload started; send it again as a new file")]
     FileChanged(String),
+    /// One relay of a file's chunks failed (unreachable, refused, cut off): named by its
+    /// `host:port` (canonical ASCII from the parsed address). The chunks on the other
+    /// relays went through; what finished is recorded and not sent or fetched again.
+    #[error("file relay {relay}: {source}; the chunks that finished are kept: run the same command again to resume once it answers (`tidings file-relays` lists your file relays)")]
+    FileRelay {
+        /// The relay, as `host:port`.
+        relay: String,
+        /// What went wrong with it.
+        source: Box<ClientError>,
+    },
+    /// Adding a file relay was refused: why, and what to do.
+    #[error("{0}; nothing was changed")]
+    FileRelaySetting(String),
     /// The relay no longer holds a chunk of the file (expired, or deleted by its sender).
     #[error("the file {0:?} is no longer on the relay (files expire after some days); ask the sender to send it again")]
     FileGone(String),

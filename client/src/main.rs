@@ -184,6 +184,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show or change the extra relays of files: besides your own relay, each holds a share
+    /// of the chunks of every file you send, so no single relay sees a whole file.
+    FileRelays {
+        /// What to change; nothing lists them.
+        #[command(subcommand)]
+        action: Option<FileRelaysCmd>,
+    },
     /// Set the largest received file `sync` downloads by itself (default 2 MB; 0: none).
     AutoDownload {
         /// A size: `0`, `500kB`, `2MB`, `1GB` (or plain bytes).
@@ -331,6 +338,23 @@ enum NetworkCmd {
     Transport {
         /// quic, tcp or auto.
         choice: String,
+    },
+}
+
+/// `tidings file-relays …`
+#[derive(Subcommand)]
+enum FileRelaysCmd {
+    /// Add a relay (its address, `tidings://KEY@HOST:PORT`, from whoever runs it): files
+    /// sent from now on put a share of their chunks there.
+    Add {
+        /// The relay's address.
+        address: String,
+    },
+    /// Stop using a file relay for files sent from now on (by `HOST:PORT` as listed, or its
+    /// whole address).
+    Remove {
+        /// `HOST:PORT` or the whole address.
+        relay: String,
     },
 }
 
@@ -1034,6 +1058,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             send_file_cmd(&home, &net, &name, &path, None, json)?;
+        }
+        Cmd::FileRelays { action } => {
+            let mut profile = open(&home, &net)?;
+            match action {
+                Some(FileRelaysCmd::Add { address }) => {
+                    let relay = profile.add_file_relay(&address)?;
+                    let extra = profile.file_relays()?.len();
+                    done(format_args!(
+                        "added file relay {}: files you send from now on spread their chunks over your own relay and {extra} file relay{} (uploads already started keep their relays)",
+                        screen::inline(&tidings_client::files::relay_name(&relay)),
+                        if extra == 1 { "" } else { "s" }
+                    ));
+                }
+                Some(FileRelaysCmd::Remove { relay }) => {
+                    let gone = profile.remove_file_relay(&relay)?;
+                    done(format_args!(
+                        "removed file relay {}: files you send from now on do not use it (chunks already there stay until fetched or expired)",
+                        screen::inline(&tidings_client::files::relay_name(&gone))
+                    ));
+                }
+                None => {
+                    let relays = profile.file_relays()?;
+                    let mut out = std::io::stdout().lock();
+                    writeln!(
+                        out,
+                        "{}  {}  (your own relay: always used)",
+                        screen::inline(&tidings_client::files::relay_name(profile.relay())),
+                        screen::inline(&profile.relay().to_string())
+                    )?;
+                    for r in &relays {
+                        writeln!(
+                            out,
+                            "{}  {}",
+                            screen::inline(&tidings_client::files::relay_name(r)),
+                            screen::inline(&r.to_string())
+                        )?;
+                    }
+                    drop(out);
+                    if relays.is_empty() {
+                        done("no file relays besides your own: files you send go to your own relay alone (`tidings file-relays add ADDRESS` adds one)");
+                    } else {
+                        done(format_args!(
+                            "files you send spread their chunks over these {} relays",
+                            relays.len() + 1
+                        ));
+                    }
+                }
+            }
         }
         Cmd::AutoDownload { size } => {
             let bytes = parse_size(&size).ok_or_else(|| {

@@ -108,6 +108,22 @@ pub enum ProtocolError {
     /// A re-encrypted message body failed to authenticate.
     #[error("message body failed to authenticate")]
     BodyDecrypt,
+    /// An index into a list points past its end (a chunk's relay index, PROTOCOL.md 15.8).
+    #[error("{what} {index} is out of range (the list has {count})")]
+    BadIndex {
+        /// What the index selects.
+        what: &'static str,
+        /// The index given.
+        index: usize,
+        /// How many entries there are.
+        count: usize,
+    },
+    /// A list that must not repeat an entry does (two relays with one key, PROTOCOL.md 15.8).
+    #[error("{what} appears twice")]
+    Duplicate {
+        /// What is repeated.
+        what: &'static str,
+    },
     /// The random number generator failed.
     #[error("random number generator failed")]
     Rng,

@@ -24,11 +24,12 @@ use tidings_protocol::chunk::ChunkSize;
 use tidings_protocol::contact::MAX_PAYLOAD_LEN;
 use tidings_protocol::file::{
     chunk_list_cipher_keys, chunk_recipient_keys, encrypted_len, ChunkList, FileChunk,
-    FileDescription, CHUNK_LIST_INFO, CHUNK_SEED_INFO, LIST_CHUNK_INDEX_BASE, MAX_CHUNK_LIST_LEN,
-    MAX_FILE_SIZE,
+    FileDescription, CHUNK_LIST_INFO, CHUNK_SEED_INFO, FILE_VERSION, FILE_VERSION_ONE_RELAY,
+    LIST_CHUNK_INDEX_BASE, MAX_CHUNK_LIST_LEN, MAX_FILE_RELAYS, MAX_FILE_SIZE,
 };
 use tidings_protocol::ids::ChunkRecipientId;
 use tidings_protocol::keys::DhPublicKey;
+use tidings_protocol::ProtocolError;
 use zeroize::Zeroizing;
 
 fn pattern<const N: usize>(start: u8) -> [u8; N] {
@@ -80,6 +81,11 @@ struct FileVectors {
     list_chunk0_auth_public_hex: String,
     list_chunk0_dh_public_hex: String,
     chained_description_hex: String,
+    description_v2_hex: String,
+    chunk_list_v2_hex: String,
+    list_v2_aad_hex: String,
+    list_v2_segment_sha256_hex: String,
+    chained_description_v2_hex: String,
 }
 
 fn plaintext() -> Vec<u8> {
@@ -107,6 +113,7 @@ fn seal(
 fn description() -> FileDescription {
     let data = plaintext();
     FileDescription {
+        version: FILE_VERSION_ONE_RELAY,
         voice: true,
         size: PLAIN_LEN as u64,
         duration_secs: 42,
@@ -116,11 +123,14 @@ fn description() -> FileDescription {
         key: Zeroizing::new(pattern(0x10)),
         prefix: pattern(0x30),
         seed: Zeroizing::new(pattern(0x50)),
-        relay: "tidings://AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA@relay.example.org:4433"
-            .parse()
-            .unwrap(),
+        relays: vec![
+            "tidings://AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA@relay.example.org:4433"
+                .parse()
+                .unwrap(),
+        ],
         chunks: (0..2u8)
             .map(|i| FileChunk {
+                relay: 0,
                 size: ChunkSize::K64,
                 id: ChunkRecipientId::from_bytes(pattern(0x70 + 0x20 * i)),
                 relay_dh: DhPublicKey::from_bytes(pattern(0xb0 + 0x20 * i)),
@@ -134,8 +144,47 @@ fn description() -> FileDescription {
 /// list in one 64 KiB chunk.
 fn chained() -> FileDescription {
     let mut d = description();
-    d.chained = Some(ChunkList(d.chunks.clone()).encode().unwrap().len() as u32);
+    d.chained = Some(
+        ChunkList::new(d.version, d.chunks.clone())
+            .encode()
+            .unwrap()
+            .len() as u32,
+    );
     d.chunks = vec![FileChunk {
+        relay: 0,
+        size: ChunkSize::K64,
+        id: ChunkRecipientId::from_bytes(pattern(0xd0)),
+        relay_dh: DhPublicKey::from_bytes(pattern(0xe0)),
+    }];
+    d
+}
+
+/// The same file with its chunks on two relays (version 2): chunk 0 on the second relay,
+/// chunk 1 on the first.
+fn description_v2() -> FileDescription {
+    let mut d = description();
+    d.version = FILE_VERSION;
+    d.relays.push(
+        "tidings://AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE@relay2.example.net:443"
+            .parse()
+            .unwrap(),
+    );
+    d.chunks[0].relay = 1;
+    d
+}
+
+/// The version 2 file by a chained description: its chunk list (version 2) in one chunk
+/// on the second relay.
+fn chained_v2() -> FileDescription {
+    let mut d = description_v2();
+    d.chained = Some(
+        ChunkList::new(d.version, d.chunks.clone())
+            .encode()
+            .unwrap()
+            .len() as u32,
+    );
+    d.chunks = vec![FileChunk {
+        relay: 1,
         size: ChunkSize::K64,
         id: ChunkRecipientId::from_bytes(pattern(0xd0)),
         relay_dh: DhPublicKey::from_bytes(pattern(0xe0)),
@@ -170,7 +219,9 @@ fn vectors() -> FileVectors {
     assert_eq!(encrypted_len(d.size), 2 * 65_536);
     let (a0, d0) = chunk_recipient_keys(&d.seed, 0).unwrap();
     let (a1, _) = chunk_recipient_keys(&d.seed, 1).unwrap();
-    let list = ChunkList(d.chunks.clone()).encode().unwrap();
+    let list = ChunkList::new(d.version, d.chunks.clone())
+        .encode()
+        .unwrap();
     let (list_key, list_prefix) = chunk_list_cipher_keys(&d.seed).unwrap();
     let mut list_aad = b"tidings file v1".to_vec();
     list_aad.extend_from_slice(&(list.len() as u64).to_be_bytes());
@@ -178,6 +229,15 @@ fn vectors() -> FileVectors {
     list_pt.resize(SEG_PLAIN, 0);
     let (list_ct, _) = seal(&list_key, &list_prefix, 0, true, &list_aad, &list_pt);
     let (la0, ld0) = chunk_recipient_keys(&d.seed, LIST_CHUNK_INDEX_BASE).unwrap();
+    let d2 = description_v2();
+    let list_v2 = ChunkList::new(d2.version, d2.chunks.clone())
+        .encode()
+        .unwrap();
+    let mut list_v2_aad = b"tidings file v1".to_vec();
+    list_v2_aad.extend_from_slice(&(list_v2.len() as u64).to_be_bytes());
+    let mut list_v2_pt = list_v2.clone();
+    list_v2_pt.resize(SEG_PLAIN, 0);
+    let (list_v2_ct, _) = seal(&list_key, &list_prefix, 0, true, &list_v2_aad, &list_v2_pt);
     FileVectors {
         comment: "PROTOCOL.md 15.7-15.8. Plaintext bytes are i mod 251. Segment i: nonce = prefix \
                   || i u32 BE || last u8; sealed = XChaCha20-Poly1305(key, nonce, aad, plaintext \
@@ -205,6 +265,11 @@ fn vectors() -> FileVectors {
         list_chunk0_auth_public_hex: h(&la0.public().to_bytes()),
         list_chunk0_dh_public_hex: h(ld0.public().as_bytes()),
         chained_description_hex: h(&chained().encode().unwrap()),
+        description_v2_hex: h(&d2.encode().unwrap()),
+        chunk_list_v2_hex: h(&list_v2),
+        list_v2_aad_hex: h(&list_v2_aad),
+        list_v2_segment_sha256_hex: h(&Sha256::digest(&list_v2_ct)),
+        chained_description_v2_hex: h(&chained_v2().encode().unwrap()),
     }
 }
 
@@ -239,19 +304,163 @@ fn file_encryption_keys_and_description_match_the_vectors() {
     let list = ChunkList::decode(
         &hex::decode(&file.chunk_list_hex).unwrap(),
         MAX_CHUNK_LIST_LEN,
+        1,
     )
     .unwrap();
     assert_eq!(chained_back.with_chunk_list(list).unwrap(), description());
+    // Version 2: two relays, a relay index per chunk, and its chained form.
+    let v2 = FileDescription::decode(
+        &hex::decode(&file.description_v2_hex).unwrap(),
+        MAX_PAYLOAD_LEN,
+    )
+    .unwrap();
+    assert_eq!(v2, description_v2());
+    assert_eq!(v2.relay_of(&v2.chunks[0]), Some(&v2.relays[1]));
+    let chained_v2_back = FileDescription::decode(
+        &hex::decode(&file.chained_description_v2_hex).unwrap(),
+        MAX_PAYLOAD_LEN,
+    )
+    .unwrap();
+    assert_eq!(chained_v2_back, chained_v2());
+    let list_v2 = ChunkList::decode(
+        &hex::decode(&file.chunk_list_v2_hex).unwrap(),
+        MAX_CHUNK_LIST_LEN,
+        2,
+    )
+    .unwrap();
+    assert_eq!(
+        chained_v2_back.with_chunk_list(list_v2).unwrap(),
+        description_v2()
+    );
+}
+
+#[test]
+fn version_2_refuses_bad_relay_lists_and_indexes_with_typed_errors() {
+    let relay = |k: u8| -> tidings_protocol::address::RelayAddress {
+        let key = base64_key(k);
+        format!("tidings://{key}@r{k}.example.org:443")
+            .parse()
+            .unwrap()
+    };
+    // A chunk's relay index past the list.
+    let mut d = description_v2();
+    d.chunks[1].relay = 2;
+    assert!(matches!(
+        d.encode(),
+        Err(ProtocolError::BadIndex {
+            index: 2,
+            count: 2,
+            ..
+        })
+    ));
+    let mut bytes = description_v2().encode().unwrap().to_vec();
+    let at = bytes.len() - 2 * 58;
+    assert_eq!(bytes[at], 1, "chunk 0's relay index");
+    bytes[at] = 2;
+    assert!(matches!(
+        FileDescription::decode(&bytes, MAX_PAYLOAD_LEN),
+        Err(ProtocolError::BadIndex {
+            index: 2,
+            count: 2,
+            ..
+        })
+    ));
+    // Two relays with one key (even at other hosts).
+    let mut d = description_v2();
+    let same_key = format!(
+        "tidings://{}@elsewhere.example.org:443",
+        "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE"
+    );
+    d.relays.push(same_key.parse().unwrap());
+    assert!(matches!(d.encode(), Err(ProtocolError::Duplicate { .. })));
+    // No relay, or more than 8.
+    let mut d = description_v2();
+    d.relays.clear();
+    assert!(matches!(d.encode(), Err(ProtocolError::BadLength { .. })));
+    let mut d = description_v2();
+    d.relays = (0..=MAX_FILE_RELAYS as u8).map(|k| relay(k + 2)).collect();
+    assert!(matches!(d.encode(), Err(ProtocolError::BadLength { .. })));
+    let mut bytes = description_v2().encode().unwrap().to_vec();
+    let r_at = 1 + 1 + 8 + 4 + 1 + 13 + 1 + 10 + 32 + 32 + 19 + 32;
+    assert_eq!(bytes[r_at], 2, "the relay count");
+    bytes[r_at] = 0;
+    assert!(FileDescription::decode(&bytes, MAX_PAYLOAD_LEN).is_err());
+    bytes[r_at] = 9;
+    assert!(FileDescription::decode(&bytes, MAX_PAYLOAD_LEN).is_err());
+    // Version 1 names exactly one relay and no index.
+    let mut d = description();
+    d.relays = description_v2().relays.clone();
+    assert!(d.encode().is_err());
+    let mut d = description();
+    d.chunks[0].relay = 1;
+    assert!(d.encode().is_err());
+    // Unknown versions.
+    let mut bytes = description_v2().encode().unwrap().to_vec();
+    bytes[0] = 3;
+    assert!(matches!(
+        FileDescription::decode(&bytes, MAX_PAYLOAD_LEN),
+        Err(ProtocolError::UnknownTag { tag: 3, .. })
+    ));
+    // Eight relays fit; a description over 8,000 bytes is refused at encoding.
+    let mut d = description_v2();
+    d.relays = (0..MAX_FILE_RELAYS as u8).map(|k| relay(k + 2)).collect();
+    let bytes = d.encode().unwrap();
+    assert_eq!(FileDescription::decode(&bytes, MAX_PAYLOAD_LEN).unwrap(), d);
+    let mut big = description_v2();
+    big.name = "n".repeat(255);
+    big.chunks = (0..120)
+        .map(|i| FileChunk {
+            relay: (i % 2) as u8,
+            size: ChunkSize::K64,
+            id: ChunkRecipientId::from_bytes(pattern(i as u8)),
+            relay_dh: DhPublicKey::from_bytes(pattern(i as u8)),
+        })
+        .collect();
+    big.size = 120 * 65_520;
+    big.relays = (0..MAX_FILE_RELAYS as u8)
+        .map(|k| {
+            let host = format!("{}.example.org", "h".repeat(60));
+            format!("tidings://{}@{host}:443", base64_key(k + 2))
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(matches!(big.encode(), Err(ProtocolError::TooLong { .. })));
+    // A version 2 list: index past the description's relays, version mismatch.
+    let list = ChunkList::new(FILE_VERSION, description_v2().chunks.clone())
+        .encode()
+        .unwrap();
+    assert!(matches!(
+        ChunkList::decode(&list, MAX_CHUNK_LIST_LEN, 1),
+        Err(ProtocolError::BadIndex {
+            index: 1,
+            count: 1,
+            ..
+        })
+    ));
+    assert!(ChunkList::decode(&list, MAX_CHUNK_LIST_LEN, 2).is_ok());
+    let v1_list = ChunkList::new(FILE_VERSION_ONE_RELAY, description().chunks.clone());
+    assert!(chained_v2().with_chunk_list(v1_list).is_err());
+    let v2_list = ChunkList::new(FILE_VERSION, description().chunks.clone());
+    assert!(chained().with_chunk_list(v2_list).is_err());
+    let mut trailing = list.clone();
+    trailing.push(0);
+    assert!(ChunkList::decode(&trailing, MAX_CHUNK_LIST_LEN, 2).is_err());
+}
+
+fn base64_key(k: u8) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([k; 32])
 }
 
 #[test]
 fn chained_descriptions_and_chunk_lists_refuse_what_does_not_add_up() {
     // A list whose chunks do not add up to the file's size.
-    let short = ChunkList(description().chunks[..1].to_vec());
+    let short = ChunkList::new(1, description().chunks[..1].to_vec());
     assert!(chained().with_chunk_list(short).is_err());
     // A plain description takes no list.
     assert!(description()
-        .with_chunk_list(ChunkList(description().chunks.clone()))
+        .with_chunk_list(ChunkList::new(1, description().chunks.clone()))
         .is_err());
     // The list length must match the listed chunks.
     let mut d = chained();
@@ -262,19 +471,21 @@ fn chained_descriptions_and_chunk_lists_refuse_what_does_not_add_up() {
     d.size = MAX_FILE_SIZE + 1;
     assert!(d.encode().is_err());
     // A list: trailing bytes, a count that lies, an empty list, an unknown version.
-    let list = ChunkList(description().chunks.clone()).encode().unwrap();
+    let list = ChunkList::new(1, description().chunks.clone())
+        .encode()
+        .unwrap();
     let mut trailing = list.clone();
     trailing.push(0);
-    assert!(ChunkList::decode(&trailing, MAX_CHUNK_LIST_LEN).is_err());
+    assert!(ChunkList::decode(&trailing, MAX_CHUNK_LIST_LEN, 1).is_err());
     let mut lying = list.clone();
     lying[4] = 3;
-    assert!(ChunkList::decode(&lying, MAX_CHUNK_LIST_LEN).is_err());
-    assert!(ChunkList(Vec::new()).encode().is_err());
-    assert!(ChunkList::decode(&[1, 0, 0, 0, 0], MAX_CHUNK_LIST_LEN).is_err());
+    assert!(ChunkList::decode(&lying, MAX_CHUNK_LIST_LEN, 1).is_err());
+    assert!(ChunkList::new(1, Vec::new()).encode().is_err());
+    assert!(ChunkList::decode(&[1, 0, 0, 0, 0], MAX_CHUNK_LIST_LEN, 1).is_err());
     let mut version = list.clone();
-    version[0] = 2;
-    assert!(ChunkList::decode(&version, MAX_CHUNK_LIST_LEN).is_err());
-    assert!(ChunkList::decode(&list, list.len() - 1).is_err());
+    version[0] = 3;
+    assert!(ChunkList::decode(&version, MAX_CHUNK_LIST_LEN, 1).is_err());
+    assert!(ChunkList::decode(&list, list.len() - 1, 1).is_err());
     // A chained description cut before its list length.
     let bytes = chained().encode().unwrap().to_vec();
     assert!(FileDescription::decode(&bytes[..bytes.len() - 4], MAX_PAYLOAD_LEN).is_err());

@@ -900,35 +900,101 @@ fn binding_names_read_back_and_map_to_their_proof_bytes() {
 // ---------------------------------------------------------------------------------------
 
 proptest! {
-    /// Any list of 1 to 1,100 chunks round-trips; its encoding is exactly 5 + 57 bytes per
-    /// chunk; one byte more or less never decodes.
+    /// Any list of 1 to 1,100 chunks round-trips in both versions; its encoding is exactly
+    /// 5 + 57 (version 1) or 5 + 58 (version 2) bytes per chunk; one byte more or less
+    /// never decodes, and a relay index at or past the description's relay count is refused.
     #[test]
     fn chunk_lists_round_trip_and_refuse_a_byte_more_or_less(
-        entries in proptest::collection::vec((0u8..4, any::<[u8; 24]>(), any::<[u8; 32]>()), 1..1100),
+        entries in proptest::collection::vec((0u8..8, 0u8..4, any::<[u8; 24]>(), any::<[u8; 32]>()), 1..1100),
+        v2 in any::<bool>(),
     ) {
         use tidings_protocol::file::{ChunkList, FileChunk, MAX_CHUNK_LIST_LEN};
-        let list = ChunkList(entries.iter().map(|(s, id, dh)| FileChunk {
+        let version = if v2 { 2 } else { 1 };
+        let list = ChunkList::new(version, entries.iter().map(|(r, s, id, dh)| FileChunk {
+            relay: if v2 { *r } else { 0 },
             size: ChunkSize::from_u8(*s).unwrap(),
             id: ChunkRecipientId::from_bytes(*id),
             relay_dh: DhPublicKey::from_bytes(*dh),
         }).collect());
         let bytes = list.encode().unwrap();
-        prop_assert_eq!(bytes.len(), 5 + 57 * entries.len());
-        prop_assert_eq!(&ChunkList::decode(&bytes, MAX_CHUNK_LIST_LEN).unwrap(), &list);
+        prop_assert_eq!(bytes.len(), 5 + (56 + usize::from(version)) * entries.len());
+        prop_assert_eq!(&ChunkList::decode(&bytes, MAX_CHUNK_LIST_LEN, 8).unwrap(), &list);
         let mut longer = bytes.clone();
         longer.push(0);
-        prop_assert!(ChunkList::decode(&longer, MAX_CHUNK_LIST_LEN).is_err());
-        prop_assert!(ChunkList::decode(&bytes[..bytes.len() - 1], MAX_CHUNK_LIST_LEN).is_err());
+        prop_assert!(ChunkList::decode(&longer, MAX_CHUNK_LIST_LEN, 8).is_err());
+        prop_assert!(ChunkList::decode(&bytes[..bytes.len() - 1], MAX_CHUNK_LIST_LEN, 8).is_err());
+        let top = list.chunks.iter().map(|c| c.relay).max().unwrap_or(0);
+        if v2 {
+            prop_assert!(ChunkList::decode(&bytes, MAX_CHUNK_LIST_LEN, usize::from(top)).is_err());
+        }
     }
 
     /// Arbitrary bytes never panic the chunk list decoder, and what decodes is canonical.
     #[test]
     fn arbitrary_chunk_lists_decode_canonically_or_not_at_all(
         bytes in proptest::collection::vec(any::<u8>(), 0..400),
+        relays in 0usize..10,
     ) {
         use tidings_protocol::file::{ChunkList, MAX_CHUNK_LIST_LEN};
-        if let Ok(list) = ChunkList::decode(&bytes, MAX_CHUNK_LIST_LEN) {
+        if let Ok(list) = ChunkList::decode(&bytes, MAX_CHUNK_LIST_LEN, relays) {
             prop_assert_eq!(list.encode().unwrap(), bytes);
         }
+    }
+
+    /// A version 2 description with 1 to 8 relays and any valid relay index per chunk
+    /// round-trips; changing a chunk's index to one past the list is refused.
+    #[test]
+    fn version_2_descriptions_round_trip_with_their_relays(
+        keys in proptest::collection::btree_set(any::<[u8; 32]>(), 1..=8),
+        picks in proptest::collection::vec(any::<u8>(), 1..=60),
+        seed in any::<[u8; 32]>(),
+    ) {
+        use base64::Engine as _;
+        use tidings_protocol::contact::MAX_PAYLOAD_LEN;
+        use tidings_protocol::file::{FileChunk, FileDescription, FILE_VERSION};
+        let relays: Vec<tidings_protocol::address::RelayAddress> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k);
+                format!("tidings://{key}@r{i}.example.org:443").parse().unwrap()
+            })
+            .collect();
+        let r = relays.len();
+        let chunks: Vec<FileChunk> = picks
+            .iter()
+            .enumerate()
+            .map(|(i, p)| FileChunk {
+                relay: (usize::from(*p) % r) as u8,
+                size: ChunkSize::K64,
+                id: ChunkRecipientId::from_bytes([i as u8; 24]),
+                relay_dh: DhPublicKey::from_bytes([*p; 32]),
+            })
+            .collect();
+        let d = FileDescription {
+            version: FILE_VERSION,
+            voice: false,
+            size: 65_520 * chunks.len() as u64,
+            duration_secs: 0,
+            name: "f".into(),
+            media_type: "application/octet-stream".into(),
+            digest: seed,
+            key: Zeroizing::new(seed),
+            prefix: [7; 19],
+            seed: Zeroizing::new(seed),
+            relays,
+            chunks,
+            chained: None,
+        };
+        let bytes = d.encode().unwrap();
+        let back = FileDescription::decode(&bytes, MAX_PAYLOAD_LEN).unwrap();
+        prop_assert_eq!(&back, &d);
+        let mut bad = d.clone();
+        bad.chunks[0].relay = r as u8;
+        prop_assert!(bad.encode().is_err());
+        let mut raw = bytes.to_vec();
+        let at = raw.len() - 58 * d.chunks.len();
+        raw[at] = r as u8;
+        prop_assert!(FileDescription::decode(&raw, MAX_PAYLOAD_LEN).is_err());
     }
 }

@@ -342,33 +342,63 @@ def chunk_keys(seed, index):
 a0, d0 = chunk_keys(seed, 0); a1, _ = chunk_keys(seed, 1)
 check('chunk keys from seed', a0.hex() == fv['chunk0_auth_public_hex'] and d0.hex() == fv['chunk0_dh_public_hex'] and a1.hex() == fv['chunk1_auth_public_hex'])
 def decode_description(b):
-    """PROTOCOL.md 15.8, strictly."""
-    if b[0] != 1 or b[1] & ~3: raise ValueError('version/flags')
+    """PROTOCOL.md 15.8, strictly: version 1 (one relay) and version 2 (1..=8 relays, a
+    relay index per chunk)."""
+    if len(b) > 8000: raise ValueError('over 8,000 bytes')
+    v = b[0]
+    if v not in (1, 2) or b[1] & ~3: raise ValueError('version/flags')
     voice = bool(b[1] & 1); chained = bool(b[1] & 2); size, dur = struct.unpack('>QI', b[2:14]); at = 14
     if size > 4 << 30: raise ValueError('size over 4 GiB')
     nl = b[at]; name = b[at + 1:at + 1 + nl].decode(); at += 1 + nl
     ml = b[at]; media = b[at + 1:at + 1 + ml].decode('ascii'); at += 1 + ml
     if not (1 <= nl <= 255 and 1 <= ml <= 127): raise ValueError('lengths')
     digest, key, prefix, sd = b[at:at + 32], b[at + 32:at + 64], b[at + 64:at + 83], b[at + 83:at + 115]; at += 115
-    rl = struct.unpack('>H', b[at:at + 2])[0]; relay = b[at + 2:at + 2 + rl].decode(); at += 2 + rl
+    if v == 1:
+        r = 1
+    else:
+        r = b[at]; at += 1
+        if not 1 <= r <= 8: raise ValueError('relay count')
+    relays = []
+    for _ in range(r):
+        rl = struct.unpack('>H', b[at:at + 2])[0]
+        if rl > 512: raise ValueError('relay address length')
+        relays.append(b[at + 2:at + 2 + rl].decode()); at += 2 + rl
+    keys = [parse_address(a)[0] for a in relays]
+    if len(set(keys)) != len(keys): raise ValueError('two relays with one key')
     n = struct.unpack('>H', b[at:at + 2])[0]; at += 2
-    chunks = [(b[at + 57 * i], b[at + 57 * i + 1:at + 57 * i + 25], b[at + 57 * i + 25:at + 57 * i + 57]) for i in range(n)]
-    at += 57 * n
+    e = 57 if v == 1 else 58
+    chunks = []
+    for i in range(n):
+        c = b[at + e * i:at + e * (i + 1)]
+        if len(c) != e: raise ValueError('truncated')
+        ri, c = (0, c) if v == 1 else (c[0], c[1:])
+        if ri >= r: raise ValueError('relay index out of range')
+        chunks.append((ri, c[0], c[1:25], c[25:57]))
+    at += e * n
     list_len = None
     if chained:
         list_len = struct.unpack('>I', b[at:at + 4])[0]; at += 4
-        if not 1 <= list_len <= 5 + 57 * 1100: raise ValueError('chunk list length')
+        if not 1 <= list_len <= 5 + e * 1100: raise ValueError('chunk list length')
     if at != len(b) or not 1 <= n <= 120: raise ValueError('trailing or count')
     listed = list_len if chained else size
-    if sum(SIZES[c[0]] for c in chunks) != max(1, -(-listed // 65520)) * 65536: raise ValueError('chunk sizes')
+    if sum(SIZES[c[1]] for c in chunks) != max(1, -(-listed // 65520)) * 65536: raise ValueError('chunk sizes')
     if not voice and dur: raise ValueError('duration')
-    return dict(voice=voice, size=size, duration=dur, name=name, media=media, digest=digest, key=key, prefix=prefix, seed=sd, relay=relay, chunks=chunks, list_len=list_len)
-def decode_chunk_list(b):
-    """PROTOCOL.md 15.9, strictly."""
-    if len(b) > 5 + 57 * 1100 or len(b) < 5 or b[0] != 1: raise ValueError('chunk list version/length')
+    return dict(version=v, voice=voice, size=size, duration=dur, name=name, media=media, digest=digest, key=key, prefix=prefix, seed=sd, relays=relays, relay=relays[0], chunks=chunks, list_len=list_len)
+def decode_chunk_list(b, relays=1):
+    """PROTOCOL.md 15.9, strictly: version 1 (57-byte entries) or 2 (58, a relay index first,
+    below the description's relay count)."""
+    if len(b) < 5 or b[0] not in (1, 2): raise ValueError('chunk list version/length')
+    e = 57 if b[0] == 1 else 58
+    if len(b) > 5 + e * 1100: raise ValueError('chunk list length')
     m = struct.unpack('>I', b[1:5])[0]
-    if not 1 <= m <= 1100 or len(b) != 5 + 57 * m: raise ValueError('chunk list count')
-    return [(b[5 + 57 * i], b[6 + 57 * i:30 + 57 * i], b[30 + 57 * i:62 + 57 * i]) for i in range(m)]
+    if not 1 <= m <= 1100 or len(b) != 5 + e * m: raise ValueError('chunk list count')
+    out = []
+    for i in range(m):
+        c = b[5 + e * i:5 + e * (i + 1)]
+        ri, c = (0, c) if e == 57 else (c[0], c[1:])
+        if ri >= (1 if e == 57 else relays): raise ValueError('relay index out of range')
+        out.append((ri, c[0], c[1:25], c[25:57]))
+    return out
 d = decode_description(bytes.fromhex(fv['description_hex']))
 check('file description', d['voice'] and d['size'] == flen and d['duration'] == 42 and d['name'] == 'sermon-03.mp3'
       and d['media'] == 'audio/mpeg' and d['digest'].hex() == fv['plaintext_sha256_hex'] and d['key'] == fkey
@@ -389,11 +419,41 @@ check('chunk list chunk keys', la0.hex() == fv['list_chunk0_auth_public_hex'] an
 listed = decode_chunk_list(clist)
 check('chained description', cd['list_len'] == len(clist) and len(cd['chunks']) == 1 and cd['size'] == flen
       and cd['key'] == fkey and cd['digest'] == d['digest'] and cd['name'] == d['name'] and listed == d['chunks']
-      and sum(SIZES[c[0]] for c in listed) == max(1, -(-cd['size'] // 65520)) * 65536)
+      and sum(SIZES[c[1]] for c in listed) == max(1, -(-cd['size'] // 65520)) * 65536)
 for wrong in (clist + b'\0', clist[:1] + struct.pack('>I', 3) + clist[5:], b'\x02' + clist[1:], b'\x01\0\0\0\0'):
     try:
         decode_chunk_list(wrong); check('chunk list refused', False)
     except (ValueError, IndexError, struct.error):
+        pass
+
+# 15.8-15.9 version 2: the same file with its chunks on two relays, its list, its chained form.
+d2 = decode_description(bytes.fromhex(fv['description_v2_hex']))
+check('file description v2', d2['version'] == 2 and len(d2['relays']) == 2 and d2['relays'][0] == d['relay']
+      and [c[0] for c in d2['chunks']] == [1, 0] and [c[1:] for c in d2['chunks']] == [c[1:] for c in d['chunks']]
+      and d2['key'] == fkey and d2['digest'] == d['digest'] and d2['seed'] == seed and d2['list_len'] is None)
+clist2 = bytes.fromhex(fv['chunk_list_v2_hex'])
+listed2 = decode_chunk_list(clist2, 2)
+laad2 = b'tidings file v1' + struct.pack('>Q', len(clist2))
+lct2 = xchacha_seal(lkey, lprefix + struct.pack('>I', 0) + b'\x01', laad2, clist2.ljust(65520, b'\0'))
+check('chunk list v2 encryption', laad2.hex() == fv['list_v2_aad_hex'] and hashlib.sha256(lct2).hexdigest() == fv['list_v2_segment_sha256_hex'])
+cd2 = decode_description(bytes.fromhex(fv['chained_description_v2_hex']))
+check('chained description v2', cd2['version'] == 2 and cd2['list_len'] == len(clist2) and len(cd2['chunks']) == 1
+      and cd2['chunks'][0][0] == 1 and cd2['relays'] == d2['relays'] and listed2 == d2['chunks'])
+for wrong_list, relays in ((clist2, 1), (clist2 + b'\0', 2), (b'\x03' + clist2[1:], 2), (b'\x01' + clist2[1:], 2)):
+    try:
+        decode_chunk_list(wrong_list, relays); check('chunk list v2 refused', False)
+    except (ValueError, IndexError, struct.error):
+        pass
+d2b = bytearray(bytes.fromhex(fv['description_v2_hex']))
+for mutate in ('index', 'count0', 'count9', 'version3'):
+    w = bytearray(d2b)
+    if mutate == 'index': w[len(w) - 2 * 58] = 2
+    if mutate == 'count0': w[14 + 1 + 13 + 1 + 10 + 115] = 0
+    if mutate == 'count9': w[14 + 1 + 13 + 1 + 10 + 115] = 9
+    if mutate == 'version3': w[0] = 3
+    try:
+        decode_description(bytes(w)); check('description v2 refused (%s)' % mutate, False)
+    except (ValueError, IndexError, struct.error, UnicodeDecodeError):
         pass
 
 # ---------- section 4-5: Noise NK ----------

@@ -6,17 +6,22 @@
 //! - [`transfer`]: cutting the encrypted file into chunks of the four chunk sizes, uploading
 //!   them for every recipient (real and dummy) with resume after a kill, a drop or a relay
 //!   restart, and downloading, checking and decrypting them again.
+//! - [`relays`]: which relay holds which chunk (the own relay and the user's extra file
+//!   relays, round robin from a random start) and one connection per relay.
 //!
-//! The relay sees chunk sizes and counts, timing, and how many recipient ids each chunk has
+//! Each relay sees the sizes and count of the chunks it holds, timing, and how many recipient ids each chunk has
 //! (dummies included); never a name, a key, a digest or a byte of the file.
 
 pub mod crypt;
 pub mod duration;
+pub mod relays;
 pub mod transfer;
 
+pub use relays::{relay_name, FileLinks, OneLink, RelayPool};
 pub use tidings_protocol::file::FileDescription;
 pub use transfer::{
-    download, plan_chunks, save_plaintext, upload, DownloadState, Progress, UploadState,
+    download, download_via, plan_chunks, save_plaintext, upload, upload_via, DownloadState,
+    Progress, UploadState,
 };
 
 /// A size as people read it: `812 B`, `4.2 kB`, `4.2 MB`, `1.1 GB` (powers of 1,000).

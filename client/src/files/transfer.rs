@@ -18,6 +18,12 @@
 //! list, encrypted under keys from that recipient's seed, as chunks of its own, and the
 //! descriptions list those. A download of a chained description first fetches and opens the
 //! list, then proceeds as for any file.
+//!
+//! The chunks may be spread over several relays ([`super::relays`]): the state records each
+//! chunk's relay, [`upload_via`] and [`download_via`] take one connection per relay
+//! ([`FileLinks`]), and a relay that fails is named in the error while the chunks on the
+//! others go on; the next run resumes from what is recorded. [`upload`] and [`download`]
+//! are the same over one connection, for files on one relay.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -29,14 +35,16 @@ use tidings_protocol::address::RelayAddress;
 use tidings_protocol::chunk::{ChunkKey, ChunkRecipient, ChunkSize, RecipientKeys, PIECE_LEN};
 use tidings_protocol::command::{Command, ErrorCode, ReplyKind};
 use tidings_protocol::file::{
-    chunk_list_cipher_keys, chunk_recipient_keys, ChunkList, FileChunk, FileDescription,
-    LIST_CHUNK_INDEX_BASE, MAX_CHUNK_LIST_LEN, MAX_FILE_CHUNKS, MAX_FILE_SIZE,
+    chunk_list_cipher_keys, chunk_recipient_keys, description_len, ChunkList, FileChunk,
+    FileDescription, FILE_VERSION, FILE_VERSION_ONE_RELAY, LIST_CHUNK_INDEX_BASE,
+    MAX_CHUNK_LIST_LEN, MAX_DESCRIPTION_LEN, MAX_FILE_CHUNKS, MAX_FILE_RELAYS, MAX_FILE_SIZE,
 };
 use tidings_protocol::ids::{ChunkRecipientId, ChunkSenderId, EntityId};
 use tidings_protocol::keys::{AuthSecretKey, DhPublicKey, DhSecretKey};
 use zeroize::Zeroizing;
 
 use super::crypt::{FileCipher, SegmentError, PREFIX_LEN, SEGMENT_LEN, SEGMENT_PLAIN_LEN};
+use super::relays::{is_relay_failure, spread, FileLinks, OneLink};
 use crate::error::{ClientError, Result};
 use crate::relay::RelayLink;
 
@@ -62,6 +70,20 @@ fn max_direct_chunks() -> usize {
         return n;
     }
     MAX_FILE_CHUNKS
+}
+
+/// The most chunks a description of a file with this name, media type and relays lists
+/// directly within [`MAX_DESCRIPTION_LEN`] (at least 1: a chained description lists one
+/// chunk per 64 KiB of its list).
+fn direct_room(name: &str, media_type: &str, relays: &[RelayAddress]) -> usize {
+    let version = if relays.len() == 1 {
+        FILE_VERSION_ONE_RELAY
+    } else {
+        FILE_VERSION
+    };
+    let bare = description_len(version, name.len(), media_type.len(), relays, 0, true);
+    let entry = description_len(version, name.len(), media_type.len(), relays, 1, true) - bare;
+    (MAX_DESCRIPTION_LEN.saturating_sub(bare) / entry.max(1)).clamp(1, MAX_FILE_CHUNKS)
 }
 
 /// Progress of a transfer, for a progress bar or plain lines.
@@ -118,6 +140,7 @@ fn digest_of(path: &Path) -> Result<([u8; 32], u64)> {
 
 /// One recipient's access to one chunk: derived from its seed and the description.
 struct ChunkAccess {
+    relay: u8,
     size: ChunkSize,
     id: ChunkRecipientId,
     auth: AuthSecretKey,
@@ -136,6 +159,7 @@ fn accesses(desc: &FileDescription, base: u32) -> Result<Vec<ChunkAccess>> {
             .ok_or_else(|| file_error(&desc.name, "too many chunks"))?;
         let (auth, dh) = chunk_recipient_keys(&desc.seed, index)?;
         out.push(ChunkAccess {
+            relay: c.relay,
             size: c.size,
             id: c.id,
             auth,
@@ -153,6 +177,8 @@ fn cipher_of(desc: &FileDescription) -> FileCipher {
 /// One chunk of an upload.
 #[derive(Clone)]
 struct UploadChunk {
+    /// The index of its relay in the upload's relays.
+    relay: u8,
     size: ChunkSize,
     auth: AuthSecretKey,
     /// Set once the relay created it: its sender id and, per recipient (real first, then
@@ -166,7 +192,11 @@ struct UploadChunk {
 struct SavedUpload {
     name: String,
     media_type: String,
+    /// The own relay (the only one before files spread over relays).
     relay: String,
+    /// Every relay of the upload, the own first; empty in states kept before.
+    #[serde(default)]
+    relays: Vec<String>,
     size: u64,
     digest: Vec<u8>,
     key: Vec<u8>,
@@ -183,6 +213,8 @@ struct SavedUpload {
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SavedChunk {
+    #[serde(default)]
+    relay: u8,
     size: u8,
     auth_seed: Vec<u8>,
     sender: Option<Vec<u8>>,
@@ -209,6 +241,7 @@ impl Drop for SavedUpload {
 
 fn save_chunk(c: &UploadChunk) -> SavedChunk {
     SavedChunk {
+        relay: c.relay,
         size: c.size.to_u8(),
         auth_seed: c.auth.to_seed().to_vec(),
         sender: c.created.as_ref().map(|(s, _)| s.as_bytes().to_vec()),
@@ -241,6 +274,7 @@ fn load_chunk(c: &SavedChunk) -> Result<UploadChunk> {
     };
     let seed = Zeroizing::new(arr::<32>(&c.auth_seed)?);
     Ok(UploadChunk {
+        relay: c.relay,
         size: ChunkSize::from_u8(c.size)?,
         auth: AuthSecretKey::from_seed(&seed),
         created,
@@ -248,9 +282,12 @@ fn load_chunk(c: &SavedChunk) -> Result<UploadChunk> {
     })
 }
 
-fn new_chunks(plan: Vec<ChunkSize>) -> Vec<UploadChunk> {
+/// Chunks of the sizes in `plan`, on the relays `relays` gives (one index per chunk).
+fn new_chunks(plan: Vec<ChunkSize>, relays: &[u8]) -> Vec<UploadChunk> {
     plan.into_iter()
-        .map(|size| UploadChunk {
+        .zip(relays.iter().copied().chain(std::iter::repeat(0)))
+        .map(|(size, relay)| UploadChunk {
+            relay,
             size,
             auth: AuthSecretKey::generate(&mut OsRng),
             created: None,
@@ -268,7 +305,8 @@ fn arr<const N: usize>(v: &[u8]) -> Result<[u8; N]> {
 pub struct UploadState {
     name: String,
     media_type: String,
-    relay: RelayAddress,
+    /// The relays holding the chunks: the own relay first, then the extra file relays.
+    relays: Vec<RelayAddress>,
     size: u64,
     digest: [u8; 32],
     key: Zeroizing<[u8; 32]>,
@@ -314,6 +352,33 @@ impl UploadState {
         recipients: usize,
         dummies: usize,
     ) -> Result<Self> {
+        Self::new_spread(
+            path,
+            name,
+            media_type,
+            std::slice::from_ref(relay),
+            recipients,
+            dummies,
+        )
+    }
+
+    /// Plans the upload of `path` with its chunks spread over `relays` (the own relay
+    /// first; 1..=8, no relay twice), round robin from a random start; otherwise as
+    /// [`UploadState::new`].
+    pub fn new_spread(
+        path: &Path,
+        name: &str,
+        media_type: &str,
+        relays: &[RelayAddress],
+        recipients: usize,
+        dummies: usize,
+    ) -> Result<Self> {
+        if relays.is_empty() || relays.len() > MAX_FILE_RELAYS {
+            return Err(ClientError::FileRelaySetting(format!(
+                "a file goes to 1 to {MAX_FILE_RELAYS} relays, not {}",
+                relays.len()
+            )));
+        }
         let (digest, size) = digest_of(path)?;
         let key = random32();
         let mut prefix = [0u8; PREFIX_LEN];
@@ -326,12 +391,14 @@ impl UploadState {
             });
         }
         let plan = plan_chunks(cipher.encrypted_len());
-        let chained = plan.len() > max_direct_chunks();
-        let chunks = new_chunks(plan);
+        let room = direct_room(name, media_type, relays);
+        let chained = plan.len() > max_direct_chunks().min(room);
+        let placed = spread(plan.len(), relays.len());
+        let chunks = new_chunks(plan, &placed);
         Ok(Self {
             name: name.to_string(),
             media_type: media_type.to_string(),
-            relay: relay.clone(),
+            relays: relays.to_vec(),
             size,
             digest,
             key,
@@ -350,7 +417,12 @@ impl UploadState {
         let saved = SavedUpload {
             name: self.name.clone(),
             media_type: self.media_type.clone(),
-            relay: self.relay.to_string(),
+            relay: self
+                .relays
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            relays: self.relays.iter().map(ToString::to_string).collect(),
             size: self.size,
             digest: self.digest.to_vec(),
             key: self.key.to_vec(),
@@ -384,10 +456,26 @@ impl UploadState {
             .iter()
             .map(|l| l.iter().map(load_chunk).collect::<Result<Vec<_>>>())
             .collect::<Result<Vec<_>>>()?;
+        let relays = if saved.relays.is_empty() {
+            vec![saved.relay.parse()?]
+        } else {
+            saved
+                .relays
+                .iter()
+                .map(|r| r.parse())
+                .collect::<std::result::Result<Vec<RelayAddress>, _>>()?
+        };
+        let placed_ok = chunks
+            .iter()
+            .chain(lists.iter().flatten())
+            .all(|c| usize::from(c.relay) < relays.len());
+        if !placed_ok || relays.len() > MAX_FILE_RELAYS {
+            return Err(ClientError::Crypto);
+        }
         Ok(Self {
             name: saved.name.clone(),
             media_type: saved.media_type.clone(),
-            relay: saved.relay.parse()?,
+            relays,
             size: saved.size,
             digest: arr(&saved.digest)?,
             key: Zeroizing::new(arr(&saved.key)?),
@@ -425,7 +513,37 @@ impl UploadState {
     pub fn set_max_direct_chunks(&mut self, n: usize) {
         let started = self.chunks.iter().any(|c| c.created.is_some());
         if !started {
-            self.chained = self.chunks.len() > n.clamp(1, MAX_FILE_CHUNKS);
+            let room = direct_room(&self.name, &self.media_type, &self.relays);
+            self.chained = self.chunks.len() > n.clamp(1, MAX_FILE_CHUNKS).min(room);
+        }
+    }
+
+    /// The relays of this upload (the own relay first), as recorded when it started.
+    pub fn relays(&self) -> &[RelayAddress] {
+        &self.relays
+    }
+
+    /// How many of the file's chunks (not those of its chunk lists) each relay holds, by
+    /// relay index.
+    pub fn chunks_per_relay(&self) -> Vec<usize> {
+        (0..self.relays.len())
+            .map(|r| {
+                self.chunks
+                    .iter()
+                    .filter(|c| usize::from(c.relay) == r)
+                    .count()
+            })
+            .collect()
+    }
+
+    /// The description version this upload's descriptions use: 1 when every chunk is on
+    /// the own relay alone (so recipients whose client predates version 2 can still fetch
+    /// it), 2 when the file has more than one relay.
+    fn version(&self) -> u8 {
+        if self.relays.len() == 1 {
+            FILE_VERSION_ONE_RELAY
+        } else {
+            FILE_VERSION
         }
     }
 
@@ -452,12 +570,14 @@ impl UploadState {
             let mut chunks = self.file_chunks_of(r)?;
             let mut chained = None;
             if self.chained {
-                chained = Some(u32::try_from(ChunkList(chunks).encode().ok()?.len()).ok()?);
+                let list = ChunkList::new(self.version(), chunks);
+                chained = Some(u32::try_from(list.encode().ok()?.len()).ok()?);
                 chunks = Vec::new();
                 for c in self.lists.get(r)? {
                     let (_, answer) = c.created.as_ref()?;
                     let ans = answer.first()?;
                     chunks.push(FileChunk {
+                        relay: c.relay,
                         size: c.size,
                         id: ans.id,
                         relay_dh: ans.relay_dh,
@@ -465,6 +585,7 @@ impl UploadState {
                 }
             }
             out.push(FileDescription {
+                version: self.version(),
                 voice: self.voice_secs.is_some(),
                 size: self.size,
                 duration_secs: self.voice_secs.unwrap_or(0),
@@ -474,7 +595,7 @@ impl UploadState {
                 key: self.key.clone(),
                 prefix: self.prefix,
                 seed: self.seeds.get(r)?.clone(),
-                relay: self.relay.clone(),
+                relays: self.relays.clone(),
                 chunks,
                 chained,
             });
@@ -490,6 +611,7 @@ impl UploadState {
                 let (_, answer) = c.created.as_ref()?;
                 let ans = answer.get(r)?;
                 Some(FileChunk {
+                    relay: c.relay,
                     size: c.size,
                     id: ans.id,
                     relay_dh: ans.relay_dh,
@@ -502,7 +624,7 @@ impl UploadState {
     /// bytes on every resume).
     fn encrypted_list(&self, r: usize) -> Result<Vec<u8>> {
         let chunks = self.file_chunks_of(r).ok_or(ClientError::Crypto)?;
-        let list = Zeroizing::new(ChunkList(chunks).encode()?);
+        let list = Zeroizing::new(ChunkList::new(self.version(), chunks).encode()?);
         let seed = self.seeds.get(r).ok_or(ClientError::Crypto)?;
         let (key, prefix) = chunk_list_cipher_keys(seed)?;
         let cipher = FileCipher::new(key, prefix, list.len() as u64);
@@ -648,12 +770,54 @@ async fn send_chunk<L: RelayLink>(
     Ok(())
 }
 
-/// Uploads (or resumes uploading) the file at `path`. `save` is called whenever the state
-/// changed in a way that must survive a kill (before the next command depends on it).
-/// A chained file's chunk lists go up after its chunks, one per recipient (real and dummy),
-/// each in chunks with that recipient alone.
+/// Uploads (or resumes uploading) the file at `path`, every chunk over `link`: for an
+/// upload whose chunks are all on one relay ([`upload_via`] with [`OneLink`]).
 pub async fn upload<L: RelayLink>(
     link: &mut L,
+    path: &Path,
+    state: &mut UploadState,
+    save: impl FnMut(&UploadState) -> Result<()>,
+    progress: impl FnMut(Progress),
+) -> Result<()> {
+    upload_via(&mut OneLink(link), path, state, save, progress).await
+}
+
+/// A relay that failed during a transfer, and how (named for the person by `links`).
+type Failed = Vec<(u8, ClientError)>;
+
+/// Records that `relay` failed with `e` if it is the relay's failure (the transfer goes on
+/// with the other relays); any other error is returned to stop the transfer.
+fn relay_failed<F: FileLinks>(
+    links: &mut F,
+    failed: &mut Failed,
+    relay: u8,
+    e: ClientError,
+) -> Result<()> {
+    if is_relay_failure(&e) {
+        links.forget(relay);
+        let named = links.blame(relay, e);
+        failed.push((relay, named));
+        Ok(())
+    } else {
+        Err(links.blame(relay, e))
+    }
+}
+
+fn first_failure(failed: Failed) -> Result<()> {
+    match failed.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Uploads (or resumes uploading) the file at `path`, each chunk to its relay over
+/// `links`. `save` is called whenever the state changed in a way that must survive a kill
+/// (before the next command depends on it). A chained file's chunk lists go up after its
+/// chunks, one per recipient (real and dummy), each in chunks with that recipient alone.
+/// A relay that fails is not used again in this run: the chunks on the others go on, and
+/// the error names the first relay that failed (the next run resumes from the state).
+pub async fn upload_via<F: FileLinks>(
+    links: &mut F,
     path: &Path,
     state: &mut UploadState,
     mut save: impl FnMut(&UploadState) -> Result<()>,
@@ -668,6 +832,7 @@ pub async fn upload<L: RelayLink>(
     let total = cipher.encrypted_len();
     let mut file = File::open(path).map_err(io(path))?;
     let mut start = 0u64;
+    let mut failed = Failed::new();
     for index in 0..state.chunks.len() {
         let Some(chunk) = state.chunks.get(index).cloned() else {
             break;
@@ -678,58 +843,81 @@ pub async fn upload<L: RelayLink>(
             progress(Progress { done: start, total });
             continue;
         }
+        if failed.iter().any(|(r, _)| *r == chunk.relay) {
+            start += bytes;
+            continue;
+        }
         let keys = if chunk.created.is_none() {
             state.recipient_keys(index)?
         } else {
             Vec::new()
         };
         let data = encrypt_chunk(&mut file, path, &cipher, start, chunk.size)?;
-        send_chunk(
-            link,
-            &chunk,
-            keys,
-            &data,
-            |sender, recipients| {
-                if let Some(c) = state.chunks.get_mut(index) {
-                    c.created = Some((sender, recipients));
-                }
-                save(state)
-            },
-            |stored| {
-                progress(Progress {
-                    done: start + u64::from(stored),
-                    total,
-                })
-            },
-        )
-        .await?;
+        let sent = match links.link(chunk.relay).await {
+            Ok(link) => {
+                send_chunk(
+                    link,
+                    &chunk,
+                    keys,
+                    &data,
+                    |sender, recipients| {
+                        if let Some(c) = state.chunks.get_mut(index) {
+                            c.created = Some((sender, recipients));
+                        }
+                        save(state)
+                    },
+                    |stored| {
+                        progress(Progress {
+                            done: start + u64::from(stored),
+                            total,
+                        })
+                    },
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            relay_failed(links, &mut failed, chunk.relay, e)?;
+            start += bytes;
+            continue;
+        }
         if let Some(c) = state.chunks.get_mut(index) {
             c.complete = true;
         }
         save(state)?;
         start += bytes;
     }
+    first_failure(failed)?;
     if state.chained {
-        upload_lists(link, state, &mut save).await?;
+        upload_lists(links, state, &mut save).await?;
     }
     Ok(())
 }
 
-/// Uploads the chunk list of every recipient of a chained file (after its chunks).
-async fn upload_lists<L: RelayLink>(
-    link: &mut L,
+/// Uploads the chunk list of every recipient of a chained file (after its chunks). List
+/// chunk `j` of every recipient goes to the same relay (round robin from a random start),
+/// so the relays see the list chunks grouped as they see the file's.
+async fn upload_lists<F: FileLinks>(
+    links: &mut F,
     state: &mut UploadState,
     save: &mut impl FnMut(&UploadState) -> Result<()>,
 ) -> Result<()> {
     if state.lists.len() != state.seeds.len() {
         let mut lists = Vec::with_capacity(state.seeds.len());
+        let mut placed = Vec::new();
         for r in 0..state.seeds.len() {
             let len = state.encrypted_list(r)?.len() as u64;
-            lists.push(new_chunks(plan_chunks(len)));
+            let plan = plan_chunks(len);
+            if placed.len() < plan.len() {
+                placed = spread(plan.len(), state.relays.len());
+            }
+            lists.push(new_chunks(plan, &placed));
         }
         state.lists = lists;
         save(state)?;
     }
+    let mut failed = Failed::new();
     for r in 0..state.seeds.len() {
         let data = state.encrypted_list(r)?;
         let seed = state.seeds.get(r).cloned().ok_or(ClientError::Crypto)?;
@@ -741,7 +929,7 @@ async fn upload_lists<L: RelayLink>(
             let len = chunk.size.bytes() as usize;
             let piece = data.get(start..start + len).ok_or(ClientError::Crypto)?;
             start += len;
-            if chunk.complete {
+            if chunk.complete || failed.iter().any(|(f, _)| *f == chunk.relay) {
                 continue;
             }
             let index = u32::try_from(j)
@@ -753,27 +941,36 @@ async fn upload_lists<L: RelayLink>(
                 auth: auth.public(),
                 dh: dh.public(),
             }];
-            send_chunk(
-                link,
-                &chunk,
-                keys,
-                piece,
-                |sender, recipients| {
-                    if let Some(c) = state.lists.get_mut(r).and_then(|l| l.get_mut(j)) {
-                        c.created = Some((sender, recipients));
-                    }
-                    save(state)
-                },
-                |_| {},
-            )
-            .await?;
+            let sent = match links.link(chunk.relay).await {
+                Ok(link) => {
+                    send_chunk(
+                        link,
+                        &chunk,
+                        keys,
+                        piece,
+                        |sender, recipients| {
+                            if let Some(c) = state.lists.get_mut(r).and_then(|l| l.get_mut(j)) {
+                                c.created = Some((sender, recipients));
+                            }
+                            save(state)
+                        },
+                        |_| {},
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                relay_failed(links, &mut failed, chunk.relay, e)?;
+                continue;
+            }
             if let Some(c) = state.lists.get_mut(r).and_then(|l| l.get_mut(j)) {
                 c.complete = true;
             }
             save(state)?;
         }
     }
-    Ok(())
+    first_failure(failed)
 }
 
 /// Which chunks of a download are on disk.
@@ -826,8 +1023,8 @@ impl DownloadState {
 /// The description with the file's own chunks: `desc` itself, or for a chained description
 /// the one its chunk list (fetched from the relay and decrypted here) fills in, with the
 /// accesses to the list's chunks (acked with the file's).
-async fn resolve<L: RelayLink>(
-    link: &mut L,
+async fn resolve<F: FileLinks>(
+    links: &mut F,
     desc: &FileDescription,
 ) -> Result<(FileDescription, Vec<ChunkAccess>)> {
     let Some(list_len) = desc.chained else {
@@ -839,7 +1036,11 @@ async fn resolve<L: RelayLink>(
     let cipher = FileCipher::new(key, prefix, u64::from(list_len));
     let mut sealed = Vec::new();
     for a in &access {
-        sealed.extend_from_slice(&fetch_chunk(link, a, &desc.name).await?);
+        let fetched = match links.link(a.relay).await {
+            Ok(link) => fetch_chunk(link, a, &desc.name).await,
+            Err(e) => Err(e),
+        };
+        sealed.extend_from_slice(&fetched.map_err(|e| links.blame(a.relay, e))?);
     }
     if sealed.len() as u64 != cipher.encrypted_len() {
         return Err(damaged());
@@ -851,7 +1052,8 @@ async fn resolve<L: RelayLink>(
             .map_err(|e| segment_error(&desc.name, e))?;
         plain.extend_from_slice(&opened);
     }
-    let list = ChunkList::decode(&plain, MAX_CHUNK_LIST_LEN).map_err(|_| damaged())?;
+    let list =
+        ChunkList::decode(&plain, MAX_CHUNK_LIST_LEN, desc.relays.len()).map_err(|_| damaged())?;
     let resolved = desc.with_chunk_list(list).map_err(|_| damaged())?;
     Ok((resolved, access))
 }
@@ -929,18 +1131,34 @@ fn open_piece(
     }
 }
 
-/// Downloads (or resumes downloading) `desc` into `encrypted` (the file's encrypted bytes),
-/// then checks every segment and the digest. On success the state is `verified` and every
-/// chunk is acked so the relay deletes it.
+/// Downloads (or resumes downloading) `desc` over one connection: for a description whose
+/// chunks are all on one relay ([`download_via`] with [`OneLink`]).
 pub async fn download<L: RelayLink>(
     link: &mut L,
+    desc: &FileDescription,
+    encrypted: &Path,
+    state: &mut DownloadState,
+    save: impl FnMut(&DownloadState) -> Result<()>,
+    progress: impl FnMut(Progress),
+) -> Result<()> {
+    download_via(&mut OneLink(link), desc, encrypted, state, save, progress).await
+}
+
+/// Downloads (or resumes downloading) `desc` into `encrypted` (the file's encrypted bytes),
+/// each chunk from its relay over `links`, then checks every segment and the digest. On
+/// success the state is `verified` and every chunk is acked on its relay so the relay
+/// deletes it. A relay that fails is not used again in this run: the chunks on the others
+/// are still fetched, and the error names the first relay that failed (the next run
+/// fetches only what is missing).
+pub async fn download_via<F: FileLinks>(
+    links: &mut F,
     desc: &FileDescription,
     encrypted: &Path,
     state: &mut DownloadState,
     mut save: impl FnMut(&DownloadState) -> Result<()>,
     mut progress: impl FnMut(Progress),
 ) -> Result<()> {
-    let (resolved, list_access) = resolve(link, desc).await?;
+    let (resolved, list_access) = resolve(links, desc).await?;
     if desc.chained.is_some() {
         // The caller's state counted the list's chunks: count the file's.
         *state = DownloadState::resume(&resolved, encrypted);
@@ -964,10 +1182,26 @@ pub async fn download<L: RelayLink>(
         .open(encrypted)
         .map_err(io(encrypted))?;
     let mut start = 0u64;
+    let mut failed = Failed::new();
     for (i, access) in access.iter().enumerate() {
         let bytes = u64::from(access.size.bytes());
         if !state.done.get(i).copied().unwrap_or(false) {
-            let data = fetch_chunk(link, access, &desc.name).await?;
+            if failed.iter().any(|(r, _)| *r == access.relay) {
+                start += bytes;
+                continue;
+            }
+            let fetched = match links.link(access.relay).await {
+                Ok(link) => fetch_chunk(link, access, &desc.name).await,
+                Err(e) => Err(e),
+            };
+            let data = match fetched {
+                Ok(data) => data,
+                Err(e) => {
+                    relay_failed(links, &mut failed, access.relay, e)?;
+                    start += bytes;
+                    continue;
+                }
+            };
             file.seek(SeekFrom::Start(start)).map_err(io(encrypted))?;
             file.write_all(&data).map_err(io(encrypted))?;
             file.sync_data().map_err(io(encrypted))?;
@@ -979,13 +1213,17 @@ pub async fn download<L: RelayLink>(
         start += bytes;
         progress(Progress { done: start, total });
     }
+    first_failure(failed)?;
     verify(&mut file, encrypted, desc)?;
     state.verified = true;
     save(state)?;
     for access in access.iter().chain(&list_access) {
-        let req = link.signed(access.id.into(), Command::ChunkAck, &access.auth)?;
-        // The chunk expires anyway; an ack that fails only leaves it there until then.
-        let _ = link.request(req).await;
+        // The chunk expires anyway; an ack that fails (or a relay gone since) only leaves
+        // it there until then.
+        if let Ok(link) = links.link(access.relay).await {
+            let req = link.signed(access.id.into(), Command::ChunkAck, &access.auth)?;
+            let _ = link.request(req).await;
+        }
     }
     Ok(())
 }

@@ -192,7 +192,8 @@ pub struct OutgoingFile<'a> {
 }
 
 impl Profile {
-    /// Encrypts and uploads the file at `path` to this profile's relay, then sends its
+    /// Encrypts and uploads the file at `path` to this profile's relay (and the extra file
+    /// relays, each holding a share of the chunks), then sends its
     /// description to `label` (as a voice note of `voice_secs` seconds if given). Returns the
     /// line shown for it.
     pub async fn send_file<C: crate::relay::Connector>(
@@ -245,15 +246,16 @@ impl Profile {
             .map(|n| n.to_string_lossy().into_owned())
             .filter(|n| !n.is_empty() && n.len() <= tidings_protocol::file::MAX_NAME_LEN)
             .unwrap_or_else(|| "file".to_string());
-        let relay = self.relay().clone();
-        // An upload of the same file to the same contact that was cut off resumes.
+        let relays = self.relays_for_files()?;
+        // An upload of the same file to the same contact that was cut off resumes (on the
+        // relays it started with, which its state records).
         let key = upload_key(label, path);
         let saved = self.store.get(Tree::Meta, &key)?;
         let mut state = match saved.map(|b| crate::files::UploadState::from_bytes(&b)) {
             Some(Ok(state)) => state,
             _ => {
-                let mut state = crate::files::UploadState::new(
-                    path, &name, media_type, &relay, recipients, dummies,
+                let mut state = crate::files::UploadState::new_spread(
+                    path, &name, media_type, &relays, recipients, dummies,
                 )?;
                 if let Some(secs) = voice_secs {
                     state.set_voice(secs);
@@ -267,9 +269,9 @@ impl Profile {
             b.put(Tree::Meta, &key, s.to_bytes()?);
             store.apply(b)
         };
-        let mut link = net.connect(&relay).await?;
-        let result = crate::files::upload(&mut link, path, &mut state, save, progress).await;
-        crate::relay::RelayLink::close(link).await;
+        let mut links = crate::files::RelayPool::new(net, state.relays().to_vec());
+        let result = crate::files::upload_via(&mut links, path, &mut state, save, progress).await;
+        links.close().await;
         if let Err(ClientError::FileChanged(_)) = &result {
             // Never under the same key: forget the old upload; sending again starts afresh.
             let mut b = Batch::new();
@@ -304,10 +306,12 @@ impl Profile {
         let blob = blob_path(self.store.home(), id);
         // Chunks already on disk are found again by checking them.
         let mut state = crate::files::DownloadState::resume(&desc, &blob);
-        let mut link = net.connect(&desc.relay).await?;
+        // One connection per relay of the file, opened when a chunk there is needed.
+        let mut links = crate::files::RelayPool::new(net, desc.relays.clone());
         let result =
-            crate::files::download(&mut link, &desc, &blob, &mut state, |_| Ok(()), progress).await;
-        crate::relay::RelayLink::close(link).await;
+            crate::files::download_via(&mut links, &desc, &blob, &mut state, |_| Ok(()), progress)
+                .await;
+        links.close().await;
         result?;
         record.complete = true;
         let mut b = Batch::new();
@@ -379,7 +383,8 @@ impl Profile {
                 Err(
                     e @ (ClientError::Unreachable
                     | ClientError::ConnectionLost
-                    | ClientError::Timeout),
+                    | ClientError::Timeout
+                    | ClientError::FileRelay { .. }),
                 ) => {
                     if report.error.is_none() {
                         report.error = Some(e);

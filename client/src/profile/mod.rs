@@ -710,7 +710,9 @@ fn put_seen(b: &mut Batch, contact: &[u8; 16], id: &AppMessageId, at: u64) -> Re
 
 mod checkins;
 mod contacts;
+mod file_relays;
 mod files;
+pub use file_relays::MAX_EXTRA_FILE_RELAYS;
 pub use files::{file_line, FileInfo, OutgoingFile};
 mod history;
 mod inbox;
