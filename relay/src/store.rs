@@ -12,7 +12,8 @@
 //! No addresses, no fine timestamps, no client metadata.
 //!
 //! Room: the writer counts the bytes of every key and value it stores and of every message's
-//! record in the log (counted afresh at open) and refuses new queues and messages (`StoreFull`, which clients see as `Quota`)
+//! record in the log (counted at open: from the summary a clean stop left, or afresh after a
+//! crash; see [`summary`]) and refuses new queues and messages (`StoreFull`, which clients see as `Quota`)
 //! past a byte budget, or when the filesystem has less than a reserve free (one `statvfs`
 //! per group that grows). A write that still finds the disk full (sled then refuses every
 //! write until it is opened again) is answered `StoreFull` too, never acknowledged, and
@@ -60,6 +61,7 @@
 //! 'm' recipient[24] seq u64           -> index entry: version 2 | id[24] | hour u32
 //!                                        | segment u64 | offset u64 | record length u32
 //! 'x' hour u32 recipient[24] seq u64  -> empty (expiry index)
+//! 'e'                                 -> epoch[16], replaced at every open (summary.rs)
 //! ```
 //!
 //! A record in the log holds `version 1 | recipient[24] | seq u64 | id[24] | hour u32 |
@@ -69,6 +71,11 @@
 //! migrated when the store opens: each body is appended to the log and its record replaced
 //! by an index entry, in groups that are synced and flushed; a relay killed during the
 //! migration resumes it at the next start.
+//!
+//! Opening: after a clean stop the store opens from the counts the writer left in
+//! `open-summary` (queues, stored bytes, each log segment's live records), without reading
+//! the tree; after a crash, or with a summary that is missing, damaged or does not match the
+//! log's files, it reads the whole tree once as described above ([`summary`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -91,10 +98,12 @@ use tidings_protocol::reencrypt::DeliveryKey;
 use crate::error::{RelayError, Result};
 
 pub mod chunks;
+mod keyslots;
 mod log;
 pub mod memory;
 mod pieces;
 pub mod postgres;
+mod summary;
 pub use chunks::{ChunkRecipientRecord, ChunkRecord, ChunkStore, PutOutcome};
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
@@ -477,6 +486,9 @@ enum Op {
     Chunk(chunks::ChunkOp),
     /// Finish what came before, flush, and stop (sent when the store is dropped).
     Stop,
+    /// Stop as a crash would: no flush, no open summary (tests).
+    #[cfg(test)]
+    Halt,
 }
 
 /// What the writer shares with the store's readers.
@@ -514,6 +526,10 @@ pub struct SledStore {
     max_bytes: u64,
     /// Where chunk files live (`pieces.rs`).
     chunk_dir: PathBuf,
+    /// The chunk files' keys (`pieces.rs`).
+    chunk_keys: Arc<pieces::ChunkKeys>,
+    /// Whether this open took its counts from a clean stop's summary instead of scanning.
+    from_summary: bool,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -550,44 +566,48 @@ impl SledStore {
         let db = open_db(path, cache_bytes)?;
         let tree = db.open_tree("relay v1")?;
         let chunk_dir = pieces::chunk_dir(path);
+        // What a clean stop left (`summary.rs`): read and removed, and the epoch replaced,
+        // before anything else is written, so that it is used at most once and a crash from
+        // here on leaves nothing that matches.
+        let left = summary::take(path)?;
+        let old_epoch = tree.get(summary::EPOCH_KEY)?;
+        let left = left.filter(|s| old_epoch.as_deref() == Some(s.epoch.as_slice()));
+        let epoch = summary::new_epoch();
+        tree.insert(summary::EPOCH_KEY, epoch.as_slice())?;
+        db.flush()?;
         let mut message_log = log::LogWriter::open(path, tuning, MAX_RECORD)?;
-        migrate(&db, &tree, &mut message_log)?;
-        message_log.reset_live();
-        let mut queues = 0usize;
-        let mut bytes = pieces::recover(&tree, &chunk_dir)?;
-        let mut dangling = Vec::new();
-        for entry in tree.iter() {
-            let (key, value) = entry?;
-            match key.first() {
-                Some(&TAG_QUEUE) => queues += 1,
-                Some(&TAG_MESSAGE) => {
-                    let index = decode_index(&value)?;
-                    if !message_log.note_live(index.loc) {
-                        dangling.push((key, index));
-                        continue;
-                    }
-                    bytes = bytes.saturating_add(u64::from(index.loc.len));
-                }
-                _ => {}
+        let pieces::Recovered {
+            bytes: chunk_bytes,
+            changed: chunks_changed,
+            keys: chunk_key_file,
+        } = pieces::recover(&tree, &chunk_dir, path)?;
+        let chunk_keys = chunk_key_file.shared();
+        let kept = match left {
+            Some(s) if !chunks_changed && message_log.restore_counts(&s.segments) => {
+                Some((s.queues, s.bytes))
             }
-            bytes = bytes.saturating_add(entry_len(&key, &value));
-        }
-        if !dangling.is_empty() {
-            tracing::warn!(
-                "message log: dropped {} index entries whose records were lost in a crash \
-                 (never acknowledged)",
-                dangling.len()
-            );
-            for (key, index) in dangling {
-                let seq = seq_of(&key)?;
-                let recipient = recipient_of(&key)?;
-                tree.remove(&key)?;
-                let ek = expiry_key(index.hour, &recipient, seq);
-                if tree.remove(&ek)?.is_some() {
-                    bytes = bytes.saturating_sub(entry_len(&ek, &[]));
-                }
+            Some(_) => {
+                tracing::info!(
+                    "the store's open summary does not match what is on disk; counting the \
+                     store afresh (this takes longer)"
+                );
+                None
             }
-        }
+            None => None,
+        };
+        let from_summary = kept.is_some();
+        let (queues, bytes) = match kept {
+            Some((queues, bytes)) => (
+                usize::try_from(queues).unwrap_or(usize::MAX),
+                bytes.saturating_add(chunk_bytes),
+            ),
+            None => {
+                migrate(&db, &tree, &mut message_log)?;
+                message_log.reset_live();
+                let (queues, bytes) = scan(&tree, &mut message_log)?;
+                (queues, bytes.saturating_add(chunk_bytes))
+            }
+        };
         message_log.finish_open();
         db.flush()?;
         message_log.forget_doomed()?;
@@ -612,6 +632,11 @@ impl SledStore {
         let writer_db = db.clone();
         let writer_gauges = Arc::clone(&gauges);
         let writer_chunk_dir = chunk_dir.clone();
+        let close = Close {
+            dir: path.to_path_buf(),
+            epoch,
+            chunk_bytes,
+        };
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
@@ -621,7 +646,8 @@ impl SledStore {
                     message_log,
                     rx,
                     (&writer_gauges, &budget),
-                    &writer_chunk_dir,
+                    (&writer_chunk_dir, chunk_key_file),
+                    close,
                 );
             })
             .map_err(RelayError::io("starting the store writer thread"))?;
@@ -634,7 +660,28 @@ impl SledStore {
             gauges,
             max_bytes,
             chunk_dir,
+            chunk_keys,
+            from_summary,
         })
+    }
+
+    /// Whether this open took its counts from the summary a clean stop left, instead of
+    /// reading the whole store (for tests and the `store_open` example).
+    pub fn opened_from_summary(&self) -> bool {
+        self.from_summary
+    }
+
+    /// Stops the writer as a crash would: nothing more is flushed and no open summary is
+    /// written (tests of the open after a crash).
+    #[cfg(test)]
+    fn halt(mut self) {
+        if let Some(ops) = self.ops.take() {
+            if ops.try_send(Op::Halt).is_ok() {
+                if let Some(writer) = self.writer.take() {
+                    let _ = writer.join();
+                }
+            }
+        }
     }
 
     /// How many group flushes the writer has made so far (each covers every write that was
@@ -942,8 +989,22 @@ struct Writer<'a> {
     needs_flush: bool,
     /// Where chunk files live.
     chunk_dir: &'a Path,
-    /// Chunk files to remove once this group's removals are flushed.
-    unlinks: Vec<PathBuf>,
+    /// The chunk files' keys.
+    chunk_keys: pieces::ChunkKeyFile,
+    /// Removed chunks' files and key ids, to destroy once their removal is flushed.
+    unlinks: Vec<(PathBuf, u64)>,
+    /// Bytes of chunk files (part of the gauge's bytes, not of the open summary's).
+    chunk_bytes: u64,
+    /// Whether an operation failed in a way that may have left the counts off, or a
+    /// group's flush failed: no open summary is written at the stop then.
+    tainted: bool,
+}
+
+/// What the writer needs to leave an open summary at a clean stop.
+struct Close {
+    dir: PathBuf,
+    epoch: [u8; summary::EPOCH_LEN],
+    chunk_bytes: u64,
 }
 
 impl Writer<'_> {
@@ -1019,6 +1080,29 @@ impl Writer<'_> {
     }
 }
 
+impl Writer<'_> {
+    /// After a durable flush: zeroes the keys of the chunks removed so far, syncs the key
+    /// file, and unlinks their files (see [`writer_loop`]).
+    fn forget_chunks(&mut self) -> Flushed {
+        if self.unlinks.is_empty() {
+            return Flushed::Durable;
+        }
+        let destroyed = self
+            .unlinks
+            .iter()
+            .try_for_each(|(_, id)| self.chunk_keys.destroy(*id))
+            .and_then(|()| self.chunk_keys.sync());
+        if let Err(e) = destroyed {
+            tracing::warn!("chunk key file: destroying removed chunks' keys failed: {e}");
+            return Flushed::Failed;
+        }
+        for (path, _) in std::mem::take(&mut self.unlinks) {
+            pieces::remove_file(&path);
+        }
+        Flushed::Durable
+    }
+}
+
 /// The stored size of the largest message (index key and entry, expiry entry, log record).
 const ONE_MESSAGE: u64 = (1 + 24 + 8) + INDEX_LEN as u64 + (1 + 4 + 24 + 8) + MAX_RECORD as u64;
 
@@ -1033,7 +1117,8 @@ fn writer_loop(
     message_log: log::LogWriter,
     mut rx: mpsc::Receiver<Op>,
     (gauges, budget): (&Gauges, &Budget),
-    chunk_dir: &Path,
+    (chunk_dir, chunk_keys): (&Path, pieces::ChunkKeyFile),
+    close: Close,
 ) {
     let mut w = Writer {
         tree: &tree,
@@ -1045,7 +1130,10 @@ fn writer_loop(
         low_disk: false,
         needs_flush: false,
         chunk_dir,
+        chunk_keys,
         unlinks: Vec::new(),
+        chunk_bytes: close.chunk_bytes,
+        tainted: false,
     };
     w.end_group(Flushed::Durable);
     let mut stop = false;
@@ -1061,6 +1149,8 @@ fn writer_loop(
                     stop = true;
                     break;
                 }
+                #[cfg(test)]
+                Op::Halt => return,
                 op => group.push(w.apply(op)),
             }
             if group.len() < MAX_GROUP {
@@ -1102,22 +1192,45 @@ fn writer_loop(
                 tracing::warn!("message log: forgetting a segment failed: {e}");
             }
         }
-        w.end_group(flushed);
-        // A removed chunk's file goes once its key's removal is durable; otherwise it
-        // stays, and the next start removes it if no entry names it.
-        for path in std::mem::take(&mut w.unlinks) {
-            if flushed == Flushed::Durable {
-                pieces::remove_file(&path);
-            }
+        // Removed chunks: once their entries' removal is durable, their keys are zeroed in
+        // the key file and synced, then their files unlinked, all before any answer. If
+        // that fails the group is not answered as durable; what is left waits for the
+        // next group (or the next start).
+        let flushed = if flushed == Flushed::Durable {
+            w.forget_chunks()
+        } else {
+            flushed
+        };
+        if flushed != Flushed::Durable {
+            w.tainted = true;
         }
+        w.end_group(flushed);
         for done in group {
             done(flushed);
         }
     }
     // Anything still queued after `Stop` is refused (its waiters see `StoreClosed`).
     rx.close();
-    if w.log.sync().is_ok() && db.flush().is_ok() {
-        let _ = w.log.forget_doomed();
+    if w.log.sync().is_ok()
+        && db.flush().is_ok()
+        && w.log.forget_doomed().is_ok()
+        && w.forget_chunks() == Flushed::Durable
+    {
+        // Last: what the next open needs, so that it does not read the whole store.
+        if !w.tainted {
+            let left = summary::Summary {
+                epoch: close.epoch,
+                queues: u64::try_from(gauges.queues.load(Ordering::Relaxed)).unwrap_or(u64::MAX),
+                bytes: gauges
+                    .bytes
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(w.chunk_bytes),
+                segments: w.log.counts(),
+            };
+            if let Err(e) = summary::write(&close.dir, &left) {
+                tracing::warn!("the store's open summary was not written ({e}); the next start counts the store afresh");
+            }
+        }
     }
 }
 
@@ -1132,7 +1245,7 @@ impl Writer<'_> {
                 if matches!(result, Ok(true)) {
                     self.gauges.queues.fetch_add(1, Ordering::Relaxed);
                 }
-                complete(done, result)
+                complete(done, self.note(result))
             }
             Op::Delete(id, done) => {
                 self.counts.forget(&id);
@@ -1140,25 +1253,56 @@ impl Writer<'_> {
                 if matches!(result, Ok(true)) {
                     self.gauges.queues.fetch_sub(1, Ordering::Relaxed);
                 }
-                complete(done, result)
+                complete(done, self.note(result))
             }
-            Op::Suspend(id, done) => complete(done, self.suspend(&id)),
-            Op::Secure(id, key, done) => complete(done, self.secure(&id, key)),
-            Op::Append(id, message, max, done) => complete(done, self.append(&id, &message, max)),
+            Op::Suspend(id, done) => {
+                let result = self.suspend(&id);
+                complete(done, self.note(result))
+            }
+            Op::Secure(id, key, done) => {
+                let result = self.secure(&id, key);
+                complete(done, self.note(result))
+            }
+            Op::Append(id, message, max, done) => {
+                let result = self.append(&id, &message, max);
+                complete(done, self.note(result))
+            }
             Op::AppendBatch(messages, max, done) => {
                 let result = messages
                     .iter()
                     .map(|(id, message)| self.append(id, message, max))
                     .collect();
-                complete(done, result)
+                complete(done, self.note(result))
             }
-            Op::Ack(id, msg, done) => complete(done, self.ack(&id, &msg)),
-            Op::Expire(cutoff, done) => complete(done, self.expire(cutoff)),
+            Op::Ack(id, msg, done) => {
+                let result = self.ack(&id, &msg);
+                complete(done, self.note(result))
+            }
+            Op::Expire(cutoff, done) => {
+                let result = self.expire(cutoff);
+                complete(done, self.note(result))
+            }
             Op::Flush(done) => complete(done, Ok(())),
-            Op::Compact(done) => complete(done, self.compact_all()),
+            Op::Compact(done) => {
+                let result = self.compact_all();
+                complete(done, self.note(result))
+            }
             Op::Chunk(op) => self.apply_chunk(op),
             Op::Stop => Box::new(|_| {}),
+            #[cfg(test)]
+            Op::Halt => Box::new(|_| {}),
         }
+    }
+
+    /// Passes `result` on; an error other than a full store may have left the writer's
+    /// counts off from what is stored, so this stop writes no open summary.
+    pub(super) fn note<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result {
+            if !matches!(e, RelayError::StoreFull) {
+                self.tainted = true;
+            }
+        }
+        result
     }
 
     fn create(&mut self, record: &QueueRecord) -> Result<bool> {
@@ -1416,6 +1560,53 @@ impl Writer<'_> {
         }
         Ok(segments.len())
     }
+}
+
+/// Reads the whole tree once (the open after a crash, or without a usable summary): counts
+/// queues and stored bytes (sled's keys and values and the log's live records), tells the
+/// log which records are live, and drops index entries whose record the log does not hold
+/// whole (with their expiry entries).
+fn scan(tree: &sled::Tree, message_log: &mut log::LogWriter) -> Result<(usize, u64)> {
+    let mut queues = 0usize;
+    let mut bytes = 0u64;
+    let mut dangling = Vec::new();
+    for entry in tree.iter() {
+        let (key, value) = entry?;
+        if key == summary::EPOCH_KEY {
+            // Not stored data: the store's own bookkeeping, never counted.
+            continue;
+        }
+        match key.first() {
+            Some(&TAG_QUEUE) => queues += 1,
+            Some(&TAG_MESSAGE) => {
+                let index = decode_index(&value)?;
+                if !message_log.note_live(index.loc) {
+                    dangling.push((key, index));
+                    continue;
+                }
+                bytes = bytes.saturating_add(u64::from(index.loc.len));
+            }
+            _ => {}
+        }
+        bytes = bytes.saturating_add(entry_len(&key, &value));
+    }
+    if !dangling.is_empty() {
+        tracing::warn!(
+            "message log: dropped {} index entries whose records were lost in a crash \
+             (never acknowledged)",
+            dangling.len()
+        );
+        for (key, index) in dangling {
+            let seq = seq_of(&key)?;
+            let recipient = recipient_of(&key)?;
+            tree.remove(&key)?;
+            let ek = expiry_key(index.hour, &recipient, seq);
+            if tree.remove(&ek)?.is_some() {
+                bytes = bytes.saturating_sub(entry_len(&ek, &[]));
+            }
+        }
+    }
+    Ok((queues, bytes))
 }
 
 /// Migrates a data directory made before the message log: every version 1 message record
@@ -1744,6 +1935,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use rand_core::{OsRng, RngCore};
+    use tidings_protocol::ids::{ChunkRecipientId, ChunkSenderId};
     use tidings_protocol::keys::AuthSecretKey;
 
     proptest! {
@@ -2344,6 +2536,307 @@ mod tests {
             0,
             "everything deleted, nothing counted"
         );
+        Ok(())
+    }
+
+    /// A fresh chunk with one recipient, its first piece stored (a chunk file on disk).
+    async fn chunk_with_a_piece(store: &SledStore) -> Result<ChunkSenderId> {
+        use tidings_protocol::chunk::{ChunkKey, ChunkSize, PIECE_LEN};
+        let sender = ChunkSenderId::from_bytes(random_24());
+        let record = ChunkRecord {
+            sender,
+            size: ChunkSize::K64,
+            hour: Hour(7),
+            sender_key: AuthSecretKey::generate(&mut OsRng).public().into(),
+            received: 0,
+            recipients: vec![ChunkRecipientId::from_bytes(random_24())],
+        };
+        let recipients = record
+            .recipients
+            .iter()
+            .map(|id| ChunkRecipientRecord {
+                id: *id,
+                sender,
+                key: AuthSecretKey::generate(&mut OsRng).public().into(),
+                chunk_key: ChunkKey::from_key(SymmetricKey::random(&mut OsRng)),
+            })
+            .collect();
+        if !store.create_chunk(record, recipients).await? {
+            return Err(RelayError::Corrupt { what: "test chunk" });
+        }
+        let piece = vec![0x42; PIECE_LEN];
+        match store.put_piece(sender, 0, piece).await? {
+            PutOutcome::Stored { .. } => Ok(sender),
+            _ => Err(RelayError::Corrupt { what: "test piece" }),
+        }
+    }
+
+    fn random_24() -> [u8; 24] {
+        let mut b = [0u8; 24];
+        OsRng.fill_bytes(&mut b);
+        b
+    }
+
+    fn summary_of(dir: &Path) -> Result<Option<summary::Summary>> {
+        match std::fs::read(dir.join(summary::SUMMARY_FILE)) {
+            Ok(bytes) => summary::Summary::decode(&bytes).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(RelayError::io("test")(e)),
+        }
+    }
+
+    /// Opens with small segments, compacted at once.
+    fn open_small(dir: &Path, limits: StoreLimits) -> Result<SledStore> {
+        SledStore::open_inner(dir, limits, DEFAULT_CACHE_BYTES, SMALL_EAGER)
+    }
+
+    /// A clean stop leaves a summary; the next open takes its counts from it (no scan),
+    /// removes it before writing anything, and counts exactly what a scan counts: queues,
+    /// bytes (so the budget and `is_full` agree) and every log segment's live records.
+    #[tokio::test]
+    async fn a_clean_stop_opens_without_a_scan_and_counts_as_a_scan_does() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path();
+        let (queues, bytes) = {
+            let store = open_small(path, StoreLimits::UNLIMITED)?;
+            assert!(!store.opened_from_summary(), "a new store has no summary");
+            let q = new_queue();
+            let gone = new_queue();
+            let other = new_queue();
+            for x in [&q, &gone, &other] {
+                assert!(store.create_queue(x.clone()).await?);
+            }
+            let key = AuthSecretKey::generate(&mut OsRng).public();
+            assert_eq!(
+                store.secure_queue(q.recipient, key).await?,
+                SecureOutcome::Secured
+            );
+            let mut ids = Vec::new();
+            for i in 0..30u8 {
+                let m = message_with(if i < 10 { 3 } else { 9 }, i, 5_000);
+                ids.push(m.id);
+                let to = if i % 3 == 0 { &gone } else { &q };
+                assert_eq!(
+                    store.append(to.recipient, m, 100).await?,
+                    AppendOutcome::Stored
+                );
+            }
+            // Acks, a deleted queue, expiry, compaction, chunks: every way counts move.
+            for id in ids.iter().skip(1).step_by(3).take(5) {
+                assert!(store.delete_message(q.recipient, *id).await?);
+            }
+            assert!(store.delete_queue(gone.recipient).await?);
+            assert!(store.expire_before(Hour(4)).await? > 0);
+            store.compact().await?;
+            let kept = chunk_with_a_piece(&store).await?;
+            let dropped = chunk_with_a_piece(&store).await?;
+            assert!(store.delete_chunk(dropped).await?);
+            assert!(store.chunk(&kept).await?.is_some());
+            store.flush().await?;
+            (store.queue_count(), store.stored_bytes())
+        };
+        let kept_counts = summary_of(path)?.ok_or("no summary after a clean stop")?;
+        // From the summary.
+        let budget = StoreLimits {
+            max_bytes: Some(bytes + ONE_MESSAGE - 1),
+            min_free_disk_bytes: 0,
+        };
+        {
+            let store = open_small(path, budget)?;
+            assert!(store.opened_from_summary());
+            assert!(summary_of(path)?.is_none(), "removed at open");
+            assert_eq!((store.queue_count(), store.stored_bytes()), (queues, bytes));
+            assert!(store.is_full(), "one more message would pass the budget");
+        }
+        // From a scan.
+        summary::remove(path)?;
+        {
+            let store = open_small(path, budget)?;
+            assert!(!store.opened_from_summary());
+            assert_eq!((store.queue_count(), store.stored_bytes()), (queues, bytes));
+            assert!(store.is_full());
+        }
+        let scanned = summary_of(path)?.ok_or("no summary")?;
+        assert_eq!(scanned.queues, kept_counts.queues);
+        assert_eq!(scanned.bytes, kept_counts.bytes);
+        assert_eq!(
+            scanned.segments, kept_counts.segments,
+            "the writer's live counts per segment are a scan's"
+        );
+        Ok(())
+    }
+
+    /// After a crash there is no summary (the open removed it) and the open scans; a
+    /// damaged summary, or one from before a later open, is not trusted either.
+    #[tokio::test]
+    async fn a_crash_or_a_damaged_or_stale_summary_means_a_scan() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path();
+        let q = new_queue();
+        {
+            let store = open_small(path, StoreLimits::UNLIMITED)?;
+            assert!(store.create_queue(q.clone()).await?);
+            for i in 0..5u8 {
+                let m = message_with(9, i, 5_000);
+                assert_eq!(
+                    store.append(q.recipient, m, 100).await?,
+                    AppendOutcome::Stored
+                );
+            }
+        }
+        // A crash after more writes: the next open scans and counts them.
+        let (queues, bytes) = {
+            let store = open_small(path, StoreLimits::UNLIMITED)?;
+            assert!(store.opened_from_summary());
+            assert!(store.create_queue(new_queue()).await?);
+            for i in 0..5u8 {
+                let m = message_with(9, i, 7_000);
+                assert_eq!(
+                    store.append(q.recipient, m, 100).await?,
+                    AppendOutcome::Stored
+                );
+            }
+            let counts = (store.queue_count(), store.stored_bytes());
+            store.halt();
+            counts
+        };
+        assert!(summary_of(path)?.is_none(), "a crash leaves no summary");
+        {
+            let store = open_small(path, StoreLimits::UNLIMITED)?;
+            assert!(!store.opened_from_summary());
+            assert_eq!((store.queue_count(), store.stored_bytes()), (queues, bytes));
+            assert_eq!(store.pending(&q.recipient).await?, 10);
+        }
+        // A damaged summary: one flipped byte.
+        let file = path.join(summary::SUMMARY_FILE);
+        let mut damaged = std::fs::read(&file)?;
+        if let Some(b) = damaged.get_mut(30) {
+            *b ^= 1;
+        }
+        std::fs::write(&file, &damaged)?;
+        {
+            let store = open_small(path, StoreLimits::UNLIMITED)?;
+            assert!(!store.opened_from_summary());
+            assert!(summary_of(path)?.is_none(), "removed at open");
+            assert_eq!((store.queue_count(), store.stored_bytes()), (queues, bytes));
+        }
+        // A stale summary (kept aside, put back after a later open that wrote only to
+        // sled): its epoch no longer matches.
+        let stale = std::fs::read(&file)?;
+        {
+            let store = open_small(path, StoreLimits::UNLIMITED)?;
+            assert!(store.opened_from_summary());
+            assert!(store.create_queue(new_queue()).await?);
+            store.halt();
+        }
+        std::fs::write(&file, &stale)?;
+        let store = open_small(path, StoreLimits::UNLIMITED)?;
+        assert!(!store.opened_from_summary(), "a stale summary is not used");
+        assert_eq!(store.queue_count(), queues + 1);
+        Ok(())
+    }
+
+    /// A chunk's file key, read from the key file through its sled entry.
+    fn chunk_file_key(store: &SledStore, sender: &ChunkSenderId) -> Result<[u8; 32]> {
+        let entry = store
+            .tree
+            .get(pieces::file_key(sender))?
+            .ok_or(RelayError::Corrupt { what: "no entry" })?;
+        let entry = pieces::FileEntry::decode_named(&entry)?;
+        let key = store
+            .chunk_keys
+            .get(entry.key_id())?
+            .ok_or(RelayError::Corrupt { what: "no key" })?;
+        Ok(**key)
+    }
+
+    /// A chunk's key is never in sled, and once the chunk's deletion is answered its key
+    /// slot is zeros on disk: a raw scan of the data directory finds no byte string of it.
+    #[tokio::test]
+    async fn a_deleted_chunk_leaves_no_copy_of_its_key_on_disk() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let store = SledStore::open(dir.path())?;
+        let kept = chunk_with_a_piece(&store).await?;
+        let gone = chunk_with_a_piece(&store).await?;
+        let kept_key = chunk_file_key(&store, &kept)?;
+        let gone_key = chunk_file_key(&store, &gone)?;
+        store.flush().await?;
+        let holders = |key: &[u8; 32]| -> std::io::Result<Vec<PathBuf>> {
+            Ok(all_files(dir.path())?
+                .into_iter()
+                .filter(|(_, bytes)| contains(bytes, key))
+                .map(|(path, _)| path)
+                .collect())
+        };
+        assert_eq!(
+            holders(&gone_key)?,
+            vec![dir.path().join("chunk-keys")],
+            "only the key file holds a chunk's key"
+        );
+        assert!(store.delete_chunk(gone).await?);
+        assert!(holders(&gone_key)?.is_empty(), "zeroed before the answer");
+        store.compact().await?;
+        drop(store);
+        assert!(holders(&gone_key)?.is_empty(), "nor after the stop");
+        assert_eq!(
+            holders(&kept_key)?.len(),
+            1,
+            "the kept chunk's key is there"
+        );
+        let store = SledStore::open(dir.path())?;
+        assert!(store.piece(&kept, 0).await?.is_some());
+        assert!(store.piece(&gone, 0).await?.is_none());
+        Ok(())
+    }
+
+    /// A data directory whose chunk file entries hold their keys (version 1, written here as
+    /// the relay wrote them before the key file) is migrated at open: each key moves to the
+    /// key file, the entry names its slot, and the pieces read back as before.
+    #[tokio::test]
+    async fn chunk_keys_in_sled_entries_move_to_the_key_file_at_open() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let (sender, piece, key, counted) = {
+            let store = SledStore::open(dir.path())?;
+            let sender = chunk_with_a_piece(&store).await?;
+            let piece = store.piece(&sender, 0).await?.ok_or("no piece")?;
+            (
+                sender,
+                piece,
+                chunk_file_key(&store, &sender)?,
+                store.stored_bytes(),
+            )
+        };
+        // As the relay before the key file left it: `version 1 | name[16] | key[32]`, no
+        // key file, no summary.
+        {
+            let db = open_db(dir.path(), DEFAULT_CACHE_BYTES)?;
+            let tree = db.open_tree("relay v1")?;
+            let fk = pieces::file_key(&sender);
+            let current = tree.get(&fk)?.ok_or("no entry")?;
+            let name = current.get(1..17).ok_or("short entry")?;
+            let mut old = vec![1u8];
+            old.extend_from_slice(name);
+            old.extend_from_slice(&key);
+            tree.insert(&fk, old)?;
+            db.flush()?;
+        }
+        std::fs::remove_file(dir.path().join("chunk-keys"))?;
+        summary::remove(dir.path())?;
+        let store = SledStore::open(dir.path())?;
+        assert_eq!(store.piece(&sender, 0).await?, Some(piece));
+        assert_eq!(
+            chunk_file_key(&store, &sender)?,
+            key,
+            "the same key, now in a slot"
+        );
+        let entry = store
+            .tree
+            .get(pieces::file_key(&sender))?
+            .ok_or("no entry")?;
+        assert_eq!(entry.len(), pieces::FileEntry::LEN);
+        assert!(!contains(&entry, &key), "sled's entry holds no key");
+        // The entry shrank by the key and grew by the slot id.
+        assert_eq!(store.stored_bytes(), counted);
         Ok(())
     }
 

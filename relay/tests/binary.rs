@@ -151,6 +151,12 @@ async fn sigkill_loses_no_acknowledged_message_and_sigterm_exits_zero() {
     let status = wait(&mut relay.child, Duration::from_secs(20));
     assert!(status.success(), "SIGTERM exits 0, got {status}");
     assert_eq!(relay.rest_of_stdout.join().unwrap(), "");
+    // The stop reached the store's close: it left what the next start reads instead of
+    // scanning the store (relay/src/store/summary.rs).
+    assert!(
+        data.join("store").join("open-summary").exists(),
+        "SIGTERM closes the store cleanly"
+    );
 
     // The trace-level log has no address, no key, no message text.
     let log = std::fs::read_to_string(&log).unwrap();

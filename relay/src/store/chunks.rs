@@ -15,7 +15,7 @@
 //! ```text
 //! 'c' sender[24]              -> chunk record
 //! 'r' recipient[24]           -> chunk recipient record
-//! 'f' sender[24]              -> the chunk file's random name and key (pieces.rs)
+//! 'f' sender[24]              -> the chunk file's random name and its key's slot (pieces.rs)
 //! 'y' hour u32 sender[24]     -> empty (chunk expiry index, by creation hour)
 //! ```
 //!
@@ -34,7 +34,7 @@ use tidings_protocol::ids::{ChunkRecipientId, ChunkSenderId};
 use tidings_protocol::keys::SymmetricKey;
 use zeroize::Zeroizing;
 
-use super::pieces::{file_key, slot_len, PieceFile};
+use super::pieces::{file_key, slot_len, FileEntry};
 use super::{entry_len, Done, Hour, Op, SledStore, StoredKey, Writer, EXPIRE_CHUNK};
 use crate::error::{RelayError, Result};
 
@@ -311,7 +311,11 @@ impl ChunkStore for SledStore {
         let Some(entry) = self.tree.get(file_key(sender))?.filter(|_| stored) else {
             return Ok(None);
         };
-        PieceFile::decode(&entry)?.read_piece(&self.chunk_dir, offset, len)
+        // The key may be gone already (the chunk is being removed): no piece then.
+        match FileEntry::decode_named(&entry)?.open(&self.chunk_keys)? {
+            Some(file) => file.read_piece(&self.chunk_dir, offset, len),
+            None => Ok(None),
+        }
     }
 
     fn delete_chunk(&self, sender: ChunkSenderId) -> impl Future<Output = Result<bool>> + Send {
@@ -352,10 +356,12 @@ impl Writer<'_> {
         match op {
             ChunkOp::Create(both, done) => {
                 let (record, recipients) = *both;
-                complete(done, self.chunk_create(&record, &recipients))
+                let result = self.chunk_create(&record, &recipients);
+                complete(done, self.note(result))
             }
             ChunkOp::Put(sender, offset, piece, done) => {
                 let result = self.chunk_put(&sender, offset, &piece);
+                let result = self.note(result);
                 match result {
                     // A piece that leaves its chunk incomplete is answered once written,
                     // without waiting for a flush: the uploader learns what survived a
@@ -372,9 +378,18 @@ impl Writer<'_> {
                     }
                 }
             }
-            ChunkOp::Delete(sender, done) => complete(done, self.chunk_delete(&sender)),
-            ChunkOp::Ack(id, done) => complete(done, self.chunk_ack(&id)),
-            ChunkOp::Expire(cutoff, done) => complete(done, self.chunk_expire(cutoff)),
+            ChunkOp::Delete(sender, done) => {
+                let result = self.chunk_delete(&sender);
+                complete(done, self.note(result))
+            }
+            ChunkOp::Ack(id, done) => {
+                let result = self.chunk_ack(&id);
+                complete(done, self.note(result))
+            }
+            ChunkOp::Expire(cutoff, done) => {
+                let result = self.chunk_expire(cutoff);
+                complete(done, self.note(result))
+            }
         }
     }
 
@@ -398,20 +413,22 @@ impl Writer<'_> {
         }
         let value = encode_chunk(record)?;
         let ek = chunk_expiry_key(record.hour, &record.sender);
-        // The file's name and key; the file itself is made by the first piece.
+        // The file's name and its key's slot; the file itself is made by the first piece.
         let fk = file_key(&record.sender);
-        let file = PieceFile::random().encode();
         let mut size = entry_len(&ck, &value)
             .saturating_add(entry_len(&ek, &[]))
-            .saturating_add(entry_len(&fk, &file));
+            .saturating_add(entry_len(&fk, &[0; FileEntry::LEN]));
         for (k, v) in &entries {
             size = size.saturating_add(entry_len(k, v));
         }
         if !self.make_room(size) {
             return Err(RelayError::StoreFull);
         }
+        // The key is in its slot, synced, before any entry names it (a relay that dies
+        // before the group's flush leaves a slot no entry names, zeroed at the next start).
+        let file = self.chunk_keys.create()?;
         tree.insert(ek, Vec::new())?;
-        tree.insert(fk, file.as_slice())?;
+        tree.insert(fk, file.encode().as_slice())?;
         for (k, v) in entries {
             tree.insert(k, v.as_slice())?;
         }
@@ -444,7 +461,10 @@ impl Writer<'_> {
         let Some(entry) = tree.get(file_key(sender))? else {
             return Err(corrupt(()));
         };
-        let file = PieceFile::decode(&entry)?;
+        let file = self
+            .chunk_keys
+            .file(&FileEntry::decode_named(&entry)?)?
+            .ok_or_else(|| corrupt(()))?;
         if !self.make_room(slot_len(piece.len())) {
             return Ok((PutOutcome::StoreFull, false));
         }
@@ -461,6 +481,7 @@ impl Writer<'_> {
             Err(e) => return Err(e),
         };
         self.add_bytes(grown);
+        self.chunk_bytes = self.chunk_bytes.saturating_add(grown);
         record.received = offset.saturating_add(len);
         if record.is_complete() {
             // PROTOCOL.md 15.4: the whole chunk is on disk before its last piece's answer
@@ -493,14 +514,19 @@ impl Writer<'_> {
         if let Some(old) = tree.remove(&ck)? {
             self.sub_bytes(entry_len(&ck, &old));
         }
-        // The key next; the file is unlinked once this removal is flushed (a relay that
-        // dies before leaves a file no entry names, removed at the next start).
+        // The file's entry next. Once this removal is flushed, the writer zeroes the key's
+        // slot and syncs the key file, then unlinks the file, and only then answers (a
+        // relay that dies before leaves a slot and a file no entry names, both removed at
+        // the next start).
         let fk = file_key(&record.sender);
         if let Some(old) = tree.remove(&fk)? {
             self.sub_bytes(entry_len(&fk, &old));
-            let path = PieceFile::decode(&old)?.path(self.chunk_dir);
-            self.sub_bytes(std::fs::metadata(&path).map_or(0, |m| m.len()));
-            self.unlinks.push(path);
+            let entry = FileEntry::decode_named(&old)?;
+            let path = entry.path(self.chunk_dir);
+            let file_len = std::fs::metadata(&path).map_or(0, |m| m.len());
+            self.sub_bytes(file_len);
+            self.chunk_bytes = self.chunk_bytes.saturating_sub(file_len);
+            self.unlinks.push((path, entry.key_id()));
         }
         for id in &record.recipients {
             let rk = recipient_key(id);

@@ -41,7 +41,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -51,7 +51,15 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use rand_core::{OsRng, RngCore};
 use zeroize::Zeroizing;
 
+use super::keyslots::{KeyFile, Names};
 use crate::error::{RelayError, Result};
+
+const KEY_FILE_NAMES: Names = Names {
+    open: "opening the message log's key file",
+    read: "reading the message log's key file",
+    write: "writing the message log's key file",
+    sync: "syncing the message log's key file",
+};
 
 /// The log's directory inside the store's directory.
 pub(super) const LOG_DIR: &str = "log";
@@ -63,8 +71,6 @@ const HEADER_LEN: u64 = 16;
 /// Record header: length and checksum.
 const RECORD_HEAD: usize = 8;
 const TAG_LEN: usize = 16;
-/// Bytes of one key slot: segment id u64, key[32], crc32 u32, 4 zero bytes.
-const SLOT_LEN: usize = 48;
 /// The default size past which the active segment is sealed and a new one started.
 pub(super) const SEGMENT_SIZE: u64 = 16 << 20;
 
@@ -189,6 +195,7 @@ fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()
 
 #[cfg(not(unix))]
 fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
     let mut f = file;
     f.seek(SeekFrom::Start(offset))?;
     f.read_exact(buf)
@@ -221,124 +228,6 @@ fn open_record(key: &SegmentKey, loc: Location, buf: &[u8]) -> Result<Zeroizing<
         )
         .map(Zeroizing::new)
         .map_err(|_| corrupt())
-}
-
-/// The key file: one slot per living segment.
-#[derive(Debug)]
-struct KeyFile {
-    file: File,
-    /// Slot of each living segment.
-    slots: HashMap<u64, u64>,
-    free: BTreeSet<u64>,
-    end: u64,
-}
-
-impl KeyFile {
-    /// Opens `log/keys`, returning it and the keys it holds. A slot whose checksum fails
-    /// (torn by a crash while its segment was being made) counts as free.
-    fn open(dir: &Path) -> Result<(Self, HashMap<u64, SegmentKey>)> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join(KEYS_FILE))
-            .map_err(RelayError::io("opening the message log's key file"))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(RelayError::io("reading the message log's key file"))?;
-        let mut keys = HashMap::new();
-        let mut slots = HashMap::new();
-        let mut free = BTreeSet::new();
-        let mut index = 0u64;
-        for slot in bytes.chunks_exact(SLOT_LEN) {
-            match parse_slot(slot) {
-                Some((segment, key)) if !keys.contains_key(&segment) => {
-                    keys.insert(segment, key);
-                    slots.insert(segment, index);
-                }
-                _ => {
-                    free.insert(index);
-                }
-            }
-            index += 1;
-        }
-        let end = index;
-        Ok((
-            Self {
-                file,
-                slots,
-                free,
-                end,
-            },
-            keys,
-        ))
-    }
-
-    /// Writes a new segment's key into a free slot and syncs it.
-    fn add(&mut self, segment: u64, key: &SegmentKey) -> Result<()> {
-        let index = match self.free.pop_first() {
-            Some(i) => i,
-            None => {
-                self.end += 1;
-                self.end - 1
-            }
-        };
-        let mut slot = Zeroizing::new(Vec::with_capacity(SLOT_LEN));
-        slot.extend_from_slice(&segment.to_be_bytes());
-        slot.extend_from_slice(key.0.as_slice());
-        let crc = crc32fast::hash(&slot);
-        slot.extend_from_slice(&crc.to_be_bytes());
-        slot.resize(SLOT_LEN, 0);
-        self.write_slot(index, &slot)?;
-        self.file
-            .sync_data()
-            .map_err(RelayError::io("syncing the message log's key file"))?;
-        self.slots.insert(segment, index);
-        Ok(())
-    }
-
-    /// Overwrites a segment's slot with zeros (not synced: call [`KeyFile::sync`]).
-    fn destroy(&mut self, segment: u64) -> Result<()> {
-        if let Some(index) = self.slots.remove(&segment) {
-            self.write_slot(index, &[0u8; SLOT_LEN])?;
-            self.free.insert(index);
-        }
-        Ok(())
-    }
-
-    /// Zeroes a slot found at open whose segment file is gone.
-    fn destroy_slot_of(&mut self, segment: u64) -> Result<()> {
-        self.destroy(segment)
-    }
-
-    fn sync(&mut self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(RelayError::io("syncing the message log's key file"))
-    }
-
-    fn write_slot(&mut self, index: u64, bytes: &[u8]) -> Result<()> {
-        let at = index.saturating_mul(SLOT_LEN as u64);
-        self.file
-            .seek(SeekFrom::Start(at))
-            .and_then(|_| self.file.write_all(bytes))
-            .map_err(RelayError::io("writing the message log's key file"))
-    }
-}
-
-fn parse_slot(slot: &[u8]) -> Option<(u64, SegmentKey)> {
-    if slot.iter().all(|b| *b == 0) {
-        return None;
-    }
-    let segment = u64::from_be_bytes(slot.get(..8)?.try_into().ok()?);
-    let crc = u32::from_be_bytes(slot.get(40..44)?.try_into().ok()?);
-    if crc != crc32fast::hash(slot.get(..40)?) {
-        return None;
-    }
-    let mut key = Zeroizing::new([0u8; 32]);
-    key.copy_from_slice(slot.get(8..40)?);
-    Some((segment, SegmentKey(key)))
 }
 
 /// Liveness of one segment, kept by the writer.
@@ -407,7 +296,11 @@ impl LogWriter {
     pub(super) fn open(store_dir: &Path, tuning: Tuning, max_record: u32) -> Result<Self> {
         let dir = store_dir.join(LOG_DIR);
         std::fs::create_dir_all(&dir).map_err(RelayError::io("creating the message log"))?;
-        let (mut keys, found_keys) = KeyFile::open(&dir)?;
+        let (mut keys, found) = KeyFile::open(&dir.join(KEYS_FILE), KEY_FILE_NAMES)?;
+        let found_keys: HashMap<u64, SegmentKey> = found
+            .into_iter()
+            .map(|(id, k)| (id, SegmentKey(k)))
+            .collect();
         let mut files = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(RelayError::io("listing the message log"))? {
             let entry = entry.map_err(RelayError::io("listing the message log"))?;
@@ -458,7 +351,7 @@ impl LogWriter {
         // Keys whose segment file is gone.
         let orphans: Vec<u64> = key_map.keys().copied().collect();
         for id in &orphans {
-            keys.destroy_slot_of(*id)?;
+            keys.destroy(*id)?;
         }
         if !orphans.is_empty() {
             keys.sync()?;
@@ -510,6 +403,47 @@ impl LogWriter {
             s.live = 0;
             s.live_bytes = 0;
         }
+    }
+
+    /// Every segment's counts, in increasing id order (for the open summary at a clean
+    /// stop, after the last sync).
+    pub(super) fn counts(&self) -> Vec<super::summary::SegmentCounts> {
+        let mut out: Vec<_> = self
+            .stats
+            .iter()
+            .map(|(id, s)| super::summary::SegmentCounts {
+                id: *id,
+                live: s.live,
+                live_bytes: s.live_bytes,
+                size: s.size,
+            })
+            .collect();
+        out.sort_unstable_by_key(|s| s.id);
+        out
+    }
+
+    /// At open, instead of [`LogWriter::note_live`] for every index entry: takes the live
+    /// counts a clean stop left. Only if they name exactly the segments found, each with
+    /// the length found (else nothing changes and `false` says to scan).
+    pub(super) fn restore_counts(&mut self, counts: &[super::summary::SegmentCounts]) -> bool {
+        let matches = counts.len() == self.stats.len()
+            && counts.iter().all(|c| {
+                self.stats.get(&c.id).is_some_and(|s| {
+                    s.size == c.size
+                        && c.live_bytes <= c.size.saturating_sub(HEADER_LEN)
+                        && (c.live == 0) == (c.live_bytes == 0)
+                })
+            });
+        if !matches {
+            return false;
+        }
+        for c in counts {
+            if let Some(s) = self.stats.get_mut(&c.id) {
+                s.live = c.live;
+                s.live_bytes = c.live_bytes;
+            }
+        }
+        true
     }
 
     /// At open, after every [`LogWriter::note_live`]: dooms empty segments, marks sparse ones.
@@ -691,7 +625,7 @@ impl LogWriter {
         self.next_id = id.checked_add(1).ok_or_else(corrupt)?;
         let key = Arc::new(SegmentKey::random());
         // The key first: a file without its key is removed at open.
-        self.keys.add(id, &key)?;
+        self.keys.add(id, &key.0)?;
         let path = segment_path(&self.dir, id);
         let mut file = OpenOptions::new()
             .write(true)

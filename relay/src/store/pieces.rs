@@ -3,8 +3,11 @@
 //! sled's inserts of 16 KB pieces and its page cache cost a relay moving files more memory
 //! and time than everything else together (BENCHMARKS.md "Files"), so the piece bytes of a
 //! chunk go to a file of their own under `<data dir>/chunks/`, and sled keeps only the
-//! records. Per chunk, sled holds a [`PieceFile`] entry under `'f' sender[24]`: the file's
-//! random name (never the chunk id) and a random XChaCha20-Poly1305 key. Piece `i` sits at
+//! records. Per chunk, sled holds a [`FileEntry`] under `'f' sender[24]`: the file's random
+//! name (never the chunk id) and the id of its random XChaCha20-Poly1305 key, which lives in
+//! the chunk key file `chunk-keys` in the store's directory (`keyslots.rs`), not in sled:
+//! sled keeps old versions of values on disk for a while, so a key removed from sled would
+//! not be gone. Piece `i` sits at
 //! `i × SLOT` in the file as `nonce[24] | sealed piece | tag[16]`, sealed under the file's
 //! key with a fresh random nonce per write and the piece index as associated data (so a
 //! piece moved within the file, or into another chunk's file, does not open).
@@ -15,20 +18,27 @@
 //!
 //! Durability (PROTOCOL.md 15.4): a piece that leaves its chunk incomplete is written, not
 //! synced; the piece that completes it is answered only after `sync_data` of the file (and
-//! of the directory, for the new name) and the writer's group flush. Removal drops the
-//! sled entry (the key) first and unlinks the file only once that removal is flushed.
+//! of the directory, for the new name) and the writer's group flush. A new chunk's key is
+//! written to its slot and synced before the entry that names it. Removal drops the sled
+//! entry first; once that removal is flushed the writer overwrites the key's slot with
+//! zeros, syncs the key file, unlinks the file, and only then answers.
 //! At open ([`recover`]): files that no entry names are removed (a relay killed between
-//! creating a file and flushing its entry, or between a flushed removal and the unlink);
-//! entries whose chunk is gone are removed with their file; an incomplete chunk's
-//! `received` is cut back to the pieces that open, so the uploader resumes from there.
+//! creating a file and flushing its entry, or between a flushed removal and the unlink), and
+//! key slots no entry names are zeroed; entries whose chunk is gone are removed with their
+//! file and key; an incomplete chunk's `received` is cut back to the pieces that open, so
+//! the uploader resumes from there. Entries of version 1 (from before the key file, holding
+//! the key itself) have their key moved to a slot and are rewritten to name it; the old
+//! entry's bytes stay in sled's segments until sled reuses them.
 //!
 //! Data directories from before the chunk files kept each piece in sled (`'p' sender[24]
 //! index u16 -> piece`); [`recover`] moves such pieces into chunk files first
 //! ([`migrate_sled_pieces`]).
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -38,11 +48,17 @@ use tidings_protocol::codec::Reader;
 use tidings_protocol::ids::ChunkSenderId;
 use zeroize::Zeroizing;
 
+use super::keyslots::{KeyFile, Names, SlotKey};
 use crate::error::{RelayError, Result};
 
 /// The sled tag of a chunk's file entry.
 pub(super) const TAG_PIECE_FILE: u8 = b'f';
-const FILE_VERSION: u8 = 1;
+/// The version of an `'f'` entry that names its key's slot.
+const FILE_VERSION: u8 = 2;
+/// The version of an `'f'` entry that held the key itself (before the chunk key file).
+const FILE_VERSION_WITH_KEY: u8 = 1;
+/// The chunk key file in the store's directory.
+const KEYS_FILE: &str = "chunk-keys";
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 /// The room one piece takes in its file.
@@ -62,10 +78,100 @@ pub(super) fn chunk_dir(store_dir: &Path) -> PathBuf {
     store_dir.join("chunks")
 }
 
-/// A chunk's file: its random name and key (sled entry `'f' sender[24]`).
+/// A chunk's file as sled names it (entry `'f' sender[24]`): its random name and the id of
+/// its key in the chunk key file. Version 1 entries held the key itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FileEntry {
+    name: [u8; NAME_LEN],
+    key_id: u64,
+}
+
+/// What an `'f'` entry holds.
+pub(super) enum Entry {
+    /// The current form.
+    Named(FileEntry),
+    /// A data directory from before the key file: the key is in the entry (moved to the
+    /// key file at open).
+    WithKey([u8; NAME_LEN], Zeroizing<[u8; 32]>),
+}
+
+impl FileEntry {
+    /// The length of an encoded entry.
+    pub(super) const LEN: usize = 1 + NAME_LEN + 8;
+
+    /// `version 2 | name[16] | key id u64`
+    pub(super) fn encode(&self) -> [u8; Self::LEN] {
+        let mut v = [0u8; Self::LEN];
+        for (d, s) in v.iter_mut().zip(
+            [FILE_VERSION]
+                .iter()
+                .chain(self.name.iter())
+                .chain(self.key_id.to_be_bytes().iter()),
+        ) {
+            *d = *s;
+        }
+        v
+    }
+
+    /// Decodes either version.
+    pub(super) fn decode(bytes: &[u8]) -> Result<Entry> {
+        let mut r = Reader::new(bytes, "chunk file entry", 64).map_err(corrupt)?;
+        let entry = match r.u8().map_err(corrupt)? {
+            FILE_VERSION => Entry::Named(FileEntry {
+                name: r.array::<NAME_LEN>().map_err(corrupt)?,
+                key_id: r.u64().map_err(corrupt)?,
+            }),
+            FILE_VERSION_WITH_KEY => {
+                let name = r.array::<NAME_LEN>().map_err(corrupt)?;
+                Entry::WithKey(name, Zeroizing::new(r.array::<32>().map_err(corrupt)?))
+            }
+            _ => return Err(corrupt(())),
+        };
+        r.finish("chunk file entry").map_err(corrupt)?;
+        Ok(entry)
+    }
+
+    /// Decodes a current entry (a version 1 entry is migrated at open, so none is left).
+    pub(super) fn decode_named(bytes: &[u8]) -> Result<Self> {
+        match Self::decode(bytes)? {
+            Entry::Named(e) => Ok(e),
+            Entry::WithKey(..) => Err(corrupt(())),
+        }
+    }
+
+    /// The key's id in the chunk key file.
+    pub(super) fn key_id(&self) -> u64 {
+        self.key_id
+    }
+
+    /// The file's path in `dir` (hex of the random name).
+    pub(super) fn path(&self, dir: &Path) -> PathBuf {
+        name_path(&self.name, dir)
+    }
+
+    /// The file with its key; `None` if the key file holds no key for it (the chunk is
+    /// being removed).
+    pub(super) fn open(&self, keys: &ChunkKeys) -> Result<Option<PieceFile>> {
+        Ok(keys.get(self.key_id)?.map(|key| PieceFile {
+            name: self.name,
+            key,
+        }))
+    }
+}
+
+fn name_path(name: &[u8; NAME_LEN], dir: &Path) -> PathBuf {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(2 * NAME_LEN);
+    for b in name {
+        let _ = write!(s, "{b:02x}");
+    }
+    dir.join(s)
+}
+
+/// A chunk's file with its key, to read and write pieces.
 pub(super) struct PieceFile {
     name: [u8; NAME_LEN],
-    key: Zeroizing<[u8; 32]>,
+    key: Arc<SlotKey>,
 }
 
 impl std::fmt::Debug for PieceFile {
@@ -81,48 +187,95 @@ pub(super) fn file_key(sender: &ChunkSenderId) -> Vec<u8> {
     k
 }
 
-impl PieceFile {
-    /// A new file: fresh random name and key.
-    pub(super) fn random() -> Self {
-        let mut name = [0u8; NAME_LEN];
-        OsRng.fill_bytes(&mut name);
+/// The chunk files' keys, shared by the writer and the readers.
+#[derive(Debug, Default)]
+pub(super) struct ChunkKeys {
+    keys: RwLock<HashMap<u64, Arc<SlotKey>>>,
+}
+
+impl ChunkKeys {
+    pub(super) fn get(&self, id: u64) -> Result<Option<Arc<SlotKey>>> {
+        Ok(self.keys.read().map_err(corrupt)?.get(&id).cloned())
+    }
+
+    fn insert(&self, id: u64, key: Arc<SlotKey>) -> Result<()> {
+        self.keys.write().map_err(corrupt)?.insert(id, key);
+        Ok(())
+    }
+
+    fn remove(&self, id: u64) -> Result<()> {
+        self.keys.write().map_err(corrupt)?.remove(&id);
+        Ok(())
+    }
+}
+
+const KEY_FILE_NAMES: Names = Names {
+    open: "opening the chunk key file",
+    read: "reading the chunk key file",
+    write: "writing the chunk key file",
+    sync: "syncing the chunk key file",
+};
+
+/// The chunk key file (`chunk-keys` in the store's directory), owned by the writer.
+#[derive(Debug)]
+pub(super) struct ChunkKeyFile {
+    file: KeyFile,
+    shared: Arc<ChunkKeys>,
+}
+
+impl ChunkKeyFile {
+    /// The readers' handle.
+    pub(super) fn shared(&self) -> Arc<ChunkKeys> {
+        Arc::clone(&self.shared)
+    }
+
+    /// A new chunk file: a fresh random name, and a fresh random key written to a free
+    /// slot and synced (before any sled entry names it).
+    pub(super) fn create(&mut self) -> Result<FileEntry> {
         let mut key = Zeroizing::new([0u8; 32]);
         OsRng.fill_bytes(key.as_mut());
-        Self { name, key }
+        self.create_with(key)
     }
 
-    /// `version u8 | name[16] | key[32]`
-    pub(super) fn encode(&self) -> Zeroizing<Vec<u8>> {
-        let mut v = Zeroizing::new(Vec::with_capacity(1 + NAME_LEN + 32));
-        v.push(FILE_VERSION);
-        v.extend_from_slice(&self.name);
-        v.extend_from_slice(self.key.as_ref());
-        v
+    fn create_with(&mut self, key: Zeroizing<[u8; 32]>) -> Result<FileEntry> {
+        let mut name = [0u8; NAME_LEN];
+        OsRng.fill_bytes(&mut name);
+        let key_id = loop {
+            let id = OsRng.next_u64();
+            if !self.file.contains(id) {
+                break id;
+            }
+        };
+        self.file.add(key_id, &key)?;
+        self.shared.insert(key_id, Arc::new(key))?;
+        Ok(FileEntry { name, key_id })
     }
 
-    pub(super) fn decode(bytes: &[u8]) -> Result<Self> {
-        let mut r = Reader::new(bytes, "chunk file entry", 64).map_err(corrupt)?;
-        if r.u8().map_err(corrupt)? != FILE_VERSION {
-            return Err(corrupt(()));
-        }
-        let name = r.array::<NAME_LEN>().map_err(corrupt)?;
-        let key = Zeroizing::new(r.array::<32>().map_err(corrupt)?);
-        r.finish("chunk file entry").map_err(corrupt)?;
-        Ok(Self { name, key })
+    /// Overwrites a key's slot with zeros (readers lose it at once); durable after
+    /// [`ChunkKeyFile::sync`].
+    pub(super) fn destroy(&mut self, key_id: u64) -> Result<()> {
+        self.shared.remove(key_id)?;
+        self.file.destroy(key_id)
     }
 
+    pub(super) fn sync(&mut self) -> Result<()> {
+        self.file.sync()
+    }
+
+    /// The file an entry names, with its key (`None` if the key is gone).
+    pub(super) fn file(&self, entry: &FileEntry) -> Result<Option<PieceFile>> {
+        entry.open(&self.shared)
+    }
+}
+
+impl PieceFile {
     /// The file's path in `dir` (hex of the random name).
     pub(super) fn path(&self, dir: &Path) -> PathBuf {
-        use std::fmt::Write as _;
-        let mut s = String::with_capacity(2 * NAME_LEN);
-        for b in self.name {
-            let _ = write!(s, "{b:02x}");
-        }
-        dir.join(s)
+        name_path(&self.name, dir)
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {
-        XChaCha20Poly1305::new(self.key.as_ref().into())
+        XChaCha20Poly1305::new(self.key.as_ref().as_ref().into())
     }
 
     /// Writes the piece at `offset`; returns by how much the file grew.
@@ -242,14 +395,32 @@ fn sync_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Brings the chunk files in line with sled at open (see the module doc); returns the bytes
-/// the files take, for the byte budget.
-pub(super) fn recover(tree: &sled::Tree, dir: &Path) -> Result<u64> {
+/// What [`recover`] found.
+pub(super) struct Recovered {
+    /// Bytes the chunk files take, for the byte budget.
+    pub(super) bytes: u64,
+    /// Whether sled entries were added, removed or changed in length, so that counts kept
+    /// from before are off.
+    pub(super) changed: bool,
+    /// The chunk key file, for the writer.
+    pub(super) keys: ChunkKeyFile,
+}
+
+/// Brings the chunk files and their keys in line with sled at open (see the module doc).
+pub(super) fn recover(tree: &sled::Tree, dir: &Path, store_dir: &Path) -> Result<Recovered> {
     std::fs::create_dir_all(dir).map_err(RelayError::io("creating the chunk directory"))?;
-    migrate_sled_pieces(tree, dir)?;
+    let (file, found) = KeyFile::open(&store_dir.join(KEYS_FILE), KEY_FILE_NAMES)?;
+    let shared = Arc::new(ChunkKeys::default());
+    for (id, key) in found {
+        shared.insert(id, Arc::new(key))?;
+    }
+    let mut keys = ChunkKeyFile { file, shared };
+    let mut changed = migrate_sled_pieces(tree, dir, &mut keys)? > 0;
     let mut named = std::collections::HashSet::new();
+    let mut used = std::collections::HashSet::new();
     let mut bytes = 0u64;
     let mut stale = Vec::new();
+    let mut moved_keys = 0usize;
     for entry in tree.scan_prefix([TAG_PIECE_FILE]) {
         let (key, value) = entry?;
         let sender = key
@@ -258,14 +429,49 @@ pub(super) fn recover(tree: &sled::Tree, dir: &Path) -> Result<u64> {
             .ok_or(RelayError::Corrupt {
                 what: "chunk file entry",
             })?;
-        let file = PieceFile::decode(&value)?;
-        let path = file.path(dir);
+        let entry = match FileEntry::decode(&value)? {
+            Entry::Named(e) => e,
+            Entry::WithKey(name, old_key) => {
+                // From before the key file: the key moves to a slot (synced), then the entry
+                // names the slot. Killed in between, the next start does it again and
+                // zeroes the slot left over.
+                let mut e = keys.create_with(old_key)?;
+                e.name = name;
+                tree.insert(&key, e.encode().as_slice())?;
+                changed = true;
+                moved_keys += 1;
+                e
+            }
+        };
+        let path = entry.path(dir);
         let Some(mut record) = super::chunks::read_chunk(tree, &sender)? else {
             // Its chunk was removed and the relay stopped before the entry went.
             stale.push(key);
             remove_file(&path);
             continue;
         };
+        let (entry, file) = match entry.open(&keys.shared)? {
+            Some(file) => (entry, file),
+            None => {
+                // No key (never seen unless the key file was damaged): the pieces cannot
+                // be read, so the chunk starts again empty under a new key, and its
+                // uploader resumes from the start (`ChunkStatus`).
+                tracing::warn!("a chunk file's key is missing; that chunk must be uploaded again");
+                let mut fresh = keys.create()?;
+                fresh.name = entry.name;
+                tree.insert(&key, fresh.encode().as_slice())?;
+                record.received = 0;
+                tree.insert(
+                    super::chunks::chunk_key(&sender),
+                    super::chunks::encode_chunk(&record)?,
+                )?;
+                let file = fresh.open(&keys.shared)?.ok_or(RelayError::Corrupt {
+                    what: "chunk key file",
+                })?;
+                (fresh, file)
+            }
+        };
+        used.insert(entry.key_id);
         if !record.is_complete() {
             // Pieces counted by a record sled flushed on its own, whose bytes never
             // reached the disk: cut back to the pieces that open.
@@ -293,6 +499,29 @@ pub(super) fn recover(tree: &sled::Tree, dir: &Path) -> Result<u64> {
     }
     for key in stale {
         tree.remove(key)?;
+        changed = true;
+    }
+    if moved_keys > 0 {
+        // The entries that name slots are durable before anything else happens.
+        tree.flush()?;
+        tracing::info!("chunk files: moved {moved_keys} keys out of sled into the chunk key file");
+    }
+    // Keys no entry names: of chunks removed before their key was destroyed, or made by a
+    // relay that died before their entry was written.
+    let orphans: Vec<u64> = keys
+        .shared
+        .keys
+        .read()
+        .map_err(corrupt)?
+        .keys()
+        .filter(|id| !used.contains(id))
+        .copied()
+        .collect();
+    for id in &orphans {
+        keys.destroy(*id)?;
+    }
+    if !orphans.is_empty() {
+        keys.sync()?;
     }
     for entry in std::fs::read_dir(dir).map_err(RelayError::io("listing the chunk directory"))? {
         let entry = entry.map_err(RelayError::io("listing the chunk directory"))?;
@@ -301,7 +530,11 @@ pub(super) fn recover(tree: &sled::Tree, dir: &Path) -> Result<u64> {
             remove_file(&path);
         }
     }
-    Ok(bytes)
+    Ok(Recovered {
+        bytes,
+        changed,
+        keys,
+    })
 }
 
 /// The sled tag of a piece stored in sled itself, before the chunk files.
@@ -312,7 +545,11 @@ pub(super) const TAG_SLED_PIECE: u8 = b'p';
 /// one), then the pieces, then `sync_data`, a flush, and only then the sled pieces' removal.
 /// A relay killed part way repeats the chunk at its next start; a piece is only ever
 /// rewritten at its own slot. Pieces of a chunk that no longer exists are dropped.
-pub(super) fn migrate_sled_pieces(tree: &sled::Tree, dir: &Path) -> Result<usize> {
+pub(super) fn migrate_sled_pieces(
+    tree: &sled::Tree,
+    dir: &Path,
+    keys: &mut ChunkKeyFile,
+) -> Result<usize> {
     // Only keys of a piece's exact shape are pieces; anything else under the tag is left.
     const KEY_LEN: usize = 1 + ChunkSenderId::LEN + 2;
     let mut senders = std::collections::BTreeSet::new();
@@ -343,14 +580,27 @@ pub(super) fn migrate_sled_pieces(tree: &sled::Tree, dir: &Path) -> Result<usize
             }
         }
         if super::chunks::read_chunk(tree, &sender)?.is_some() {
-            let file = match tree.get(file_key(&sender))? {
-                Some(entry) => PieceFile::decode(&entry)?,
+            let entry = match tree
+                .get(file_key(&sender))?
+                .map(|e| FileEntry::decode(&e))
+                .transpose()?
+            {
+                Some(Entry::Named(entry)) => entry,
+                Some(Entry::WithKey(name, key)) => {
+                    let mut entry = keys.create_with(key)?;
+                    entry.name = name;
+                    tree.insert(file_key(&sender), entry.encode().as_slice())?;
+                    entry
+                }
                 None => {
-                    let file = PieceFile::random();
-                    tree.insert(file_key(&sender), file.encode().as_slice())?;
-                    file
+                    let entry = keys.create()?;
+                    tree.insert(file_key(&sender), entry.encode().as_slice())?;
+                    entry
                 }
             };
+            let file = entry.open(&keys.shared)?.ok_or(RelayError::Corrupt {
+                what: "chunk key file",
+            })?;
             for (_, index, piece) in &pieces {
                 let offset = u32::from(*index).saturating_mul(PIECE_LEN as u32);
                 file.write_piece(dir, offset, piece)?;
