@@ -266,6 +266,18 @@ pub trait Store: ChunkStore + Send + Sync + 'static {
         recipient: &RecipientId,
     ) -> impl Future<Output = Result<Option<StoredMessage>>> + Send;
 
+    /// The id of the oldest message of a queue: what [`Store::oldest`] would give, without
+    /// its body. A subscribed connection woken by a new message asks this first, since most
+    /// wake-ups find the message it pushed last still unacked, and then reading (and, in
+    /// the message log, opening) the body would be wasted work.
+    fn oldest_id(
+        &self,
+        recipient: &RecipientId,
+    ) -> impl Future<Output = Result<Option<MessageId>>> + Send {
+        let oldest = self.oldest(recipient);
+        async move { Ok(oldest.await?.map(|m| m.id)) }
+    }
+
     /// Deletes the message `id` from a queue. Resolves to whether it was there.
     fn delete_message(
         &self,
@@ -756,6 +768,21 @@ impl Store for SledStore {
         Err(RelayError::Corrupt {
             what: "message index",
         })
+    }
+
+    fn oldest_id(
+        &self,
+        recipient: &RecipientId,
+    ) -> impl Future<Output = Result<Option<MessageId>>> + Send {
+        // The index alone: its entry holds the id.
+        let first = match self.tree.scan_prefix(message_prefix(recipient)).next() {
+            None => Ok(None),
+            Some(entry) => entry
+                .map_err(RelayError::from)
+                .and_then(|(_, value)| decode_index(&value))
+                .map(|index| Some(index.id)),
+        };
+        std::future::ready(first)
     }
 
     fn delete_message(
