@@ -1926,6 +1926,28 @@ mod tests {
             .collect())
     }
 
+    /// Deleted segment files of `dir`'s log that this process still holds open.
+    #[cfg(target_os = "linux")]
+    fn open_deleted_segments(dir: &Path) -> std::io::Result<usize> {
+        let prefix = dir.canonicalize()?.join(log::LOG_DIR);
+        let prefix = prefix.to_string_lossy().into_owned();
+        let mut n = 0;
+        for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
+            if let Ok(target) = std::fs::read_link(entry.path()) {
+                let target = target.to_string_lossy();
+                if target.starts_with(&prefix) && target.ends_with(".seg (deleted)") {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn open_deleted_segments(_dir: &Path) -> std::io::Result<usize> {
+        Ok(0)
+    }
+
     fn segment_files(dir: &Path) -> std::io::Result<usize> {
         Ok(std::fs::read_dir(dir.join(log::LOG_DIR))?
             .filter_map(|e| e.ok())
@@ -1967,10 +1989,18 @@ mod tests {
         assert!(keys_before.len() >= 3);
         // The recipient takes and acks all but the last two.
         for m in messages.iter().take(10) {
+            assert_eq!(store.oldest_id(&q.recipient).await?, Some(m.id));
             assert_eq!(store.oldest(&q.recipient).await?.as_ref(), Some(m));
             assert!(store.delete_message(q.recipient, m.id).await?);
         }
         store.compact().await?;
+        // The reads above kept read handles of the segments; none outlives its segment
+        // (an open handle would keep a deleted file's blocks on the disk).
+        assert_eq!(
+            open_deleted_segments(dir.path())?,
+            0,
+            "a forgotten segment is still open"
+        );
         let keys_after = segment_keys(dir.path())?;
         let files = all_files(dir.path())?;
         for (i, (m, record)) in messages.iter().zip(&stored).enumerate().take(10) {
