@@ -68,6 +68,9 @@ const SLOT_LEN: usize = 48;
 /// The default size past which the active segment is sealed and a new one started.
 pub(super) const SEGMENT_SIZE: u64 = 16 << 20;
 
+/// Most segment read handles kept open at once ([`Segments`]).
+const MAX_READ_HANDLES: usize = 64;
+
 /// Where a record is: its segment, its offset there and its whole length (header included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Location {
@@ -139,9 +142,10 @@ fn crc_of(head_len: &[u8; 4], ciphertext: &[u8]) -> u32 {
 pub(super) struct Segments {
     dir: PathBuf,
     keys: RwLock<HashMap<u64, Arc<SegmentKey>>>,
-    /// Read handles of segments with a key, opened on a segment's first read and dropped
-    /// when its key is removed (before the file is deleted): a read is one `pread`, not an
-    /// `open`, `pread` and `close`. Never holds a segment whose key is gone (see `file`).
+    /// Read handles of segments with a key (at most [`MAX_READ_HANDLES`]), opened on a
+    /// segment's first read and dropped when its key is removed (before the file is
+    /// deleted): a read is one `pread`, not an `open`, `pread` and `close`. Never holds a
+    /// segment whose key is gone (see `file`).
     files: RwLock<HashMap<u64, Arc<File>>>,
     /// The largest record a reader accepts.
     max_record: u32,
@@ -191,6 +195,13 @@ impl Segments {
             .map_err(|_| corrupt())?
             .contains_key(&segment);
         if live {
+            if files.len() >= MAX_READ_HANDLES {
+                // Bounded: a large store has thousands of segments, and descriptors are
+                // also the TCP connections'. Any one handle goes (its readers keep theirs).
+                if let Some(old) = files.keys().next().copied() {
+                    files.remove(&old);
+                }
+            }
             files.insert(segment, Arc::clone(&file));
         }
         Ok(Some(file))
