@@ -5,7 +5,7 @@
 # the bytes every Tidings message moves) and `relay CPU per message / floor: X.XX` (the
 # online run's relay CPU against `tidings-bench --floor`, measured in the same run).
 #
-#   bench/compare.sh [--quick]
+#   bench/compare.sh [--quick]        (BENCH_BIN=DIR: use the binaries in DIR, no build)
 #
 # It installs redis-server from the distribution's packages if missing, starts Redis and
 # the relays on free loopback ports in a temporary dir, builds the release binaries, runs
@@ -88,11 +88,16 @@ free_port() {
     echo "no free port found" >&2; return 1
 }
 
-echo "building (release) ..." >&2
-cargo build --release -q -p tidings-bench -p tidings-relay >&2
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
-    | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-BIN="${TARGET_DIR:-target}/release"
+if [ -n "${BENCH_BIN:-}" ]; then
+    # BENCH_BIN=DIR: binaries built elsewhere (e.g. the commit before a change), no build.
+    BIN=$BENCH_BIN
+else
+    echo "building (release) ..." >&2
+    cargo build --release -q -p tidings-bench -p tidings-relay >&2
+    TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
+        | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    BIN="${TARGET_DIR:-target}/release"
+fi
 
 # Redis, durable like the relay: every write in the append-only file, fsynced before the
 # reply; no RDB snapshots.

@@ -3,7 +3,7 @@
 # DWARF call graphs) and prints where its CPU time goes, bucketed by
 # bench/perf-categories.awk (Noise, signatures, re-encryption, storage, QUIC, ...).
 #
-#   bench/profile.sh [tidings-bench arguments...]
+#   bench/profile.sh [tidings-bench arguments...]   (BENCH_BIN=DIR: the binaries in DIR, no build)
 #
 # Default load: the default 100 -> 100, 1 KiB payload, 6,000 messages, no idle-client or
 # connection-rate phase (so the profile is the message load). Needs `perf` (Debian:
@@ -16,8 +16,13 @@ command -v perf >/dev/null || { echo "perf not found (apt-get install linux-perf
 ARGS=("$@")
 [ ${#ARGS[@]} -gt 0 ] || ARGS=(--messages 6000 --idle-clients 0 --connect-rate 0)
 
-cargo build --release -q -p tidings-bench -p tidings-relay >&2
-BIN=target/release
+if [ -n "${BENCH_BIN:-}" ]; then
+    # BENCH_BIN=DIR: binaries built elsewhere (e.g. the commit before a change), no build.
+    BIN=$BENCH_BIN
+else
+    cargo build --release -q -p tidings-bench -p tidings-relay >&2
+    BIN=target/release
+fi
 WORK=$(mktemp -d -t tidings-profile-XXXXXX)
 PIDS=()
 cleanup() {
@@ -28,7 +33,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"$BIN/tidings-relay" --listen 127.0.0.1:0 --data-dir "$WORK/data" >"$WORK/stdout" 2>"$WORK/relay.log" &
+# Every client comes from 127.0.0.1: the same one-address shares as bench/compare.sh.
+cat >"$WORK/shares.toml" <<'TOML'
+max_connections_per_address = 100000
+max_handshakes_per_address = 1000
+new_queues_per_address_per_hour = 100000000
+stored_bytes_per_address_per_hour = 1000000000000000
+commands_per_address_per_sec = 100000000
+command_burst_per_address = 100000000
+TOML
+"$BIN/tidings-relay" --listen 127.0.0.1:0 --data-dir "$WORK/data" --config "$WORK/shares.toml" \
+    >"$WORK/stdout" 2>"$WORK/relay.log" &
 RELAY_PID=$!
 PIDS+=("$RELAY_PID")
 ADDRESS=""

@@ -789,6 +789,13 @@ impl<S: Store> Dispatcher<S> {
             // Taken over elsewhere: the End in the mailbox will tell the client.
             return;
         }
+        if let Some(pushed) = outstanding {
+            // Most wake-ups (a new message behind one still unacked) change nothing: the id
+            // from the index says so without reading and opening the body.
+            if matches!(self.shared.store.oldest_id(&queue).await, Ok(Some(id)) if id == pushed) {
+                return;
+            }
+        }
         match self.shared.store.oldest(&queue).await {
             Ok(Some(m)) => {
                 if outstanding != Some(m.id) {

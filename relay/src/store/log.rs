@@ -74,6 +74,9 @@ const TAG_LEN: usize = 16;
 /// The default size past which the active segment is sealed and a new one started.
 pub(super) const SEGMENT_SIZE: u64 = 16 << 20;
 
+/// Most segment read handles kept open at once ([`Segments`]).
+const MAX_READ_HANDLES: usize = 64;
+
 /// Where a record is: its segment, its offset there and its whole length (header included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Location {
@@ -145,6 +148,11 @@ fn crc_of(head_len: &[u8; 4], ciphertext: &[u8]) -> u32 {
 pub(super) struct Segments {
     dir: PathBuf,
     keys: RwLock<HashMap<u64, Arc<SegmentKey>>>,
+    /// Read handles of segments with a key (at most [`MAX_READ_HANDLES`]), opened on a
+    /// segment's first read and dropped when its key is removed (before the file is
+    /// deleted): a read is one `pread`, not an `open`, `pread` and `close`. Never holds a
+    /// segment whose key is gone (see `file`).
+    files: RwLock<HashMap<u64, Arc<File>>>,
     /// The largest record a reader accepts.
     max_record: u32,
 }
@@ -163,15 +171,46 @@ impl Segments {
         let Some(key) = key else {
             return Ok(None);
         };
-        let file = match File::open(segment_path(&self.dir, loc.segment)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(RelayError::io("opening a message log segment")(e)),
+        let Some(file) = self.file(loc.segment)? else {
+            return Ok(None);
         };
         let mut buf = vec![0u8; loc.len as usize];
         read_exact_at(&file, &mut buf, loc.offset)
             .map_err(RelayError::io("reading the message log"))?;
         open_record(&key, loc, &buf).map(Some)
+    }
+
+    /// The read handle of a segment, opened and kept on first use; `None` when the segment
+    /// is gone. A handle is kept only while the segment's key is there: the check and the
+    /// insert happen under the handles' lock, and [`Segments::remove`] drops the key before
+    /// it takes that lock, so a handle opened during a removal is never kept (an open
+    /// handle would keep a deleted segment's blocks allocated).
+    fn file(&self, segment: u64) -> Result<Option<Arc<File>>> {
+        if let Some(file) = self.files.read().map_err(|_| corrupt())?.get(&segment) {
+            return Ok(Some(Arc::clone(file)));
+        }
+        let file = match File::open(segment_path(&self.dir, segment)) {
+            Ok(f) => Arc::new(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(RelayError::io("opening a message log segment")(e)),
+        };
+        let mut files = self.files.write().map_err(|_| corrupt())?;
+        let live = self
+            .keys
+            .read()
+            .map_err(|_| corrupt())?
+            .contains_key(&segment);
+        if live {
+            if files.len() >= MAX_READ_HANDLES {
+                // Bounded: a large store has thousands of segments, and descriptors are
+                // also the TCP connections'. Any one handle goes (its readers keep theirs).
+                if let Some(old) = files.keys().next().copied() {
+                    files.remove(&old);
+                }
+            }
+            files.insert(segment, Arc::clone(&file));
+        }
+        Ok(Some(file))
     }
 
     fn insert(&self, segment: u64, key: Arc<SegmentKey>) -> Result<()> {
@@ -183,7 +222,10 @@ impl Segments {
     }
 
     fn remove(&self, segment: u64) -> Result<()> {
+        // The key first, then the handle (see `file`); the two locks are never held together
+        // here.
         self.keys.write().map_err(|_| corrupt())?.remove(&segment);
+        self.files.write().map_err(|_| corrupt())?.remove(&segment);
         Ok(())
     }
 }
@@ -318,6 +360,7 @@ impl LogWriter {
         let shared = Arc::new(Segments {
             dir: dir.clone(),
             keys: RwLock::new(HashMap::new()),
+            files: RwLock::default(),
             max_record,
         });
         let mut stats = HashMap::new();
