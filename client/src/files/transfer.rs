@@ -606,6 +606,7 @@ async fn send_chunk<L: RelayLink>(
         ReplyKind::ChunkReceived { received } => received,
         other => return Err(relay_error(other)),
     };
+    let by_session = link.session_pieces();
     while offset < chunk.size.bytes() {
         // Up to PIPELINE pieces in flight; the relay answers each once durable, in order.
         let mut batch = Vec::with_capacity(PIPELINE);
@@ -621,7 +622,13 @@ async fn send_chunk<L: RelayLink>(
                 offset: next,
                 piece,
             };
-            batch.push(link.signed(sender.into(), command, &chunk.auth)?);
+            // The signed `ChunkStatus` above opened the chunk on this session: from
+            // version 3 its pieces go unsigned (PROTOCOL.md 15.11).
+            batch.push(if by_session {
+                link.unsigned(sender.into(), command)
+            } else {
+                link.signed(sender.into(), command, &chunk.auth)?
+            });
             next += len as u32;
         }
         let mut busy = false;
@@ -629,6 +636,9 @@ async fn send_chunk<L: RelayLink>(
             match reply.kind {
                 ReplyKind::Ok => {}
                 ReplyKind::Error(ErrorCode::Busy) => busy = true,
+                // After a piece refused `Busy`, the next ones leave a gap (`Command`): the
+                // `ChunkStatus` below tells where to continue.
+                ReplyKind::Error(ErrorCode::Command) if busy => {}
                 other => return Err(relay_error(other)),
             }
         }
@@ -867,29 +877,40 @@ async fn fetch_chunk<L: RelayLink>(
     let pieces: Vec<u32> = (0..access.size.pieces())
         .map(|p| p * PIECE_LEN as u32)
         .collect();
+    // From version 3 only the first `ChunkGet` of the chunk on this session is signed; the
+    // relay takes the rest unsigned (PROTOCOL.md 15.11). `opened` once a signed one was
+    // answered with its piece (the relay handles a block's frames in order, so the unsigned
+    // ones after it in the same batch are already covered).
+    let by_session = link.session_pieces();
+    let mut opened = false;
     for group in pieces.chunks(PIPELINE) {
-        let mut batch = Vec::with_capacity(group.len());
-        for offset in group {
-            let command = Command::ChunkGet { offset: *offset };
-            batch.push(link.signed(access.id.into(), command, &access.auth)?);
-        }
-        let mut replies = link.batch(batch).await?;
         let mut tries = 0;
-        while replies
-            .iter()
-            .any(|r| r.kind == ReplyKind::Error(ErrorCode::Busy))
-            && tries < BUSY_TRIES
-        {
+        let replies = loop {
+            let mut batch = Vec::with_capacity(group.len());
+            for (i, offset) in group.iter().enumerate() {
+                let command = Command::ChunkGet { offset: *offset };
+                batch.push(if by_session && (opened || i > 0) {
+                    link.unsigned(access.id.into(), command)
+                } else {
+                    link.signed(access.id.into(), command, &access.auth)?
+                });
+            }
+            let replies = link.batch(batch).await?;
+            opened |= by_session
+                && matches!(
+                    replies.first().map(|r| &r.kind),
+                    Some(ReplyKind::ChunkData { .. })
+                );
+            let busy = replies
+                .iter()
+                .any(|r| r.kind == ReplyKind::Error(ErrorCode::Busy));
+            if !busy || tries >= BUSY_TRIES {
+                break replies;
+            }
             // Over the relay's rate: wait and ask for the group again.
             tokio::time::sleep(BUSY_PAUSE).await;
-            let mut again = Vec::with_capacity(group.len());
-            for offset in group {
-                let command = Command::ChunkGet { offset: *offset };
-                again.push(link.signed(access.id.into(), command, &access.auth)?);
-            }
-            replies = link.batch(again).await?;
             tries += 1;
-        }
+        };
         if replies.len() != group.len() {
             return Err(ClientError::ConnectionLost);
         }
