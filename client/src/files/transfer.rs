@@ -45,8 +45,11 @@ const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 /// How often to ask again for a group of pieces the relay answered `Busy`.
 const BUSY_TRIES: usize = 40;
 
-/// Requests in flight at once during a transfer (one block each way per request).
-const PIPELINE: usize = 16;
+/// Pieces sent before their replies are awaited during a transfer: while the client writes
+/// a batch, the relay already handles its first pieces, so the two overlap; the only pause
+/// is between batches. 64 pieces is about 1 MB in flight (within quinn's default stream
+/// window) and in memory.
+const PIPELINE: usize = 64;
 
 /// The most chunks an upload lists directly in its descriptions; a file with more is sent
 /// with a chained description (PROTOCOL.md 15.9). [`MAX_FILE_CHUNKS`], except that debug
@@ -62,6 +65,25 @@ fn max_direct_chunks() -> usize {
         return n;
     }
     MAX_FILE_CHUNKS
+}
+
+/// Debug builds (tests) with `TIDINGS_TEST_PAUSE_UPLOAD_AT=N`: once more than `N` bytes of
+/// an upload are stored and that progress was reported, the process stops where it is until
+/// it is killed, so a test kills an upload at a known point instead of racing it to the end.
+/// Release builds ignore the variable.
+fn pause_for_test(done: u64) {
+    #[cfg(debug_assertions)]
+    if std::env::var("TIDINGS_TEST_PAUSE_UPLOAD_AT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|at| done > at)
+    {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = done;
 }
 
 /// Progress of a transfer, for a progress bar or plain lines.
@@ -706,10 +728,9 @@ pub async fn upload<L: RelayLink>(
                 save(state)
             },
             |stored| {
-                progress(Progress {
-                    done: start + u64::from(stored),
-                    total,
-                })
+                let done = start + u64::from(stored);
+                progress(Progress { done, total });
+                pause_for_test(done);
             },
         )
         .await?;
