@@ -44,6 +44,11 @@ pub trait RelayLink {
     fn session_acks(&self) -> bool {
         false
     }
+    /// Whether the session speaks command-set version 3 or later, where a chunk's pieces go
+    /// unsigned once its key signed a chunk command in this session (PROTOCOL.md 15.11).
+    fn session_pieces(&self) -> bool {
+        false
+    }
     /// The `Ack` of a message pushed on this connection's subscription to `entity`:
     /// unsigned when the session allows it (one signature less per message), else signed.
     fn push_ack(
@@ -214,6 +219,10 @@ impl Connector for ReachConnector {
 impl RelayLink for RelayConnection {
     fn session_acks(&self) -> bool {
         self.version() >= tidings_protocol::noise::SESSION_ACKS_VERSION
+    }
+
+    fn session_pieces(&self) -> bool {
+        self.version() >= tidings_protocol::noise::SESSION_PIECES_VERSION
     }
 
     fn signed(

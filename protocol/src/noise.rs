@@ -50,11 +50,16 @@ pub const RECORD_LEN: usize = BLOCK_LEN + TAG_LEN;
 pub const HELLO_LEN: usize = RECORD_LEN - DH_LEN - TAG_LEN;
 
 /// Command-set versions this implementation speaks.
-pub const SUPPORTED_VERSIONS: VersionRange = VersionRange { min: 1, max: 2 };
+pub const SUPPORTED_VERSIONS: VersionRange = VersionRange { min: 1, max: 3 };
 
 /// The first command-set version with session acks: the live subscriber of a queue may ack a
 /// message without a signature, on the connection that subscribed (PROTOCOL.md section 9.2).
 pub const SESSION_ACKS_VERSION: u16 = 2;
+
+/// The first command-set version with session pieces: once a chunk's key signed a chunk
+/// command in a session, that session's later `ChunkPut`s (sender key) or `ChunkGet`s
+/// (recipient key) of the same chunk id may go unsigned (PROTOCOL.md section 15.11).
+pub const SESSION_PIECES_VERSION: u16 = 3;
 
 /// An inclusive range of command-set versions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

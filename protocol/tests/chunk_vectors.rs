@@ -178,6 +178,31 @@ fn requests() -> Vec<(&'static str, &'static str, Request)> {
             "recipient0",
             signed(6, rid, Command::ChunkAck, &r0),
         ),
+        // Command-set version 3 (PROTOCOL.md 15.11): the same piece commands unsigned, as
+        // sent on a connection that opened the chunk id with a signed command.
+        (
+            "chunk_put_by_session",
+            "none",
+            Request::unsigned(
+                CorrId::from_bytes([0, 0, 0, 0, 0, 0, 0x10, 7]),
+                sid,
+                Command::ChunkPut {
+                    offset: 4 * PIECE_LEN as u32,
+                    piece: piece_bytes(65_536 - 4 * PIECE_LEN),
+                },
+            ),
+        ),
+        (
+            "chunk_get_by_session",
+            "none",
+            Request::unsigned(
+                CorrId::from_bytes([0, 0, 0, 0, 0, 0, 0x10, 8]),
+                rid,
+                Command::ChunkGet {
+                    offset: PIECE_LEN as u32,
+                },
+            ),
+        ),
     ]
 }
 
@@ -357,7 +382,13 @@ fn signed_chunk_requests_verify_under_the_documented_bytes() {
     for (name, signer, req) in requests() {
         let key = match signer {
             "sender" => sender().public(),
-            _ => recipient(0).public(),
+            "recipient0" => recipient(0).public(),
+            _ => {
+                // Unsigned (session pieces): no signature, and none verifies.
+                assert!(req.signature.is_none(), "{name}");
+                assert!(req.verify(&binding, &sender().public()).is_err(), "{name}");
+                continue;
+            }
         };
         req.verify(&binding, &key).unwrap();
         assert!(

@@ -169,6 +169,9 @@ pub struct Dispatcher<S> {
     /// Decoded keys of existing queues this connection checked a valid signature under,
     /// oldest first, at most [`KEYS_KEPT`].
     keys: Vec<AuthPublicKey>,
+    /// Chunk ids this session may send unsigned piece commands for (version 3, see
+    /// `chunks.rs`).
+    opened: chunks::Opened,
 }
 
 impl<S> std::fmt::Debug for Dispatcher<S> {
@@ -239,6 +242,7 @@ impl<S: Store> Dispatcher<S> {
             source,
             worked: false,
             keys: Vec::new(),
+            opened: chunks::Opened::default(),
         }
     }
 
@@ -515,7 +519,7 @@ impl<S: Store> Dispatcher<S> {
             | Command::ChunkStatus
             | Command::ChunkDelete
             | Command::ChunkGet { .. }
-            | Command::ChunkAck => return self.chunk_command(&req, out).await,
+            | Command::ChunkAck => return self.chunk_command(req, out).await,
             Command::Ping => {
                 if req.entity != EntityId::NONE || req.signature.is_some() {
                     return Err(ErrorCode::Command);

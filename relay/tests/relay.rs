@@ -1438,7 +1438,7 @@ async fn a_subscriber_acks_by_its_session_and_the_ok_rides_with_the_next_message
         assert_ok(&q.send(&mut conn, text).await);
     }
     let mut sub = RawSession::open(&w, SUPPORTED_VERSIONS).await;
-    assert_eq!(sub.session.version(), 2);
+    assert_eq!(sub.session.version(), SUPPORTED_VERSIONS.max);
     let subscribe = sub.signed(&q, Command::Subscribe);
     sub.send(&[subscribe]).await;
     let replies = sub.record().await;

@@ -261,11 +261,23 @@ def chunk_cmd(c):
 cb = bytes.fromhex(ch['binding_hex'])
 signers = {'sender': Ed25519PrivateKey.from_private_bytes(bytes.fromhex(ch['sender_auth_seed_hex'])),
            'recipient0': Ed25519PrivateKey.from_private_bytes(bytes.fromhex(ch['recipient_auth_seeds_hex'][0]))}
+signed_chunk = {}
 for r in ch['requests']:
     f = bytes.fromhex(r['frame_hex'])
     corr, ent, flag = f[:8], f[8:32], f[32]
+    if r['signer'] == 'none':
+        # Section 15.11 (version 3): a piece command sent unsigned on a session that opened
+        # its chunk id; the same command and entity as the signed vector, with sig_flag 0.
+        cmd = f[33:]
+        name, fields = chunk_cmd(cmd)
+        base = r['name'].removesuffix('_by_session')
+        good = flag == 0 and name == base and name in ('chunk_put', 'chunk_get')
+        good &= base in signed_chunk and signed_chunk[base] == (ent, cmd)
+        check('chunk req ' + r['name'], good)
+        continue
     sig, cmd = f[33:97], f[97:]
     name, fields = chunk_cmd(cmd)
+    signed_chunk[name] = (ent, cmd)
     good = flag == 1 and name == r['name']
     pk = raw_pub(signers[r['signer']])
     try: Ed25519PublicKey.from_public_bytes(pk).verify(sig, CTX + cb + corr + ent + cmd)
@@ -278,6 +290,7 @@ for r in ch['requests']:
         # The last piece of a 64 KiB chunk is 65536 - 4 * 16000 bytes of i mod 251.
         good &= fields[0] == 4 * PIECE and fields[1] == bytes(i % 251 for i in range(65536 - 4 * PIECE))
     check('chunk req ' + r['name'], good)
+check('session pieces present', {'chunk_put_by_session', 'chunk_get_by_session'} <= {r['name'] for r in ch['requests']})
 def chunk_reply(b):
     t = b[0]
     if t == 0x87:
@@ -486,10 +499,10 @@ ce, re_ = bytes.fromhex(hs['client_ephemeral_secret_hex']), bytes.fromhex(hs['re
 # client writes msg1
 c = SS(name, pro); c.mix_hash(rpk)
 ce_pub = x25519_pub(ce); c.mix_hash(ce_pub); c.mix_key(x25519(ce, rpk))
-# section 4.5: the offer and the relay's range as the vector gives them (this implementation: 1..=2)
+# section 4.5: the offer and the relay's range as the vector gives them (this implementation: 1..=3)
 cmin, cmax = hs['client_offer_min'], hs['client_offer_max']
 smin, smax = hs['relay_supported_min'], hs['relay_supported_max']
-check('versions 1..=2', (cmin, cmax, smin, smax) == (1, 2, 1, 2))
+check('versions 1..=3', (cmin, cmax, smin, smax) == (1, 3, 1, 3))
 hello = struct.pack('>HH', cmin, cmax).ljust(HELLO_LEN, b'\0')
 msg1 = ce_pub + c.enc(hello)
 check('msg1', len(msg1) == RECORD_LEN and msg1.hex() == hs['client_hello_record_hex'])

@@ -381,7 +381,13 @@ impl Profile {
     /// Starts `tidings --home HOME ARGS…` without waiting (for tests that kill it midway).
     /// Its stdout is piped; stderr is discarded.
     pub fn spawn(&self, args: &[&str]) -> Result<Child> {
+        self.spawn_with(args, &[])
+    }
+
+    /// [`Profile::spawn`] with more environment variables.
+    pub fn spawn_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Result<Child> {
         self.command(args)?
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -577,7 +577,13 @@ fn a_killed_send_file_resumes_without_sending_finished_chunks_again() -> Result<
     let src = world.root().join("bible-part-1.mp3");
     make_file(&src, 24_000_000)?;
     let src_arg = src.to_string_lossy().to_string();
-    let mut child = alice.spawn(&["send-file", "bob", &src_arg, "--json"])?;
+    // The upload stops for good right after reporting more than 10 MiB stored (a debug-build
+    // hook), and is killed there: the kill always lands part way, however slow this test's
+    // reading of the progress lines is (it once raced the upload to its end under load).
+    let mut child = alice.spawn_with(
+        &["send-file", "bob", &src_arg, "--json"],
+        &[("TIDINGS_TEST_PAUSE_UPLOAD_AT", "10485760")],
+    )?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
     let mut killed_at = 0u64;
     for line in std::io::BufReader::new(stdout).lines() {

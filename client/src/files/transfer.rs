@@ -53,8 +53,11 @@ const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 /// How often to ask again for a group of pieces the relay answered `Busy`.
 const BUSY_TRIES: usize = 40;
 
-/// Requests in flight at once during a transfer (one block each way per request).
-const PIPELINE: usize = 16;
+/// Pieces sent before their replies are awaited during a transfer: while the client writes
+/// a batch, the relay already handles its first pieces, so the two overlap; the only pause
+/// is between batches. 64 pieces is about 1 MB in flight (within quinn's default stream
+/// window) and in memory.
+const PIPELINE: usize = 64;
 
 /// The most chunks an upload lists directly in its descriptions; a file with more is sent
 /// with a chained description (PROTOCOL.md 15.9). [`MAX_FILE_CHUNKS`], except that debug
@@ -84,6 +87,25 @@ fn direct_room(name: &str, media_type: &str, relays: &[RelayAddress]) -> usize {
     let bare = description_len(version, name.len(), media_type.len(), relays, 0, true);
     let entry = description_len(version, name.len(), media_type.len(), relays, 1, true) - bare;
     (MAX_DESCRIPTION_LEN.saturating_sub(bare) / entry.max(1)).clamp(1, MAX_FILE_CHUNKS)
+}
+
+/// Debug builds (tests) with `TIDINGS_TEST_PAUSE_UPLOAD_AT=N`: once more than `N` bytes of
+/// an upload are stored and that progress was reported, the process stops where it is until
+/// it is killed, so a test kills an upload at a known point instead of racing it to the end.
+/// Release builds ignore the variable.
+fn pause_for_test(done: u64) {
+    #[cfg(debug_assertions)]
+    if std::env::var("TIDINGS_TEST_PAUSE_UPLOAD_AT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|at| done > at)
+    {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = done;
 }
 
 /// Progress of a transfer, for a progress bar or plain lines.
@@ -728,6 +750,7 @@ async fn send_chunk<L: RelayLink>(
         ReplyKind::ChunkReceived { received } => received,
         other => return Err(relay_error(other)),
     };
+    let by_session = link.session_pieces();
     while offset < chunk.size.bytes() {
         // Up to PIPELINE pieces in flight; the relay answers each once durable, in order.
         let mut batch = Vec::with_capacity(PIPELINE);
@@ -743,7 +766,13 @@ async fn send_chunk<L: RelayLink>(
                 offset: next,
                 piece,
             };
-            batch.push(link.signed(sender.into(), command, &chunk.auth)?);
+            // The signed `ChunkStatus` above opened the chunk on this session: from
+            // version 3 its pieces go unsigned (PROTOCOL.md 15.11).
+            batch.push(if by_session {
+                link.unsigned(sender.into(), command)
+            } else {
+                link.signed(sender.into(), command, &chunk.auth)?
+            });
             next += len as u32;
         }
         let mut busy = false;
@@ -751,6 +780,9 @@ async fn send_chunk<L: RelayLink>(
             match reply.kind {
                 ReplyKind::Ok => {}
                 ReplyKind::Error(ErrorCode::Busy) => busy = true,
+                // After a piece refused `Busy`, the next ones leave a gap (`Command`): the
+                // `ChunkStatus` below tells where to continue.
+                ReplyKind::Error(ErrorCode::Command) if busy => {}
                 other => return Err(relay_error(other)),
             }
         }
@@ -867,10 +899,9 @@ pub async fn upload_via<F: FileLinks>(
                         save(state)
                     },
                     |stored| {
-                        progress(Progress {
-                            done: start + u64::from(stored),
-                            total,
-                        })
+                        let done = start + u64::from(stored);
+                        progress(Progress { done, total });
+                        pause_for_test(done);
                     },
                 )
                 .await
@@ -1069,29 +1100,40 @@ async fn fetch_chunk<L: RelayLink>(
     let pieces: Vec<u32> = (0..access.size.pieces())
         .map(|p| p * PIECE_LEN as u32)
         .collect();
+    // From version 3 only the first `ChunkGet` of the chunk on this session is signed; the
+    // relay takes the rest unsigned (PROTOCOL.md 15.11). `opened` once a signed one was
+    // answered with its piece (the relay handles a block's frames in order, so the unsigned
+    // ones after it in the same batch are already covered).
+    let by_session = link.session_pieces();
+    let mut opened = false;
     for group in pieces.chunks(PIPELINE) {
-        let mut batch = Vec::with_capacity(group.len());
-        for offset in group {
-            let command = Command::ChunkGet { offset: *offset };
-            batch.push(link.signed(access.id.into(), command, &access.auth)?);
-        }
-        let mut replies = link.batch(batch).await?;
         let mut tries = 0;
-        while replies
-            .iter()
-            .any(|r| r.kind == ReplyKind::Error(ErrorCode::Busy))
-            && tries < BUSY_TRIES
-        {
+        let replies = loop {
+            let mut batch = Vec::with_capacity(group.len());
+            for (i, offset) in group.iter().enumerate() {
+                let command = Command::ChunkGet { offset: *offset };
+                batch.push(if by_session && (opened || i > 0) {
+                    link.unsigned(access.id.into(), command)
+                } else {
+                    link.signed(access.id.into(), command, &access.auth)?
+                });
+            }
+            let replies = link.batch(batch).await?;
+            opened |= by_session
+                && matches!(
+                    replies.first().map(|r| &r.kind),
+                    Some(ReplyKind::ChunkData { .. })
+                );
+            let busy = replies
+                .iter()
+                .any(|r| r.kind == ReplyKind::Error(ErrorCode::Busy));
+            if !busy || tries >= BUSY_TRIES {
+                break replies;
+            }
             // Over the relay's rate: wait and ask for the group again.
             tokio::time::sleep(BUSY_PAUSE).await;
-            let mut again = Vec::with_capacity(group.len());
-            for offset in group {
-                let command = Command::ChunkGet { offset: *offset };
-                again.push(link.signed(access.id.into(), command, &access.auth)?);
-            }
-            replies = link.batch(again).await?;
             tries += 1;
-        }
+        };
         if replies.len() != group.len() {
             return Err(ClientError::ConnectionLost);
         }
