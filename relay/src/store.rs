@@ -1120,7 +1120,9 @@ impl Writer<'_> {
             .try_for_each(|(_, id)| self.chunk_keys.destroy(*id))
             .and_then(|()| self.chunk_keys.sync());
         if let Err(e) = destroyed {
-            tracing::warn!("chunk key file: destroying removed chunks' keys failed: {e}");
+            tracing::warn!(
+                "forgetting removed chunks failed (retried at the next write group): {e}"
+            );
             return Flushed::Failed;
         }
         for (path, _) in std::mem::take(&mut self.unlinks) {

@@ -456,7 +456,9 @@ pub(super) fn recover(tree: &sled::Tree, dir: &Path, store_dir: &Path) -> Result
                 // No key (never seen unless the key file was damaged): the pieces cannot
                 // be read, so the chunk starts again empty under a new key, and its
                 // uploader resumes from the start (`ChunkStatus`).
-                tracing::warn!("a chunk file's key is missing; that chunk must be uploaded again");
+                tracing::warn!(
+                    "a chunk file can no longer be opened; its uploader starts that chunk again"
+                );
                 let mut fresh = keys.create()?;
                 fresh.name = entry.name;
                 tree.insert(&key, fresh.encode().as_slice())?;
@@ -504,7 +506,7 @@ pub(super) fn recover(tree: &sled::Tree, dir: &Path, store_dir: &Path) -> Result
     if moved_keys > 0 {
         // The entries that name slots are durable before anything else happens.
         tree.flush()?;
-        tracing::info!("chunk files: moved {moved_keys} keys out of sled into the chunk key file");
+        tracing::info!("chunk files: {moved_keys} entries migrated to the slot file");
     }
     // Keys no entry names: of chunks removed before their key was destroyed, or made by a
     // relay that died before their entry was written.
