@@ -420,7 +420,7 @@ pub(super) fn recover(tree: &sled::Tree, dir: &Path, store_dir: &Path) -> Result
     let mut used = std::collections::HashSet::new();
     let mut bytes = 0u64;
     let mut stale = Vec::new();
-    let mut moved_keys = 0usize;
+    let mut migrated_entries = 0usize;
     for entry in tree.scan_prefix([TAG_PIECE_FILE]) {
         let (key, value) = entry?;
         let sender = key
@@ -439,7 +439,7 @@ pub(super) fn recover(tree: &sled::Tree, dir: &Path, store_dir: &Path) -> Result
                 e.name = name;
                 tree.insert(&key, e.encode().as_slice())?;
                 changed = true;
-                moved_keys += 1;
+                migrated_entries += 1;
                 e
             }
         };
@@ -503,10 +503,10 @@ pub(super) fn recover(tree: &sled::Tree, dir: &Path, store_dir: &Path) -> Result
         tree.remove(key)?;
         changed = true;
     }
-    if moved_keys > 0 {
+    if migrated_entries > 0 {
         // The entries that name slots are durable before anything else happens.
         tree.flush()?;
-        tracing::info!("chunk files: {moved_keys} entries migrated to the slot file");
+        tracing::info!("chunk files: {migrated_entries} entries migrated to the slot file");
     }
     // Keys no entry names: of chunks removed before their key was destroyed, or made by a
     // relay that died before their entry was written.
