@@ -272,10 +272,15 @@ fn main() -> Result<()> {
     if !args.files && args.contacts == 0 {
         args.check()?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    // `--files` runs on one thread, as the `tidings` CLI does its transfers.
+    let runtime = if args.files {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+    .enable_all()
+    .build()
+    .context("starting the async runtime")?;
     let deadline = Duration::from_secs(args.timeout);
     if args.contacts > 0 {
         let report = runtime.block_on(async {

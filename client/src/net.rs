@@ -320,6 +320,53 @@ impl RelayConnection {
         Ok(out)
     }
 
+    /// Sends the requests `make` returns (until `None`) with up to `window` (at most
+    /// [`MAX_IN_FLIGHT`]) awaiting replies, and hands each reply, in request order, to
+    /// `each`: a sliding window, refilled whenever half of it is free. Once `each` returns `false` no more requests are made, and the replies of
+    /// those sent still go to `each`. See [`crate::relay::RelayLink::pipeline`].
+    pub async fn pipeline<M, E>(&mut self, window: usize, mut make: M, mut each: E) -> Result<()>
+    where
+        M: FnMut(&mut Self) -> Result<Option<Request>>,
+        E: FnMut(Reply) -> Result<bool>,
+    {
+        self.check_open()?;
+        let window = window.clamp(1, MAX_IN_FLIGHT);
+        let mut waiting: VecDeque<CorrId> = VecDeque::with_capacity(window);
+        let mut more = true;
+        loop {
+            // Refilled once half the window is free, so small requests (a download's
+            // `ChunkGet`s) still share blocks instead of taking a record each.
+            if more && waiting.len() <= window / 2 {
+                let mut builder = BlockBuilder::new();
+                while waiting.len() < window {
+                    let Some(request) = make(self)? else {
+                        more = false;
+                        break;
+                    };
+                    self.inbox.awaited.insert(request.corr);
+                    let frame = request.encode()?;
+                    if !builder.fits(frame.len()) && !builder.is_empty() {
+                        let full = std::mem::take(&mut builder);
+                        self.send_block(&full.finish()).await?;
+                        self.drain_ready()?;
+                    }
+                    builder.push(&frame)?;
+                    waiting.push_back(request.corr);
+                }
+                if !builder.is_empty() {
+                    self.send_block(&builder.finish()).await?;
+                }
+            }
+            let Some(corr) = waiting.pop_front() else {
+                return Ok(());
+            };
+            let reply = self.wait_reply(corr).await?;
+            if !each(reply)? {
+                more = false;
+            }
+        }
+    }
+
     /// The next pushed frame (a `Message` or `End` with corr [`CorrId::PUSH`]), or `None`
     /// when nothing arrives within `timeout`.
     pub async fn next_push(&mut self, timeout: Duration) -> Result<Option<Reply>> {

@@ -63,6 +63,48 @@ pub trait RelayLink {
             self.signed(entity, Command::Ack { id }, key)
         }
     }
+    /// Sends the requests `make` returns (until `None`) with up to `window` awaiting their
+    /// replies at once, and hands each reply, in request order, to `each`. Once `each`
+    /// returns `false`, no more requests are made; the replies of those already sent still
+    /// go to `each`. An error from either stops at once.
+    ///
+    /// A sliding window: a new request goes out as soon as a reply is in, so the relay
+    /// never waits for a whole round. The default (for links without one) sends rounds of
+    /// `window` with [`RelayLink::batch`].
+    fn pipeline<M, E>(
+        &mut self,
+        window: usize,
+        mut make: M,
+        mut each: E,
+    ) -> impl Future<Output = Result<()>>
+    where
+        Self: Sized,
+        M: FnMut(&mut Self) -> Result<Option<Request>>,
+        E: FnMut(Reply) -> Result<bool>,
+    {
+        async move {
+            let mut more = true;
+            while more {
+                let mut round = Vec::new();
+                while round.len() < window.max(1) {
+                    match make(self)? {
+                        Some(request) => round.push(request),
+                        None => {
+                            more = false;
+                            break;
+                        }
+                    }
+                }
+                if round.is_empty() {
+                    break;
+                }
+                for reply in self.batch(round).await? {
+                    more &= each(reply)?;
+                }
+            }
+            Ok(())
+        }
+    }
     /// Sends one request and returns its reply.
     fn request(&mut self, request: Request) -> impl Future<Output = Result<Reply>> {
         async move {
@@ -244,6 +286,19 @@ impl RelayLink for RelayConnection {
 
     fn next_push(&mut self, timeout: Duration) -> impl Future<Output = Result<Option<Reply>>> {
         RelayConnection::next_push(self, timeout)
+    }
+
+    fn pipeline<M, E>(
+        &mut self,
+        window: usize,
+        make: M,
+        each: E,
+    ) -> impl Future<Output = Result<()>>
+    where
+        M: FnMut(&mut Self) -> Result<Option<Request>>,
+        E: FnMut(Reply) -> Result<bool>,
+    {
+        RelayConnection::pipeline(self, window, make, each)
     }
 
     fn close(self) -> impl Future<Output = ()> {

@@ -91,7 +91,7 @@ use zeroize::Zeroizing;
 use tidings_protocol::codec::put_bytes_u16;
 use tidings_protocol::codec::Reader;
 use tidings_protocol::command::MAX_DELIVERED_LEN;
-use tidings_protocol::ids::{MessageId, RecipientId, SenderId};
+use tidings_protocol::ids::{ChunkSenderId, MessageId, RecipientId, SenderId};
 use tidings_protocol::keys::{AuthPublicKey, SymmetricKey};
 use tidings_protocol::reencrypt::DeliveryKey;
 
@@ -1018,6 +1018,9 @@ struct Writer<'a> {
     chunk_dir: &'a Path,
     /// The chunk files' keys.
     chunk_keys: pieces::ChunkKeyFile,
+    /// The chunk file of the upload written last, open for its next piece (closed when the
+    /// chunk completes or is removed).
+    writing: Option<(ChunkSenderId, pieces::OpenPieceFile)>,
     /// Removed chunks' files and key ids, to destroy once their removal is flushed.
     unlinks: Vec<(PathBuf, u64)>,
     /// Bytes of chunk files (part of the gauge's bytes, not of the open summary's).
@@ -1160,6 +1163,7 @@ fn writer_loop(
         needs_flush: false,
         chunk_dir,
         chunk_keys,
+        writing: None,
         unlinks: Vec::new(),
         chunk_bytes: close.chunk_bytes,
         tainted: false,

@@ -25,6 +25,7 @@
 //! others go on; the next run resumes from what is recorded. [`upload`] and [`download`]
 //! are the same over one connection, for files on one relay.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -53,11 +54,13 @@ const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 /// How often to ask again for a group of pieces the relay answered `Busy`.
 const BUSY_TRIES: usize = 40;
 
-/// Pieces sent before their replies are awaited during a transfer: while the client writes
-/// a batch, the relay already handles its first pieces, so the two overlap; the only pause
-/// is between batches. 64 pieces is about 1 MB in flight (within quinn's default stream
-/// window) and in memory.
+/// Pieces in flight during a transfer, as a sliding window: a new piece goes out as soon as
+/// the oldest one's reply is in, so the client and the relay work at the same time and
+/// neither waits for a whole round. 64 pieces is about 1 MB in flight (within quinn's
+/// default stream window) and in memory.
 const PIPELINE: usize = 64;
+/// Bytes of a chunk stored between two progress reports: one window of pieces.
+const PROGRESS_STEP: u32 = (PIPELINE * PIECE_LEN) as u32;
 
 /// The most chunks an upload lists directly in its descriptions; a file with more is sent
 /// with a chained description (PROTOCOL.md 15.9). [`MAX_FILE_CHUNKS`], except that debug
@@ -751,41 +754,62 @@ async fn send_chunk<L: RelayLink>(
         other => return Err(relay_error(other)),
     };
     let by_session = link.session_pieces();
-    while offset < chunk.size.bytes() {
-        // Up to PIPELINE pieces in flight; the relay answers each once durable, in order.
-        let mut batch = Vec::with_capacity(PIPELINE);
+    let size = chunk.size.bytes();
+    while offset < size {
+        // A sliding window of PIPELINE pieces; the relay answers each in order (the last
+        // one of the chunk once the chunk is durable).
         let mut next = offset;
-        while next < chunk.size.bytes() && batch.len() < PIPELINE {
-            let len = chunk.size.piece_len(next).ok_or(ClientError::Crypto)?;
-            let from = next as usize;
-            let piece = data
-                .get(from..from + len)
-                .ok_or(ClientError::Crypto)?
-                .to_vec();
-            let command = Command::ChunkPut {
-                offset: next,
-                piece,
-            };
-            // The signed `ChunkStatus` above opened the chunk on this session: from
-            // version 3 its pieces go unsigned (PROTOCOL.md 15.11).
-            batch.push(if by_session {
-                link.unsigned(sender.into(), command)
-            } else {
-                link.signed(sender.into(), command, &chunk.auth)?
-            });
-            next += len as u32;
-        }
+        let mut stored = offset;
+        let mut reported = offset;
         let mut busy = false;
-        for reply in link.batch(batch).await? {
-            match reply.kind {
-                ReplyKind::Ok => {}
-                ReplyKind::Error(ErrorCode::Busy) => busy = true,
-                // After a piece refused `Busy`, the next ones leave a gap (`Command`): the
-                // `ChunkStatus` below tells where to continue.
-                ReplyKind::Error(ErrorCode::Command) if busy => {}
-                other => return Err(relay_error(other)),
-            }
-        }
+        link.pipeline(
+            PIPELINE,
+            |link| {
+                if next >= size {
+                    return Ok(None);
+                }
+                let len = chunk.size.piece_len(next).ok_or(ClientError::Crypto)?;
+                let from = next as usize;
+                let piece = data
+                    .get(from..from + len)
+                    .ok_or(ClientError::Crypto)?
+                    .to_vec();
+                let command = Command::ChunkPut {
+                    offset: next,
+                    piece,
+                };
+                next += len as u32;
+                // The signed `ChunkStatus` above opened the chunk on this session: from
+                // version 3 its pieces go unsigned (PROTOCOL.md 15.11).
+                if by_session {
+                    Ok(Some(link.unsigned(sender.into(), command)))
+                } else {
+                    link.signed(sender.into(), command, &chunk.auth).map(Some)
+                }
+            },
+            |reply| {
+                match reply.kind {
+                    ReplyKind::Ok if !busy => {
+                        let len = chunk.size.piece_len(stored).ok_or(ClientError::Crypto)?;
+                        stored += len as u32;
+                        // Progress about once per window, as the rounds reported it.
+                        if stored == size || stored - reported >= PROGRESS_STEP {
+                            reported = stored;
+                            sent(stored);
+                        }
+                    }
+                    // Over the relay's rate: send no more; the `ChunkStatus` below tells
+                    // where to continue.
+                    ReplyKind::Error(ErrorCode::Busy) => busy = true,
+                    // After a piece refused `Busy`, the next ones leave a gap (`Command`), or
+                    // may still be stored: either way `ChunkStatus` tells.
+                    ReplyKind::Ok | ReplyKind::Error(ErrorCode::Command) if busy => {}
+                    other => return Err(relay_error(other)),
+                }
+                Ok(!busy)
+            },
+        )
+        .await?;
         if busy {
             // Over the relay's rate: wait, then continue where the relay says it is.
             tokio::time::sleep(BUSY_PAUSE).await;
@@ -796,8 +820,12 @@ async fn send_chunk<L: RelayLink>(
             };
             continue;
         }
-        offset = next;
-        sent(offset);
+        if stored != size {
+            return Err(ClientError::RelayMisbehaved(
+                "a chunk's pieces went unanswered",
+            ));
+        }
+        offset = stored;
     }
     Ok(())
 }
@@ -1105,40 +1133,61 @@ async fn fetch_chunk<L: RelayLink>(
     // answered with its piece (the relay handles a block's frames in order, so the unsigned
     // ones after it in the same batch are already covered).
     let by_session = link.session_pieces();
-    let mut opened = false;
-    for group in pieces.chunks(PIPELINE) {
-        let mut tries = 0;
-        let replies = loop {
-            let mut batch = Vec::with_capacity(group.len());
-            for (i, offset) in group.iter().enumerate() {
-                let command = Command::ChunkGet { offset: *offset };
-                batch.push(if by_session && (opened || i > 0) {
+    // Whether a signed `ChunkGet` was answered with its piece on this session.
+    let opened = Cell::new(false);
+    let mut tries = 0;
+    // Pieces appended to `out` so far (both closures read it).
+    let taken = Cell::new(0usize);
+    while taken.get() < pieces.len() {
+        // The next piece to ask for: after `Busy`, again from the first one missing.
+        let mut asked = taken.get();
+        let before = asked;
+        let mut busy = false;
+        link.pipeline(
+            PIPELINE,
+            |link| {
+                let Some(offset) = pieces.get(asked).copied() else {
+                    return Ok(None);
+                };
+                let command = Command::ChunkGet { offset };
+                // The first piece asked on this session is signed; once a signed one was
+                // answered with its piece, the rest go unsigned (the relay handles a
+                // connection's frames in order, so those behind it are covered).
+                let request = if by_session && (opened.get() || asked > taken.get()) {
                     link.unsigned(access.id.into(), command)
                 } else {
                     link.signed(access.id.into(), command, &access.auth)?
-                });
-            }
-            let replies = link.batch(batch).await?;
-            opened |= by_session
-                && matches!(
-                    replies.first().map(|r| &r.kind),
-                    Some(ReplyKind::ChunkData { .. })
-                );
-            let busy = replies
-                .iter()
-                .any(|r| r.kind == ReplyKind::Error(ErrorCode::Busy));
-            if !busy || tries >= BUSY_TRIES {
-                break replies;
-            }
-            // Over the relay's rate: wait and ask for the group again.
+                };
+                asked += 1;
+                Ok(Some(request))
+            },
+            |reply| {
+                if busy {
+                    // Behind a `Busy`: the answers are dropped and the pieces asked again.
+                    return Ok(false);
+                }
+                if reply.kind == ReplyKind::Error(ErrorCode::Busy) && tries < BUSY_TRIES {
+                    busy = true;
+                    return Ok(false);
+                }
+                let offset = pieces
+                    .get(taken.get())
+                    .copied()
+                    .ok_or(ClientError::ConnectionLost)?;
+                if by_session && matches!(reply.kind, ReplyKind::ChunkData { .. }) {
+                    opened.set(true);
+                }
+                open_piece(&key, access, name, offset, reply.kind, &mut out)?;
+                taken.set(taken.get() + 1);
+                Ok(true)
+            },
+        )
+        .await?;
+        if busy {
+            // Over the relay's rate: wait and ask again from the first piece missing (a
+            // few times in a row at most, counted from the last piece that came).
+            tries = if taken.get() > before { 1 } else { tries + 1 };
             tokio::time::sleep(BUSY_PAUSE).await;
-            tries += 1;
-        };
-        if replies.len() != group.len() {
-            return Err(ClientError::ConnectionLost);
-        }
-        for (offset, reply) in group.iter().copied().zip(replies) {
-            open_piece(&key, access, name, offset, reply.kind, &mut out)?;
         }
     }
     Ok(out)

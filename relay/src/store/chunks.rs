@@ -458,20 +458,26 @@ impl Writer<'_> {
         if offset != record.received {
             return Ok((PutOutcome::Refused, false));
         }
-        let Some(entry) = tree.get(file_key(sender))? else {
-            return Err(corrupt(()));
-        };
-        let file = self
-            .chunk_keys
-            .file(&FileEntry::decode_named(&entry)?)?
-            .ok_or_else(|| corrupt(()))?;
         if !self.make_room(slot_len(piece.len())) {
             return Ok((PutOutcome::StoreFull, false));
         }
+        // The file this upload writes stays open between its pieces.
+        let mut file = match self.writing.take() {
+            Some((open, file)) if open.ct_eq(sender) => file,
+            _ => {
+                let Some(entry) = tree.get(file_key(sender))? else {
+                    return Err(corrupt(()));
+                };
+                self.chunk_keys
+                    .file(&FileEntry::decode_named(&entry)?)?
+                    .ok_or_else(|| corrupt(()))?
+                    .open_for_writing(self.chunk_dir)?
+            }
+        };
         // The piece first: a relay that dies before the record counts it leaves a piece the
         // next upload of the same offset overwrites (or one `recover` cuts off).
         let dir = self.chunk_dir;
-        let grown = match file.write_piece(dir, offset, piece) {
+        let grown = match file.write_piece(offset, piece) {
             Ok(grown) => grown,
             Err(RelayError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::StorageFull =>
@@ -487,6 +493,8 @@ impl Writer<'_> {
             // PROTOCOL.md 15.4: the whole chunk is on disk before its last piece's answer
             // (which also waits for the group's flush of this record).
             file.sync(dir)?;
+        } else {
+            self.writing = Some((*sender, file));
         }
         tree.insert(chunk_key(sender), encode_chunk(&record)?)?;
         Ok((
@@ -509,6 +517,13 @@ impl Writer<'_> {
     /// Removes a chunk: the record first (so its recipients read as unknown at once), then
     /// its pieces, its recipients and its expiry entry.
     fn chunk_remove(&mut self, record: &ChunkRecord) -> Result<()> {
+        if self
+            .writing
+            .as_ref()
+            .is_some_and(|(open, _)| open.ct_eq(&record.sender))
+        {
+            self.writing = None;
+        }
         let tree = self.tree;
         let ck = chunk_key(&record.sender);
         if let Some(old) = tree.remove(&ck)? {

@@ -61,6 +61,14 @@ pub trait RecordReader: Send + 'static {
     /// as it was. `record` gets its buffer only once bytes have arrived, so a connection
     /// waiting for its client holds none.
     fn read_into(&mut self, record: &mut Vec<u8>) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Whether the session may read records the peer already sent before it answers the
+    /// ones it has (to pack their replies into fewer records). False where seeing the
+    /// peer's end would stop replies from going out: a WebSocket library answers the
+    /// client's close frame as it reads it, and refuses messages after that.
+    fn reads_ahead(&self) -> bool {
+        true
+    }
 }
 
 /// Reads exactly one whole record. Resolves to `Ok(None)` when the peer ended the stream

@@ -46,6 +46,14 @@ impl RecordReader for AnyReader {
             Self::WebSocket(r) => r.read_into(record).await,
         }
     }
+
+    fn reads_ahead(&self) -> bool {
+        match self {
+            Self::Http3(r) => r.reads_ahead(),
+            Self::Http2(r) => r.reads_ahead(),
+            Self::WebSocket(r) => r.reads_ahead(),
+        }
+    }
 }
 
 impl RecordWriter for AnyWriter {

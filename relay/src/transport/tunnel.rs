@@ -50,6 +50,11 @@ pub trait ChunkSource: Send + 'static {
     /// The next chunk; `Ok(None)` when the peer ended the body in order. Must be
     /// cancel-safe: dropping the future loses nothing.
     fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>>> + Send;
+
+    /// See [`RecordReader::reads_ahead`].
+    fn reads_ahead(&self) -> bool {
+        true
+    }
 }
 
 /// [`RecordReader`] over any [`ChunkSource`].
@@ -70,6 +75,10 @@ impl<S: ChunkSource> ChunkReader<S> {
 }
 
 impl<S: ChunkSource> RecordReader for ChunkReader<S> {
+    fn reads_ahead(&self) -> bool {
+        self.source.reads_ahead()
+    }
+
     async fn read_into(&mut self, record: &mut Vec<u8>) -> Result<bool> {
         let room = RECORD_LEN.saturating_sub(record.len());
         if room == 0 {
@@ -234,6 +243,10 @@ pub struct WsSource {
 }
 
 impl ChunkSource for WsSource {
+    fn reads_ahead(&self) -> bool {
+        false
+    }
+
     async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
         loop {
             let next = tokio::select! {
