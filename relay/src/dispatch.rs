@@ -32,7 +32,7 @@
 
 mod chunks;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 
 use rand_core::OsRng;
@@ -69,6 +69,8 @@ pub struct Shared<S> {
     pub stats: Arc<Stats>,
     /// What each source address may hold (in memory only).
     pub shares: Arc<FairShares>,
+    /// The places for wide receive windows of uploading connections.
+    pub wide: Arc<crate::window::WideWindows>,
 }
 
 impl<S> std::fmt::Debug for Shared<S> {
@@ -172,6 +174,11 @@ pub struct Dispatcher<S> {
     /// Chunk ids this session may send unsigned piece commands for (version 3, see
     /// `chunks.rs`).
     opened: chunks::Opened,
+    /// Pieces handed to the store whose replies are not taken yet, oldest first
+    /// ([`Dispatcher::settle_puts`]).
+    pending_puts: VecDeque<chunks::PendingPut>,
+    /// Whether a piece was taken for upload since [`Dispatcher::take_uploading`].
+    uploading: bool,
 }
 
 impl<S> std::fmt::Debug for Dispatcher<S> {
@@ -243,7 +250,15 @@ impl<S: Store> Dispatcher<S> {
             worked: false,
             keys: Vec::new(),
             opened: chunks::Opened::default(),
+            pending_puts: VecDeque::new(),
+            uploading: false,
         }
+    }
+
+    /// Whether this connection handed a file piece to the store since the last call (the
+    /// session widens its receive window while it uploads, see [`crate::window`]).
+    pub fn take_uploading(&mut self) -> bool {
+        std::mem::take(&mut self.uploading)
     }
 
     /// Whether the connection did work since the last call: a command other than `Ping`
@@ -279,6 +294,7 @@ impl<S: Store> Dispatcher<S> {
                 &mut self.bucket
             };
             if !within_share || !bucket.take(Instant::now()) {
+                self.settle_puts(out).await;
                 self.flush_sends(&mut sends, out).await;
                 let (corr, entity) = frame_header(frame);
                 self.error(out, corr, entity, ErrorCode::Busy);
@@ -287,6 +303,7 @@ impl<S: Store> Dispatcher<S> {
             let request = match Request::decode(frame) {
                 Ok(r) => r,
                 Err(e) => {
+                    self.settle_puts(out).await;
                     self.flush_sends(&mut sends, out).await;
                     let (corr, entity) = frame_header(frame);
                     let code = match e {
@@ -301,6 +318,12 @@ impl<S: Store> Dispatcher<S> {
                 }
             };
             let (corr, entity) = (request.corr, request.entity);
+            // Replies stay in request order: the answers of pieces still on their way to
+            // the store come before any other reply (only a piece may follow them unsettled).
+            let put = matches!(request.command, Command::ChunkPut { .. });
+            if !put {
+                self.settle_puts(out).await;
+            }
             if matches!(request.command, Command::Send { .. }) {
                 sends.push(request);
                 continue;
@@ -309,7 +332,10 @@ impl<S: Store> Dispatcher<S> {
             let ping = matches!(request.command, Command::Ping);
             match self.command(request, out).await {
                 Ok(()) => self.worked |= !ping,
-                Err(code) => self.error(out, corr, entity, code),
+                Err(code) => {
+                    self.settle_puts(out).await;
+                    self.error(out, corr, entity, code);
+                }
             }
         }
         self.flush_sends(&mut sends, out).await;
@@ -906,6 +932,7 @@ mod tests {
                 shares: crate::fair::FairShares::new(crate::fair::Limits::from_config(
                     &Config::default(),
                 )),
+                wide: Arc::default(),
             });
             Dispatcher::new(
                 shared,

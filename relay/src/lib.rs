@@ -35,6 +35,8 @@
 //! - [`fair`]: each source address's fair share (connections, handshakes in progress, new
 //!   queues and stored bytes per hour; IPv6 by /64), kept in memory only, and the decision
 //!   to accept a connection attempt, answer it with a QUIC Retry, or refuse it.
+//! - [`window`]: the wide QUIC receive windows of connections that upload file pieces,
+//!   bounded over the relay and per source address.
 //! - [`server`]: the accept loop with the connection limits, the expiry sweeper, shutdown, and
 //!   the in-process API ([`Relay`], [`run`]) that the binary and the integration tests use:
 //!
@@ -75,6 +77,7 @@ pub mod session;
 pub mod stats;
 pub mod store;
 pub mod transport;
+pub mod window;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;

@@ -134,6 +134,7 @@ impl Relay {
             clock,
             stats: Arc::clone(&stats),
             shares,
+            wide: Arc::default(),
         });
         if let Some(changes) = shared.store.watch_others() {
             tokio::spawn(wake_for_others(Arc::downgrade(&shared), changes));

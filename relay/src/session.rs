@@ -45,6 +45,7 @@ use crate::registry::{ConnId, Mailbox};
 use crate::stats::Stats;
 use crate::store::Store;
 use crate::transport::{read_record, Closer, RecordReader, RecordWriter};
+use crate::window;
 
 /// Frames handled between two chances to send full reply blocks.
 const FRAMES_PER_STEP: usize = 16;
@@ -174,6 +175,9 @@ where
     let mut deadline = Instant::now() + idle;
     // Whether the stream ended (or broke) while looking for records already waiting.
     let mut ended = false;
+    // This connection's place for a wide receive window, while it uploads.
+    let mut wide: Option<window::WidePlace> = None;
+    let mut narrow_at = Instant::now();
     let records_per_turn = if reader.reads_ahead() {
         RECORDS_PER_STEP
     } else {
@@ -246,8 +250,12 @@ where
                 }
             }
             () = mailbox.notified() => {}
+            () = tokio::time::sleep_until(narrow_at), if wide.is_some() => {}
             () = tokio::time::sleep_until(deadline) => break End::Idle,
         }
+        // The answers of pieces the store was still writing, in order, before anything
+        // else goes out.
+        dispatcher.settle_puts(&mut out).await;
         // Whatever woke us, act on posted events too: a wake-up can never be lost.
         dispatcher.events(&mut out).await;
         if let Err(end) = send(
@@ -266,6 +274,21 @@ where
         if ended {
             // The stream ended right behind records handled above; their replies are out.
             break End::Closed;
+        }
+        // A wide receive window while the client uploads pieces (if a place is free), the
+        // narrow one again once it stopped for a while (crate::window).
+        if dispatcher.take_uploading() {
+            narrow_at = Instant::now() + window::WIDE_IDLE;
+            if wide.is_none() && closer.has_receive_window() {
+                wide = shared.wide.take(source);
+                if wide.is_some() {
+                    closer.set_receive_window(u64::from(window::WIDE));
+                    Stats::bump(&shared.stats.wide_windows);
+                }
+            }
+        } else if wide.is_some() && Instant::now() >= narrow_at {
+            closer.set_receive_window(u64::from(window::NARROW));
+            wide = None;
         }
     };
 

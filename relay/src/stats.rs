@@ -39,6 +39,8 @@ pub struct Stats {
     pub over_share: AtomicU64,
     /// `New` and `Send` refused (`Quota`) because the store or the disk is full.
     pub store_full: AtomicU64,
+    /// Times an uploading QUIC connection got a wide receive window (`crate::window`).
+    pub wide_windows: AtomicU64,
 }
 
 impl Stats {
@@ -74,6 +76,7 @@ impl Stats {
             refused_over_share = get(&self.refused_over_share),
             over_share = get(&self.over_share),
             store_full = get(&self.store_full),
+            wide_windows = get(&self.wide_windows),
             "relay counters"
         );
     }

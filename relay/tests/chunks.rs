@@ -372,3 +372,58 @@ async fn the_per_address_chunk_share_and_oversize_pieces_are_refused() {
     };
     assert!(conn.signed(EntityId::NONE, cmd, &auth).is_err());
 }
+
+/// A pipelined upload over QUIC: the connection gets a wide receive window while it
+/// uploads (`relay/src/window.rs`), and the relay handles the pieces already waiting before
+/// it answers, so their `Ok`s share reply records (PROTOCOL.md 8.1): fewer records come
+/// back than pieces went up, every piece is answered `Ok` in order, and the chunk is whole.
+#[tokio::test]
+async fn a_pipelined_upload_gets_a_wide_window_and_its_oks_share_records() {
+    use std::sync::atomic::Ordering;
+    let w = World::start(|_| {}).await;
+    let mut conn = w.connect().await;
+    let chunk = create(&mut conn, ChunkSize::M1, 1).await.unwrap();
+    let data = chunk_bytes(chunk.size, 0);
+    let stats = w.relay.as_ref().unwrap().stats();
+    assert_eq!(stats.wide_windows.load(Ordering::Relaxed), 0);
+    let sent_before = stats.records_sent.load(Ordering::Relaxed);
+
+    let size = chunk.size.bytes();
+    let mut next = 0u32;
+    let mut answered = 0u32;
+    conn.pipeline(
+        64,
+        |c| {
+            if next >= size {
+                return Ok(None);
+            }
+            let len = chunk.size.piece_len(next).unwrap();
+            let piece = data[next as usize..next as usize + len].to_vec();
+            let command = Command::ChunkPut {
+                offset: next,
+                piece,
+            };
+            next += len as u32;
+            c.signed(chunk.sender.into(), command, &chunk.auth)
+                .map(Some)
+        },
+        |reply| {
+            assert_eq!(reply.kind, ReplyKind::Ok, "piece {answered}");
+            answered += 1;
+            Ok(true)
+        },
+    )
+    .await
+    .unwrap();
+    let pieces = chunk.size.pieces();
+    assert_eq!(answered, pieces);
+    let reply_records = stats.records_sent.load(Ordering::Relaxed) - sent_before;
+    assert!(
+        reply_records < u64::from(pieces),
+        "{reply_records} reply records for {pieces} pieces: no reply shared a record"
+    );
+    assert_eq!(stats.wide_windows.load(Ordering::Relaxed), 1);
+    assert_eq!(chunk.status(&mut conn).await, size);
+    conn.close().await;
+    w.relay.unwrap().shutdown().await.unwrap();
+}

@@ -890,7 +890,26 @@ pub async fn upload_via<F: FileLinks>(
     }
     let cipher = FileCipher::new(state.key.clone(), state.prefix, state.size);
     let total = cipher.encrypted_len();
-    let mut file = File::open(path).map_err(io(path))?;
+    // The chunks still to send, each with its offset in the encrypted file. The next one
+    // is encrypted on a blocking thread while the one before it goes out.
+    let mut todo = Vec::new();
+    let mut offset = 0u64;
+    for (index, chunk) in state.chunks.iter().enumerate() {
+        if !chunk.complete {
+            todo.push((index, offset, chunk.size));
+        }
+        offset += u64::from(chunk.size.bytes());
+    }
+    let encrypt = |(index, start, size): (usize, u64, ChunkSize)| {
+        let (path, cipher) = (path.to_path_buf(), cipher.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            let mut file = File::open(&path).map_err(io(&path))?;
+            encrypt_chunk(&mut file, &path, &cipher, start, size)
+        });
+        (index, task)
+    };
+    let mut todo = todo.into_iter();
+    let mut next = todo.next().map(encrypt);
     let mut start = 0u64;
     let mut failed = Failed::new();
     for index in 0..state.chunks.len() {
@@ -903,6 +922,13 @@ pub async fn upload_via<F: FileLinks>(
             progress(Progress { done: start, total });
             continue;
         }
+        // This chunk's encryption (started while the chunk before it went out), and the
+        // next one's from now on.
+        let task = match next.take() {
+            Some((i, task)) if i == index => task,
+            _ => return Err(ClientError::Crypto),
+        };
+        next = todo.next().map(encrypt);
         if failed.iter().any(|(r, _)| *r == chunk.relay) {
             start += bytes;
             continue;
@@ -912,7 +938,9 @@ pub async fn upload_via<F: FileLinks>(
         } else {
             Vec::new()
         };
-        let data = encrypt_chunk(&mut file, path, &cipher, start, chunk.size)?;
+        let data = task
+            .await
+            .map_err(|_| io(path)(std::io::Error::other("the encryption stopped")))??;
         let sent = match links.link(chunk.relay).await {
             Ok(link) => {
                 send_chunk(
@@ -1265,13 +1293,16 @@ pub async fn download_via<F: FileLinks>(
             "its chunks do not add up to its size",
         ));
     }
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
         .open(encrypted)
         .map_err(io(encrypted))?;
+    // A fetched chunk is written and synced on a blocking thread while the next one is
+    // fetched; it counts as done (and the state is saved) only once synced.
+    let mut writer = ChunkWriter::new(file, encrypted);
     let mut start = 0u64;
     let mut failed = Failed::new();
     for (i, access) in access.iter().enumerate() {
@@ -1293,16 +1324,16 @@ pub async fn download_via<F: FileLinks>(
                     continue;
                 }
             };
-            file.seek(SeekFrom::Start(start)).map_err(io(encrypted))?;
-            file.write_all(&data).map_err(io(encrypted))?;
-            file.sync_data().map_err(io(encrypted))?;
-            if let Some(d) = state.done.get_mut(i) {
-                *d = true;
+            if let Some(synced) = writer.write(i, start, data).await? {
+                mark_done(state, synced, &mut save)?;
             }
-            save(state)?;
         }
         start += bytes;
         progress(Progress { done: start, total });
+    }
+    let (mut file, synced) = writer.finish().await?;
+    if let Some(synced) = synced {
+        mark_done(state, synced, &mut save)?;
     }
     first_failure(failed)?;
     verify(&mut file, encrypted, desc)?;
@@ -1317,6 +1348,81 @@ pub async fn download_via<F: FileLinks>(
         }
     }
     Ok(())
+}
+
+/// Marks chunk `i` of a download done and saves the state.
+fn mark_done(
+    state: &mut DownloadState,
+    i: usize,
+    save: &mut impl FnMut(&DownloadState) -> Result<()>,
+) -> Result<()> {
+    if let Some(d) = state.done.get_mut(i) {
+        *d = true;
+    }
+    save(state)
+}
+
+/// Writes a download's chunks into its file, each written and synced on a blocking thread
+/// while the caller fetches the next one: at most one chunk is being written at a time.
+struct ChunkWriter {
+    path: std::path::PathBuf,
+    /// The file, while no write is under way.
+    file: Option<File>,
+    /// The write under way: the chunk's index and the task that gives the file back.
+    writing: Option<(usize, tokio::task::JoinHandle<std::io::Result<File>>)>,
+}
+
+impl ChunkWriter {
+    fn new(file: File, path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            file: Some(file),
+            writing: None,
+        }
+    }
+
+    /// Waits for the write under way; returns the index of the chunk it synced.
+    async fn settle(&mut self) -> Result<Option<usize>> {
+        let Some((i, task)) = self.writing.take() else {
+            return Ok(None);
+        };
+        let file = task
+            .await
+            .map_err(|_| io(&self.path)(std::io::Error::other("the write stopped")))?
+            .map_err(io(&self.path))?;
+        self.file = Some(file);
+        Ok(Some(i))
+    }
+
+    /// Starts writing chunk `i` at `start`, once the write before it is done (whose chunk
+    /// index it returns: that chunk is synced now).
+    async fn write(&mut self, i: usize, start: u64, data: Vec<u8>) -> Result<Option<usize>> {
+        let synced = self.settle().await?;
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| io(&self.path)(std::io::Error::other("no file")))?;
+        self.writing = Some((
+            i,
+            tokio::task::spawn_blocking(move || {
+                file.seek(SeekFrom::Start(start))?;
+                file.write_all(&data)?;
+                file.sync_data()?;
+                Ok(file)
+            }),
+        ));
+        Ok(synced)
+    }
+
+    /// Waits for the last write; gives back the file and the chunk it synced, if any.
+    async fn finish(mut self) -> Result<(File, Option<usize>)> {
+        let synced = self.settle().await?;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| io(&self.path)(std::io::Error::other("no file")))?;
+        Ok((file, synced))
+    }
 }
 
 fn segment_error(name: &str, e: SegmentError) -> ClientError {

@@ -12,18 +12,45 @@
 //! without a store read; the lookup is in this connection's own list, which holds only ids it
 //! proved itself, so its timing tells the connection nothing it did not know.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
 use rand_core::OsRng;
 use tokio::time::Instant;
 
 use tidings_protocol::chunk::{ChunkKey, ChunkRecipient};
 use tidings_protocol::command::{Command, ErrorCode, Reply, ReplyKind, Request};
-use tidings_protocol::ids::{ChunkRecipientId, ChunkSenderId, EntityId, PieceNonce};
+use tidings_protocol::ids::{ChunkRecipientId, ChunkSenderId, CorrId, EntityId, PieceNonce};
 use tidings_protocol::keys::DhSecretKey;
 use tidings_protocol::noise::SESSION_PIECES_VERSION;
 
 use super::{store_error, Dispatcher, Refusal};
 use crate::stats::Stats;
 use crate::store::{ChunkRecipientRecord, ChunkRecord, PutOutcome, Store};
+
+/// Most pieces of one connection on their way to the store at once (a session turn reads at
+/// most 16 records, but a block may hold many small, refused pieces).
+const MAX_PENDING_PUTS: usize = 64;
+
+/// What the store will answer for a piece.
+type PutFuture = Pin<Box<dyn Future<Output = crate::error::Result<PutOutcome>> + Send>>;
+
+/// A `ChunkPut` handed to the store, its reply not yet taken.
+pub(crate) struct PendingPut {
+    corr: CorrId,
+    entity: EntityId,
+    state: PutState,
+}
+
+enum PutState {
+    /// The store is still at it. (The mutex is never locked: it only makes the dispatcher
+    /// `Sync`, and the future is taken out by value.)
+    Waiting(std::sync::Mutex<PutFuture>),
+    /// The store answered at once.
+    Done(crate::error::Result<PutOutcome>),
+}
 
 /// Chunk ids a connection may send unsigned piece commands for, per kind; the oldest is
 /// forgotten past this many (PROTOCOL.md 15.11: at least 16).
@@ -162,6 +189,36 @@ impl<S: Store> Dispatcher<S> {
         Ok(found)
     }
 
+    /// Takes the answers of the pieces on their way to the store, in order, and appends
+    /// their replies. Every reply to a later frame comes after these.
+    pub(crate) async fn settle_puts(&mut self, out: &mut Vec<Reply>) {
+        while let Some(put) = self.pending_puts.pop_front() {
+            let outcome = match put.state {
+                PutState::Waiting(future) => {
+                    future.into_inner().unwrap_or_else(|e| e.into_inner()).await
+                }
+                PutState::Done(outcome) => outcome,
+            };
+            let code = match outcome {
+                Ok(PutOutcome::Stored { .. } | PutOutcome::AlreadyStored) => {
+                    out.push(Reply {
+                        corr: put.corr,
+                        entity: put.entity,
+                        kind: ReplyKind::Ok,
+                    });
+                    continue;
+                }
+                Ok(PutOutcome::Refused) => ErrorCode::Command,
+                Ok(PutOutcome::StoreFull) => {
+                    Stats::bump(&self.shared.stats.store_full);
+                    ErrorCode::Quota
+                }
+                Err(e) => store_error(&e),
+            };
+            self.error(out, put.corr, put.entity, code);
+        }
+    }
+
     /// Handles one chunk command, appending its reply. Takes the request by value, so a
     /// piece moves to the store without a copy.
     pub(super) async fn chunk_command(
@@ -176,26 +233,27 @@ impl<S: Store> Dispatcher<S> {
             let Command::ChunkPut { offset, piece } = request.command else {
                 return Err(ErrorCode::Command);
             };
-            let outcome = self
-                .shared
-                .store
-                .put_piece(chunk.sender, offset, piece)
-                .await;
-            match outcome {
-                Ok(PutOutcome::Stored { .. } | PutOutcome::AlreadyStored) => {
-                    out.push(Reply {
-                        corr,
-                        entity,
-                        kind: ReplyKind::Ok,
-                    });
-                }
-                Ok(PutOutcome::Refused) => return Err(ErrorCode::Command),
-                Ok(PutOutcome::StoreFull) => {
-                    Stats::bump(&self.shared.stats.store_full);
-                    return Err(ErrorCode::Quota);
-                }
-                Err(e) => return Err(store_error(&e)),
+            self.uploading = true;
+            if self.pending_puts.len() >= MAX_PENDING_PUTS {
+                self.settle_puts(out).await;
             }
+            // The piece goes to the store now, and this connection reads on while the store
+            // writes it: its answer is taken, in order, by `settle_puts` (before any other
+            // reply, and before the session sends).
+            let shared = Arc::clone(&self.shared);
+            let sender = chunk.sender;
+            let mut put: PutFuture =
+                Box::pin(async move { shared.store.put_piece(sender, offset, piece).await });
+            let mut cx = Context::from_waker(Waker::noop());
+            let state = match put.as_mut().poll(&mut cx) {
+                Poll::Ready(outcome) => PutState::Done(outcome),
+                Poll::Pending => PutState::Waiting(std::sync::Mutex::new(put)),
+            };
+            self.pending_puts.push_back(PendingPut {
+                corr,
+                entity,
+                state,
+            });
             return Ok(());
         }
         let req = &request;
@@ -365,6 +423,7 @@ mod tests {
             clock: Arc::new(SystemClock),
             stats: Arc::default(),
             shares: FairShares::new(Limits::from_config(&Config::default())),
+            wide: Arc::default(),
         })
     }
 
@@ -388,6 +447,8 @@ mod tests {
         let frame = req.encode()?;
         let mut out = Vec::new();
         d.block(&[frame.as_slice()], &mut out).await;
+        // As the session does before it sends: the answers of pieces the store was writing.
+        d.settle_puts(&mut out).await;
         Ok(out.pop().ok_or("no reply")?.kind)
     }
 
@@ -539,6 +600,55 @@ mod tests {
         let ack = signed(&down, entity, Command::ChunkAck, &rkey)?;
         assert_eq!(ask(&mut down, &ack).await?, ReplyKind::Ok);
         assert_eq!(ask(&mut down, &unsigned(entity, get(0))).await?, AUTH);
+        Ok(())
+    }
+
+    /// Pieces handed to the store are answered later (`settle_puts`), but every reply still
+    /// comes in frame order: a later command, an error or the session's send first takes
+    /// the answers of the pieces before it.
+    #[tokio::test]
+    async fn replies_to_pieces_on_their_way_to_the_store_keep_frame_order() -> TestResult {
+        let shared = shared();
+        let mut d = connection(&shared, 1, 3);
+        let (id, key, _, _) = create(&mut d).await?;
+        let entity = EntityId::from(id);
+        let piece = PIECE_LEN as u32;
+        let first = signed(&d, entity, put(0), &key)?.encode()?;
+        let second = unsigned(entity, put(piece)).encode()?;
+        let mut out = Vec::new();
+        d.block(&[first.as_slice(), second.as_slice()], &mut out)
+            .await;
+        // Both still on their way: nothing answered yet.
+        assert!(out.is_empty());
+        let status = signed(&d, entity, Command::ChunkStatus, &key)?.encode()?;
+        let gap = unsigned(entity, put(3 * piece)).encode()?;
+        let third = unsigned(entity, put(2 * piece)).encode()?;
+        let ping = unsigned(EntityId::NONE, Command::Ping).encode()?;
+        d.block(
+            &[
+                status.as_slice(),
+                gap.as_slice(),
+                third.as_slice(),
+                ping.as_slice(),
+            ],
+            &mut out,
+        )
+        .await;
+        d.settle_puts(&mut out).await;
+        let kinds: Vec<ReplyKind> = out.into_iter().map(|r| r.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ReplyKind::Ok,
+                ReplyKind::Ok,
+                ReplyKind::ChunkReceived {
+                    received: 2 * piece
+                },
+                ReplyKind::Error(ErrorCode::Command),
+                ReplyKind::Ok,
+                ReplyKind::Pong,
+            ]
+        );
         Ok(())
     }
 

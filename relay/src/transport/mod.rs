@@ -103,16 +103,24 @@ pub trait RecordWriter: Send + 'static {
 pub trait Closer: Send + Sync + 'static {
     /// Closes the connection; pending reads and writes fail.
     fn close(&self);
+
+    /// Sets how much the peer may send ahead of what the relay has read, in bytes, where
+    /// the transport has such a window of its own (QUIC's connection-level flow control;
+    /// see [`crate::window`]). Elsewhere nothing changes.
+    fn set_receive_window(&self, bytes: u64) {
+        let _ = bytes;
+    }
+
+    /// Whether [`Closer::set_receive_window`] does anything on this transport.
+    fn has_receive_window(&self) -> bool {
+        false
+    }
 }
 
 /// The relay's QUIC endpoint.
 #[derive(Debug)]
 pub struct QuicListener {
     endpoint: quinn::Endpoint,
-}
-
-fn varint(v: usize) -> quinn::VarInt {
-    quinn::VarInt::from_u32(u32::try_from(v).unwrap_or(u32::MAX))
 }
 
 impl QuicListener {
@@ -133,9 +141,11 @@ impl QuicListener {
         // One tunnel or a few page requests at a time; HTTP/3's control and QPACK streams.
         transport.max_concurrent_bidi_streams(4u32.into());
         transport.max_concurrent_uni_streams(3u32.into());
-        // A few records in flight each way: enough to keep a link busy, little memory.
-        transport.stream_receive_window(varint(RECORD_LEN * 4));
-        transport.receive_window(varint(RECORD_LEN * 6));
+        // A few records in flight each way: enough to keep a link busy, little memory. The
+        // connection's window bounds what is buffered; a stream may use all of it, and an
+        // uploading connection gets a wider one for a while (crate::window).
+        transport.stream_receive_window(quinn::VarInt::from_u32(crate::window::WIDE));
+        transport.receive_window(quinn::VarInt::from_u32(crate::window::NARROW));
         transport.send_window((RECORD_LEN * 8) as u64);
         // No unreliable datagrams: nothing would read them, so none may be buffered.
         transport.datagram_receive_buffer_size(None);

@@ -330,4 +330,14 @@ impl Closer for TunnelCloser {
             }
         }
     }
+
+    fn set_receive_window(&self, bytes: u64) {
+        if let (Self::Quic(connection), Ok(window)) = (self, quinn::VarInt::from_u64(bytes)) {
+            connection.set_receive_window(window);
+        }
+    }
+
+    fn has_receive_window(&self) -> bool {
+        matches!(self, Self::Quic(_))
+    }
 }
