@@ -301,14 +301,7 @@ impl RelayConnection {
             let mut builder = BlockBuilder::new();
             for request in round {
                 // Requests made on another connection (replay tests) are awaited here too.
-                self.inbox.awaited.insert(request.corr);
-                let frame = request.encode()?;
-                if !builder.fits(frame.len()) && !builder.is_empty() {
-                    let full = std::mem::take(&mut builder);
-                    self.send_block(&full.finish()).await?;
-                    self.drain_ready()?;
-                }
-                builder.push(&frame)?;
+                self.pack(&mut builder, request).await?;
             }
             if !builder.is_empty() {
                 self.send_block(&builder.finish()).await?;
@@ -322,8 +315,9 @@ impl RelayConnection {
 
     /// Sends the requests `make` returns (until `None`) with up to `window` (at most
     /// [`MAX_IN_FLIGHT`]) awaiting replies, and hands each reply, in request order, to
-    /// `each`: a sliding window, refilled whenever half of it is free. Once `each` returns `false` no more requests are made, and the replies of
-    /// those sent still go to `each`. See [`crate::relay::RelayLink::pipeline`].
+    /// `each`: a sliding window, refilled whenever half of it is free. Once `each` returns
+    /// `false` no more requests are made, and the replies of those sent still go to `each`.
+    /// See [`crate::relay::RelayLink::pipeline`].
     pub async fn pipeline<M, E>(&mut self, window: usize, mut make: M, mut each: E) -> Result<()>
     where
         M: FnMut(&mut Self) -> Result<Option<Request>>,
@@ -343,14 +337,7 @@ impl RelayConnection {
                         more = false;
                         break;
                     };
-                    self.inbox.awaited.insert(request.corr);
-                    let frame = request.encode()?;
-                    if !builder.fits(frame.len()) && !builder.is_empty() {
-                        let full = std::mem::take(&mut builder);
-                        self.send_block(&full.finish()).await?;
-                        self.drain_ready()?;
-                    }
-                    builder.push(&frame)?;
+                    self.pack(&mut builder, &request).await?;
                     waiting.push_back(request.corr);
                 }
                 if !builder.is_empty() {
@@ -365,6 +352,21 @@ impl RelayConnection {
                 more = false;
             }
         }
+    }
+
+    /// Puts `request` into `builder`, awaiting its reply; when it does not fit, the full
+    /// block goes out first (and replies already here are filed, so the relay is never
+    /// stuck writing to a client that only writes).
+    async fn pack(&mut self, builder: &mut BlockBuilder, request: &Request) -> Result<()> {
+        self.inbox.awaited.insert(request.corr);
+        let frame = request.encode()?;
+        if !builder.fits(frame.len()) && !builder.is_empty() {
+            let full = std::mem::take(builder);
+            self.send_block(&full.finish()).await?;
+            self.drain_ready()?;
+        }
+        builder.push(&frame)?;
+        Ok(())
     }
 
     /// The next pushed frame (a `Message` or `End` with corr [`CorrId::PUSH`]), or `None`
