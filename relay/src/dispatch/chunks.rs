@@ -30,9 +30,10 @@ use super::{store_error, Dispatcher, Refusal};
 use crate::stats::Stats;
 use crate::store::{ChunkRecipientRecord, ChunkRecord, PutOutcome, Store};
 
-/// Most pieces of one connection on their way to the store at once (a session turn reads at
-/// most 16 records, but a block may hold many small, refused pieces).
-const MAX_PENDING_PUTS: usize = 64;
+/// Most pieces of one connection on their way to the store at once: as many as a session
+/// turn reads records (16), so a connection holds at most about 256 KiB of pieces the store
+/// has not taken yet, however its blocks are cut.
+const MAX_PENDING_PUTS: usize = 16;
 
 /// What the store will answer for a piece.
 type PutFuture = Pin<Box<dyn Future<Output = crate::error::Result<PutOutcome>> + Send>>;
