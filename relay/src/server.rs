@@ -425,7 +425,7 @@ async fn quic_connection<S: Store>(
         r = tokio::time::timeout_at(deadline, accepted) => r.unwrap_or(Err(End::Handshake)),
         _ = shutdown.changed() => Err(End::Shutdown),
     };
-    let (connection, _slots) = match accepted {
+    let ((connection, segments), _slots) = match accepted {
         Ok(accepted) => accepted,
         Err(end) => {
             session::count_end(&ctx.shared.stats, end);
@@ -433,7 +433,11 @@ async fn quic_connection<S: Store>(
         }
     };
     let (tx, mut tunnels) = mpsc::channel(1);
-    let mut driver = tokio::spawn(serve_h3(connection.clone(), Arc::clone(&ctx.gate), tx));
+    let mut driver = tokio::spawn(serve_h3(
+        (connection.clone(), segments),
+        Arc::clone(&ctx.gate),
+        tx,
+    ));
     let tunnel = tokio::select! {
         r = tokio::time::timeout_at(deadline, tunnels.recv()) => r.ok().flatten(),
         _ = shutdown.changed() => None,

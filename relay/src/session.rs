@@ -52,6 +52,9 @@ const FRAMES_PER_STEP: usize = 16;
 /// Records already waiting that are handled in one turn before the partial reply block goes
 /// out (see `serve`).
 const RECORDS_PER_STEP: usize = 16;
+/// Records a connection sends before it counts as busy and may send in larger segmented
+/// batches (`Closer::widen_sends`). An idle subscribed client sends a handful.
+const BUSY_RECORDS: usize = 16;
 /// How long a closing connection waits for its last records to go out.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -178,6 +181,9 @@ where
     // This connection's place for a wide receive window, while it uploads.
     let mut wide: Option<window::WidePlace> = None;
     let mut narrow_at = Instant::now();
+    // Records sent on this connection (until it counts as busy), and whether it does.
+    let mut records_out = 0usize;
+    let mut widened = false;
     let records_per_turn = if reader.reads_ahead() {
         RECORDS_PER_STEP
     } else {
@@ -232,10 +238,13 @@ where
                         // without the box it would be sized for this (rare) state, not the
                         // idle wait (4.3 KB instead of 2.2 KB per connection).
                         Box::pin(dispatcher.block(chunk, &mut out)).await;
-                        if let Err(end) = send(&mut session, &mut writer, &shared.stats, &mut out, idle, true).await {
-                            write_failed = true;
-                            failed = Some(end);
-                            break;
+                        match send(&mut session, &mut writer, &shared.stats, &mut out, idle, true).await {
+                            Ok(n) => records_out += n,
+                            Err(end) => {
+                                write_failed = true;
+                                failed = Some(end);
+                                break;
+                            }
                         }
                     }
                     if failed.is_some() {
@@ -258,7 +267,7 @@ where
         dispatcher.settle_puts(&mut out).await;
         // Whatever woke us, act on posted events too: a wake-up can never be lost.
         dispatcher.events(&mut out).await;
-        if let Err(end) = send(
+        match send(
             &mut session,
             &mut writer,
             &shared.stats,
@@ -268,8 +277,18 @@ where
         )
         .await
         {
-            write_failed = true;
-            break end;
+            Ok(n) => records_out += n,
+            Err(end) => {
+                write_failed = true;
+                break end;
+            }
+        }
+        // A busy connection (a download, a stream of pushes) sends in larger segmented
+        // batches from now on; an idle one keeps its small send buffer.
+        if !widened && records_out >= BUSY_RECORDS {
+            closer.widen_sends();
+            Stats::bump(&shared.stats.busy_connections);
+            widened = true;
         }
         if ended {
             // The stream ended right behind records handled above; their replies are out.
@@ -323,7 +342,8 @@ fn whole_record_waiting<R: RecordReader>(
     true
 }
 
-/// Seals and writes the replies; waits (bounded) while the client is not reading.
+/// Seals and writes the replies; waits (bounded) while the client is not reading. Resolves
+/// to the number of records written.
 ///
 /// Backpressure: while the client does not read, the transport's flow control makes the
 /// write wait, and the session loop with it, so no further record is read.
@@ -334,7 +354,8 @@ async fn send<W: RecordWriter>(
     replies: &mut Vec<Reply>,
     limit: std::time::Duration,
     keep_partial: bool,
-) -> Result<(), End> {
+) -> Result<usize, End> {
+    let mut written = 0;
     for block in pack(replies, keep_partial) {
         let record = session.seal(&block).map_err(|_| End::Closed)?;
         match timeout(limit, writer.write_record(record.as_bytes())).await {
@@ -342,8 +363,9 @@ async fn send<W: RecordWriter>(
             Ok(Err(_)) => return Err(End::Closed),
             Err(_) => return Err(End::Idle),
         }
+        written += 1;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Counts a connection's end.

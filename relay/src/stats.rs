@@ -41,6 +41,9 @@ pub struct Stats {
     pub store_full: AtomicU64,
     /// Times an uploading QUIC connection got a wide receive window (`crate::window`).
     pub wide_windows: AtomicU64,
+    /// Connections that became busy enough to send in larger segmented batches
+    /// (`transport::SendSegments`).
+    pub busy_connections: AtomicU64,
 }
 
 impl Stats {
@@ -77,6 +80,7 @@ impl Stats {
             over_share = get(&self.over_share),
             store_full = get(&self.store_full),
             wide_windows = get(&self.wide_windows),
+            busy_connections = get(&self.busy_connections),
             "relay counters"
         );
     }

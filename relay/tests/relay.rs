@@ -194,6 +194,34 @@ async fn ping_is_answered_with_pong_and_only_when_well_formed() {
     w.stop().await;
 }
 
+/// Idle connections keep small QUIC send buffers (two datagrams per segmented send); a
+/// connection that has sent 16 records counts as busy and sends in larger batches. Only the
+/// busy one is counted, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_busy_connection_sends_in_larger_batches() {
+    use std::sync::atomic::Ordering;
+    let w = World::start().await;
+    let busy = || w.relay().stats().busy_connections.load(Ordering::Relaxed);
+    let mut idle = w.connect().await;
+    let mut active = w.connect().await;
+    for _ in 0..5 {
+        let req = idle.unsigned(EntityId::NONE, Command::Ping);
+        assert_eq!(idle.request(req).await.unwrap().kind, ReplyKind::Pong);
+    }
+    assert_eq!(busy(), 0, "five replies do not make a connection busy");
+    // One request per record, each answered before the next: one reply record each.
+    for _ in 0..40 {
+        let req = active.unsigned(EntityId::NONE, Command::Ping);
+        assert_eq!(active.request(req).await.unwrap().kind, ReplyKind::Pong);
+    }
+    assert_eq!(
+        busy(),
+        1,
+        "forty reply records make a connection busy, once"
+    );
+    w.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sent_message_is_read_re_encrypted_and_deleted_by_ack() {
     let w = World::start().await;

@@ -320,7 +320,7 @@ impl std::fmt::Debug for H3Tunnel {
 /// the first request with a valid proof handed out as the tunnel. Returns when the
 /// connection ends; `tunnel` gets at most one value.
 pub async fn serve_h3(
-    connection: quinn::Connection,
+    (connection, segments): (quinn::Connection, Arc<super::SendSegments>),
     gate: Arc<Gate>,
     tunnel: mpsc::Sender<H3Tunnel>,
 ) {
@@ -364,7 +364,7 @@ pub async fn serve_h3(
                         .send(H3Tunnel {
                             reader: ChunkReader::new(H3Body(recv)),
                             writer: H3Writer::new(send, connection.clone()),
-                            closer: TunnelCloser::Quic(connection.clone()),
+                            closer: TunnelCloser::Quic(connection.clone(), Arc::clone(&segments)),
                         })
                         .await;
                     continue;

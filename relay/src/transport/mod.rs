@@ -4,13 +4,14 @@
 //! Everything above this module (handshake, command handling) sees only a
 //! [`RecordReader`] that fills a record piece by piece (cancel-safe; [`read_record`] reads a
 //! whole one), a [`RecordWriter`] that writes whole records, and a [`Closer`] that ends the
-//! connection.
+//! connection (and, over QUIC, widens its receive window for an upload, see
+//! [`crate::window`], or its segmented sends once it is busy, see [`SendSegments`]).
 //!
 //! The relay listens on one port number for UDP and TCP:
 //!
 //! - [`QuicListener`]: QUIC (quinn 0.11, rustls 0.23 with ring), ALPN `h3`, real HTTP/3
 //!   ([`http::serve_h3`]), small flow-control windows so a connection can never make the
-//!   relay buffer much.
+//!   relay buffer much, and small send buffers for idle connections.
 //! - [`TlsListener`]: TCP with TLS (tokio-rustls), ALPN `h2` or `http/1.1`, served by hyper
 //!   ([`http::HttpConnection`]).
 //!
@@ -23,10 +24,12 @@ pub mod serve;
 pub mod tunnel;
 pub mod website;
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -45,11 +48,80 @@ pub const ALPN: &[u8] = b"h3";
 /// ALPN values of TLS over TCP, in the server's order of preference.
 pub const TCP_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// Most datagrams quinn may put in one segmented (GSO) send. quinn keeps, per connection, a
-/// send buffer as large as the largest batch it ever built (10 datagrams, ~14 KiB, by
-/// default) for the life of the connection; two keep it near 3 KiB. (One, i.e. no GSO at
-/// all, halved the bench's throughput on loopback; two showed no cost there.)
+/// Most datagrams quinn may put in one segmented (GSO) send of a connection that has not
+/// been busy. quinn keeps, per connection, a send buffer as large as the largest batch it
+/// ever built (10 datagrams, ~14 KiB, by default) for the life of the connection; two keep
+/// it near 3 KiB. (One, i.e. no GSO at all, halved the bench's throughput on loopback; two
+/// showed no cost there.)
 const MAX_SEND_SEGMENTS: usize = 2;
+
+/// Most datagrams per segmented send of a busy connection ([`SendSegments::widen`]):
+/// quinn's own default. Fewer system calls per 16 KB record sent.
+const BUSY_SEND_SEGMENTS: usize = 10;
+
+/// How many datagrams one segmented send of a QUIC connection may hold: two while the
+/// connection is idle, more once its session has been busy (a download, a stream of
+/// messages), so that idle connections keep small send buffers and busy ones spend fewer
+/// system calls per record. quinn asks the socket for the limit in the connection's own
+/// driver task, and the relay runs each driver with its connection's `SendSegments` in
+/// reach (a runtime wrapper around quinn's tokio runtime).
+#[derive(Debug)]
+pub struct SendSegments(AtomicUsize);
+
+impl SendSegments {
+    fn new() -> Self {
+        Self(AtomicUsize::new(MAX_SEND_SEGMENTS))
+    }
+
+    /// Lets the connection's segmented sends hold up to [`BUSY_SEND_SEGMENTS`] datagrams
+    /// from now on (its send buffer grows to about 14 KiB).
+    pub fn widen(&self) {
+        self.0.store(BUSY_SEND_SEGMENTS, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+tokio::task_local! {
+    /// The send segments of the connection whose driver runs in this task.
+    static DRIVER_SEGMENTS: Arc<SendSegments>;
+}
+
+std::thread_local! {
+    /// Handed from [`quic_handshake`] to the driver task quinn spawns inside `accept`, on
+    /// the same thread and before `accept` returns.
+    static NEXT_SEGMENTS: RefCell<Option<Arc<SendSegments>>> = const { RefCell::new(None) };
+}
+
+/// quinn's tokio runtime, except that the driver of a connection accepted by
+/// [`quic_handshake`] runs with that connection's [`SendSegments`] as a task-local.
+#[derive(Debug)]
+struct SegmentedRuntime(quinn::TokioRuntime);
+
+impl Runtime for SegmentedRuntime {
+    fn new_timer(&self, i: std::time::Instant) -> Pin<Box<dyn quinn::AsyncTimer>> {
+        self.0.new_timer(i)
+    }
+
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
+        match NEXT_SEGMENTS.with(|next| next.borrow_mut().take()) {
+            Some(segments) => {
+                tokio::spawn(DRIVER_SEGMENTS.scope(segments, future));
+            }
+            None => self.0.spawn(future),
+        }
+    }
+
+    fn wrap_udp_socket(&self, t: std::net::UdpSocket) -> std::io::Result<Arc<dyn AsyncUdpSocket>> {
+        self.0.wrap_udp_socket(t)
+    }
+
+    fn now(&self) -> std::time::Instant {
+        self.0.now()
+    }
+}
 
 /// Reads records from a connection, a piece at a time.
 pub trait RecordReader: Send + 'static {
@@ -115,6 +187,10 @@ pub trait Closer: Send + Sync + 'static {
     fn has_receive_window(&self) -> bool {
         false
     }
+
+    /// Lets the connection send in larger segmented batches from now on, where the
+    /// transport has them (QUIC, [`SendSegments`]): the session found it busy.
+    fn widen_sends(&self) {}
 }
 
 /// The relay's QUIC endpoint.
@@ -160,7 +236,7 @@ impl QuicListener {
         server.migration(false);
         let socket =
             std::net::UdpSocket::bind(listen).map_err(RelayError::io("binding the UDP socket"))?;
-        let runtime: Arc<dyn Runtime> = Arc::new(quinn::TokioRuntime);
+        let runtime: Arc<dyn Runtime> = Arc::new(SegmentedRuntime(quinn::TokioRuntime));
         let socket = Arc::new(CappedSocket(
             runtime
                 .wrap_udp_socket(socket)
@@ -199,7 +275,8 @@ impl QuicListener {
     }
 }
 
-/// The UDP socket with segmented sends limited to [`MAX_SEND_SEGMENTS`] datagrams.
+/// The UDP socket with segmented sends limited to [`MAX_SEND_SEGMENTS`] datagrams, or to
+/// what the connection whose driver asks has been allowed ([`SendSegments`]).
 #[derive(Debug)]
 struct CappedSocket(Arc<dyn AsyncUdpSocket>);
 
@@ -226,7 +303,10 @@ impl AsyncUdpSocket for CappedSocket {
     }
 
     fn max_transmit_segments(&self) -> usize {
-        self.0.max_transmit_segments().clamp(1, MAX_SEND_SEGMENTS)
+        let allowed = DRIVER_SEGMENTS
+            .try_with(|segments| segments.get())
+            .unwrap_or(MAX_SEND_SEGMENTS);
+        self.0.max_transmit_segments().clamp(1, allowed.max(1))
     }
 
     fn max_receive_segments(&self) -> usize {
@@ -242,12 +322,17 @@ impl AsyncUdpSocket for CappedSocket {
 /// address (it received what the relay sent there). Resolves to `None` when the client
 /// fails or gives up; the caller bounds the time.
 pub async fn quic_handshake(incoming: quinn::Incoming) -> Option<QuicConnection> {
-    Some(QuicConnection(incoming.accept().ok()?.await.ok()?))
+    let segments = Arc::new(SendSegments::new());
+    // quinn spawns the connection's driver inside `accept`, through SegmentedRuntime.
+    NEXT_SEGMENTS.with(|next| *next.borrow_mut() = Some(Arc::clone(&segments)));
+    let connecting = incoming.accept();
+    NEXT_SEGMENTS.with(|next| next.borrow_mut().take());
+    Some(QuicConnection(connecting.ok()?.await.ok()?, segments))
 }
 
 /// A QUIC connection whose handshake is done and whose stream is not yet accepted.
 #[derive(Debug)]
-pub struct QuicConnection(quinn::Connection);
+pub struct QuicConnection(quinn::Connection, Arc<SendSegments>);
 
 impl QuicConnection {
     /// Closes the connection at once, without a word (H3_NO_ERROR, as a web server closes).
@@ -255,9 +340,9 @@ impl QuicConnection {
         self.0.close(tunnel::H3_NO_ERROR.into(), b"");
     }
 
-    /// The quinn connection.
-    pub fn into_inner(self) -> quinn::Connection {
-        self.0
+    /// The quinn connection, and what its segmented sends may hold.
+    pub fn into_inner(self) -> (quinn::Connection, Arc<SendSegments>) {
+        (self.0, self.1)
     }
 }
 

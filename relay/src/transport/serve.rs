@@ -96,7 +96,7 @@ impl std::fmt::Debug for Tunnel {
 
 impl Drop for Tunnel {
     fn drop(&mut self) {
-        if let TunnelCloser::Quic(_) = self.closer {
+        if let TunnelCloser::Quic(..) = self.closer {
             self.closer.close();
         }
     }
@@ -132,9 +132,9 @@ pub async fn accept_tunnels(
                 let (gate, tunnels) = (Arc::clone(&gate), tunnels.clone());
                 tasks.spawn(async move {
                     let Some(quic) = quic_handshake(incoming).await else { return };
-                    let connection = quic.into_inner();
+                    let (connection, segments) = quic.into_inner();
                     let (tx, mut rx) = mpsc::channel(1);
-                    let driver = tokio::spawn(serve_h3(connection.clone(), gate, tx));
+                    let driver = tokio::spawn(serve_h3((connection.clone(), segments), gate, tx));
                     match tokio::time::timeout(open_timeout, rx.recv()).await {
                         Ok(Some(t)) => {
                             let _ = tunnels.send(Tunnel::from(t)).await;

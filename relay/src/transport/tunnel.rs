@@ -313,8 +313,8 @@ pub fn ws_parts(ws: WsStream) -> (ChunkReader<WsSource>, WsWriter, TunnelCloser)
 /// [`Closer`] of a tunnel, whatever its binding.
 #[derive(Debug, Clone)]
 pub enum TunnelCloser {
-    /// Closes a QUIC connection (with H3_NO_ERROR).
-    Quic(quinn::Connection),
+    /// Closes a QUIC connection (with H3_NO_ERROR); widens its segmented sends.
+    Quic(quinn::Connection, Arc<super::SendSegments>),
     /// HTTP/2: tells the connection to go away (GOAWAY; a stream whose body the relay did not
     /// end is reset when the session drops it). WebSocket: tells the reader and writer to
     /// fail; the socket goes when they are dropped.
@@ -324,7 +324,7 @@ pub enum TunnelCloser {
 impl Closer for TunnelCloser {
     fn close(&self) {
         match self {
-            Self::Quic(connection) => connection.close(H3_NO_ERROR.into(), b""),
+            Self::Quic(connection, _) => connection.close(H3_NO_ERROR.into(), b""),
             Self::Signal(tx) => {
                 let _ = tx.send(true);
             }
@@ -332,12 +332,18 @@ impl Closer for TunnelCloser {
     }
 
     fn set_receive_window(&self, bytes: u64) {
-        if let (Self::Quic(connection), Ok(window)) = (self, quinn::VarInt::from_u64(bytes)) {
+        if let (Self::Quic(connection, _), Ok(window)) = (self, quinn::VarInt::from_u64(bytes)) {
             connection.set_receive_window(window);
         }
     }
 
     fn has_receive_window(&self) -> bool {
-        matches!(self, Self::Quic(_))
+        matches!(self, Self::Quic(..))
+    }
+
+    fn widen_sends(&self) {
+        if let Self::Quic(_, segments) = self {
+            segments.widen();
+        }
     }
 }
