@@ -108,16 +108,16 @@ mod tests {
     }
 
     #[test]
-    fn places_are_bounded_per_source_and_in_all_and_freed_on_drop() {
+    fn places_are_bounded_per_source_and_in_all_and_freed_on_drop() -> Result<(), &'static str> {
         let windows = Arc::new(WideWindows::default());
-        let one: Vec<_> = (0..MAX_WIDE_PER_SOURCE)
-            .map(|_| windows.take(source(1)).expect("a place"))
-            .collect();
+        let one = (0..MAX_WIDE_PER_SOURCE)
+            .map(|_| windows.take(source(1)).ok_or("no place"))
+            .collect::<Result<Vec<_>, _>>()?;
         assert!(windows.take(source(1)).is_none(), "past the source's share");
         let mut others = Vec::new();
         for i in 0..(MAX_WIDE - MAX_WIDE_PER_SOURCE) {
             let s = source(2 + (i / MAX_WIDE_PER_SOURCE) as u8);
-            others.push(windows.take(s).expect("a place"));
+            others.push(windows.take(s).ok_or("no place")?);
         }
         assert_eq!(windows.in_use(), MAX_WIDE);
         assert!(
@@ -129,5 +129,6 @@ mod tests {
         assert!(windows.take(source(1)).is_some());
         drop(others);
         assert_eq!(windows.in_use(), 0);
+        Ok(())
     }
 }
