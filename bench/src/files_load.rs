@@ -134,18 +134,7 @@ async fn tcp_loopback_mb_s() -> Result<f64> {
 /// certificate, one client, one unidirectional stream of 512 MiB, quinn's default windows.
 async fn quic_loopback_mb_s() -> Result<f64> {
     const TOTAL: u64 = 512 << 20;
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
-    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key.into())?;
-    tls.alpn_protocols = vec![tidings_client::transport::ALPN_H3.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
-    let server_config = quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto));
-    let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse()?)?;
-    let addr = server.local_addr()?;
+    let (server, client, addr) = crate::loopback::quic_pair()?;
     let receiver = tokio::spawn(async move {
         let conn = server
             .accept()
@@ -160,8 +149,6 @@ async fn quic_loopback_mb_s() -> Result<f64> {
         }
         Ok::<u64, anyhow::Error>(got)
     });
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    client.set_default_client_config(tidings_client::transport::quic_client_config()?);
     let conn = client.connect(addr, "localhost")?.await?;
     let mut stream = conn.open_uni().await?;
     let buf = vec![7u8; 1 << 20];

@@ -14,6 +14,13 @@
 //! - **Durable append**: `write` of 16 KiB and one `fdatasync` per group of `--floor-group`
 //!   messages, in a file under `--floor-dir` (put it on the relay's disk).
 //!
+//! Beside the floor, not in its sum: **QUIC at best**, the relay's QUIC and UDP work for the
+//! four records (two in, two out) moved the cheapest way quinn can move them (records
+//! streamed back to back on one stream of one connection). No relay that speaks QUIC can
+//! spend less on them, so the floor plus this figure is the least a message can cost a
+//! relay over QUIC, and its ratio to the floor is the lowest `relay CPU per message / floor`
+//! reachable over QUIC on this machine (`compare.sh` prints both).
+//!
 //! Each figure is the mean over `--floor-iterations` (appends: over that many messages,
 //! grouped) after a warm-up, in **CPU time** of the measuring thread (`/proc/thread-self/
 //! schedstat`, nanoseconds; user and kernel), the same kind of figure as the relay's CPU per
@@ -26,14 +33,14 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use rand_core::{OsRng, RngCore};
 use serde::Serialize;
 use tidings_protocol::block::BlockBuilder;
 use tidings_protocol::command::{Command, Request, MAX_BODY_LEN};
 use tidings_protocol::ids::{CorrId, EntityId, MessageId};
 use tidings_protocol::keys::{AuthPublicKey, AuthSecretKey, RelayKeypair, SymmetricKey};
-use tidings_protocol::noise::{respond, ClientHandshake, Session, SUPPORTED_VERSIONS};
+use tidings_protocol::noise::{respond, ClientHandshake, Session, RECORD_LEN, SUPPORTED_VERSIONS};
 use tidings_protocol::reencrypt::DeliveryKey;
 
 use crate::report::round2;
@@ -104,6 +111,11 @@ pub struct Floor {
     pub append_ungrouped_wall_us: f64,
     /// The sum of the four summed figures, µs per message.
     pub sum_us: f64,
+    /// Not summed: the relay's QUIC and UDP work for the records of a message (two
+    /// received, two sent) at the least, µs per message.
+    pub quic_us: f64,
+    /// `sum_us` plus `quic_us`: the least a message can cost a relay over QUIC.
+    pub with_quic_us: f64,
 }
 
 /// Measures every part of the floor.
@@ -116,6 +128,7 @@ pub fn run(iterations: usize, records: u32, group: u32, dir: &Path) -> Result<Fl
     let reencrypt = reencrypt(iterations)?;
     let (append, append_wall) = durable_append(dir, iterations, group)?;
     let (_, append_ungrouped_wall) = durable_append(dir, (iterations / 10).max(10), 1)?;
+    let quic = quic_per_record(iterations)? * f64::from(records) / 2.0;
     let noise_us = noise * f64::from(records);
     let sum = noise_us + signature + reencrypt + append;
     Ok(Floor {
@@ -136,6 +149,8 @@ pub fn run(iterations: usize, records: u32, group: u32, dir: &Path) -> Result<Fl
         append_wall_us: round2(append_wall),
         append_ungrouped_wall_us: round2(append_ungrouped_wall),
         sum_us: round2(sum),
+        quic_us: round2(quic),
+        with_quic_us: round2(sum + quic),
     })
 }
 
@@ -148,7 +163,9 @@ pub fn describe(f: &Floor) -> String {
          \x20 re-encryption (16,000 bytes)       {:>9.2}\n\
          \x20 durable append (16 KiB, {} per fdatasync) {:>5.2}   (wall {:.2}; one fdatasync \
          each, wall: {:.2})\n\
-         \x20 sum                                {:>9.2}\n",
+         \x20 sum                                {:>9.2}\n\
+         \x20 QUIC at best (not in the sum)      {:>9.2}   (floor with it: {:.2}, {:.2} times \
+         the floor)\n",
         f.clock,
         f.records_per_msg,
         f.noise_us,
@@ -159,7 +176,10 @@ pub fn describe(f: &Floor) -> String {
         f.append_us,
         f.append_wall_us,
         f.append_ungrouped_wall_us,
-        f.sum_us
+        f.sum_us,
+        f.quic_us,
+        f.with_quic_us,
+        f.with_quic_us / f.sum_us.max(f64::MIN_POSITIVE)
     )
 }
 
@@ -247,6 +267,73 @@ fn signatures(relay: &Session, n: usize) -> Result<(f64, f64)> {
 }
 
 /// Mean µs of sealing a 16,000-byte body for the recipient.
+/// CPU time of one 16,400-byte record crossing a QUIC connection on loopback, its sending
+/// and its receiving together, µs.
+///
+/// Both endpoints run on a current-thread runtime on this thread, so that all the work of
+/// both (quinn, TLS packet protection, and the kernel's UDP work for both sockets, which
+/// loopback does in the sender's system call) is this thread's CPU time. The records are
+/// streamed back to back on one unidirectional stream with quinn's default windows: full
+/// datagram batches and the fewest acknowledgements, the cheapest way QUIC moves them.
+/// A relay receives two records of each message and sends two, so two crossings cost what
+/// its QUIC work for a message costs at the least.
+fn quic_per_record(n: usize) -> Result<f64> {
+    /// Records sent before the measured ones (congestion window, buffers).
+    const WARM: usize = 64;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (server, client, addr) = crate::loopback::quic_pair()?;
+        let (warm_tx, warm_rx) = tokio::sync::oneshot::channel();
+        let receiver = tokio::spawn(async move {
+            let conn = server
+                .accept()
+                .await
+                .ok_or_else(|| anyhow!("no QUIC connection"))?
+                .await?;
+            let mut stream = conn.accept_uni().await?;
+            let mut buf = vec![0u8; RECORD_LEN];
+            let mut got = 0usize;
+            let mut warm_tx = Some(warm_tx);
+            while let Some(k) = stream.read(&mut buf).await? {
+                got += k;
+                if got >= WARM * RECORD_LEN {
+                    if let Some(tx) = warm_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+            Ok::<usize, anyhow::Error>(got)
+        });
+        let conn = client.connect(addr, "localhost")?.await?;
+        let mut stream = conn.open_uni().await?;
+        let record = vec![7u8; RECORD_LEN];
+        for _ in 0..WARM {
+            stream.write_all(&record).await?;
+        }
+        warm_rx
+            .await
+            .map_err(|_| anyhow!("QUIC floor: the receiver stopped"))?;
+        let span = Span::start();
+        for _ in 0..n {
+            stream.write_all(&record).await?;
+        }
+        stream.finish()?;
+        let got = receiver.await??;
+        let (cpu, _) = span.per(n);
+        conn.close(0u32.into(), b"done");
+        client.wait_idle().await;
+        if got != (WARM + n) * RECORD_LEN {
+            return Err(anyhow!(
+                "QUIC floor: {got} bytes of {} arrived",
+                (WARM + n) * RECORD_LEN
+            ));
+        }
+        Ok(cpu)
+    })
+}
+
 fn reencrypt(n: usize) -> Result<f64> {
     let key = DeliveryKey::from_key(SymmetricKey::random(&mut OsRng));
     let mut body = vec![0u8; MAX_BODY_LEN];
@@ -302,8 +389,15 @@ mod tests {
         for part in [f.noise_us, f.signature_us, f.reencrypt_us, f.append_us] {
             assert!(part.is_finite() && part >= 0.0, "{f:?}");
         }
+        // QUIC at best is beside the sum, not in it; records did cross (some CPU was spent).
+        assert!(f.quic_us > 0.0 && f.quic_us.is_finite(), "{f:?}");
+        assert!(
+            (f.with_quic_us - f.sum_us - f.quic_us).abs() < 0.05,
+            "{f:?}"
+        );
         let text = describe(&f);
         assert!(text.contains("sum"), "{text}");
+        assert!(text.contains("QUIC at best"), "{text}");
         Ok(())
     }
 }

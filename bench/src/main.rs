@@ -26,6 +26,7 @@ mod abuse;
 mod contacts;
 mod files_load;
 mod floor;
+mod loopback;
 mod measure;
 mod parallel;
 mod redis_load;

@@ -204,6 +204,35 @@ pub fn render(files: &[PathBuf]) -> Result<String> {
             cell("/group"),
             cell("/sum_us")
         );
+        let _ = writeln!(
+            out,
+            "floor with QUIC at best (not in the ratio below): {} + {} = {} us/message",
+            cell("/sum_us"),
+            cell("/quic_us"),
+            cell("/with_quic_us")
+        );
+    }
+    let with_quic = runs
+        .get(&("floor".to_string(), "floor".to_string()))
+        .and_then(|r| r.pointer("/with_quic_us"))
+        .and_then(Value::as_f64);
+    // What QUIC alone leaves reachable on this machine: the floor's ratio with QUIC at best
+    // in it, and the equal-bytes ratio of a relay on one core that spent just that.
+    if let (Some(f), Some(q)) = (floor, with_quic) {
+        if f > 0.0 && q > 0.0 {
+            let _ = writeln!(
+                out,
+                "lowest relay CPU per message / floor QUIC allows here: {:.2}",
+                q / f
+            );
+            if let Some(r) = rate("redis equal").filter(|r| *r > 0.0) {
+                let _ = writeln!(
+                    out,
+                    "highest ratio at equal bytes QUIC allows here (relay on one core): {:.2}",
+                    1e6 / q / r
+                );
+            }
+        }
     }
     match (rate("tidings"), rate("redis equal")) {
         (Some(t), Some(r)) if r > 0.0 => {
@@ -295,7 +324,7 @@ mod tests {
                 "f",
                 concat!(
                     "floor, us per message\n",
-                    r#"{"target":"floor","mode":"floor","sum_us":120.0,"noise_us":40.0}"#
+                    r#"{"target":"floor","mode":"floor","sum_us":120.0,"noise_us":40.0,"quic_us":80.0,"with_quic_us":200.0}"#
                 ),
             ),
         ] {
@@ -321,6 +350,18 @@ mod tests {
             .unwrap();
         assert!(rates.contains("20000"), "{rates}");
         assert!(table.contains("= 120"), "{table}");
+        // With QUIC at best: 200 us is 1.67 times the floor, and 5,000 messages/s (1e6 /
+        // 200) against Redis's 5,000 at equal bytes is 1.00.
+        assert!(
+            table.contains("lowest relay CPU per message / floor QUIC allows here: 1.67"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "highest ratio at equal bytes QUIC allows here (relay on one core): 1.00"
+            ),
+            "{table}"
+        );
     }
 
     #[test]
