@@ -115,14 +115,7 @@ redis-cli -p "$REDIS_PORT" ping >/dev/null
 
 # Every client of the bench comes from 127.0.0.1, which a relay's per-address shares would
 # hold to 32 connections: the relays here get shares large enough for the whole load.
-cat >"$WORK/shares.toml" <<'TOML'
-max_connections_per_address = 100000
-max_handshakes_per_address = 1000
-new_queues_per_address_per_hour = 100000000
-stored_bytes_per_address_per_hour = 1000000000000000
-commands_per_address_per_sec = 100000000
-command_burst_per_address = 100000000
-TOML
+cp bench/one-address.toml "$WORK/shares.toml"
 
 # A fresh relay per run; prints its address on stdout.
 start_relay() { # $1: name

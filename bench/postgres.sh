@@ -75,14 +75,7 @@ echo "== PostgreSQL, two relay processes, one database" >&2
 psql_admin "CREATE DATABASE bench_two"
 mkdir -p "$WORK/data"
 # Every client is this machine: the per-address shares tidings-bench gives a relay it starts.
-cat >"$WORK/shares.toml" <<'TOML'
-max_connections_per_address = 100000
-max_handshakes_per_address = 1000
-new_queues_per_address_per_hour = 100000000
-stored_bytes_per_address_per_hour = 1000000000000000
-commands_per_address_per_sec = 100000000
-command_burst_per_address = 100000000
-TOML
+cp bench/one-address.toml "$WORK/shares.toml"
 start_relay() { # name -> RELAY_PID, RELAY_ADDRESS
     "$BIN/tidings-relay" --listen 127.0.0.1:0 --data-dir "$WORK/data" --store "$BASE/bench_two" \
         --config "$WORK/shares.toml" \

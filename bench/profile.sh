@@ -34,14 +34,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Every client comes from 127.0.0.1: the same one-address shares as bench/compare.sh.
-cat >"$WORK/shares.toml" <<'TOML'
-max_connections_per_address = 100000
-max_handshakes_per_address = 1000
-new_queues_per_address_per_hour = 100000000
-stored_bytes_per_address_per_hour = 1000000000000000
-commands_per_address_per_sec = 100000000
-command_burst_per_address = 100000000
-TOML
+cp bench/one-address.toml "$WORK/shares.toml"
 "$BIN/tidings-relay" --listen 127.0.0.1:0 --data-dir "$WORK/data" --config "$WORK/shares.toml" \
     >"$WORK/stdout" 2>"$WORK/relay.log" &
 RELAY_PID=$!

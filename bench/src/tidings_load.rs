@@ -52,14 +52,7 @@ const SETTLE: Duration = Duration::from_secs(1);
 const ABUSE_HEAD_START: Duration = Duration::from_secs(3);
 
 /// Per-address shares for a relay whose every client is the bench on 127.0.0.1.
-const ONE_ADDRESS_SHARES: &str = "\
-max_connections_per_address = 100000
-max_handshakes_per_address = 1000
-new_queues_per_address_per_hour = 100000000
-stored_bytes_per_address_per_hour = 1000000000000000
-commands_per_address_per_sec = 100000000
-command_burst_per_address = 100000000
-";
+const ONE_ADDRESS_SHARES: &str = include_str!("../one-address.toml");
 
 /// Runs every phase against the relay `args` name (or one started here) and reports.
 pub async fn run(args: &Args) -> Result<Report> {
