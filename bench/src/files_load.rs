@@ -136,12 +136,7 @@ async fn quic_loopback_mb_s() -> Result<f64> {
     const TOTAL: u64 = 512 << 20;
     let (server, client, addr) = crate::loopback::quic_pair()?;
     let receiver = tokio::spawn(async move {
-        let conn = server
-            .accept()
-            .await
-            .ok_or_else(|| anyhow!("no QUIC connection"))?
-            .await?;
-        let mut stream = conn.accept_uni().await?;
+        let (_conn, mut stream) = crate::loopback::accept_uni(&server).await?;
         let mut buf = vec![0u8; 1 << 20];
         let mut got = 0u64;
         while let Some(n) = stream.read(&mut buf).await? {

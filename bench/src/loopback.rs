@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 
 /// The server endpoint, the client endpoint, and the address to connect the client to (with
 /// server name `localhost`). Both endpoints run on the runtime that is current.
@@ -26,4 +26,18 @@ pub fn quic_pair() -> Result<(quinn::Endpoint, quinn::Endpoint, SocketAddr)> {
     let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     client.set_default_client_config(tidings_client::transport::quic_client_config()?);
     Ok((server, client, addr))
+}
+
+/// The first unidirectional stream of the first connection `server` accepts, with its
+/// connection (which must be kept while the stream is read).
+pub async fn accept_uni(
+    server: &quinn::Endpoint,
+) -> Result<(quinn::Connection, quinn::RecvStream)> {
+    let conn = server
+        .accept()
+        .await
+        .ok_or_else(|| anyhow!("no QUIC connection"))?
+        .await?;
+    let stream = conn.accept_uni().await?;
+    Ok((conn, stream))
 }
