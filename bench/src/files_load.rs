@@ -1,10 +1,11 @@
 //! `--files`: file transfer through a relay's chunk store (issue 17). Uploads and downloads a
 //! `--file-mb` file of random bytes through the real client library, and prints MB/s each
-//! way, the relay's CPU time per MB, and peak RSS of this client process and of the relay
-//! after a second, larger transfer (`--rss-file-mb`, 1 GiB by default). It also measures raw
-//! loopback bulk throughput over QUIC (quinn with its default transport settings, one stream,
-//! 512 MiB) and TCP (one stream, 1 GiB, the physical limit here), and the ratio of file
-//! throughput to raw QUIC.
+//! way, the CPU time per MB of the relay and of this client process (and the MB/s at which
+//! the two together would keep every core busy), and peak RSS of this client process and of
+//! the relay after a second, larger transfer (`--rss-file-mb`, 1 GiB by default). It also
+//! measures raw loopback bulk throughput over QUIC (quinn with its default transport
+//! settings, one stream, 512 MiB) and TCP (one stream, 1 GiB, the physical limit here), and
+//! the ratio of file throughput to raw QUIC.
 
 use std::time::Instant;
 
@@ -33,6 +34,15 @@ pub struct FilesReport {
     pub relay_cpu_ms_per_mb_upload: f64,
     /// Relay CPU milliseconds per MB downloaded.
     pub relay_cpu_ms_per_mb_download: f64,
+    /// This (client) process's CPU milliseconds per MB uploaded.
+    pub client_cpu_ms_per_mb_upload: f64,
+    /// This (client) process's CPU milliseconds per MB downloaded.
+    pub client_cpu_ms_per_mb_download: f64,
+    /// The upload MB/s at which relay and client together would keep every core of this
+    /// machine busy, at the CPU per MB measured: what the transfer's own work allows here.
+    pub cpu_bound_upload_mb_s: f64,
+    /// The same for the download.
+    pub cpu_bound_download_mb_s: f64,
     /// The larger file used for the memory figures, in MB.
     pub rss_file_mb: u64,
     /// Peak RSS of this (client) process over the whole run, KiB.
@@ -63,22 +73,35 @@ fn random_file(path: &std::path::Path, mb: u64) -> Result<()> {
     Ok(())
 }
 
-/// One upload and download; returns (upload s, download s, relay CPU us up, down).
+/// What one upload and download took: seconds, and CPU microseconds of the relay and of this
+/// (client) process, each way.
+struct Transfer {
+    up_s: f64,
+    down_s: f64,
+    relay_up_us: u64,
+    relay_down_us: u64,
+    client_up_us: u64,
+    client_down_us: u64,
+}
+
+/// One upload and download of a fresh `mb` MB file through the relay.
 async fn transfer(
     address: &RelayAddress,
     relay: &ProcWatch,
     dir: &std::path::Path,
     mb: u64,
-) -> Result<(f64, f64, u64, u64)> {
+) -> Result<Transfer> {
+    let me = ProcWatch::new(std::process::id());
+    let cpu = || (relay.cpu_us().unwrap_or(0), me.cpu_us().unwrap_or(0));
     let src = dir.join(format!("file-{mb}"));
     random_file(&src, mb)?;
     let mut state = UploadState::new(&src, "bench.bin", "application/octet-stream", address, 1, 2)?;
     let mut conn = RelayConnection::connect(address).await?;
-    let cpu0 = relay.cpu_us().unwrap_or(0);
+    let cpu0 = cpu();
     let t = Instant::now();
     upload(&mut conn, &src, &mut state, |_| Ok(()), |_| {}).await?;
-    let up = t.elapsed().as_secs_f64();
-    let cpu1 = relay.cpu_us().unwrap_or(0);
+    let up_s = t.elapsed().as_secs_f64();
+    let cpu1 = cpu();
     let desc = state
         .descriptions()
         .and_then(|mut d| d.pop())
@@ -87,17 +110,19 @@ async fn transfer(
     let mut dl = DownloadState::new(&desc);
     let t = Instant::now();
     download(&mut conn, &desc, &enc, &mut dl, |_| Ok(()), |_| {}).await?;
-    let down = t.elapsed().as_secs_f64();
-    let cpu2 = relay.cpu_us().unwrap_or(0);
+    let down_s = t.elapsed().as_secs_f64();
+    let cpu2 = cpu();
     conn.close().await;
     let _ = std::fs::remove_file(&src);
     let _ = std::fs::remove_file(&enc);
-    Ok((
-        up,
-        down,
-        cpu1.saturating_sub(cpu0),
-        cpu2.saturating_sub(cpu1),
-    ))
+    Ok(Transfer {
+        up_s,
+        down_s,
+        relay_up_us: cpu1.0.saturating_sub(cpu0.0),
+        relay_down_us: cpu2.0.saturating_sub(cpu1.0),
+        client_up_us: cpu1.1.saturating_sub(cpu0.1),
+        client_down_us: cpu2.1.saturating_sub(cpu1.1),
+    })
 }
 
 async fn tcp_loopback_mb_s() -> Result<f64> {
@@ -199,7 +224,7 @@ pub async fn run(args: &Args) -> Result<FilesReport> {
         .map_err(|e| anyhow!("relay address: {e:?}"))?;
     let watch = ProcWatch::new(relay.pid());
     let mb = args.file_mb;
-    let (up, down, cpu_up, cpu_down) = transfer(&address, &watch, dir.path(), mb).await?;
+    let measured = transfer(&address, &watch, dir.path(), mb).await?;
     let _ = transfer(&address, &watch, dir.path(), args.rss_file_mb).await?;
     let me = ProcWatch::new(std::process::id());
     // Peaks first: the raw bulk tests below have buffers of their own.
@@ -221,13 +246,28 @@ pub async fn run(args: &Args) -> Result<FilesReport> {
         .join()
         .map_err(|_| anyhow!("the raw bulk tests panicked"))?
     })?;
-    let (upload_mb_s, download_mb_s) = (mb as f64 / up, mb as f64 / down);
+    let (upload_mb_s, download_mb_s) = (mb as f64 / measured.up_s, mb as f64 / measured.down_s);
+    let ms_per_mb = |us: u64| us as f64 / 1000.0 / mb as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    // Both processes' CPU per MB against every core's 1,000 ms per second.
+    let cpu_bound = |relay: u64, client: u64| {
+        let ms = ms_per_mb(relay) + ms_per_mb(client);
+        if ms > 0.0 {
+            cores * 1000.0 / ms
+        } else {
+            f64::INFINITY
+        }
+    };
     let report = FilesReport {
         file_mb: mb,
         upload_mb_s,
         download_mb_s,
-        relay_cpu_ms_per_mb_upload: cpu_up as f64 / 1000.0 / mb as f64,
-        relay_cpu_ms_per_mb_download: cpu_down as f64 / 1000.0 / mb as f64,
+        relay_cpu_ms_per_mb_upload: ms_per_mb(measured.relay_up_us),
+        relay_cpu_ms_per_mb_download: ms_per_mb(measured.relay_down_us),
+        client_cpu_ms_per_mb_upload: ms_per_mb(measured.client_up_us),
+        client_cpu_ms_per_mb_download: ms_per_mb(measured.client_down_us),
+        cpu_bound_upload_mb_s: cpu_bound(measured.relay_up_us, measured.client_up_us),
+        cpu_bound_download_mb_s: cpu_bound(measured.relay_down_us, measured.client_down_us),
         rss_file_mb: args.rss_file_mb,
         client_peak_rss_kib,
         relay_peak_rss_kib,
