@@ -98,7 +98,7 @@ enum Cmd {
         #[arg(long)]
         qr: bool,
     },
-    /// Remove a contact for good: its queue on the relay, its keys and its history.
+    /// Remove a contact for good: its queue on the relay, its keys, its history and the files it sent.
     Remove {
         /// The contact's name.
         name: String,
@@ -174,7 +174,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Send a voice note (Ogg/Opus or MP3): like `send-file`, shown as `[voice M:SS]`.
+    /// Send a voice note (Ogg/Opus or MP3): like `send-file`, shown as `[voice M:SS] (SIZE)`.
     SendVoice {
         /// The contact's name.
         name: String,
@@ -643,6 +643,34 @@ fn friendly(e: ClientError) -> anyhow::Error {
     }
 }
 
+/// The warning for a received file `sync` could not download: which file, why (escaped: the
+/// reason may hold the sender's file name), and whether `sync` tries it again.
+fn file_failure_line(f: &tidings_client::profile::FileFailure) -> String {
+    let why = match &f.error {
+        // The sender's relay, not one of the user's file relays.
+        ClientError::FileRelay { relay, source } => format!("its relay {relay}: {source}"),
+        e if is_network(e) => unreachable(e),
+        e => e.to_string(),
+    };
+    if f.id.is_empty() {
+        return format!(
+            "received files were not downloaded: {}",
+            screen::inline(&why)
+        );
+    }
+    let next = if f.retried {
+        "the next sync tries it again".to_string()
+    } else {
+        format!("sync will not try it again; `tidings fetch {}` does", f.id)
+    };
+    format!(
+        "file {} from {} was not downloaded: {}; {next}",
+        f.id,
+        screen::inline(&f.from),
+        screen::inline(&why)
+    )
+}
+
 /// Prints one received message: `NAME: TEXT` with further lines indented and hidden
 /// characters escaped ([`screen::message`]), or one exact JSON object. A check-in that arrived
 /// more than [`LATE_CHECKIN_SECS`] after it was sent also gets a warning on stderr.
@@ -853,11 +881,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Remove { name } => {
             let mut profile = open(&home, &net)?;
             let removed = runtime()?.block_on(profile.remove(&net, &name))?;
+            let what = match removed.files {
+                0 => "its keys and history".to_string(),
+                1 => "its keys, history and the file it sent".to_string(),
+                n => format!("its keys, history and the {n} files it sent"),
+            };
             if removed.queue_deleted {
-                eprintln!("{:?} removed, with its queue on the relay", removed.name);
+                eprintln!(
+                    "{:?} removed ({what}), with its queue on the relay",
+                    removed.name
+                );
             } else {
                 eprintln!(
-                    "{:?} removed here; the relay could not be reached, so its queue there expires by itself",
+                    "{:?} removed here ({what}); the relay could not be reached, so its queue there expires by itself",
                     removed.name
                 );
             }
@@ -916,6 +952,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "downloaded file {id} (`tidings save {id} PATH` writes it out)"
                 ));
             }
+            for f in &report.file_failures {
+                eprintln!("warning: {}", file_failure_line(f));
+            }
             for name in &report.connected {
                 done(format_args!("{} is now connected", screen::inline(name)));
             }
@@ -932,6 +971,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if report.received.is_empty()
                 && report.connected.is_empty()
                 && report.fetched.is_empty()
+                && report.file_failures.is_empty()
                 && report.error.is_none()
             {
                 done("nothing new");
@@ -1129,13 +1169,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let v = serde_json::json!({
                         "id": f.id, "from": f.from, "line": f.line,
                         "size": f.size, "complete": f.complete, "chained": f.chained,
+                        "auto_stopped": f.auto_stopped.map(|s| s.reason()),
                     });
                     writeln!(out, "{}", screen::json(&v)?)?;
                 } else {
-                    let state = if f.complete {
-                        "downloaded"
-                    } else {
-                        "not downloaded"
+                    let state = match (f.complete, f.auto_stopped) {
+                        (true, _) => "downloaded".to_string(),
+                        (false, None) => "not downloaded".to_string(),
+                        (false, Some(stop)) => format!(
+                            "not downloaded: {}; `tidings fetch {}` tries again",
+                            stop.reason(),
+                            f.id
+                        ),
                     };
                     writeln!(
                         out,

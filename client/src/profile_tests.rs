@@ -1087,3 +1087,236 @@ async fn a_due_list_message_never_shares_a_connection_with_other_sends() {
         "the list message had its own connection"
     );
 }
+
+// ---- hostile file descriptions: a contact writes them by hand ----
+
+mod hostile_files {
+    use super::*;
+    use tidings_protocol::chunk::ChunkSize;
+    use tidings_protocol::file::{FileChunk, FileDescription, FILE_VERSION_ONE_RELAY};
+    use tidings_protocol::ids::ChunkRecipientId;
+    use tidings_protocol::keys::DhPublicKey;
+
+    /// A description a hostile contact writes by hand: one 64 KiB chunk on `relay`, nothing
+    /// uploaded anywhere.
+    fn crafted(relay: &str, relay_dh: [u8; 32], voice: Option<u32>, size: u64) -> FileDescription {
+        let chained = (size > 65_520).then_some(100);
+        FileDescription {
+            version: FILE_VERSION_ONE_RELAY,
+            voice: voice.is_some(),
+            size,
+            duration_secs: voice.unwrap_or(0),
+            name: "photo.jpg".into(),
+            media_type: "image/jpeg".into(),
+            digest: [0; 32],
+            key: Zeroizing::new([7; 32]),
+            prefix: [9; 19],
+            seed: Zeroizing::new([3; 32]),
+            relays: vec![relay.parse().unwrap()],
+            chunks: vec![FileChunk {
+                relay: 0,
+                size: ChunkSize::K64,
+                id: ChunkRecipientId::from_bytes([1; 24]),
+                relay_dh: DhPublicKey::from_bytes(relay_dh),
+            }],
+            chained,
+        }
+    }
+
+    async fn send_desc(w: &World, from: &mut Profile, to: &str, d: FileDescription, now: u64) {
+        from.send_app(
+            &w.net,
+            to,
+            AppBody::File(Box::new(d)),
+            (HISTORY_FILE, "x"),
+            now,
+        )
+        .await
+        .unwrap();
+    }
+
+    /// A description whose relay key is no key (all zeros; nothing uploaded) used to make
+    /// every `sync` fail after it had stored and acked the messages, so another contact's
+    /// DURESS check-in was never shown. Now the sync shows everything it received, the file
+    /// is named as damaged, and no later sync tries it again.
+    #[tokio::test]
+    async fn a_damaged_small_file_never_hides_what_a_sync_received() {
+        let w = World::new();
+        let mut amina = w.profile("amina", 1);
+        let mut kim = w.profile("kim", 2);
+        let mut bora = w.profile("bora", 2);
+        w.connect(&mut amina, "kim", &mut kim, "amina").await;
+        w.connect(&mut amina, "bora", &mut bora, "amina").await;
+        // Kim points at Amina's own relay (Kim knows it: it is where Kim sends her).
+        send_desc(
+            &w,
+            &mut kim,
+            "amina",
+            crafted(&relay_address(1), [0; 32], None, 10),
+            NOW,
+        )
+        .await;
+        bora.set_checkin_pin("1357").unwrap();
+        bora.set_duress_pin("8642").unwrap();
+        bora.checkin(&w.net, "amina", "", Some("8642"), NOW + 1)
+            .await
+            .unwrap();
+
+        let first = amina.sync(&w.net, NOW + 2).await.unwrap();
+        let shown = texts(&first);
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(
+            shown
+                .iter()
+                .any(|t| t.starts_with("bora: [check-in]") && t.contains("DURESS")),
+            "{shown:?}"
+        );
+        assert!(
+            shown.iter().any(|t| t.starts_with("kim: [file] photo.jpg")),
+            "{shown:?}"
+        );
+        assert!(first.error.is_none(), "{:?}", first.error);
+        let [failure] = first.file_failures.as_slice() else {
+            panic!("one failed file: {:?}", first.file_failures);
+        };
+        assert!(
+            !failure.retried,
+            "a damaged file is not tried again by sync"
+        );
+        assert_eq!(failure.from, "kim");
+
+        let second = amina.sync(&w.net, NOW + 3).await.unwrap();
+        assert!(
+            second.file_failures.is_empty(),
+            "{:?}",
+            second.file_failures
+        );
+        let files = amina.files().unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].auto_stopped, Some(AutoStop::Damaged));
+        assert!(!files[0].complete);
+    }
+
+    /// A file on a relay of the sender's choosing that does not answer is tried by three
+    /// syncs, not by every sync for ever (each try shows that relay the user's address); a
+    /// failed try never makes the sync fail.
+    #[tokio::test]
+    async fn a_file_on_a_relay_that_never_answers_is_tried_by_three_syncs_only() {
+        let w = World::new();
+        let mut amina = w.profile("amina", 1);
+        let mut kim = w.profile("kim", 2);
+        w.connect(&mut amina, "kim", &mut kim, "amina").await;
+        let spy = relay_address(66);
+        w.net.0.borrow_mut().down.push(spy.clone());
+        send_desc(&w, &mut kim, "amina", crafted(&spy, [5; 32], None, 10), NOW).await;
+        for i in 0..u64::from(MAX_AUTO_FAILURES) {
+            let r = amina.sync(&w.net, NOW + 10 + i).await.unwrap();
+            assert!(r.error.is_none(), "{:?}", r.error);
+            let [failure] = r.file_failures.as_slice() else {
+                panic!("sync {i}: one failed file: {:?}", r.file_failures);
+            };
+            assert!(
+                failure.error.to_string().contains("127.0.0.66:4433"),
+                "{}",
+                failure.error
+            );
+            assert_eq!(
+                failure.retried,
+                i + 1 < u64::from(MAX_AUTO_FAILURES),
+                "sync {i}"
+            );
+        }
+        let r = amina.sync(&w.net, NOW + 20).await.unwrap();
+        assert!(
+            r.file_failures.is_empty(),
+            "no fourth try: {:?}",
+            r.file_failures
+        );
+        let files = amina.files().unwrap();
+        assert_eq!(files[0].auto_stopped, Some(AutoStop::Unreachable));
+        // `fetch` still tries when the user asks.
+        assert!(amina
+            .fetch_file(&w.net, &files[0].id, |_| {})
+            .await
+            .is_err());
+    }
+
+    /// A voice note shows its size beside its (declared) length: 4 GiB cannot hide behind
+    /// `[voice 0:05]`.
+    #[tokio::test]
+    async fn a_voice_note_shows_its_size() {
+        let w = World::new();
+        let mut amina = w.profile("amina", 1);
+        let mut kim = w.profile("kim", 2);
+        w.connect(&mut amina, "kim", &mut kim, "amina").await;
+        amina.set_auto_download(0).unwrap();
+        send_desc(
+            &w,
+            &mut kim,
+            "amina",
+            crafted(&relay_address(2), [5; 32], Some(5), 4 << 30),
+            NOW,
+        )
+        .await;
+        let r = amina.sync(&w.net, NOW + 10).await.unwrap();
+        assert!(
+            texts(&r)[0].starts_with("kim: [voice 0:05] (4.3 GB) (id "),
+            "{}",
+            texts(&r)[0]
+        );
+        let f = &amina.files().unwrap()[0];
+        assert_eq!(f.line, "[voice 0:05] (4.3 GB)");
+    }
+
+    /// `remove` deletes the files a contact sent: their records (with their keys) and their
+    /// encrypted bytes.
+    #[tokio::test]
+    async fn removing_a_contact_deletes_the_files_it_sent() {
+        let w = World::new();
+        let mut amina = w.profile("amina", 1);
+        let mut kim = w.profile("kim", 2);
+        let mut bora = w.profile("bora", 2);
+        w.connect(&mut amina, "kim", &mut kim, "amina").await;
+        w.connect(&mut amina, "bora", &mut bora, "amina").await;
+        amina.set_auto_download(0).unwrap();
+        send_desc(
+            &w,
+            &mut kim,
+            "amina",
+            crafted(&relay_address(2), [5; 32], None, 10),
+            NOW,
+        )
+        .await;
+        send_desc(
+            &w,
+            &mut bora,
+            "amina",
+            crafted(&relay_address(2), [5; 32], None, 10),
+            NOW,
+        )
+        .await;
+        amina.sync(&w.net, NOW + 10).await.unwrap();
+        let kims = amina
+            .files()
+            .unwrap()
+            .into_iter()
+            .find(|f| f.from == "kim")
+            .unwrap();
+        // As if part of it had been fetched.
+        let blob = amina
+            .store
+            .home()
+            .join(crate::store::FILES_DIR)
+            .join(&kims.id);
+        std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+        std::fs::write(&blob, b"ciphertext").unwrap();
+
+        let removed = amina.remove(&w.net, "kim").await.unwrap();
+        assert_eq!(removed.files, 1);
+        let left = amina.files().unwrap();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].from, "bora");
+        assert!(amina.file_description(&kims.id).is_err(), "its key is gone");
+        assert!(!blob.exists(), "its bytes are gone");
+    }
+}

@@ -349,6 +349,7 @@ async fn tampered_swapped_and_truncated_files_are_refused_naming_the_file() -> R
     // serve them, or a disk edited afterwards): the file's own encryption refuses it.
     fetch(relay.address(), &descs[0], &enc).await?;
     let mut bytes = std::fs::read(&enc)?;
+    let fetched = bytes.clone();
     // The plan is 256 KiB, 256 KiB, then three 64 KiB chunks: swap the 3rd and 4th.
     assert_eq!(descs[0].chunks.len(), 5);
     let (a, b) = bytes.split_at_mut(589_824);
@@ -378,6 +379,32 @@ async fn tampered_swapped_and_truncated_files_are_refused_naming_the_file() -> R
     let mut st = DownloadState::new(&shorter);
     let r = download(&mut conn, &shorter, &enc, &mut st, |_| Ok(()), |_| {}).await;
     assert!(matches!(r, Err(ClientError::FileCorrupt { .. })), "{r:?}");
+    // None of the refused saves left plaintext under any name.
+    let left: Vec<String> = std::fs::read_dir(dir.path())?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    assert!(
+        !left
+            .iter()
+            .any(|n| n.contains("partial") || n.ends_with(".out")),
+        "{left:?}"
+    );
+
+    // A good save: the plaintext, readable by the user only; a second save to the same
+    // path is refused and leaves the first as it was.
+    let enc = dir.path().join("good.enc");
+    std::fs::write(&enc, &fetched)?;
+    let good = dir.path().join("good.mp3");
+    save_plaintext(&enc, &descs[0], &good)?;
+    assert!(same_file(&src, &good)?);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&good)?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+    }
+    assert!(save_plaintext(&enc, &descs[0], &good).is_err());
+    assert!(same_file(&src, &good)?);
     Ok(())
 }
 
@@ -519,7 +546,7 @@ fn send_file_sync_files_fetch_and_save_through_the_cli() -> Result<()> {
     assert!(
         sync.stdout
             .lines()
-            .any(|l| l.starts_with("alice: [voice 0:42] (id ")),
+            .any(|l| l.starts_with("alice: [voice 0:42] (") && l.contains(") (id ")),
         "{}",
         sync.stdout
     );

@@ -61,7 +61,7 @@ fn remove_and_invite_cancel_say_what_they_did() -> Result<()> {
     amina.run(&["send", "BORA", "case does not matter"])?.ok()?;
     let out = amina.run(&["remove", "bora"])?.ok()?;
     ensure!(
-        out.stderr.trim() == "\"Bora\" removed, with its queue on the relay",
+        out.stderr.trim() == "\"Bora\" removed (its keys and history), with its queue on the relay",
         "{}",
         out.stderr
     );

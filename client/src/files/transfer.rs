@@ -1473,21 +1473,98 @@ fn verify(file: &mut File, path: &Path, desc: &FileDescription) -> Result<()> {
     decrypt_all(file, path, desc, None)
 }
 
-/// Decrypts a verified download into `out_path` (written to a temporary name beside it
-/// and renamed only once the digest matched, so a failed save leaves no partial file).
+/// Decrypts a verified download into `out_path`, which must not exist yet. The plaintext is
+/// written to a file with no name in `out_path`'s directory where the system has them
+/// (Linux `O_TMPFILE`), given its name only once every segment opened and the digest
+/// matched: a failed check, an error, a kill or a power cut leaves no plaintext behind.
+/// Elsewhere, a new file only the user may read (`0600`) under a random temporary name
+/// beside it, removed on every error, takes its place (only a kill leaves that one).
 pub fn save_plaintext(encrypted: &Path, desc: &FileDescription, out_path: &Path) -> Result<()> {
     let mut file = File::open(encrypted).map_err(io(encrypted))?;
-    let tmp = out_path.with_extension("tidings-partial");
-    let result = (|| {
-        let mut out = File::create(&tmp).map_err(io(&tmp))?;
+    #[cfg(target_os = "linux")]
+    if let Some(mut out) = unnamed_beside(out_path)? {
         decrypt_all(&mut file, encrypted, desc, Some(&mut out))?;
-        out.sync_all().map_err(io(&tmp))
-    })();
-    match result {
-        Ok(()) => std::fs::rename(&tmp, out_path).map_err(io(out_path)),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
+        out.sync_all().map_err(io(out_path))?;
+        return give_name(&out, out_path);
     }
+    let tmp = temporary_beside(out_path)?;
+    let result = (|| {
+        let mut out = new_private_file(&tmp)?;
+        decrypt_all(&mut file, encrypted, desc, Some(&mut out))?;
+        out.sync_all().map_err(io(&tmp))?;
+        // A rename would replace a file that appeared at `out_path` meanwhile; a hard
+        // link refuses to.
+        std::fs::hard_link(&tmp, out_path).map_err(io(out_path))
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+/// `out_path`'s directory (`.` for a bare file name).
+fn dir_of(out_path: &Path) -> &Path {
+    match out_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// A file with no name in `out_path`'s directory, readable by the user only; `None` where
+/// the filesystem has no such files (the caller falls back to a temporary name).
+#[cfg(target_os = "linux")]
+fn unnamed_beside(out_path: &Path) -> Result<Option<File>> {
+    use rustix::fs::{Mode, OFlags, CWD};
+    let dir = dir_of(out_path);
+    match rustix::fs::openat(
+        CWD,
+        dir,
+        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::RUSR | Mode::WUSR,
+    ) {
+        Ok(fd) => Ok(Some(File::from(fd))),
+        Err(e)
+            if e == rustix::io::Errno::OPNOTSUPP
+                || e == rustix::io::Errno::ISDIR
+                || e == rustix::io::Errno::INVAL =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(io(out_path)(std::io::Error::from(e))),
+    }
+}
+
+/// Gives the unnamed file `out` the name `out_path` (refused if something has it).
+#[cfg(target_os = "linux")]
+fn give_name(out: &File, out_path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = format!("/proc/self/fd/{}", out.as_raw_fd());
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        fd.as_str(),
+        rustix::fs::CWD,
+        out_path,
+        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+    )
+    .map_err(|e| io(out_path)(std::io::Error::from(e)))
+}
+
+/// A temporary name beside `out_path` that nothing has: `.NAME.RANDOM.tidings-partial`.
+fn temporary_beside(out_path: &Path) -> Result<std::path::PathBuf> {
+    let mut raw = [0u8; 8];
+    rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut raw)
+        .map_err(|_| ClientError::Rng)?;
+    let suffix: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let name = out_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".to_string());
+    Ok(dir_of(out_path).join(format!(".{name}.{suffix}.tidings-partial")))
+}
+
+/// Creates `path`, which must not exist, readable and writable by the user only.
+fn new_private_file(path: &Path) -> Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map_err(io(path))
 }

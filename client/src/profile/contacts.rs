@@ -150,8 +150,8 @@ impl Profile {
     }
 
     /// Removes the contact `label` for good: deletes the queue we receive its messages on
-    /// from the relay, then its keys, session, history, waiting messages and the ids kept
-    /// to drop replays. If the relay cannot be reached the contact is removed here anyway
+    /// from the relay, then its keys, session, history, waiting messages, the ids kept to
+    /// drop replays, and the files it sent (their keys, then their encrypted bytes). If the relay cannot be reached the contact is removed here anyway
     /// and its queue expires on the relay by itself; the result says which.
     pub async fn remove<C: Connector>(&mut self, net: &C, label: &str) -> Result<Removed> {
         let contact = self.contact_by_label(label)?;
@@ -164,9 +164,11 @@ impl Profile {
         self.store.remove_where(Tree::Seen, |v| {
             serde_json::from_slice::<SeenRecord>(v).is_ok_and(|s| s.contact == id)
         })?;
+        let files = self.remove_files_of(&id)?;
         Ok(Removed {
             name: contact.label.clone(),
             queue_deleted: on_relay,
+            files,
         })
     }
 
@@ -275,6 +277,8 @@ pub struct Removed {
     pub name: String,
     /// Whether its queue was deleted on the relay (otherwise it expires there by itself).
     pub queue_deleted: bool,
+    /// How many files it had sent (deleted with it).
+    pub files: usize,
 }
 
 /// Deletes the queue `q` on its relay: true once the relay has it gone (deleted now, or

@@ -28,6 +28,53 @@ pub(super) struct FileRecord {
     /// Set once every chunk is fetched and the digest matched.
     #[serde(default)]
     pub complete: bool,
+    /// Automatic downloads (at `sync`) that failed.
+    #[serde(default)]
+    pub auto_failures: u8,
+    /// Why `sync` no longer downloads it by itself (`tidings fetch ID` still does).
+    #[serde(default)]
+    pub auto_stopped: Option<AutoStop>,
+}
+
+/// Why `sync` stopped downloading a file by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AutoStop {
+    /// Its relay no longer holds it (expired, or deleted by its sender).
+    Gone,
+    /// It failed its checks, or its description names something that cannot be used (a
+    /// relay key that is no key): fetching it again gives the same answer.
+    Damaged,
+    /// Its relays did not answer in [`MAX_AUTO_FAILURES`] syncs.
+    Unreachable,
+}
+
+impl AutoStop {
+    /// What the user is told, after "not downloaded: ".
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Gone => "no longer on its relay",
+            Self::Damaged => "damaged",
+            Self::Unreachable => "its relay did not answer",
+        }
+    }
+}
+
+/// Syncs that try a file by themselves before they leave it to `tidings fetch`: a file on a
+/// relay that does not answer is not tried at every sync for ever (each try shows that
+/// relay the user's address).
+pub const MAX_AUTO_FAILURES: u8 = 3;
+
+/// A received file that `sync` could not download by itself.
+#[derive(Debug)]
+pub struct FileFailure {
+    /// The file's id (empty when the profile's list of files could not be read).
+    pub id: String,
+    /// The contact who sent it.
+    pub from: String,
+    /// What went wrong (its text may hold the sender's file name: show it escaped).
+    pub error: ClientError,
+    /// Whether `sync` will try it again; if not, only `tidings fetch ID` does.
+    pub retried: bool,
 }
 
 impl Drop for FileRecord {
@@ -43,7 +90,7 @@ pub struct FileInfo {
     pub id: String,
     /// The contact who sent it.
     pub from: String,
-    /// The line `sync` showed: `[file] NAME (SIZE)` or `[voice M:SS]` (NAME is hostile text:
+    /// The line `sync` showed: `[file] NAME (SIZE)` or `[voice M:SS] (SIZE)` (NAME is hostile text:
     /// show it with `screen`).
     pub line: String,
     /// Plaintext size in bytes.
@@ -53,12 +100,20 @@ pub struct FileInfo {
     /// Whether it came with a chained description (its chunk list in chunks of its own,
     /// PROTOCOL.md 15.9).
     pub chained: bool,
+    /// Why `sync` no longer downloads it by itself, if it stopped.
+    pub auto_stopped: Option<AutoStop>,
 }
 
-/// The line shown for a file: `[file] sermon-03.mp3 (4.2 MB)` or `[voice 0:42]`.
+/// The line shown for a file: `[file] sermon-03.mp3 (4.2 MB)` or `[voice 0:42] (310 kB)`.
 pub fn file_line(desc: &FileDescription) -> String {
     if desc.voice {
-        format!("[voice {}]", human_duration(desc.duration_secs))
+        // The size too: the duration is the sender's word, the size is what a download
+        // costs.
+        format!(
+            "[voice {}] ({})",
+            human_duration(desc.duration_secs),
+            human_size(desc.size)
+        )
     } else {
         // The name is the sender's text: no control character may reach the line.
         let name: String = desc
@@ -93,6 +148,8 @@ impl Profile {
             description: desc.encode()?.to_vec(),
             at: now,
             complete: false,
+            auto_failures: 0,
+            auto_stopped: None,
         };
         b.put_json(Tree::Files, &file_key(&id), &record)?;
         Ok(format!("{} (id {id})", file_line(desc)))
@@ -118,6 +175,7 @@ impl Profile {
                 size: desc.size,
                 complete: r.complete,
                 chained: desc.chained.is_some(),
+                auto_stopped: r.auto_stopped,
             });
         }
         Ok(out)
@@ -150,15 +208,35 @@ impl Profile {
             .filter(|r| limits.get(&r.contact).is_some_and(|cutoff| r.at < *cutoff))
             .map(|r| r.id.clone())
             .collect();
-        if old.is_empty() {
+        self.remove_files(&old)
+    }
+
+    /// Deletes every file received from `contact` (which is being removed), in the same
+    /// order as [`Profile::age_out_files`]; returns how many there were.
+    pub(super) fn remove_files_of(&mut self, contact: &[u8; 16]) -> Result<usize> {
+        let ids: Vec<String> = self
+            .store
+            .values_json::<FileRecord>(Tree::Files)?
+            .iter()
+            .filter(|r| &r.contact == contact)
+            .map(|r| r.id.clone())
+            .collect();
+        self.remove_files(&ids)?;
+        Ok(ids.len())
+    }
+
+    /// Deletes the files `ids`: first their records, which hold the keys, then their
+    /// encrypted bytes.
+    fn remove_files(&mut self, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
             return Ok(());
         }
         let mut b = Batch::new();
-        for id in &old {
+        for id in ids {
             b.remove(Tree::Files, &file_key(id));
         }
         self.store.apply(b)?;
-        for id in &old {
+        for id in ids {
             let blob = blob_path(self.store.home(), id);
             match std::fs::remove_file(&blob) {
                 Ok(()) => {}
@@ -314,6 +392,8 @@ impl Profile {
         links.close().await;
         result?;
         record.complete = true;
+        record.auto_failures = 0;
+        record.auto_stopped = None;
         let mut b = Batch::new();
         b.put_json(Tree::Files, &file_key(id), &record)?;
         self.store.apply(b)
@@ -358,42 +438,93 @@ impl Profile {
     }
 
     /// Downloads the received files not yet complete whose size is at most the
-    /// auto-download size. A network error is kept in the report (the file stays listed and
-    /// the next sync or `fetch` resumes it); a damaged file is an error.
+    /// auto-download size, and whose automatic download has not stopped. Never fails: a
+    /// file it could not download is in `report.file_failures`, and the sync that called it
+    /// still reports everything it received. A file stops being tried by `sync` (only
+    /// `tidings fetch ID` tries it then) once its relay says it is gone, once it fails its
+    /// checks, or after [`MAX_AUTO_FAILURES`] failed tries.
     pub(super) async fn auto_fetch<C: crate::relay::Connector>(
         &mut self,
         net: &C,
         report: &mut super::SyncReport,
-    ) -> Result<()> {
+    ) {
+        let waiting = match self.auto_waiting() {
+            Ok(w) => w,
+            Err(error) => {
+                report.file_failures.push(FileFailure {
+                    id: String::new(),
+                    from: String::new(),
+                    error,
+                    retried: true,
+                });
+                return;
+            }
+        };
+        for (id, from) in waiting {
+            let error = match self.fetch_file(net, &id, |_| {}).await {
+                Ok(()) => {
+                    report.fetched.push(id);
+                    continue;
+                }
+                Err(e) => e,
+            };
+            let retried = match self.note_auto_failure(&id, &error) {
+                Ok(retried) => retried,
+                Err(e) => {
+                    report.file_failures.push(FileFailure {
+                        id: id.clone(),
+                        from: from.clone(),
+                        error: e,
+                        retried: true,
+                    });
+                    true
+                }
+            };
+            report.file_failures.push(FileFailure {
+                id,
+                from,
+                error,
+                retried,
+            });
+        }
+    }
+
+    /// The files `sync` downloads by itself now: id and sender.
+    fn auto_waiting(&self) -> Result<Vec<(String, String)>> {
         let limit = self.auto_download()?;
         if limit == 0 {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let waiting: Vec<String> = self
+        Ok(self
             .files()?
             .into_iter()
-            .filter(|f| !f.complete && f.size <= limit)
-            .map(|f| f.id)
-            .collect();
-        for id in waiting {
-            match self.fetch_file(net, &id, |_| {}).await {
-                Ok(()) => report.fetched.push(id),
-                // Expired on the relay: `files` still lists it; nothing to retry now.
-                Err(ClientError::FileGone(_)) => {}
-                Err(
-                    e @ (ClientError::Unreachable
-                    | ClientError::ConnectionLost
-                    | ClientError::Timeout
-                    | ClientError::FileRelay { .. }),
-                ) => {
-                    if report.error.is_none() {
-                        report.error = Some(e);
-                    }
-                }
-                Err(e) => return Err(e),
+            .filter(|f| !f.complete && f.size <= limit && f.auto_stopped.is_none())
+            .map(|f| (f.id, f.from))
+            .collect())
+    }
+
+    /// Records a failed automatic download of `id`; returns whether `sync` tries it again.
+    fn note_auto_failure(&mut self, id: &str, error: &ClientError) -> Result<bool> {
+        let Some(mut record) = self
+            .store
+            .get_json::<FileRecord>(Tree::Files, &file_key(id))?
+        else {
+            return Ok(false);
+        };
+        record.auto_failures = record.auto_failures.saturating_add(1);
+        record.auto_stopped = match error {
+            ClientError::FileGone(_) => Some(AutoStop::Gone),
+            ClientError::FileCorrupt { .. } | ClientError::Protocol(_) | ClientError::Crypto => {
+                Some(AutoStop::Damaged)
             }
-        }
-        Ok(())
+            _ if record.auto_failures >= MAX_AUTO_FAILURES => Some(AutoStop::Unreachable),
+            _ => None,
+        };
+        let retried = record.auto_stopped.is_none();
+        let mut b = Batch::new();
+        b.put_json(Tree::Files, &file_key(id), &record)?;
+        self.store.apply(b)?;
+        Ok(retried)
     }
 }
 

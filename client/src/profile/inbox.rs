@@ -53,7 +53,8 @@ impl Profile {
         let result = self.sync_with(&mut links, now).await;
         links.close().await;
         let mut report = result?;
-        self.auto_fetch(net, &mut report).await?;
+        // What was received is in the report whatever the files do.
+        self.auto_fetch(net, &mut report).await;
         Ok(report)
     }
 

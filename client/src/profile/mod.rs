@@ -279,6 +279,8 @@ pub struct SyncReport {
     /// Received files downloaded and checked in this sync (at most the auto-download size
     /// each), by id.
     pub fetched: Vec<String>,
+    /// Received files this sync tried to download by itself and could not.
+    pub file_failures: Vec<files::FileFailure>,
 }
 
 /// An unlocked profile.
@@ -713,7 +715,7 @@ mod contacts;
 mod file_relays;
 mod files;
 pub use file_relays::MAX_EXTRA_FILE_RELAYS;
-pub use files::{file_line, FileInfo, OutgoingFile};
+pub use files::{file_line, AutoStop, FileFailure, FileInfo, OutgoingFile, MAX_AUTO_FAILURES};
 mod history;
 mod inbox;
 mod lists;
