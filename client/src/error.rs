@@ -123,6 +123,12 @@ pub enum ClientError {
     /// A profile already exists in this home.
     #[error("a profile already exists here")]
     ProfileExists,
+    /// `wipe` found no profile where it was pointed.
+    #[error("{} holds no Tidings profile; nothing was wiped (check --home or TIDINGS_HOME)", .0.display())]
+    NotAProfile(std::path::PathBuf),
+    /// `init` was pointed at a folder that holds other files.
+    #[error("{} holds files that are not a Tidings profile; a profile needs a folder of its own (give --home a new or empty folder)", .0.display())]
+    HomeNotEmpty(std::path::PathBuf),
     /// No contact has that name (names match without regard to case).
     #[error("no contact is named {0:?} (`tidings contacts` lists them)")]
     UnknownContact(String),

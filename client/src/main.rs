@@ -260,7 +260,8 @@ enum Cmd {
         spread: SpreadArgs,
     },
     /// List contacts whose check-in is overdue, and any whose last check-in was under duress.
-    /// Exit code 0: nobody is overdue or under duress; 3: someone is (for cron and scripts).
+    /// Exit code 0: nobody is overdue or under duress; 3: someone is (for cron and scripts);
+    /// 4 (with --sync): nobody is by what the phone has, but the sync was incomplete.
     Due {
         /// One JSON object per contact.
         #[arg(long)]
@@ -766,6 +767,10 @@ fn done(what: impl std::fmt::Display) {
 
 /// The exit code of `tidings due` when someone is overdue or under duress.
 const EXIT_SOMEONE_DUE: u8 = 3;
+
+/// The exit code of `tidings due --sync` when nobody is due by what this phone has, but the
+/// sync could not reach a relay: check-ins (a DURESS one among them) may be waiting there.
+const EXIT_SYNC_INCOMPLETE: u8 = 4;
 
 /// The one argument of a `--list` form, or the two of the single-contact form.
 fn one_or_two(args: Vec<String>, list: bool, second: &str) -> anyhow::Result<(String, String)> {
@@ -1356,6 +1361,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let name = profile.ack_duress(&name, now())?;
                 eprintln!("{name:?}: DURESS acknowledged (kept in the history)");
             }
+            let mut incomplete = false;
             if sync {
                 let report = runtime()?
                     .block_on(profile.sync(&net, now()))
@@ -1365,13 +1371,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 if let Some(e) = report.error {
                     // A list from an incomplete sync is still worth showing, with a warning.
+                    let why = if is_network(&e) {
+                        unreachable(&e)
+                    } else {
+                        e.to_string()
+                    };
                     eprintln!(
-                        "warning: the sync was incomplete ({e}); the list may miss check-ins"
+                        "warning: the sync was incomplete ({why}); the list may miss check-ins (exit code {EXIT_SYNC_INCOMPLETE})"
                     );
+                    incomplete = true;
                 }
             }
             let due = profile.due(now())?;
-            return cli::care::print_due(&due, json, "no one is overdue");
+            let no_one = if incomplete {
+                "no one is overdue by the check-ins this phone has"
+            } else {
+                "no one is overdue"
+            };
+            let code = cli::care::print_due(&due, json, no_one)?;
+            // Someone due outweighs an incomplete sync; an incomplete sync is never "all fine".
+            return Ok(if incomplete && due.is_empty() {
+                ExitCode::from(EXIT_SYNC_INCOMPLETE)
+            } else {
+                code
+            });
         }
         Cmd::Retain { name, keep } => {
             let keep = duration_or_off(&keep)?;
@@ -1429,8 +1452,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "wipe destroys this profile and everything in it for good; run `tidings wipe --yes`"
                 ));
             }
-            tidings_client::store::Store::wipe(&home)?;
-            eprintln!("profile wiped");
+            let wiped = tidings_client::store::Store::wipe(&home)?;
+            if wiped.others_left == 0 {
+                eprintln!(
+                    "profile wiped: its key destroyed, its messages, contacts and files deleted, and {} removed",
+                    home.display()
+                );
+            } else {
+                eprintln!(
+                    "profile wiped: its key destroyed, its messages, contacts and files deleted; {} other item(s) in {} were not the profile's and were left",
+                    wiped.others_left,
+                    home.display()
+                );
+            }
         }
         Cmd::Verify {
             name,

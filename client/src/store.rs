@@ -60,6 +60,25 @@ pub const KEY_FILE: &str = "key";
 pub const DB_DIR: &str = "db";
 /// Received files, each kept encrypted under its own key (`tidings fetch`).
 pub const FILES_DIR: &str = "files";
+/// Every name a profile's home may hold: the key file (and its temporary copy while it is
+/// replaced), the database (and its copies while it is rebuilt), received files, the lock.
+const PROFILE_ENTRIES: [&str; 7] = [
+    KEY_FILE,
+    "key.tmp",
+    DB_DIR,
+    DB_NEW_DIR,
+    DB_OLD_DIR,
+    FILES_DIR,
+    crate::lock::LOCK_FILE,
+];
+
+/// What [`Store::wipe`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wiped {
+    /// Entries of the home that were not the profile's and were left (the home stays
+    /// then).
+    pub others_left: usize,
+}
 /// Where a rebuilt database is made before it is swapped in.
 const DB_NEW_DIR: &str = "db.new";
 /// Where the old database waits, during a swap, to be deleted.
@@ -356,6 +375,7 @@ impl Store {
             return Err(ClientError::ProfileExists);
         }
         let kdf = kdf.check()?;
+        Self::check_home_for_create(home)?;
         fs::create_dir_all(home).map_err(|e| ClientError::storage(home, e))?;
         restrict_permissions(home);
         let lock = Arc::new(ProfileLock::acquire(home, WAIT_FOR_LOCK)?);
@@ -605,10 +625,16 @@ impl Store {
         real_kdf(&file)
     }
 
-    /// Panic wipe. Asks any process that has the profile open to stop (it also notices by
+    /// Panic wipe. Refuses, touching nothing, a `home` that holds no profile (a mistyped
+    /// `--home` must neither delete someone's folder nor claim a wipe that did not happen).
+    /// Otherwise asks any process that has the profile open to stop (it also notices by
     /// itself), overwrites the key file with random bytes and syncs it (so the profile is
-    /// unrecoverable even if what follows is interrupted), then deletes the whole home.
-    pub fn wipe(home: &Path) -> Result<()> {
+    /// unrecoverable even if what follows is interrupted), then deletes everything of the
+    /// profile's, and `home` itself unless it holds files that are not the profile's.
+    pub fn wipe(home: &Path) -> Result<Wiped> {
+        if !Self::holds_profile(home) {
+            return Err(ClientError::NotAProfile(home.to_path_buf()));
+        }
         ProfileLock::ask_holder_to_stop(home);
         let path = home.join(KEY_FILE);
         if path.exists() {
@@ -621,8 +647,51 @@ impl Store {
             overwrite_in_place(&path, &noise)?;
             fs::remove_file(&path).map_err(|e| ClientError::storage(&path, e))?;
         }
-        if home.exists() {
-            fs::remove_dir_all(home).map_err(|e| ClientError::storage(home, e))?;
+        let mut others = 0;
+        for entry in fs::read_dir(home).map_err(|e| ClientError::storage(home, e))? {
+            let entry = entry.map_err(|e| ClientError::storage(home, e))?;
+            let name = entry.file_name();
+            if !PROFILE_ENTRIES.iter().any(|p| name.as_os_str() == *p) {
+                others += 1;
+                continue;
+            }
+            let path = entry.path();
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(|e| ClientError::storage(&path, e))?;
+        }
+        if others == 0 {
+            fs::remove_dir(home).map_err(|e| ClientError::storage(home, e))?;
+        }
+        Ok(Wiped {
+            others_left: others,
+        })
+    }
+
+    /// Whether `home` holds a profile, or what is left of one: a key file that reads as
+    /// one (its length and magic), or the profile's database directory.
+    fn holds_profile(home: &Path) -> bool {
+        let key_file = fs::read(home.join(KEY_FILE)).is_ok_and(|b| decode_key_file(&b).is_ok());
+        key_file || home.join(DB_DIR).join("conf").is_file()
+    }
+
+    /// Refuses a `home` that holds anything but a profile's own files (a folder of the
+    /// user's): a profile keeps its home to itself, so that wiping it deletes only it.
+    fn check_home_for_create(home: &Path) -> Result<()> {
+        let Ok(entries) = fs::read_dir(home) else {
+            return Ok(());
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| ClientError::storage(home, e))?;
+            if !PROFILE_ENTRIES
+                .iter()
+                .any(|p| entry.file_name().as_os_str() == *p)
+            {
+                return Err(ClientError::HomeNotEmpty(home.to_path_buf()));
+            }
         }
         Ok(())
     }
@@ -1534,8 +1603,48 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("p");
         drop(Store::create(&home, b"pw", KdfParams::INSECURE_TEST_ONLY).unwrap());
-        Store::wipe(&home).unwrap();
+        assert_eq!(Store::wipe(&home).unwrap(), Wiped { others_left: 0 });
         assert!(!home.exists());
+        assert!(matches!(open(&home, b"pw"), Err(ClientError::NoProfile)));
+        // Again: nothing is there, and it says so.
+        assert!(matches!(
+            Store::wipe(&home),
+            Err(ClientError::NotAProfile(_))
+        ));
+    }
+
+    #[test]
+    fn wipe_refuses_a_folder_that_holds_no_profile_and_keeps_what_is_not_the_profiles() {
+        let dir = tempfile::tempdir().unwrap();
+        // A folder of the user's, even one with a file named `key`: untouched.
+        let docs = dir.path().join("docs");
+        fs::create_dir_all(docs.join("sub")).unwrap();
+        fs::write(docs.join("photo.jpg"), b"photo").unwrap();
+        fs::write(docs.join("key"), b"not a key").unwrap();
+        assert!(matches!(
+            Store::wipe(&docs),
+            Err(ClientError::NotAProfile(_))
+        ));
+        assert_eq!(fs::read(docs.join("photo.jpg")).unwrap(), b"photo");
+        assert_eq!(fs::read(docs.join("key")).unwrap(), b"not a key");
+        assert!(docs.join("sub").is_dir());
+        // Nor can a profile be made in a folder of the user's.
+        let photos = dir.path().join("photos");
+        fs::create_dir_all(&photos).unwrap();
+        fs::write(photos.join("a.jpg"), b"photo").unwrap();
+        assert!(matches!(
+            Store::create(&photos, b"pw", KdfParams::INSECURE_TEST_ONLY),
+            Err(ClientError::HomeNotEmpty(_))
+        ));
+        assert_eq!(fs::read_dir(&photos).unwrap().count(), 1);
+        // A profile with a file of the user's put beside it later: the profile goes, the
+        // file stays.
+        let home = dir.path().join("p");
+        drop(Store::create(&home, b"pw", KdfParams::INSECURE_TEST_ONLY).unwrap());
+        fs::write(home.join("notes.txt"), b"mine").unwrap();
+        assert_eq!(Store::wipe(&home).unwrap(), Wiped { others_left: 1 });
+        assert_eq!(fs::read(home.join("notes.txt")).unwrap(), b"mine");
+        assert!(!home.join(KEY_FILE).exists() && !home.join(DB_DIR).exists());
         assert!(matches!(open(&home, b"pw"), Err(ClientError::NoProfile)));
     }
 }

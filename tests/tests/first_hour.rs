@@ -129,6 +129,24 @@ fn due_has_exit_codes_syncs_and_acknowledges_duress() -> Result<()> {
     );
     let out = minister.run(&["due", "--ack", "kim"])?;
     ensure!(out.stderr.contains("no DURESS check-in to acknowledge"));
+    // With the relay gone, `due --sync` is never "all fine": a check-in may wait there.
+    let mut w = w;
+    w.relay.kill9()?;
+    let out = minister.run(&["due", "--sync"])?;
+    ensure!(
+        out.status.code() == Some(4),
+        "{:?} {}",
+        out.status,
+        out.stderr
+    );
+    ensure!(
+        out.stderr.contains("the sync was incomplete")
+            && out
+                .stderr
+                .contains("no one is overdue by the check-ins this phone has"),
+        "{}",
+        out.stderr
+    );
     Ok(())
 }
 
