@@ -179,6 +179,10 @@ pub enum ClientError {
     /// The invitation was already used, or the inviter's queue is gone.
     #[error("this invitation was already used or has expired")]
     InvitationUsed,
+    /// The relay no longer has the queue we send a contact's messages to: they removed us,
+    /// or their queue expired. Their messages stay in the outbox.
+    #[error("{0:?} cannot be reached any more: the relay no longer has their queue (they removed you, or their queue expired); your messages to them stay unsent. `tidings remove {0}` removes them; invite them again to talk")]
+    ContactGone(String),
     /// The invitation's time has passed.
     #[error("this invitation has expired")]
     InvitationExpired,

@@ -960,6 +960,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for f in &report.file_failures {
                 eprintln!("warning: {}", file_failure_line(f));
             }
+            for name in &report.gone {
+                eprintln!("warning: {}", ClientError::ContactGone(name.clone()));
+            }
             for name in &report.connected {
                 done(format_args!("{} is now connected", screen::inline(name)));
             }
@@ -977,6 +980,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 && report.connected.is_empty()
                 && report.fetched.is_empty()
                 && report.file_failures.is_empty()
+                && report.gone.is_empty()
                 && report.error.is_none()
             {
                 done("nothing new");
@@ -1230,11 +1234,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     writeln!(out, "{}", screen::json(&c)?)?;
                 } else {
                     let verified = if c.verified { ", verified" } else { "" };
+                    let state = if c.state == "gone" {
+                        format!(
+                            "gone: they removed you, or their queue expired; `tidings remove {}`",
+                            screen::inline(&c.name)
+                        )
+                    } else {
+                        c.state.to_string()
+                    };
                     writeln!(
                         out,
-                        "{} ({}{verified}){}",
+                        "{} ({state}{verified}){}",
                         screen::inline(&c.name),
-                        c.state,
                         checkin_summary(&c, now())
                     )?;
                 }

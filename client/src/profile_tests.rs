@@ -1320,3 +1320,49 @@ mod hostile_files {
         assert!(!blob.exists(), "its bytes are gone");
     }
 }
+
+/// A contact who removed us (their queue is gone from the relay) no longer stops anything
+/// else: a send to another contact goes and says so, a sync shows what it received and
+/// names the gone contact, `contacts` shows them as gone, and a send to them alone says why
+/// it cannot go. Before, every send, sync and listen failed with a bare "not authorized".
+#[tokio::test]
+async fn a_contact_who_removed_us_stops_nothing_else() {
+    let w = World::new();
+    let mut yan = w.profile("yan", 1);
+    let mut zed = w.profile("zed", 1);
+    let mut xi = w.profile("xi", 2);
+    w.connect(&mut yan, "zed", &mut zed, "yan").await;
+    w.connect(&mut yan, "xi", &mut xi, "yan").await;
+    zed.remove(&w.net, "yan").await.unwrap();
+
+    let err = yan
+        .send(&w.net, "zed", "are you there?", NOW)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::ContactGone(n) if n == "zed"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("tidings remove zed"), "{err}");
+    // A send to xi goes (the message to zed still waits, and is not xi's failure).
+    yan.send(&w.net, "xi", "hello xi", NOW + 1).await.unwrap();
+    assert_eq!(
+        texts(&xi.sync(&w.net, NOW + 2).await.unwrap()),
+        ["yan: hello xi"]
+    );
+
+    xi.send(&w.net, "yan", "hello yan", NOW + 3).await.unwrap();
+    let report = yan.sync(&w.net, NOW + 4).await.unwrap();
+    assert_eq!(texts(&report), ["xi: hello yan"]);
+    assert!(report.error.is_none(), "{:?}", report.error);
+    assert_eq!(report.gone, ["zed"]);
+    let zed_state = yan
+        .contacts()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name == "zed")
+        .unwrap()
+        .state;
+    assert_eq!(zed_state, "gone");
+    assert_eq!(yan.outbox_len().unwrap(), 1, "the message to zed waits");
+}

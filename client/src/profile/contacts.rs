@@ -127,7 +127,7 @@ impl Profile {
         self.store.apply(b)?;
         let result = self.flush_with(&mut links, now, None).await;
         links.close().await;
-        let (_, err) = result?;
+        let err = result?.first_error();
         match err {
             None => Ok(()),
             Some(ClientError::InvitationUsed) => {
@@ -198,7 +198,11 @@ impl Profile {
             .iter()
             .map(|c| ContactInfo {
                 name: c.label.clone(),
-                state: if c.established { "ready" } else { "waiting" },
+                state: match (c.established, c.queue_gone) {
+                    (_, true) => "gone",
+                    (true, false) => "ready",
+                    (false, false) => "waiting",
+                },
                 verified: c.verified,
                 expect_every_secs: c.expect_every,
                 last_checkin_at: c.last_checkin,

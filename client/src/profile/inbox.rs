@@ -64,9 +64,10 @@ impl Profile {
         now: u64,
     ) -> Result<SyncReport> {
         let mut report = SyncReport::default();
-        let (sent, err) = self.flush_with(links, now, None).await?;
-        report.sent += sent;
-        report.error = err;
+        let flushed = self.flush_with(links, now, None).await?;
+        report.sent += flushed.sent;
+        let gone = flushed.gone_names();
+        report.error = flushed.first_error();
         for (relay, queues) in self.receive_queues()? {
             if let Err(e) = self
                 .fetch_relay(links, &relay, queues, now, &mut report)
@@ -79,9 +80,16 @@ impl Profile {
                 report.error.get_or_insert(e);
             }
         }
-        let (sent, err) = self.flush_with(links, now, None).await?;
-        report.sent += sent;
-        if let Some(e) = err {
+        let flushed = self.flush_with(links, now, None).await?;
+        report.sent += flushed.sent;
+        // Once each, whichever flush found it (the second tries no gone contact again).
+        report.gone = gone;
+        for name in flushed.gone_names() {
+            if !report.gone.contains(&name) {
+                report.gone.push(name);
+            }
+        }
+        if let Some(e) = flushed.first_error() {
             report.error.get_or_insert(e);
         }
         if let Err(e) = self.forget_stale_invites(links, now).await {
@@ -574,8 +582,7 @@ impl Profile {
                 let req = link.push_ack(push.entity, id, &q.auth())?;
                 link.request(req).await?;
                 crash_point(CrashPoint::AfterAck);
-                let (_, err) = self.flush_with(links, now(), None).await?;
-                if let Some(e) = err {
+                if let Some(e) = self.flush_with(links, now(), None).await?.first_error() {
                     return Err(e);
                 }
                 next_held = self.next_held()?;
@@ -583,8 +590,7 @@ impl Profile {
             // Messages by list leave as their times come, each on its own connection.
             if next_held.is_some_and(|at| now() >= at) {
                 self.store.resume(LISTEN_WAIT_FOR_PROFILE)?;
-                let (_, err) = self.flush_with(links, now(), None).await?;
-                if let Some(e) = err {
+                if let Some(e) = self.flush_with(links, now(), None).await?.first_error() {
                     return Err(e);
                 }
                 next_held = self.next_held()?;

@@ -326,9 +326,10 @@ impl Profile {
             let mut links = Links::new(net);
             let result = self.flush_with(&mut links, now, None).await;
             links.close().await;
-            match result? {
-                (_, Some(e)) => return Err(e),
-                (n, None) => sent = n,
+            let flushed = result?;
+            sent = flushed.sent;
+            if let Some(e) = flushed.first_error() {
+                return Err(e);
             }
         }
         Ok(ListSend {

@@ -135,6 +135,10 @@ struct ContactRecord {
     /// When the latest of them arrived (our clock).
     #[serde(default)]
     last_in: Option<u64>,
+    /// The relay refused our last send to them as to an unknown queue (they removed us, or
+    /// their queue expired): their messages wait, and only a send to them alone tries again.
+    #[serde(default)]
+    queue_gone: bool,
 }
 
 #[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
@@ -226,8 +230,9 @@ impl std::fmt::Debug for Received {
 pub struct ContactInfo {
     /// Our name for the contact.
     pub name: String,
-    /// `"ready"` (both directions work), `"waiting"` (we accepted, they have not synced yet)
-    /// or `"invited"` (our invitation is not answered yet).
+    /// `"ready"` (both directions work), `"waiting"` (we accepted, they have not synced yet),
+    /// `"invited"` (our invitation is not answered yet) or `"gone"` (the relay no longer has
+    /// their queue: they removed us, or it expired; see [`ClientError::ContactGone`]).
     pub state: &'static str,
     /// Whether the safety code was confirmed.
     pub verified: bool,
@@ -276,6 +281,9 @@ pub struct SyncReport {
     pub connected: Vec<String>,
     /// The first network error, if a relay could not be reached (the rest still ran).
     pub error: Option<ClientError>,
+    /// Contacts whose queue the relay no longer has (they removed us, or it expired), by
+    /// name: what waits for them was not sent ([`ClientError::ContactGone`] says more).
+    pub gone: Vec<String>,
     /// Received files downloaded and checked in this sync (at most the auto-download size
     /// each), by id.
     pub fetched: Vec<String>,
@@ -375,6 +383,7 @@ impl ContactRecord {
             our_last_checkin: None,
             unread: 0,
             last_in: None,
+            queue_gone: false,
         })
     }
 

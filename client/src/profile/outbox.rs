@@ -108,9 +108,15 @@ impl Profile {
         let mut links = Links::new(net);
         let result = self.flush_with(&mut links, now, Some(contact_id)).await;
         links.close().await;
-        match result? {
-            (_, Some(e)) => Err(e),
-            (_, None) => Ok(()),
+        // Only this contact's delivery decides: another contact's failure is that
+        // contact's (its messages wait and the next sync says so).
+        let flushed = result?;
+        if let Some(name) = flushed.gone_name(&contact_id) {
+            return Err(ClientError::ContactGone(name));
+        }
+        match flushed.error_of(&contact_id) {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 
@@ -154,9 +160,11 @@ impl Profile {
         let mut links = Links::new(net);
         let result = self.flush_with(&mut links, now, None).await;
         links.close().await;
-        match result? {
-            (_, Some(e)) => Err(e),
-            (sent, None) => Ok(sent),
+        let flushed = result?;
+        let sent = flushed.sent;
+        match flushed.first_error() {
+            Some(e) => Err(e),
+            None => Ok(sent),
         }
     }
 
@@ -201,7 +209,7 @@ impl Profile {
         links: &mut Links<'_, C>,
         now: u64,
         release: Option<[u8; 16]>,
-    ) -> Result<(usize, Option<ClientError>)> {
+    ) -> Result<Flushed> {
         let mut outbox: Vec<OutboxRecord> = self.store.values_json(Tree::Outbox)?;
         outbox.sort_by_key(|o| o.seq);
         let mut by_contact: BTreeMap<u64, ([u8; 16], Vec<OutboxRecord>)> = BTreeMap::new();
@@ -214,8 +222,7 @@ impl Profile {
                 .1
                 .push(o);
         }
-        let mut sent = 0;
-        let mut first_err = None;
+        let mut flushed = Flushed::default();
         let mut alone_sent = false;
         for (_, (contact_id, mut entries)) in by_contact {
             let released = release == Some(contact_id);
@@ -234,27 +241,31 @@ impl Profile {
                 }
                 alone_sent = true;
                 let mut own = Links::new(links.net);
-                let r = self.flush_contact(&mut own, &contact_id, entries).await;
+                let r = self
+                    .flush_contact(&mut own, &contact_id, entries, released)
+                    .await;
                 own.close().await;
                 r
             } else {
-                self.flush_contact(links, &contact_id, entries).await
+                self.flush_contact(links, &contact_id, entries, released)
+                    .await
             };
             match result {
-                Ok(n) => sent += n,
-                Err(e) if is_network(&e) => {
-                    first_err.get_or_insert(e);
-                }
-                Err(ClientError::InvitationUsed) => {
-                    first_err.get_or_insert(ClientError::InvitationUsed);
-                }
-                Err(ClientError::Relay(code)) => {
-                    first_err.get_or_insert(ClientError::Relay(code));
-                }
+                Ok(n) => flushed.sent += n,
+                Err(ClientError::ContactGone(name)) => flushed.gone.push((contact_id, name)),
+                Err(
+                    e @ (ClientError::InvitationUsed
+                    | ClientError::Relay(_)
+                    | ClientError::Unreachable
+                    | ClientError::Unreached(_)
+                    | ClientError::ConnectionLost
+                    | ClientError::Timeout),
+                ) => flushed.errors.push((contact_id, e)),
+                Err(e) if is_network(&e) => flushed.errors.push((contact_id, e)),
                 Err(e) => return Err(e),
             }
         }
-        Ok((sent, first_err))
+        Ok(flushed)
     }
 
     /// Moves due messages by list to new random times within their windows.
@@ -269,11 +280,15 @@ impl Profile {
         self.store.apply(b)
     }
 
+    /// Delivers `entries` to one contact. A contact whose queue is gone is tried again only
+    /// when `retry_gone` (a send to that contact alone); otherwise it is
+    /// [`ClientError::ContactGone`] at once, and its messages wait.
     pub(super) async fn flush_contact<C: Connector>(
         &mut self,
         links: &mut Links<'_, C>,
         contact_id: &[u8; 16],
         entries: Vec<OutboxRecord>,
+        retry_gone: bool,
     ) -> Result<usize> {
         let Some(mut contact) = self
             .store
@@ -287,8 +302,25 @@ impl Profile {
             self.store.apply(b)?;
             return Ok(0);
         };
+        if contact.queue_gone && !retry_gone {
+            return Err(ClientError::ContactGone(contact.label.clone()));
+        }
         let relay = contact.send.relay.clone();
         let result = self.deliver(links, &mut contact, &entries).await;
+        // Remembered either way: a refusal as unknown marks the queue gone, and a send that
+        // went through (a relay that refused by mistake) clears the mark.
+        let gone = matches!(result, Err(ClientError::ContactGone(_)));
+        if gone != contact.queue_gone {
+            if let Some(mut fresh) = self
+                .store
+                .get_json::<ContactRecord>(Tree::Contacts, contact_id)?
+            {
+                fresh.queue_gone = gone;
+                let mut b = Batch::new();
+                Self::put_contact(&mut b, &fresh)?;
+                self.store.apply(b)?;
+            }
+        }
         if matches!(&result, Err(e) if is_network(e)) {
             links.drop_link(&relay);
         }
@@ -349,6 +381,11 @@ impl Profile {
                 ReplyKind::Error(ErrorCode::Auth) if secure_refused => {
                     return Err(ClientError::InvitationUsed)
                 }
+                // A secured queue the relay refuses: it no longer has it (relays answer an
+                // unknown queue with `Auth`, PROTOCOL.md 8.3).
+                ReplyKind::Error(ErrorCode::Auth) if contact.send.secured => {
+                    return Err(ClientError::ContactGone(contact.label.clone()))
+                }
                 ReplyKind::Error(code) => return Err(ClientError::Relay(code)),
                 _ => return Err(ClientError::Relay(ErrorCode::Command)),
             }
@@ -363,5 +400,45 @@ fn app_text(app: &AppMessage) -> &str {
         AppBody::Text(t) => t,
         AppBody::CheckIn { note, .. } => note,
         _ => "",
+    }
+}
+
+/// What [`Profile::flush_with`] did.
+#[derive(Debug, Default)]
+pub(super) struct Flushed {
+    /// Messages sent.
+    pub sent: usize,
+    /// The errors that stopped a contact's delivery, in order, each with its contact (the
+    /// other contacts' deliveries still ran).
+    pub errors: Vec<([u8; 16], ClientError)>,
+    /// Contacts whose queue is gone: their messages wait.
+    pub gone: Vec<([u8; 16], String)>,
+}
+
+impl Flushed {
+    /// The first error, whichever contact's.
+    pub fn first_error(self) -> Option<ClientError> {
+        self.errors.into_iter().next().map(|(_, e)| e)
+    }
+
+    /// The error that stopped `contact`'s delivery, if one did.
+    pub fn error_of(self, contact: &[u8; 16]) -> Option<ClientError> {
+        self.errors
+            .into_iter()
+            .find(|(c, _)| c == contact)
+            .map(|(_, e)| e)
+    }
+
+    /// `contact`'s name if its queue is gone.
+    pub fn gone_name(&self, contact: &[u8; 16]) -> Option<String> {
+        self.gone
+            .iter()
+            .find(|(c, _)| c == contact)
+            .map(|(_, n)| n.clone())
+    }
+
+    /// The names of the contacts whose queue is gone.
+    pub fn gone_names(&self) -> Vec<String> {
+        self.gone.iter().map(|(_, n)| n.clone()).collect()
     }
 }
