@@ -217,6 +217,9 @@ pub enum ClientError {
         /// The environment variable scripts use instead.
         env: &'static str,
     },
+    /// A text message with nothing in it (an empty line, or Ctrl-D at once).
+    #[error("the message is empty; nothing was sent")]
+    EmptyMessage,
     /// The passphrase could not be read.
     #[error("could not read the passphrase from a terminal (scripts set TIDINGS_PASSPHRASE)")]
     Passphrase,

@@ -283,6 +283,9 @@ enum Cmd {
         name: String,
         /// How long to keep history, or `off`.
         keep: String,
+        /// Delete what is older than that now, too (asked for when there is some).
+        #[arg(long)]
+        yes: bool,
     },
     /// PINs and the duress passphrase.
     #[command(subcommand)]
@@ -909,6 +912,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             qr,
         } => {
             let mut profile = open(&home, &net)?;
+            let before: Vec<String> = profile.contacts()?.into_iter().map(|c| c.name).collect();
             let link = runtime()?
                 .block_on(profile.invite(&net, label.as_deref(), now()))
                 .map_err(|e| {
@@ -930,6 +934,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 writeln!(out, "{art}")?;
             }
             writeln!(out, "{}", link.as_str())?;
+            drop(out);
+            // Which name it got (one is made up when none was given), and what comes next.
+            let name = profile
+                .contacts()?
+                .into_iter()
+                .map(|c| c.name)
+                .find(|n| !before.contains(n))
+                .unwrap_or_default();
+            done(format_args!(
+                "invitation {} made: show the link to that person only; it works once, for 7 days (`tidings invite cancel {}` makes it useless)",
+                screen::inline(&name),
+                screen::inline(&name)
+            ));
         }
         Cmd::Accept { link, label } => {
             let link = from_stdin_if_dash(link, "Paste the invitation link, then press Ctrl-D")?;
@@ -1212,6 +1229,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ));
         }
         Cmd::Save { id, path } => {
+            if path.as_os_str() == "-" {
+                return Err(anyhow!(
+                    "save writes to a file, not to standard output: give a path (nothing was written)"
+                ));
+            }
             if path.exists() {
                 return Err(anyhow!(
                     "{} exists; choose a new path (nothing was written)",
@@ -1407,13 +1429,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 code
             });
         }
-        Cmd::Retain { name, keep } => {
-            let keep = duration_or_off(&keep)?;
+        Cmd::Retain { name, keep, yes } => {
+            let text = keep;
+            let keep = duration_or_off(&text)?;
             let mut profile = open(&home, &net)?;
+            // What it deletes at once is asked for: `1m` is a minute, not a month.
+            let (messages, files) = match keep {
+                Some(secs) => profile.retention_would_delete(&name, secs, now())?,
+                None => (0, 0),
+            };
+            if messages + files > 0 && !yes {
+                return Err(anyhow!(
+                    "keeping {name:?}'s history for {} would delete {messages} message(s) and {files} file(s) now (`m` is minutes: a month is 30d); nothing was changed: run `tidings retain {name} {text} --yes` to delete them",
+                    format_duration(keep.unwrap_or(0))
+                ));
+            }
             profile.retain(&name, keep, now())?;
             match keep {
                 Some(secs) => done(format_args!(
-                    "keeping {name:?}'s history for {}; older entries are deleted now and at every unlock",
+                    "keeping {name:?}'s history for {}; deleted {messages} message(s) and {files} file(s) older than that now, and older entries go at every unlock",
                     format_duration(secs)
                 )),
                 None => done(format_args!("keeping all of {name:?}'s history")),

@@ -1366,3 +1366,17 @@ async fn a_contact_who_removed_us_stops_nothing_else() {
     assert_eq!(zed_state, "gone");
     assert_eq!(yan.outbox_len().unwrap(), 1, "the message to zed waits");
 }
+
+/// An empty text (an empty line, or Ctrl-D at once) is refused, to one contact or a list:
+/// nothing is queued.
+#[tokio::test]
+async fn an_empty_message_is_refused() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    let err = a.send(&w.net, "bora", "", NOW).await.unwrap_err();
+    assert!(matches!(err, ClientError::EmptyMessage), "{err}");
+    assert_eq!(a.outbox_len().unwrap(), 0);
+    assert!(texts(&b.sync(&w.net, NOW + 1).await.unwrap()).is_empty());
+}

@@ -731,7 +731,18 @@ fn received_files_age_out_with_the_contacts_history() -> Result<()> {
         .ok()?;
     bob.run(&["sync"])?.ok()?;
     assert_eq!(std::fs::read_dir(&files_dir)?.count(), 2);
-    bob.run(&["retain", "alice", "6s"])?.ok()?;
+    // What it would delete at once is asked for first, and nothing goes without `--yes`.
+    let refused = bob.run(&["retain", "alice", "6s"])?;
+    assert!(!refused.status.success(), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("would delete")
+            && refused.stderr.contains("1 file(s)")
+            && refused.stderr.contains("--yes"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(std::fs::read_dir(&files_dir)?.count(), 2);
+    bob.run(&["retain", "alice", "6s", "--yes"])?.ok()?;
     let files = bob.run(&["files"])?.ok()?;
     assert!(
         !files.stdout.contains("old-letter.pdf") && files.stdout.contains("new-letter.pdf"),

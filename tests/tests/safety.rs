@@ -240,7 +240,7 @@ fn retention_drops_old_history_at_unlock() -> Result<()> {
     let b = w.profile("bora")?;
     connect(&a, "bora", &b, "amina")?;
     a.run(&["send", "bora", "soon forgotten"])?.ok()?;
-    a.run(&["retain", "bora", "1s"])?.ok()?;
+    a.run(&["retain", "bora", "1s", "--yes"])?.ok()?;
     std::thread::sleep(Duration::from_secs(2));
     assert!(a.history_lines("bora")?.is_empty());
     a.run(&["retain", "bora", "off"])?.ok()?;

@@ -66,7 +66,7 @@ impl Profile {
         let mut relays = self.file_relays()?;
         if relays.iter().any(|r| r.key == relay.key) {
             return Err(refused(format!(
-                "{} is a file relay already (`tidings file-relays list` shows them)",
+                "{} is a file relay already (`tidings file-relays` shows them)",
                 relay_name(&relay)
             )));
         }
@@ -81,7 +81,7 @@ impl Profile {
     }
 
     /// Removes a file relay, named by its whole address or by the `HOST:PORT` that
-    /// `file-relays list` shows; returns it. Files already sent keep their chunks there
+    /// `file-relays` shows; returns it. Files already sent keep their chunks there
     /// until fetched or expired, and uploads already started finish on the relays they
     /// started with.
     pub fn remove_file_relay(&mut self, which: &str) -> Result<RelayAddress> {
@@ -101,12 +101,12 @@ impl Profile {
             [i] => *i,
             [] => {
                 return Err(refused(
-                    "none of your file relays has that address or HOST:PORT (`tidings file-relays list` shows them)",
+                    "none of your file relays has that address or HOST:PORT (`tidings file-relays` shows them)",
                 ))
             }
             _ => {
                 return Err(refused(
-                    "more than one file relay is at that HOST:PORT; give the whole address (`tidings file-relays list` shows them)",
+                    "more than one file relay is at that HOST:PORT; give the whole address (`tidings file-relays` shows them)",
                 ))
             }
         };

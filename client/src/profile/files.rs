@@ -211,6 +211,16 @@ impl Profile {
         self.remove_files(&old)
     }
 
+    /// How many files from `contact` arrived before `cutoff`.
+    pub(super) fn files_received_before(&self, contact: &[u8; 16], cutoff: u64) -> Result<usize> {
+        Ok(self
+            .store
+            .values_json::<FileRecord>(Tree::Files)?
+            .iter()
+            .filter(|r| &r.contact == contact && r.at < cutoff)
+            .count())
+    }
+
     /// Deletes every file received from `contact` (which is being removed), in the same
     /// order as [`Profile::age_out_files`]; returns how many there were.
     pub(super) fn remove_files_of(&mut self, contact: &[u8; 16]) -> Result<usize> {

@@ -234,6 +234,9 @@ impl Profile {
         now: u64,
         spread: Spread,
     ) -> Result<ListSend> {
+        if text.is_empty() {
+            return Err(ClientError::EmptyMessage);
+        }
         if text.len() > MAX_TEXT_LEN {
             return Err(ClientError::too_long(text, MAX_TEXT_LEN));
         }

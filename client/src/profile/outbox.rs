@@ -57,6 +57,9 @@ impl Profile {
         text: &str,
         now: u64,
     ) -> Result<()> {
+        if text.is_empty() {
+            return Err(ClientError::EmptyMessage);
+        }
         if text.len() > MAX_TEXT_LEN {
             return Err(ClientError::too_long(text, MAX_TEXT_LEN));
         }

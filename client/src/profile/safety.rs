@@ -244,6 +244,26 @@ impl Profile {
         self.apply_retention(now)
     }
 
+    /// What `retain(label, Some(keep), now)` would delete at once: the contact's history
+    /// entries and received files older than `keep`.
+    pub fn retention_would_delete(
+        &self,
+        label: &str,
+        keep: u64,
+        now: u64,
+    ) -> Result<(usize, usize)> {
+        let c = self.contact_by_label(label)?;
+        let cutoff = now.saturating_sub(keep);
+        let messages = self
+            .store
+            .values_json::<HistoryRecord>(Tree::History)?
+            .iter()
+            .filter(|h| h.contact == c.id && h.at < cutoff)
+            .count();
+        let files = self.files_received_before(&c.id, cutoff)?;
+        Ok((messages, files))
+    }
+
     /// Deletes history older than each contact's retention, and the files received from
     /// the contact before then (their descriptions, which hold the keys, and their
     /// encrypted bytes under `HOME/files`). Called at every unlock.
