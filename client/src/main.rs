@@ -1549,7 +1549,11 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            // An error may quote a sender's text (a file's name): every hidden character is
+            // shown escaped, line by line.
+            let text = e.to_string();
+            let shown: Vec<String> = text.split('\n').map(screen::inline).collect();
+            eprintln!("error: {}", shown.join("\n"));
             ExitCode::FAILURE
         }
     }

@@ -138,10 +138,17 @@ impl Profile {
         desc: &FileDescription,
         now: u64,
     ) -> Result<String> {
-        let mut raw = [0u8; 4];
-        rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut raw)
-            .map_err(|_| ClientError::Rng)?;
-        let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        // A short id the user types; drawn again in the rare case it is taken, so a new file
+        // never replaces another.
+        let id = loop {
+            let mut raw = [0u8; 4];
+            rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut raw)
+                .map_err(|_| ClientError::Rng)?;
+            let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            if self.store.get(Tree::Files, &file_key(&id))?.is_none() {
+                break id;
+            }
+        };
         let record = FileRecord {
             id: id.clone(),
             contact,
