@@ -118,11 +118,11 @@ pub enum ClientError {
     #[error("the profile was changed or closed by another tidings command; start again")]
     ProfileClosed,
     /// There is no profile in this home yet.
-    #[error("no profile here: run `tidings init --relay ADDRESS` first")]
-    NoProfile,
+    #[error("no profile at {}: run `tidings init --relay ADDRESS` first (or check --home and TIDINGS_HOME)", .0.display())]
+    NoProfile(std::path::PathBuf),
     /// A profile already exists in this home.
-    #[error("a profile already exists here")]
-    ProfileExists,
+    #[error("a profile already exists at {}; nothing was changed (choose another --home, or destroy that one with `tidings wipe --yes`)", .0.display())]
+    ProfileExists(std::path::PathBuf),
     /// `wipe` found no profile where it was pointed.
     #[error("{} holds no Tidings profile; nothing was wiped (check --home or TIDINGS_HOME)", .0.display())]
     NotAProfile(std::path::PathBuf),
@@ -168,8 +168,8 @@ pub enum ClientError {
     #[error("no unanswered invitation is named {0:?} (`tidings contacts` lists them as invited)")]
     UnknownInvitation(String),
     /// Another contact already has that name.
-    #[error("a contact with that name already exists")]
-    NameTaken,
+    #[error("the name {0:?} is taken by a contact or an invitation; choose another (`tidings contacts` lists them)")]
+    NameTaken(String),
     /// A contact name must be 1 to 64 characters without control characters.
     #[error("a contact name must be 1 to 64 characters, without control characters")]
     InvalidName,

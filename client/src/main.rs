@@ -519,6 +519,10 @@ fn passphrase(confirm: bool) -> Result<Zeroizing<String>, ClientError> {
 }
 
 fn open<'n>(home: &std::path::Path, net: &'n Net) -> anyhow::Result<Opened<'n>> {
+    // Before the passphrase is asked for: a mistyped --home is said at once.
+    if !tidings_client::store::Store::exists(home) {
+        return Err(ClientError::NoProfile(home.to_path_buf()).into());
+    }
     let pass = passphrase(false)?;
     let mut profile = Profile::open(home, pass.as_bytes())?;
     profile.apply_retention(now())?;

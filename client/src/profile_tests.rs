@@ -310,7 +310,7 @@ async fn renaming_keeps_the_conversation() {
         .any(|c| c.name == "contact-1" && c.state == "invited"));
     assert!(matches!(
         a.rename("contact-1", "bora"),
-        Err(ClientError::NameTaken)
+        Err(ClientError::NameTaken(_))
     ));
 }
 
@@ -651,7 +651,7 @@ async fn names_match_without_regard_to_case_and_errors_name_what_was_typed() {
     assert_eq!(a.history("BORA").unwrap().len(), 1);
     assert!(matches!(
         a.invite(&w.net, Some("bora"), NOW).await,
-        Err(ClientError::NameTaken)
+        Err(ClientError::NameTaken(_))
     ));
     let err = a.history("chul").unwrap_err();
     assert_eq!(

@@ -372,7 +372,7 @@ impl Store {
     /// it its shadow, so that every profile carries one from the start.
     pub fn create(home: &Path, passphrase: &[u8], kdf: KdfParams) -> Result<Self> {
         if Self::exists(home) {
-            return Err(ClientError::ProfileExists);
+            return Err(ClientError::ProfileExists(home.to_path_buf()));
         }
         let kdf = kdf.check()?;
         Self::check_home_for_create(home)?;
@@ -411,7 +411,7 @@ impl Store {
         // duress unlock or a passphrase change): then start again, once.
         for _ in 0..2 {
             if !path.exists() {
-                return Err(ClientError::NoProfile);
+                return Err(ClientError::NoProfile(home.to_path_buf()));
             }
             let file = fs::read(&path).map_err(|e| ClientError::storage(&path, e))?;
             let [real, duress] = decode_key_file(&file)?;
@@ -1457,7 +1457,7 @@ mod tests {
         drop(Store::create(&home, b"pw", fast()).unwrap());
         assert!(matches!(
             Store::create(&home, b"pw", fast()),
-            Err(ClientError::ProfileExists)
+            Err(ClientError::ProfileExists(_))
         ));
     }
 
@@ -1466,7 +1466,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
             open(&dir.path().join("none"), b"pw"),
-            Err(ClientError::NoProfile)
+            Err(ClientError::NoProfile(_))
         ));
     }
 
@@ -1605,7 +1605,7 @@ mod tests {
         drop(Store::create(&home, b"pw", KdfParams::INSECURE_TEST_ONLY).unwrap());
         assert_eq!(Store::wipe(&home).unwrap(), Wiped { others_left: 0 });
         assert!(!home.exists());
-        assert!(matches!(open(&home, b"pw"), Err(ClientError::NoProfile)));
+        assert!(matches!(open(&home, b"pw"), Err(ClientError::NoProfile(_))));
         // Again: nothing is there, and it says so.
         assert!(matches!(
             Store::wipe(&home),
@@ -1645,6 +1645,6 @@ mod tests {
         assert_eq!(Store::wipe(&home).unwrap(), Wiped { others_left: 1 });
         assert_eq!(fs::read(home.join("notes.txt")).unwrap(), b"mine");
         assert!(!home.join(KEY_FILE).exists() && !home.join(DB_DIR).exists());
-        assert!(matches!(open(&home, b"pw"), Err(ClientError::NoProfile)));
+        assert!(matches!(open(&home, b"pw"), Err(ClientError::NoProfile(_))));
     }
 }

@@ -14,7 +14,7 @@ impl Profile {
             Some(l) => {
                 Self::check_label(l)?;
                 if self.label_taken(l)? {
-                    return Err(ClientError::NameTaken);
+                    return Err(ClientError::NameTaken(l.to_string()));
                 }
                 l.to_string()
             }
@@ -85,7 +85,7 @@ impl Profile {
         }
         Self::check_label(label)?;
         if self.label_taken(label)? {
-            return Err(ClientError::NameTaken);
+            return Err(ClientError::NameTaken(label.to_string()));
         }
         let account = self.account()?;
         if inv.identity_key == account.identity_key() {
@@ -231,7 +231,7 @@ impl Profile {
     pub fn rename(&mut self, old: &str, new: &str) -> Result<()> {
         Self::check_label(new)?;
         if !same_name(old, new) && self.label_taken(new)? {
-            return Err(ClientError::NameTaken);
+            return Err(ClientError::NameTaken(new.to_string()));
         }
         let mut b = Batch::new();
         if let Some(mut c) = self

@@ -474,7 +474,7 @@ impl Profile {
         check_new_passphrase(passphrase)?;
         let relay = parse_relay(relay)?;
         if Store::exists(home) {
-            return Err(ClientError::ProfileExists);
+            return Err(ClientError::ProfileExists(home.to_path_buf()));
         }
         let store = Store::create(home, passphrase, kdf)?;
         fill_fresh(&store, &relay)?;
