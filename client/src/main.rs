@@ -829,13 +829,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "none" => None,
                         url => Some(url.parse::<Proxy>()?),
                     };
-                    let shown = proxy
-                        .as_ref()
-                        .map_or_else(|| "none".to_owned(), ToString::to_string);
+                    let shown = proxy.as_ref().map(ToString::to_string);
                     profile.set_reach(saved.transport, proxy)?;
-                    done(format_args!(
-                        "proxy set to {shown}; relay connections use it from now on"
-                    ));
+                    match shown {
+                        Some(shown) => done(format_args!(
+                            "proxy set to {shown}; relay connections use it from now on"
+                        )),
+                        None => done("no proxy: relay connections go directly from now on"),
+                    }
                 }
                 Some(NetworkCmd::Transport { choice }) => {
                     let transport: Transport = choice.parse()?;
@@ -1078,7 +1079,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // The keys go now (the store wipes them on drop), before anything is printed.
             drop(profile);
             if result? {
-                eprintln!("listen stopped: another tidings command closed this profile");
+                // Wiped, or taken over by a duress unlock, when the key file went or changed;
+                // otherwise a plain stop request (`kill`, `timeout`, systemd).
+                if watch.changed() {
+                    eprintln!(
+                        "listen stopped: another tidings command wiped or closed this profile"
+                    );
+                } else {
+                    eprintln!("listen stopped: asked to stop (by a signal, or by another tidings command)");
+                }
             }
         }
         Cmd::Send { args, list, spread } => {
@@ -1183,9 +1192,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             let mut profile = open(&home, &net)?;
             profile.set_auto_download(bytes)?;
-            done(format_args!(
-                "sync now downloads received files of up to {bytes} bytes by itself"
-            ));
+            if bytes == 0 {
+                done("sync now downloads no file by itself (`tidings fetch ID` does)");
+            } else {
+                done(format_args!(
+                    "sync now downloads received files of up to {} by itself",
+                    tidings_client::files::human_size(bytes)
+                ));
+            }
         }
         Cmd::Files { json } => {
             let profile = open(&home, &net)?;

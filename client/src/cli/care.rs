@@ -342,7 +342,10 @@ pub fn status(home: &std::path::Path, net: &Net, json: bool) -> anyhow::Result<E
             )?;
         }
         for l in &st.lists {
-            let mut parts = vec![format!("{} members", l.members)];
+            let mut parts = vec![match l.members {
+                1 => "1 member".to_string(),
+                n => format!("{n} members"),
+            }];
             if l.duress > 0 {
                 parts.push(format!("{} DURESS", l.duress));
             }
