@@ -98,10 +98,14 @@ enum Cmd {
         #[arg(long)]
         qr: bool,
     },
-    /// Remove a contact for good: its queue on the relay, its keys, its history and the files it sent.
+    /// Remove a contact for good: its queue on the relay, its keys, its history and the files
+    /// it sent (with --yes; without, it says what would go).
     Remove {
         /// The contact's name.
         name: String,
+        /// Yes, delete it (without this, `remove` only says what it would delete).
+        #[arg(long)]
+        yes: bool,
     },
     /// Accept an invitation link.
     Accept {
@@ -891,8 +895,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?;
             eprintln!("invitation {name:?} cancelled: its link no longer works");
         }
-        Cmd::Remove { name } => {
+        Cmd::Remove { name, yes } => {
             let mut profile = open(&home, &net)?;
+            if !yes {
+                // One slip must not destroy a contact: say what would go, and how to confirm.
+                let shown = profile.contact_name(&name)?;
+                let messages = profile.history(&name)?.len();
+                let files = profile.files()?.iter().filter(|f| f.from == shown).count();
+                return Err(anyhow!(
+                    "removing {shown:?} deletes its keys, its history ({messages} message(s)) and the {files} file(s) it sent, for good, and its queue on the relay; nothing was changed: run `tidings remove {name} --yes` to do it"
+                ));
+            }
             let removed = runtime()?.block_on(profile.remove(&net, &name))?;
             let what = match removed.files {
                 0 => "its keys and history".to_string(),

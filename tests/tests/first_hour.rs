@@ -59,7 +59,18 @@ fn remove_and_invite_cancel_say_what_they_did() -> Result<()> {
     let bora = w.profile("bora")?;
     connect(&amina, "Bora", &bora, "amina")?;
     amina.run(&["send", "BORA", "case does not matter"])?.ok()?;
-    let out = amina.run(&["remove", "bora"])?.ok()?;
+    // Without --yes it only says what would go.
+    let asked = amina.run(&["remove", "bora"])?;
+    ensure!(
+        !asked.status.success()
+            && asked
+                .stderr
+                .contains("deletes its keys, its history (1 message(s))")
+            && asked.stderr.contains("tidings remove bora --yes"),
+        "{}",
+        asked.stderr
+    );
+    let out = amina.run(&["remove", "bora", "--yes"])?.ok()?;
     ensure!(
         out.stderr.trim() == "\"Bora\" removed (its keys and history), with its queue on the relay",
         "{}",
