@@ -3,7 +3,9 @@
 # and, last, `ratio tidings/redis: X.XX` (online messages/s, Redis at 1 KiB payloads). Before
 # that line come `ratio tidings/redis at equal bytes: X.XX` (Redis at 16,000-byte payloads,
 # the bytes every Tidings message moves) and `relay CPU per message / floor: X.XX` (the
-# online run's relay CPU against `tidings-bench --floor`, measured in the same run).
+# online run's relay CPU against `tidings-bench --floor`, measured in the same run). Before
+# those, from the floor's "QUIC at best": the lowest `relay CPU per message / floor` and the
+# highest ratio at equal bytes (relay on one core) that QUIC leaves reachable on this machine.
 #
 #   bench/compare.sh [--quick]        (BENCH_BIN=DIR: use the binaries in DIR, no build)
 #

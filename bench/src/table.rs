@@ -3,7 +3,9 @@
 //! the load's payload). Before it, when the runs are there (issue 19):
 //! `ratio tidings/redis at equal bytes: X.XX` (against the Redis run whose payload is the
 //! 16,000 bytes a Tidings message body always has) and `relay CPU per message / floor: X.XX`
-//! (the online run's relay CPU against `tidings-bench --floor` of the same run).
+//! (the online run's relay CPU against `tidings-bench --floor` of the same run). Before
+//! those, from the floor's QUIC at best: the lowest `relay CPU per message / floor` and the
+//! highest ratio at equal bytes (a relay on one core) that QUIC leaves reachable here.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
