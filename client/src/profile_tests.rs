@@ -1365,6 +1365,18 @@ async fn a_contact_who_removed_us_stops_nothing_else() {
         .state;
     assert_eq!(zed_state, "gone");
     assert_eq!(yan.outbox_len().unwrap(), 1, "the message to zed waits");
+    // A retry that does not reach the relay tells nothing: zed stays gone.
+    w.net.0.borrow_mut().down.push(relay_address(1));
+    assert!(yan.send(&w.net, "zed", "again?", NOW + 5).await.is_err());
+    w.net.0.borrow_mut().down.clear();
+    let zed_state = yan
+        .contacts()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name == "zed")
+        .unwrap()
+        .state;
+    assert_eq!(zed_state, "gone");
 }
 
 /// An empty text (an empty line, or Ctrl-D at once) is refused, to one contact or a list:

@@ -311,9 +311,14 @@ impl Profile {
         let relay = contact.send.relay.clone();
         let result = self.deliver(links, &mut contact, &entries).await;
         // Remembered either way: a refusal as unknown marks the queue gone, and a send that
-        // went through (a relay that refused by mistake) clears the mark.
-        let gone = matches!(result, Err(ClientError::ContactGone(_)));
-        if gone != contact.queue_gone {
+        // went through (a relay that refused by mistake) clears the mark; any other failure
+        // (the relay not reached) tells nothing.
+        let gone = match &result {
+            Err(ClientError::ContactGone(_)) => Some(true),
+            Ok(_) => Some(false),
+            Err(_) => None,
+        };
+        if let Some(gone) = gone.filter(|g| *g != contact.queue_gone) {
             if let Some(mut fresh) = self
                 .store
                 .get_json::<ContactRecord>(Tree::Contacts, contact_id)?
