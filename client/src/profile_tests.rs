@@ -1392,3 +1392,18 @@ async fn an_empty_message_is_refused() {
     assert_eq!(a.outbox_len().unwrap(), 0);
     assert!(texts(&b.sync(&w.net, NOW + 1).await.unwrap()).is_empty());
 }
+
+/// Two commands in two processes, both started in second S: the first stores an entry at
+/// S.990, the second at S+1.010. The second sorts after the first (before, it paired S with
+/// the next second's 10,000 microseconds and sorted first: history out of order).
+#[test]
+fn an_entry_stored_later_by_another_command_sorts_later() {
+    use std::time::Duration;
+    let s = 1_700_000_000u64;
+    let first = order_candidate(s, Some(Duration::from_micros(s * 1_000_000 + 990_000)));
+    let second = order_candidate(s, Some(Duration::from_micros((s + 1) * 1_000_000 + 10_000)));
+    assert!(second > first, "{second} <= {first}");
+    // A `now` ahead of the wall clock (a test's fixed time) still orders by it.
+    let ahead = order_candidate(s + 100, Some(Duration::from_micros(s * 1_000_000)));
+    assert_eq!(ahead >> 20, s + 100);
+}

@@ -656,13 +656,13 @@ fn fill_shadow(kept: &Store, shadow: &Store) -> Result<()> {
 /// in the high bits and the wall clock's microseconds in the low 20, made strictly
 /// increasing within the process. Unlike a counter it does not tell how many messages there
 /// ever were once retention has deleted them.
+///
+/// Never below the wall clock itself: a command that took `now` in one second and stores
+/// an entry in the next would otherwise pair that second with the next one's microseconds,
+/// and sort before what a command earlier in real time stored late in the same second.
 fn order_key(now: u64) -> u64 {
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::from(d.subsec_micros()))
-        .unwrap_or(0);
-    let candidate = (now.min(1 << 43) << 20) | micros;
+    let candidate = order_candidate(now, SystemTime::now().duration_since(UNIX_EPOCH).ok());
     let mut last = LAST.load(Ordering::Relaxed);
     loop {
         let next = candidate.max(last.saturating_add(1));
@@ -671,6 +671,14 @@ fn order_key(now: u64) -> u64 {
             Err(seen) => last = seen,
         }
     }
+}
+
+/// [`order_key`] before it is made strictly increasing: `now` and the wall clock's
+/// microseconds, or the wall clock itself where it is later.
+fn order_candidate(now: u64, wall: Option<std::time::Duration>) -> u64 {
+    let micros = wall.map_or(0, |d| u64::from(d.subsec_micros()));
+    let wall_key = wall.map_or(0, |d| (d.as_secs().min(1 << 43) << 20) | micros);
+    ((now.min(1 << 43) << 20) | micros).max(wall_key)
 }
 
 /// The storage key of a history entry: contact, order, and random bytes (so that two entries
