@@ -1321,6 +1321,16 @@ mod hostile_files {
     }
 }
 
+/// The state `contacts` shows for `name`.
+fn state_of(p: &Profile, name: &str) -> &'static str {
+    p.contacts()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap()
+        .state
+}
+
 /// A contact who removed us (their queue is gone from the relay) no longer stops anything
 /// else: a send to another contact goes and says so, a sync shows what it received and
 /// names the gone contact, `contacts` shows them as gone, and a send to them alone says why
@@ -1356,27 +1366,13 @@ async fn a_contact_who_removed_us_stops_nothing_else() {
     assert_eq!(texts(&report), ["xi: hello yan"]);
     assert!(report.error.is_none(), "{:?}", report.error);
     assert_eq!(report.gone, ["zed"]);
-    let zed_state = yan
-        .contacts()
-        .unwrap()
-        .into_iter()
-        .find(|c| c.name == "zed")
-        .unwrap()
-        .state;
-    assert_eq!(zed_state, "gone");
+    assert_eq!(state_of(&yan, "zed"), "gone");
     assert_eq!(yan.outbox_len().unwrap(), 1, "the message to zed waits");
     // A retry that does not reach the relay tells nothing: zed stays gone.
     w.net.0.borrow_mut().down.push(relay_address(1));
     assert!(yan.send(&w.net, "zed", "again?", NOW + 5).await.is_err());
     w.net.0.borrow_mut().down.clear();
-    let zed_state = yan
-        .contacts()
-        .unwrap()
-        .into_iter()
-        .find(|c| c.name == "zed")
-        .unwrap()
-        .state;
-    assert_eq!(zed_state, "gone");
+    assert_eq!(state_of(&yan, "zed"), "gone");
 }
 
 /// An empty text (an empty line, or Ctrl-D at once) is refused, to one contact or a list:

@@ -44,7 +44,8 @@ pub enum AutoStop {
     /// It failed its checks, or its description names something that cannot be used (a
     /// relay key that is no key): fetching it again gives the same answer.
     Damaged,
-    /// Its relays did not answer in [`MAX_AUTO_FAILURES`] syncs.
+    /// [`MAX_AUTO_FAILURES`] syncs could not download it (its relay did not answer, or the
+    /// disk was full).
     Unreachable,
 }
 
@@ -54,7 +55,7 @@ impl AutoStop {
         match self {
             Self::Gone => "no longer on its relay",
             Self::Damaged => "damaged",
-            Self::Unreachable => "its relay did not answer",
+            Self::Unreachable => "3 automatic tries failed",
         }
     }
 }
