@@ -683,6 +683,27 @@ fn file_failure_line(f: &tidings_client::profile::FileFailure) -> String {
     )
 }
 
+/// Prints what a sync received: first what an earlier, interrupted command stored and never
+/// showed (with a line saying so on stderr), then the new messages; then takes them all off
+/// the profile's unshown list. Anything not printed (the output closed) stays on it.
+fn show_received(
+    profile: &mut Profile,
+    report: &tidings_client::profile::SyncReport,
+    json: bool,
+) -> anyhow::Result<()> {
+    if !report.earlier.is_empty() {
+        eprintln!(
+            "{} message(s) received earlier were never shown (the command that received them was interrupted); here they are:",
+            report.earlier.len()
+        );
+    }
+    for r in report.earlier.iter().chain(&report.received) {
+        print_received(r, json)?;
+    }
+    profile.mark_shown(report.earlier.iter().chain(&report.received))?;
+    Ok(())
+}
+
 /// Prints one received message: `NAME: TEXT` with further lines indented and hidden
 /// characters escaped ([`screen::message`]), or one exact JSON object. A check-in that arrived
 /// more than [`LATE_CHECKIN_SECS`] after it was sent also gets a warning on stderr.
@@ -984,9 +1005,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = runtime()?
                 .block_on(profile.sync(&net, now()))
                 .map_err(friendly)?;
-            for r in &report.received {
-                print_received(r, json)?;
-            }
+            show_received(&mut profile, &report, json)?;
             for id in &report.fetched {
                 done(format_args!(
                     "downloaded file {id} (`tidings save {id} PATH` writes it out)"
@@ -1012,6 +1031,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ));
             }
             if report.received.is_empty()
+                && report.earlier.is_empty()
                 && report.connected.is_empty()
                 && report.fetched.is_empty()
                 && report.file_failures.is_empty()
@@ -1430,9 +1450,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let report = runtime()?
                     .block_on(profile.sync(&net, now()))
                     .map_err(friendly)?;
-                for r in &report.received {
-                    print_received(r, json)?;
-                }
+                show_received(&mut profile, &report, json)?;
                 if let Some(e) = report.error {
                     // A list from an incomplete sync is still worth showing, with a warning.
                     let why = if is_network(&e) {

@@ -1403,3 +1403,48 @@ fn an_entry_stored_later_by_another_command_sorts_later() {
     let ahead = order_candidate(s + 100, Some(Duration::from_micros(s * 1_000_000)));
     assert_eq!(ahead >> 20, s + 100);
 }
+
+#[tokio::test]
+async fn what_a_sync_stored_but_never_showed_comes_first_in_the_next_until_marked_shown() {
+    let w = World::new();
+    let mut a = w.profile("amina", 1);
+    let mut b = w.profile("bora", 1);
+    w.connect(&mut a, "bora", &mut b, "amina").await;
+    a.send(&w.net, "bora", "first", NOW).await.unwrap();
+    a.checkin(&w.net, "bora", "all well", None, NOW)
+        .await
+        .unwrap();
+    // Bora's sync stores both, and then its command dies before printing them.
+    let lost = b.sync(&w.net, NOW).await.unwrap();
+    assert_eq!(lost.received.len(), 2);
+    assert!(lost.earlier.is_empty());
+    drop(lost);
+    a.send(&w.net, "bora", "second", NOW + 10).await.unwrap();
+    let next = b.sync(&w.net, NOW + 20).await.unwrap();
+    let earlier: Vec<String> = next
+        .earlier
+        .iter()
+        .map(|r| format!("{} {}: {}", r.kind, r.from, r.text))
+        .collect();
+    assert_eq!(
+        earlier,
+        ["text amina: first", "check-in amina: [check-in] all well"],
+        "what the first sync never showed comes again, oldest first"
+    );
+    assert_eq!(texts(&next), ["amina: second"]);
+    b.mark_shown(next.earlier.iter().chain(&next.received))
+        .unwrap();
+    let after = b.sync(&w.net, NOW + 30).await.unwrap();
+    assert!(after.earlier.is_empty() && after.received.is_empty());
+
+    // An entry deleted before it was shown (retention) is not shown from the list.
+    a.send(&w.net, "bora", "soon gone", NOW + 40).await.unwrap();
+    assert_eq!(b.sync(&w.net, NOW + 50).await.unwrap().received.len(), 1);
+    b.retain("amina", Some(60), NOW + 10_000).unwrap();
+    assert!(b
+        .sync(&w.net, NOW + 10_010)
+        .await
+        .unwrap()
+        .earlier
+        .is_empty());
+}

@@ -161,6 +161,7 @@ impl Profile {
         self.store.remove_where(Tree::History, |v| {
             serde_json::from_slice::<HistoryRecord>(v).is_ok_and(|h| h.contact == id)
         })?;
+        self.prune_unshown()?;
         self.store.remove_where(Tree::Seen, |v| {
             serde_json::from_slice::<SeenRecord>(v).is_ok_and(|s| s.contact == id)
         })?;

@@ -49,10 +49,13 @@ impl Profile {
     /// Sends the outbox, receives and stores everything waiting on every queue (acking each
     /// message only after it is stored), then sends what receiving produced (hello-acks).
     pub async fn sync<C: Connector>(&mut self, net: &C, now: u64) -> Result<SyncReport> {
+        // What an interrupted command stored and never showed comes first.
+        let earlier = self.unshown()?;
         let mut links = Links::new(net);
         let result = self.sync_with(&mut links, now).await;
         links.close().await;
         let mut report = result?;
+        report.earlier = earlier;
         // What was received is in the report whatever the files do.
         self.auto_fetch(net, &mut report).await;
         Ok(report)
@@ -360,13 +363,16 @@ impl Profile {
                 at: now,
                 kind,
             };
-            b.put_json(Tree::History, &history_key(&record), &record)?;
+            let key = history_key(&record);
+            b.put_json(Tree::History, &key, &record)?;
+            self.note_unshown(&mut b, &key)?;
             report.received.push(Received {
                 from: contact.label.clone(),
                 text: shown,
                 sent_at: app.sent_at,
                 arrived_at: now,
                 kind: shown_kind,
+                history_key: key,
             });
         }
         Self::put_contact(&mut b, &contact)?;
@@ -518,11 +524,14 @@ impl Profile {
     ) -> Result<()> {
         // A listen that is started again after a network failure may have let go.
         self.store.resume(LISTEN_WAIT_FOR_PROFILE)?;
-        // First catch up like a sync (this also sends the outbox).
+        // First what an interrupted command stored and never showed, then catch up like a
+        // sync (this also sends the outbox).
+        let earlier = self.unshown()?;
         let report = self.sync_with(links, now()).await?;
-        for r in &report.received {
+        for r in earlier.iter().chain(&report.received) {
             on_event(ListenEvent::Message(r));
         }
+        self.mark_shown(earlier.iter().chain(&report.received))?;
         self.report_newly_due(now(), alerted, on_event)?;
         let mut next_due_check = std::time::Instant::now() + DUE_CHECK_EVERY;
         let mut announced = false;
@@ -573,6 +582,7 @@ impl Profile {
                 for r in &report.received {
                     on_event(ListenEvent::Message(r));
                 }
+                self.mark_shown(&report.received)?;
                 if !report.received.is_empty() {
                     // A DURESS check-in is reported at once, not at the next check.
                     self.report_newly_due(now(), alerted, on_event)?;

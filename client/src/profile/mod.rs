@@ -214,9 +214,11 @@ pub struct Received {
     pub sent_at: u64,
     /// When it arrived here (unix seconds, our clock).
     pub arrived_at: u64,
-    /// `"text"`, `"check-in"` or `"duress-check-in"`.
+    /// `"text"`, `"check-in"`, `"duress-check-in"`, `"file"` or `"voice"`.
     #[zeroize(skip)]
     pub kind: &'static str,
+    /// Its history entry, for [`Profile::mark_shown`].
+    history_key: Vec<u8>,
 }
 
 impl std::fmt::Debug for Received {
@@ -271,7 +273,11 @@ pub struct HistoryEntry {
 /// What a sync did besides receiving texts.
 #[derive(Debug, Default)]
 pub struct SyncReport {
-    /// New text messages, in the order they were stored.
+    /// Messages an earlier `sync` or `listen` stored but never showed (it was interrupted
+    /// between the two), oldest first: show them before [`SyncReport::received`], then call
+    /// [`Profile::mark_shown`] with both.
+    pub earlier: Vec<Received>,
+    /// New messages, in the order they were stored.
     pub received: Vec<Received>,
     /// Messages that could not be opened (forged, damaged, duplicated) and were dropped.
     pub dropped: usize,
@@ -739,6 +745,7 @@ mod lists;
 mod outbox;
 pub mod reach;
 mod safety;
+mod shown;
 mod status;
 
 pub use contacts::safety_code;

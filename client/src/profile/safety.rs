@@ -283,6 +283,7 @@ impl Profile {
             }
         }
         self.store.apply(b)?;
+        self.prune_unshown()?;
         // Received files age out with the messages they came in.
         self.age_out_files(&limits)?;
         // The ids kept to drop replays go with the history, or they would still count the
