@@ -1245,6 +1245,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if json {
                     let v = serde_json::json!({
                         "id": f.id, "from": f.from, "line": f.line,
+                        "name": f.name, "media_type": f.media_type, "voice": f.voice,
                         "size": f.size, "complete": f.complete, "chained": f.chained,
                         "auto_stopped": f.auto_stopped.map(|s| s.reason()),
                     });
@@ -1259,9 +1260,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             f.id
                         ),
                     };
+                    let kind = known_media(&f.media_type)
+                        .map(|(words, _)| format!(", {words}"))
+                        .unwrap_or_default();
                     writeln!(
                         out,
-                        "{}  {} ({state})",
+                        "{}  {} ({state}{kind})",
                         f.id,
                         screen::message(&f.from, &f.line, false)
                     )?;
@@ -1293,7 +1297,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let profile = open(&home, &net)?;
             profile.save_file(&id, &path)?;
-            done(format_args!("wrote file {id} to {}", path.display()));
+            // A voice note has no name of its own: say what players will look for.
+            let hint = profile
+                .file_description(&id)
+                .ok()
+                .and_then(|d| known_media(&d.media_type))
+                .filter(|(_, exts)| {
+                    let ext = path
+                        .extension()
+                        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                        .unwrap_or_default();
+                    !exts.contains(&ext.as_str())
+                })
+                .map(|(words, exts)| {
+                    format!(
+                        "; the sender says it is {words}: players look for a name ending in .{}",
+                        exts.first().copied().unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            done(format_args!("wrote file {id} to {}{hint}", path.display()));
         }
         Cmd::Contacts { json } => {
             let profile = open(&home, &net)?;
@@ -1637,6 +1660,22 @@ fn from_stdin_if_dash(value: String, prompt: &str) -> anyhow::Result<Zeroizing<S
     let trimmed = input.strip_suffix('\n').unwrap_or(&input);
     let trimmed = trimmed.strip_suffix('\r').unwrap_or(trimmed);
     Ok(Zeroizing::new(trimmed.to_string()))
+}
+
+/// What a media type a sender gave means, in words, and the name endings players expect for
+/// it (the first is the usual one), for the types `send-file` and `send-voice` set.
+fn known_media(media_type: &str) -> Option<(&'static str, &'static [&'static str])> {
+    Some(match media_type {
+        "audio/mpeg" => ("MP3 audio", &["mp3"]),
+        "audio/ogg" => ("Ogg audio", &["ogg", "opus"]),
+        "audio/mp4" => ("M4A audio", &["m4a"]),
+        "audio/wav" => ("WAV audio", &["wav"]),
+        "application/pdf" => ("a PDF document", &["pdf"]),
+        "image/jpeg" => ("a JPEG image", &["jpg", "jpeg"]),
+        "image/png" => ("a PNG image", &["png"]),
+        "text/plain" => ("plain text", &["txt"]),
+        _ => return None,
+    })
 }
 
 /// The media type for a file name's extension (what receivers' players go by).

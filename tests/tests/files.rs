@@ -530,8 +530,24 @@ fn send_file_sync_files_fetch_and_save_through_the_cli() -> Result<()> {
     assert!(!out.exists());
     bob.run(&["fetch", &id])?.ok()?;
     let files = bob.run(&["files"])?.ok()?;
-    assert!(files.stdout.contains("(downloaded)"), "{}", files.stdout);
-    bob.run(&["save", &id, &out_arg])?.ok()?;
+    assert!(
+        files.stdout.contains("(downloaded, MP3 audio)"),
+        "{}",
+        files.stdout
+    );
+    let listed = bob.run(&["files", "--json"])?.ok()?;
+    assert!(
+        listed.stdout.contains("\"name\":\"sermon-03.mp3\"")
+            && listed.stdout.contains("\"media_type\":\"audio/mpeg\""),
+        "{}",
+        listed.stdout
+    );
+    let saved = bob.run(&["save", &id, &out_arg])?.ok()?;
+    assert!(
+        !saved.stderr.contains("players look for"),
+        "a .mp3 name needs no hint: {}",
+        saved.stderr
+    );
     assert!(same_file(&src, &out)?);
     // A voice note shows its length, read from the Ogg/Opus container.
     let note = world.root().join("note.ogg");
@@ -557,9 +573,43 @@ fn send_file_sync_files_fetch_and_save_through_the_cli() -> Result<()> {
         files
             .stdout
             .lines()
-            .any(|l| l.contains("[voice 0:42]") && l.ends_with("(downloaded)")),
+            .any(|l| l.contains("[voice 0:42]") && l.ends_with("(downloaded, Ogg audio)")),
         "{}",
         files.stdout
+    );
+    // Saved under a name without an ending, it says what players look for.
+    let voice_id = files
+        .stdout
+        .lines()
+        .find(|l| l.contains("[voice 0:42]"))
+        .and_then(|l| l.split_whitespace().next())
+        .ok_or_else(|| anyhow!("no voice note listed:\n{}", files.stdout))?
+        .to_string();
+    let plain = world.root().join("voice-from-alice");
+    let saved = bob
+        .run(&["save", &voice_id, &plain.to_string_lossy()])?
+        .ok()?;
+    assert!(
+        saved
+            .stderr
+            .contains("Ogg audio: players look for a name ending in .ogg"),
+        "{}",
+        saved.stderr
+    );
+    // A file name cannot pass for the size or the id that follow it: it is quoted.
+    let sly = world.root().join("psalms.mp3 (1 kB) (id 00000000)");
+    make_file(&sly, 1_000)?;
+    alice
+        .run(&["send-file", "bob", &sly.to_string_lossy()])?
+        .ok()?;
+    let sync = bob.run(&["sync"])?.ok()?;
+    assert!(
+        sync.stdout
+            .lines()
+            .any(|l| l
+                .starts_with("alice: [file] \"psalms.mp3 (1 kB) (id 00000000)\" (1.0 kB) (id ")),
+        "{}",
+        sync.stdout
     );
     // Not a recording: refused, nothing sent.
     let bad = alice.run(&["send-voice", "bob", &src_arg])?;

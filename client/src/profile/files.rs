@@ -96,6 +96,12 @@ pub struct FileInfo {
     pub line: String,
     /// Plaintext size in bytes.
     pub size: u64,
+    /// The name the sender gave it (hostile text: escape it before showing it).
+    pub name: String,
+    /// The media type the sender gave it (hostile text too).
+    pub media_type: String,
+    /// Whether it is a voice note.
+    pub voice: bool,
     /// Whether it is downloaded and checked.
     pub complete: bool,
     /// Whether it came with a chained description (its chunk list in chunks of its own,
@@ -116,14 +122,44 @@ pub fn file_line(desc: &FileDescription) -> String {
             human_size(desc.size)
         )
     } else {
-        // The name is the sender's text: no control character may reach the line.
-        let name: String = desc
-            .name
-            .chars()
-            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-            .collect();
-        format!("[file] {name} ({})", human_size(desc.size))
+        format!(
+            "[file] {} ({})",
+            shown_name(&desc.name),
+            human_size(desc.size)
+        )
     }
+}
+
+/// A sender's file name as a line shows it. The name is hostile text: it must not pass for
+/// the size or the id that follow it (`x.mp3 (4.2 MB)`, with the real size after it), nor
+/// break the line. A plain name (letters and digits of any script, `.`, `-`, `_`, `+`, `,`
+/// and single inner spaces) is shown as it is; any other is shown in double quotes, with
+/// `"` and `\` escaped, control characters as U+FFFD, and every other character that is not
+/// a letter, a digit or printable ASCII (look-alike brackets and quotes, say) as `\u{HEX}`.
+pub(crate) fn shown_name(name: &str) -> String {
+    let plain_char =
+        |c: char| c.is_alphanumeric() || matches!(c, '.' | '-' | '_' | '+' | ',' | ' ');
+    let plain = !name.is_empty()
+        && name.chars().all(plain_char)
+        && !name.starts_with(' ')
+        && !name.ends_with(' ')
+        && !name.contains("  ");
+    if plain {
+        return name.to_string();
+    }
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push('\u{fffd}'),
+            c if c.is_alphanumeric() || (c.is_ascii() && !c.is_ascii_control()) => out.push(c),
+            c => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+        }
+    }
+    out.push('"');
+    out
 }
 
 pub(super) fn file_key(id: &str) -> Vec<u8> {
@@ -181,6 +217,9 @@ impl Profile {
                 from,
                 line: file_line(&desc),
                 size: desc.size,
+                name: desc.name.clone(),
+                media_type: desc.media_type.clone(),
+                voice: desc.voice,
                 complete: r.complete,
                 chained: desc.chained.is_some(),
                 auto_stopped: r.auto_stopped,
@@ -559,4 +598,46 @@ fn upload_key(label: &str, path: &std::path::Path) -> Vec<u8> {
     let mut key = b"upload ".to_vec();
     key.extend_from_slice(&h.finalize());
     key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_name;
+
+    #[test]
+    fn a_plain_name_is_shown_as_it_is() {
+        for name in [
+            "sermon-03.mp3",
+            "성경 1장.mp3",
+            "psalm_23,v2.ogg",
+            "마태복음.opus",
+        ] {
+            assert_eq!(shown_name(name), name);
+        }
+    }
+
+    #[test]
+    fn a_name_that_could_pass_for_a_size_an_id_or_a_line_is_quoted_and_escaped() {
+        // What the line would read if the name were shown bare: a size and an id of the
+        // sender's choosing before the real ones.
+        assert_eq!(
+            shown_name("psalms.mp3 (4.2 MB) (id 1a2b3c4d)"),
+            "\"psalms.mp3 (4.2 MB) (id 1a2b3c4d)\""
+        );
+        assert_eq!(shown_name("a\" (1 kB) \"b"), "\"a\\\" (1 kB) \\\"b\"");
+        assert_eq!(shown_name("back\\slash"), "\"back\\\\slash\"");
+        // Look-alike brackets and quotes are escaped, not shown.
+        assert_eq!(
+            shown_name("x\u{ff08}4 MB\u{ff09}\u{201d}"),
+            "\"x\\u{ff08}4 MB\\u{ff09}\\u{201d}\""
+        );
+        // No line break, no terminal control, no padding that hides where it ends.
+        assert_eq!(
+            shown_name("a\nDURESS\u{1b}[2J"),
+            "\"a\u{fffd}DURESS\u{fffd}[2J\""
+        );
+        assert_eq!(shown_name(" padded "), "\" padded \"");
+        assert_eq!(shown_name("two  spaces"), "\"two  spaces\"");
+        assert_eq!(shown_name(""), "\"\"");
+    }
 }
