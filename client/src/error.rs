@@ -223,6 +223,9 @@ pub enum ClientError {
     /// The passphrase could not be read.
     #[error("could not read the passphrase from a terminal (scripts set TIDINGS_PASSPHRASE)")]
     Passphrase,
+    /// Ctrl-C (or Ctrl-D) at a passphrase or PIN prompt.
+    #[error("cancelled at the {0} prompt: nothing was done")]
+    Cancelled(&'static str),
     /// A received file failed its integrity check; nothing of it was shown or saved as
     /// complete.
     #[error("the file {name:?} is damaged: {reason}; nothing was saved (ask the sender to send it again)")]

@@ -29,6 +29,8 @@
 //!   so it can never forge a line, a name or a marker.
 //! - [`files`]: file encryption and chunked, resumable transfers through a relay's chunk
 //!   store (PROTOCOL.md 15).
+//! - [`prompt`]: asking for a passphrase or a PIN without echo, and giving the terminal back
+//!   as it was whatever happens (Ctrl-C included).
 //! - [`harden`]: what the binary does to its own process first (no core dumps, not
 //!   dumpable), so secrets in memory do not end up on disk.
 //!
@@ -48,6 +50,7 @@ pub mod lock;
 pub mod net;
 pub mod olm;
 pub mod profile;
+pub mod prompt;
 pub mod reach;
 pub mod relay;
 pub mod safety;

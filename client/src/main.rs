@@ -410,12 +410,14 @@ fn new_secret(
         },
         env,
     };
-    let first =
-        Zeroizing::new(rpassword::prompt_password(format!("New {what}: ")).map_err(unreadable)?);
+    let cancelled = if what.contains("PIN") {
+        "PIN"
+    } else {
+        "passphrase"
+    };
+    let first = ask(&format!("New {what}: "), cancelled).map_err(|e| e.or(unreadable(())))?;
     check(first.as_bytes())?;
-    let again = Zeroizing::new(
-        rpassword::prompt_password(format!("New {what} again: ")).map_err(unreadable)?,
-    );
+    let again = ask(&format!("New {what} again: "), cancelled).map_err(|e| e.or(unreadable(())))?;
     if *first != *again {
         return Err(ClientError::Mismatch(plural));
     }
@@ -501,20 +503,43 @@ fn home(cli: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     default_home().ok_or_else(|| anyhow!("no home directory: pass --home DIR"))
 }
 
+/// Why [`ask`] got no answer.
+enum NoAnswer {
+    /// Ctrl-C or Ctrl-D at the prompt.
+    Cancelled(&'static str),
+    /// No terminal to ask on.
+    NoTerminal,
+}
+
+impl NoAnswer {
+    /// The error to report: cancelled, or `no_terminal`.
+    fn or(self, no_terminal: ClientError) -> ClientError {
+        match self {
+            NoAnswer::Cancelled(what) => ClientError::Cancelled(what),
+            NoAnswer::NoTerminal => no_terminal,
+        }
+    }
+}
+
+/// Asks for a secret on the terminal without echo (`what` names it if the person cancels).
+fn ask(prompt: &str, what: &'static str) -> Result<Zeroizing<String>, NoAnswer> {
+    match tidings_client::prompt::hidden(prompt) {
+        Ok(tidings_client::prompt::Answer::Given(s)) => Ok(s),
+        Ok(tidings_client::prompt::Answer::Cancelled) => Err(NoAnswer::Cancelled(what)),
+        Err(_) => Err(NoAnswer::NoTerminal),
+    }
+}
+
 fn passphrase(confirm: bool) -> Result<Zeroizing<String>, ClientError> {
     if let Ok(p) = std::env::var("TIDINGS_PASSPHRASE") {
         return Ok(Zeroizing::new(p));
     }
-    let p = Zeroizing::new(
-        rpassword::prompt_password("Passphrase: ").map_err(|_| ClientError::Passphrase)?,
-    );
+    let p = ask("Passphrase: ", "passphrase").map_err(|e| e.or(ClientError::Passphrase))?;
     if confirm {
         // A new profile's passphrase: refuse a short one before asking it again.
         check_new_passphrase(p.as_bytes())?;
-        let again = Zeroizing::new(
-            rpassword::prompt_password("Passphrase again: ")
-                .map_err(|_| ClientError::Passphrase)?,
-        );
+        let again =
+            ask("Passphrase again: ", "passphrase").map_err(|e| e.or(ClientError::Passphrase))?;
         if *again != *p {
             return Err(ClientError::Mismatch("passphrases"));
         }
@@ -1393,14 +1418,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let pin = if profile.checkin_pin_set()? {
                 Some(match std::env::var("TIDINGS_CHECKIN_PIN") {
                     Ok(p) => Zeroizing::new(p),
-                    Err(_) => {
-                        Zeroizing::new(rpassword::prompt_password("PIN: ").map_err(|_| {
-                            ClientError::NoTerminal {
-                                what: "check-in PIN",
-                                env: "TIDINGS_CHECKIN_PIN",
-                            }
-                        })?)
-                    }
+                    Err(_) => ask("PIN: ", "PIN").map_err(|e| {
+                        e.or(ClientError::NoTerminal {
+                            what: "check-in PIN",
+                            env: "TIDINGS_CHECKIN_PIN",
+                        })
+                    })?,
                 })
             } else {
                 None

@@ -350,3 +350,96 @@ fn every_command_says_what_it_did_and_quiet_silences_it() -> Result<()> {
     ensure!(out.stderr.contains("no contact is named"), "{}", out.stderr);
     Ok(())
 }
+
+/// Ctrl-C at the passphrase prompt, on a real terminal (a pseudo-terminal the test makes):
+/// the command ends saying nothing was done, and the terminal echoes again afterwards (a
+/// prompt killed by the signal while echo is off leaves the person typing blind).
+#[test]
+fn ctrl_c_at_the_passphrase_prompt_gives_the_terminal_back_with_echo() -> Result<()> {
+    use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+    use rustix::termios::{tcgetattr, LocalModes};
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let w = World::new()?;
+    let p = w.profile("amina")?;
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname(&master, Vec::new())?;
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(i32::try_from(rustix::fs::OFlags::NOCTTY.bits())?)
+        .open(name.to_str()?)?;
+    ensure!(tcgetattr(&slave)?.local_modes.contains(LocalModes::ECHO));
+
+    // `setsid -c` makes the pseudo-terminal the command's own terminal (`/dev/tty`).
+    let mut child = std::process::Command::new("setsid")
+        .arg("-c")
+        .arg(tidings_tests::binary("tidings")?)
+        .arg("--home")
+        .arg(&p.home)
+        .arg("status")
+        .env_remove("TIDINGS_PASSPHRASE")
+        .env("TIDINGS_INSECURE_FAST_KDF", "1")
+        .stdin(slave.try_clone()?)
+        .stdout(slave.try_clone()?)
+        .stderr(slave.try_clone()?)
+        .spawn()?;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut reader = std::fs::File::from(master.try_clone()?);
+    let sink = Arc::clone(&seen);
+    // Ends with the test process (the test keeps the terminal open).
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut s) = sink.lock() {
+                s.extend_from_slice(&buf[..n]);
+            }
+        }
+    });
+    let text = || {
+        String::from_utf8_lossy(&seen.lock().map(|s| s.clone()).unwrap_or_default()).into_owned()
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while !text().contains("Passphrase: ") {
+        ensure!(Instant::now() < until, "no prompt came: {:?}", text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Half a passphrase, then Ctrl-C.
+    let mut writer = std::fs::File::from(master);
+    writer.write_all(b"half a pass\x03")?;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        ensure!(
+            Instant::now() < until,
+            "the command did not end: {:?}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let shown = text();
+    ensure!(!status.success(), "{shown:?}");
+    ensure!(
+        shown.contains("cancelled at the passphrase prompt: nothing was done"),
+        "{shown:?}"
+    );
+    ensure!(
+        !shown.contains("half a pass"),
+        "the passphrase was echoed: {shown:?}"
+    );
+    ensure!(
+        tcgetattr(&slave)?.local_modes.contains(LocalModes::ECHO),
+        "the terminal was left without echo"
+    );
+    Ok(())
+}
