@@ -1448,3 +1448,26 @@ async fn what_a_sync_stored_but_never_showed_comes_first_in_the_next_until_marke
         .earlier
         .is_empty());
 }
+
+#[tokio::test]
+async fn a_short_window_list_message_never_waits_behind_a_long_window_one() {
+    let w = World::new();
+    let (mut m, mut people) = minister_with(&w, 1).await;
+    m.list_new("l").unwrap();
+    m.list_add("l", &["p0".to_string()]).unwrap();
+    m.send_list(&w.net, "l", "sometime today", NOW, Spread::Within(86_400))
+        .await
+        .unwrap();
+    m.send_list(&w.net, "l", "within a minute", NOW + 1, Spread::Within(60))
+        .await
+        .unwrap();
+    // Both leave within the minute the second was promised, in the order they were written.
+    let (held, until) = m.outbox_held(NOW).unwrap();
+    assert_eq!(held, 2);
+    assert!(until.unwrap() <= NOW + 61, "held until {until:?}");
+    m.send_outbox(&w.net, NOW + 61).await.unwrap();
+    assert_eq!(
+        texts(&people[0].sync(&w.net, NOW + 62).await.unwrap()),
+        vec!["minister: sometime today", "minister: within a minute"]
+    );
+}

@@ -200,6 +200,11 @@ struct OutboxRecord {
     /// another list message leaves in the same flush.
     #[serde(default)]
     spread: u64,
+    /// For a message by list: the end of the window it was promised to leave within (unix
+    /// seconds; 0 in entries stored before this was kept). A move to a new random time never
+    /// goes past it.
+    #[serde(default)]
+    due_by: u64,
 }
 
 /// A text message received during a sync.

@@ -42,7 +42,11 @@ impl Profile {
             body: STANDARD_NO_PAD.encode(&body),
             not_before: hold.map_or(0, |h| h.0),
             spread: hold.map_or(0, |h| h.1),
+            due_by: hold.map_or(0, |h| app.sent_at.saturating_add(h.1)),
         };
+        if let Some((at, _)) = hold {
+            self.pull_forward(b, &contact.id, at)?;
+        }
         let key = outbox_key(&rec);
         b.put_json(Tree::Outbox, &key, &rec)?;
         Self::put_contact(b, &contact)?;
@@ -271,16 +275,39 @@ impl Profile {
         Ok(flushed)
     }
 
-    /// Moves due messages by list to new random times within their windows.
+    /// Moves due messages by list to new random times within their windows, never past the
+    /// end of the window they were promised while that end is still ahead.
     fn reschedule(&self, entries: &[OutboxRecord], now: u64) -> Result<()> {
         let mut b = Batch::new();
         for e in entries.iter().filter(|e| e.spread > 0) {
             let mut moved = e.clone();
             let r = u64::from_le_bytes(random()?);
-            moved.not_before = now.saturating_add(1).saturating_add(r % e.spread.max(1));
+            let soonest = now.saturating_add(1);
+            moved.not_before = soonest.saturating_add(r % e.spread.max(1));
+            // Still within its promise: kept within it. Already late (no flush ran in its
+            // window, a phone off): spread again rather than sent in a burst with the others.
+            if e.due_by > now {
+                moved.not_before = moved.not_before.min(e.due_by.max(soonest));
+            }
             b.put_json(Tree::Outbox, &outbox_key(&moved), &moved)?;
         }
         self.store.apply(b)
+    }
+
+    /// A message by list for `contact` may leave at `at`: its held messages due later are
+    /// moved to `at` (in `b`), since a contact's messages leave in order and a later one
+    /// would otherwise wait behind them, past the window it was promised.
+    fn pull_forward(&self, b: &mut Batch, contact: &[u8; 16], at: u64) -> Result<()> {
+        for mut o in self.store.values_json::<OutboxRecord>(Tree::Outbox)? {
+            if o.contact == *contact && o.not_before > at {
+                o.not_before = at;
+                if o.due_by > at {
+                    o.due_by = at;
+                }
+                b.put_json(Tree::Outbox, &outbox_key(&o), &o)?;
+            }
+        }
+        Ok(())
     }
 
     /// Delivers `entries` to one contact. A contact whose queue is gone is tried again only
