@@ -51,7 +51,7 @@ const APPEND_LEN: usize = 16 * 1024;
 const BATCH: usize = 64;
 
 /// CPU time the calling thread has run, in nanoseconds, if the kernel tells.
-fn thread_cpu_ns() -> Option<u64> {
+pub(crate) fn thread_cpu_ns() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     text.split_whitespace().next()?.parse().ok()
 }
@@ -184,7 +184,7 @@ pub fn describe(f: &Floor) -> String {
 }
 
 /// A client and a relay session after a real handshake.
-fn sessions() -> Result<(Session, Session)> {
+pub(crate) fn sessions() -> Result<(Session, Session)> {
     let keys = RelayKeypair::generate(&mut OsRng);
     let (handshake, first) =
         ClientHandshake::start(&keys.public(), SUPPORTED_VERSIONS, &mut OsRng)?;
@@ -197,7 +197,7 @@ fn sessions() -> Result<(Session, Session)> {
 }
 
 /// A block holding one frame of `len` random bytes (about a `Send` or a `Message`).
-fn full_block(len: usize) -> Result<tidings_protocol::block::Block> {
+pub(crate) fn full_block(len: usize) -> Result<tidings_protocol::block::Block> {
     let mut frame = vec![0u8; len];
     OsRng.fill_bytes(&mut frame);
     let mut builder = BlockBuilder::new();

@@ -24,6 +24,15 @@ pub enum ClientError {
     /// A proxy URL did not parse.
     #[error("the proxy must look like socks5h://HOST:PORT: {0}")]
     BadProxy(&'static str),
+    /// The SOCKS5 proxy itself could not be used (not running, or not a SOCKS5 proxy): the
+    /// relay was never asked.
+    #[error("the proxy {proxy} {why}; nothing went through it (start it, correct it with `tidings network proxy URL`, or use --proxy none)")]
+    Proxy {
+        /// The proxy, as the person set it.
+        proxy: String,
+        /// What went wrong with it.
+        why: &'static str,
+    },
     /// QUIC runs over UDP, which a SOCKS5 proxy does not carry.
     #[error(
         "QUIC cannot go through a SOCKS5 proxy (it carries TCP only): use --transport tcp or auto with --proxy, or drop --proxy"

@@ -660,13 +660,14 @@ fn is_network(e: &ClientError) -> bool {
             | ClientError::Unreached(_)
             | ClientError::ConnectionLost
             | ClientError::Timeout
+            | ClientError::Proxy { .. }
     )
 }
 
 /// "relay unreachable", with what was tried and the way out when the reach logic knows it.
 fn unreachable(e: &ClientError) -> String {
     match e {
-        ClientError::Unreached(_) => e.to_string(),
+        ClientError::Unreached(_) | ClientError::Proxy { .. } => e.to_string(),
         _ => "relay unreachable".to_owned(),
     }
 }

@@ -667,5 +667,26 @@ pub async fn socks_connect(
     let (proxy_host, proxy_port) = proxy.endpoint();
     tokio_socks::tcp::Socks5Stream::connect((proxy_host.as_str(), proxy_port), target)
         .await
-        .map_err(|_| ClientError::Unreachable)
+        .map_err(|e| {
+            use tokio_socks::Error as E;
+            let why = match e {
+                E::ProxyServerUnreachable => {
+                    "did not answer (is Tor, Orbot or your proxy app running?)"
+                }
+                E::InvalidResponseVersion
+                | E::NoAcceptableAuthMethods
+                | E::UnknownAuthMethod
+                | E::AuthorizationRequired
+                | E::PasswordAuthFailure(_)
+                | E::InvalidAuthValues(_) => {
+                    "answered, but not as a SOCKS5 proxy that needs no password"
+                }
+                // The proxy works; it could not reach the relay.
+                _ => return ClientError::Unreachable,
+            };
+            ClientError::Proxy {
+                proxy: proxy.to_string(),
+                why,
+            }
+        })
 }

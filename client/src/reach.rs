@@ -391,6 +391,7 @@ pub async fn race<D: Dialer>(
                             ClientError::HandshakeRefused
                                 | ClientError::ProofRefused
                                 | ClientError::RelayMisbehaved(_)
+                                | ClientError::Proxy { .. }
                         ) {
                             telling = Some(e);
                         }

@@ -443,3 +443,44 @@ fn ctrl_c_at_the_passphrase_prompt_gives_the_terminal_back_with_echo() -> Result
     );
     Ok(())
 }
+
+/// A proxy that is not running is named as the cause, not the relay, and what was being
+/// sent waits.
+#[test]
+fn a_dead_proxy_is_named_and_the_message_waits() -> Result<()> {
+    let w = World::new()?;
+    let a = w.profile("amina")?;
+    let b = w.profile("bora")?;
+    connect(&a, "bora", &b, "amina")?;
+    // Port 9 on loopback: nothing listens there.
+    let out = a.run(&[
+        "--proxy",
+        "socks5h://127.0.0.1:9",
+        "--transport",
+        "tcp",
+        "send",
+        "bora",
+        "through a proxy",
+    ])?;
+    ensure!(!out.status.success(), "{}", out.stderr);
+    ensure!(
+        out.stderr
+            .contains("the proxy socks5h://127.0.0.1:9 did not answer")
+            && out
+                .stderr
+                .contains("is Tor, Orbot or your proxy app running?")
+            && out.stderr.contains("--proxy none")
+            && out.stderr.contains("outbox"),
+        "{}",
+        out.stderr
+    );
+    // Without the proxy it goes.
+    a.run(&["sync"])?.ok()?;
+    let got = b.run(&["sync"])?.ok()?;
+    ensure!(
+        got.stdout.contains("amina: through a proxy"),
+        "{}",
+        got.stdout
+    );
+    Ok(())
+}

@@ -340,6 +340,7 @@ fn is_network(e: &ClientError) -> bool {
             | ClientError::HandshakeRefused
             | ClientError::ProofRefused
             | ClientError::RelayMisbehaved(_)
+            | ClientError::Proxy { .. }
     )
 }
 
