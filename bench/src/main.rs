@@ -24,6 +24,7 @@
 
 mod abuse;
 mod contacts;
+mod files_floor;
 mod files_load;
 mod floor;
 mod loopback;
@@ -152,7 +153,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub contacts: usize,
     /// Measure file transfer instead (issue 17): MB/s up and down, relay CPU per MB, peak
-    /// RSS of client and relay, and raw loopback TCP throughput.
+    /// RSS of client and relay, raw loopback QUIC and TCP throughput and CPU per MB, and the
+    /// design's floor (raw QUIC plus its AEAD passes; a summary on stderr).
     #[arg(long)]
     pub files: bool,
     /// With `--files`: the size of the measured file, in MB.
@@ -303,6 +305,7 @@ fn main() -> Result<()> {
                     anyhow::anyhow!("the run took longer than --timeout {}s", args.timeout)
                 })?
         })?;
+        eprint!("{}", files_load::describe(&report));
         println!("{}", serde_json::to_string(&report)?);
         runtime.shutdown_timeout(Duration::from_secs(1));
         return Ok(());

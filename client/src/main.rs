@@ -1302,7 +1302,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut profile = open(&home, &net)?;
             let mut bar = Progress::new(json, "download");
             runtime()?
-                .block_on(profile.fetch_file(&net, &id, |p| bar.update(p.done, p.total)))
+                .block_on(profile.fetch_file(&net, &id, |p| bar.update(&p)))
                 .map_err(friendly)?;
             bar.finish();
             done(format_args!(
@@ -1754,15 +1754,22 @@ impl Progress {
         }
     }
 
-    fn update(&mut self, done: u64, total: u64) {
-        let tenth = done.saturating_mul(10) / total.max(1);
+    /// Shows `p` in the file's own bytes (the encrypted ones are padded to whole chunks: a
+    /// 1 kB file moves 64 KiB). JSON events carry both: `done` and `total` in encrypted
+    /// bytes, `file_done` and `file_size` in the file's.
+    fn update(&mut self, p: &tidings_client::files::Progress) {
+        let (done, total) = (p.file_done(), p.size);
+        let tenth = p.done.saturating_mul(10) / p.total.max(1);
         if let Some(bar) = &self.bar {
             bar.set_length(total);
             bar.set_position(done);
         } else if self.json {
             println!(
                 "{}",
-                serde_json::json!({"event": "progress", "what": self.what, "done": done, "total": total})
+                serde_json::json!({
+                    "event": "progress", "what": self.what, "done": p.done, "total": p.total,
+                    "file_done": done, "file_size": total,
+                })
             );
         } else if tenth > self.last_tenth {
             eprintln!("{}: {}% of {} bytes", self.what, tenth * 10, total);
@@ -1800,7 +1807,7 @@ fn send_file_cmd(
         voice_secs,
     };
     let line = runtime()?
-        .block_on(profile.send_file(net, name, file, now(), |p| bar.update(p.done, p.total)))
+        .block_on(profile.send_file(net, name, file, now(), |p| bar.update(&p)))
         .map_err(friendly)?;
     bar.finish();
     done(format_args!(

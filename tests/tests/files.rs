@@ -499,6 +499,12 @@ fn send_file_sync_files_fetch_and_save_through_the_cli() -> Result<()> {
         "{}",
         sent.stderr
     );
+    // Progress counts the file's own bytes, not the padded encrypted ones.
+    assert!(
+        sent.stderr.contains("upload: 100% of 4200000 bytes"),
+        "{}",
+        sent.stderr
+    );
 
     let sync = bob.run(&["sync"])?.ok()?;
     let line = sync

@@ -214,9 +214,8 @@ pub fn send_file(
         warn_at_once(profile.list(list)?.members.len());
     }
     let mut bar = crate::Progress::new(json, "upload");
-    let result = runtime()?.block_on(profile.send_file_list(net, list, file, now(), spread, |p| {
-        bar.update(p.done, p.total)
-    }));
+    let result = runtime()?
+        .block_on(profile.send_file_list(net, list, file, now(), spread, |p| bar.update(&p)));
     bar.finish();
     match result {
         Ok((r, line)) if spread == Spread::Now => done(format_args!(

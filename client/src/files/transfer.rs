@@ -117,8 +117,19 @@ fn pause_for_test(done: u64) {
 pub struct Progress {
     /// Encrypted bytes done.
     pub done: u64,
-    /// Encrypted bytes in all.
+    /// Encrypted bytes in all (padded to whole chunks).
     pub total: u64,
+    /// The file's own bytes (what a person knows the file by).
+    pub size: u64,
+}
+
+impl Progress {
+    /// How much of the file's own bytes the encrypted bytes done stand for: `done` scaled
+    /// from the padded total to the file's size, so a 1 kB file never reads as 64 kB.
+    pub fn file_done(&self) -> u64 {
+        let scaled = u128::from(self.done) * u128::from(self.size) / u128::from(self.total.max(1));
+        u64::try_from(scaled).unwrap_or(self.size).min(self.size)
+    }
 }
 
 /// Chunk sizes for an encrypted file of `len` bytes (a multiple of 64 KiB): largest first,
@@ -920,7 +931,11 @@ pub async fn upload_via<F: FileLinks>(
         let bytes = u64::from(chunk.size.bytes());
         if chunk.complete {
             start += bytes;
-            progress(Progress { done: start, total });
+            progress(Progress {
+                done: start,
+                total,
+                size: cipher.size(),
+            });
             continue;
         }
         // This chunk's encryption (started while the chunk before it went out), and the
@@ -957,7 +972,11 @@ pub async fn upload_via<F: FileLinks>(
                     },
                     |stored| {
                         let done = start + u64::from(stored);
-                        progress(Progress { done, total });
+                        progress(Progress {
+                            done,
+                            total,
+                            size: cipher.size(),
+                        });
                         pause_for_test(done);
                     },
                 )
@@ -1330,7 +1349,11 @@ pub async fn download_via<F: FileLinks>(
             }
         }
         start += bytes;
-        progress(Progress { done: start, total });
+        progress(Progress {
+            done: start,
+            total,
+            size: cipher.size(),
+        });
     }
     let (mut file, synced) = writer.finish().await?;
     if let Some(synced) = synced {
