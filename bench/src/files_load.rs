@@ -63,6 +63,9 @@ pub struct FilesReport {
     pub tcp_loopback_mb_s: f64,
     /// CPUs this process may use (`available_parallelism`).
     pub cores: usize,
+    /// What the AEAD and SHA-256 figures count: `thread cpu` or, where the kernel does not
+    /// tell, `wall`.
+    pub floor_clock: &'static str,
     /// CPU time (user and system, this process: both endpoints) of the raw QUIC bulk run,
     /// ms per MB.
     pub raw_quic_cpu_ms_per_mb: f64,
@@ -103,6 +106,13 @@ pub struct FilesReport {
     pub design_max_ratio_up_with_digest: f64,
     /// `design_max_ratio_down` with the SHA-256 pass added.
     pub design_max_ratio_down_with_digest: f64,
+    /// What-if, not the transfer's code: ring's ChaCha20-Poly1305 (assembly) over the same
+    /// 16,384-byte buffers, ms per MB (mean of seal and open).
+    pub aead_ring_ms_per_mb: f64,
+    /// `design_max_ratio_up` if every AEAD pass cost `aead_ring_ms_per_mb`.
+    pub design_max_ratio_up_at_ring_aead: f64,
+    /// `design_max_ratio_down` if every AEAD pass cost `aead_ring_ms_per_mb`.
+    pub design_max_ratio_down_at_ring_aead: f64,
 }
 
 fn random_file(path: &std::path::Path, mb: u64) -> Result<()> {
@@ -336,6 +346,9 @@ pub async fn run(args: &Args) -> Result<FilesReport> {
     let raw_quic_cpu_ms_per_mb = quic.cpu_ms_per_mb();
     let floor_up = files_floor::floor_ms_per_mb(raw_quic_cpu_ms_per_mb, &costs, PASSES_UP);
     let floor_down = files_floor::floor_ms_per_mb(raw_quic_cpu_ms_per_mb, &costs, PASSES_DOWN);
+    let quic_floor = raw_quic_cpu_ms_per_mb * files_floor::WIRE_BYTES_PER_FILE_BYTE;
+    let ring_up = quic_floor + costs.passes_at_ring(PASSES_UP);
+    let ring_down = quic_floor + costs.passes_at_ring(PASSES_DOWN);
     let xchacha = |passes: &[files_floor::Pass]| {
         passes
             .iter()
@@ -369,6 +382,11 @@ pub async fn run(args: &Args) -> Result<FilesReport> {
         download_vs_quic: download_mb_s / quic.mb_s,
         tcp_loopback_mb_s: tcp.mb_s,
         cores: ncores,
+        floor_clock: if costs.thread_cpu {
+            "thread cpu"
+        } else {
+            "wall"
+        },
         raw_quic_cpu_ms_per_mb,
         raw_quic_cores_busy: quic.cpu_us as f64 / 1e6 / quic.secs.max(f64::MIN_POSITIVE),
         raw_tcp_cpu_ms_per_mb: tcp.cpu_ms_per_mb(),
@@ -394,6 +412,9 @@ pub async fn run(args: &Args) -> Result<FilesReport> {
             floor_down + costs.sha256_ms_per_mb,
             quic.mb_s,
         ),
+        aead_ring_ms_per_mb: costs.ring_chacha_ms_per_mb,
+        design_max_ratio_up_at_ring_aead: files_floor::max_ratio(cores, ring_up, quic.mb_s),
+        design_max_ratio_down_at_ring_aead: files_floor::max_ratio(cores, ring_down, quic.mb_s),
     };
     Ok(report)
 }
@@ -402,11 +423,7 @@ pub async fn run(args: &Args) -> Result<FilesReport> {
 /// line): the design's floor beside what the transfer spent.
 pub fn describe(r: &FilesReport) -> String {
     use std::fmt::Write as _;
-    let clock = if crate::floor::thread_cpu_ns().is_some() {
-        "thread CPU"
-    } else {
-        "wall time"
-    };
+    let clock = r.floor_clock;
     let spent_up = r.relay_cpu_ms_per_mb_upload + r.client_cpu_ms_per_mb_upload;
     let spent_down = r.relay_cpu_ms_per_mb_download + r.client_cpu_ms_per_mb_download;
     let mut out = format!(
@@ -417,12 +434,14 @@ pub fn describe(r: &FilesReport) -> String {
          \x20 ChaCha20-Poly1305, one pass       {:>7.3} ms/MB   (through the Noise Session: {:.3})\n\
          \x20 XChaCha20-Poly1305, one pass      {:>7.3} ms/MB\n\
          \x20 SHA-256, one pass (not in floor)  {:>7.3} ms/MB\n\
+         \x20 ring ChaCha20-Poly1305 (what-if)  {:>7.3} ms/MB\n\
          \x20                                    upload   download\n\
          \x20 AEAD passes (of them XChaCha)     {:>3} ({})  {:>4} ({})\n\
          \x20 floor, ms/MB                      {:>7.2}  {:>8.2}\n\
          \x20 transfer, relay + client, ms/MB   {:>7.2}  {:>8.2}   ({:.2} and {:.2} times the floor)\n\
          \x20 ratio to raw QUIC                 {:>7.2}  {:>8.2}\n\
-         \x20 at most, at the floor on {cores} cores {:>7.2}  {:>8.2}   (with the digest: {:.2} and {:.2})\n",
+         \x20 at most, at the floor on {cores} cores {:>7.2}  {:>8.2}   (with the digest: {:.2} and {:.2})\n\
+         \x20 at most, if AEAD cost ring's      {:>7.2}  {:>8.2}\n",
         r.raw_quic_cpu_ms_per_mb,
         r.quic_loopback_mb_s,
         r.raw_quic_cores_busy,
@@ -432,6 +451,7 @@ pub fn describe(r: &FilesReport) -> String {
         r.noise_record_ms_per_mb,
         r.xchacha_ms_per_mb,
         r.sha256_ms_per_mb,
+        r.aead_ring_ms_per_mb,
         r.aead_passes_up,
         r.xchacha_passes_up,
         r.aead_passes_down,
@@ -448,6 +468,8 @@ pub fn describe(r: &FilesReport) -> String {
         r.design_max_ratio_down,
         r.design_max_ratio_up_with_digest,
         r.design_max_ratio_down_with_digest,
+        r.design_max_ratio_up_at_ring_aead,
+        r.design_max_ratio_down_at_ring_aead,
         cores = r.cores,
     );
     for (way, passes) in [("upload", PASSES_UP), ("download", PASSES_DOWN)] {
