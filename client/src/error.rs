@@ -232,6 +232,10 @@ pub enum ClientError {
     /// The passphrase could not be read.
     #[error("could not read the passphrase from a terminal (scripts set TIDINGS_PASSPHRASE)")]
     Passphrase,
+    /// A received message could not be written to the output (a full disk, a closed pipe):
+    /// it stays among the unshown, and the next `sync` or `listen` shows it.
+    #[error("could not write a received message to the output ({0}); it is kept, and the next sync shows it")]
+    Output(std::io::Error),
     /// Ctrl-C (or Ctrl-D) at a passphrase or PIN prompt.
     #[error("cancelled at the {0} prompt: nothing was done")]
     Cancelled(&'static str),

@@ -709,31 +709,52 @@ fn file_failure_line(f: &tidings_client::profile::FileFailure) -> String {
     )
 }
 
-/// Prints what a sync received: first what an earlier, interrupted command stored and never
-/// showed (with a line saying so on stderr), then the new messages; then takes them all off
-/// the profile's unshown list. Anything not printed (the output closed) stays on it.
+/// The line before messages an earlier command stored and never showed.
+fn earlier_line(count: usize) -> String {
+    format!("{count} message(s) stored by an earlier command that stopped before showing them:")
+}
+
+/// Prints messages, then takes those printed off the profile's unshown list; the first that
+/// cannot be printed (the output failed) stops it, and it and the rest stay for the next
+/// command. `earlier`: they were stored by an earlier command (a line says so first, on
+/// stderr, and each says when it arrived).
 fn show_received(
     profile: &mut Profile,
-    report: &tidings_client::profile::SyncReport,
+    messages: &[Received],
+    earlier: bool,
     json: bool,
 ) -> anyhow::Result<()> {
-    if !report.earlier.is_empty() {
-        eprintln!(
-            "{} message(s) received earlier were never shown (the command that received them was interrupted); here they are:",
-            report.earlier.len()
-        );
+    if earlier && !messages.is_empty() && !json {
+        eprintln!("{}", earlier_line(messages.len()));
     }
-    for r in report.earlier.iter().chain(&report.received) {
-        print_received(r, json)?;
+    let mut shown = 0;
+    let mut failed = None;
+    for r in messages {
+        if let Err(e) = print_received(r, earlier, json) {
+            failed = Some(e);
+            break;
+        }
+        shown += 1;
     }
-    profile.mark_shown(report.earlier.iter().chain(&report.received))?;
-    Ok(())
+    profile.mark_shown(messages.iter().take(shown))?;
+    match failed {
+        Some(e) => Err(ClientError::Output(e).into()),
+        None => Ok(()),
+    }
+}
+
+/// Shows what an earlier command stored and never showed, before any network work (a relay
+/// that cannot be reached must not keep a stored DURESS check-in off the screen).
+fn show_earlier(profile: &mut Profile, json: bool) -> anyhow::Result<()> {
+    let earlier = profile.unshown()?;
+    show_received(profile, &earlier, true, json)
 }
 
 /// Prints one received message: `NAME: TEXT` with further lines indented and hidden
 /// characters escaped ([`screen::message`]), or one exact JSON object. A check-in that arrived
-/// more than [`LATE_CHECKIN_SECS`] after it was sent also gets a warning on stderr.
-fn print_received(r: &Received, json: bool) -> anyhow::Result<()> {
+/// more than [`LATE_CHECKIN_SECS`] after it was sent also gets a warning on stderr. One stored
+/// by an earlier command (`earlier`) says when it arrived (JSON: `"earlier": true`).
+fn print_received(r: &Received, earlier: bool, json: bool) -> std::io::Result<()> {
     // Never later than its arrival: a clock running ahead does not hide a delay.
     let delay = r.arrived_at.saturating_sub(r.sent_at.min(r.arrived_at));
     let mut out = std::io::stdout().lock();
@@ -745,12 +766,20 @@ fn print_received(r: &Received, json: bool) -> anyhow::Result<()> {
             "sent_at": r.sent_at,
             "arrived_at": r.arrived_at,
             "delay_secs": delay,
+            "earlier": earlier,
         });
-        writeln!(out, "{}", screen::json(&v)?)?;
+        writeln!(out, "{}", screen::json(&v).map_err(std::io::Error::other)?)?;
     } else {
         // A message written a while ago says when: contact can be patchy for months.
         let age = r.arrived_at.saturating_sub(r.sent_at);
-        let when = if age >= 60 {
+        let when = if earlier {
+            let now = now();
+            format!(
+                "  (sent {}, arrived {})",
+                ago(now, r.sent_at.min(r.arrived_at)),
+                ago(now, r.arrived_at)
+            )
+        } else if age >= 60 {
             format!("  (sent {})", ago(r.arrived_at, r.sent_at))
         } else {
             String::new()
@@ -1028,10 +1057,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Sync { json } => {
             let mut profile = open(&home, &net)?;
-            let report = runtime()?
-                .block_on(profile.sync(&net, now()))
+            let earlier = profile.unshown()?;
+            show_received(&mut profile, &earlier, true, json)?;
+            let rt = runtime()?;
+            let mut report = rt
+                .block_on(profile.sync_messages(&net, now()))
                 .map_err(friendly)?;
-            show_received(&mut profile, &report, json)?;
+            // Shown before the files download: that may take a while, and Ctrl-C meanwhile
+            // must not hide what arrived.
+            show_received(&mut profile, &report.received, false, json)?;
+            rt.block_on(profile.auto_fetch(&net, &mut report));
             for id in &report.fetched {
                 done(format_args!(
                     "downloaded file {id} (`tidings save {id} PATH` writes it out)"
@@ -1057,7 +1092,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ));
             }
             if report.received.is_empty()
-                && report.earlier.is_empty()
+                && earlier.is_empty()
                 && report.connected.is_empty()
                 && report.fetched.is_empty()
                 && report.file_failures.is_empty()
@@ -1095,18 +1130,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let mut backoff = Backoff::default();
                 let connected = std::cell::Cell::new(false);
                 loop {
+                    let mut said_earlier = false;
                     let r = tokio::select! {
                         r = profile.listen(&net, now, |event| match event {
-                            ListenEvent::Message(r) => {
-                                let _ = print_received(r, json);
+                            ListenEvent::Message(r) => print_received(r, false, json),
+                            ListenEvent::Earlier(r) => {
+                                if !said_earlier && !json {
+                                    said_earlier = true;
+                                    eprintln!("messages stored by an earlier command that stopped before showing them:");
+                                }
+                                print_received(r, true, json)
                             }
                             ListenEvent::Due(d) if !json => {
                                 eprintln!("warning: {}", d.line());
+                                Ok(())
                             }
-                            ListenEvent::Due(_) => {}
+                            ListenEvent::Due(_) => Ok(()),
                             ListenEvent::Listening => {
                                 connected.set(true);
-                                done("listening for new messages; other commands can run meanwhile (Ctrl-C stops)")
+                                done("listening for new messages; other commands can run meanwhile (Ctrl-C stops)");
+                                Ok(())
                             }
                         }) => r,
                         _ = tokio::signal::ctrl_c() => return Ok(false),
@@ -1494,10 +1537,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let mut incomplete = false;
             if sync {
+                show_earlier(&mut profile, json)?;
                 let report = runtime()?
                     .block_on(profile.sync(&net, now()))
                     .map_err(friendly)?;
-                show_received(&mut profile, &report, json)?;
+                show_received(&mut profile, &report.received, false, json)?;
                 if let Some(e) = report.error {
                     // A list from an incomplete sync is still worth showing, with a warning.
                     let why = if is_network(&e) {

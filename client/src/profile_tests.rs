@@ -540,8 +540,8 @@ fn the_files_look_alike_with_or_without_a_duress_passphrase_and_after_using_it()
     let fresh = plain.store.shape();
     assert_eq!(
         fresh.len(),
-        14,
-        "the profile's seven trees and a shadow's seven: {fresh:?}"
+        16,
+        "the profile's eight trees and a shadow's eight: {fresh:?}"
     );
     assert_eq!(with.store.shape(), fresh);
     with.set_duress_passphrase(b"nothing to see").unwrap();
@@ -1405,7 +1405,7 @@ fn an_entry_stored_later_by_another_command_sorts_later() {
 }
 
 #[tokio::test]
-async fn what_a_sync_stored_but_never_showed_comes_first_in_the_next_until_marked_shown() {
+async fn what_a_sync_stored_but_never_showed_stays_unshown_until_marked_shown() {
     let w = World::new();
     let mut a = w.profile("amina", 1);
     let mut b = w.profile("bora", 1);
@@ -1417,36 +1417,33 @@ async fn what_a_sync_stored_but_never_showed_comes_first_in_the_next_until_marke
     // Bora's sync stores both, and then its command dies before printing them.
     let lost = b.sync(&w.net, NOW).await.unwrap();
     assert_eq!(lost.received.len(), 2);
-    assert!(lost.earlier.is_empty());
     drop(lost);
     a.send(&w.net, "bora", "second", NOW + 10).await.unwrap();
-    let next = b.sync(&w.net, NOW + 20).await.unwrap();
-    let earlier: Vec<String> = next
-        .earlier
+    let earlier: Vec<String> = b
+        .unshown()
+        .unwrap()
         .iter()
         .map(|r| format!("{} {}: {}", r.kind, r.from, r.text))
         .collect();
     assert_eq!(
         earlier,
         ["text amina: first", "check-in amina: [check-in] all well"],
-        "what the first sync never showed comes again, oldest first"
+        "what the first sync never showed is still there, oldest first"
     );
+    let next = b.sync(&w.net, NOW + 20).await.unwrap();
     assert_eq!(texts(&next), ["amina: second"]);
-    b.mark_shown(next.earlier.iter().chain(&next.received))
-        .unwrap();
-    let after = b.sync(&w.net, NOW + 30).await.unwrap();
-    assert!(after.earlier.is_empty() && after.received.is_empty());
+    let all = b.unshown().unwrap();
+    assert_eq!(all.len(), 3);
+    b.mark_shown(&all).unwrap();
+    assert!(b.unshown().unwrap().is_empty());
+    assert!(b.store.values(Tree::Unshown).unwrap().is_empty());
 
-    // An entry deleted before it was shown (retention) is not shown from the list.
+    // An entry deleted before it was shown (retention) is dropped, and leaves nothing.
     a.send(&w.net, "bora", "soon gone", NOW + 40).await.unwrap();
     assert_eq!(b.sync(&w.net, NOW + 50).await.unwrap().received.len(), 1);
     b.retain("amina", Some(60), NOW + 10_000).unwrap();
-    assert!(b
-        .sync(&w.net, NOW + 10_010)
-        .await
-        .unwrap()
-        .earlier
-        .is_empty());
+    assert!(b.store.values(Tree::Unshown).unwrap().is_empty());
+    assert!(b.unshown().unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -184,10 +184,12 @@ pub enum Tree {
     Seen,
     /// Descriptions of received files (keys included) and their download state.
     Files,
+    /// Received messages stored but not yet shown: one entry per history entry, its key.
+    Unshown,
 }
 
 impl Tree {
-    const ALL: [Tree; 7] = [
+    const ALL: [Tree; 8] = [
         Tree::Meta,
         Tree::Contacts,
         Tree::Invites,
@@ -195,6 +197,7 @@ impl Tree {
         Tree::Outbox,
         Tree::Seen,
         Tree::Files,
+        Tree::Unshown,
     ];
 
     /// The sled tree name (also part of every value's associated data).
@@ -207,6 +210,7 @@ impl Tree {
             Tree::Outbox => "outbox",
             Tree::Seen => "seen",
             Tree::Files => "files",
+            Tree::Unshown => "unshown",
         }
     }
 
@@ -1573,7 +1577,7 @@ mod tests {
             b"kept"
         );
         assert!(s.get(Tree::Meta, SHADOW_KEY_ENTRY).unwrap().is_some());
-        assert_eq!(s.shape().len(), 14, "seven trees and a shadow's seven");
+        assert_eq!(s.shape().len(), 16, "eight trees and a shadow's eight");
     }
 
     #[test]

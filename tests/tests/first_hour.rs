@@ -484,3 +484,61 @@ fn a_dead_proxy_is_named_and_the_message_waits() -> Result<()> {
     );
     Ok(())
 }
+
+/// `listen` whose output fails (a full disk behind `> log`, a closed pipe) stops and says so,
+/// and what it could not print is shown by the next `sync`, marked as stored earlier.
+#[test]
+fn a_message_listen_could_not_print_is_shown_by_the_next_sync() -> Result<()> {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let w = World::new()?;
+    let a = w.profile("amina")?;
+    let b = w.profile("bora")?;
+    connect(&a, "bora", &b, "amina")?;
+    a.run(&["send", "bora", "kept for later"])?.ok()?;
+    let mut child = Command::new(tidings_tests::binary("tidings")?)
+        .arg("--home")
+        .arg(&b.home)
+        .arg("listen")
+        .env("TIDINGS_PASSPHRASE", &b.passphrase)
+        .env("TIDINGS_INSECURE_FAST_KDF", "1")
+        .stdin(Stdio::null())
+        .stdout(std::fs::OpenOptions::new().write(true).open("/dev/full")?)
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let until = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            anyhow::bail!("listen did not stop when its output failed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut stderr)?;
+    }
+    ensure!(!status.success(), "{stderr}");
+    ensure!(
+        stderr.contains("could not write a received message to the output")
+            && stderr.contains("the next sync shows it"),
+        "{stderr}"
+    );
+    let next = b.run(&["sync"])?.ok()?;
+    ensure!(
+        next.stdout.contains("amina: kept for later  (sent ")
+            && next.stderr.contains(
+                "1 message(s) stored by an earlier command that stopped before showing them"
+            ),
+        "{}\n{}",
+        next.stdout,
+        next.stderr
+    );
+    // Shown once: the sync after that has nothing.
+    ensure!(b.run(&["sync"])?.ok()?.stdout.trim().is_empty());
+    Ok(())
+}

@@ -99,7 +99,7 @@ fn an_examiner_cannot_tell_fresh_used_duress_set_and_after_duress_apart() -> Res
     // The fresh profile and the decoy each hold one small profile and one shadow, nothing
     // freed, no gap.
     ensure!(a.pages.contains("data: []"), "nothing freed: {}", a.pages);
-    ensure!(a.trees.len() == 14);
+    ensure!(a.trees.len() == 16);
     // The real passphrase no longer opens anything after the duress unlock.
     let out = after.run(&["contacts"])?;
     ensure!(out.stderr.contains("wrong passphrase"), "{}", out.stderr);

@@ -500,7 +500,7 @@ impl Profile {
     /// still reports everything it received. A file stops being tried by `sync` (only
     /// `tidings fetch ID` tries it then) once its relay says it is gone, once it fails its
     /// checks, or after [`MAX_AUTO_FAILURES`] failed tries.
-    pub(super) async fn auto_fetch<C: crate::relay::Connector>(
+    pub async fn auto_fetch<C: crate::relay::Connector>(
         &mut self,
         net: &C,
         report: &mut super::SyncReport,

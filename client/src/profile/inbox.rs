@@ -22,6 +22,9 @@ const DUE_CHECK_EVERY: Duration = Duration::from_secs(30);
 pub enum ListenEvent<'a> {
     /// A new message.
     Message(&'a Received),
+    /// A message an earlier command stored and never showed (it stopped between the two),
+    /// reported before any network work; oldest first.
+    Earlier(&'a Received),
     /// Every queue is subscribed: from now on messages arrive as they are sent.
     Listening,
     /// A contact entered the due list (overdue, under duress, or late); each is reported once
@@ -48,17 +51,23 @@ impl Profile {
 
     /// Sends the outbox, receives and stores everything waiting on every queue (acking each
     /// message only after it is stored), then sends what receiving produced (hello-acks).
+    ///
+    /// It then downloads received files of up to the auto-download size
+    /// ([`Profile::auto_fetch`]); a command that shows what was received first calls
+    /// [`Profile::sync_messages`] and then that.
     pub async fn sync<C: Connector>(&mut self, net: &C, now: u64) -> Result<SyncReport> {
-        // What an interrupted command stored and never showed comes first.
-        let earlier = self.unshown()?;
-        let mut links = Links::new(net);
-        let result = self.sync_with(&mut links, now).await;
-        links.close().await;
-        let mut report = result?;
-        report.earlier = earlier;
+        let mut report = self.sync_messages(net, now).await?;
         // What was received is in the report whatever the files do.
         self.auto_fetch(net, &mut report).await;
         Ok(report)
+    }
+
+    /// [`Profile::sync`] without the file downloads.
+    pub async fn sync_messages<C: Connector>(&mut self, net: &C, now: u64) -> Result<SyncReport> {
+        let mut links = Links::new(net);
+        let result = self.sync_with(&mut links, now).await;
+        links.close().await;
+        result
     }
 
     pub(super) async fn sync_with<C: Connector>(
@@ -365,7 +374,7 @@ impl Profile {
             };
             let key = history_key(&record);
             b.put_json(Tree::History, &key, &record)?;
-            self.note_unshown(&mut b, &key)?;
+            Self::note_unshown(&mut b, &key);
             report.received.push(Received {
                 from: contact.label.clone(),
                 text: shown,
@@ -440,11 +449,13 @@ impl Profile {
     }
 
     /// Subscribes to every queue and handles messages as the relays push them, calling
-    /// `on_event` with each new message, until a connection fails.
+    /// `on_event` with each new message, until a connection fails. `on_event` says whether
+    /// it could show the event: if not (its output failed), `listen` stops with
+    /// [`ClientError::Output`], and the message stays unshown for the next command.
     ///
     /// Every 30 s (and at the start) it also checks who is overdue or under duress, and
     /// reports each contact once as it enters that list ([`ListenEvent::Due`]).
-    pub async fn listen<C: Connector, F: FnMut(ListenEvent<'_>)>(
+    pub async fn listen<C: Connector, F: FnMut(ListenEvent<'_>) -> std::io::Result<()>>(
         &mut self,
         net: &C,
         mut now: impl FnMut() -> u64,
@@ -459,13 +470,44 @@ impl Profile {
         result
     }
 
+    /// Reports each of `messages` to `on_event` ([`ListenEvent::Earlier`] if `earlier`), and
+    /// marks shown those it took. The first it could not take (the output failed) stops
+    /// it: that one and the rest stay unshown, and `listen` ends with
+    /// [`ClientError::Output`].
+    fn show_each(
+        &mut self,
+        messages: &[Received],
+        earlier: bool,
+        on_event: &mut impl FnMut(ListenEvent<'_>) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let mut shown = 0;
+        let mut failed = None;
+        for r in messages {
+            let event = if earlier {
+                ListenEvent::Earlier(r)
+            } else {
+                ListenEvent::Message(r)
+            };
+            if let Err(e) = on_event(event) {
+                failed = Some(e);
+                break;
+            }
+            shown += 1;
+        }
+        self.mark_shown(messages.iter().take(shown))?;
+        match failed {
+            Some(e) => Err(ClientError::Output(e)),
+            None => Ok(()),
+        }
+    }
+
     /// Reports the contacts that entered the due list (or changed state in it) since the
     /// last check.
     fn report_newly_due(
         &self,
         now: u64,
         alerted: &mut HashSet<String>,
-        on_event: &mut impl FnMut(ListenEvent<'_>),
+        on_event: &mut impl FnMut(ListenEvent<'_>) -> std::io::Result<()>,
     ) -> Result<()> {
         let due = self.due(now)?;
         // Keyed by name and state, so an overdue contact who then checks in under duress
@@ -474,7 +516,7 @@ impl Profile {
         alerted.retain(|k| due.iter().any(|d| &key(d) == k));
         for d in &due {
             if alerted.insert(key(d)) {
-                on_event(ListenEvent::Due(d));
+                on_event(ListenEvent::Due(d)).map_err(ClientError::Output)?;
             }
         }
         Ok(())
@@ -519,7 +561,7 @@ impl Profile {
         &mut self,
         links: &mut Links<'_, C>,
         now: &mut impl FnMut() -> u64,
-        on_event: &mut impl FnMut(ListenEvent<'_>),
+        on_event: &mut impl FnMut(ListenEvent<'_>) -> std::io::Result<()>,
         alerted: &mut HashSet<String>,
     ) -> Result<()> {
         // A listen that is started again after a network failure may have let go.
@@ -527,11 +569,9 @@ impl Profile {
         // First what an interrupted command stored and never showed, then catch up like a
         // sync (this also sends the outbox).
         let earlier = self.unshown()?;
+        self.show_each(&earlier, true, on_event)?;
         let report = self.sync_with(links, now()).await?;
-        for r in earlier.iter().chain(&report.received) {
-            on_event(ListenEvent::Message(r));
-        }
-        self.mark_shown(earlier.iter().chain(&report.received))?;
+        self.show_each(&report.received, false, on_event)?;
         self.report_newly_due(now(), alerted, on_event)?;
         let mut next_due_check = std::time::Instant::now() + DUE_CHECK_EVERY;
         let mut announced = false;
@@ -557,7 +597,7 @@ impl Profile {
         loop {
             if !announced {
                 announced = true;
-                on_event(ListenEvent::Listening);
+                on_event(ListenEvent::Listening).map_err(ClientError::Output)?;
             }
             // Between messages the profile is let go of, so that `send` and other commands
             // can use it while this waits (pushes wait in the connection meanwhile).
@@ -579,10 +619,7 @@ impl Profile {
                 let mut report = SyncReport::default();
                 let owner = owners.get(&q.recipient_id).copied();
                 self.receive(&q, &id, &body, now(), owner, &mut report)?;
-                for r in &report.received {
-                    on_event(ListenEvent::Message(r));
-                }
-                self.mark_shown(&report.received)?;
+                self.show_each(&report.received, false, on_event)?;
                 if !report.received.is_empty() {
                     // A DURESS check-in is reported at once, not at the next check.
                     self.report_newly_due(now(), alerted, on_event)?;

@@ -278,11 +278,8 @@ pub struct HistoryEntry {
 /// What a sync did besides receiving texts.
 #[derive(Debug, Default)]
 pub struct SyncReport {
-    /// Messages an earlier `sync` or `listen` stored but never showed (it was interrupted
-    /// between the two), oldest first: show them before [`SyncReport::received`], then call
-    /// [`Profile::mark_shown`] with both.
-    pub earlier: Vec<Received>,
-    /// New messages, in the order they were stored.
+    /// New messages, in the order they were stored: show them, then call
+    /// [`Profile::mark_shown`] (until then they stay in [`Profile::unshown`]).
     pub received: Vec<Received>,
     /// Messages that could not be opened (forged, damaged, duplicated) and were dropped.
     pub dropped: usize,
