@@ -1468,3 +1468,78 @@ async fn a_short_window_list_message_never_waits_behind_a_long_window_one() {
         vec!["minister: sometime today", "minister: within a minute"]
     );
 }
+
+#[tokio::test]
+async fn a_short_window_message_is_not_held_behind_a_long_one_when_the_flush_moves_them() {
+    // Two members due at once: one leaves, the other's run is moved. The member's long-window
+    // message must not take the short-window one behind it past its minute, whether it was
+    // pulled forward or was due already.
+    for already_due in [false, true] {
+        let w = World::new();
+        let (mut m, _people) = minister_with(&w, 2).await;
+        m.list_new("l").unwrap();
+        m.list_add("l", &["p0".to_string(), "p1".to_string()])
+            .unwrap();
+        m.send_list(&w.net, "l", "sometime today", NOW, Spread::Within(86_400))
+            .await
+            .unwrap();
+        if already_due {
+            let mut b = Batch::new();
+            for mut o in m.store.values_json::<OutboxRecord>(Tree::Outbox).unwrap() {
+                o.not_before = NOW;
+                b.put_json(Tree::Outbox, &outbox_key(&o), &o).unwrap();
+            }
+            m.store.apply(b).unwrap();
+        }
+        m.send_list(&w.net, "l", "within a minute", NOW + 1, Spread::Within(60))
+            .await
+            .unwrap();
+        let mut t = NOW + 1;
+        while m.outbox_len().unwrap() > 0 && t <= NOW + 61 {
+            m.send_outbox(&w.net, t).await.unwrap();
+            t += 1;
+        }
+        assert_eq!(
+            m.outbox_len().unwrap(),
+            0,
+            "still held after the minute (already due: {already_due}): {:?}",
+            m.outbox_held(NOW + 61).unwrap()
+        );
+    }
+}
+
+#[tokio::test]
+async fn moved_list_messages_spread_over_what_is_left_of_their_window() {
+    let w = World::new();
+    let (mut m, _people) = minister_with(&w, 8).await;
+    m.list_new("l").unwrap();
+    let names: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+    m.list_add("l", &names).unwrap();
+    m.send_list(&w.net, "l", "within ten minutes", NOW, Spread::Within(600))
+        .await
+        .unwrap();
+    // No flush for nine minutes; then one a second, as `listen` does.
+    let mut t = NOW + 540;
+    m.send_outbox(&w.net, t).await.unwrap();
+    let times: Vec<u64> = m
+        .store
+        .values_json::<OutboxRecord>(Tree::Outbox)
+        .unwrap()
+        .iter()
+        .map(|o| o.not_before)
+        .collect();
+    assert!(
+        times.iter().all(|&at| at > t && at <= NOW + 600),
+        "{times:?}"
+    );
+    while t < NOW + 600 {
+        t += 1;
+        m.send_outbox(&w.net, t).await.unwrap();
+    }
+    // At most the members whose times collided at the very end are left, and then late.
+    assert!(
+        m.outbox_len().unwrap() <= 2,
+        "{} still held after the window",
+        m.outbox_len().unwrap()
+    );
+}

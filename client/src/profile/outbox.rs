@@ -45,7 +45,7 @@ impl Profile {
             due_by: hold.map_or(0, |h| app.sent_at.saturating_add(h.1)),
         };
         if let Some((at, _)) = hold {
-            self.pull_forward(b, &contact.id, at)?;
+            self.pull_forward(b, &contact.id, at, rec.due_by)?;
         }
         let key = outbox_key(&rec);
         b.put_json(Tree::Outbox, &key, &rec)?;
@@ -275,35 +275,55 @@ impl Profile {
         Ok(flushed)
     }
 
-    /// Moves due messages by list to new random times within their windows, never past the
-    /// end of the window they were promised while that end is still ahead.
+    /// Moves one contact's due messages by list (`entries`, in order) to one new random
+    /// time: they leave together, on one connection, so one time keeps their order and no
+    /// message waits behind another's later time. While one of them has the end of its
+    /// promised window still ahead, the time is drawn evenly up to the earliest such end;
+    /// once all are late (no flush ran in their windows: a phone off), over the widest
+    /// window from now, so they do not leave in a burst with other members' messages.
     fn reschedule(&self, entries: &[OutboxRecord], now: u64) -> Result<()> {
-        let mut b = Batch::new();
-        for e in entries.iter().filter(|e| e.spread > 0) {
-            let mut moved = e.clone();
-            let r = u64::from_le_bytes(random()?);
-            let soonest = now.saturating_add(1);
-            moved.not_before = soonest.saturating_add(r % e.spread.max(1));
-            // Still within its promise: kept within it. Already late (no flush ran in its
-            // window, a phone off): spread again rather than sent in a burst with the others.
-            if e.due_by > now {
-                moved.not_before = moved.not_before.min(e.due_by.max(soonest));
+        let held: Vec<&OutboxRecord> = entries.iter().filter(|e| e.spread > 0).collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let soonest = now.saturating_add(1);
+        let r = u64::from_le_bytes(random()?);
+        let ahead = held.iter().map(|e| e.due_by).filter(|&d| d > now).min();
+        let at = match ahead {
+            Some(due) => soonest.saturating_add(r % (due.max(soonest) - soonest + 1)),
+            None => {
+                let widest = held.iter().map(|e| e.spread).max().unwrap_or(1);
+                soonest.saturating_add(r % widest.max(1))
             }
+        };
+        let mut b = Batch::new();
+        for e in held {
+            let mut moved = e.clone();
+            moved.not_before = at;
             b.put_json(Tree::Outbox, &outbox_key(&moved), &moved)?;
         }
         self.store.apply(b)
     }
 
-    /// A message by list for `contact` may leave at `at`: its held messages due later are
-    /// moved to `at` (in `b`), since a contact's messages leave in order and a later one
-    /// would otherwise wait behind them, past the window it was promised.
-    fn pull_forward(&self, b: &mut Batch, contact: &[u8; 16], at: u64) -> Result<()> {
+    /// A message by list for `contact` may leave at `at` and was promised to leave by
+    /// `due_by`: its held messages due later are moved to `at`, and promised no later than
+    /// `due_by` (in `b`), since a contact's messages leave in order and the new one would
+    /// otherwise wait behind them, past its window.
+    fn pull_forward(&self, b: &mut Batch, contact: &[u8; 16], at: u64, due_by: u64) -> Result<()> {
         for mut o in self.store.values_json::<OutboxRecord>(Tree::Outbox)? {
-            if o.contact == *contact && o.not_before > at {
+            if o.contact != *contact || o.spread == 0 {
+                continue;
+            }
+            let mut changed = false;
+            if o.not_before > at {
                 o.not_before = at;
-                if o.due_by > at {
-                    o.due_by = at;
-                }
+                changed = true;
+            }
+            if o.due_by == 0 || o.due_by > due_by {
+                o.due_by = due_by;
+                changed = true;
+            }
+            if changed {
                 b.put_json(Tree::Outbox, &outbox_key(&o), &o)?;
             }
         }
