@@ -236,6 +236,9 @@ pub enum ClientError {
     /// it stays among the unshown, and the next `sync` or `listen` shows it.
     #[error("could not write a received message to the output ({0}); it is kept, and the next sync shows it")]
     Output(std::io::Error),
+    /// What was typed at a passphrase or PIN prompt is not UTF-8 text.
+    #[error("the {0} typed is not UTF-8 text (set the terminal to UTF-8, then try again); nothing was done")]
+    NotUtf8Answer(&'static str),
     /// Ctrl-C (or Ctrl-D) at a passphrase or PIN prompt.
     #[error("cancelled at the {0} prompt: nothing was done")]
     Cancelled(&'static str),

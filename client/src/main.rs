@@ -507,6 +507,8 @@ fn home(cli: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
 enum NoAnswer {
     /// Ctrl-C or Ctrl-D at the prompt.
     Cancelled(&'static str),
+    /// What was typed is not UTF-8 (a terminal set to another encoding).
+    NotUtf8(&'static str),
     /// No terminal to ask on.
     NoTerminal,
 }
@@ -516,6 +518,7 @@ impl NoAnswer {
     fn or(self, no_terminal: ClientError) -> ClientError {
         match self {
             NoAnswer::Cancelled(what) => ClientError::Cancelled(what),
+            NoAnswer::NotUtf8(what) => ClientError::NotUtf8Answer(what),
             NoAnswer::NoTerminal => no_terminal,
         }
     }
@@ -526,6 +529,7 @@ fn ask(prompt: &str, what: &'static str) -> Result<Zeroizing<String>, NoAnswer> 
     match tidings_client::prompt::hidden(prompt) {
         Ok(tidings_client::prompt::Answer::Given(s)) => Ok(s),
         Ok(tidings_client::prompt::Answer::Cancelled) => Err(NoAnswer::Cancelled(what)),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(NoAnswer::NotUtf8(what)),
         Err(_) => Err(NoAnswer::NoTerminal),
     }
 }

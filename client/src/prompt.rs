@@ -1,14 +1,17 @@
 //! Asking for a passphrase or a PIN on the terminal, without echo.
 //!
 //! The terminal is put in raw mode (no echo, no line editing, no signal keys) for the
-//! question and put back as it was whatever happens: an answer, Ctrl-C, Ctrl-D, an error or
-//! a panic. Ctrl-C is read as a key and ends the question with [`Answer::Cancelled`]
-//! instead of killing the process, so it can never leave the terminal without echo (what a
-//! signal raised while the terminal is raw does).
+//! question and put back as it was on an answer, Ctrl-C, Ctrl-D, an error or a panic.
+//! Ctrl-C is read as a key and ends the question with [`Answer::Cancelled`] instead of
+//! killing the process, so it does not leave the terminal without echo (what a SIGINT
+//! raised while the terminal is raw does). A signal from elsewhere (SIGTERM, SIGKILL) while
+//! the question waits still ends the process with the terminal raw; `reset` repairs it.
 //!
 //! The keys understood are those of a line: Enter ends it, Backspace removes the last
-//! character, Ctrl-U clears the line; escape sequences (arrow keys) and other control keys
-//! are ignored. The line editing is [`LineEditor`], tested without a terminal.
+//! character, Ctrl-U clears the line, Tab is a character; escape sequences (arrow keys) and
+//! other control keys are ignored. The line editing is [`LineEditor`], tested without a
+//! terminal. What is typed is kept in one buffer reserved up front (it never grows, so no
+//! copy of a part of it is left behind in freed memory) and wiped after use.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -39,12 +42,13 @@ pub fn hidden(prompt: &str) -> io::Result<Answer> {
     let mut tty = OpenOptions::new().read(true).write(true).open("/dev/tty")?;
     let saved = termios::tcgetattr(&tty)?;
     let raw = raw_mode(&saved);
-    termios::tcsetattr(&tty, OptionalActions::Flush, &raw)?;
-    // From here on the terminal is put back by `restore`'s drop, whatever happens.
+    // Made before the terminal goes raw, so that nothing can fail between the two.
     let restore = Restore {
         tty: tty.try_clone()?,
         saved,
     };
+    // From here on the terminal is put back by `restore`'s drop, whatever happens.
+    termios::tcsetattr(&tty, OptionalActions::Flush, &raw)?;
     tty.write_all(prompt.as_bytes())?;
     tty.flush()?;
     let answer = read_line(&mut tty);
@@ -93,18 +97,31 @@ fn read_line(tty: &mut File) -> io::Result<Answer> {
     }
 }
 
+/// The longest answer taken, in bytes; further keys are ignored.
+pub const MAX_ANSWER: usize = 1024;
+
 /// The line editing of [`hidden`], one byte at a time.
-#[derive(Default)]
 pub struct LineEditor {
     line: Zeroizing<Vec<u8>>,
     /// Inside an escape sequence: 1 after ESC, 2 inside `ESC [` or `ESC O`.
     escape: u8,
 }
 
+impl Default for LineEditor {
+    fn default() -> Self {
+        Self {
+            line: Zeroizing::new(Vec::with_capacity(MAX_ANSWER)),
+            escape: 0,
+        }
+    }
+}
+
 impl LineEditor {
     /// Takes one byte typed; returns the answer once the line is over.
     pub fn key(&mut self, b: u8) -> io::Result<Option<Answer>> {
         match self.escape {
+            // Enter right after Esc is still Enter.
+            1 if b == b'\r' || b == b'\n' => self.escape = 0,
             1 => {
                 self.escape = if b == b'[' || b == b'O' { 2 } else { 0 };
                 return Ok(None);
@@ -120,8 +137,15 @@ impl LineEditor {
         }
         match b {
             b'\r' | b'\n' => {
-                let text = String::from_utf8(std::mem::take(&mut *self.line)).map_err(|e| {
-                    // Wipe what was typed before saying it was not UTF-8.
+                if std::str::from_utf8(&self.line).is_err() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the answer is not UTF-8 text",
+                    ));
+                }
+                // The same buffer becomes the answer: no copy of it is made.
+                let bytes = std::mem::take(&mut *self.line);
+                let text = String::from_utf8(bytes).map_err(|e| {
                     let mut bytes = e.into_bytes();
                     zeroize::Zeroize::zeroize(&mut bytes);
                     io::Error::new(io::ErrorKind::InvalidData, "the answer is not UTF-8 text")
@@ -147,7 +171,9 @@ impl LineEditor {
                 self.escape = 1;
                 Ok(None)
             }
-            c if c < 0x20 => Ok(None),
+            c if c < 0x20 && c != b'\t' => Ok(None),
+            // Never past the room reserved up front: a longer answer is cut there.
+            _ if self.line.len() >= MAX_ANSWER => Ok(None),
             c => {
                 self.line.push(c);
                 Ok(None)
@@ -192,7 +218,34 @@ mod tests {
     }
 
     #[test]
-    fn arrow_keys_and_other_control_keys_are_ignored() {
+    fn arrow_keys_and_other_control_keys_are_ignored_tab_is_kept() {
         assert_eq!(typed(b"a\x1b[Db\x1bOAc\x01\r").unwrap(), "abc");
+        assert_eq!(typed(b"a\tb\r").unwrap(), "a\tb");
+        assert_eq!(typed(b"ok\x1b\r").unwrap(), "ok");
+    }
+
+    #[test]
+    fn a_long_answer_is_cut_and_never_moves_its_buffer() {
+        let mut e = LineEditor::default();
+        let start = e.line.as_ptr();
+        for _ in 0..(MAX_ANSWER + 50) {
+            assert!(e.key(b'x').unwrap().is_none());
+        }
+        assert_eq!(e.line.len(), MAX_ANSWER);
+        assert_eq!(
+            e.line.as_ptr(),
+            start,
+            "the buffer grew, leaving a copy behind"
+        );
+    }
+
+    #[test]
+    fn an_answer_that_is_not_utf8_is_refused() {
+        let mut e = LineEditor::default();
+        for &k in b"\xb0\xa1" {
+            assert!(e.key(k).unwrap().is_none());
+        }
+        let err = e.key(b'\r').unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 }
