@@ -26,7 +26,7 @@ pub enum ClientError {
     BadProxy(&'static str),
     /// The SOCKS5 proxy itself could not be used (not running, or not a SOCKS5 proxy): the
     /// relay was never asked.
-    #[error("the proxy {proxy} {why}; nothing went through it (start it, correct it with `tidings network proxy URL`, or use --proxy none)")]
+    #[error("the proxy {proxy} {why}; nothing went through it. Start it, or correct it (`tidings network proxy URL` for the profile's setting; --proxy or TIDINGS_PROXY, which win over it, for one command). Going without a proxy (--proxy none) shows this network that you reach the relay: do that only where it is safe")]
     Proxy {
         /// The proxy, as the person set it.
         proxy: String,

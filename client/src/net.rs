@@ -665,13 +665,22 @@ pub async fn socks_connect(
         Host::Name(name) => tokio_socks::TargetAddr::Domain(name.clone().into(), port),
     };
     let (proxy_host, proxy_port) = proxy.endpoint();
-    tokio_socks::tcp::Socks5Stream::connect((proxy_host.as_str(), proxy_port), target)
+    let proxy_error = |why| ClientError::Proxy {
+        proxy: proxy.to_string(),
+        why,
+    };
+    // Connected here, not by tokio-socks, so that every failure before the proxy's answer
+    // is the proxy's, not the relay's.
+    let socket = tokio::net::TcpStream::connect((proxy_host.as_str(), proxy_port))
+        .await
+        .map_err(|_| proxy_error("did not answer (is Tor, Orbot or your proxy app running?)"))?;
+    tokio_socks::tcp::Socks5Stream::connect_with_socket(socket, target)
         .await
         .map_err(|e| {
             use tokio_socks::Error as E;
             let why = match e {
-                E::ProxyServerUnreachable => {
-                    "did not answer (is Tor, Orbot or your proxy app running?)"
+                E::Io(_) => {
+                    "closed the connection before it would carry it (is it a SOCKS5 proxy, and can it reach the internet?)"
                 }
                 E::InvalidResponseVersion
                 | E::NoAcceptableAuthMethods
@@ -684,9 +693,6 @@ pub async fn socks_connect(
                 // The proxy works; it could not reach the relay.
                 _ => return ClientError::Unreachable,
             };
-            ClientError::Proxy {
-                proxy: proxy.to_string(),
-                why,
-            }
+            proxy_error(why)
         })
 }

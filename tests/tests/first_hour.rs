@@ -474,6 +474,24 @@ fn a_dead_proxy_is_named_and_the_message_waits() -> Result<()> {
         "{}",
         out.stderr
     );
+    // Something that takes the connection and closes it: the proxy is still named.
+    let closer = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = closer.local_addr()?.port();
+    std::thread::spawn(move || {
+        for stream in closer.incoming().take(8) {
+            drop(stream);
+        }
+    });
+    let proxy = format!("socks5h://127.0.0.1:{port}");
+    let out = a.run(&["--proxy", &proxy, "--transport", "tcp", "sync"])?;
+    ensure!(!out.status.success(), "{}", out.stderr);
+    ensure!(
+        out.stderr.contains(&format!(
+            "the proxy {proxy} closed the connection before it would carry it"
+        )) && out.stderr.contains("only where it is safe"),
+        "{}",
+        out.stderr
+    );
     // Without the proxy it goes.
     a.run(&["sync"])?.ok()?;
     let got = b.run(&["sync"])?.ok()?;

@@ -525,6 +525,16 @@ impl Profile {
                 }
                 Err(e) => e,
             };
+            // The user's own proxy is down: no file's fault, and no use trying the others.
+            if matches!(error, ClientError::Proxy { .. }) {
+                report.file_failures.push(FileFailure {
+                    id: String::new(),
+                    from: String::new(),
+                    error,
+                    retried: true,
+                });
+                return;
+            }
             let retried = match self.note_auto_failure(&id, &error) {
                 Ok(retried) => retried,
                 Err(e) => {
