@@ -130,15 +130,32 @@ pub fn file_line(desc: &FileDescription) -> String {
     }
 }
 
+/// Whether `c` is a letter or digit shown as it is in a file name: ASCII letters and digits,
+/// Hangul syllables and compatibility letters (not the invisible filler), CJK ideographs,
+/// Hiragana and Katakana. Not every script's letters: some look like quotes or brackets
+/// (U+02BA), some are numbers in brackets (U+2474), some turn the line right to left.
+fn plain_letter(c: char) -> bool {
+    c.is_ascii_alphanumeric()
+        || matches!(
+            u32::from(c),
+            0xAC00..=0xD7A3
+                | 0x3131..=0x3163
+                | 0x3165..=0x318E
+                | 0x3400..=0x4DBF
+                | 0x4E00..=0x9FFF
+                | 0x3041..=0x3096
+                | 0x30A1..=0x30FA
+        )
+}
+
 /// A sender's file name as a line shows it. The name is hostile text: it must not pass for
 /// the size or the id that follow it (`x.mp3 (4.2 MB)`, with the real size after it), nor
-/// break the line. A plain name (letters and digits of any script, `.`, `-`, `_`, `+`, `,`
-/// and single inner spaces) is shown as it is; any other is shown in double quotes, with
-/// `"` and `\` escaped, control characters as U+FFFD, and every other character that is not
-/// a letter, a digit or printable ASCII (look-alike brackets and quotes, say) as `\u{HEX}`.
+/// break the line. A plain name ([`plain_letter`]s, `.`, `-`, `_`, `+`, `,` and single inner
+/// spaces) is shown as it is; any other is shown in double quotes, with `"` and `\`
+/// escaped, control characters as U+FFFD, and every character that is neither printable
+/// ASCII nor a plain letter (look-alike quotes and brackets, say) as `\u{HEX}`.
 pub(crate) fn shown_name(name: &str) -> String {
-    let plain_char =
-        |c: char| c.is_alphanumeric() || matches!(c, '.' | '-' | '_' | '+' | ',' | ' ');
+    let plain_char = |c: char| plain_letter(c) || matches!(c, '.' | '-' | '_' | '+' | ',' | ' ');
     let plain = !name.is_empty()
         && name.chars().all(plain_char)
         && !name.starts_with(' ')
@@ -154,7 +171,7 @@ pub(crate) fn shown_name(name: &str) -> String {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             c if c.is_control() => out.push('\u{fffd}'),
-            c if c.is_alphanumeric() || (c.is_ascii() && !c.is_ascii_control()) => out.push(c),
+            c if plain_letter(c) || (c.is_ascii() && !c.is_ascii_control()) => out.push(c),
             c => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
         }
     }
@@ -641,6 +658,15 @@ mod tests {
             shown_name("x\u{ff08}4 MB\u{ff09}\u{201d}"),
             "\"x\\u{ff08}4 MB\\u{ff09}\\u{201d}\""
         );
+        // Letters of other scripts that look like a quote, numbers in brackets, right-to-left
+        // letters and the invisible Hangul filler are escaped too.
+        assert_eq!(
+            shown_name("x.mp3\u{2ba} (4.2 MB)"),
+            "\"x.mp3\\u{2ba} (4.2 MB)\""
+        );
+        assert_eq!(shown_name("x.mp3 \u{2474}"), "\"x.mp3 \\u{2474}\"");
+        assert_eq!(shown_name("\u{5e9}.mp3"), "\"\\u{5e9}.mp3\"");
+        assert_eq!(shown_name("a\u{3164}b"), "\"a\\u{3164}b\"");
         // No line break, no terminal control, no padding that hides where it ends.
         assert_eq!(
             shown_name("a\nDURESS\u{1b}[2J"),
