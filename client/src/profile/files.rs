@@ -68,7 +68,8 @@ pub const MAX_AUTO_FAILURES: u8 = 3;
 /// A received file that `sync` could not download by itself.
 #[derive(Debug)]
 pub struct FileFailure {
-    /// The file's id (empty when the profile's list of files could not be read).
+    /// The file's id (empty when no file was to blame: the profile's list of files could
+    /// not be read, or the user's proxy is down).
     pub id: String,
     /// The contact who sent it.
     pub from: String,
@@ -76,6 +77,19 @@ pub struct FileFailure {
     pub error: ClientError,
     /// Whether `sync` will try it again; if not, only `tidings fetch ID` does.
     pub retried: bool,
+}
+
+impl FileFailure {
+    /// A failure that stopped every automatic download, no file's fault: `sync` tries
+    /// them all again.
+    fn of_all(error: ClientError) -> Self {
+        Self {
+            id: String::new(),
+            from: String::new(),
+            error,
+            retried: true,
+        }
+    }
 }
 
 impl Drop for FileRecord {
@@ -525,12 +539,7 @@ impl Profile {
         let waiting = match self.auto_waiting() {
             Ok(w) => w,
             Err(error) => {
-                report.file_failures.push(FileFailure {
-                    id: String::new(),
-                    from: String::new(),
-                    error,
-                    retried: true,
-                });
+                report.file_failures.push(FileFailure::of_all(error));
                 return;
             }
         };
@@ -544,12 +553,7 @@ impl Profile {
             };
             // The user's own proxy is down: no file's fault, and no use trying the others.
             if matches!(error, ClientError::Proxy { .. }) {
-                report.file_failures.push(FileFailure {
-                    id: String::new(),
-                    from: String::new(),
-                    error,
-                    retried: true,
-                });
+                report.file_failures.push(FileFailure::of_all(error));
                 return;
             }
             let retried = match self.note_auto_failure(&id, &error) {
