@@ -731,20 +731,7 @@ fn show_received(
     if earlier && !messages.is_empty() && !json {
         eprintln!("{}", earlier_line(messages.len()));
     }
-    let mut shown = 0;
-    let mut failed = None;
-    for r in messages {
-        if let Err(e) = print_received(r, earlier, json) {
-            failed = Some(e);
-            break;
-        }
-        shown += 1;
-    }
-    profile.mark_shown(messages.iter().take(shown))?;
-    match failed {
-        Some(e) => Err(ClientError::Output(e).into()),
-        None => Ok(()),
-    }
+    Ok(profile.show_with(messages, |r| print_received(r, earlier, json))?)
 }
 
 /// Shows what an earlier command stored and never showed, before any network work (a relay

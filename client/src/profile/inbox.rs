@@ -470,35 +470,21 @@ impl Profile {
         result
     }
 
-    /// Reports each of `messages` to `on_event` ([`ListenEvent::Earlier`] if `earlier`), and
-    /// marks shown those it took. The first it could not take (the output failed) stops
-    /// it: that one and the rest stay unshown, and `listen` ends with
-    /// [`ClientError::Output`].
+    /// Reports each of `messages` to `on_event` ([`ListenEvent::Earlier`] if `earlier`) with
+    /// [`Profile::show_with`].
     fn show_each(
         &mut self,
         messages: &[Received],
         earlier: bool,
         on_event: &mut impl FnMut(ListenEvent<'_>) -> std::io::Result<()>,
     ) -> Result<()> {
-        let mut shown = 0;
-        let mut failed = None;
-        for r in messages {
-            let event = if earlier {
+        self.show_with(messages, |r| {
+            on_event(if earlier {
                 ListenEvent::Earlier(r)
             } else {
                 ListenEvent::Message(r)
-            };
-            if let Err(e) = on_event(event) {
-                failed = Some(e);
-                break;
-            }
-            shown += 1;
-        }
-        self.mark_shown(messages.iter().take(shown))?;
-        match failed {
-            Some(e) => Err(ClientError::Output(e)),
-            None => Ok(()),
-        }
+            })
+        })
     }
 
     /// Reports the contacts that entered the due list (or changed state in it) since the

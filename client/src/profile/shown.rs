@@ -82,6 +82,30 @@ impl Profile {
         self.unshown().map(|_| ())
     }
 
+    /// Hands each of `messages` to `show` in order (it prints them), then marks shown those it
+    /// took. The first it could not take (the output failed) stops it: that one and the
+    /// rest stay unshown for the next command, and the error is [`ClientError::Output`].
+    pub fn show_with(
+        &mut self,
+        messages: &[Received],
+        mut show: impl FnMut(&Received) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let mut shown = 0;
+        let mut failed = None;
+        for r in messages {
+            if let Err(e) = show(r) {
+                failed = Some(e);
+                break;
+            }
+            shown += 1;
+        }
+        self.mark_shown(messages.iter().take(shown))?;
+        match failed {
+            Some(e) => Err(ClientError::Output(e)),
+            None => Ok(()),
+        }
+    }
+
     /// Takes `shown` out of the unshown tree: call it once they are on the screen (or
     /// written to the output). What was not printed stays for the next command.
     pub fn mark_shown<'a>(&mut self, shown: impl IntoIterator<Item = &'a Received>) -> Result<()> {
