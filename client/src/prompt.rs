@@ -48,7 +48,8 @@ pub fn hidden(prompt: &str) -> io::Result<Answer> {
         saved,
     };
     // From here on the terminal is put back by `restore`'s drop, whatever happens.
-    termios::tcsetattr(&tty, OptionalActions::Flush, &raw)?;
+    // `Now`, not `Flush`: what was typed ahead (a pasted passphrase) is kept.
+    termios::tcsetattr(&tty, OptionalActions::Now, &raw)?;
     tty.write_all(prompt.as_bytes())?;
     tty.flush()?;
     let answer = read_line(&mut tty);
