@@ -713,10 +713,8 @@ fn file_failure_line(f: &tidings_client::profile::FileFailure) -> String {
     )
 }
 
-/// The line before messages an earlier command stored and never showed.
-fn earlier_line(count: usize) -> String {
-    format!("{count} message(s) stored by an earlier command that stopped before showing them:")
-}
+/// What the line before messages an earlier command stored and never showed says of them.
+const EARLIER: &str = "stored by an earlier command that stopped before showing them:";
 
 /// Prints messages, then takes those printed off the profile's unshown list; the first that
 /// cannot be printed (the output failed) stops it, and it and the rest stay for the next
@@ -729,16 +727,18 @@ fn show_received(
     json: bool,
 ) -> anyhow::Result<()> {
     if earlier && !messages.is_empty() && !json {
-        eprintln!("{}", earlier_line(messages.len()));
+        eprintln!("{} message(s) {EARLIER}", messages.len());
     }
     Ok(profile.show_with(messages, |r| print_received(r, earlier, json))?)
 }
 
 /// Shows what an earlier command stored and never showed, before any network work (a relay
-/// that cannot be reached must not keep a stored DURESS check-in off the screen).
-fn show_earlier(profile: &mut Profile, json: bool) -> anyhow::Result<()> {
+/// that cannot be reached must not keep a stored DURESS check-in off the screen); returns
+/// how many.
+fn show_earlier(profile: &mut Profile, json: bool) -> anyhow::Result<usize> {
     let earlier = profile.unshown()?;
-    show_received(profile, &earlier, true, json)
+    show_received(profile, &earlier, true, json)?;
+    Ok(earlier.len())
 }
 
 /// Prints one received message: `NAME: TEXT` with further lines indented and hidden
@@ -1048,8 +1048,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Sync { json } => {
             let mut profile = open(&home, &net)?;
-            let earlier = profile.unshown()?;
-            show_received(&mut profile, &earlier, true, json)?;
+            let earlier = show_earlier(&mut profile, json)?;
             let rt = runtime()?;
             let mut report = rt
                 .block_on(profile.sync_messages(&net, now()))
@@ -1083,7 +1082,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ));
             }
             if report.received.is_empty()
-                && earlier.is_empty()
+                && earlier == 0
                 && report.connected.is_empty()
                 && report.fetched.is_empty()
                 && report.file_failures.is_empty()
@@ -1128,7 +1127,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             ListenEvent::Earlier(r) => {
                                 if !said_earlier && !json {
                                     said_earlier = true;
-                                    eprintln!("messages stored by an earlier command that stopped before showing them:");
+                                    eprintln!("messages {EARLIER}");
                                 }
                                 print_received(r, true, json)
                             }
