@@ -2,6 +2,17 @@
 
 use super::*;
 
+/// How a history entry reads: a check-in as its line (`[check-in] NOTE`, with `DURESS`), a
+/// duress acknowledgement as a marker, anything else as its text.
+pub(super) fn history_line(h: &HistoryRecord) -> String {
+    match h.kind {
+        HISTORY_CHECKIN => checkin_line(&h.text, false),
+        HISTORY_DURESS => checkin_line(&h.text, true),
+        HISTORY_DURESS_ACK => "[DURESS acknowledged]".to_string(),
+        _ => h.text.clone(),
+    }
+}
+
 impl Profile {
     /// The contact's name as it is stored (names match in any case, so `bora` finds `Bora`).
     pub fn contact_name(&self, label: &str) -> Result<String> {
@@ -30,12 +41,7 @@ impl Profile {
                         HISTORY_FILE => "file",
                         _ => "text",
                     },
-                    text: match h.kind {
-                        HISTORY_CHECKIN => checkin_line(&h.text, false),
-                        HISTORY_DURESS => checkin_line(&h.text, true),
-                        HISTORY_DURESS_ACK => "[DURESS acknowledged]".to_string(),
-                        _ => h.text.clone(),
-                    },
+                    text: history_line(h),
                     sent_at: h.sent_at,
                     at: h.at,
                     waiting: match &h.outbox {

@@ -50,14 +50,15 @@ impl Profile {
                 stale.remove(Tree::Unshown, &key);
                 continue;
             };
-            let (text, kind) = match h.kind {
-                HISTORY_CHECKIN => (checkin_line(&h.text, false), "check-in"),
-                HISTORY_DURESS => (checkin_line(&h.text, true), "duress-check-in"),
+            let kind = match h.kind {
+                HISTORY_CHECKIN => "check-in",
+                HISTORY_DURESS => "duress-check-in",
                 // The line is ours (`file_line`), so its start says which it is.
-                HISTORY_FILE if h.text.starts_with("[voice ") => (h.text.clone(), "voice"),
-                HISTORY_FILE => (h.text.clone(), "file"),
-                _ => (h.text.clone(), "text"),
+                HISTORY_FILE if h.text.starts_with("[voice ") => "voice",
+                HISTORY_FILE => "file",
+                _ => "text",
             };
+            let text = super::history::history_line(&h);
             found.push((
                 h.seq,
                 Received {
